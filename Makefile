@@ -1,0 +1,35 @@
+# simmesh: `make sim` (main job) and `make test` (all tests) work on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: setup lint test demo bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+lint: setup
+	$(BIN)/ruff check mesh sim tests loadtests tools
+	$(BIN)/mypy mesh/core
+	$(BIN)/lint-imports
+
+test: setup lint
+	$(BIN)/pytest
+
+demo: setup
+	$(BIN)/simmesh compile scenarios/quickstart -o yaml | head -40
+	$(BIN)/simmesh explain scenarios/quickstart --from demo/frontend --url http://backend.demo.mesh/api/items
+	$(BIN)/simmesh explain scenarios/quickstart --from demo/frontend --url http://backend.demo.mesh/metrics
+	$(BIN)/simmesh explain scenarios/quickstart --from demo/frontend --tcp db.demo.mesh:5432
+
+bench: setup
+	$(BIN)/python -m loadtests.bench_core --out BENCHMARKS.md
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .hypothesis out

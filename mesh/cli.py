@@ -1,0 +1,182 @@
+"""The ``simmesh`` command.
+
+Subcommands are thin: they read input, call the core (or start a driver) and print. Exit codes:
+0 success, 1 a check or SLO failed, 2 bad input (with a message naming what is wrong).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from mesh.core.config import MeshConfig, build_config
+from mesh.core.explain import explain_flow, explain_http
+from mesh.core.routing import Router
+from mesh.core.topology import build_topology
+from mesh.manifests import ManifestError, load_state, read_settings
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed as ``simmesh: error: ...`` with exit code 2."""
+
+
+def compile_dir(directory: Path, *, acl: bool | None, strict: bool = True) -> MeshConfig:
+    settings = read_settings(directory, acl=acl)
+    state, problems = load_state(directory)
+    if problems and strict:
+        raise UsageError("; ".join(problems))
+    for problem in problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    return build_config(build_topology(state, settings), settings)
+
+
+def _acl_flag(args: argparse.Namespace) -> bool | None:
+    return True if args.acl else None
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    config = compile_dir(Path(args.dir), acl=_acl_flag(args))
+    for error in config.data["errors"]:
+        print(f"warning: {_error_text(error)}", file=sys.stderr)
+    if args.output == "yaml":
+        sys.stdout.write(yaml.safe_dump(json.loads(config.to_json()), sort_keys=True))
+    else:
+        sys.stdout.write(config.to_json())
+    return 0
+
+
+def _error_text(error: dict[str, str]) -> str:
+    where = f"{error['namespace']}/{error['name']}" if error["namespace"] else error["name"]
+    field = f": {error['field']}" if error["field"] else ""
+    return f"{error['kind']} {where}{field}: {error['message']}"
+
+
+def _parse_headers(values: Sequence[str]) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for value in values:
+        name, sep, text = value.partition(":")
+        if not sep or not name.strip():
+            raise UsageError(f"-H {value!r}: expected 'Name: value'")
+        headers[name.strip().lower()] = text.strip()
+    return headers
+
+
+def _host_port(text: str, flag: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"{flag} {text!r}: expected HOST:PORT")
+    return host, int(port)
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    config = compile_dir(Path(args.dir), acl=_acl_flag(args))
+    router = Router(config)
+    source = args.source
+    if source is not None and source.count("/") != 1:
+        raise UsageError(f"--from {source!r}: expected NAMESPACE/SERVICEACCOUNT")
+    if args.url:
+        parts = urlsplit(args.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise UsageError(f"--url {args.url!r}: expected http://HOST[:PORT]/PATH")
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        path = parts.path or "/"
+        if parts.query:
+            path += "?" + parts.query
+        result = explain_http(
+            router,
+            host=parts.hostname,
+            port=port,
+            method=args.method.upper(),
+            path=path,
+            headers=_parse_headers(args.header),
+            source=source,
+        )
+    else:
+        protocol = "tcp" if args.tcp else "udp"
+        host, port = _host_port(args.tcp or args.udp, f"--{protocol}")
+        result = explain_flow(router, host=host, port=port, protocol=protocol, source=source)
+    if result is None:
+        target = args.url or args.tcp or args.udp
+        raise UsageError(f"no meshed service answers to {target} (see `simmesh compile`)")
+    result["errors"] = [_error_text(e) for e in config.data["errors"]]
+    if args.output == "json":
+        print(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        print(_explain_text(result))
+    return 0
+
+
+def _explain_text(result: dict[str, Any]) -> str:
+    lines = []
+    verdict = "ALLOWED" if result["allowed"] else f"DENIED ({result['status']})"
+    lines.append(f"{verdict}: {result['reason']}")
+    route = result["route"]
+    lines.append(
+        f"  route:    {route['service']} port {route['port']} ({route['protocol']}, "
+        f"mesh listener {route['listener']})"
+    )
+    if result["rule"]:
+        lines.append(f"  rule:     {result['rule']}")
+    if result.get("split"):
+        lines.append(f"  split:    {result['split']}")
+    for backend in result["backends"]:
+        mark = "ok" if backend["allowed"] else f"denied: {backend['reason']}"
+        lines.append(f"  backend:  {backend['service']} weight {backend['weight']} ({mark})")
+    if result.get("endpoint"):
+        endpoint = result["endpoint"]
+        lines.append(
+            f"  endpoint: {endpoint['ip']}:{endpoint['port']} (identity "
+            f"{endpoint['identity'] or 'unknown'}, node {endpoint['node'] or 'unknown'})"
+        )
+    for name, value in sorted(result["policy"].items()):
+        if value is not None:
+            lines.append(f"  {name + ':':<9} {json.dumps(value, sort_keys=True)}")
+    for error in result["errors"]:
+        lines.append(f"  warning:  {error}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="simmesh", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("compile", help="print the MeshConfig for a manifests directory")
+    p.add_argument("dir")
+    p.add_argument("-o", "--output", choices=("json", "yaml"), default="json")
+    p.add_argument("--acl", action="store_true", help="ACL mode (overrides mesh.yaml)")
+    p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("explain", help="explain how one request or flow is routed or denied")
+    p.add_argument("dir")
+    p.add_argument("--from", dest="source", metavar="NAMESPACE/SERVICEACCOUNT")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--url", help="http://HOST[:PORT]/PATH")
+    target.add_argument("--tcp", metavar="HOST:PORT")
+    target.add_argument("--udp", metavar="HOST:PORT")
+    p.add_argument("-X", "--method", default="GET")
+    p.add_argument("-H", "--header", action="append", default=[], metavar="'Name: value'")
+    p.add_argument("--acl", action="store_true", help="ACL mode (overrides mesh.yaml)")
+    p.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    p.set_defaults(func=cmd_explain)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (UsageError, ManifestError) as exc:
+        print(f"simmesh: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

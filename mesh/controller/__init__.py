@@ -1,0 +1,1 @@
+"""The Kubernetes and file providers, the config API and shadow Services."""

@@ -1,0 +1,251 @@
+"""Service annotations -> traffic type, scheme and policies.
+
+Keys use the prefix ``simmesh.io/``; the Traefik Mesh prefixes ``mesh.traefik.io/`` and
+``maesh.containo.us/`` are read as aliases so Maesh users can migrate. When a key is given under
+several prefixes, ``simmesh.io/`` wins. A bad value is an error on that annotation only: the
+service stays meshed without that policy.
+
+Circuit-breaker expressions follow Traefik's: ``NetworkErrorRatio() > 0.30``,
+``ResponseCodeRatio(500, 600, 0, 600) > 0.25``, ``LatencyAtQuantileMS(50.0) > 100``, plus
+``ConsecutiveFailures() >= 5``; combined with ``&&`` and ``||`` (``&&`` binds tighter).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from mesh.core.errors import InvalidObject
+from mesh.core.model import Scheme, TrafficType
+from mesh.core.policies import (
+    CircuitBreakerSpec,
+    Condition,
+    Metric,
+    RateLimitSpec,
+    RetrySpec,
+)
+
+PREFIXES = ("simmesh.io/", "mesh.traefik.io/", "maesh.containo.us/")
+ALIASES = {"circuit-breaker-expression": "circuit-breaker"}
+KEYS = (
+    "traffic-type",
+    "scheme",
+    "retry-attempts",
+    "retry-non-idempotent",
+    "timeout",
+    "circuit-breaker",
+    "circuit-breaker-window",
+    "circuit-breaker-open-duration",
+    "circuit-breaker-min-requests",
+    "ratelimit-average",
+    "ratelimit-burst",
+    "load-balancer",
+)
+LOAD_BALANCERS = ("round-robin", "least-request")
+
+
+@dataclass(frozen=True, slots=True)
+class ServicePolicy:
+    retry: RetrySpec | None = None
+    timeout: float | None = None
+    circuit_breaker: CircuitBreakerSpec | None = None
+    rate_limit: RateLimitSpec | None = None
+    load_balancer: str = "round-robin"
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceOptions:
+    traffic_type: TrafficType
+    scheme: Scheme
+    policy: ServicePolicy
+
+
+def mesh_annotations(annotations: tuple[tuple[str, str], ...]) -> dict[str, tuple[str, str]]:
+    """Our keys (without prefix) -> (full annotation key, value); simmesh.io/ wins."""
+    found: dict[str, tuple[str, str]] = {}
+    for prefix in reversed(PREFIXES):
+        for key, value in annotations:
+            if key.startswith(prefix):
+                short = key[len(prefix) :]
+                found[ALIASES.get(short, short)] = (key, value)
+    return found
+
+
+_DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)?$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(text: str) -> float:
+    match = _DURATION.match(text.strip())
+    if match is None:
+        raise ValueError(f"expected a duration such as 500ms, 2s or 1m, got {text!r}")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def _positive_int(text: str, *, allow_zero: bool) -> int:
+    if not text.strip().isdigit() or (int(text) == 0 and not allow_zero):
+        floor = "a non-negative" if allow_zero else "a positive"
+        raise ValueError(f"expected {floor} integer, got {text!r}")
+    return int(text)
+
+
+_TOKEN = re.compile(r"\s*(?:(\d+(?:\.\d+)?)|([A-Za-z]+)|(&&|\|\||>=|<=|==|!=|>|<|\(|\)|,))")
+_ARITY = {
+    Metric.NETWORK_ERROR_RATIO: 0,
+    Metric.RESPONSE_CODE_RATIO: 4,
+    Metric.LATENCY_AT_QUANTILE_MS: 1,
+    Metric.CONSECUTIVE_FAILURES: 0,
+}
+
+
+def _tokens(text: str) -> list[str]:
+    out, pos = [], 0
+    text = text.strip()
+    while pos < len(text):
+        match = _TOKEN.match(text, pos)
+        if match is None or match.end() == pos:
+            raise ValueError(f"unexpected {text[pos : pos + 10]!r} at position {pos}")
+        out.append(match.group(match.lastindex or 0))
+        pos = match.end()
+    return out
+
+
+def parse_circuit_breaker_expression(text: str) -> tuple[tuple[Condition, ...], ...]:
+    tokens = _tokens(text)
+    groups: list[tuple[Condition, ...]] = []
+    current: list[Condition] = []
+    i = 0
+    while True:
+        condition, i = _condition(tokens, i)
+        current.append(condition)
+        if i == len(tokens):
+            break
+        if tokens[i] == "&&":
+            i += 1
+        elif tokens[i] == "||":
+            groups.append(tuple(current))
+            current = []
+            i += 1
+        else:
+            raise ValueError(f"expected && or || , got {tokens[i]!r}")
+    groups.append(tuple(current))
+    return tuple(groups)
+
+
+def _condition(tokens: list[str], i: int) -> tuple[Condition, int]:
+    def take(expected: str | None = None) -> str:
+        nonlocal i
+        if i >= len(tokens):
+            raise ValueError("expression ends too early")
+        token = tokens[i]
+        if expected is not None and token != expected:
+            raise ValueError(f"expected {expected!r}, got {token!r}")
+        i += 1
+        return token
+
+    name = take()
+    try:
+        metric = Metric(name)
+    except ValueError:
+        known = ", ".join(m.value for m in Metric)
+        raise ValueError(f"unknown metric {name!r}; expected one of {known}") from None
+    take("(")
+    args: list[float] = []
+    while i < len(tokens) and tokens[i] != ")":
+        args.append(float(take()))
+        if tokens[i] == ",":
+            take(",")
+    take(")")
+    if len(args) != _ARITY[metric]:
+        raise ValueError(f"{metric.value} takes {_ARITY[metric]} arguments, got {len(args)}")
+    op = take()
+    if op not in (">", ">=", "<", "<=", "==", "!="):
+        raise ValueError(f"expected a comparison after {metric.value}(), got {op!r}")
+    return Condition(metric, tuple(args), op, float(take())), i
+
+
+def service_options(
+    annotations: tuple[tuple[str, str], ...], default_traffic_type: TrafficType
+) -> tuple[ServiceOptions, list[InvalidObject]]:
+    """Options from a Service's annotations, and one error per bad annotation."""
+    found = mesh_annotations(annotations)
+    errors: list[InvalidObject] = []
+
+    def read(short: str, convert: type | object) -> object:
+        if short not in found:
+            return None
+        key, value = found[short]
+        try:
+            return convert(value)  # type: ignore[operator]
+        except ValueError as exc:
+            errors.append(InvalidObject(f"metadata.annotations[{key}]", str(exc)))
+            return None
+
+    traffic = read("traffic-type", TrafficType) or default_traffic_type
+    scheme = read("scheme", Scheme) or Scheme.HTTP
+    attempts = read("retry-attempts", lambda t: _positive_int(t, allow_zero=True))
+    non_idempotent = read("retry-non-idempotent", _boolean)
+    timeout = read("timeout", parse_duration)
+    expression = read("circuit-breaker", parse_circuit_breaker_expression)
+    window = read("circuit-breaker-window", parse_duration)
+    open_duration = read("circuit-breaker-open-duration", parse_duration)
+    min_requests = read("circuit-breaker-min-requests", lambda t: _positive_int(t, allow_zero=True))
+    average = read("ratelimit-average", lambda t: _positive_int(t, allow_zero=False))
+    burst = read("ratelimit-burst", lambda t: _positive_int(t, allow_zero=False))
+    balancer = read("load-balancer", _load_balancer) or "round-robin"
+    for short in found:
+        if short not in KEYS:
+            key = found[short][0]
+            errors.append(
+                InvalidObject(
+                    f"metadata.annotations[{key}]",
+                    f"unknown annotation; expected one of {', '.join(KEYS)}",
+                )
+            )
+
+    retry = None
+    if isinstance(attempts, int) and attempts > 0:
+        retry = RetrySpec(attempts=attempts, non_idempotent=bool(non_idempotent))
+    breaker = None
+    if isinstance(expression, tuple):
+        breaker = CircuitBreakerSpec(
+            expression=found["circuit-breaker"][1],
+            any_of=expression,
+            window=float(window) if isinstance(window, float) else 10.0,
+            open_duration=float(open_duration) if isinstance(open_duration, float) else 10.0,
+            min_requests=min_requests if isinstance(min_requests, int) else 5,
+        )
+    rate_limit = None
+    if isinstance(average, int):
+        rate_limit = RateLimitSpec(
+            average=float(average), burst=burst if isinstance(burst, int) else max(1, average)
+        )
+    elif isinstance(burst, int):
+        errors.append(
+            InvalidObject(
+                f"metadata.annotations[{found['ratelimit-burst'][0]}]",
+                "ratelimit-burst needs ratelimit-average",
+            )
+        )
+    policy = ServicePolicy(
+        retry=retry,
+        timeout=float(timeout) if isinstance(timeout, float) and timeout > 0 else None,
+        circuit_breaker=breaker,
+        rate_limit=rate_limit,
+        load_balancer=str(balancer),
+    )
+    return ServiceOptions(TrafficType(str(traffic)), Scheme(str(scheme)), policy), errors
+
+
+def _boolean(text: str) -> bool:
+    if text.lower() in ("true", "yes", "1"):
+        return True
+    if text.lower() in ("false", "no", "0"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+def _load_balancer(text: str) -> str:
+    if text not in LOAD_BALANCERS:
+        raise ValueError(f"expected one of {', '.join(LOAD_BALANCERS)}, got {text!r}")
+    return text

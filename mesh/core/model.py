@@ -1,0 +1,194 @@
+"""Plain, frozen values for the objects the core reads.
+
+These are the parsed forms of Kubernetes and SMI objects (see :mod:`mesh.core.parse`) and the
+mesh settings. They carry only what routing needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class TrafficType(StrEnum):
+    HTTP = "http"
+    TCP = "tcp"
+    UDP = "udp"
+
+
+class Scheme(StrEnum):
+    HTTP = "http"
+    HTTPS = "https"
+    H2C = "h2c"
+
+
+@dataclass(frozen=True, slots=True)
+class ServicePort:
+    name: str
+    port: int
+    target_port: int | str
+    protocol: str = "TCP"
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    namespace: str
+    name: str
+    type: str
+    cluster_ip: str | None
+    ports: tuple[ServicePort, ...]
+    annotations: tuple[tuple[str, str], ...] = ()
+    selector: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class SlicePort:
+    name: str
+    port: int
+    protocol: str = "TCP"
+
+
+@dataclass(frozen=True, slots=True)
+class SliceEndpoint:
+    addresses: tuple[str, ...]
+    ready: bool
+    node: str | None = None
+    pod: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointSlice:
+    namespace: str
+    name: str
+    service: str
+    ports: tuple[SlicePort, ...]
+    endpoints: tuple[SliceEndpoint, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Pod:
+    namespace: str
+    name: str
+    service_account: str
+    ips: tuple[str, ...]
+    node: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    name: str
+    addresses: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Identity:
+    """A ServiceAccount: the identity SMI access control is about."""
+
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @classmethod
+    def parse(cls, text: str) -> Identity:
+        namespace, sep, name = text.partition("/")
+        if not sep or not namespace or not name:
+            raise ValueError(f"expected NAMESPACE/SERVICEACCOUNT, got {text!r}")
+        return cls(namespace, name)
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficRule:
+    kind: str
+    name: str
+    matches: tuple[str, ...] | None  # None: every match of the route
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficTarget:
+    namespace: str
+    name: str
+    destination: Identity
+    sources: tuple[Identity, ...]
+    rules: tuple[TrafficRule, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class HTTPMatch:
+    name: str
+    path_regex: str | None
+    methods: frozenset[str] | None  # None: any method
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class HTTPRouteGroup:
+    namespace: str
+    name: str
+    matches: tuple[HTTPMatch, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PortMatch:
+    name: str
+    ports: tuple[int, ...]  # empty: every port
+
+
+@dataclass(frozen=True, slots=True)
+class PortRoute:
+    """A TCPRoute or a UDPRoute."""
+
+    kind: str
+    namespace: str
+    name: str
+    matches: tuple[PortMatch, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SplitBackend:
+    service: str
+    weight: int
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficSplit:
+    namespace: str
+    name: str
+    service: str
+    backends: tuple[SplitBackend, ...]
+    matches: tuple[tuple[str, str], ...] = ()  # (kind, name) of route groups
+
+
+@dataclass(frozen=True, slots=True)
+class PortRange:
+    start: int
+    size: int
+
+    def ports(self) -> range:
+        return range(self.start, self.start + self.size)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    zone: str = "mesh"
+    cluster_domain: str = "cluster.local"
+    mesh_namespace: str = "simmesh"
+    default_traffic_type: TrafficType = TrafficType.HTTP
+    acl: bool = False
+    watch_namespaces: tuple[str, ...] = ()  # empty: every namespace
+    ignore_namespaces: tuple[str, ...] = ()
+    http_ports: PortRange = field(default_factory=lambda: PortRange(5000, 10))
+    tcp_ports: PortRange = field(default_factory=lambda: PortRange(10000, 1000))
+    udp_ports: PortRange = field(default_factory=lambda: PortRange(15000, 1000))
+
+    def watches(self, namespace: str) -> bool:
+        if namespace == "kube-system" or namespace in self.ignore_namespaces:
+            return False
+        if namespace == self.mesh_namespace:
+            return False
+        return not self.watch_namespaces or namespace in self.watch_namespaces

@@ -1,0 +1,601 @@
+"""Parsing Kubernetes and SMI objects from plain dicts (YAML manifests or API responses).
+
+Each ``parse_*`` function takes one object and returns a frozen value from :mod:`mesh.core.model`
+or raises :class:`~mesh.core.errors.InvalidObject` with the field path and what was expected.
+:func:`parse_objects` applies them to a batch and keeps one error per bad object, so a malformed
+object never prevents the others from being read.
+
+SMI versions: access v1alpha1-3, specs v1alpha1-4, split v1alpha1-4 (see shared/SMI.md).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from mesh.core.errors import InvalidObject, ObjectError, ObjectRef, describe
+from mesh.core.model import (
+    EndpointSlice,
+    HTTPMatch,
+    HTTPRouteGroup,
+    Identity,
+    Node,
+    Pod,
+    PortMatch,
+    PortRange,
+    PortRoute,
+    Service,
+    ServicePort,
+    Settings,
+    SliceEndpoint,
+    SlicePort,
+    SplitBackend,
+    TrafficRule,
+    TrafficSplit,
+    TrafficTarget,
+    TrafficType,
+)
+
+HTTP_METHODS = frozenset(
+    ["GET", "HEAD", "PUT", "POST", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"]
+)
+ROUTE_KINDS = ("HTTPRouteGroup", "TCPRoute", "UDPRoute")
+_ACCESS = "access.smi-spec.io/"
+_SPECS = "specs.smi-spec.io/"
+_SPLIT = "split.smi-spec.io/"
+SUPPORTED_VERSIONS: dict[str, tuple[str, ...]] = {
+    "TrafficTarget": tuple(_ACCESS + v for v in ("v1alpha1", "v1alpha2", "v1alpha3")),
+    "HTTPRouteGroup": tuple(_SPECS + v for v in ("v1alpha1", "v1alpha2", "v1alpha3", "v1alpha4")),
+    "TCPRoute": tuple(_SPECS + v for v in ("v1alpha1", "v1alpha2", "v1alpha3", "v1alpha4")),
+    "UDPRoute": (_SPECS + "v1alpha4",),
+    "TrafficSplit": tuple(_SPLIT + v for v in ("v1alpha1", "v1alpha2", "v1alpha3", "v1alpha4")),
+    "Service": ("v1",),
+    "EndpointSlice": ("discovery.k8s.io/v1",),
+    "Pod": ("v1",),
+    "Node": ("v1",),
+}
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+# ---------------------------------------------------------------------------------------------
+# Field access with paths
+
+
+def _mapping(value: Any, path: str) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InvalidObject(path, f"expected an object, got {describe(value)}")
+    return value
+
+
+def _list(value: Any, path: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise InvalidObject(path, f"expected a list, got {describe(value)}")
+    return value
+
+
+def _str(value: Any, path: str, *, required: bool = True, default: str = "") -> str:
+    if value is None or value == "":
+        if required:
+            raise InvalidObject(path, "required, expected a non-empty string")
+        return default
+    if not isinstance(value, str):
+        raise InvalidObject(path, f"expected a string, got {describe(value)}")
+    return value
+
+
+def _int(value: Any, path: str, *, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidObject(path, f"expected an integer in {low}..{high}, got {describe(value)}")
+    if not low <= value <= high:
+        raise InvalidObject(path, f"expected an integer in {low}..{high}, got {value}")
+    return value
+
+
+def _port(value: Any, path: str) -> int:
+    return _int(value, path, low=1, high=65535)
+
+
+def _bool(value: Any, path: str, default: bool) -> bool:
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise InvalidObject(path, f"expected true or false, got {describe(value)}")
+    return value
+
+
+def _name(value: Any, path: str) -> str:
+    text = _str(value, path)
+    if len(text) > 253 or not _DNS_LABEL.match(text.replace(".", "-")):
+        raise InvalidObject(path, f"expected a DNS-1123 name, got {describe(text)}")
+    return text
+
+
+def _string_map(value: Any, path: str) -> tuple[tuple[str, str], ...]:
+    items = _mapping(value, path)
+    out = []
+    for key, item in items.items():
+        if not isinstance(item, str):
+            raise InvalidObject(f"{path}.{key}", f"expected a string, got {describe(item)}")
+        out.append((str(key), item))
+    return tuple(sorted(out))
+
+
+def object_ref(doc: Any) -> ObjectRef:
+    """Best-effort reference to an object, even a malformed one, for error messages."""
+    if not isinstance(doc, Mapping):
+        return ObjectRef("<unknown>", "", "<not an object>")
+    kind = doc.get("kind") if isinstance(doc.get("kind"), str) else "<unknown>"
+    raw_meta = doc.get("metadata")
+    meta: Mapping[str, Any] = raw_meta if isinstance(raw_meta, Mapping) else {}
+    name = meta.get("name") if isinstance(meta.get("name"), str) else "<unnamed>"
+    if kind == "Node":
+        return ObjectRef(str(kind), "", str(name))
+    namespace = meta.get("namespace") if isinstance(meta.get("namespace"), str) else "default"
+    return ObjectRef(str(kind), str(namespace or "default"), str(name))
+
+
+def _meta(doc: Mapping[str, Any]) -> tuple[str, str]:
+    meta = _mapping(doc.get("metadata"), "metadata")
+    name = _name(meta.get("name"), "metadata.name")
+    namespace = _str(meta.get("namespace"), "metadata.namespace", required=False)
+    return (namespace or "default"), name
+
+
+# ---------------------------------------------------------------------------------------------
+# Kubernetes core objects
+
+
+def parse_service(doc: Mapping[str, Any]) -> Service:
+    namespace, name = _meta(doc)
+    meta = _mapping(doc.get("metadata"), "metadata")
+    spec = _mapping(doc.get("spec"), "spec")
+    kind = _str(spec.get("type"), "spec.type", required=False, default="ClusterIP")
+    if kind not in ("ClusterIP", "NodePort", "LoadBalancer", "ExternalName"):
+        raise InvalidObject(
+            "spec.type",
+            f"expected ClusterIP, NodePort, LoadBalancer or ExternalName, got {describe(kind)}",
+        )
+    cluster_ip = _str(spec.get("clusterIP"), "spec.clusterIP", required=False) or None
+    if cluster_ip == "None":
+        cluster_ip = None
+    ports = []
+    for i, raw in enumerate(_list(spec.get("ports"), "spec.ports")):
+        path = f"spec.ports[{i}]"
+        item = _mapping(raw, path)
+        port = _port(item.get("port"), f"{path}.port")
+        target = item.get("targetPort", port)
+        if isinstance(target, str) and not target.isdigit():
+            _str(target, f"{path}.targetPort")
+        elif isinstance(target, str):
+            target = _port(int(target), f"{path}.targetPort")
+        else:
+            target = _port(target, f"{path}.targetPort")
+        protocol = _str(item.get("protocol"), f"{path}.protocol", required=False, default="TCP")
+        if protocol not in ("TCP", "UDP", "SCTP"):
+            raise InvalidObject(f"{path}.protocol", f"expected TCP, UDP or SCTP, got {protocol!r}")
+        port_name = _str(item.get("name"), f"{path}.name", required=False)
+        ports.append(ServicePort(port_name, port, target, protocol))
+    if len({p.port for p in ports}) != len(ports):
+        raise InvalidObject("spec.ports", "port numbers must be unique")
+    return Service(
+        namespace=namespace,
+        name=name,
+        type=kind,
+        cluster_ip=cluster_ip,
+        ports=tuple(ports),
+        annotations=_string_map(meta.get("annotations"), "metadata.annotations"),
+        selector=_string_map(spec.get("selector"), "spec.selector"),
+    )
+
+
+def parse_endpoint_slice(doc: Mapping[str, Any]) -> EndpointSlice:
+    namespace, name = _meta(doc)
+    labels = _mapping(_mapping(doc.get("metadata"), "metadata").get("labels"), "metadata.labels")
+    service = _str(
+        labels.get("kubernetes.io/service-name"), "metadata.labels[kubernetes.io/service-name]"
+    )
+    address_type = _str(doc.get("addressType"), "addressType", required=False, default="IPv4")
+    if address_type not in ("IPv4", "IPv6", "FQDN"):
+        raise InvalidObject("addressType", f"expected IPv4, IPv6 or FQDN, got {address_type!r}")
+    ports = []
+    for i, raw in enumerate(_list(doc.get("ports"), "ports")):
+        item = _mapping(raw, f"ports[{i}]")
+        ports.append(
+            SlicePort(
+                _str(item.get("name"), f"ports[{i}].name", required=False),
+                _port(item.get("port"), f"ports[{i}].port"),
+                _str(item.get("protocol"), f"ports[{i}].protocol", required=False, default="TCP"),
+            )
+        )
+    endpoints = []
+    for i, raw in enumerate(_list(doc.get("endpoints"), "endpoints")):
+        path = f"endpoints[{i}]"
+        item = _mapping(raw, path)
+        addresses = tuple(
+            _str(a, f"{path}.addresses[{j}]")
+            for j, a in enumerate(_list(item.get("addresses"), f"{path}.addresses"))
+        )
+        if not addresses:
+            raise InvalidObject(f"{path}.addresses", "expected at least one address")
+        conditions = _mapping(item.get("conditions"), f"{path}.conditions")
+        ready = _bool(conditions.get("ready"), f"{path}.conditions.ready", True)
+        ref = _mapping(item.get("targetRef"), f"{path}.targetRef")
+        pod = None
+        if ref.get("kind", "Pod") == "Pod" and ref.get("name") is not None:
+            pod = _str(ref.get("name"), f"{path}.targetRef.name")
+        node = _str(item.get("nodeName"), f"{path}.nodeName", required=False) or None
+        if address_type != "FQDN":
+            endpoints.append(SliceEndpoint(addresses, ready, node, pod))
+    return EndpointSlice(namespace, name, service, tuple(ports), tuple(endpoints))
+
+
+def parse_pod(doc: Mapping[str, Any]) -> Pod:
+    namespace, name = _meta(doc)
+    spec = _mapping(doc.get("spec"), "spec")
+    status = _mapping(doc.get("status"), "status")
+    account = _str(
+        spec.get("serviceAccountName"), "spec.serviceAccountName", required=False, default="default"
+    )
+    ips = [_str(status.get("podIP"), "status.podIP", required=False)]
+    for i, raw in enumerate(_list(status.get("podIPs"), "status.podIPs")):
+        ips.append(_str(_mapping(raw, f"status.podIPs[{i}]").get("ip"), f"status.podIPs[{i}].ip"))
+    unique = tuple(dict.fromkeys(ip for ip in ips if ip))
+    node = _str(spec.get("nodeName"), "spec.nodeName", required=False) or None
+    return Pod(namespace, name, account, unique, node)
+
+
+def parse_node(doc: Mapping[str, Any]) -> Node:
+    meta = _mapping(doc.get("metadata"), "metadata")
+    name = _name(meta.get("name"), "metadata.name")
+    status = _mapping(doc.get("status"), "status")
+    addresses = []
+    for i, raw in enumerate(_list(status.get("addresses"), "status.addresses")):
+        path = f"status.addresses[{i}]"
+        addresses.append(_str(_mapping(raw, path).get("address"), f"{path}.address"))
+    return Node(name, tuple(addresses))
+
+
+# ---------------------------------------------------------------------------------------------
+# SMI
+
+
+def _identity(raw: Any, path: str, default_namespace: str) -> Identity:
+    item = _mapping(raw, path)
+    kind = _str(item.get("kind"), f"{path}.kind", required=False, default="ServiceAccount")
+    if kind != "ServiceAccount":
+        raise InvalidObject(f"{path}.kind", f"expected ServiceAccount, got {describe(kind)}")
+    name = _name(item.get("name"), f"{path}.name")
+    namespace = _str(item.get("namespace"), f"{path}.namespace", required=False)
+    return Identity(namespace or default_namespace, name)
+
+
+def parse_traffic_target(doc: Mapping[str, Any]) -> TrafficTarget:
+    namespace, name = _meta(doc)
+    version = str(doc.get("apiVersion", ""))
+    if version.endswith("/v1alpha1"):
+        body, prefix, rules_key = doc, "", "specs"
+    else:
+        body, prefix, rules_key = _mapping(doc.get("spec"), "spec"), "spec.", "rules"
+    if body.get("destination") is None:
+        raise InvalidObject(f"{prefix}destination", "required, expected a ServiceAccount")
+    destination = _identity(body.get("destination"), f"{prefix}destination", namespace)
+    sources = tuple(
+        _identity(raw, f"{prefix}sources[{i}]", namespace)
+        for i, raw in enumerate(_list(body.get("sources"), f"{prefix}sources"))
+    )
+    if not sources:
+        raise InvalidObject(f"{prefix}sources", "expected at least one source ServiceAccount")
+    rules = []
+    for i, raw in enumerate(_list(body.get(rules_key), f"{prefix}{rules_key}")):
+        path = f"{prefix}{rules_key}[{i}]"
+        item = _mapping(raw, path)
+        kind = _str(item.get("kind"), f"{path}.kind")
+        if kind not in ROUTE_KINDS:
+            raise InvalidObject(
+                f"{path}.kind",
+                f"expected one of {', '.join(ROUTE_KINDS)}, got {describe(kind)}",
+            )
+        matches = None
+        if item.get("matches") is not None:
+            matches = tuple(
+                _str(m, f"{path}.matches[{j}]")
+                for j, m in enumerate(_list(item.get("matches"), f"{path}.matches"))
+            )
+        rules.append(TrafficRule(kind, _name(item.get("name"), f"{path}.name"), matches))
+    if not rules:
+        raise InvalidObject(
+            f"{prefix}{rules_key}",
+            "expected at least one rule (a TrafficTarget without rules grants nothing)",
+        )
+    return TrafficTarget(namespace, name, destination, sources, tuple(rules))
+
+
+def _header_matches(value: Any, path: str) -> tuple[tuple[str, str], ...]:
+    pairs: list[tuple[str, str]] = []
+    if isinstance(value, list):
+        for i, raw in enumerate(value):
+            for key, regex in _mapping(raw, f"{path}[{i}]").items():
+                pairs.append((str(key), _regex(regex, f"{path}[{i}].{key}")))
+    else:
+        for key, regex in _mapping(value, path).items():
+            pairs.append((str(key), _regex(regex, f"{path}.{key}")))
+    return tuple((k.lower(), v) for k, v in pairs)
+
+
+def _regex(value: Any, path: str) -> str:
+    text = _str(value, path)
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise InvalidObject(path, f"expected a regular expression: {exc}") from None
+    return text
+
+
+def parse_http_route_group(doc: Mapping[str, Any]) -> HTTPRouteGroup:
+    namespace, name = _meta(doc)
+    version = str(doc.get("apiVersion", ""))
+    if version.endswith("/v1alpha1"):
+        raw_matches, prefix = doc.get("matches"), ""
+    else:
+        raw_matches, prefix = _mapping(doc.get("spec"), "spec").get("matches"), "spec."
+    matches = []
+    for i, raw in enumerate(_list(raw_matches, f"{prefix}matches")):
+        path = f"{prefix}matches[{i}]"
+        item = _mapping(raw, path)
+        path_regex = None
+        if item.get("pathRegex") not in (None, ""):
+            path_regex = _regex(item.get("pathRegex"), f"{path}.pathRegex")
+        methods: frozenset[str] | None = None
+        if item.get("methods") is not None:
+            listed = [
+                _str(m, f"{path}.methods[{j}]").upper()
+                for j, m in enumerate(_list(item.get("methods"), f"{path}.methods"))
+            ]
+            for j, method in enumerate(listed):
+                if method != "*" and method not in HTTP_METHODS:
+                    raise InvalidObject(
+                        f"{path}.methods[{j}]",
+                        f"expected * or an HTTP method ({', '.join(sorted(HTTP_METHODS))}), "
+                        f"got {describe(method)}",
+                    )
+            methods = None if ("*" in listed or not listed) else frozenset(listed)
+        headers = _header_matches(item.get("headers"), f"{path}.headers")
+        matches.append(
+            HTTPMatch(_str(item.get("name"), f"{path}.name"), path_regex, methods, headers)
+        )
+    names = [m.name for m in matches]
+    if len(set(names)) != len(names):
+        raise InvalidObject(f"{prefix}matches", "match names must be unique")
+    return HTTPRouteGroup(namespace, name, tuple(matches))
+
+
+def parse_port_route(doc: Mapping[str, Any]) -> PortRoute:
+    namespace, name = _meta(doc)
+    kind = str(doc.get("kind"))
+    spec = _mapping(doc.get("spec"), "spec")
+    raw = spec.get("matches")
+    items = raw if isinstance(raw, list) else ([] if raw is None else [raw])
+    matches = []
+    for i, item in enumerate(items):
+        path = f"spec.matches[{i}]" if isinstance(raw, list) else "spec.matches"
+        body = _mapping(item, path)
+        ports = tuple(
+            _port(p, f"{path}.ports[{j}]")
+            for j, p in enumerate(_list(body.get("ports"), f"{path}.ports"))
+        )
+        matches.append(PortMatch(_str(body.get("name"), f"{path}.name", required=False), ports))
+    if not matches:
+        matches.append(PortMatch("", ()))
+    return PortRoute(kind, namespace, name, tuple(matches))
+
+
+_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(m|k|M|G|Ki|Mi|Gi)?$")
+_SCALE = {
+    None: 1000,
+    "m": 1,
+    "k": 10**6,
+    "M": 10**9,
+    "G": 10**12,
+    "Ki": 1024 * 1000,
+    "Mi": 1024**2 * 1000,
+    "Gi": 1024**3 * 1000,
+}
+
+
+def parse_quantity_milli(value: Any, path: str) -> int:
+    """A Kubernetes quantity in thousandths: ``1`` -> 1000, ``500m`` -> 500."""
+    if isinstance(value, bool):
+        raise InvalidObject(path, f"expected a quantity such as 1 or 500m, got {describe(value)}")
+    if isinstance(value, int):
+        if value < 0:
+            raise InvalidObject(path, f"expected a non-negative quantity, got {value}")
+        return value * 1000
+    if isinstance(value, float):
+        if value < 0:
+            raise InvalidObject(path, f"expected a non-negative quantity, got {value}")
+        return round(value * 1000)
+    match = _QUANTITY.match(value) if isinstance(value, str) else None
+    if match is None:
+        raise InvalidObject(path, f"expected a quantity such as 1 or 500m, got {describe(value)}")
+    number, suffix = match.groups()
+    whole, _, frac = number.partition(".")
+    scaled = int(whole) * _SCALE[suffix]
+    if frac:
+        scaled += int(frac) * _SCALE[suffix] // 10 ** len(frac)
+    return scaled
+
+
+def parse_traffic_split(doc: Mapping[str, Any]) -> TrafficSplit:
+    namespace, name = _meta(doc)
+    version = str(doc.get("apiVersion", ""))
+    spec = _mapping(doc.get("spec"), "spec")
+    service = _name(spec.get("service"), "spec.service")
+    backends = []
+    for i, raw in enumerate(_list(spec.get("backends"), "spec.backends")):
+        path = f"spec.backends[{i}]"
+        item = _mapping(raw, path)
+        backend = _name(item.get("service"), f"{path}.service")
+        if version.endswith("/v1alpha1"):
+            weight = parse_quantity_milli(item.get("weight"), f"{path}.weight")
+        else:
+            weight = _int(item.get("weight"), f"{path}.weight", low=0, high=2**31 - 1)
+        backends.append(SplitBackend(backend, weight))
+    if not backends:
+        raise InvalidObject("spec.backends", "expected at least one backend")
+    if len({b.service for b in backends}) != len(backends):
+        raise InvalidObject("spec.backends", "each backend service may appear only once")
+    matches = []
+    for i, raw in enumerate(_list(spec.get("matches"), "spec.matches")):
+        path = f"spec.matches[{i}]"
+        item = _mapping(raw, path)
+        kind = _str(item.get("kind"), f"{path}.kind", required=False, default="HTTPRouteGroup")
+        if kind != "HTTPRouteGroup":
+            raise InvalidObject(f"{path}.kind", f"expected HTTPRouteGroup, got {describe(kind)}")
+        matches.append((kind, _name(item.get("name"), f"{path}.name")))
+    return TrafficSplit(namespace, name, service, tuple(backends), tuple(matches))
+
+
+PARSERS: dict[str, Any] = {
+    "Service": parse_service,
+    "EndpointSlice": parse_endpoint_slice,
+    "Pod": parse_pod,
+    "Node": parse_node,
+    "TrafficTarget": parse_traffic_target,
+    "HTTPRouteGroup": parse_http_route_group,
+    "TCPRoute": parse_port_route,
+    "UDPRoute": parse_port_route,
+    "TrafficSplit": parse_traffic_split,
+}
+
+
+@dataclass(slots=True)
+class ClusterState:
+    """Everything the topology is built from, keyed by ``namespace/name`` (``name`` for nodes)."""
+
+    services: dict[str, Service] = field(default_factory=dict)
+    endpoint_slices: dict[str, EndpointSlice] = field(default_factory=dict)
+    pods: dict[str, Pod] = field(default_factory=dict)
+    nodes: dict[str, Node] = field(default_factory=dict)
+    traffic_targets: dict[str, TrafficTarget] = field(default_factory=dict)
+    http_route_groups: dict[str, HTTPRouteGroup] = field(default_factory=dict)
+    tcp_routes: dict[str, PortRoute] = field(default_factory=dict)
+    udp_routes: dict[str, PortRoute] = field(default_factory=dict)
+    traffic_splits: dict[str, TrafficSplit] = field(default_factory=dict)
+    errors: list[ObjectError] = field(default_factory=list)
+
+    def add(self, value: Any) -> None:
+        table = self._table(value)
+        key = value.name if isinstance(value, Node) else f"{value.namespace}/{value.name}"
+        table[key] = value
+
+    def _table(self, value: Any) -> dict[str, Any]:
+        if isinstance(value, PortRoute):
+            return self.tcp_routes if value.kind == "TCPRoute" else self.udp_routes
+        tables: dict[type, dict[str, Any]] = {
+            Service: self.services,
+            EndpointSlice: self.endpoint_slices,
+            Pod: self.pods,
+            Node: self.nodes,
+            TrafficTarget: self.traffic_targets,
+            HTTPRouteGroup: self.http_route_groups,
+            TrafficSplit: self.traffic_splits,
+        }
+        return tables[type(value)]
+
+
+def parse_object(doc: Any) -> Any:
+    """Parse one object of a kind the mesh reads; None for kinds it does not read."""
+    if not isinstance(doc, Mapping):
+        raise InvalidObject("", f"expected an object, got {describe(doc)}")
+    kind = doc.get("kind")
+    parser = PARSERS.get(kind) if isinstance(kind, str) else None
+    if parser is None:
+        return None
+    version = doc.get("apiVersion")
+    if version not in SUPPORTED_VERSIONS[str(kind)]:
+        expected = ", ".join(SUPPORTED_VERSIONS[str(kind)])
+        raise InvalidObject("apiVersion", f"expected one of {expected}, got {describe(version)}")
+    return parser(doc)
+
+
+def parse_objects(docs: Iterable[Any], state: ClusterState | None = None) -> ClusterState:
+    """Parse a batch of objects into a :class:`ClusterState`, one error per bad object."""
+    state = state if state is not None else ClusterState()
+    for doc in docs:
+        try:
+            value = parse_object(doc)
+        except InvalidObject as exc:
+            state.errors.append(ObjectError(object_ref(doc), exc.field, exc.message))
+            continue
+        if value is not None:
+            state.add(value)
+    return state
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings
+
+
+def _port_range(raw: Any, path: str, default: PortRange) -> PortRange:
+    item = _mapping(raw, path)
+    start = item.get("start", default.start)
+    size = item.get("size", default.size)
+    return PortRange(_port(start, f"{path}.start"), _int(size, f"{path}.size", low=1, high=10000))
+
+
+def parse_settings(raw: Any) -> Settings:
+    """Settings from a mesh.yaml mapping; unknown keys are errors (typos should not pass)."""
+    doc = _mapping(raw, "")
+    known = {
+        "zone",
+        "clusterDomain",
+        "meshNamespace",
+        "defaultTrafficType",
+        "acl",
+        "watchNamespaces",
+        "ignoreNamespaces",
+        "httpPorts",
+        "tcpPorts",
+        "udpPorts",
+    }
+    for key in doc:
+        if key not in known:
+            raise InvalidObject(
+                str(key), f"unknown setting; expected one of {', '.join(sorted(known))}"
+            )
+    base = Settings()
+    traffic = _str(
+        doc.get("defaultTrafficType"), "defaultTrafficType", required=False, default="http"
+    )
+    try:
+        traffic_type = TrafficType(traffic)
+    except ValueError:
+        raise InvalidObject(
+            "defaultTrafficType", f"expected http, tcp or udp, got {traffic!r}"
+        ) from None
+
+    def names(key: str) -> tuple[str, ...]:
+        return tuple(_str(v, f"{key}[{i}]") for i, v in enumerate(_list(doc.get(key), key)))
+
+    return Settings(
+        zone=_str(doc.get("zone"), "zone", required=False, default=base.zone).strip("."),
+        cluster_domain=_str(
+            doc.get("clusterDomain"), "clusterDomain", required=False, default=base.cluster_domain
+        ).strip("."),
+        mesh_namespace=_str(
+            doc.get("meshNamespace"), "meshNamespace", required=False, default=base.mesh_namespace
+        ),
+        default_traffic_type=traffic_type,
+        acl=_bool(doc.get("acl"), "acl", base.acl),
+        watch_namespaces=names("watchNamespaces"),
+        ignore_namespaces=names("ignoreNamespaces"),
+        http_ports=_port_range(doc.get("httpPorts"), "httpPorts", base.http_ports),
+        tcp_ports=_port_range(doc.get("tcpPorts"), "tcpPorts", base.tcp_ports),
+        udp_ports=_port_range(doc.get("udpPorts"), "udpPorts", base.udp_ports),
+    )

@@ -1,0 +1,646 @@
+"""Routing decisions: one HTTP request or one TCP/UDP flow -> allowed or denied, and where to.
+
+:class:`Router` compiles a MeshConfig into lookup tables once; it is stateless and answers what a
+request *may* do (:meth:`Router.plan_http`), which is what ``simmesh explain`` prints.
+:class:`Engine` adds the state a data plane keeps between requests (split and endpoint balancers,
+circuit breakers, rate limiters, in-flight counts) and answers what *this* request does
+(:meth:`Engine.decide_http`, :meth:`Engine.decide_flow`). The proxy feeds it wall-clock ``now``;
+the simulator feeds it simulated ``now``. Both then report each attempt's outcome with
+:meth:`Engine.finish` and ask :meth:`Engine.retry` whether and where to retry.
+
+Order of checks for a request: listener and Host (404) -> split (weighted backend choice for the
+requests its matches select) -> access control in ACL mode (403) -> rate limit (429) -> ready
+endpoints admitted by the grants (503) -> circuit breakers (503) -> load balancer.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from mesh.core.annotations import ServicePolicy, parse_circuit_breaker_expression
+from mesh.core.config import MeshConfig
+from mesh.core.policies import (
+    CircuitBreaker,
+    CircuitBreakerSpec,
+    LeastRequest,
+    Outcome,
+    RateLimitSpec,
+    RetrySpec,
+    Rng,
+    RoundRobin,
+    SmoothWeightedRoundRobin,
+    TokenBucket,
+    retry_verdict,
+)
+
+
+class Reason(StrEnum):
+    ALLOWED = "allowed"
+    UNKNOWN_LISTENER = "unknown-listener"
+    UNKNOWN_HOST = "unknown-host"
+    NO_IDENTITY = "no-source-identity"
+    NOT_GRANTED = "not-granted"
+    NO_MATCHING_ROUTE = "no-matching-route"
+    NO_ENDPOINTS = "no-ready-endpoints"
+    CIRCUIT_OPEN = "circuit-open"
+    RATE_LIMITED = "rate-limited"
+
+
+STATUS = {
+    Reason.UNKNOWN_LISTENER: 404,
+    Reason.UNKNOWN_HOST: 404,
+    Reason.NO_IDENTITY: 403,
+    Reason.NOT_GRANTED: 403,
+    Reason.NO_MATCHING_ROUTE: 403,
+    Reason.NO_ENDPOINTS: 503,
+    Reason.CIRCUIT_OPEN: 503,
+    Reason.RATE_LIMITED: 429,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Compiled config
+
+
+class Endpoint:
+    __slots__ = ("identity", "ip", "key", "node", "port")
+
+    def __init__(self, ip: str, port: int, node: str | None, identity: str | None) -> None:
+        self.ip = ip
+        self.port = port
+        self.node = node
+        self.identity = identity
+        self.key = f"{ip}:{port}"
+
+    def __repr__(self) -> str:
+        return f"Endpoint({self.key}, identity={self.identity})"
+
+
+class Match:
+    """A compiled HTTPRouteGroup match: path regex anchored at the start only, on the path
+    without its query; methods; header regexes over the whole value (AND)."""
+
+    __slots__ = ("headers", "methods", "name", "path")
+
+    def __init__(self, raw: Mapping[str, Any]) -> None:
+        self.name: str = raw["name"]
+        regex = raw.get("pathRegex")
+        self.path: Callable[[str], object] | None = re.compile(regex).match if regex else None
+        methods = raw.get("methods")
+        self.methods: frozenset[str] | None = frozenset(methods) if methods is not None else None
+        self.headers = tuple(
+            (k.lower(), re.compile(v).fullmatch) for k, v in raw.get("headers", [])
+        )
+
+    def matches(self, method: str, path: str, headers: Mapping[str, str]) -> bool:
+        if self.methods is not None and method not in self.methods:
+            return False
+        if self.path is not None and self.path(path) is None:
+            return False
+        for name, pattern in self.headers:
+            value = headers.get(name)
+            if value is None or pattern(value) is None:
+                return False
+        return True
+
+
+class AccessGrant:
+    __slots__ = ("destination", "kind", "match", "ports", "route", "sources", "target")
+
+    def __init__(self, raw: Mapping[str, Any]) -> None:
+        self.target: str = raw["target"]
+        self.destination: str = raw["destination"]
+        self.sources = frozenset(raw["sources"])
+        self.kind: str = raw["kind"]
+        self.route: str = raw["route"]
+        self.match = Match(raw["match"]) if raw.get("match") else None
+        self.ports = frozenset(raw.get("ports") or ())
+
+    def describe(self) -> str:
+        what = f"{self.kind} {self.route}"
+        if self.match is not None:
+            what += f" match {self.match.name!r}"
+        elif self.ports:
+            what += f" ports {sorted(self.ports)}"
+        return f"TrafficTarget {self.target} ({what})"
+
+
+class EndpointGroup:
+    """Endpoints sharing an identity and a target port, with the grants that admit traffic."""
+
+    __slots__ = ("endpoints", "grants", "identity", "port")
+
+    def __init__(self, identity: str | None, port: int, grants: tuple[AccessGrant, ...]) -> None:
+        self.identity = identity
+        self.port = port
+        self.grants = grants
+        self.endpoints: list[Endpoint] = []
+
+
+class Cluster:
+    __slots__ = (
+        "breaker",
+        "endpoints",
+        "groups",
+        "key",
+        "load_balancer",
+        "port",
+        "protocol",
+        "scheme",
+        "service",
+    )
+
+    def __init__(self, key: str, raw: Mapping[str, Any], acl: bool) -> None:
+        self.key = key
+        self.service: str = raw["service"]
+        self.port: int = raw["port"]
+        self.protocol: str = raw["protocol"]
+        self.scheme: str = raw["scheme"]
+        self.load_balancer: str = raw["loadBalancer"]
+        self.endpoints = tuple(
+            Endpoint(e["ip"], e["port"], e.get("node"), e.get("identity")) for e in raw["endpoints"]
+        )
+        self.breaker = _breaker_spec(raw.get("circuitBreaker"))
+        self.groups: tuple[EndpointGroup, ...] = ()
+        if acl:
+            self.groups = _groups(self.endpoints, [AccessGrant(g) for g in raw.get("access", [])])
+
+
+def _groups(endpoints: Sequence[Endpoint], grants: list[AccessGrant]) -> tuple[EndpointGroup, ...]:
+    groups: dict[tuple[str | None, int], EndpointGroup] = {}
+    for endpoint in endpoints:
+        key = (endpoint.identity, endpoint.port)
+        group = groups.get(key)
+        if group is None:
+            admitted = tuple(
+                g
+                for g in grants
+                if g.destination == endpoint.identity and (not g.ports or endpoint.port in g.ports)
+            )
+            group = groups[key] = EndpointGroup(endpoint.identity, endpoint.port, admitted)
+        group.endpoints.append(endpoint)
+    return tuple(groups.values())
+
+
+def _breaker_spec(raw: Mapping[str, Any] | None) -> CircuitBreakerSpec | None:
+    if raw is None:
+        return None
+    return CircuitBreakerSpec(
+        expression=raw["expression"],
+        any_of=parse_circuit_breaker_expression(raw["expression"]),
+        window=raw["window"],
+        open_duration=raw["openDuration"],
+        min_requests=raw["minRequests"],
+        check_period=raw["checkPeriod"],
+    )
+
+
+class Split:
+    __slots__ = ("backends", "clusters", "matches", "name", "weights")
+
+    def __init__(self, raw: Mapping[str, Any], clusters: Mapping[str, Cluster]) -> None:
+        self.name: str = raw["name"]
+        self.backends: tuple[str, ...] = tuple(b["service"] for b in raw["backends"])
+        self.weights: tuple[int, ...] = tuple(b["weight"] for b in raw["backends"])
+        self.clusters = tuple(clusters[b["cluster"]] for b in raw["backends"])
+        self.matches = tuple(Match(m) for m in raw.get("matches", []))
+
+    def applies(self, method: str, path: str, headers: Mapping[str, str]) -> bool:
+        if not self.matches:
+            return True
+        return any(m.matches(method, path, headers) for m in self.matches)
+
+
+class Route:
+    __slots__ = (
+        "cluster",
+        "key",
+        "listener",
+        "policy",
+        "port",
+        "protocol",
+        "scheme",
+        "service",
+        "split",
+    )
+
+    def __init__(self, key: str, raw: Mapping[str, Any], clusters: Mapping[str, Cluster]) -> None:
+        self.key = key
+        self.service: str = raw["service"]
+        self.port: int = raw["port"]
+        self.protocol: str = raw["protocol"]
+        self.scheme: str = raw["scheme"]
+        self.listener: int | None = raw["listener"]
+        self.cluster = clusters[raw["cluster"]]
+        self.split = Split(raw["split"], clusters) if raw.get("split") else None
+        self.policy = _policy(raw["policy"], self.cluster.breaker)
+
+
+def _policy(raw: Mapping[str, Any], breaker: CircuitBreakerSpec | None) -> ServicePolicy:
+    retry = raw.get("retry")
+    limit = raw.get("rateLimit")
+    return ServicePolicy(
+        retry=None
+        if retry is None
+        else RetrySpec(
+            attempts=retry["attempts"],
+            non_idempotent=retry["nonIdempotent"],
+            on_statuses=tuple(retry["onStatuses"]),
+        ),
+        timeout=raw.get("timeout"),
+        circuit_breaker=breaker,
+        rate_limit=None if limit is None else RateLimitSpec(limit["average"], limit["burst"]),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Access
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    """The access verdict for one backend: the endpoints a request may reach there."""
+
+    allowed: bool
+    reason: Reason
+    detail: str
+    rule: str | None
+    endpoints: tuple[Endpoint, ...]
+
+
+def _norm_host(host: str) -> str:
+    host = host.lower()
+    if host.endswith("."):
+        host = host[:-1]
+    elif ".:" in host:
+        host = host.replace(".:", ":")
+    return host
+
+
+def _strip_query(path: str) -> str:
+    cut = path.find("?")
+    return path if cut < 0 else path[:cut]
+
+
+class Router:
+    """A compiled MeshConfig. Stateless: the same question always gets the same answer."""
+
+    def __init__(self, config: MeshConfig) -> None:
+        data = config.data
+        self.config = config
+        self.version = config.version
+        self.acl: bool = bool(data["settings"]["acl"])
+        self.identities: dict[str, str] = dict(data.get("identities", {}))
+        self.clusters = {k: Cluster(k, v, self.acl) for k, v in data["clusters"].items()}
+        self.routes = {k: Route(k, v, self.clusters) for k, v in data["routes"].items()}
+        self.hosts: dict[int, dict[str, Route]] = {
+            int(listener): {h: self.routes[r] for h, r in table.items() if r in self.routes}
+            for listener, table in data["hosts"].items()
+        }
+        self.flows: dict[int, Route] = {
+            item["port"]: self.routes[item["route"]]
+            for item in data["listeners"]
+            if item["protocol"] != "http"
+        }
+        self.listeners: tuple[tuple[int, str], ...] = tuple(
+            (item["port"], item["protocol"]) for item in data["listeners"]
+        )
+
+    # -- lookups ---------------------------------------------------------------------------
+
+    def route_http(self, listener: int, host: str) -> Route | None:
+        table = self.hosts.get(listener)
+        if table is None:
+            return None
+        route = table.get(host)
+        if route is None:
+            route = table.get(_norm_host(host))
+        return route
+
+    def find_route(self, host: str, port: int, protocol: str) -> Route | None:
+        """The route a client reaches by calling ``host:port`` (for explain and the sim)."""
+        host = _norm_host(host)
+        for route in self.routes.values():
+            if route.port != port or route.protocol != protocol or route.listener is None:
+                continue
+            if protocol == "http":
+                if self.route_http(route.listener, host) is route:
+                    return route
+            elif host in self._names(route):
+                return route
+        return None
+
+    def _names(self, route: Route) -> set[str]:
+        names: set[str] = set()
+        for table in self.hosts.values():
+            names.update(h for h, r in table.items() if r.service == route.service)
+        namespace, _, name = route.service.partition("/")
+        zone = self.config.data["settings"]["zone"]
+        domain = self.config.data["settings"]["clusterDomain"]
+        names.update({f"{name}.{namespace}.{zone}", f"{name}.{namespace}.svc.{domain}"})
+        return names
+
+    def source_identity(self, ip: str) -> str | None:
+        return self.identities.get(ip)
+
+    # -- access ----------------------------------------------------------------------------
+
+    def access(
+        self,
+        cluster: Cluster,
+        source: str | None,
+        method: str | None = None,
+        path: str = "/",
+        headers: Mapping[str, str] | None = None,
+    ) -> Access:
+        """Which endpoints of ``cluster`` this request may reach (all of them outside ACL)."""
+        if not self.acl:
+            return Access(
+                True,
+                Reason.ALLOWED,
+                "access control is off (default mode)",
+                None,
+                cluster.endpoints,
+            )
+        if not cluster.groups:
+            return Access(
+                False, Reason.NO_ENDPOINTS, f"{cluster.service} has no ready endpoints", None, ()
+            )
+        if source is None:
+            return Access(
+                False,
+                Reason.NO_IDENTITY,
+                "the source is not a meshed pod, so it has no identity to grant",
+                None,
+                (),
+            )
+        headers = headers if headers is not None else {}
+        clean = _strip_query(path)
+        allowed: list[Endpoint] = []
+        rule = None
+        granted_source = False
+        for group in cluster.groups:
+            for grant in group.grants:
+                if source not in grant.sources:
+                    continue
+                granted_source = True
+                if (
+                    method is None
+                    or grant.match is None
+                    or grant.match.matches(method, clean, headers)
+                ):
+                    allowed.extend(group.endpoints)
+                    rule = rule or grant.describe()
+                    break
+        if allowed:
+            return Access(True, Reason.ALLOWED, f"granted by {rule}", rule, tuple(allowed))
+        destinations = sorted({str(g.identity) for g in cluster.groups})
+        if granted_source:
+            return Access(
+                False,
+                Reason.NO_MATCHING_ROUTE,
+                f"{source} has TrafficTargets to {', '.join(destinations)} but none of their "
+                f"route matches admits {method} {clean}",
+                None,
+                (),
+            )
+        return Access(
+            False,
+            Reason.NOT_GRANTED,
+            f"no TrafficTarget grants {source} access to {', '.join(destinations)} "
+            f"(the pods behind {cluster.service}:{cluster.port})",
+            None,
+            (),
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Decisions (stateful)
+
+
+class Decision:
+    """The verdict for one request or flow. ``status`` is set when the proxy answers itself."""
+
+    __slots__ = (
+        "allowed",
+        "candidates",
+        "cluster",
+        "detail",
+        "endpoint",
+        "policy",
+        "reason",
+        "retry_after",
+        "route",
+        "rule",
+        "status",
+    )
+
+    def __init__(
+        self,
+        reason: Reason,
+        detail: str,
+        route: Route | None = None,
+        cluster: Cluster | None = None,
+        rule: str | None = None,
+    ) -> None:
+        self.allowed = reason is Reason.ALLOWED
+        self.status = STATUS.get(reason)
+        self.reason = reason
+        self.detail = detail
+        self.route = route
+        self.cluster = cluster
+        self.rule = rule
+        self.endpoint: Endpoint | None = None
+        self.candidates: tuple[Endpoint, ...] = ()
+        self.policy = route.policy if route is not None else ServicePolicy()
+        self.retry_after = 0.0
+
+    def __repr__(self) -> str:
+        return f"Decision({self.reason}, status={self.status}, endpoint={self.endpoint})"
+
+
+class EngineState:
+    """Balancer, breaker and limiter state, keyed by names so it survives config reloads."""
+
+    def __init__(self) -> None:
+        self.splits: dict[str, SmoothWeightedRoundRobin] = {}
+        self.round_robin: dict[str, RoundRobin] = {}
+        self.least_request: dict[str, LeastRequest] = {}
+        self.breakers: dict[tuple[str, str], CircuitBreaker] = {}
+        self.limiters: dict[str, TokenBucket] = {}
+        self.inflight: dict[str, int] = {}
+
+
+class Engine:
+    def __init__(self, router: Router, state: EngineState | None = None) -> None:
+        self.router = router
+        self.state = state if state is not None else EngineState()
+
+    def decide_http(
+        self,
+        *,
+        listener: int,
+        host: str,
+        method: str,
+        path: str,
+        headers: Mapping[str, str],
+        source: str | None,
+        now: float,
+        rng: Rng,
+    ) -> Decision:
+        route = self.router.route_http(listener, host)
+        if route is None:
+            if listener not in self.router.hosts:
+                return Decision(Reason.UNKNOWN_LISTENER, f"no HTTP listener on port {listener}")
+            return Decision(Reason.UNKNOWN_HOST, f"no meshed service answers to Host {host!r}")
+        cluster = route.cluster
+        split = route.split
+        if split is not None and split.applies(method, _strip_query(path), headers):
+            cluster = split.clusters[self._split_pick(route.key, split)]
+        access = self.router.access(cluster, source, method, path, headers)
+        return self._admit(route, cluster, access, now, rng)
+
+    def decide_flow(self, *, listener: int, source: str | None, now: float, rng: Rng) -> Decision:
+        route = self.router.flows.get(listener)
+        if route is None:
+            return Decision(Reason.UNKNOWN_LISTENER, f"no TCP/UDP listener on port {listener}")
+        cluster = route.cluster
+        if route.split is not None:
+            cluster = route.split.clusters[self._split_pick(route.key, route.split)]
+        return self._admit(route, cluster, self.router.access(cluster, source), now, rng)
+
+    def _split_pick(self, key: str, split: Split) -> int:
+        balancer = self.state.splits.get(key)
+        if balancer is None or balancer.weights != split.weights:
+            balancer = self.state.splits[key] = SmoothWeightedRoundRobin(split.weights)
+        return balancer.pick()
+
+    def _admit(
+        self, route: Route, cluster: Cluster, access: Access, now: float, rng: Rng
+    ) -> Decision:
+        if not access.allowed:
+            return Decision(access.reason, access.detail, route, cluster)
+        limit = route.policy.rate_limit
+        if limit is not None:
+            wait = self._limiter(route.key, limit).take(now)
+            if wait > 0:
+                decision = Decision(
+                    Reason.RATE_LIMITED,
+                    f"{route.service} allows {limit.average:g} requests/s (burst {limit.burst})",
+                    route,
+                    cluster,
+                )
+                decision.retry_after = wait
+                return decision
+        decision = Decision(Reason.ALLOWED, access.detail, route, cluster, access.rule)
+        decision.candidates = access.endpoints
+        if not access.endpoints:
+            return Decision(
+                Reason.NO_ENDPOINTS,
+                f"{cluster.service}:{cluster.port} has no ready endpoints",
+                route,
+                cluster,
+            )
+        endpoint = self._pick(cluster, access.endpoints, (), now, rng)
+        if endpoint is None:
+            return Decision(
+                Reason.CIRCUIT_OPEN,
+                f"every endpoint of {cluster.service}:"
+                f"{cluster.port} is ejected by its circuit breaker",
+                route,
+                cluster,
+            )
+        decision.endpoint = endpoint
+        return decision
+
+    def _limiter(self, key: str, spec: RateLimitSpec) -> TokenBucket:
+        bucket = self.state.limiters.get(key)
+        if bucket is None or bucket.spec != spec:
+            bucket = self.state.limiters[key] = TokenBucket(spec)
+        return bucket
+
+    def breaker(self, cluster: Cluster, endpoint: Endpoint) -> CircuitBreaker | None:
+        spec = cluster.breaker
+        if spec is None:
+            return None
+        key = (cluster.service, endpoint.key)
+        breaker = self.state.breakers.get(key)
+        if breaker is None or breaker.spec != spec:
+            breaker = self.state.breakers[key] = CircuitBreaker(spec)
+        return breaker
+
+    def _pick(
+        self,
+        cluster: Cluster,
+        endpoints: Sequence[Endpoint],
+        avoid: Sequence[Endpoint],
+        now: float,
+        rng: Rng,
+    ) -> Endpoint | None:
+        candidates = endpoints
+        if cluster.breaker is not None or avoid:
+            candidates = [
+                e for e in endpoints if e not in avoid and self._available(cluster, e, now)
+            ]
+            if not candidates and avoid:
+                candidates = [e for e in endpoints if self._available(cluster, e, now)]
+            if not candidates:
+                return None
+        if cluster.load_balancer == "least-request":
+            balancer = self.state.least_request.get(cluster.key)
+            if balancer is None:
+                balancer = self.state.least_request[cluster.key] = LeastRequest()
+            balancer.inflight = self.state.inflight
+            endpoint = candidates[balancer.pick(len(candidates), rng, [e.key for e in candidates])]
+        else:
+            robin = self.state.round_robin.get(cluster.key)
+            if robin is None:
+                robin = self.state.round_robin[cluster.key] = RoundRobin()
+            endpoint = candidates[robin.pick(len(candidates), rng)]
+        breaker = self.breaker(cluster, endpoint)
+        if breaker is not None:
+            breaker.allow(now)
+        inflight = self.state.inflight
+        inflight[endpoint.key] = inflight.get(endpoint.key, 0) + 1
+        return endpoint
+
+    def _available(self, cluster: Cluster, endpoint: Endpoint, now: float) -> bool:
+        breaker = self.breaker(cluster, endpoint)
+        return breaker is None or breaker.available(now)
+
+    def finish(self, decision: Decision, endpoint: Endpoint, outcome: Outcome, now: float) -> None:
+        """Report one attempt's outcome: in-flight count and circuit breaker."""
+        inflight = self.state.inflight
+        inflight[endpoint.key] = max(0, inflight.get(endpoint.key, 1) - 1)
+        if decision.cluster is not None:
+            breaker = self.breaker(decision.cluster, endpoint)
+            if breaker is not None:
+                breaker.record(now, outcome)
+
+    def retry(
+        self,
+        decision: Decision,
+        *,
+        tries: int,
+        tried: Sequence[Endpoint],
+        method: str,
+        replayable: bool,
+        outcome: Outcome,
+        now: float,
+        rng: Rng,
+    ) -> Endpoint | None:
+        """The endpoint for the next attempt, or None when the request must not be retried."""
+        why = retry_verdict(
+            decision.policy.retry,
+            tries=tries,
+            method=method,
+            replayable=replayable,
+            outcome=outcome,
+        )
+        if why is None or decision.cluster is None:
+            return None
+        return self._pick(decision.cluster, decision.candidates, tried, now, rng)

@@ -1,0 +1,1 @@
+"""CoreDNS and kube-dns integration."""

@@ -1,0 +1,100 @@
+"""Reading a manifests directory: every ``*.yaml``/``*.yml``/``*.json`` file (recursively, in
+sorted order), multi-document files and ``List`` kinds; ``mesh.yaml`` holds the settings and
+``scenario.yaml`` belongs to the simulator, so neither is read as manifests.
+
+A file that is not valid YAML, or a document that is not a Kubernetes object, is a
+:class:`ManifestError` naming the file: the caller decides whether that is fatal (the CLI) or
+reported and skipped (the file provider).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mesh.core.errors import InvalidObject
+from mesh.core.model import Settings
+from mesh.core.parse import ClusterState, parse_objects, parse_settings
+
+SPECIAL = ("mesh.yaml", "scenario.yaml")
+
+
+class ManifestError(Exception):
+    pass
+
+
+@dataclass
+class Manifests:
+    docs: list[Any] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # file-level problems
+
+
+def manifest_files(directory: Path) -> list[Path]:
+    if not directory.is_dir():
+        raise ManifestError(f"{directory}: not a directory")
+    return sorted(
+        p
+        for p in directory.rglob("*")
+        if p.is_file()
+        and p.suffix in (".yaml", ".yml", ".json")
+        and p.name not in SPECIAL
+        and not any(part.startswith(".") for part in p.relative_to(directory).parts)
+    )
+
+
+def read_manifests(directory: Path) -> Manifests:
+    out = Manifests()
+    for path in manifest_files(directory):
+        try:
+            docs = list(yaml.safe_load_all(path.read_text()))
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            out.problems.append(f"{path}: not valid YAML: {_short(exc)}")
+            continue
+        for index, doc in enumerate(docs):
+            if doc is None:
+                continue
+            for item in _expand(doc):
+                if not isinstance(item, dict) or not isinstance(item.get("kind"), str):
+                    out.problems.append(
+                        f"{path}: document {index + 1}: expected a Kubernetes object with a kind"
+                    )
+                    continue
+                out.docs.append(item)
+    return out
+
+
+def _expand(doc: Any) -> list[Any]:
+    if isinstance(doc, dict) and isinstance(doc.get("kind"), str) and doc["kind"].endswith("List"):
+        items = doc.get("items")
+        return list(items) if isinstance(items, list) else [doc]
+    return [doc]
+
+
+def _short(exc: Exception) -> str:
+    return " ".join(str(exc).split())[:200]
+
+
+def read_settings(directory: Path, *, acl: bool | None = None) -> Settings:
+    path = directory / "mesh.yaml"
+    settings = Settings()
+    if path.exists():
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+            settings = parse_settings(raw)
+        except yaml.YAMLError as exc:
+            raise ManifestError(f"{path}: not valid YAML: {_short(exc)}") from None
+        except InvalidObject as exc:
+            raise ManifestError(f"{path}: {exc.field}: {exc.message}") from None
+    if acl is not None:
+        from dataclasses import replace
+
+        settings = replace(settings, acl=acl)
+    return settings
+
+
+def load_state(directory: Path) -> tuple[ClusterState, list[str]]:
+    manifests = read_manifests(directory)
+    return parse_objects(manifests.docs), manifests.problems

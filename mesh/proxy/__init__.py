@@ -1,0 +1,1 @@
+"""The asyncio node proxy: a thin driver of mesh.core."""

@@ -1,0 +1,1 @@
+"""The SimPy driver of mesh.core: what-if scenarios in simulated time."""
