@@ -34,6 +34,7 @@ API_VERSION = "simmesh.io/v1alpha1"
 @dataclass(frozen=True, slots=True)
 class MeshConfig:
     data: Mapping[str, Any]
+    compact: str | None = None  # the compact JSON, when already rendered
 
     @property
     def version(self) -> str:
@@ -41,7 +42,7 @@ class MeshConfig:
 
     def to_json(self, *, indent: int | None = 2) -> str:
         if indent is None:
-            return json.dumps(self.data, sort_keys=True, separators=(",", ":"))
+            return self.compact if self.compact is not None else _compact(self.data)
         return json.dumps(self.data, sort_keys=True, indent=indent) + "\n"
 
     @classmethod
@@ -73,12 +74,15 @@ def build_config(
     clusters: dict[str, Any] = {}
     hosts: dict[str, dict[str, str]] = {}
     flows: dict[str, list[str]] = {"tcp": [], "udp": []}
+    grants: dict[str, list[Grant]] = {}
+    for grant in topology.grants:
+        grants.setdefault(grant.destination, []).append(grant)
     for key in sorted(topology.services):
         service = topology.services[key]
         kind = service.options.traffic_type
         for index, port in enumerate(service.ports):
             rkey = route_key(service, port)
-            clusters[rkey] = _cluster(service, port, topology, settings)
+            clusters[rkey] = _cluster(service, port, grants if settings.acl else None)
             listener = None
             if kind is TrafficType.HTTP:
                 if index >= settings.http_ports.size:
@@ -129,14 +133,24 @@ def build_config(
         "identities": dict(sorted(topology.identities.items())) if settings.acl else {},
         "errors": [e.to_dict() for e in sorted(set(errors))],
     }
-    data["version"] = config_version(data)
-    return MeshConfig(data)
+    body = _compact(data)
+    data["version"] = _digest(body)
+    # "version" sorts after every other top-level key, so it goes last.
+    compact = f'{body[:-1]},"version":"{data["version"]}"}}'
+    return MeshConfig(data, compact)
+
+
+def _compact(data: Mapping[str, Any]) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
+def _digest(body: str) -> str:
+    return hashlib.sha256(body.encode()).hexdigest()[:16]
 
 
 def config_version(data: Mapping[str, Any]) -> str:
-    body = {k: v for k, v in data.items() if k != "version"}
-    digest = hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
-    return digest.hexdigest()[:16]
+    """The version of a config document: a digest of everything but the version itself."""
+    return _digest(_compact({k: v for k, v in data.items() if k != "version"}))
 
 
 def assign_ports(
@@ -213,7 +227,7 @@ def _route(
 
 
 def _cluster(
-    service: TopoService, port: TopoPort, topology: Topology, settings: Settings
+    service: TopoService, port: TopoPort, grants: Mapping[str, list[Grant]] | None
 ) -> dict[str, Any]:
     endpoints = [
         {"ip": e.ip, "port": e.port, "node": e.node, "identity": e.identity} for e in port.endpoints
@@ -227,23 +241,27 @@ def _cluster(
         "loadBalancer": service.options.policy.load_balancer,
         "circuitBreaker": _breaker_dict(service.options.policy),
     }
-    if settings.acl:
-        cluster["access"] = _access(service, port, topology.grants)
+    if grants is not None:
+        cluster["access"] = _access(service, port, grants)
     return cluster
 
 
-def _access(service: TopoService, port: TopoPort, grants: list[Grant]) -> list[dict[str, Any]]:
+def _access(
+    service: TopoService, port: TopoPort, grants: Mapping[str, list[Grant]]
+) -> list[dict[str, Any]]:
     kind = service.options.traffic_type
     kinds = {
         TrafficType.HTTP: ("HTTPRouteGroup", "TCPRoute"),
         TrafficType.TCP: ("TCPRoute",),
         TrafficType.UDP: ("UDPRoute",),
     }[kind]
-    identities = {e.identity for e in port.endpoints if e.identity is not None}
+    identities = sorted({e.identity for e in port.endpoints if e.identity is not None})
     target_ports = {e.port for e in port.endpoints}
+    candidates = [g for identity in identities for g in grants.get(identity, ())]
+    candidates.sort(key=lambda g: (g.target, g.route, g.match.name if g.match else ""))
     out = []
-    for grant in grants:
-        if grant.kind not in kinds or grant.destination not in identities:
+    for grant in candidates:
+        if grant.kind not in kinds:
             continue
         if grant.ports and not target_ports.intersection(grant.ports):
             continue

@@ -56,7 +56,7 @@ SUPPORTED_VERSIONS: dict[str, tuple[str, ...]] = {
     "Pod": ("v1",),
     "Node": ("v1",),
 }
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -64,6 +64,8 @@ _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
 def _mapping(value: Any, path: str) -> Mapping[str, Any]:
+    if type(value) is dict:
+        return value
     if value is None:
         return {}
     if not isinstance(value, Mapping):
@@ -80,6 +82,8 @@ def _list(value: Any, path: str) -> list[Any]:
 
 
 def _str(value: Any, path: str, *, required: bool = True, default: str = "") -> str:
+    if type(value) is str and value:
+        return value
     if value is None or value == "":
         if required:
             raise InvalidObject(path, "required, expected a non-empty string")
@@ -111,7 +115,7 @@ def _bool(value: Any, path: str, default: bool) -> bool:
 
 def _name(value: Any, path: str) -> str:
     text = _str(value, path)
-    if len(text) > 253 or not _DNS_LABEL.match(text.replace(".", "-")):
+    if len(text) > 253 or not _DNS_NAME.fullmatch(text):
         raise InvalidObject(path, f"expected a DNS-1123 name, got {describe(text)}")
     return text
 
@@ -245,7 +249,10 @@ def parse_pod(doc: Mapping[str, Any]) -> Pod:
     ips = [_str(status.get("podIP"), "status.podIP", required=False)]
     for i, raw in enumerate(_list(status.get("podIPs"), "status.podIPs")):
         ips.append(_str(_mapping(raw, f"status.podIPs[{i}]").get("ip"), f"status.podIPs[{i}].ip"))
-    unique = tuple(dict.fromkeys(ip for ip in ips if ip))
+    unique: tuple[str, ...] = ()
+    for ip in ips:
+        if ip and ip not in unique:
+            unique += (ip,)
     node = _str(spec.get("nodeName"), "spec.nodeName", required=False) or None
     return Pod(namespace, name, account, unique, node)
 
