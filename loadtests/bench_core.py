@@ -163,7 +163,7 @@ def decisions_per_second(config: MeshConfig, seconds: float) -> tuple[float, flo
         host = hosts[k % len(hosts)]
         route = router.route_http(5000, host)
         assert route is not None
-        namespace, name = route.service.split("/")
+        name = route.service.split("/")[1]
         index = int(name[3:])
         source = f"ns{(index + 1) % NS}/svc{index + 1}"
         path = "/api/items" if k % 4 else "/other"
