@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup lint test demo bench clean
+.PHONY: setup lint test sim demo bench clean
 
 setup: $(VENV)/.installed
 
@@ -16,11 +16,15 @@ $(VENV)/.installed: pyproject.toml
 
 lint: setup
 	$(BIN)/ruff check mesh sim tests loadtests tools
-	$(BIN)/mypy mesh/core
+	$(BIN)/ruff format --check mesh sim tests loadtests
+	$(BIN)/mypy mesh/core sim
 	$(BIN)/lint-imports
 
 test: setup lint
 	$(BIN)/pytest
+
+sim: setup
+	$(BIN)/simmesh sim scenarios/canary --out out/sim/canary
 
 demo: setup
 	$(BIN)/simmesh compile scenarios/quickstart -o yaml | head -40

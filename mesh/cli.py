@@ -165,7 +165,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--acl", action="store_true", help="ACL mode (overrides mesh.yaml)")
     p.add_argument("-o", "--output", choices=("text", "json"), default="text")
     p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("sim", help="simulate a scenario: SLO verdicts, results.json, plots")
+    _lazy(p, "sim.cli")
     return parser
+
+
+def _lazy(parser: argparse.ArgumentParser, module: str) -> None:
+    """Subcommands whose drivers are imported only when used (start-up stays fast)."""
+    import importlib
+
+    mod = importlib.import_module(module)
+    mod.add_arguments(parser)
+    parser.set_defaults(func=mod.run)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

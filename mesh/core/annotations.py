@@ -82,10 +82,19 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
+def _positive_duration(text: str) -> float:
+    seconds = parse_duration(text)
+    if seconds <= 0:
+        raise ValueError(f"expected a positive duration, got {text!r}")
+    return seconds
+
+
 def _positive_int(text: str, *, allow_zero: bool) -> int:
     if not text.strip().isdigit() or (int(text) == 0 and not allow_zero):
         floor = "a non-negative" if allow_zero else "a positive"
         raise ValueError(f"expected {floor} integer, got {text!r}")
+    if int(text) > 2**53:
+        raise ValueError(f"expected an integer up to 2**53, got {text[:20]!r}...")
     return int(text)
 
 
@@ -153,7 +162,7 @@ def _condition(tokens: list[str], i: int) -> tuple[Condition, int]:
     args: list[float] = []
     while i < len(tokens) and tokens[i] != ")":
         args.append(float(take()))
-        if tokens[i] == ",":
+        if i < len(tokens) and tokens[i] == ",":
             take(",")
     take(")")
     if len(args) != _ARITY[metric]:
@@ -187,7 +196,7 @@ def service_options(
     non_idempotent = read("retry-non-idempotent", _boolean)
     timeout = read("timeout", parse_duration)
     expression = read("circuit-breaker", parse_circuit_breaker_expression)
-    window = read("circuit-breaker-window", parse_duration)
+    window = read("circuit-breaker-window", _positive_duration)
     open_duration = read("circuit-breaker-open-duration", parse_duration)
     min_requests = read("circuit-breaker-min-requests", lambda t: _positive_int(t, allow_zero=True))
     average = read("ratelimit-average", lambda t: _positive_int(t, allow_zero=False))

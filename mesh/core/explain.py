@@ -21,9 +21,6 @@ class _FirstRng:
     def random(self) -> float:
         return 0.0
 
-    def randrange(self, stop: int) -> int:
-        return 0
-
 
 def explain_http(
     router: Router,

@@ -174,7 +174,7 @@ def parse_service(doc: Mapping[str, Any]) -> Service:
         item = _mapping(raw, path)
         port = _port(item.get("port"), f"{path}.port")
         target = item.get("targetPort", port)
-        if isinstance(target, str) and not target.isdigit():
+        if isinstance(target, str) and not target.isdecimal():
             _str(target, f"{path}.targetPort")
         elif isinstance(target, str):
             target = _port(int(target), f"{path}.targetPort")
@@ -339,7 +339,7 @@ def _regex(value: Any, path: str) -> str:
     text = _str(value, path)
     try:
         re.compile(text)
-    except re.error as exc:
+    except (re.error, OverflowError, RecursionError) as exc:
         raise InvalidObject(path, f"expected a regular expression: {exc}") from None
     return text
 
@@ -424,7 +424,7 @@ def parse_quantity_milli(value: Any, path: str) -> int:
             raise InvalidObject(path, f"expected a non-negative quantity, got {value}")
         return value * 1000
     if isinstance(value, float):
-        if value < 0:
+        if not 0 <= value < float("inf"):  # also NaN
             raise InvalidObject(path, f"expected a non-negative quantity, got {value}")
         return round(value * 1000)
     match = _QUANTITY.match(value) if isinstance(value, str) else None

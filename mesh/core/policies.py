@@ -4,7 +4,8 @@ The proxy feeds them wall-clock time and real outcomes; the simulator feeds them
 and simulated outcomes. Each machine lives here once:
 
 - :func:`retry_verdict`: may this attempt be retried (bounded attempts; connect failures always,
-  other failures only for idempotent methods or an explicit opt-in, never an unreplayable body).
+  other failures (reset, timeout, 500/502/503/504) only for idempotent methods or an explicit
+  opt-in, never an unreplayable body).
 - :class:`CircuitBreaker`: closed -> open (a trip condition holds) -> half-open after the open
   duration -> closed on a successful probe, open again on a failed one.
 - :class:`TokenBucket`: average rate and burst; a refused take says how long to wait.
@@ -26,8 +27,6 @@ class Rng(Protocol):
     """The part of ``random.Random`` the core uses; injected by drivers."""
 
     def random(self) -> float: ...
-
-    def randrange(self, stop: int) -> int: ...
 
 
 class Failure(StrEnum):
@@ -57,7 +56,7 @@ class Outcome:
 class RetrySpec:
     attempts: int  # retries after the first try; 0 disables retrying
     non_idempotent: bool = False  # explicit opt-in to retry POST and PATCH
-    on_statuses: tuple[int, ...] = (502, 503, 504)
+    on_statuses: tuple[int, ...] = (500, 502, 503, 504)
 
 
 def retry_verdict(
@@ -182,7 +181,11 @@ class _Window:
         return values[rank] * 1000.0
 
     def clear(self) -> None:
+        # Reset the contents too: a slot id of -1 still counts as live while now < window.
         self.slot_ids = [-1] * _BUCKETS
+        self.counts = [[0, 0] for _ in range(_BUCKETS)]
+        self.statuses = [{} for _ in range(_BUCKETS)]
+        self.latencies = [[] for _ in range(_BUCKETS)]
 
 
 _OPS = {
@@ -375,8 +378,8 @@ class LeastRequest:
     def pick(self, count: int, rng: Rng, keys: Sequence[str] = ()) -> int:
         if count == 1:
             return 0
-        a = rng.randrange(count)
-        b = rng.randrange(count - 1)
+        a = min(count - 1, int(rng.random() * count))
+        b = min(count - 2, int(rng.random() * (count - 1)))
         if b >= a:
             b += 1
         load_a = self.inflight.get(keys[a], 0) if keys else 0

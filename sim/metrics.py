@@ -1,0 +1,304 @@
+"""Recording simulated requests and turning them into results.
+
+Every finished request is one row in columnar arrays (traffic, service, backend, status, start,
+end, tries): cheap to append in the hot loop, and aggregated with numpy at the end into
+per-service, per-backend and per-traffic statistics, time series and SLO verdicts. Every
+request gets exactly one terminal row; requests still in flight when the run ends are counted
+separately.
+"""
+
+from __future__ import annotations
+
+from array import array
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from sim.scenario import Scenario, Slo
+
+if TYPE_CHECKING:
+    from sim.model import Simulation
+
+OUTCOMES = {
+    403: "denied",
+    404: "not-found",
+    429: "rate-limited",
+    500: "error",
+    502: "unreachable",
+    503: "unavailable",
+    504: "timeout",
+}
+PERCENTILES = (50, 90, 99)
+
+
+def outcome_name(status: int) -> str:
+    if 200 <= status < 400:
+        return "ok"
+    return OUTCOMES.get(status, f"http-{status}")
+
+
+class Recorder:
+    def __init__(self, scenario: Scenario) -> None:
+        self.scenario = scenario
+        self.names: dict[str | None, int] = {None: 0}
+        self.traffic = array("H")
+        self.service = array("H")
+        self.backend = array("H")
+        self.status = array("H")
+        self.start = array("d")
+        self.end = array("d")
+        self.tries = array("H")
+        self.count = 0
+
+    def _id(self, name: str | None) -> int:
+        index = self.names.get(name)
+        if index is None:
+            index = self.names[name] = len(self.names)
+        return index
+
+    def record(
+        self,
+        traffic: int,
+        service: str | None,
+        backend: str | None,
+        status: int,
+        start: float,
+        end: float,
+        tries: int,
+    ) -> None:
+        names = self.names
+        self.traffic.append(traffic)
+        self.service.append(names[service] if service in names else self._id(service))
+        self.backend.append(names[backend] if backend in names else self._id(backend))
+        self.status.append(status)
+        self.start.append(start)
+        self.end.append(end)
+        self.tries.append(tries)
+        self.count += 1
+
+    # -- aggregation ----------------------------------------------------------------------------
+
+    def results(self, sim: Simulation) -> dict[str, Any]:
+        scenario = self.scenario
+        cols = _Columns(self)
+        everything = np.ones(cols.n, dtype=bool)
+        services: dict[str, Any] = {}
+        for name, index in sorted((k, v) for k, v in self.names.items() if k is not None):
+            mask = cols.service == index
+            if not mask.any():
+                continue
+            stats = _stats(cols, mask)
+            backends = {}
+            routed = mask & (cols.backend != 0)
+            total_routed = int(routed.sum())
+            for bname, bindex in sorted((k, v) for k, v in self.names.items() if k is not None):
+                bmask = routed & (cols.backend == bindex)
+                if bmask.any():
+                    b = _stats(cols, bmask)
+                    b["share"] = _r(int(bmask.sum()) / total_routed)
+                    backends[bname] = b
+            stats["backends"] = backends
+            services[name] = stats
+        traffic = {t.name: _stats(cols, cols.traffic == i) for i, t in enumerate(scenario.traffic)}
+        breakers: dict[str, dict[str, int]] = {}
+        for engine in sim.engines.values():
+            for (service, endpoint), breaker in sorted(engine.state.breakers.items()):
+                entry = breakers.setdefault(service, {"opens": 0, "endpointsOpenAtEnd": 0})
+                entry["opens"] += breaker.opens
+                entry["endpointsOpenAtEnd"] += int(breaker.state.value != "closed")
+                del endpoint
+        for name, stats in services.items():
+            stats["circuitOpens"] = breakers.get(name, {}).get("opens", 0)
+            for bname, b in stats["backends"].items():
+                b["circuitOpens"] = breakers.get(bname, {}).get("opens", 0)
+        results: dict[str, Any] = {
+            "scenario": scenario.name,
+            "description": scenario.description,
+            "seed": scenario.seed,
+            "duration": scenario.duration,
+            "configVersion": sim.config.version,
+            "requests": {
+                "started": sim.started,
+                "finished": cols.n,
+                "inFlightAtEnd": sim.started - cols.n,
+            },
+            "overall": _stats(cols, everything),
+            "services": services,
+            "traffic": traffic,
+            "circuitBreakers": dict(sorted(breakers.items())),
+            "timeseries": _timeseries(cols, self.names, scenario.duration),
+            "events": sim.events_applied,
+            "configErrors": sim.config_errors,
+        }
+        results["slos"] = [_slo(cols, self.names, s, scenario) for s in scenario.slos]
+        return results
+
+
+class _Columns:
+    def __init__(self, rec: Recorder) -> None:
+        self.n = rec.count
+        self.traffic = (
+            np.frombuffer(rec.traffic, dtype=np.uint16) if rec.count else np.zeros(0, np.uint16)
+        )
+        self.service = (
+            np.frombuffer(rec.service, dtype=np.uint16) if rec.count else np.zeros(0, np.uint16)
+        )
+        self.backend = (
+            np.frombuffer(rec.backend, dtype=np.uint16) if rec.count else np.zeros(0, np.uint16)
+        )
+        self.status = (
+            np.frombuffer(rec.status, dtype=np.uint16) if rec.count else np.zeros(0, np.uint16)
+        )
+        self.start = np.frombuffer(rec.start, dtype=np.float64) if rec.count else np.zeros(0)
+        end = np.frombuffer(rec.end, dtype=np.float64) if rec.count else np.zeros(0)
+        self.latency = end - self.start
+        self.tries = (
+            np.frombuffer(rec.tries, dtype=np.uint16) if rec.count else np.zeros(0, np.uint16)
+        )
+        self.ok = (self.status >= 200) & (self.status < 400)
+
+
+def _r(value: float) -> float:
+    return round(float(value), 6)
+
+
+def _latency(values: np.ndarray) -> dict[str, float | None]:
+    if values.size == 0:
+        empty: dict[str, float | None] = {f"p{p}": None for p in PERCENTILES}
+        return empty | {"mean": None, "max": None}
+    qs = np.percentile(values, PERCENTILES)
+    out: dict[str, float | None] = {f"p{p}": _r(q) for p, q in zip(PERCENTILES, qs, strict=True)}
+    out["mean"] = _r(values.mean())
+    out["max"] = _r(values.max())
+    return out
+
+
+def _stats(cols: _Columns, mask: np.ndarray) -> dict[str, Any]:
+    total = int(mask.sum())
+    ok = int((mask & cols.ok).sum())
+    statuses = cols.status[mask]
+    outcomes: dict[str, int] = {}
+    for status, count in zip(*np.unique(statuses, return_counts=True), strict=True):
+        name = outcome_name(int(status))
+        outcomes[name] = outcomes.get(name, 0) + int(count)
+    tries = cols.tries[mask].astype(np.int64)
+    return {
+        "requests": total,
+        "succeeded": ok,
+        "successRate": _r(ok / total) if total else None,
+        "latency": _latency(cols.latency[mask & cols.ok]),
+        "outcomes": dict(sorted(outcomes.items())),
+        "denied": outcomes.get("denied", 0),
+        "rateLimited": outcomes.get("rate-limited", 0),
+        "retries": int(np.clip(tries - 1, 0, None).sum()),
+    }
+
+
+def bucket_width(duration: float) -> float:
+    for width in (0.1, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600):
+        if duration / width <= 120:
+            return float(width)
+    return duration / 120
+
+
+def _timeseries(cols: _Columns, names: dict[str | None, int], duration: float) -> dict[str, Any]:
+    width = bucket_width(duration)
+    count = max(1, int(np.ceil(duration / width)))
+    bucket = np.minimum((cols.start / width).astype(np.int64), count - 1)
+    out: dict[str, Any] = {
+        "bucket": width,
+        "t": [_r(i * width) for i in range(count)],
+        "services": {},
+    }
+    for name, index in sorted((k, v) for k, v in names.items() if k is not None):
+        mask = cols.service == index
+        if not mask.any():
+            continue
+        series: dict[str, Any] = {
+            "requests": [],
+            "successRate": [],
+            "p50": [],
+            "p99": [],
+            "shares": {},
+        }
+        backends = sorted(
+            (k, v) for k, v in names.items() if k is not None and (mask & (cols.backend == v)).any()
+        )
+        for b in range(count):
+            m = mask & (bucket == b)
+            n = int(m.sum())
+            series["requests"].append(n)
+            okm = m & cols.ok
+            series["successRate"].append(_r(okm.sum() / n) if n else None)
+            lat = cols.latency[okm]
+            if lat.size:
+                p50, p99 = np.percentile(lat, (50, 99))
+                series["p50"].append(_r(p50))
+                series["p99"].append(_r(p99))
+            else:
+                series["p50"].append(None)
+                series["p99"].append(None)
+            routed = int((m & (cols.backend != 0)).sum())
+            for bname, bindex in backends:
+                share = int((m & (cols.backend == bindex)).sum()) / routed if routed else None
+                series["shares"].setdefault(bname, []).append(None if share is None else _r(share))
+        out["services"][name] = series
+    return out
+
+
+def _slo(
+    cols: _Columns, names: dict[str | None, int], slo: Slo, scenario: Scenario
+) -> dict[str, Any]:
+    mask = cols.start >= slo.start
+    if slo.end is not None:
+        mask &= cols.start < slo.end
+    if slo.service is not None:
+        mask &= cols.service == names.get(slo.service, -1)
+    if slo.traffic is not None:
+        index = [t.name for t in scenario.traffic].index(slo.traffic)
+        mask &= cols.traffic == index
+    total = int(mask.sum())
+    checks = []
+    if slo.success_rate is not None:
+        value = float((mask & cols.ok).sum() / total) if total else 0.0
+        checks.append(
+            {
+                "what": "successRate",
+                "objective": f">= {slo.success_rate:g}",
+                "measured": _r(value),
+                "ok": total > 0 and value >= slo.success_rate,
+            }
+        )
+    for percentile, limit in slo.latency:
+        lat = cols.latency[mask & cols.ok]
+        value = float(np.percentile(lat, percentile)) if lat.size else float("inf")
+        checks.append(
+            {
+                "what": f"p{percentile:g} latency",
+                "objective": f"<= {limit:g}s",
+                "measured": _r(value) if lat.size else None,
+                "ok": value <= limit,
+            }
+        )
+    if slo.share is not None:
+        backend, expected, tolerance = slo.share
+        routed = mask & (cols.backend != 0)
+        n = int(routed.sum())
+        value = float((routed & (cols.backend == names.get(backend, -1))).sum() / n) if n else 0.0
+        checks.append(
+            {
+                "what": f"share of {backend}",
+                "objective": f"{expected:g} +/- {tolerance:g}",
+                "measured": _r(value),
+                "ok": n > 0 and abs(value - expected) <= tolerance,
+            }
+        )
+    return {
+        "name": slo.name,
+        "service": slo.service,
+        "traffic": slo.traffic,
+        "window": [slo.start, slo.end],
+        "requests": total,
+        "checks": checks,
+        "ok": all(c["ok"] for c in checks),
+    }

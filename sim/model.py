@@ -1,0 +1,372 @@
+"""The SimPy driver of mesh.core.
+
+Every request of a scenario is a SimPy process that asks the core's
+:class:`~mesh.core.routing.Engine` of its node's proxy for a decision (split, access, rate limit,
+circuit breakers, load balancing), "sends" it to the chosen endpoint, reports the outcome with
+:meth:`Engine.finish` and asks :meth:`Engine.retry` whether and where to retry: the very calls the
+real proxy makes, fed with simulated time instead of wall-clock time.
+
+Endpoints are pods: each has ``capacity`` concurrent slots (FIFO; an attempt takes the slot that
+frees first, so queueing delay grows with load) and a latency distribution and error rate that
+faults on the timeline can change. A timed-out attempt still occupies its slot until the pod
+finishes it, which is what makes retry storms visible.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+import time
+from bisect import bisect_right
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from itertools import accumulate
+from typing import Any
+
+import simpy
+
+from mesh.core.config import MeshConfig, build_config
+from mesh.core.parse import parse_objects
+from mesh.core.policies import Failure, Outcome
+from mesh.core.routing import Engine, Route, Router
+from mesh.core.topology import build_topology
+from sim.metrics import Recorder
+from sim.scenario import Event, Scenario, Traffic, Workload, with_event_objects
+
+Progress = Callable[[float, int], None]
+
+
+@dataclass
+class Behaviour:
+    """A workload's current behaviour, changed by faults."""
+
+    workload: Workload
+    factor: float = 1.0
+    add: float = 0.0
+    error_rate: float = 0.0
+
+
+@dataclass
+class Pod:
+    ip: str
+    node: str | None
+    behaviour: Behaviour
+    slots: list[float] | None  # min-heap of the times each slot frees; None: unbounded
+    down: bool = False
+
+
+@dataclass
+class _Stream:
+    traffic: Traffic
+    index: int
+    cumulative: list[float] = field(default_factory=list)
+    route: Route | None = None
+    generation: int = -1
+    host_header: str = ""
+
+
+class Simulation:
+    def __init__(self, scenario: Scenario) -> None:
+        self.scenario = scenario
+        self.env = simpy.Environment()
+        seed = scenario.seed
+        self.rng_arrivals = random.Random(f"{seed}:arrivals")
+        self.rng_service = random.Random(f"{seed}:service")
+        self.rng_route = random.Random(f"{seed}:route")
+        self.docs = scenario.docs
+        self.generation = 0
+        self.config = self._compile(None)
+        self.router = Router(self.config)
+        self.engines = {node: Engine(self.router) for node in scenario.nodes}
+        self.behaviours = {
+            k: Behaviour(w, error_rate=w.error_rate) for k, w in scenario.workloads.items()
+        }
+        self.pods: dict[str, Pod] = {}
+        self._place_pods()
+        self.recorder = Recorder(scenario)
+        self.events_applied: list[dict[str, Any]] = []
+        self.config_errors = list(self.config.data["errors"])
+        self.started = 0
+
+    # -- config -----------------------------------------------------------------------------
+
+    def _compile(self, previous: MeshConfig | None) -> MeshConfig:
+        settings = self.scenario.settings
+        state = parse_objects(self.docs)
+        assignments = previous.port_assignments() if previous is not None else None
+        return build_config(build_topology(state, settings), settings, assignments)
+
+    def _reload(self) -> None:
+        self.config = self._compile(self.config)
+        self.router = Router(self.config)
+        self.engines = {n: Engine(self.router, e.state) for n, e in self.engines.items()}
+        self.generation += 1
+        self._place_pods()
+        for error in self.config.data["errors"]:
+            if error not in self.config_errors:
+                self.config_errors.append(error)
+
+    def _place_pods(self) -> None:
+        """Map every endpoint IP to the workload that behaves behind it (the most specific
+        service: the one with the fewest endpoints) and create pods not seen before."""
+        owners: dict[str, tuple[int, str, str | None]] = {}
+        for cluster in self.router.clusters.values():
+            if cluster.service not in self.behaviours:
+                continue
+            size = len(cluster.endpoints)
+            for endpoint in cluster.endpoints:
+                best = owners.get(endpoint.ip)
+                if best is None or (size, cluster.service) < best[:2]:
+                    owners[endpoint.ip] = (size, cluster.service, endpoint.node)
+        for ip, (_, service, node) in sorted(owners.items()):
+            if ip in self.pods:
+                continue
+            behaviour = self.behaviours[service]
+            capacity = behaviour.workload.capacity
+            slots = [0.0] * capacity if capacity is not None else None
+            self.pods[ip] = Pod(ip, node, behaviour, slots)
+
+    # -- traffic ----------------------------------------------------------------------------
+
+    def _resolve(self, stream: _Stream) -> Route | None:
+        if stream.generation != self.generation:
+            t = stream.traffic
+            stream.route = self.router.find_route(t.host, t.port, t.protocol)
+            stream.generation = self.generation
+            stream.host_header = f"{t.host}:{t.port}"
+        return stream.route
+
+    def _open_loop(self, stream: _Stream) -> Generator[simpy.Event, Any, None]:
+        env = self.env
+        traffic = stream.traffic
+        rate = traffic.rate
+        expovariate = self.rng_arrivals.expovariate
+        if traffic.start > 0:
+            yield env.timeout(traffic.start)
+        while True:
+            yield env.timeout(expovariate(rate))
+            if env.now >= traffic.stop:
+                return
+            env.process(self._request(stream))
+
+    def _closed_loop(self, stream: _Stream) -> Generator[simpy.Event, Any, None]:
+        env = self.env
+        traffic = stream.traffic
+        if traffic.start > 0:
+            yield env.timeout(traffic.start)
+        while env.now < traffic.stop:
+            yield from self._request(stream)
+            if traffic.think > 0:
+                yield env.timeout(self.rng_arrivals.expovariate(1.0 / traffic.think))
+
+    def _request(self, stream: _Stream) -> Generator[simpy.Event, Any, None]:
+        env = self.env
+        start = env.now
+        self.started += 1
+        traffic = stream.traffic
+        mix = traffic.mix
+        kind = (
+            mix[0]
+            if len(mix) == 1
+            else mix[
+                bisect_right(stream.cumulative, self.rng_arrivals.random() * stream.cumulative[-1])
+            ]
+        )
+        route = self._resolve(stream)
+        recorder = self.recorder
+        if route is None or route.listener is None:
+            yield env.timeout(self.scenario.proxy_latency)
+            recorder.record(stream.index, None, None, 404, start, env.now, 0)
+            return
+        engine = self.engines[traffic.node]
+        if traffic.protocol == "http":
+            decision = engine.decide_http(
+                listener=route.listener,
+                host=stream.host_header,
+                method=kind.method,
+                path=kind.path,
+                headers=dict(kind.headers),
+                source=traffic.source,
+                now=start,
+                rng=self.rng_route,
+            )
+        else:
+            decision = engine.decide_flow(
+                listener=route.listener, source=traffic.source, now=start, rng=self.rng_route
+            )
+        backend = decision.cluster.service if decision.cluster is not None else None
+        endpoint = decision.endpoint
+        if endpoint is None:
+            yield env.timeout(self.scenario.proxy_latency)
+            recorder.record(
+                stream.index, route.service, backend, decision.status or 503, start, env.now, 0
+            )
+            return
+        tries = 0
+        tried = []
+        while True:
+            tries += 1
+            tried.append(endpoint)
+            outcome = yield from self._attempt(endpoint.ip, decision.policy.timeout)
+            engine.finish(decision, endpoint, outcome, env.now)
+            if not outcome.failed:
+                break
+            nxt = engine.retry(
+                decision,
+                tries=tries,
+                tried=tried,
+                method=kind.method,
+                replayable=True,
+                outcome=outcome,
+                now=env.now,
+                rng=self.rng_route,
+            )
+            if nxt is None:
+                break
+            endpoint = nxt
+        if outcome.failure is Failure.TIMEOUT:
+            status = 504
+        elif outcome.failure is not None:
+            status = 502
+        else:
+            status = outcome.status or 200
+        recorder.record(stream.index, route.service, backend, status, start, env.now, tries)
+
+    def _attempt(self, ip: str, timeout: float | None) -> Generator[simpy.Event, Any, Outcome]:
+        env = self.env
+        now = env.now
+        pod = self.pods.get(ip)
+        if pod is None or pod.down:
+            delay = self.scenario.connect_failure_latency
+            yield env.timeout(delay)
+            return Outcome(None, Failure.CONNECT, delay)
+        behaviour = pod.behaviour
+        rng = self.rng_service
+        service = behaviour.workload.latency(rng) * behaviour.factor + behaviour.add
+        slots = pod.slots
+        if slots is not None:
+            begin = slots[0] if slots[0] > now else now
+            finish = begin + service
+            heapq.heapreplace(slots, finish)
+        else:
+            finish = now + service
+        delay = finish - now + self.scenario.proxy_latency
+        failed = behaviour.error_rate > 0 and rng.random() < behaviour.error_rate
+        if timeout is not None and delay > timeout:
+            yield env.timeout(timeout)
+            return Outcome(None, Failure.TIMEOUT, timeout)
+        yield env.timeout(delay)
+        return Outcome(500 if failed else 200, None, delay)
+
+    # -- timeline ---------------------------------------------------------------------------
+
+    def _timeline(self, event: Event) -> Generator[simpy.Event, Any, None]:
+        env = self.env
+        yield env.timeout(event.at)
+        self._apply(event, undo=False)
+        until = event.params.get("until")
+        if until is not None and event.action in (
+            "endpoint-down",
+            "node-down",
+            "latency-spike",
+            "error-burst",
+        ):
+            yield env.timeout(float(until) - event.at)
+            self._apply(event, undo=True)
+
+    def _apply(self, event: Event, *, undo: bool) -> None:
+        params = event.params
+        action = event.action
+        self.events_applied.append(
+            {"at": round(self.env.now, 6), "action": action, "undo": undo, **_plain(params)}
+        )
+        if action in ("endpoint-down", "endpoint-up"):
+            down = (action == "endpoint-down") != undo
+            for pod in self._pods_of(params["service"], params.get("replica")):
+                pod.down = down
+        elif action in ("node-down", "node-up"):
+            down = (action == "node-down") != undo
+            for pod in self.pods.values():
+                if pod.node == params["node"]:
+                    pod.down = down
+        elif action == "latency-spike":
+            behaviour = self.behaviours[params["service"]]
+            behaviour.factor = 1.0 if undo else float(params.get("factor", 1.0))
+            behaviour.add = 0.0 if undo else float(params.get("add", 0.0))
+        elif action == "error-burst":
+            behaviour = self.behaviours[params["service"]]
+            behaviour.error_rate = (
+                behaviour.workload.error_rate if undo else float(params["errorRate"])
+            )
+        else:
+            self.docs = with_event_objects(self.docs, event)
+            self._reload()
+
+    def _pods_of(self, service: str, replica: Any) -> list[Pod]:
+        pods = sorted(
+            (p for p in self.pods.values() if p.behaviour.workload.service == service),
+            key=lambda p: tuple(int(x) for x in p.ip.split(".")),
+        )
+        if replica is None:
+            return pods
+        return [pods[int(replica)]] if int(replica) < len(pods) else []
+
+    # -- run ----------------------------------------------------------------------------------
+
+    def run(self, progress: Progress | None = None) -> dict[str, Any]:
+        env = self.env
+        for index, traffic in enumerate(self.scenario.traffic):
+            stream = _Stream(traffic, index, list(accumulate(k.weight for k in traffic.mix)))
+            env.process(self._open_loop(stream) if traffic.rate > 0 else self._closed_loop(stream))
+        for event in self.scenario.timeline:
+            env.process(self._timeline(event))
+        duration = self.scenario.duration
+        steps = 100
+        for step in range(1, steps + 1):
+            env.run(until=duration * step / steps)
+            if progress is not None:
+                progress(step / steps, self.recorder.count)
+        return self.recorder.results(self)
+
+
+def _plain(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in params.items() if k != "objects"}
+
+
+def run_scenario(scenario: Scenario, progress: Progress | None = None) -> dict[str, Any]:
+    return Simulation(scenario).run(progress)
+
+
+class ProgressBar:
+    """A terminal progress bar that shows itself only once a run takes more than a moment."""
+
+    def __init__(self, label: str, stream: Any, *, after: float = 2.0) -> None:
+        self.label = label
+        self.stream = stream
+        self.after = after
+        self.start = time.monotonic()
+        self.shown = False
+        self.last = -1
+
+    def __call__(self, fraction: float, requests: int) -> None:
+        elapsed = time.monotonic() - self.start
+        if elapsed < self.after and fraction < 1.0:
+            return
+        if not self.shown and fraction >= 1.0:
+            return
+        percent = int(fraction * 100)
+        tty = self.stream.isatty()
+        if not tty and percent // 10 == self.last // 10 and fraction < 1.0:
+            return
+        self.shown = True
+        self.last = percent
+        bar = "#" * (percent // 4) + "-" * (25 - percent // 4)
+        rate = requests / elapsed if elapsed > 0 else 0.0
+        text = (
+            f"{self.label} [{bar}] {percent:3d}%  {requests:,} requests  "
+            f"{rate:,.0f} req/s  {elapsed:.1f}s"
+        )
+        self.stream.write(("\r" + text) if tty else text + "\n")
+        if tty and fraction >= 1.0:
+            self.stream.write("\n")
+        self.stream.flush()

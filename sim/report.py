@@ -1,0 +1,336 @@
+"""Reports of a simulation: the terminal summary, results.json, PNG plots and report.html.
+
+results.json is written with sorted keys and rounded floats, so the same scenario and seed give
+byte-identical files. Plots mark the timeline's events with vertical lines.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+
+def results_json(results: dict[str, Any]) -> str:
+    return json.dumps(results, sort_keys=True, indent=2) + "\n"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value * 1000:.1f}ms"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.2f}%"
+
+
+def summary(results: dict[str, Any], *, wall: float | None = None) -> str:
+    req = results["requests"]
+    head = (
+        f"Scenario {results['scenario']} (seed {results['seed']}, {results['duration']:g} s "
+        f"simulated, {req['finished']:,} requests"
+    )
+    head += f", {wall:.1f} s wall)" if wall is not None else ")"
+    rows = [
+        (
+            "service / backend",
+            "requests",
+            "success",
+            "p50",
+            "p99",
+            "share",
+            "retries",
+            "denied",
+            "429",
+            "cb opens",
+        )
+    ]
+    for name, s in results["services"].items():
+        rows.append(
+            (
+                name,
+                f"{s['requests']:,}",
+                _pct(s["successRate"]),
+                _ms(s["latency"]["p50"]),
+                _ms(s["latency"]["p99"]),
+                "",
+                f"{s['retries']:,}",
+                f"{s['denied']:,}",
+                f"{s['rateLimited']:,}",
+                str(s["circuitOpens"]),
+            )
+        )
+        backends = s["backends"]
+        if len(backends) > 1 or (backends and next(iter(backends)) != name):
+            for bname, b in backends.items():
+                rows.append(
+                    (
+                        f"  -> {bname}",
+                        f"{b['requests']:,}",
+                        _pct(b["successRate"]),
+                        _ms(b["latency"]["p50"]),
+                        _ms(b["latency"]["p99"]),
+                        _pct(b["share"]),
+                        f"{b['retries']:,}",
+                        "",
+                        "",
+                        str(b["circuitOpens"]),
+                    )
+                )
+    o = results["overall"]
+    rows.append(
+        (
+            "overall",
+            f"{o['requests']:,}",
+            _pct(o["successRate"]),
+            _ms(o["latency"]["p50"]),
+            _ms(o["latency"]["p99"]),
+            "",
+            f"{o['retries']:,}",
+            f"{o['denied']:,}",
+            f"{o['rateLimited']:,}",
+            "",
+        )
+    )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [head, ""]
+    for i, row in enumerate(rows):
+        cells = [row[0].ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
+        ]
+        lines.append("  ".join(cells).rstrip())
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    outcomes = ", ".join(f"{k} {v:,}" for k, v in o["outcomes"].items())
+    lines += ["", f"outcomes: {outcomes}"]
+    if results["slos"]:
+        lines += ["", "SLOs:"]
+        for slo in results["slos"]:
+            for check in slo["checks"]:
+                verdict = "PASS" if check["ok"] else "FAIL"
+                measured = check["measured"]
+                shown = "none" if measured is None else f"{measured:g}"
+                lines.append(
+                    f"  {verdict}  {slo['name']}: {check['what']} {check['objective']} "
+                    f"(measured {shown})"
+                )
+    for error in results.get("configErrors", []):
+        lines.append(
+            f"warning: {error['kind']} {error['namespace']}/{error['name']}: "
+            f"{error['field']}: {error['message']}"
+        )
+    return "\n".join(lines)
+
+
+def slos_ok(results: dict[str, Any]) -> bool:
+    return all(slo["ok"] for slo in results["slos"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Plots
+
+
+def _mark_events(ax: Any, results: dict[str, Any]) -> None:
+    seen = set()
+    for event in results["events"]:
+        label = f"{event['action']}{' end' if event['undo'] else ''}"
+        ax.axvline(
+            event["at"],
+            color="grey",
+            linestyle="--",
+            linewidth=0.8,
+            label=None if label in seen else label,
+        )
+        seen.add(label)
+
+
+def _series(values: list[Any]) -> list[float]:
+    return [float("nan") if v is None else v for v in values]
+
+
+def plot(results: dict[str, Any], out: Path) -> list[Path]:
+    ts = results["timeseries"]
+    t = ts["t"]
+    files = []
+
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for name, s in ts["services"].items():
+        line = ax.plot(
+            t, [v * 1000 if v is not None else float("nan") for v in s["p99"]], label=f"{name} p99"
+        )[0]
+        ax.plot(
+            t,
+            [v * 1000 if v is not None else float("nan") for v in s["p50"]],
+            linestyle=":",
+            color=line.get_color(),
+            label=f"{name} p50",
+        )
+    _mark_events(ax, results)
+    ax.set(
+        title=f"{results['scenario']}: latency of successful requests",
+        xlabel="time (s)",
+        ylabel="latency (ms)",
+    )
+    ax.set_yscale("log")
+    ax.legend(fontsize=7, loc="upper left")
+    files.append(_save(fig, out / "latency.png"))
+
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for name, s in ts["services"].items():
+        ax.step(
+            t,
+            [100 * v if v is not None else float("nan") for v in s["successRate"]],
+            where="post",
+            label=name,
+        )
+    _mark_events(ax, results)
+    ax.set(
+        title=f"{results['scenario']}: success rate",
+        xlabel="time (s)",
+        ylabel="success (%)",
+        ylim=(-2, 102),
+    )
+    ax.legend(fontsize=7, loc="lower left")
+    files.append(_save(fig, out / "success.png"))
+
+    split = {n: s for n, s in ts["services"].items() if len(s["shares"]) > 1}
+    if split:
+        fig, ax = plt.subplots(figsize=(9, 4.5))
+        for name, s in split.items():
+            for backend, shares in s["shares"].items():
+                ax.step(
+                    t,
+                    [100 * v if v is not None else float("nan") for v in shares],
+                    where="post",
+                    label=f"{name} -> {backend}",
+                )
+        _mark_events(ax, results)
+        ax.set(
+            title=f"{results['scenario']}: backend shares",
+            xlabel="time (s)",
+            ylabel="share of requests (%)",
+            ylim=(-2, 102),
+        )
+        ax.legend(fontsize=7, loc="center left")
+        files.append(_save(fig, out / "shares.png"))
+    return files
+
+
+def _save(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def html_report(results: dict[str, Any], images: list[Path], text: str) -> str:
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>simmesh: {html.escape(results['scenario'])}</title>",
+        "<style>body{font-family:sans-serif;max-width:1000px;margin:2em auto}"
+        "pre{background:#f6f6f6;padding:1em;overflow:auto}.pass{color:#070}.fail{color:#b00}"
+        "td,th{padding:2px 8px;text-align:left}</style></head><body>",
+        f"<h1>{html.escape(results['scenario'])}</h1>",
+        f"<p>{html.escape(results.get('description') or '')}</p>",
+    ]
+    if results["slos"]:
+        parts.append(
+            "<h2>SLOs</h2><table><tr><th>verdict</th><th>SLO</th><th>check</th>"
+            "<th>objective</th><th>measured</th></tr>"
+        )
+        for slo in results["slos"]:
+            for check in slo["checks"]:
+                cls, word = ("pass", "PASS") if check["ok"] else ("fail", "FAIL")
+                parts.append(
+                    f"<tr><td class='{cls}'>{word}</td><td>{html.escape(slo['name'])}</td>"
+                    f"<td>{html.escape(check['what'])}</td><td>{html.escape(check['objective'])}"
+                    f"</td><td>{check['measured']}</td></tr>"
+                )
+        parts.append("</table>")
+    parts.append(f"<h2>Summary</h2><pre>{html.escape(text)}</pre>")
+    for image in images:
+        data = base64.b64encode(image.read_bytes()).decode()
+        parts.append(
+            f"<h2>{html.escape(image.stem)}</h2>"
+            f"<img alt='{image.stem}' src='data:image/png;base64,{data}' width='900'>"
+        )
+    if results["events"]:
+        parts.append("<h2>Timeline</h2><ul>")
+        for event in results["events"]:
+            parts.append(
+                f"<li>{event['at']:g} s: {html.escape(json.dumps(event, sort_keys=True))}</li>"
+            )
+        parts.append("</ul>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_reports(results: dict[str, Any], out: Path, *, wall: float | None = None) -> str:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(results_json(results))
+    text = summary(results, wall=wall)
+    images = plot(results, out)
+    (out / "report.html").write_text(html_report(results, images, text))
+    return text
+
+
+# ---------------------------------------------------------------------------------------------
+# Sweeps
+
+
+def sweep_table(path: str, rows: list[tuple[str, dict[str, Any]]]) -> str:
+    header = [path, "requests", "success", "p50", "p99", "retries", "SLOs"]
+    table = [header]
+    for value, results in rows:
+        o = results["overall"]
+        verdicts = " ".join("PASS" if s["ok"] else "FAIL" for s in results["slos"]) or "-"
+        table.append(
+            [
+                value,
+                f"{o['requests']:,}",
+                _pct(o["successRate"]),
+                _ms(o["latency"]["p50"]),
+                _ms(o["latency"]["p99"]),
+                f"{o['retries']:,}",
+                verdicts,
+            ]
+        )
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    lines = []
+    for i, row in enumerate(table):
+        lines.append(
+            "  ".join(
+                c.ljust(w) if j == 0 else c.rjust(w)
+                for j, (c, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def plot_sweep(path: str, rows: list[tuple[str, dict[str, Any]]], out: Path) -> Path:
+    labels = [v for v, _ in rows]
+    success = [100 * (r["overall"]["successRate"] or 0) for _, r in rows]
+    p99 = [1000 * (r["overall"]["latency"]["p99"] or float("nan")) for _, r in rows]
+    load = [r["overall"]["requests"] + r["overall"]["retries"] for _, r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
+    axes[0].bar(
+        labels,
+        success,
+        color=["#2a7" if all(s["ok"] for s in r["slos"]) else "#c33" for _, r in rows],
+    )
+    axes[0].set(title="success rate (green: SLOs met)", ylabel="%", xlabel=path)
+    axes[1].plot(labels, p99, marker="o")
+    axes[1].set(title="p99 latency", ylabel="ms", xlabel=path)
+    axes[2].bar(labels, load)
+    axes[2].set(title="attempts sent (requests + retries)", xlabel=path)
+    for ax in axes:
+        ax.tick_params(axis="x", labelsize=8)
+    return _save(fig, out / "sweep.png")

@@ -1,0 +1,822 @@
+"""Scenario directories: Kubernetes manifests plus ``scenario.yaml``.
+
+``scenario.yaml`` describes what the manifests cannot: nodes, how each workload behaves,
+the traffic, a timeline of faults and policy changes, SLOs, the duration and the seed.
+Validation errors name the file and the field (``scenario.yaml: traffic[0].rate: ...``).
+
+Workloads without EndpointSlices in the manifests get generated Pods and an EndpointSlice
+(``replicas`` of them, placed round robin on ``nodes``), and a Service when none is given, so a
+scenario may be as short as its SMI objects and a scenario.yaml. Generated objects go through
+the same core parsing as hand-written ones.
+
+``--set path=value`` edits scenario.yaml before validation (``traffic[0].rate=200``,
+``policies.demo/backend.retry-attempts=3``); ``policies`` become ``simmesh.io/`` annotations on
+the Services.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from mesh.core.model import Settings
+from mesh.manifests import ManifestError, read_manifests, read_settings
+from sim.distributions import DistributionError, Sampler, sampler
+
+
+class ScenarioError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Workload:
+    service: str  # namespace/name
+    replicas: int
+    nodes: tuple[str, ...]
+    service_account: str
+    latency: Sampler
+    error_rate: float
+    capacity: int | None  # concurrent requests per replica; None: unbounded
+    port: int
+    target_port: int
+
+
+@dataclass(frozen=True)
+class RequestKind:
+    method: str
+    path: str
+    weight: float
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Traffic:
+    name: str
+    source: str | None  # identity namespace/serviceaccount
+    node: str
+    protocol: str  # http, tcp or udp
+    host: str
+    port: int
+    rate: float  # open loop, requests per second (0 with users)
+    users: int  # closed loop
+    think: float
+    mix: tuple[RequestKind, ...]
+    start: float
+    stop: float
+
+
+@dataclass(frozen=True)
+class Event:
+    at: float
+    action: str
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Slo:
+    name: str
+    service: str | None  # None: every request of the scenario
+    traffic: str | None
+    success_rate: float | None
+    latency: tuple[tuple[float, float], ...]  # (percentile, max seconds)
+    share: tuple[str, float, float] | None  # (backend, expected, tolerance)
+    start: float
+    end: float | None
+
+
+@dataclass
+class Scenario:
+    directory: Path
+    name: str
+    description: str
+    docs: list[dict[str, Any]]
+    settings: Settings
+    nodes: tuple[str, ...]
+    workloads: dict[str, Workload]
+    traffic: list[Traffic]
+    timeline: list[Event]
+    slos: list[Slo]
+    duration: float
+    seed: int
+    proxy_latency: float
+    connect_failure_latency: float
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+ACTIONS = {
+    "endpoint-down",
+    "endpoint-up",
+    "node-down",
+    "node-up",
+    "latency-spike",
+    "error-burst",
+    "apply",
+    "delete",
+    "set-split",
+    "set-policy",
+}
+TOP_KEYS = {
+    "name",
+    "description",
+    "duration",
+    "seed",
+    "nodes",
+    "workloads",
+    "traffic",
+    "timeline",
+    "slos",
+    "policies",
+    "proxyLatency",
+    "connectFailureLatency",
+    "settings",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# --set
+
+
+def apply_set(raw: dict[str, Any], assignment: str) -> None:
+    """``a.b[0].c=value`` on the raw scenario mapping; the value is read as YAML."""
+    path, sep, text = assignment.partition("=")
+    if not sep or not path:
+        raise ScenarioError(f"--set {assignment!r}: expected PATH=VALUE")
+    value = yaml.safe_load(text) if text else ""
+    steps = _steps(path)
+    node: Any = raw
+    for i, step in enumerate(steps[:-1]):
+        nxt = steps[i + 1]
+        if isinstance(step, int):
+            if not isinstance(node, list) or step >= len(node):
+                raise ScenarioError(f"--set {path}: no item {step} at {_render(steps[:i])}")
+            node = node[step]
+        else:
+            if not isinstance(node, dict):
+                raise ScenarioError(f"--set {path}: {_render(steps[:i])} is not a mapping")
+            node = node.setdefault(step, [] if isinstance(nxt, int) else {})
+    last = steps[-1]
+    if isinstance(last, int):
+        if not isinstance(node, list) or last >= len(node):
+            raise ScenarioError(f"--set {path}: no item {last}")
+        node[last] = value
+    else:
+        if not isinstance(node, dict):
+            raise ScenarioError(f"--set {path}: parent is not a mapping")
+        node[last] = value
+
+
+def _steps(path: str) -> list[str | int]:
+    steps: list[str | int] = []
+    for part in path.split("."):
+        name, _, rest = part.partition("[")
+        if name:
+            steps.append(name)
+        while rest:
+            index, _, rest = rest.partition("]")
+            if not index.isdigit():
+                raise ScenarioError(f"--set {path}: bad index [{index}]")
+            steps.append(int(index))
+            rest = rest.lstrip("[")
+    # Service keys contain no dots, annotation names may: keep "simmesh.io/x" style keys whole.
+    merged: list[str | int] = []
+    for step in steps:
+        if (
+            merged
+            and isinstance(step, str)
+            and isinstance(merged[-1], str)
+            and (
+                merged[-1].endswith(("simmesh", "mesh", "traefik", "maesh", "containo"))
+                and step.startswith(("io/", "us/"))
+            )
+        ):
+            merged[-1] = f"{merged[-1]}.{step}"
+        else:
+            merged.append(step)
+    return merged
+
+
+def _render(steps: list[str | int]) -> str:
+    return "".join(f"[{s}]" if isinstance(s, int) else f".{s}" for s in steps).lstrip(".") or "."
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_scenario(directory: Path, sets: list[str] | tuple[str, ...] = ()) -> Scenario:
+    path = directory / "scenario.yaml"
+    if not path.exists():
+        raise ScenarioError(f"{directory}: no scenario.yaml")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ScenarioError(f"{path}: not valid YAML: {' '.join(str(exc).split())[:200]}") from None
+    if not isinstance(raw, dict):
+        raise ScenarioError(f"{path}: expected a mapping at the top")
+    raw = copy.deepcopy(raw)
+    for assignment in sets:
+        apply_set(raw, assignment)
+    try:
+        manifests = read_manifests(directory)
+        settings = read_settings(directory)
+    except ManifestError as exc:
+        raise ScenarioError(str(exc)) from None
+    if manifests.problems:
+        raise ScenarioError("; ".join(manifests.problems))
+    return _Validator(path, directory, raw, manifests.docs, settings).scenario()
+
+
+class _Validator:
+    def __init__(
+        self,
+        path: Path,
+        directory: Path,
+        raw: dict[str, Any],
+        docs: list[dict[str, Any]],
+        settings: Settings,
+    ) -> None:
+        self.path = path
+        self.directory = directory
+        self.raw = raw
+        self.docs = docs
+        self.settings = settings
+
+    def fail(self, where: str, message: str) -> ScenarioError:
+        return ScenarioError(f"{self.path.name}: {where}: {message}")
+
+    def number(
+        self,
+        value: Any,
+        where: str,
+        *,
+        low: float = 0.0,
+        high: float | None = None,
+        default: float | None = None,
+        integer: bool = False,
+    ) -> float:
+        if value is None and default is not None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.fail(where, f"expected a number, got {value!r}")
+        if integer and not float(value).is_integer():
+            raise self.fail(where, f"expected a whole number, got {value!r}")
+        if value < low or (high is not None and value > high):
+            bound = f"{low}..{high}" if high is not None else f">= {low}"
+            raise self.fail(where, f"expected a number {bound}, got {value!r}")
+        return float(value)
+
+    def scenario(self) -> Scenario:
+        raw = self.raw
+        for key in raw:
+            if key not in TOP_KEYS:
+                raise self.fail(
+                    str(key), f"unknown key; expected one of {', '.join(sorted(TOP_KEYS))}"
+                )
+        duration = self.number(raw.get("duration"), "duration", low=0.001, default=60.0)
+        seed = int(self.number(raw.get("seed"), "seed", default=1.0, integer=True))
+        nodes = self.nodes(raw.get("nodes"))
+        settings = self.settings
+        if raw.get("settings") is not None:
+            settings = self.override_settings(raw["settings"])
+        workloads = self.workloads(raw.get("workloads"), nodes)
+        docs = self.with_policies(self.docs, raw.get("policies"))
+        docs = docs + generated_objects(docs, workloads)
+        traffic = [
+            self.traffic(t, f"traffic[{i}]", nodes, workloads, duration)
+            for i, t in enumerate(self.seq(raw.get("traffic"), "traffic"))
+        ]
+        if not traffic:
+            raise self.fail("traffic", "expected at least one traffic source")
+        names = [t.name for t in traffic]
+        if len(set(names)) != len(names):
+            raise self.fail("traffic", "traffic names must be unique")
+        timeline = [
+            self.event(e, f"timeline[{i}]", nodes, workloads)
+            for i, e in enumerate(self.seq(raw.get("timeline"), "timeline"))
+        ]
+        timeline.sort(key=lambda e: e.at)
+        slos = [
+            self.slo(s, f"slos[{i}]", names)
+            for i, s in enumerate(self.seq(raw.get("slos"), "slos"))
+        ]
+        return Scenario(
+            directory=self.directory,
+            name=str(raw.get("name") or self.directory.name),
+            description=str(raw.get("description") or "").strip(),
+            docs=docs,
+            settings=settings,
+            nodes=nodes,
+            workloads=workloads,
+            traffic=traffic,
+            timeline=timeline,
+            slos=slos,
+            duration=duration,
+            seed=seed,
+            proxy_latency=self.number(raw.get("proxyLatency"), "proxyLatency", default=0.0003),
+            connect_failure_latency=self.number(
+                raw.get("connectFailureLatency"), "connectFailureLatency", default=0.001
+            ),
+            raw=raw,
+        )
+
+    def seq(self, value: Any, where: str) -> list[Any]:
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise self.fail(where, f"expected a list, got {type(value).__name__}")
+        return value
+
+    def mapping(self, value: Any, where: str) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise self.fail(where, f"expected a mapping, got {type(value).__name__}")
+        return value
+
+    def override_settings(self, raw: Any) -> Settings:
+        from mesh.core.errors import InvalidObject
+        from mesh.core.parse import parse_settings
+
+        try:
+            return parse_settings(self.mapping(raw, "settings"))
+        except InvalidObject as exc:
+            raise self.fail(f"settings.{exc.field}", exc.message) from None
+
+    def nodes(self, value: Any) -> tuple[str, ...]:
+        items = self.seq(value, "nodes") or ["node-a"]
+        names = []
+        for i, item in enumerate(items):
+            name = item.get("name") if isinstance(item, dict) else item
+            if not isinstance(name, str) or not name:
+                raise self.fail(f"nodes[{i}]", f"expected a node name, got {item!r}")
+            names.append(name)
+        if len(set(names)) != len(names):
+            raise self.fail("nodes", "node names must be unique")
+        return tuple(names)
+
+    def service_key(self, value: Any, where: str) -> str:
+        if (
+            not isinstance(value, str)
+            or value.count("/") != 1
+            or value.startswith("/")
+            or value.endswith("/")
+        ):
+            raise self.fail(where, f"expected NAMESPACE/SERVICE, got {value!r}")
+        return value
+
+    def workloads(self, value: Any, nodes: tuple[str, ...]) -> dict[str, Workload]:
+        out: dict[str, Workload] = {}
+        for key, item in sorted(self.mapping(value, "workloads").items()):
+            where = f"workloads.{key}"
+            service = self.service_key(key, where)
+            body = self.mapping(item, where)
+            known = {
+                "replicas",
+                "nodes",
+                "serviceAccount",
+                "latency",
+                "errorRate",
+                "capacity",
+                "port",
+                "targetPort",
+            }
+            for k in body:
+                if k not in known:
+                    raise self.fail(
+                        f"{where}.{k}", f"unknown key; expected one of {', '.join(sorted(known))}"
+                    )
+            placed = tuple(self.seq(body.get("nodes"), f"{where}.nodes")) or nodes
+            for i, node in enumerate(placed):
+                if node not in nodes:
+                    raise self.fail(
+                        f"{where}.nodes[{i}]",
+                        f"unknown node {node!r}; nodes are {', '.join(nodes)}",
+                    )
+            try:
+                latency, _ = sampler(body.get("latency", 0.01))
+            except DistributionError as exc:
+                raise self.fail(f"{where}.latency", str(exc)) from None
+            capacity = body.get("capacity")
+            port = int(
+                self.number(
+                    body.get("port"), f"{where}.port", low=1, high=65535, default=80, integer=True
+                )
+            )
+            out[service] = Workload(
+                service=service,
+                replicas=int(
+                    self.number(
+                        body.get("replicas"), f"{where}.replicas", low=0, default=1, integer=True
+                    )
+                ),
+                nodes=placed,
+                service_account=str(body.get("serviceAccount") or service.split("/")[1]),
+                latency=latency,
+                error_rate=self.number(
+                    body.get("errorRate"), f"{where}.errorRate", high=1.0, default=0.0
+                ),
+                capacity=None
+                if capacity is None
+                else int(self.number(capacity, f"{where}.capacity", low=1, integer=True)),
+                port=port,
+                target_port=int(
+                    self.number(
+                        body.get("targetPort"),
+                        f"{where}.targetPort",
+                        low=1,
+                        high=65535,
+                        default=8080,
+                        integer=True,
+                    )
+                ),
+            )
+        return out
+
+    def with_policies(self, docs: list[dict[str, Any]], value: Any) -> list[dict[str, Any]]:
+        policies = self.mapping(value, "policies")
+        if not policies:
+            return docs
+        docs = copy.deepcopy(docs)
+        for key, wanted in policies.items():
+            service = self.service_key(key, f"policies.{key}")
+            body = self.mapping(wanted, f"policies.{key}")
+            doc = _find(docs, "Service", service)
+            if doc is None:
+                doc = _service_doc(service, 80, 8080)
+                docs.append(doc)
+            meta = doc.setdefault("metadata", {})
+            target = meta.setdefault("annotations", {})
+            for name, v in body.items():
+                full = name if "/" in name else f"simmesh.io/{name}"
+                target[full] = str(v).lower() if isinstance(v, bool) else str(v)
+        return docs
+
+    def traffic(
+        self,
+        value: Any,
+        where: str,
+        nodes: tuple[str, ...],
+        workloads: dict[str, Workload],
+        duration: float,
+    ) -> Traffic:
+        body = self.mapping(value, where)
+        known = {
+            "name",
+            "from",
+            "node",
+            "to",
+            "rate",
+            "users",
+            "thinkTime",
+            "mix",
+            "start",
+            "stop",
+            "method",
+            "path",
+            "headers",
+        }
+        for k in body:
+            if k not in known:
+                raise self.fail(
+                    f"{where}.{k}", f"unknown key; expected one of {', '.join(sorted(known))}"
+                )
+        source = body.get("from")
+        if source is not None and (not isinstance(source, str) or source.count("/") != 1):
+            raise self.fail(f"{where}.from", f"expected NAMESPACE/SERVICEACCOUNT, got {source!r}")
+        target = body.get("to")
+        if not isinstance(target, str):
+            raise self.fail(
+                f"{where}.to",
+                "expected http://HOST[:PORT]/PATH, tcp://HOST:PORT or udp://HOST:PORT",
+            )
+        parts = urlsplit(target)
+        if parts.scheme not in ("http", "tcp", "udp") or not parts.hostname:
+            raise self.fail(
+                f"{where}.to",
+                "expected http://HOST[:PORT]/PATH, tcp://HOST:PORT or udp://HOST:PORT, "
+                f"got {target!r}",
+            )
+        try:
+            port = parts.port or 80
+        except ValueError:
+            raise self.fail(f"{where}.to", f"bad port in {target!r}") from None
+        if parts.scheme != "http" and parts.port is None:
+            raise self.fail(f"{where}.to", f"{parts.scheme} targets need a port")
+        node = body.get("node")
+        if node is None:
+            node = self.source_node(source, workloads, nodes)
+        if node not in nodes:
+            raise self.fail(f"{where}.node", f"unknown node {node!r}; nodes are {', '.join(nodes)}")
+        rate = self.number(body.get("rate"), f"{where}.rate", default=0.0)
+        users = int(self.number(body.get("users"), f"{where}.users", default=0.0, integer=True))
+        if (rate > 0) == (users > 0):
+            raise self.fail(
+                where, "expected exactly one of rate (open loop) or users (closed loop)"
+            )
+        mix = self.mix(body, where, parts.path or "/")
+        start = self.number(body.get("start"), f"{where}.start", default=0.0)
+        stop = self.number(body.get("stop"), f"{where}.stop", default=duration)
+        return Traffic(
+            name=str(body.get("name") or where),
+            source=source,
+            node=str(node),
+            protocol=parts.scheme,
+            host=parts.hostname,
+            port=port,
+            rate=rate,
+            users=users,
+            think=self.number(body.get("thinkTime"), f"{where}.thinkTime", default=0.0),
+            mix=mix,
+            start=start,
+            stop=min(stop, duration),
+        )
+
+    def source_node(
+        self, source: Any, workloads: dict[str, Workload], nodes: tuple[str, ...]
+    ) -> str:
+        if isinstance(source, str):
+            namespace, _, account = source.partition("/")
+            for workload in workloads.values():
+                if (
+                    workload.service.startswith(namespace + "/")
+                    and workload.service_account == account
+                ):
+                    return workload.nodes[0]
+        return nodes[0]
+
+    def mix(self, body: dict[str, Any], where: str, default_path: str) -> tuple[RequestKind, ...]:
+        items = self.seq(body.get("mix"), f"{where}.mix")
+        if not items:
+            items = [
+                {
+                    "method": body.get("method", "GET"),
+                    "path": body.get("path", default_path),
+                    "headers": body.get("headers"),
+                }
+            ]
+        out = []
+        for i, item in enumerate(items):
+            w = f"{where}.mix[{i}]"
+            spec = self.mapping(item, w)
+            method = str(spec.get("method", "GET")).upper()
+            path = spec.get("path", default_path)
+            if not isinstance(path, str) or not path.startswith("/"):
+                raise self.fail(f"{w}.path", f"expected a path starting with /, got {path!r}")
+            headers = self.mapping(spec.get("headers"), f"{w}.headers")
+            out.append(
+                RequestKind(
+                    method,
+                    path,
+                    self.number(spec.get("weight"), f"{w}.weight", low=0.0, default=1.0),
+                    tuple(sorted((str(k).lower(), str(v)) for k, v in headers.items())),
+                )
+            )
+        if sum(k.weight for k in out) <= 0:
+            raise self.fail(f"{where}.mix", "weights must add up to more than 0")
+        return tuple(out)
+
+    def event(
+        self, value: Any, where: str, nodes: tuple[str, ...], workloads: dict[str, Workload]
+    ) -> Event:
+        body = dict(self.mapping(value, where))
+        at = self.number(body.pop("at", None), f"{where}.at")
+        action = body.pop("action", None)
+        if action not in ACTIONS:
+            raise self.fail(
+                f"{where}.action", f"expected one of {', '.join(sorted(ACTIONS))}, got {action!r}"
+            )
+        if action in ("node-down", "node-up") and body.get("node") not in nodes:
+            raise self.fail(f"{where}.node", f"unknown node {body.get('node')!r}")
+        if action in ("endpoint-down", "endpoint-up", "latency-spike", "error-burst"):
+            service = self.service_key(body.get("service"), f"{where}.service")
+            if service not in workloads:
+                raise self.fail(f"{where}.service", f"no workload {service!r} in workloads")
+        if "until" in body:
+            until = self.number(body["until"], f"{where}.until")
+            if until <= at:
+                raise self.fail(f"{where}.until", "must be after at")
+        if action == "latency-spike":
+            self.number(body.get("factor"), f"{where}.factor", low=0.0, default=1.0)
+            self.number(body.get("add"), f"{where}.add", default=0.0)
+        if action == "error-burst":
+            self.number(body.get("errorRate"), f"{where}.errorRate", high=1.0)
+        if action == "apply":
+            objects = self.seq(body.get("objects"), f"{where}.objects")
+            if not objects or not all(
+                isinstance(o, dict) and isinstance(o.get("kind"), str) for o in objects
+            ):
+                raise self.fail(f"{where}.objects", "expected a list of Kubernetes objects")
+        if action == "delete":
+            for i, item in enumerate(self.seq(body.get("objects"), f"{where}.objects")):
+                ref = self.mapping(item, f"{where}.objects[{i}]")
+                if not all(isinstance(ref.get(k), str) for k in ("kind", "name")):
+                    raise self.fail(f"{where}.objects[{i}]", "expected {kind, namespace, name}")
+        if action == "set-split":
+            name = self.service_key(body.get("split"), f"{where}.split")
+            if _find(self.docs, "TrafficSplit", name) is None:
+                raise self.fail(f"{where}.split", f"no TrafficSplit {name} in the manifests")
+            weights = self.mapping(body.get("weights"), f"{where}.weights")
+            for k, v in weights.items():
+                self.number(v, f"{where}.weights.{k}", integer=True)
+        if action == "set-policy":
+            self.service_key(body.get("service"), f"{where}.service")
+            self.mapping(body.get("annotations"), f"{where}.annotations")
+        return Event(at, str(action), body)
+
+    def slo(self, value: Any, where: str, traffic_names: list[str]) -> Slo:
+        body = self.mapping(value, where)
+        known = {"name", "service", "traffic", "successRate", "latency", "share", "from", "until"}
+        for k in body:
+            if k not in known:
+                raise self.fail(
+                    f"{where}.{k}", f"unknown key; expected one of {', '.join(sorted(known))}"
+                )
+        service = body.get("service")
+        if service is not None:
+            service = self.service_key(service, f"{where}.service")
+        traffic = body.get("traffic")
+        if traffic is not None and traffic not in traffic_names:
+            raise self.fail(f"{where}.traffic", f"no traffic named {traffic!r}")
+        success = body.get("successRate")
+        if success is not None:
+            success = self.number(success, f"{where}.successRate", high=1.0)
+        latency = []
+        for key, limit in self.mapping(body.get("latency"), f"{where}.latency").items():
+            text = str(key)
+            if not text.startswith("p") or not _is_number(text[1:]):
+                raise self.fail(f"{where}.latency.{key}", "expected keys like p50, p99, p99.9")
+            latency.append((float(text[1:]), self.number(limit, f"{where}.latency.{key}")))
+        share = None
+        if body.get("share") is not None:
+            s = self.mapping(body["share"], f"{where}.share")
+            backend = self.service_key(s.get("backend"), f"{where}.share.backend")
+            share = (
+                backend,
+                self.number(s.get("expected"), f"{where}.share.expected", high=1.0),
+                self.number(s.get("tolerance"), f"{where}.share.tolerance", high=1.0, default=0.02),
+            )
+            if service is None:
+                raise self.fail(f"{where}.service", "a share SLO needs the root service")
+        if success is None and not latency and share is None:
+            raise self.fail(where, "expected at least one of successRate, latency, share")
+        end = body.get("until")
+        return Slo(
+            name=str(body.get("name") or where),
+            service=service,
+            traffic=traffic,
+            success_rate=success,
+            latency=tuple(sorted(latency)),
+            share=share,
+            start=self.number(body.get("from"), f"{where}.from", default=0.0),
+            end=None if end is None else self.number(end, f"{where}.until"),
+        )
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _find(docs: list[dict[str, Any]], kind: str, key: str) -> dict[str, Any] | None:
+    namespace, _, name = key.partition("/")
+    for doc in docs:
+        meta = doc.get("metadata") or {}
+        if (
+            doc.get("kind") == kind
+            and meta.get("name") == name
+            and (meta.get("namespace") or "default") == namespace
+        ):
+            return doc
+    return None
+
+
+def _service_doc(service: str, port: int, target_port: int) -> dict[str, Any]:
+    namespace, _, name = service.partition("/")
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"ports": [{"name": "http", "port": port, "targetPort": target_port}]},
+    }
+
+
+def generated_objects(
+    docs: list[dict[str, Any]], workloads: dict[str, Workload]
+) -> list[dict[str, Any]]:
+    """Pods, EndpointSlices (and Services) for workloads the manifests do not back with slices.
+
+    Pod IPs come from 10.244.0.0/16 in workload order: deterministic for a scenario."""
+    sliced = {
+        f"{(d.get('metadata') or {}).get('namespace') or 'default'}/"
+        f"{((d.get('metadata') or {}).get('labels') or {}).get('kubernetes.io/service-name')}"
+        for d in docs
+        if d.get("kind") == "EndpointSlice"
+    }
+    out: list[dict[str, Any]] = []
+    counter = 0
+    for key, workload in sorted(workloads.items()):
+        namespace, _, name = key.partition("/")
+        if _find(docs, "Service", key) is None:
+            out.append(_service_doc(key, workload.port, workload.target_port))
+        if key in sliced:
+            continue
+        endpoints = []
+        for j in range(workload.replicas):
+            counter += 1
+            ip = f"10.244.{counter // 250}.{counter % 250 + 2}"
+            pod = f"{name}-{j}"
+            node = workload.nodes[j % len(workload.nodes)]
+            out.append(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": {"name": pod, "namespace": namespace},
+                    "spec": {"serviceAccountName": workload.service_account, "nodeName": node},
+                    "status": {"podIP": ip},
+                }
+            )
+            endpoints.append(
+                {
+                    "addresses": [ip],
+                    "conditions": {"ready": True},
+                    "nodeName": node,
+                    "targetRef": {"kind": "Pod", "name": pod},
+                }
+            )
+        service_doc = _find(docs, "Service", key) or _service_doc(
+            key, workload.port, workload.target_port
+        )
+        ports = [
+            {"name": p.get("name", ""), "port": _target(p)}
+            for p in (service_doc.get("spec") or {}).get("ports") or []
+        ]
+        out.append(
+            {
+                "apiVersion": "discovery.k8s.io/v1",
+                "kind": "EndpointSlice",
+                "metadata": {
+                    "name": f"{name}-sim",
+                    "namespace": namespace,
+                    "labels": {"kubernetes.io/service-name": name},
+                },
+                "addressType": "IPv4",
+                "ports": ports,
+                "endpoints": endpoints,
+            }
+        )
+    return out
+
+
+def _target(port: dict[str, Any]) -> int:
+    target = port.get("targetPort", port.get("port"))
+    return (
+        int(str(target))
+        if isinstance(target, int) or str(target).isdigit()
+        else int(str(port.get("port", 80)))
+    )
+
+
+def with_event_objects(docs: list[dict[str, Any]], event: Event) -> list[dict[str, Any]]:
+    """The manifests after a policy event (apply, delete, set-split, set-policy)."""
+    docs = copy.deepcopy(docs)
+    params = event.params
+    if event.action == "apply":
+        for obj in params["objects"]:
+            meta = obj.get("metadata") or {}
+            key = f"{meta.get('namespace') or 'default'}/{meta.get('name')}"
+            old = _find(docs, obj["kind"], key)
+            if old is not None:
+                docs.remove(old)
+            docs.append(copy.deepcopy(obj))
+    elif event.action == "delete":
+        for ref in params["objects"]:
+            old = _find(docs, ref["kind"], f"{ref.get('namespace') or 'default'}/{ref['name']}")
+            if old is not None:
+                docs.remove(old)
+    elif event.action == "set-split":
+        split = _find(docs, "TrafficSplit", params["split"])
+        assert split is not None
+        weights = params.get("weights") or {}
+        for backend in split["spec"]["backends"]:
+            if backend["service"] in weights:
+                backend["weight"] = int(weights[backend["service"]])
+    elif event.action == "set-policy":
+        service = _find(docs, "Service", params["service"])
+        if service is not None:
+            target = service.setdefault("metadata", {}).setdefault("annotations", {})
+            for name, v in (params.get("annotations") or {}).items():
+                full = name if "/" in name else f"simmesh.io/{name}"
+                target[full] = str(v).lower() if isinstance(v, bool) else str(v)
+    return docs
+
+
+def settings_for(scenario: Scenario) -> Settings:
+    return replace(scenario.settings)
