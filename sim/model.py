@@ -53,6 +53,7 @@ class Pod:
     behaviour: Behaviour
     slots: list[float] | None  # min-heap of the times each slot frees; None: unbounded
     down: bool = False
+    fault: Behaviour | None = None  # a fault on this replica alone overrides its workload
 
 
 @dataclass
@@ -240,7 +241,7 @@ class Simulation:
             delay = self.scenario.connect_failure_latency
             yield env.timeout(delay)
             return Outcome(None, Failure.CONNECT, delay)
-        behaviour = pod.behaviour
+        behaviour = pod.fault or pod.behaviour
         rng = self.rng_service
         service = behaviour.workload.latency(rng) * behaviour.factor + behaviour.add
         slots = pod.slots
@@ -289,18 +290,29 @@ class Simulation:
             for pod in self.pods.values():
                 if pod.node == params["node"]:
                     pod.down = down
-        elif action == "latency-spike":
-            behaviour = self.behaviours[params["service"]]
-            behaviour.factor = 1.0 if undo else float(params.get("factor", 1.0))
-            behaviour.add = 0.0 if undo else float(params.get("add", 0.0))
-        elif action == "error-burst":
-            behaviour = self.behaviours[params["service"]]
-            behaviour.error_rate = (
-                behaviour.workload.error_rate if undo else float(params["errorRate"])
-            )
+        elif action in ("latency-spike", "error-burst"):
+            for behaviour in self._behaviours_of(params["service"], params.get("replica")):
+                if action == "latency-spike":
+                    behaviour.factor = 1.0 if undo else float(params.get("factor", 1.0))
+                    behaviour.add = 0.0 if undo else float(params.get("add", 0.0))
+                else:
+                    rate = behaviour.workload.error_rate
+                    behaviour.error_rate = rate if undo else float(params["errorRate"])
         else:
             self.docs = with_event_objects(self.docs, event)
             self._reload()
+
+    def _behaviours_of(self, service: str, replica: Any) -> list[Behaviour]:
+        """The workload's behaviour, or one replica's own (created on its first fault)."""
+        if replica is None:
+            return [self.behaviours[service]]
+        out = []
+        for pod in self._pods_of(service, replica):
+            if pod.fault is None:
+                base = pod.behaviour
+                pod.fault = Behaviour(base.workload, base.factor, base.add, base.error_rate)
+            out.append(pod.fault)
+        return out
 
     def _pods_of(self, service: str, replica: Any) -> list[Pod]:
         pods = sorted(

@@ -596,6 +596,8 @@ class _Validator:
             service = self.service_key(body.get("service"), f"{where}.service")
             if service not in workloads:
                 raise self.fail(f"{where}.service", f"no workload {service!r} in workloads")
+        if "replica" in body:
+            self.number(body["replica"], f"{where}.replica", integer=True)
         if "until" in body:
             until = self.number(body["until"], f"{where}.until")
             if until <= at:
