@@ -202,35 +202,45 @@ def bucket_width(duration: float) -> float:
 
 
 def _timeseries(cols: _Columns, names: dict[str | None, int], duration: float) -> dict[str, Any]:
+    """Per-bucket counts, success rates, p50/p99 and backend shares for every service, grouped
+    with bincount and one sort (linear in the number of requests)."""
     width = bucket_width(duration)
     count = max(1, int(np.ceil(duration / width)))
-    bucket = np.minimum((cols.start / width).astype(np.int64), count - 1)
     out: dict[str, Any] = {
         "bucket": width,
         "t": [_r(i * width) for i in range(count)],
         "services": {},
     }
+    size = len(names)
+    bucket = np.minimum((cols.start / width).astype(np.int64), count - 1)
+    key = cols.service.astype(np.int64) * count + bucket
+    requests = np.bincount(key, minlength=size * count).reshape(size, count)
+    ok = np.bincount(key, weights=cols.ok, minlength=size * count).reshape(size, count)
+    ok_rows = np.nonzero(cols.ok)[0]
+    ok_keys = key[ok_rows]
+    order = np.lexsort((cols.latency[ok_rows], ok_keys))
+    sorted_keys = ok_keys[order]
+    sorted_lat = cols.latency[ok_rows][order]
+    groups = np.arange(size * count)
+    starts = np.searchsorted(sorted_keys, groups, side="left")
+    ends = np.searchsorted(sorted_keys, groups, side="right")
+    pair = (cols.service.astype(np.int64) * size + cols.backend) * count + bucket
+    by_backend = np.bincount(pair, minlength=size * size * count).reshape(size, size, count)
     for name, index in sorted((k, v) for k, v in names.items() if k is not None):
-        mask = cols.service == index
-        if not mask.any():
+        if not requests[index].any():
             continue
         series: dict[str, Any] = {
-            "requests": [],
+            "requests": [int(n) for n in requests[index]],
             "successRate": [],
             "p50": [],
             "p99": [],
             "shares": {},
         }
-        backends = sorted(
-            (k, v) for k, v in names.items() if k is not None and (mask & (cols.backend == v)).any()
-        )
         for b in range(count):
-            m = mask & (bucket == b)
-            n = int(m.sum())
-            series["requests"].append(n)
-            okm = m & cols.ok
-            series["successRate"].append(_r(okm.sum() / n) if n else None)
-            lat = cols.latency[okm]
+            n = int(requests[index, b])
+            series["successRate"].append(_r(ok[index, b] / n) if n else None)
+            g = index * count + b
+            lat = sorted_lat[starts[g] : ends[g]]
             if lat.size:
                 p50, p99 = np.percentile(lat, (50, 99))
                 series["p50"].append(_r(p50))
@@ -238,10 +248,14 @@ def _timeseries(cols: _Columns, names: dict[str | None, int], duration: float) -
             else:
                 series["p50"].append(None)
                 series["p99"].append(None)
-            routed = int((m & (cols.backend != 0)).sum())
-            for bname, bindex in backends:
-                share = int((m & (cols.backend == bindex)).sum()) / routed if routed else None
-                series["shares"].setdefault(bname, []).append(None if share is None else _r(share))
+        routed = by_backend[index, 1:, :].sum(axis=0)
+        for bname, bindex in sorted((k, v) for k, v in names.items() if k is not None):
+            counts = by_backend[index, bindex]
+            if not counts.any():
+                continue
+            series["shares"][bname] = [
+                _r(c / r) if r else None for c, r in zip(counts, routed, strict=True)
+            ]
         out["services"][name] = series
     return out
 

@@ -31,7 +31,7 @@ from mesh.core.policies import Failure, Outcome
 from mesh.core.routing import Engine, Route, Router
 from mesh.core.topology import build_topology
 from sim.metrics import Recorder
-from sim.scenario import Event, Scenario, Traffic, Workload, with_event_objects
+from sim.scenario import Event, RequestKind, Scenario, Traffic, Workload, with_event_objects
 
 Progress = Callable[[float, int], None]
 
@@ -62,6 +62,7 @@ class _Stream:
     index: int
     cumulative: list[float] = field(default_factory=list)
     route: Route | None = None
+    headers: dict[RequestKind, dict[str, str]] = field(default_factory=dict)
     generation: int = -1
     host_header: str = ""
 
@@ -186,7 +187,7 @@ class Simulation:
                 host=stream.host_header,
                 method=kind.method,
                 path=kind.path,
-                headers=dict(kind.headers),
+                headers=stream.headers[kind],
                 source=traffic.source,
                 now=start,
                 rng=self.rng_route,
@@ -329,6 +330,7 @@ class Simulation:
         env = self.env
         for index, traffic in enumerate(self.scenario.traffic):
             stream = _Stream(traffic, index, list(accumulate(k.weight for k in traffic.mix)))
+            stream.headers = {k: k.header_map for k in traffic.mix}
             env.process(self._open_loop(stream) if traffic.rate > 0 else self._closed_loop(stream))
         for event in self.scenario.timeline:
             env.process(self._timeline(event))

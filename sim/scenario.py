@@ -53,6 +53,10 @@ class RequestKind:
     weight: float
     headers: tuple[tuple[str, str], ...] = ()
 
+    @property
+    def header_map(self) -> dict[str, str]:
+        return dict(self.headers)
+
 
 @dataclass(frozen=True)
 class Traffic:

@@ -35,7 +35,7 @@ class Failure(StrEnum):
     TIMEOUT = "timeout"  # no response within the timeout
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Outcome:
     """What one attempt to an endpoint came to."""
 
@@ -206,6 +206,7 @@ class CircuitBreaker:
         "_last_check",
         "_probes",
         "_window",
+        "_windowed",
         "opened_at",
         "opens",
         "spec",
@@ -218,6 +219,9 @@ class CircuitBreaker:
         self.opened_at = 0.0
         self.opens = 0
         self._window = _Window(spec.window)
+        self._windowed = any(
+            c.metric is not Metric.CONSECUTIVE_FAILURES for group in spec.any_of for c in group
+        )
         self._consecutive = 0
         self._probes = 0
         self._last_check = float("-inf")
@@ -253,7 +257,8 @@ class CircuitBreaker:
             return
         if self.state is CircuitState.OPEN:
             return  # a late answer to a request sent before the breaker opened
-        self._window.add(now, outcome)
+        if self._windowed:
+            self._window.add(now, outcome)
         self._consecutive = self._consecutive + 1 if outcome.failed else 0
         if self._tripped(now):
             self._open(now)

@@ -26,6 +26,7 @@ from mesh.core.config import MeshConfig
 from mesh.core.policies import (
     CircuitBreaker,
     CircuitBreakerSpec,
+    CircuitState,
     LeastRequest,
     Outcome,
     RateLimitSpec,
@@ -148,6 +149,7 @@ class Cluster:
         "groups",
         "key",
         "load_balancer",
+        "open_access",
         "port",
         "protocol",
         "scheme",
@@ -166,6 +168,7 @@ class Cluster:
         )
         self.breaker = _breaker_spec(raw.get("circuitBreaker"))
         self.groups: tuple[EndpointGroup, ...] = ()
+        self.open_access: Access
         if acl:
             self.groups = _groups(self.endpoints, [AccessGrant(g) for g in raw.get("access", [])])
 
@@ -296,6 +299,14 @@ class Router:
         self.acl: bool = bool(data["settings"]["acl"])
         self.identities: dict[str, str] = dict(data.get("identities", {}))
         self.clusters = {k: Cluster(k, v, self.acl) for k, v in data["clusters"].items()}
+        for cluster in self.clusters.values():
+            cluster.open_access = Access(
+                True,
+                Reason.ALLOWED,
+                "access control is off (default mode)",
+                None,
+                cluster.endpoints,
+            )
         self.routes = {k: Route(k, v, self.clusters) for k, v in data["routes"].items()}
         self.hosts: dict[int, dict[str, Route]] = {
             int(listener): {h: self.routes[r] for h, r in table.items() if r in self.routes}
@@ -359,13 +370,7 @@ class Router:
     ) -> Access:
         """Which endpoints of ``cluster`` this request may reach (all of them outside ACL)."""
         if not self.acl:
-            return Access(
-                True,
-                Reason.ALLOWED,
-                "access control is off (default mode)",
-                None,
-                cluster.endpoints,
-            )
+            return cluster.open_access
         if not cluster.groups:
             return Access(
                 False, Reason.NO_ENDPOINTS, f"{cluster.service} has no ready endpoints", None, ()
@@ -473,6 +478,7 @@ class EngineState:
         self.breakers: dict[tuple[str, str], CircuitBreaker] = {}
         self.limiters: dict[str, TokenBucket] = {}
         self.inflight: dict[str, int] = {}
+        self.tripped: dict[str, int] = {}  # service -> breakers not closed
 
 
 class Engine:
@@ -569,9 +575,15 @@ class Engine:
             return None
         key = (cluster.service, endpoint.key)
         breaker = self.state.breakers.get(key)
-        if breaker is None or breaker.spec != spec:
+        if breaker is None or (breaker.spec is not spec and breaker.spec != spec):
+            if breaker is not None and breaker.state is not CircuitState.CLOSED:
+                self._count_tripped(cluster.service, -1)
             breaker = self.state.breakers[key] = CircuitBreaker(spec)
         return breaker
+
+    def _count_tripped(self, service: str, delta: int) -> None:
+        tripped = self.state.tripped
+        tripped[service] = tripped.get(service, 0) + delta
 
     def _pick(
         self,
@@ -582,7 +594,7 @@ class Engine:
         rng: Rng,
     ) -> Endpoint | None:
         candidates = endpoints
-        if cluster.breaker is not None or avoid:
+        if avoid or (cluster.breaker is not None and self.state.tripped.get(cluster.service)):
             candidates = [
                 e for e in endpoints if e not in avoid and self._available(cluster, e, now)
             ]
@@ -616,10 +628,14 @@ class Engine:
         """Report one attempt's outcome: in-flight count and circuit breaker."""
         inflight = self.state.inflight
         inflight[endpoint.key] = max(0, inflight.get(endpoint.key, 1) - 1)
-        if decision.cluster is not None:
-            breaker = self.breaker(decision.cluster, endpoint)
+        cluster = decision.cluster
+        if cluster is not None and cluster.breaker is not None:
+            breaker = self.breaker(cluster, endpoint)
             if breaker is not None:
+                was_closed = breaker.state is CircuitState.CLOSED
                 breaker.record(now, outcome)
+                if was_closed != (breaker.state is CircuitState.CLOSED):
+                    self._count_tripped(cluster.service, 1 if was_closed else -1)
 
     def retry(
         self,

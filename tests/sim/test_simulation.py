@@ -73,9 +73,9 @@ def test_split_shares_follow_the_weights_within_tolerance() -> None:
     for start, share in zip(t, shares, strict=True):
         if start + width <= 60:
             assert share == 0.0
-        elif 60 <= start and start + width <= 120:
+        elif start >= 60 and start + width <= 120:
             assert share == pytest.approx(0.10, abs=0.03)
-        elif 180 <= start and start + width <= 240:
+        elif start >= 180 and start + width <= 240:
             assert share == pytest.approx(0.50, abs=0.03)
         elif start >= 240:
             assert share == 1.0
