@@ -168,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sim", help="simulate a scenario: SLO verdicts, results.json, plots")
     _lazy(p, "sim.cli")
+
+    p = sub.add_parser("controller", help="run the controller (Kubernetes or a manifests dir)")
+    _lazy(p, "mesh.controller.main")
     return parser
 
 

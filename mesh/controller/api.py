@@ -1,0 +1,170 @@
+"""The controller's HTTP API.
+
+- ``GET /api/v1/config``: the current MeshConfig. Long-poll: with ``?version=V`` (or
+  ``If-None-Match: "V"``) the answer waits up to ``?wait=`` seconds (default 30) for a different
+  version and is ``304 Not Modified`` if none comes. ``?node=NAME`` records that the proxy on
+  NAME has applied version V (what ``/api/v1/nodes`` and ``simmesh check`` report).
+- ``GET /api/v1/topology``: services, endpoints, splits, grants, per-object errors.
+- ``GET /api/v1/nodes``: each proxy, the version it applied, and when it was last seen.
+- ``/healthz``, ``/readyz`` (ready after the first build), ``/metrics`` (Prometheus).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from mesh.controller.controller import Controller, Published
+
+MAX_WAIT = 300.0
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.rebuilds = Counter(
+            "simmesh_controller_rebuilds", "Config rebuilds", registry=self.registry
+        )
+        self.rebuild_seconds = Histogram(
+            "simmesh_controller_rebuild_seconds",
+            "Time to rebuild the MeshConfig",
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10),
+            registry=self.registry,
+        )
+        self.objects = Gauge(
+            "simmesh_controller_objects", "Objects in the store", ["kind"], registry=self.registry
+        )
+        self.errors = Gauge(
+            "simmesh_controller_object_errors", "Objects with errors", registry=self.registry
+        )
+        self.services = Gauge(
+            "simmesh_controller_services", "Meshed services", registry=self.registry
+        )
+        self.proxies = Gauge(
+            "simmesh_controller_proxies", "Proxies seen", ["state"], registry=self.registry
+        )
+        self.version = Gauge(
+            "simmesh_controller_config_info",
+            "Current config version",
+            ["version"],
+            registry=self.registry,
+        )
+        self.polls = Counter(
+            "simmesh_controller_config_polls",
+            "Config polls answered",
+            ["code"],
+            registry=self.registry,
+        )
+
+    def refresh(self, controller: Controller) -> None:
+        counts: dict[str, int] = {}
+        for kind, _, _ in controller.store.entries:
+            counts[kind] = counts.get(kind, 0) + 1
+        for kind, n in counts.items():
+            self.objects.labels(kind).set(n)
+        current = controller.current
+        if current is None:
+            return
+        self.errors.set(len(current.config.data["errors"]))
+        self.services.set(len(current.topology.services))
+        self.version.clear()
+        self.version.labels(current.config.version).set(1)
+        synced = sum(1 for n in controller.nodes.values() if n.version == current.config.version)
+        self.proxies.labels("synced").set(synced)
+        self.proxies.labels("behind").set(len(controller.nodes) - synced)
+
+
+def _requested_version(request: web.Request) -> str | None:
+    version = request.query.get("version")
+    if version:
+        return version
+    etag = request.headers.get("If-None-Match", "").strip()
+    if etag.startswith("W/"):
+        etag = etag[2:]
+    return etag.strip('"') or None
+
+
+def make_app(controller: Controller) -> web.Application:
+    metrics = Metrics()
+
+    def observe(published: Published) -> None:
+        metrics.rebuilds.inc()
+        metrics.rebuild_seconds.observe(published.duration)
+
+    controller.listeners.append(observe)
+
+    async def config(request: web.Request) -> web.StreamResponse:
+        version = _requested_version(request)
+        node = request.query.get("node")
+        if node and version:
+            controller.report_node(node, version)
+        try:
+            wait = min(MAX_WAIT, max(0.0, float(request.query.get("wait", "30"))))
+        except ValueError:
+            return web.json_response({"error": "wait: expected seconds"}, status=400)
+        current = controller.current
+        if current is None or current.config.version == version:
+            current = await controller.wait_for_change(version, wait)
+        if current is None:
+            metrics.polls.labels("304" if version else "503").inc()
+            if version:
+                return web.Response(status=304, headers={"ETag": f'"{version}"'})
+            return web.json_response({"error": "no config built yet"}, status=503)
+        metrics.polls.labels("200").inc()
+        body = current.config.to_json(indent=None)
+        return web.Response(
+            body=body.encode(),
+            content_type="application/json",
+            headers={"ETag": f'"{current.config.version}"'},
+        )
+
+    async def topology(_: web.Request) -> web.Response:
+        return web.json_response(
+            controller.topology_view(), dumps=lambda d: json.dumps(d, sort_keys=True)
+        )
+
+    async def nodes(_: web.Request) -> web.Response:
+        current = controller.current
+        return web.json_response(
+            {
+                "version": current.config.version if current else None,
+                "nodes": [
+                    {
+                        "node": name,
+                        "version": n.version,
+                        "lastSeen": round(n.last_seen, 3),
+                        "current": current is not None and n.version == current.config.version,
+                        "ageSeconds": round(time.time() - n.last_seen, 3),
+                    }
+                    for name, n in sorted(controller.nodes.items())
+                ],
+            }
+        )
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(_: web.Request) -> web.Response:
+        if controller.ready:
+            return web.Response(text="ready\n")
+        return web.Response(status=503, text="no config built yet\n")
+
+    async def prometheus(_: web.Request) -> web.Response:
+        metrics.refresh(controller)
+        return web.Response(
+            body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    app = web.Application()
+    app["metrics"] = metrics
+    app.router.add_get("/api/v1/config", config)
+    app.router.add_get("/api/v1/topology", topology)
+    app.router.add_get("/api/v1/nodes", nodes)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", prometheus)
+    return app

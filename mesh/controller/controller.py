@@ -1,0 +1,212 @@
+"""The controller: watch -> store -> one debounced, level-triggered rebuild -> publish.
+
+Providers put objects into the :class:`~mesh.controller.store.Store` and call :meth:`poke`.
+:meth:`Controller.run` waits for pokes, lets a burst of events settle (``debounce``, at most
+``max_delay``), snapshots the store and rebuilds the whole MeshConfig through the core in a
+worker thread, so the API keeps answering. Each rebuild that changes the config publishes it:
+long-polling proxies wake up, and the ``on_publish`` hooks run (shadow Services, Events).
+
+Port assignments are stable across rebuilds (the previous config's) and across restarts (the
+assignments read back from the shadow Services before the first build).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from mesh.controller.store import Store
+from mesh.core.config import MeshConfig, build_config
+from mesh.core.model import Settings
+from mesh.core.topology import Topology, build_topology
+
+log = logging.getLogger("simmesh.controller")
+
+Hook = Callable[[MeshConfig, Topology], Awaitable[None]]
+
+
+@dataclass
+class NodeStatus:
+    version: str
+    last_seen: float
+
+
+@dataclass
+class Published:
+    config: MeshConfig
+    topology: Topology
+    built_at: float
+    duration: float
+
+
+@dataclass
+class Controller:
+    settings: Settings
+    store: Store = field(default_factory=Store)
+    debounce: float = 0.05
+    max_delay: float = 0.5
+    previous_ports: dict[str, int] = field(default_factory=dict)
+    hooks: list[Hook] = field(default_factory=list)  # run after each new config is published
+    listeners: list[Callable[[Published], None]] = field(default_factory=list)  # every rebuild
+
+    def __post_init__(self) -> None:
+        self.current: Published | None = None
+        self.nodes: dict[str, NodeStatus] = {}
+        self.rebuilds = 0
+        self.last_error: str | None = None
+        self._poked = asyncio.Event()
+        self._published = asyncio.Condition()
+        self._built_changes = -1
+
+    # -- providers ------------------------------------------------------------------------
+
+    def poke(self) -> None:
+        self._poked.set()
+
+    @property
+    def ready(self) -> bool:
+        return self.current is not None
+
+    # -- rebuild --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        while True:
+            await self._poked.wait()
+            await self._settle()
+            self._poked.clear()
+            if self.store.changes == self._built_changes and self.current is not None:
+                continue
+            await self.rebuild()
+
+    async def _settle(self) -> None:
+        start = time.monotonic()
+        seen = self.store.changes
+        while time.monotonic() - start < self.max_delay:
+            await asyncio.sleep(self.debounce)
+            if self.store.changes == seen:
+                return
+            seen = self.store.changes
+
+    async def rebuild(self) -> Published:
+        changes = self.store.changes
+        state = self.store.snapshot()
+        previous = dict(self.previous_ports)
+        if self.current is not None:
+            previous.update(self.current.config.port_assignments())
+        start = time.perf_counter()
+        topology, config = await asyncio.to_thread(_build, state, self.settings, previous)
+        published = Published(config, topology, time.time(), time.perf_counter() - start)
+        self._built_changes = changes
+        self.rebuilds += 1
+        changed = self.current is None or self.current.config.version != config.version
+        self.current = published
+        for listener in self.listeners:
+            listener(published)
+        if changed:
+            log.info(
+                "config %s built in %.3fs (%d services, %d errors)",
+                config.version,
+                published.duration,
+                len(topology.services),
+                len(config.data["errors"]),
+            )
+            async with self._published:
+                self._published.notify_all()
+            for hook in self.hooks:
+                try:
+                    await hook(config, topology)
+                except Exception:  # a failing hook must not stop publishing
+                    log.exception("publish hook failed")
+        return published
+
+    async def wait_for_change(self, version: str | None, timeout: float) -> Published | None:
+        """The current config once its version differs from ``version`` (None on timeout)."""
+        deadline = time.monotonic() + timeout
+        async with self._published:
+            while self.current is None or self.current.config.version == version:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                try:
+                    await asyncio.wait_for(self._published.wait(), remaining)
+                except TimeoutError:
+                    return None
+        return self.current
+
+    def report_node(self, node: str, version: str) -> None:
+        self.nodes[node] = NodeStatus(version, time.time())
+
+    def topology_view(self) -> dict[str, Any]:
+        if self.current is None:
+            return {"ready": False}
+        topology = self.current.topology
+        return {
+            "ready": True,
+            "version": self.current.config.version,
+            "builtAt": self.current.built_at,
+            "buildSeconds": round(self.current.duration, 6),
+            "services": {
+                key: {
+                    "trafficType": s.options.traffic_type.value,
+                    "scheme": s.options.scheme.value,
+                    "ports": [
+                        {
+                            "name": p.name,
+                            "port": p.port,
+                            "targetPort": p.target_port,
+                            "endpoints": [
+                                {"ip": e.ip, "port": e.port, "node": e.node, "identity": e.identity}
+                                for e in p.endpoints
+                            ],
+                        }
+                        for p in s.ports
+                    ],
+                }
+                for key, s in sorted(topology.services.items())
+            },
+            "splits": {
+                key: {
+                    "name": f"{s.namespace}/{s.name}",
+                    "backends": [{"service": b, "weight": w} for b, w in s.backends],
+                }
+                for key, s in sorted(topology.splits.items())
+            },
+            "grants": [
+                {
+                    "target": g.target,
+                    "destination": g.destination,
+                    "sources": list(g.sources),
+                    "kind": g.kind,
+                    "route": g.route,
+                    "match": g.match.name if g.match else None,
+                }
+                for g in topology.grants
+            ],
+            "errors": self.current.config.data["errors"],
+            "objects": _counts(self.store),
+        }
+
+
+def _counts(store: Store) -> Mapping[str, int]:
+    counts: dict[str, int] = {}
+    for kind, _, _ in store.entries:
+        counts[kind] = counts.get(kind, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def _build(state: Any, settings: Settings, previous: dict[str, int]) -> tuple[Topology, MeshConfig]:
+    """The core's rebuild, with the collector paused: a rebuild allocates millions of small
+    objects that all stay alive, so generational collections during it are pure overhead."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        topology = build_topology(state, settings)
+        return topology, build_config(topology, settings, previous)
+    finally:
+        if enabled:
+            gc.enable()

@@ -1,0 +1,373 @@
+"""The controller against a real kube-apiserver: objects in -> config out, shadow Services,
+Events for malformed objects, stateless restarts, and recovery from an API server restart."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.k8s import apiserver as harness
+
+pytestmark = pytest.mark.k8s
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def http_json(url: str, timeout: float = 5.0) -> Any:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except (urllib.error.URLError, OSError, harness.ApiError, KeyError) as exc:
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+class ControllerProcess:
+    def __init__(self, cluster: harness.Cluster, mesh_ns: str, watch: list[str], log: Path) -> None:
+        self.cluster = cluster
+        self.mesh_ns = mesh_ns
+        self.watch = watch
+        self.log = log
+        self.port = harness.free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ControllerProcess:
+        argv = [
+            sys.executable,
+            "-m",
+            "mesh.cli",
+            "controller",
+            "--kubeconfig",
+            self.cluster.kubeconfig,
+            "--listen",
+            f"127.0.0.1:{self.port}",
+            "--namespace",
+            self.mesh_ns,
+            "--debounce",
+            "0.02",
+        ]
+        for ns in self.watch:
+            argv += ["--watch-namespace", ns]
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env={**os.environ}
+            )
+        wait_for(self._ready, what="controller ready")
+        return self
+
+    def _ready(self) -> bool:
+        assert self.proc is not None and self.proc.poll() is None, self.log.read_text()[-3000:]
+        try:
+            with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as r:
+                return r.status == 200
+        except urllib.error.HTTPError:
+            return False
+
+    def config(self) -> dict[str, Any]:
+        return http_json(f"{self.url}/api/v1/config")  # type: ignore[no-any-return]
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def run_controller(
+    apiserver: harness.Cluster, tmp_path: Path
+) -> Iterator[Callable[..., ControllerProcess]]:
+    started: list[ControllerProcess] = []
+
+    def start(mesh_ns: str, watch: list[str]) -> ControllerProcess:
+        proc = ControllerProcess(apiserver, mesh_ns, watch, tmp_path / "controller.log").start()
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+def namespace(cluster: harness.Cluster, name: str) -> None:
+    try:
+        cluster.create("/api/v1/namespaces", {"metadata": {"name": name}})
+    except harness.ApiError as exc:
+        if exc.status != 409:
+            raise
+
+
+def service(
+    cluster: harness.Cluster,
+    ns: str,
+    name: str,
+    port: int = 80,
+    *,
+    annotations: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    return cluster.create(
+        f"/api/v1/namespaces/{ns}/services",
+        {  # type: ignore[no-any-return]
+            "metadata": {"name": name, "annotations": annotations or {}},
+            "spec": {
+                "ports": [{"name": "p", "port": port, "targetPort": 8080}],
+                "selector": {"app": name},
+            },
+        },
+    )
+
+
+def workload(cluster: harness.Cluster, ns: str, name: str, ip: str, account: str) -> None:
+    cluster.create(
+        f"/api/v1/namespaces/{ns}/serviceaccounts", {"metadata": {"name": account}}
+    ) if not _exists(cluster, f"/api/v1/namespaces/{ns}/serviceaccounts/{account}") else None
+    pod = f"{name}-0"
+    cluster.create(
+        f"/api/v1/namespaces/{ns}/pods",
+        {
+            "metadata": {"name": pod, "labels": {"app": name}},
+            "spec": {
+                "serviceAccountName": account,
+                "nodeName": "node-a",
+                "containers": [{"name": "c", "image": "example.invalid/app"}],
+            },
+        },
+    )
+    cluster.merge_patch(
+        f"/api/v1/namespaces/{ns}/pods/{pod}/status",
+        {"status": {"podIP": ip, "podIPs": [{"ip": ip}], "phase": "Running"}},
+    )
+    cluster.create(
+        f"/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices",
+        {
+            "metadata": {"name": f"{name}-x", "labels": {"kubernetes.io/service-name": name}},
+            "addressType": "IPv4",
+            "ports": [{"name": "p", "port": 8080, "protocol": "TCP"}],
+            "endpoints": [
+                {
+                    "addresses": [ip],
+                    "conditions": {"ready": True},
+                    "nodeName": "node-a",
+                    "targetRef": {"kind": "Pod", "name": pod, "namespace": ns},
+                }
+            ],
+        },
+    )
+
+
+def _exists(cluster: harness.Cluster, path: str) -> bool:
+    try:
+        cluster.get(path)
+    except harness.ApiError as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
+
+
+def test_objects_in_config_out(apiserver: harness.Cluster, run_controller: Any) -> None:
+    namespace(apiserver, "ctl-a")
+    ctl = run_controller("mesh-a", ["ctl-a"])
+    web = service(apiserver, "ctl-a", "web")
+    workload(apiserver, "ctl-a", "web", "10.250.0.10", "web")
+    service(apiserver, "ctl-a", "db", 5432, annotations={"simmesh.io/traffic-type": "tcp"})
+    apiserver.create(
+        "/apis/split.smi-spec.io/v1alpha4/namespaces/ctl-a/trafficsplits",
+        {
+            "apiVersion": "split.smi-spec.io/v1alpha4",
+            "kind": "TrafficSplit",
+            "metadata": {"name": "web-split"},
+            "spec": {"service": "web", "backends": [{"service": "web", "weight": 1}]},
+        },
+    )
+
+    def ready() -> dict[str, Any] | None:
+        config = ctl.config()
+        route = config["routes"].get("ctl-a/web:80")
+        cluster = config["clusters"].get("ctl-a/web:80")
+        if (
+            route
+            and route["split"]
+            and cluster
+            and cluster["endpoints"]
+            and "ctl-a/db:5432" in config["routes"]
+        ):
+            return config
+        return None
+
+    config = wait_for(ready, what="web, its split and db in the config")
+    hosts = config["hosts"]["5000"]
+    assert hosts["web.ctl-a.mesh"] == "ctl-a/web:80"
+    assert hosts[web["spec"]["clusterIP"]] == "ctl-a/web:80"
+    assert config["clusters"]["ctl-a/web:80"]["endpoints"] == [
+        {"ip": "10.250.0.10", "port": 8080, "node": "node-a", "identity": "ctl-a/web"}
+    ]
+    db_listener = config["routes"]["ctl-a/db:5432"]["listener"]
+    assert 10000 <= db_listener < 11000
+
+    shadows = wait_for(
+        lambda: (
+            apiserver.get(
+                "/api/v1/namespaces/mesh-a/services?labelSelector=simmesh.io/shadow%3Dtrue"
+            )["items"]
+            if len(
+                apiserver.get(
+                    "/api/v1/namespaces/mesh-a/services?labelSelector=simmesh.io/shadow%3Dtrue"
+                )["items"]
+            )
+            == 2
+            else None
+        ),
+        what="two shadow Services",
+    )
+    by_name = {s["metadata"]["name"]: s for s in shadows}
+    web_shadow = by_name["web-6d61657368-ctl-a"]["spec"]
+    assert web_shadow["internalTrafficPolicy"] == "Local"
+    assert web_shadow["ports"][0]["targetPort"] == 5000
+    assert by_name["db-6d61657368-ctl-a"]["spec"]["ports"][0]["targetPort"] == db_listener
+
+    # Deleting the Service removes its route and its shadow.
+    apiserver.delete("/api/v1/namespaces/ctl-a/services/db")
+    wait_for(lambda: "ctl-a/db:5432" not in ctl.config()["routes"], what="db gone")
+    wait_for(
+        lambda: not _exists(apiserver, "/api/v1/namespaces/mesh-a/services/db-6d61657368-ctl-a"),
+        what="db shadow deleted",
+    )
+
+    topology = http_json(f"{ctl.url}/api/v1/topology")
+    assert "ctl-a/web" in topology["services"]
+    assert topology["splits"]["ctl-a/web"]["name"] == "ctl-a/web-split"
+
+
+def test_malformed_objects_become_events_and_leave_others_intact(
+    apiserver: harness.Cluster, run_controller: Any
+) -> None:
+    namespace(apiserver, "ctl-b")
+    ctl = run_controller("mesh-b", ["ctl-b"])
+    service(apiserver, "ctl-b", "api")
+    apiserver.create(
+        "/apis/specs.smi-spec.io/v1alpha4/namespaces/ctl-b/httproutegroups",
+        {
+            "apiVersion": "specs.smi-spec.io/v1alpha4",
+            "kind": "HTTPRouteGroup",
+            "metadata": {"name": "broken"},
+            "spec": {"matches": [{"name": "m", "pathRegex": "/api/(unclosed"}]},
+        },
+    )
+    apiserver.create(
+        "/apis/split.smi-spec.io/v1alpha4/namespaces/ctl-b/trafficsplits",
+        {
+            "apiVersion": "split.smi-spec.io/v1alpha4",
+            "kind": "TrafficSplit",
+            "metadata": {"name": "to-nowhere"},
+            "spec": {"service": "api", "backends": [{"service": "missing", "weight": 1}]},
+        },
+    )
+
+    def errors() -> list[dict[str, Any]] | None:
+        found = ctl.config()["errors"]
+        names = {e["name"] for e in found}
+        return found if {"broken", "to-nowhere"} <= names else None
+
+    found = wait_for(errors, what="both errors in the config")
+    broken = next(e for e in found if e["name"] == "broken")
+    assert broken["kind"] == "HTTPRouteGroup"
+    assert broken["field"] == "spec.matches[0].pathRegex"
+    assert "ctl-b/api:80" in ctl.config()["routes"]  # the valid Service is unaffected
+
+    def events() -> list[dict[str, Any]] | None:
+        items = apiserver.get("/api/v1/namespaces/ctl-b/events")["items"]
+        mine = [e for e in items if e.get("source", {}).get("component") == "simmesh-controller"]
+        return mine if len(mine) >= 2 else None
+
+    mine = wait_for(events, what="two Events")
+    by_object = {e["involvedObject"]["name"]: e for e in mine}
+    assert by_object["broken"]["involvedObject"]["kind"] == "HTTPRouteGroup"
+    assert by_object["broken"]["type"] == "Warning"
+    assert "spec.matches[0].pathRegex" in by_object["broken"]["message"]
+    split_messages = [e["message"] for e in mine if e["involvedObject"]["name"] == "to-nowhere"]
+    assert any("ctl-b/missing" in m for m in split_messages), split_messages
+
+
+def test_restart_keeps_config_and_port_assignments(
+    apiserver: harness.Cluster, run_controller: Any
+) -> None:
+    namespace(apiserver, "ctl-c")
+    first = run_controller("mesh-c", ["ctl-c"])
+    for name in ("s1", "s2", "s3"):
+        service(apiserver, "ctl-c", name, 7000, annotations={"simmesh.io/traffic-type": "tcp"})
+        wait_for(lambda n=name: f"ctl-c/{n}:7000" in first.config()["routes"], what=name)
+    config = first.config()
+    ports = {k: v["listener"] for k, v in config["routes"].items()}
+    assert sorted(ports.values()) == [10000, 10001, 10002]
+    wait_for(
+        lambda: (
+            len(
+                apiserver.get(
+                    "/api/v1/namespaces/mesh-c/services?labelSelector=simmesh.io/shadow%3Dtrue"
+                )["items"]
+            )
+            == 3
+        ),
+        what="three shadows",
+    )
+    first.stop()
+
+    # Unchanged cluster: a new controller publishes byte-identical config.
+    second = run_controller("mesh-c", ["ctl-c"])
+    assert second.config() == config
+    second.stop()
+
+    # s1 deleted while no controller runs: s2 and s3 keep their ports (read from the shadows),
+    # a new service takes the freed port.
+    apiserver.delete("/api/v1/namespaces/ctl-c/services/s1")
+    service(apiserver, "ctl-c", "s4", 7000, annotations={"simmesh.io/traffic-type": "tcp"})
+    third = run_controller("mesh-c", ["ctl-c"])
+    routes = wait_for(
+        lambda: third.config()["routes"] if "ctl-c/s4:7000" in third.config()["routes"] else None,
+        what="s4",
+    )
+    assert routes["ctl-c/s2:7000"]["listener"] == ports["ctl-c/s2:7000"]
+    assert routes["ctl-c/s3:7000"]["listener"] == ports["ctl-c/s3:7000"]
+    assert routes["ctl-c/s4:7000"]["listener"] == ports["ctl-c/s1:7000"]
+    assert "ctl-c/s1:7000" not in routes
+
+
+def test_controller_recovers_after_apiserver_restart(
+    apiserver: harness.Cluster, run_controller: Any
+) -> None:
+    namespace(apiserver, "ctl-d")
+    ctl = run_controller("mesh-d", ["ctl-d"])
+    service(apiserver, "ctl-d", "before")
+    wait_for(lambda: "ctl-d/before:80" in ctl.config()["routes"], what="before")
+    version = ctl.config()["version"]
+    apiserver.restart()
+    # The controller keeps serving its last config while the API server is away...
+    assert ctl.config()["version"] == version
+    # ...and picks up changes made after it came back.
+    service(apiserver, "ctl-d", "after")
+    wait_for(lambda: "ctl-d/after:80" in ctl.config()["routes"], timeout=60, what="after")
