@@ -78,6 +78,9 @@ class Metrics:
         self.proxies.labels("behind").set(len(controller.nodes) - synced)
 
 
+METRICS = web.AppKey("metrics", Metrics)
+
+
 def _requested_version(request: web.Request) -> str | None:
     version = request.query.get("version")
     if version:
@@ -160,7 +163,7 @@ def make_app(controller: Controller) -> web.Application:
         )
 
     app = web.Application()
-    app["metrics"] = metrics
+    app[METRICS] = metrics
     app.router.add_get("/api/v1/config", config)
     app.router.add_get("/api/v1/topology", topology)
     app.router.add_get("/api/v1/nodes", nodes)
