@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup lint test sim demo bench clean
+.PHONY: setup lint test sim demo bench clean k8s-bins
 
 setup: $(VENV)/.installed
 
@@ -32,8 +32,15 @@ demo: setup
 	$(BIN)/simmesh explain scenarios/quickstart --from demo/frontend --url http://backend.demo.mesh/metrics
 	$(BIN)/simmesh explain scenarios/quickstart --from demo/frontend --tcp db.demo.mesh:5432
 
-bench: setup
+bench: setup k8s-bins
 	$(BIN)/python -m loadtests.bench_core --out BENCHMARKS.md
+	$(BIN)/python -m loadtests.bench_sim --out BENCHMARKS.md
+	SIMMESH_BIN_DIR="$$(bash tools/k8s-bins.sh --print-dir)" $(BIN)/python -m loadtests.bench_controller --out BENCHMARKS.md
+
+# kube-apiserver, etcd, CoreDNS, helm and fortio built from the Go module proxy into
+# ~/.cache/simmesh/bin (versions in tools/k8s-versions.env); idempotent, about 8 minutes cold.
+k8s-bins:
+	bash tools/k8s-bins.sh
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .hypothesis out

@@ -143,8 +143,10 @@ def _explain_text(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="simmesh", description=__doc__.splitlines()[0])
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="simmesh", description="simmesh: a sidecar-free, simulation-first service mesh"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("compile", help="print the MeshConfig for a manifests directory")
@@ -166,25 +168,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", choices=("text", "json"), default="text")
     p.set_defaults(func=cmd_explain)
 
-    p = sub.add_parser("sim", help="simulate a scenario: SLO verdicts, results.json, plots")
-    _lazy(p, "sim.cli")
-
-    p = sub.add_parser("controller", help="run the controller (Kubernetes or a manifests dir)")
-    _lazy(p, "mesh.controller.main")
+    chosen = next((a for a in argv if not a.startswith("-")), None) if argv else None
+    for name, (module, add, run, text) in LAZY.items():
+        p = sub.add_parser(name, help=text)
+        if name == chosen:
+            _wire(p, module, add, run)
     return parser
 
 
-def _lazy(parser: argparse.ArgumentParser, module: str) -> None:
-    """Subcommands whose drivers are imported only when used (start-up stays fast)."""
+# Subcommands whose drivers are imported only when used, so `simmesh compile` stays fast.
+LAZY: dict[str, tuple[str, str, str, str]] = {
+    "sim": (
+        "sim.cli",
+        "add_arguments",
+        "run",
+        "simulate a scenario: SLO verdicts, results.json, plots, report.html",
+    ),
+    "proxy": ("mesh.proxy.app", "add_arguments", "run", "run a node proxy"),
+    "controller": (
+        "mesh.controller.main",
+        "add_arguments",
+        "run",
+        "run the controller (Kubernetes or a manifests directory)",
+    ),
+}
+
+
+def _wire(parser: argparse.ArgumentParser, module: str, add: str, run: str) -> None:
     import importlib
 
     mod = importlib.import_module(module)
-    mod.add_arguments(parser)
-    parser.set_defaults(func=mod.run)
+    getattr(mod, add)(parser)
+    parser.set_defaults(func=getattr(mod, run))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
