@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from mesh.core.config import policy_dict
-from mesh.core.routing import STATUS, Access, Cluster, Engine, Reason, Route, Router
+from mesh.core.routing import STATUS, Access, Cluster, Decision, Engine, Reason, Route, Router
 
 
 class _FirstRng:
@@ -53,6 +53,7 @@ def explain_http(
             rng=_FirstRng(),
         )
         result["endpoint"] = _endpoint(decision.endpoint)
+        _refused(result, decision)
     result["request"] = {
         "method": method,
         "host": host,
@@ -77,6 +78,7 @@ def explain_flow(
             listener=route.listener, source=source, now=0.0, rng=_FirstRng()
         )
         result["endpoint"] = _endpoint(decision.endpoint)
+        _refused(result, decision)
     result["request"] = {"protocol": protocol, "host": host, "port": port}
     return result
 
@@ -155,6 +157,15 @@ def _policy(route: Route) -> dict[str, Any]:
     out["circuitBreaker"] = breaker.expression if breaker is not None else None
     out["loadBalancer"] = route.cluster.load_balancer
     return out
+
+
+def _refused(result: dict[str, Any], decision: Decision) -> None:
+    """Access allows it, but the data plane answers itself (503: no ready endpoint)."""
+    if decision.status is not None:
+        result["allowed"] = False
+        result["status"] = decision.status
+        result["reasonCode"] = decision.reason.value
+        result["reason"] = decision.detail
 
 
 def _endpoint(endpoint: Any) -> dict[str, Any] | None:
