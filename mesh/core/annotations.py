@@ -12,8 +12,11 @@ Circuit-breaker expressions follow Traefik's: ``NetworkErrorRatio() > 0.30``,
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 
 from mesh.core.errors import InvalidObject
 from mesh.core.model import Scheme, TrafficType
@@ -79,7 +82,21 @@ def parse_duration(text: str) -> float:
     match = _DURATION.match(text.strip())
     if match is None:
         raise ValueError(f"expected a duration such as 500ms, 2s or 1m, got {text!r}")
-    return float(match.group(1)) * _UNITS[match.group(2)]
+    seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if not math.isfinite(seconds) or seconds > 86400 * 365:
+        raise ValueError(f"expected a duration of at most a year, got {text!r}")
+    return seconds
+
+
+def _choice(kind: type[StrEnum]) -> Callable[[str], StrEnum]:
+    def convert(text: str) -> StrEnum:
+        try:
+            return kind(text)
+        except ValueError:
+            allowed = ", ".join(m.value for m in kind)
+            raise ValueError(f"expected one of {allowed}, got {text!r}") from None
+
+    return convert
 
 
 def _positive_duration(text: str) -> float:
@@ -190,8 +207,8 @@ def service_options(
             errors.append(InvalidObject(f"metadata.annotations[{key}]", str(exc)))
             return None
 
-    traffic = read("traffic-type", TrafficType) or default_traffic_type
-    scheme = read("scheme", Scheme) or Scheme.HTTP
+    traffic = read("traffic-type", _choice(TrafficType)) or default_traffic_type
+    scheme = read("scheme", _choice(Scheme)) or Scheme.HTTP
     attempts = read("retry-attempts", lambda t: _positive_int(t, allow_zero=True))
     non_idempotent = read("retry-non-idempotent", _boolean)
     timeout = read("timeout", parse_duration)

@@ -191,9 +191,13 @@ def _hosts(service: TopoService, port: TopoPort, settings: Settings) -> list[str
         f"{service.name}.{service.namespace}.{settings.zone}",
         f"{service.name}.{service.namespace}.svc.{settings.cluster_domain}",
     ]
-    if service.cluster_ip:
-        names.append(service.cluster_ip)
-    return [h for name in names for h in (name, f"{name}:{port.port}")]
+    hosts = [h for name in names for h in (name, f"{name}:{port.port}")]
+    ip = service.cluster_ip
+    if ip and ":" in ip:  # IPv6: Host headers bracket the address
+        hosts += [ip, f"[{ip}]", f"[{ip}]:{port.port}"]
+    elif ip:
+        hosts += [ip, f"{ip}:{port.port}"]
+    return hosts
 
 
 def _route(

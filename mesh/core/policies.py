@@ -323,7 +323,7 @@ class TokenBucket:
             )
         if self._last is None or now > self._last:
             self._last = now
-        if self._tokens >= 1.0:
+        if self._tokens >= 1.0 - 1e-9:  # float sums of refills must not lose a token
             self._tokens -= 1.0
             return 0.0
         if self.spec.average <= 0:

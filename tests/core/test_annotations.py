@@ -215,3 +215,13 @@ def test_expression_grammar() -> None:
         ),
         (Condition(Metric.RESPONSE_CODE_RATIO, (500.0, 600.0, 0.0, 600.0), ">=", 0.25),),
     )
+
+
+def test_absurd_durations_are_rejected_not_infinite() -> None:
+    import pytest
+
+    from mesh.core.annotations import parse_duration
+
+    with pytest.raises(ValueError, match="at most a year"):
+        parse_duration("9" * 400 + "s")
+    assert parse_duration("1.5s") == 1.5

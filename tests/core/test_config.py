@@ -222,3 +222,27 @@ def test_compact_json_and_version_are_those_of_the_data() -> None:
     assert config.to_json(indent=None) == compact
     assert config.version == config_version(config.data)
     assert MeshConfig(config.data).to_json(indent=None) == compact
+
+
+def test_ipv6_cluster_ips_are_routed_with_bracketed_host_headers() -> None:
+    from mesh.core.config import build_config
+    from mesh.core.model import Settings
+    from mesh.core.parse import parse_objects
+    from mesh.core.routing import Router
+    from mesh.core.topology import build_topology
+
+    state = parse_objects(
+        [
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": "v6", "namespace": "ns"},
+                "spec": {"clusterIP": "fd00::1", "ports": [{"port": 80}]},
+            }
+        ]
+    )
+    router = Router(build_config(build_topology(state, Settings()), Settings()))
+    for host in ("[fd00::1]:80", "[fd00::1]", "fd00::1"):
+        route = router.route_http(5000, host)
+        assert route is not None and route.service == "ns/v6", host
+    assert router.route_http(5000, "[fd00::1]:81") is None

@@ -364,3 +364,11 @@ def test_least_request_samples_two_distinct_endpoints() -> None:
     for first in (0.0, 0.4, 0.99):
         for second in (0.0, 0.5, 0.99):
             assert balancer.pick(2, ScriptedRng([first, second]), ["a", "b"]) == 1
+
+
+def test_token_bucket_admits_the_full_rate_at_exact_steps() -> None:
+    from mesh.core.policies import RateLimitSpec, TokenBucket
+
+    bucket = TokenBucket(RateLimitSpec(average=10.0, burst=1))
+    admitted = sum(bucket.take(k * 0.1) == 0.0 for k in range(1000))
+    assert admitted == 1000
