@@ -233,9 +233,18 @@ class KubeProvider:
         )
 
     async def ensure_namespace(self) -> None:
+        """Create the mesh namespace when it is missing (a Helm install already made it, and
+        then the controller needs no right to create namespaces)."""
         core = client.CoreV1Api(self.api)
+        name = self.settings.mesh_namespace
         try:
-            await core.create_namespace({"metadata": {"name": self.settings.mesh_namespace}})
+            await core.read_namespace(name)
+            return
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+        try:
+            await core.create_namespace({"metadata": {"name": name}})
         except ApiException as exc:
             if exc.status != 409:
                 raise

@@ -1,0 +1,717 @@
+"""The Helm chart (charts/simmesh) with the real helm binary and the real test apiserver.
+
+``helm lint`` and ``helm template`` render the chart; the rendered objects are checked against
+the project's own code (mesh.core.parse.parse_settings reads the settings ConfigMap, the CLI's
+argument parsers read the controller's and proxies' commands, mesh.core.shadow's proxy selector
+matches the proxy pods, mesh.dns.corefile's server block is the mesh-owned CoreDNS's Corefile).
+Then the kube-apiserver accepts every object (server-side dry run, strict field validation),
+``helm install --dry-run=server`` and a real ``helm install`` work, the controller's
+ServiceAccount holds exactly the permissions it needs (SubjectAccessReview), and the real
+controller, run with that ServiceAccount's token and the installed command and settings,
+creates a shadow Service. No kubelet runs: pods never start, and nothing waits for them.
+
+helm comes from the k8s bin dir (``make k8s-bins``); missing, these tests skip, or fail under
+CI=true.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from mesh.core.model import Settings
+from mesh.core.parse import parse_settings
+from mesh.core.shadow import PROXY_SELECTOR, SHADOW_LABEL, shadow_name
+
+try:
+    from . import apiserver as k8s_harness
+except ImportError:
+    import apiserver as k8s_harness  # type: ignore[no-redef]
+
+pytestmark = pytest.mark.k8s
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CHART = REPO_ROOT / "charts" / "simmesh"
+SCHEMA_ERROR = "values don't meet the specifications of the schema"
+SMI_KINDS = {
+    ("access.smi-spec.io", "traffictargets"),
+    ("specs.smi-spec.io", "httproutegroups"),
+    ("specs.smi-spec.io", "tcproutes"),
+    ("specs.smi-spec.io", "udproutes"),
+    ("split.smi-spec.io", "trafficsplits"),
+}
+CLUSTER_READS = {("", "services"), ("discovery.k8s.io", "endpointslices"), ("", "pods")}
+CLUSTER_READS |= {("", "namespaces"), *SMI_KINDS}
+
+
+def _kube_version() -> str:
+    for line in (REPO_ROOT / "tools" / "k8s-versions.env").read_text().splitlines():
+        if line.startswith("KUBERNETES_VERSION="):
+            return line.split("=", 1)[1].strip()
+    raise AssertionError("KUBERNETES_VERSION missing from tools/k8s-versions.env")
+
+
+class Helm:
+    """The helm binary with private cache/config/data homes and no ambient kubeconfig."""
+
+    def __init__(self, binary: Path, home: Path) -> None:
+        self.binary = binary
+        self.env = {key: value for key, value in os.environ.items() if not key.startswith("HELM_")}
+        self.env.pop("KUBECONFIG", None)
+        for name in ("CACHE", "CONFIG", "DATA"):
+            self.env[f"HELM_{name}_HOME"] = str(home / name.lower())
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [str(self.binary), *args],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            cwd=REPO_ROOT,
+            timeout=90,
+        )
+        if check and done.returncode != 0:
+            raise AssertionError(f"helm {' '.join(args)} failed:\n{done.stderr}{done.stdout}")
+        return done
+
+    def template(
+        self, *sets: str, namespace: str = "simmesh", check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        args = ["template", "simmesh", str(CHART), "-n", namespace]
+        args += ["--kube-version", _kube_version()]
+        for item in sets:
+            args += ["--set", item]
+        return self.run(*args, check=check)
+
+    def render(self, *sets: str, namespace: str = "simmesh") -> list[dict[str, Any]]:
+        out = self.template(*sets, namespace=namespace).stdout
+        return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+@pytest.fixture(scope="module")
+def helm(tmp_path_factory: pytest.TempPathFactory) -> Helm:
+    try:
+        found = k8s_harness.find_binaries(("helm",))
+    except k8s_harness.BinaryMissing as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{exc}. CI must build them first: run make k8s-bins", pytrace=False)
+        pytest.skip(f"run make k8s-bins ({exc})")
+    return Helm(found["helm"], tmp_path_factory.mktemp("helm-home"))
+
+
+@pytest.fixture(scope="module")
+def default_docs(helm: Helm) -> list[dict[str, Any]]:
+    return helm.render()
+
+
+@pytest.fixture(scope="module")
+def acl_docs(helm: Helm) -> list[dict[str, Any]]:
+    return helm.render("acl=true", "watchNamespaces={a,b}")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def one(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"{kind}/{name}: {len(found)} rendered"
+    return found[0]
+
+
+def container(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    containers = one(docs, kind, name)["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    return containers[0]  # type: ignore[no-any-return]
+
+
+def settings_of(docs: list[dict[str, Any]]) -> Settings:
+    return parse_settings(
+        yaml.safe_load(one(docs, "ConfigMap", "simmesh-settings")["data"]["mesh.yaml"])
+    )
+
+
+def controller_settings(command: list[str], mesh_yaml: str, tmp_path: Path) -> Settings:
+    """What `simmesh controller` makes of the rendered command and settings file."""
+    from mesh.cli import build_parser
+    from mesh.controller.main import settings_from
+
+    (tmp_path / "mesh.yaml").write_text(mesh_yaml)
+    argv = [str(tmp_path / "mesh.yaml") if a == "/etc/simmesh/mesh.yaml" else a for a in command]
+    assert argv[0] == "simmesh"
+    args = build_parser(argv[1:]).parse_args(argv[1:])
+    return settings_from(args)
+
+
+def allows(rules: list[dict[str, Any]], group: str, resource: str, verb: str) -> bool:
+    return any(
+        group in r.get("apiGroups", [])
+        and resource in r.get("resources", [])
+        and verb in r.get("verbs", [])
+        for r in rules
+    )
+
+
+def no_wildcards(rules: list[dict[str, Any]]) -> None:
+    for rule in rules:
+        for key in ("apiGroups", "resources", "verbs"):
+            assert "*" not in rule.get(key, []), rule
+
+
+# --------------------------------------------------------------------------- lint and render
+
+
+def test_lint(helm: Helm) -> None:
+    for extra in ([], ["--set", "acl=true", "--set", "watchNamespaces={a,b}"]):
+        done = helm.run("lint", "--strict", str(CHART), *extra)
+        assert "0 chart(s) failed" in done.stdout, done.stdout
+
+
+def test_chart_metadata() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["apiVersion"] == "v2"
+    assert (chart["name"], chart["version"], str(chart["appVersion"])) == (
+        "simmesh",
+        "0.1.0",
+        "0.1.0",
+    )
+
+
+def test_crds_ship_with_the_chart(helm: Helm) -> None:
+    args = ["template", "simmesh", str(CHART), "--include-crds", "--kube-version", _kube_version()]
+    docs = [d for d in yaml.safe_load_all(helm.run(*args).stdout) if d]
+    shown = sorted(d["metadata"]["name"] for d in docs if d["kind"] == "CustomResourceDefinition")
+    files = sorted(d["metadata"]["name"] for d in k8s_harness.load_crds())
+    assert shown == files
+    assert {tuple(name.split(".", 1)[::-1]) for name in files} == SMI_KINDS
+
+
+def test_default_objects(default_docs: list[dict[str, Any]]) -> None:
+    names = sorted((d["kind"], d["metadata"]["name"]) for d in default_docs)
+    assert names == [
+        ("ClusterRole", "simmesh-controller"),
+        ("ClusterRoleBinding", "simmesh-controller"),
+        ("ConfigMap", "simmesh-settings"),
+        ("DaemonSet", "simmesh-proxy"),
+        ("Deployment", "simmesh-controller"),
+        ("Role", "simmesh-controller"),
+        ("RoleBinding", "simmesh-controller"),
+        ("Service", "simmesh-controller"),
+        ("ServiceAccount", "simmesh-controller"),
+        ("ServiceAccount", "simmesh-proxy"),
+    ]
+    for doc in default_docs:
+        if doc["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+            assert doc["metadata"]["namespace"] == "simmesh", doc["metadata"]
+        assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "simmesh"
+
+
+def test_settings_configmap_is_the_default_settings(default_docs: list[dict[str, Any]]) -> None:
+    assert settings_of(default_docs) == Settings(mesh_namespace="simmesh")
+
+
+def test_settings_follow_the_values(helm: Helm) -> None:
+    docs = helm.render(
+        "zone=corp.mesh",
+        "clusterDomain=k8s.example",
+        "defaultTrafficType=tcp",
+        "ignoreNamespaces={legacy}",
+        "ports.http.start=6000",
+        "ports.http.size=3",
+        "ports.tcp.start=20000",
+        "ports.tcp.size=50",
+        "ports.udp.start=20000",
+        "ports.udp.size=60",
+        namespace="mesh-system",
+    )
+    assert settings_of(docs) == parse_settings(
+        {
+            "zone": "corp.mesh",
+            "clusterDomain": "k8s.example",
+            "meshNamespace": "mesh-system",
+            "defaultTrafficType": "tcp",
+            "acl": False,
+            "watchNamespaces": [],
+            "ignoreNamespaces": ["legacy"],
+            "httpPorts": {"start": 6000, "size": 3},
+            "tcpPorts": {"start": 20000, "size": 50},
+            "udpPorts": {"start": 20000, "size": 60},
+        }
+    )
+    proxy = container(docs, "DaemonSet", "simmesh-proxy")
+    assert [(p["name"], p["containerPort"]) for p in proxy["ports"]] == [
+        ("admin", 9901),
+        ("http-0", 6000),
+        ("http-1", 6001),
+        ("http-2", 6002),
+    ]
+    url = "http://simmesh-controller.mesh-system.svc.k8s.example:9000"
+    assert proxy["command"][proxy["command"].index("--controller") + 1] == url
+
+
+def test_acl_and_watched_namespaces(
+    default_docs: list[dict[str, Any]], acl_docs: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    plain = container(default_docs, "Deployment", "simmesh-controller")["command"]
+    acl = container(acl_docs, "Deployment", "simmesh-controller")["command"]
+    assert "--acl" not in plain and "--watch-namespace" not in plain
+    assert "--acl" in acl
+    assert [acl[i + 1] for i, a in enumerate(acl) if a == "--watch-namespace"] == ["a", "b"]
+    expected = Settings(mesh_namespace="simmesh", acl=True, watch_namespaces=("a", "b"))
+    assert settings_of(acl_docs) == expected
+    mesh_yaml = one(acl_docs, "ConfigMap", "simmesh-settings")["data"]["mesh.yaml"]
+    assert controller_settings(acl, mesh_yaml, tmp_path) == expected
+    plain_yaml = one(default_docs, "ConfigMap", "simmesh-settings")["data"]["mesh.yaml"]
+    assert controller_settings(plain, plain_yaml, tmp_path) == Settings(mesh_namespace="simmesh")
+
+
+def test_controller_deployment(default_docs: list[dict[str, Any]]) -> None:
+    deployment = one(default_docs, "Deployment", "simmesh-controller")
+    assert deployment["spec"]["replicas"] == 1
+    pod = deployment["spec"]["template"]
+    assert pod["spec"]["serviceAccountName"] == "simmesh-controller"
+    assert pod["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+    c = container(default_docs, "Deployment", "simmesh-controller")
+    assert c["image"] == "ghcr.io/simmesh/simmesh:0.1.0"
+    assert c["command"][:8] == [
+        "simmesh",
+        "controller",
+        "--kubeconfig",
+        "in-cluster",
+        "--listen",
+        "0.0.0.0:9000",
+        "--settings",
+        "/etc/simmesh/mesh.yaml",
+    ]
+    cmd = c["command"]
+    assert cmd[cmd.index("--namespace") + 1] == "simmesh"
+    assert cmd[cmd.index("--zone") + 1] == "mesh"
+    assert cmd[cmd.index("--cluster-domain") + 1] == "cluster.local"
+    assert c["ports"] == [{"name": "api", "containerPort": 9000, "protocol": "TCP"}]
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "api"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "api"}
+    assert c["volumeMounts"] == [
+        {"name": "settings", "mountPath": "/etc/simmesh", "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    assert pod["spec"]["volumes"] == [
+        {"name": "settings", "configMap": {"name": "simmesh-settings"}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    service = one(default_docs, "Service", "simmesh-controller")
+    assert service["spec"]["type"] == "ClusterIP"
+    assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [(9000, "api")]
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+
+
+def test_proxy_daemonset(default_docs: list[dict[str, Any]]) -> None:
+    from mesh.cli import build_parser
+
+    daemonset = one(default_docs, "DaemonSet", "simmesh-proxy")
+    pod = daemonset["spec"]["template"]
+    # the controller's shadow Services select exactly this label
+    assert PROXY_SELECTOR == {"app.kubernetes.io/name": "simmesh-proxy"}
+    assert PROXY_SELECTOR.items() <= pod["metadata"]["labels"].items()
+    assert daemonset["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    assert pod["metadata"]["annotations"] == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": "9901",
+        "prometheus.io/path": "/metrics",
+    }
+    c = container(default_docs, "DaemonSet", "simmesh-proxy")
+    assert c["command"][:10] == [
+        "simmesh",
+        "proxy",
+        "--controller",
+        "http://simmesh-controller.simmesh.svc.cluster.local:9000",
+        "--node",
+        "$(NODE_NAME)",
+        "--bind",
+        "0.0.0.0",
+        "--admin-port",
+        "9901",
+    ]
+    args = build_parser(c["command"][1:]).parse_args(c["command"][1:])
+    assert (args.controller, args.admin_port, args.log_level) == (
+        "http://simmesh-controller.simmesh.svc.cluster.local:9000",
+        9901,
+        "info",
+    )
+    env = {e["name"]: e for e in c["env"]}
+    assert env["NODE_NAME"]["valueFrom"] == {
+        "fieldRef": {"apiVersion": "v1", "fieldPath": "spec.nodeName"}
+    }
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in env
+    ports = {p["containerPort"] for p in c["ports"] if p["name"].startswith("http-")}
+    assert ports == set(range(5000, 5010))
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
+    assert c["resources"]["requests"] == {"cpu": "100m", "memory": "128Mi"}
+    assert "nodeSelector" not in pod["spec"] and "tolerations" not in pod["spec"]
+
+
+def test_proxy_values(helm: Helm) -> None:
+    docs = helm.render(
+        "tracing.otlpEndpoint=http://jaeger.tracing:4318",
+        "proxy.image.tag=dev",
+        "proxy.logLevel=debug",
+        "proxy.accessLog=true",
+        "proxy.nodeSelector.mesh=enabled",
+        "proxy.tolerations[0].operator=Exists",
+        "proxy.resources.limits.cpu=2",
+        "metrics.prometheusAnnotations=false",
+    )
+    pod = one(docs, "DaemonSet", "simmesh-proxy")["spec"]["template"]
+    c = pod["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger.tracing:4318"
+    assert c["image"] == "ghcr.io/simmesh/simmesh:dev"
+    assert "--access-log" in c["command"]
+    assert c["command"][c["command"].index("--log-level") + 1] == "debug"
+    assert pod["spec"]["nodeSelector"] == {"mesh": "enabled"}
+    assert pod["spec"]["tolerations"] == [{"operator": "Exists"}]
+    assert c["resources"]["limits"]["cpu"] == 2
+    assert "annotations" not in pod["metadata"]
+    controller_pod = one(docs, "Deployment", "simmesh-controller")["spec"]["template"]
+    assert not any(
+        k.startswith("prometheus.io/") for k in controller_pod["metadata"]["annotations"]
+    )
+    assert controller_pod["spec"]["containers"][0]["image"] == "ghcr.io/simmesh/simmesh:0.1.0"
+
+
+def test_rbac(default_docs: list[dict[str, Any]]) -> None:
+    cluster_rules = one(default_docs, "ClusterRole", "simmesh-controller")["rules"]
+    no_wildcards(cluster_rules)
+    for group, resource in CLUSTER_READS:
+        for verb in ("get", "list", "watch"):
+            assert allows(cluster_rules, group, resource, verb), (group, resource, verb)
+    assert allows(cluster_rules, "", "events", "create")
+    assert allows(cluster_rules, "", "events", "patch")
+    assert not allows(cluster_rules, "", "namespaces", "create")
+    assert not any(allows(cluster_rules, "", "services", v) for v in ("create", "delete"))
+    assert not allows(cluster_rules, "", "secrets", "get")
+
+    role_rules = one(default_docs, "Role", "simmesh-controller")["rules"]
+    no_wildcards(role_rules)
+    for verb in ("create", "update", "patch", "delete", "get", "list", "watch"):
+        assert allows(role_rules, "", "services", verb), verb
+
+    subject = {"kind": "ServiceAccount", "name": "simmesh-controller", "namespace": "simmesh"}
+    for kind, role in (("ClusterRoleBinding", "ClusterRole"), ("RoleBinding", "Role")):
+        binding = one(default_docs, kind, "simmesh-controller")
+        assert binding["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": role,
+            "name": "simmesh-controller",
+        }
+        assert binding["subjects"] == [subject]
+    proxy_sa = one(default_docs, "ServiceAccount", "simmesh-proxy")
+    assert proxy_sa["automountServiceAccountToken"] is False
+
+
+def test_kubedns_coredns_serves_the_mesh_block(helm: Helm) -> None:
+    from mesh.dns.corefile import DnsSettings, server_block
+
+    docs = helm.render("kubedns=true", "zone=my-mesh", "clusterDomain=k8s.local", namespace="m-s")
+    corefile = one(docs, "ConfigMap", "simmesh-coredns")["data"]["Corefile"]
+    settings = DnsSettings(zone="my-mesh", mesh_namespace="m-s", cluster_domain="k8s.local")
+    block = server_block(settings, port="1053", extra=("health :8080", "ready :8181"))
+    assert corefile == "\n".join(block) + "\n"
+    service = one(docs, "Service", "simmesh-coredns")
+    assert {(p["port"], p["protocol"]) for p in service["spec"]["ports"]} == {
+        (53, "UDP"),
+        (53, "TCP"),
+    }
+    deployment = one(docs, "Deployment", "simmesh-coredns")
+    assert deployment["spec"]["template"]["spec"]["dnsPolicy"] == "Default"
+    rules = one(docs, "ClusterRole", "simmesh-coredns")["rules"]
+    assert allows(rules, "discovery.k8s.io", "endpointslices", "watch")
+    assert not any(d["metadata"]["name"] == "simmesh-coredns" for d in helm.render())
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "acl=yes",
+        "acll=true",
+        "zone=Not_A_Zone",
+        "defaultTrafficType=grpc",
+        "watchNamespaces={Bad_Name}",
+        "ports.http.size=0",
+        "ports.tcp.start=70000",
+        "controller.logLevel=verbose",
+        "proxy.image.pullPolicy=Sometimes",
+        "tracing.otlpEndpoint=jaeger:4318",
+    ],
+)
+def test_schema_rejects(helm: Helm, value: str) -> None:
+    done = helm.template(value, check=False)
+    assert done.returncode != 0, done.stdout[:500]
+    assert SCHEMA_ERROR in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (("ports.tcp.start=5005",), "ports.http [5000, 5010) overlaps ports.tcp"),
+        (("ports.http.start=9895",), "ports.http contains 9901"),
+        (("ports.udp.start=65000", "ports.udp.size=1000"), "ports.udp: 65000 + 1000"),
+    ],
+)
+def test_port_ranges_must_not_collide(helm: Helm, values: tuple[str, ...], message: str) -> None:
+    done = helm.template(*values, check=False)
+    assert done.returncode != 0
+    assert message in done.stderr, done.stderr
+
+
+# --------------------------------------------------------------------------- the apiserver
+
+
+def fresh_namespace(cluster: k8s_harness.Cluster, prefix: str) -> str:
+    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    cluster.create("/api/v1/namespaces", {"metadata": {"name": name}})
+    return name
+
+
+class Discovery:
+    """Collection paths of kinds, from the apiserver's discovery documents."""
+
+    def __init__(self, cluster: k8s_harness.Cluster) -> None:
+        self.cluster = cluster
+        self.cache: dict[str, dict[str, tuple[str, bool]]] = {}
+
+    def resources(self, api_version: str) -> dict[str, tuple[str, bool]]:
+        if api_version not in self.cache:
+            prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+            listing = self.cluster.get(prefix)["resources"]
+            self.cache[api_version] = {
+                r["kind"]: (r["name"], r["namespaced"]) for r in listing if "/" not in r["name"]
+            }
+        return self.cache[api_version]
+
+    def collection(self, doc: dict[str, Any]) -> str:
+        plural, namespaced = self.resources(doc["apiVersion"])[doc["kind"]]
+        prefix = "/api/v1" if doc["apiVersion"] == "v1" else f"/apis/{doc['apiVersion']}"
+        if namespaced:
+            return f"{prefix}/namespaces/{doc['metadata']['namespace']}/{plural}"
+        return f"{prefix}/{plural}"
+
+
+def test_apiserver_accepts_every_object(helm: Helm, apiserver: k8s_harness.Cluster) -> None:
+    ns = fresh_namespace(apiserver, "helm-dry")
+    docs = helm.render(
+        "kubedns=true",
+        "acl=true",
+        "watchNamespaces={a,b}",
+        "tracing.otlpEndpoint=http://otel:4318",
+        "proxy.tolerations[0].operator=Exists",
+        "imagePullSecrets[0].name=ghcr",
+        namespace=ns,
+    )
+    assert len(docs) == 16
+    discovery = Discovery(apiserver)
+    for doc in docs:
+        path = discovery.collection(doc)
+        out = apiserver.create(path, doc, query={"dryRun": "All", "fieldValidation": "Strict"})
+        assert out["kind"] == doc["kind"] and out["metadata"]["name"] == doc["metadata"]["name"]
+        if doc["kind"] in ("Deployment", "DaemonSet"):
+            sent = doc["spec"]["template"]["spec"]["containers"][0]
+            kept = out["spec"]["template"]["spec"]["containers"][0]
+            for key in ("command", "args", "ports", "env"):
+                assert kept.get(key) == sent.get(key), (doc["metadata"]["name"], key)
+        # dry run: nothing was stored
+        status, _ = apiserver.request("GET", f"{path}/{doc['metadata']['name']}")
+        assert status == 404, (doc["kind"], doc["metadata"]["name"])
+
+
+def test_helm_install_dry_run_server(helm: Helm, apiserver: k8s_harness.Cluster) -> None:
+    ns = f"helm-drs-{uuid.uuid4().hex[:6]}"
+    done = helm.run(
+        "install",
+        "simmesh",
+        str(CHART),
+        "-n",
+        ns,
+        "--create-namespace",
+        "--dry-run=server",
+        "--kubeconfig",
+        apiserver.kubeconfig,
+    )
+    assert "STATUS: pending-install" in done.stdout
+    notes = done.stdout.split("NOTES:", 1)[1]
+    for command in ("prepare", "check", "cleanup"):
+        assert f"simmesh {command} --namespace {ns}" in notes, notes
+    rendered = [
+        d
+        for d in yaml.safe_load_all(done.stdout.split("MANIFEST:", 1)[1].split("NOTES:", 1)[0])
+        if d
+    ]
+    assert {d["kind"] for d in rendered} >= {"Deployment", "DaemonSet", "ConfigMap"}
+    status, _ = apiserver.request("GET", f"/api/v1/namespaces/{ns}")
+    assert status == 404
+
+
+def token_kubeconfig(cluster: k8s_harness.Cluster, ns: str, account: str, path: Path) -> str:
+    request = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}}
+    out = cluster.create(f"/api/v1/namespaces/{ns}/serviceaccounts/{account}/token", request)
+    ca = base64.b64encode(Path(cluster.ca).read_bytes()).decode()
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {"name": "c", "cluster": {"server": cluster.url, "certificate-authority-data": ca}}
+        ],
+        "users": [{"name": account, "user": {"token": out["status"]["token"]}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": account}}],
+        "current-context": "c",
+    }
+    path.write_text(json.dumps(config))
+    return str(path)
+
+
+def can(cluster: k8s_harness.Cluster, user: str, verb: str, resource: str, **attrs: str) -> bool:
+    group, _, plural = resource.rpartition("/")
+    review = {
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SubjectAccessReview",
+        "spec": {
+            "user": user,
+            "groups": ["system:serviceaccounts", "system:authenticated"],
+            "resourceAttributes": {"verb": verb, "group": group, "resource": plural, **attrs},
+        },
+    }
+    out = cluster.create("/apis/authorization.k8s.io/v1/subjectaccessreviews", review)
+    return bool(out["status"].get("allowed"))
+
+
+def wait_for(check: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except (OSError, urllib.error.URLError, k8s_harness.ApiError) as exc:
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+@pytest.fixture
+def installed(helm: Helm, apiserver: k8s_harness.Cluster) -> Iterator[tuple[str, str]]:
+    """A real `helm install` into a fresh namespace, meshing one fresh app namespace."""
+    ns = f"helm-mesh-{uuid.uuid4().hex[:6]}"
+    app = fresh_namespace(apiserver, "helm-app")
+    kubeconfig = ["--kubeconfig", apiserver.kubeconfig]
+    helm.run(
+        "install",
+        "simmesh",
+        str(CHART),
+        "-n",
+        ns,
+        "--create-namespace",
+        "--set",
+        f"watchNamespaces={{{app}}}",
+        "--set",
+        "acl=true",
+        *kubeconfig,
+    )
+    try:
+        yield ns, app
+    finally:
+        helm.run("uninstall", "simmesh", "-n", ns, *kubeconfig, check=False)
+
+
+def test_helm_install_and_the_controller_runs_with_its_rbac(
+    helm: Helm, apiserver: k8s_harness.Cluster, installed: tuple[str, str], tmp_path: Path
+) -> None:
+    ns, app = installed
+    status = json.loads(
+        helm.run(
+            "status", "simmesh", "-n", ns, "-o", "json", "--kubeconfig", apiserver.kubeconfig
+        ).stdout
+    )
+    assert status["info"]["status"] == "deployed"
+    for path in (
+        f"/apis/apps/v1/namespaces/{ns}/deployments/simmesh-controller",
+        f"/apis/apps/v1/namespaces/{ns}/daemonsets/simmesh-proxy",
+        f"/api/v1/namespaces/{ns}/services/simmesh-controller",
+        "/apis/rbac.authorization.k8s.io/v1/clusterroles/simmesh-controller",
+    ):
+        apiserver.get(path)
+
+    user = f"system:serviceaccount:{ns}:simmesh-controller"
+    for resource in ("services", "pods", "namespaces", "discovery.k8s.io/endpointslices"):
+        assert can(apiserver, user, "watch", resource), resource
+    for group, plural in SMI_KINDS:
+        assert can(apiserver, user, "list", f"{group}/{plural}"), plural
+    assert can(apiserver, user, "create", "events", namespace=app)
+    assert can(apiserver, user, "delete", "services", namespace=ns)
+    assert not can(apiserver, user, "delete", "services", namespace=app)
+    assert not can(apiserver, user, "get", "secrets", namespace=ns)
+    assert not can(apiserver, user, "create", "namespaces")  # helm --create-namespace does it
+    proxy = f"system:serviceaccount:{ns}:simmesh-proxy"
+    assert not can(apiserver, proxy, "list", "services")
+
+    # the installed controller command and settings, run here with the ServiceAccount's token
+    deployment = apiserver.get(f"/apis/apps/v1/namespaces/{ns}/deployments/simmesh-controller")
+    command = deployment["spec"]["template"]["spec"]["containers"][0]["command"]
+    mesh_yaml = apiserver.get(f"/api/v1/namespaces/{ns}/configmaps/simmesh-settings")["data"][
+        "mesh.yaml"
+    ]
+    (tmp_path / "mesh.yaml").write_text(mesh_yaml)
+    port = k8s_harness.free_port()
+    swap = {
+        "in-cluster": token_kubeconfig(apiserver, ns, "simmesh-controller", tmp_path / "kc"),
+        "0.0.0.0:9000": f"127.0.0.1:{port}",
+        "/etc/simmesh/mesh.yaml": str(tmp_path / "mesh.yaml"),
+    }
+    argv = [sys.executable, "-m", "mesh.cli", *(swap.get(a, a) for a in command[1:])]
+    log = tmp_path / "controller.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
+    try:
+
+        def ready() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"controller exited:\n{log.read_text()[-3000:]}")
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+                return r.status == 200
+
+        wait_for(ready, "the controller's /readyz")
+        apiserver.create(
+            f"/api/v1/namespaces/{app}/services",
+            {
+                "metadata": {"name": "web"},
+                "spec": {"ports": [{"port": 80}], "selector": {"a": "b"}},
+            },
+        )
+        shadow_path = f"/api/v1/namespaces/{ns}/services/{shadow_name(app, 'web')}"
+        shadow = wait_for(lambda: apiserver.get(shadow_path), "the shadow Service")
+        assert shadow["metadata"]["labels"][SHADOW_LABEL] == "true"
+        assert shadow["spec"]["selector"] == PROXY_SELECTOR
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/config", timeout=5) as r:
+            config = json.loads(r.read())
+        assert "web" in json.dumps(config)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
