@@ -1,0 +1,67 @@
+"""Address maps: a pod network seen through local addresses.
+
+A local cluster (the test harness, ``simmesh up``) runs its workloads as processes on loopback,
+but the API server refuses loopback addresses in EndpointSlices, so pods get addresses from a
+pod network such as 10.244.0.0/16 that nothing listens on. ``--address-map
+10.244.0.0/16=127.1.0.0/16`` makes the proxy dial 10.244.0.10 at 127.1.0.10 and see a client
+connecting from 127.1.0.20 as pod 10.244.0.20, so identities and access control work as in a
+cluster. The map is applied to each MeshConfig before it is compiled: nothing on the request
+path changes. Without a map, configs pass through untouched.
+"""
+
+from __future__ import annotations
+
+import copy
+import ipaddress
+from typing import Any
+
+from mesh.core.config import MeshConfig
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class AddressMap:
+    def __init__(self, pairs: list[tuple[Network, Network]]) -> None:
+        self.pairs = pairs
+
+    @classmethod
+    def parse(cls, specs: list[str]) -> AddressMap:
+        pairs = []
+        for spec in specs:
+            left, sep, right = spec.partition("=")
+            try:
+                cluster, local = ipaddress.ip_network(left), ipaddress.ip_network(right)
+            except ValueError as exc:
+                raise ValueError(f"--address-map {spec!r}: {exc}") from None
+            if not sep or cluster.prefixlen != local.prefixlen or cluster.version != local.version:
+                raise ValueError(
+                    f"--address-map {spec!r}: expected CLUSTER_CIDR=LOCAL_CIDR of equal size"
+                )
+            pairs.append((cluster, local))
+        return cls(pairs)
+
+    def to_local(self, ip: str) -> str:
+        return self._translate(ip, forward=True)
+
+    def _translate(self, ip: str, *, forward: bool) -> str:
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return ip
+        for cluster, local in self.pairs:
+            src, dst = (cluster, local) if forward else (local, cluster)
+            if address.version == src.version and address in src:
+                offset = int(address) - int(src.network_address)
+                return str(ipaddress.ip_address(int(dst.network_address) + offset))
+        return ip
+
+    def apply(self, config: MeshConfig) -> MeshConfig:
+        """The config with endpoints at their local addresses and identities keyed by them."""
+        if not self.pairs:
+            return config
+        data: dict[str, Any] = copy.deepcopy(dict(config.data))
+        for cluster in data["clusters"].values():
+            for endpoint in cluster["endpoints"]:
+                endpoint["ip"] = self.to_local(endpoint["ip"])
+        data["identities"] = {self.to_local(ip): who for ip, who in data["identities"].items()}
+        return MeshConfig(data)

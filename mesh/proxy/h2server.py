@@ -1,0 +1,241 @@
+"""The h2c front end: HTTP/2 with prior knowledge on the shared HTTP listeners.
+
+:class:`~mesh.proxy.listeners.Sniffer` hands a connection here when it starts with the HTTP/2
+preface. Each stream is one request for the :class:`~mesh.proxy.forward.Forwarder`, run as
+its own task; its body is read from an :class:`~mesh.proxy.h2common.Inbox` (window handed
+back as the upstream consumes it) and the response is sent within the client's flow-control
+windows. Upstream trailers (gRPC's ``grpc-status``) are sent as trailers, so gRPC works
+end to end when the service's scheme is h2c. A client's RST_STREAM cancels its request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from typing import TYPE_CHECKING
+
+import h2.events
+import h2.exceptions
+
+from mesh.proxy.body import Body
+from mesh.proxy.forward import Exchange, Inbound
+from mesh.proxy.h2common import H2Protocol, Inbox, decode, encode
+from mesh.proxy.headers import response_headers
+from mesh.proxy.upstream import UpstreamError
+
+if TYPE_CHECKING:
+    from mesh.proxy.listeners import HttpListener
+
+_INTERNAL_ERROR = 2
+_REFUSED_STREAM = 7
+
+
+class _InboxReader:
+    __slots__ = ("inbox",)
+
+    def __init__(self, inbox: Inbox) -> None:
+        self.inbox = inbox
+
+    async def readany(self) -> bytes:
+        return await self.inbox.read()
+
+
+class _Stream:
+    __slots__ = ("ended", "headers", "inbox", "stream_id", "task")
+
+    def __init__(
+        self,
+        conn: H2ServerProtocol,
+        stream_id: int,
+        headers: list[tuple[bytes, bytes]],
+        ended: bool,
+    ) -> None:
+        self.stream_id = stream_id
+        self.headers = decode(headers)
+        self.ended = ended
+        self.inbox = Inbox(lambda flow: conn.ack(stream_id, flow))
+        if ended:
+            self.inbox.end()
+        self.task: asyncio.Task[None] | None = None
+
+
+class H2ServerProtocol(H2Protocol):
+    def __init__(self, listener: HttpListener) -> None:
+        super().__init__(client_side=False)
+        self.listener = listener
+        self.peer_ip = ""
+        self.streams: dict[int, _Stream] = {}
+        self.retiring = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        peer = transport.get_extra_info("peername")
+        self.peer_ip = peer[0] if peer else ""
+        self.listener.h2_conns.add(self)
+        self.listener.proxy.metrics.opened("h2c")
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.h2.receive_data(data)
+        except h2.exceptions.ProtocolError:
+            self.flush()
+            if self.transport is not None:
+                self.transport.close()
+            return
+        for event in events:
+            self._event(event)
+        self.flush()
+
+    def _event(self, event: h2.events.Event) -> None:
+        if isinstance(event, h2.events.RequestReceived):
+            if self.retiring:
+                self.reset(event.stream_id, _REFUSED_STREAM)  # never processed: safe to retry
+                return
+            ended = event.stream_ended is not None
+            new = _Stream(self, event.stream_id, event.headers or [], ended)
+            self.streams[event.stream_id] = new
+            new.task = asyncio.create_task(self._serve(new))
+            return
+        stream = self.streams.get(getattr(event, "stream_id", 0) or 0)
+        if isinstance(event, h2.events.DataReceived):
+            if stream is None:
+                self.ack(event.stream_id, event.flow_controlled_length)
+            else:
+                stream.inbox.push(event.data, event.flow_controlled_length)
+        elif isinstance(event, h2.events.StreamEnded):
+            if stream is not None:
+                stream.inbox.end()
+        elif isinstance(event, h2.events.StreamReset):
+            if stream is not None:
+                stream.inbox.fail(ConnectionResetError("the client reset the stream"))
+                if stream.task is not None:
+                    stream.task.cancel()
+        elif isinstance(event, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
+            self.wake_windows()
+        elif isinstance(event, h2.events.ConnectionTerminated):
+            self.retire()
+
+    def retire(self) -> None:
+        """Finish the open streams, refuse new ones, then GOAWAY and close.
+
+        (h2 allows no frames after its GOAWAY, so it is sent once the last stream is done.)
+        """
+        self.retiring = True
+        self._close_if_idle()
+
+    def _close_if_idle(self) -> None:
+        if self.retiring and not self.streams and self.transport is not None:
+            if not self.closed:
+                with contextlib.suppress(h2.exceptions.H2Error):
+                    self.h2.close_connection()
+                self.flush()
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self.listener.h2_conns.discard(self)
+        self.listener.proxy.metrics.closed("h2c")
+        for stream in self.streams.values():
+            stream.inbox.fail(ConnectionResetError("the client closed the connection"))
+            if stream.task is not None:
+                stream.task.cancel()
+
+    async def _serve(self, stream: _Stream) -> None:
+        proxy = self.listener.proxy
+        proxy.inflight += 1
+        try:
+            await self._exchange(stream)
+        except asyncio.CancelledError:
+            pass
+        except (h2.exceptions.H2Error, ConnectionError):
+            self.reset(stream.stream_id, _INTERNAL_ERROR)
+        finally:
+            proxy.inflight -= 1
+            self.streams.pop(stream.stream_id, None)
+            self._close_if_idle()
+
+    def _inbound(self, stream: _Stream) -> Inbound:
+        pseudo = {}
+        regular = []
+        for name, value in stream.headers:
+            if name.startswith(":"):
+                pseudo[name] = value
+            else:
+                regular.append((name, value))
+        lookup: dict[str, str] = {}
+        for name, value in regular:
+            lookup.setdefault(name, value)
+        host = pseudo.get(":authority") or lookup.get("host", "")
+        length_text = lookup.get("content-length", "")
+        length = int(length_text) if length_text.isdigit() else None
+        reader = None if stream.ended else _InboxReader(stream.inbox)
+        body = Body(reader, length, chunked=length is None and not stream.ended)
+        return Inbound(
+            listener=self.listener.port,
+            method=pseudo.get(":method", "GET"),
+            host=host,
+            path=pseudo.get(":path", "/"),
+            headers=lookup,
+            items=regular,
+            peer=self.peer_ip,
+            body=body,
+        )
+
+    async def _exchange(self, stream: _Stream) -> None:
+        fw = self.listener.proxy.forwarder
+        ex = await fw.exchange(self._inbound(stream))
+        if ex.response is None:
+            self._local(stream.stream_id, ex)
+            return
+        await self._relay(stream.stream_id, ex)
+
+    def _local(self, stream_id: int, ex: Exchange) -> None:
+        from mesh.proxy.http1 import local_text
+
+        body = local_text(ex).encode()
+        headers = [(":status", str(ex.status)), ("content-type", "text/plain; charset=utf-8")]
+        headers += [("content-length", str(len(body))), ("x-simmesh-reason", ex.reason)]
+        if ex.status == 429:
+            headers.append(("retry-after", str(max(1, math.ceil(ex.retry_after)))))
+        self.h2.send_headers(stream_id, encode(headers))
+        self.h2.send_data(stream_id, body, end_stream=True)
+        self.flush()
+        self.listener.proxy.forwarder.complete(ex, status=ex.status, sent=len(body))
+
+    async def _relay(self, stream_id: int, ex: Exchange) -> None:
+        fw = self.listener.proxy.forwarder
+        upstream = ex.response
+        assert upstream is not None
+        status = upstream.status
+        headers = [(":status", str(status)), *response_headers(upstream.header_items(), lower=True)]
+        sent = 0
+
+        def gone() -> bool:
+            return stream_id not in self.streams
+
+        try:
+            self.h2.send_headers(stream_id, encode(headers))
+            self.flush()
+            while chunk := await upstream.read():
+                await self.send_data(stream_id, chunk, is_gone=gone)
+                sent += len(chunk)
+            trailers = upstream.trailers()
+            if trailers:
+                self.h2.send_headers(
+                    stream_id, encode(response_headers(trailers, lower=True)), end_stream=True
+                )
+            else:
+                self.h2.end_stream(stream_id)
+            self.flush()
+            upstream.release()
+        except UpstreamError as exc:
+            upstream.close()
+            self.reset(stream_id, _INTERNAL_ERROR)
+            fw.complete(ex, status=status, sent=sent, failure=exc.failure)
+            return
+        except BaseException:
+            upstream.close()
+            fw.complete(ex, status=status, sent=sent, client_gone=True)
+            raise
+        fw.complete(ex, status=status, sent=sent, failure=None)

@@ -1,0 +1,238 @@
+"""Listeners: one socket per (port, protocol) of the applied config, reconciled on reload.
+
+:class:`ListenerSet` diffs the wanted set against the open one: a reload opens only added
+listeners and closes only removed ones; the others keep their sockets and connections. A
+closed listener stops accepting at once; its open connections finish what they are doing
+(HTTP keep-alive connections close after their current request; TCP flows and UDP sessions
+run to their end). A port that cannot be bound is reported (log, metric, ``/config``) and
+tried again on the next reload.
+
+An HTTP listener serves HTTP/1.1 and h2c prior knowledge on one port: :class:`Sniffer` reads
+the first bytes of a connection and hands it to the HTTP/2 or the HTTP/1.1 protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Protocol, cast
+
+from aiohttp import web
+from aiohttp.web_request import BaseRequest
+
+from mesh.proxy.forward import Inbound
+from mesh.proxy.h2common import PREFACE
+from mesh.proxy.h2server import H2ServerProtocol
+from mesh.proxy.http1 import H1Protocol, H1Server, h1_body, local_response, relay, split_target
+from mesh.proxy.tcp import TcpListener
+from mesh.proxy.tunnel import tunnel
+from mesh.proxy.udp import UdpListener
+
+if TYPE_CHECKING:
+    from mesh.proxy.proxy import Proxy
+
+log = logging.getLogger("simmesh.proxy")
+
+
+class Listener(Protocol):
+    port: int
+    protocol: str
+
+    async def open(self, host: str) -> None: ...
+
+    def close(self) -> None: ...
+
+    def active(self) -> int: ...
+
+    def abort(self) -> None: ...
+
+
+class Sniffer(asyncio.Protocol):
+    """The first bytes of an HTTP listener's connection: HTTP/2 preface or HTTP/1.x?"""
+
+    __slots__ = ("_buffer", "_timer", "listener", "transport")
+
+    def __init__(self, listener: HttpListener) -> None:
+        self.listener = listener
+        self.transport: asyncio.Transport | None = None
+        self._buffer = b""
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self.listener.header_timeout, transport.close)
+        self.listener.pending.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        buffered = self._buffer + data
+        if len(buffered) < len(PREFACE) and PREFACE.startswith(buffered):
+            self._buffer = buffered
+            return
+        self._stop()
+        transport = self.transport
+        assert transport is not None
+        protocol: asyncio.Protocol
+        if buffered.startswith(PREFACE):
+            protocol = H2ServerProtocol(self.listener)
+        else:
+            protocol = self.listener.h1()
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        protocol.data_received(buffered)
+
+    def _stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.listener.pending.discard(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop()
+
+    def retire(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+class HttpListener:
+    protocol = "http"
+
+    def __init__(self, proxy: Proxy, port: int) -> None:
+        self.proxy = proxy
+        self.port = port
+        options = proxy.options
+        self.header_timeout = options.header_timeout
+        self.closing = False
+        self.pending: set[Sniffer] = set()
+        self.h2_conns: set[H2ServerProtocol] = set()
+        self._server: asyncio.Server | None = None
+        self._h1 = H1Server(
+            self,
+            access_log=None,
+            keepalive_timeout=options.keepalive_timeout,
+            max_line_size=options.max_header_size,
+            max_field_size=options.max_header_size,
+            max_headers=100,
+            lingering_time=2.0,
+        )
+
+    def h1(self) -> H1Protocol:
+        protocol = self._h1()
+        assert isinstance(protocol, H1Protocol)
+        return protocol
+
+    async def open(self, host: str) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: Sniffer(self), host, self.port, reuse_address=True, backlog=1024
+        )
+
+    def close(self) -> None:
+        self.closing = True
+        if self._server is not None:
+            self._server.close()
+        self._h1.retire_all()
+        for conn in list(self.h2_conns):
+            conn.retire()
+        for sniffer in list(self.pending):
+            sniffer.retire()
+
+    def active(self) -> int:
+        return len(self._h1.connections) + len(self.h2_conns)
+
+    def abort(self) -> None:
+        for conn in self._h1.connections:
+            conn.force_close()
+        for h2conn in list(self.h2_conns):
+            if h2conn.transport is not None:
+                h2conn.transport.abort()
+
+    def _closing(self) -> bool:
+        return self.closing or self.proxy.draining
+
+    async def handle(self, request: BaseRequest) -> web.StreamResponse:
+        protocol = request.protocol
+        assert isinstance(protocol, H1Protocol)
+        protocol.request_started()
+        proxy = self.proxy
+        proxy.inflight += 1
+        try:
+            host, path = split_target(request)
+            headers = request.headers
+            inbound = Inbound(
+                listener=self.port,
+                method=request.method,
+                host=host,
+                path=path,
+                headers=headers,
+                items=headers.items(),
+                peer=protocol.peer_ip,
+                body=h1_body(request, protocol),
+            )
+            fw = proxy.forwarder
+            if "Upgrade" in headers and "upgrade" in headers.get("Connection", "").lower():
+                return await tunnel(
+                    fw, request, inbound, connect_timeout=proxy.options.connect_timeout
+                )
+            ex = await fw.exchange(inbound)
+            if ex.response is None:
+                close = self.closing or proxy.draining or ex.status == 499
+                return local_response(fw, ex, close=close)
+            return await relay(fw, request, ex, close=self._closing)
+        finally:
+            proxy.inflight -= 1
+            protocol.request_ended()
+
+
+class ListenerSet:
+    def __init__(self, proxy: Proxy) -> None:
+        self.proxy = proxy
+        self.open: dict[tuple[int, str], Listener] = {}
+        self.failed: dict[tuple[int, str], str] = {}
+        self.retired: list[Listener] = []
+        self._lock = asyncio.Lock()
+
+    def _make(self, port: int, protocol: str) -> Listener:
+        if protocol == "http":
+            return HttpListener(self.proxy, port)
+        if protocol == "tcp":
+            return TcpListener(self.proxy, port)
+        return UdpListener(self.proxy, port)
+
+    async def reconcile(self, wanted: tuple[tuple[int, str], ...]) -> None:
+        async with self._lock:
+            keys = set(wanted)
+            for key in sorted(set(self.open) - keys):
+                listener = self.open.pop(key)
+                listener.close()
+                self.retired.append(listener)
+                log.info("closed %s listener on port %d", key[1], key[0])
+            self.failed = {k: v for k, v in self.failed.items() if k in keys}
+            self.retired = [item for item in self.retired if item.active()]
+            for key in sorted(keys - set(self.open)):
+                listener = self._make(*key)
+                try:
+                    await listener.open(self.proxy.options.bind)
+                except OSError as exc:
+                    self.failed[key] = str(exc)
+                    self.proxy.metrics.count("listener_errors", key[1])
+                    log.error("cannot open %s listener on port %d: %s", key[1], key[0], exc)
+                    continue
+                self.failed.pop(key, None)
+                self.open[key] = listener
+                log.info("opened %s listener on port %d", key[1], key[0])
+
+    def stop_accepting(self) -> None:
+        for listener in self.open.values():
+            listener.close()
+
+    def active(self) -> int:
+        listeners = [*self.open.values(), *self.retired]
+        return sum(listener.active() for listener in listeners)
+
+    def abort(self) -> None:
+        for listener in [*self.open.values(), *self.retired]:
+            listener.abort()
+        self.open.clear()
+        self.retired.clear()

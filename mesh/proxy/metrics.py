@@ -1,0 +1,235 @@
+"""Prometheus metrics of one proxy, in a CollectorRegistry of its own.
+
+A registry per proxy (not the global one) keeps several proxies in one process, as in the
+tests, apart. The hot path does not touch prometheus-client at all: it adds to plain dicts
+keyed by label tuples (one dict operation per count, no locks, no label validation), and
+:class:`_Exporter` turns them into metric families when ``/metrics`` is scraped, together
+with what is read from the current snapshot then: circuit breaker states, the applied config
+version, open UDP sessions.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from mesh.core.policies import CircuitState
+
+_METHODS = frozenset(["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"])
+BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+CIRCUIT_VALUES = {CircuitState.CLOSED: 0, CircuitState.OPEN: 1, CircuitState.HALF_OPEN: 2}
+
+LiveState = Callable[[], dict[str, Any]]
+Labels = tuple[str, ...]
+
+
+class Histogram:
+    __slots__ = ("counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(BUCKETS) + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(BUCKETS, value)] += 1
+        self.sum += value
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        out = []
+        total = 0
+        for bound, count in zip((*map(str, BUCKETS), "+Inf"), self.counts, strict=True):
+            total += count
+            out.append((bound, float(total)))
+        return out
+
+
+# (name, help, label names) of the counters; the Metrics attribute is the name's last part.
+COUNTERS = {
+    "requests": (
+        "simmesh_proxy_http_requests",
+        "HTTP requests answered, by service, status code and method",
+        ("service", "code", "method"),
+    ),
+    "connections": (
+        "simmesh_proxy_connections",
+        "Downstream connections and UDP sessions",
+        ("protocol",),
+    ),
+    "bytes": (
+        "simmesh_proxy_bytes",
+        "Payload bytes relayed; direction rx = from the client, tx = to the client",
+        ("service", "protocol", "direction"),
+    ),
+    "retries": ("simmesh_proxy_retries", "Retried attempts", ("service",)),
+    "failures": (
+        "simmesh_proxy_upstream_failures",
+        "Attempts that failed to connect, were reset or timed out",
+        ("service", "failure"),
+    ),
+    "denied": (
+        "simmesh_proxy_denied",
+        "Requests and flows the core denied (403, 404, 503), by reason",
+        ("service", "protocol", "reason"),
+    ),
+    "rate_limited": (
+        "simmesh_proxy_rate_limited",
+        "Requests and flows refused with 429",
+        ("service", "protocol"),
+    ),
+    "reloads": ("simmesh_proxy_config_reloads", "Configs applied", ()),
+    "config_errors": (
+        "simmesh_proxy_config_errors",
+        "Configs that could not be read or applied",
+        (),
+    ),
+    "listener_errors": (
+        "simmesh_proxy_listener_errors",
+        "Listeners that could not be opened",
+        ("protocol",),
+    ),
+    "bad_requests": (
+        "simmesh_proxy_bad_requests",
+        "Downstream protocol errors answered by the proxy itself (400, 408, 431)",
+        ("code",),
+    ),
+}
+HISTOGRAMS = {
+    "duration": (
+        "simmesh_proxy_http_request_duration_seconds",
+        "Time from request headers to the last response byte",
+        ("service",),
+    ),
+    "upstream": (
+        "simmesh_proxy_upstream_response_seconds",
+        "Time from sending an attempt upstream to its response headers",
+        ("service",),
+    ),
+}
+
+
+class Metrics:
+    def __init__(self, live: LiveState) -> None:
+        self.counters: dict[str, dict[Labels, float]] = {key: {} for key in COUNTERS}
+        self.histograms: dict[str, dict[Labels, Histogram]] = {key: {} for key in HISTOGRAMS}
+        self.active: dict[str, int] = {}
+        self.registry = CollectorRegistry()
+        self.registry.register(_Exporter(self, live))
+        self._requests = self.counters["requests"]
+        self._duration = self.histograms["duration"]
+        self._upstream = self.histograms["upstream"]
+        self._bytes = self.counters["bytes"]
+
+    def count(self, name: str, *labels: str, value: float = 1.0) -> None:
+        table = self.counters[name]
+        table[labels] = table.get(labels, 0.0) + value
+
+    def _observe(self, table: dict[Labels, Histogram], key: Labels, value: float) -> None:
+        histogram = table.get(key)
+        if histogram is None:
+            histogram = table[key] = Histogram()
+        histogram.observe(value)
+
+    def request(self, service: str, code: int, method: str, seconds: float) -> None:
+        key = (service, str(code), method if method in _METHODS else "OTHER")
+        requests = self._requests
+        requests[key] = requests.get(key, 0.0) + 1.0
+        self._observe(self._duration, (service,), seconds)
+
+    def attempt(self, service: str, seconds: float) -> None:
+        self._observe(self._upstream, (service,), seconds)
+
+    def transferred(self, service: str, protocol: str, rx: int, tx: int) -> None:
+        table = self._bytes
+        if rx:
+            key = (service, protocol, "rx")
+            table[key] = table.get(key, 0.0) + rx
+        if tx:
+            key = (service, protocol, "tx")
+            table[key] = table.get(key, 0.0) + tx
+
+    def deny(self, service: str, protocol: str, reason: str) -> None:
+        if reason == "rate-limited":
+            self.count("rate_limited", service, protocol)
+        else:
+            self.count("denied", service, protocol, reason)
+
+    def failure(self, service: str, failure: str) -> None:
+        self.count("failures", service, failure)
+
+    def retry(self, service: str) -> None:
+        self.count("retries", service)
+
+    def opened(self, protocol: str) -> None:
+        self.count("connections", protocol)
+        self.active[protocol] = self.active.get(protocol, 0) + 1
+
+    def closed(self, protocol: str) -> None:
+        self.active[protocol] = self.active.get(protocol, 0) - 1
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _Exporter(Collector):
+    """Metric families built from the plain tables, at scrape time."""
+
+    def __init__(self, metrics: Metrics, live: LiveState) -> None:
+        self._metrics = metrics
+        self._live = live
+
+    def collect(self) -> Iterator[Metric]:
+        m = self._metrics
+        for key, (name, text, labels) in COUNTERS.items():
+            family = CounterMetricFamily(name, text, labels=labels)
+            for values, value in sorted(m.counters[key].items()):
+                family.add_metric(values, value)
+            yield family
+        for key, (name, text, labels) in HISTOGRAMS.items():
+            histogram = HistogramMetricFamily(name, text, labels=labels)
+            for values, item in sorted(m.histograms[key].items()):
+                histogram.add_metric(values, item.cumulative(), item.sum)
+            yield histogram
+        active = GaugeMetricFamily(
+            "simmesh_proxy_active_connections",
+            "Open downstream connections (http, h2c, tcp) and UDP sessions",
+            labels=["protocol"],
+        )
+        for protocol, value in sorted(m.active.items()):
+            active.add_metric([protocol], value)
+        yield active
+        yield from self._live_families()
+
+    def _live_families(self) -> Iterator[Metric]:
+        state = self._live()
+        info = GaugeMetricFamily(
+            "simmesh_proxy_config_info", "The applied MeshConfig (value 1)", labels=["version"]
+        )
+        if state.get("version"):
+            info.add_metric([state["version"]], 1)
+        yield info
+        applied = GaugeMetricFamily(
+            "simmesh_proxy_config_applied_timestamp_seconds", "When the config was applied"
+        )
+        applied.add_metric([], state.get("applied_at", 0.0))
+        yield applied
+        circuit = GaugeMetricFamily(
+            "simmesh_proxy_circuit_state",
+            "Circuit breaker state per endpoint: 0 closed, 1 open, 2 half-open",
+            labels=["service", "endpoint"],
+        )
+        for (service, endpoint), breaker in sorted(state.get("breakers", {}).items()):
+            circuit.add_metric([service, endpoint], CIRCUIT_VALUES[breaker.state])
+        yield circuit
+        sessions = GaugeMetricFamily("simmesh_proxy_udp_sessions", "Open UDP sessions")
+        sessions.add_metric([], state.get("udp_sessions", 0))
+        yield sessions

@@ -1,0 +1,192 @@
+"""Where configs come from: a watched file, or the controller's long-poll API.
+
+Both call ``apply(config)`` with each new :class:`~mesh.core.config.MeshConfig` and never
+stop on a bad input: a config that cannot be read or applied is logged and counted, and the
+last good one keeps serving.
+
+- :class:`FileSource` polls every 0.5 s: a changed (mtime, size, inode) triggers a read, and the
+  content's hash decides whether it is new (so touching the file, or a write that is still in
+  progress and fails to parse, does not reload). It also rehashes every few seconds, for
+  filesystems with coarse mtimes. JSON is expected; YAML (``simmesh compile -o yaml``) works.
+- :class:`ControllerSource` long-polls ``GET URL/api/v1/config?version=V&node=NAME`` with
+  ``If-None-Match: "V"``: 200 brings a config (``ETag`` is its version), 304 means no change
+  before the server's timeout. Failures back off exponentially with full jitter (capped), and
+  the proxy keeps serving its last config while the controller is down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import random
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+from mesh.core.config import MeshConfig
+
+log = logging.getLogger("simmesh.proxy")
+Apply = Callable[[MeshConfig], Awaitable[bool]]
+
+
+def parse_config(data: bytes, *, name: str = "") -> MeshConfig:
+    try:
+        return MeshConfig.from_json(data)
+    except json.JSONDecodeError:
+        if not name.endswith((".yaml", ".yml")):
+            raise
+    return MeshConfig.from_json(json.dumps(yaml.safe_load(data)))
+
+
+class FileSource:
+    def __init__(
+        self,
+        path: str,
+        apply: Apply,
+        *,
+        interval: float = 0.5,
+        rehash_every: int = 10,
+        status: dict[str, Any] | None = None,
+        on_error: Callable[[], None] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self._apply = apply
+        self._interval = interval
+        self._rehash_every = rehash_every
+        self.status = status if status is not None else {}
+        self.status.update(kind="file", path=str(self.path), error=None)
+        self._on_error = on_error
+        self._signature: tuple[int, int, int] | None = None
+        self._digest: str | None = None
+
+    async def run(self) -> None:
+        polls = 0
+        while True:
+            await self.poll(force=polls % self._rehash_every == 0)
+            polls += 1
+            await asyncio.sleep(self._interval)
+
+    async def poll(self, *, force: bool = False) -> None:
+        try:
+            st = self.path.stat()
+        except OSError as exc:
+            self._fail(f"cannot read {self.path}: {exc.strerror}")
+            return
+        signature = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if signature == self._signature and not force:
+            return
+        self._signature = signature
+        try:
+            data = self.path.read_bytes()
+        except OSError as exc:
+            self._fail(f"cannot read {self.path}: {exc.strerror}")
+            return
+        digest = hashlib.sha256(data).hexdigest()
+        if digest == self._digest:
+            return
+        try:
+            config = parse_config(data, name=self.path.name)
+            await self._apply(config)
+        except Exception as exc:  # any bad document: keep serving the last good one
+            self._fail(f"{self.path}: not a usable MeshConfig: {exc!r}")
+            return
+        self._digest = digest
+        self.status["error"] = None
+
+    def _fail(self, message: str) -> None:
+        if self.status.get("error") != message:
+            log.error("%s (keeping the last config)", message)
+            if self._on_error is not None:
+                self._on_error()
+        self.status["error"] = message
+
+
+def backoff(failures: int, rng: random.Random, *, base: float = 0.25, cap: float = 10.0) -> float:
+    """Full jitter: uniform in [0, min(cap, base * 2**failures)]."""
+    return rng.uniform(0.0, min(cap, base * (2 ** min(failures, 16))))
+
+
+class ControllerSource:
+    def __init__(
+        self,
+        url: str,
+        node: str,
+        apply: Apply,
+        *,
+        poll_timeout: float = 90.0,
+        status: dict[str, Any] | None = None,
+        on_error: Callable[[], None] | None = None,
+        backoff_base: float = 0.25,
+        backoff_cap: float = 10.0,
+    ) -> None:
+        self.url = url.rstrip("/") + "/api/v1/config"
+        self.node = node
+        self._apply = apply
+        self._poll_timeout = poll_timeout
+        self.status = status if status is not None else {}
+        self.status.update(kind="controller", url=url, error=None, version=None)
+        self._on_error = on_error
+        self._base = backoff_base
+        self._cap = backoff_cap
+        self._rng = random.Random()
+        self.version = ""
+
+    async def run(self) -> None:
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=5.0, sock_read=self._poll_timeout)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            failures = 0
+            while True:
+                try:
+                    changed = await self.poll(session)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # any failure: keep the last config, back off
+                    failures += 1
+                    delay = backoff(failures, self._rng, base=self._base, cap=self._cap)
+                    self._fail(f"config from {self.url}: {exc!r}; retrying in {delay:.2f}s")
+                    await asyncio.sleep(delay)
+                    continue
+                failures = 0
+                self.status["error"] = None
+                if changed is False:
+                    await asyncio.sleep(0.5)  # a 200 without a new version: do not spin
+
+    async def poll(self, session: aiohttp.ClientSession) -> bool | None:
+        """One long-poll: True when a new config was applied, None on 304."""
+        params = {"node": self.node}
+        headers = {}
+        if self.version:
+            params["version"] = self.version
+            headers["If-None-Match"] = f'"{self.version}"'
+        async with session.get(self.url, params=params, headers=headers) as resp:
+            if resp.status == 304:
+                return None
+            if resp.status != 200:
+                raise RuntimeError(f"HTTP {resp.status}")
+            data = await resp.read()
+            etag = resp.headers.get("ETag", "").removeprefix("W/").strip('"')
+        config = parse_config(data)
+        await self._apply(config)
+        old = self.version
+        self.version = etag or config.version
+        self.status["version"] = self.version
+        return self.version != old
+
+    def _fail(self, message: str) -> None:
+        log.warning("%s (keeping the last config)", message)
+        if self._on_error is not None:
+            self._on_error()
+        self.status["error"] = message
+
+
+def env_float(name: str, default: float) -> float:
+    try:
+        return float(os.environ.get(name, default))
+    except ValueError:
+        return default

@@ -1,0 +1,290 @@
+"""TCP relay: one upstream connection per accepted connection, with half-close.
+
+Transports and Protocols, not streams: ``data_received`` writes straight into the other
+side's transport, and each side's ``pause_writing``/``resume_writing`` pauses and resumes
+reading on the other, so a slow reader throttles a fast writer and buffers stay bounded.
+Half-close is kept: EOF from one side becomes ``write_eof`` on the other, and the flow ends
+when both directions are done (or either side resets, which aborts the other).
+
+The core decides once per connection (``decide_flow``); a denied connection is closed at
+once. Connecting is bounded by ``--connect-timeout`` and retried where the core says. The
+attempt is reported to the engine when the flow ends (so least-request sees open flows).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any, cast
+
+from mesh.core.policies import Failure, Outcome
+from mesh.core.routing import Decision, Endpoint
+from mesh.proxy.forward import connect_attempts
+from mesh.proxy.upstream import UpstreamError
+
+if TYPE_CHECKING:
+    from mesh.proxy.proxy import Proxy, Snapshot
+
+_HIGH_WATER = 1 << 20
+
+
+class TcpListener:
+    protocol = "tcp"
+
+    def __init__(self, proxy: Proxy, port: int) -> None:
+        self.proxy = proxy
+        self.port = port
+        self.flows: set[Inbound] = set()
+        self._server: asyncio.Server | None = None
+
+    async def open(self, host: str) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: Inbound(self), host, self.port, reuse_address=True, backlog=1024
+        )
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    def active(self) -> int:
+        return len(self.flows)
+
+    def abort(self) -> None:
+        for flow in list(self.flows):
+            flow.abort()
+
+
+class Outbound(asyncio.Protocol):
+    """The upstream side of one flow."""
+
+    def __init__(self, flow: Inbound) -> None:
+        self.flow = flow
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.set_write_buffer_limits(high=_HIGH_WATER)
+
+    def data_received(self, data: bytes) -> None:
+        flow = self.flow
+        flow.tx += len(data)
+        if flow.transport is not None:
+            flow.transport.write(data)
+
+    def eof_received(self) -> bool:
+        self.flow.half_closed(upstream=True)
+        return True
+
+    def pause_writing(self) -> None:
+        if self.flow.transport is not None:
+            self.flow.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.flow.transport is not None and not self.flow.transport.is_closing():
+            self.flow.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.flow.upstream_lost(exc)
+
+
+class Inbound(asyncio.Protocol):
+    """The client side of one flow; owns the flow's bookkeeping."""
+
+    def __init__(self, listener: TcpListener) -> None:
+        self.listener = listener
+        self.proxy = listener.proxy
+        self.transport: asyncio.Transport | None = None
+        self.peer: Outbound | None = None
+        self.peer_ip = ""
+        self.snapshot: Snapshot | None = None
+        self.decision: Decision | None = None
+        self.endpoint: Endpoint | None = None  # set while the engine attempt is open
+        self.endpoint_key: str | None = None
+        self.started = time.monotonic()
+        self.latency = 0.0
+        self.rx = 0
+        self.tx = 0
+        self.eof_in = False
+        self.eof_out = False
+        self.failure: Failure | None = None
+        self.reason = "closed"
+        self.done = False
+        self.early: list[bytes] = []  # bytes read before the upstream connected
+        self._task: asyncio.Task[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport = cast(asyncio.Transport, transport)
+        transport.pause_reading()
+        transport.set_write_buffer_limits(high=_HIGH_WATER)
+        peer = transport.get_extra_info("peername")
+        self.peer_ip = peer[0] if peer else ""
+        self.listener.flows.add(self)
+        self.proxy.metrics.opened("tcp")
+        snapshot = self.snapshot = self.proxy.snapshot
+        if snapshot is None:
+            self.reason = "no-config"
+            transport.close()
+            return
+        d = self.decision = snapshot.engine.decide_flow(
+            listener=self.listener.port,
+            source=snapshot.router.source_identity(self.peer_ip),
+            now=time.monotonic(),
+            rng=self.proxy.rng,
+        )
+        if not d.allowed:
+            self.reason = d.reason.value
+            self.proxy.metrics.deny(self.service, "tcp", d.reason.value)
+            transport.close()
+            return
+        self._task = asyncio.create_task(self._connect(snapshot, d))
+
+    @property
+    def service(self) -> str:
+        d = self.decision
+        return d.route.service if d is not None and d.route is not None else "-"
+
+    async def _connect(self, snapshot: Snapshot, d: Decision) -> None:
+        loop = asyncio.get_running_loop()
+        timeout = self.proxy.options.connect_timeout
+
+        async def connect(endpoint: Endpoint) -> Outbound:
+            try:
+                async with asyncio.timeout(timeout):
+                    _, out = await loop.create_connection(
+                        lambda: Outbound(self), endpoint.ip, endpoint.port
+                    )
+            except (OSError, TimeoutError) as exc:
+                raise UpstreamError(Failure.CONNECT, f"{endpoint.key}: {exc!r}") from exc
+            return out
+
+        def failed(exc: UpstreamError) -> None:
+            self.proxy.metrics.failure(self.service, Failure.CONNECT.value)
+
+        try:
+            peer, endpoint, self.latency = await connect_attempts(
+                snapshot.engine, d, connect, rng=self.proxy.rng, on_failure=failed
+            )
+        except UpstreamError:
+            self.reason = "upstream-connect-failed"
+            if self.transport is not None:
+                self.transport.close()
+            return
+        self.peer, self.endpoint, self.endpoint_key = peer, endpoint, endpoint.key
+        self.reason = "forwarded"
+        if peer.transport is not None:
+            for data in self.early:
+                peer.transport.write(data)
+            if self.eof_in and peer.transport.can_write_eof():
+                peer.transport.write_eof()
+        self.early.clear()
+        if self.done or self.transport is None or self.transport.is_closing():
+            if peer.transport is not None:
+                peer.transport.close()
+            self._finish()
+            return
+        self.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        self.rx += len(data)
+        peer = self.peer
+        if peer is not None and peer.transport is not None:
+            peer.transport.write(data)
+        else:  # before the upstream is connected (uvloop may read despite pause_reading)
+            self.early.append(data)
+            if self.transport is not None and self.rx > _HIGH_WATER:
+                self.transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        self.half_closed(upstream=False)
+        return True
+
+    def half_closed(self, *, upstream: bool) -> None:
+        """EOF from one side: shut down writing on the other; done when both are."""
+        if upstream:
+            self.eof_out = True
+            if self.transport is not None and self.transport.can_write_eof():
+                self.transport.write_eof()
+        else:
+            self.eof_in = True
+            peer = self.peer
+            if peer is not None and peer.transport is not None and peer.transport.can_write_eof():
+                peer.transport.write_eof()
+        if self.eof_in and self.eof_out:
+            self._close_both()
+
+    def _close_both(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.close()
+
+    def pause_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        peer = self.peer
+        if peer is not None and peer.transport is not None and not peer.transport.is_closing():
+            peer.transport.resume_reading()
+
+    def upstream_lost(self, exc: Exception | None) -> None:
+        if exc is not None:
+            self.failure = Failure.RESET
+            if self.transport is not None:
+                self.transport.abort()
+        elif self.transport is not None:
+            self.transport.close()
+        self._finish()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        peer = self.peer
+        if peer is not None and peer.transport is not None:
+            if exc is not None:
+                peer.transport.abort()
+            else:
+                peer.transport.close()
+        if self._task is not None and not self._task.done() and self.peer is None:
+            self.done = True  # _connect finishes the attempt when it returns
+            self._count()
+            return
+        self._finish()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.abort()
+
+    def _finish(self) -> None:
+        if self.endpoint is not None and self.snapshot is not None and self.decision is not None:
+            outcome = Outcome(None, self.failure, self.latency)
+            self.snapshot.engine.finish(self.decision, self.endpoint, outcome, time.monotonic())
+            self.endpoint = None
+        self._count()
+
+    def _count(self) -> None:
+        if self not in self.listener.flows:
+            return
+        self.listener.flows.discard(self)
+        metrics = self.proxy.metrics
+        metrics.closed("tcp")
+        metrics.transferred(self.service, "tcp", self.rx, self.tx)
+        log = self.proxy.access_log
+        if log is not None:
+            log.write(self._record())
+
+    def _record(self) -> dict[str, Any]:
+        return {
+            "kind": "tcp",
+            "listener": self.listener.port,
+            "client": self.peer_ip,
+            "service": self.service,
+            "endpoint": self.endpoint_key,
+            "reason": self.reason,
+            "failure": self.failure.value if self.failure is not None else None,
+            "bytes_in": self.rx,
+            "bytes_out": self.tx,
+            "duration_ms": round((time.monotonic() - self.started) * 1000.0, 3),
+            "config": self.snapshot.version if self.snapshot is not None else None,
+        }

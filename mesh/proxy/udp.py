@@ -1,0 +1,222 @@
+"""UDP relay: per-client sessions with an idle timeout.
+
+A datagram from a client address that has no session asks the core (``decide_flow``); a
+denied client's datagrams are dropped and counted. An allowed one gets a session: a connected
+UDP socket of its own towards the decided endpoint, so replies come back to the session and
+are sent to the client from the listener's socket. A session ends after ``--udp-idle-timeout``
+without traffic either way; that ends its attempt in the engine. Datagrams that arrive while
+the session's socket is being opened wait in a short queue (:data:`PENDING`, then dropped).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any, cast
+
+from mesh.core.policies import Failure, Outcome
+from mesh.core.routing import Decision, Endpoint
+from mesh.proxy.forward import connect_attempts
+from mesh.proxy.upstream import UpstreamError
+
+if TYPE_CHECKING:
+    from mesh.proxy.proxy import Proxy, Snapshot
+
+PENDING = 64
+Address = tuple[Any, ...]
+
+
+class UdpListener(asyncio.DatagramProtocol):
+    protocol = "udp"
+
+    def __init__(self, proxy: Proxy, port: int) -> None:
+        self.proxy = proxy
+        self.port = port
+        self.sessions: dict[Address, Session] = {}
+        self.transport: asyncio.DatagramTransport | None = None
+        self.closing = False
+
+    async def open(self, host: str) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.create_datagram_endpoint(lambda: self, local_addr=(host, self.port))
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: Address) -> None:
+        session = self.sessions.get(addr)
+        if session is not None:
+            session.send(data)
+            return
+        snapshot = self.proxy.snapshot
+        if snapshot is None or self.closing:
+            return
+        d = snapshot.engine.decide_flow(
+            listener=self.port,
+            source=snapshot.router.source_identity(addr[0]),
+            now=time.monotonic(),
+            rng=self.proxy.rng,
+        )
+        if not d.allowed:
+            service = d.route.service if d.route is not None else "-"
+            self.proxy.metrics.deny(service, "udp", d.reason.value)
+            return
+        session = self.sessions[addr] = Session(self, addr, snapshot, d)
+        session.start(data)
+
+    def reply(self, data: bytes, addr: Address) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.sendto(data, addr)
+
+    def close(self) -> None:
+        """UDP has no connections to finish: the socket and its sessions close at once."""
+        self.closing = True
+        for session in list(self.sessions.values()):
+            session.close()
+        if self.transport is not None:
+            self.transport.close()
+
+    def active(self) -> int:
+        return 0  # sessions are not waited for when draining
+
+    def abort(self) -> None:
+        self.close()
+
+
+class Session(asyncio.DatagramProtocol):
+    def __init__(
+        self, listener: UdpListener, client: Address, snapshot: Snapshot, d: Decision
+    ) -> None:
+        self.listener = listener
+        self.proxy = listener.proxy
+        self.client = client
+        self.snapshot = snapshot
+        self.decision = d
+        self.transport: asyncio.DatagramTransport | None = None
+        self.endpoint: Endpoint | None = None
+        self.endpoint_key: str | None = None
+        self.pending: list[bytes] = []
+        self.started = self.last = time.monotonic()
+        self.latency = 0.0
+        self.rx = 0
+        self.tx = 0
+        self.failure: Failure | None = None
+        self.closed = False
+        self.ready = False  # pending datagrams flushed, in order
+        self._timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def service(self) -> str:
+        route = self.decision.route
+        return route.service if route is not None else "-"
+
+    def start(self, first: bytes) -> None:
+        self.proxy.metrics.opened("udp")
+        self.send(first)
+        self._task = asyncio.create_task(self._open())
+
+    async def _open(self) -> None:
+        loop = asyncio.get_running_loop()
+
+        async def connect(endpoint: Endpoint) -> asyncio.DatagramTransport:
+            try:
+                transport, _ = await loop.create_datagram_endpoint(
+                    lambda: self, remote_addr=(endpoint.ip, endpoint.port)
+                )
+            except OSError as exc:
+                raise UpstreamError(Failure.CONNECT, f"{endpoint.key}: {exc!r}") from exc
+            return transport
+
+        try:
+            transport, endpoint, self.latency = await connect_attempts(
+                self.snapshot.engine, self.decision, connect, rng=self.proxy.rng
+            )
+        except UpstreamError:
+            self._task = None
+            if self.closed:
+                self._finish()
+            else:
+                self.close()
+            return
+        self.endpoint, self.endpoint_key = endpoint, endpoint.key
+        if self.closed:
+            transport.close()
+            self._finish()
+            return
+        for data in self.pending:
+            transport.sendto(data)
+        self.pending.clear()
+        self.ready = True
+        self._schedule()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def send(self, data: bytes) -> None:
+        self.rx += len(data)
+        self.last = time.monotonic()
+        if self.ready and self.transport is not None:
+            self.transport.sendto(data)
+        elif len(self.pending) < PENDING:
+            self.pending.append(data)
+
+    def datagram_received(self, data: bytes, addr: Address) -> None:
+        self.tx += len(data)
+        self.last = time.monotonic()
+        self.listener.reply(data, self.client)
+
+    def error_received(self, exc: Exception) -> None:
+        self.failure = Failure.RESET  # e.g. ICMP port unreachable
+
+    def _schedule(self) -> None:
+        idle = self.proxy.options.udp_idle_timeout
+        delay = max(0.0, self.last + idle - time.monotonic())
+        self._timer = asyncio.get_running_loop().call_later(delay, self._check)
+
+    def _check(self) -> None:
+        self._timer = None
+        if self.closed:
+            return
+        if time.monotonic() - self.last >= self.proxy.options.udp_idle_timeout:
+            self.close()
+        else:
+            self._schedule()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.listener.sessions.get(self.client) is self:
+            del self.listener.sessions[self.client]
+        if self.transport is not None:
+            self.transport.close()
+        if self._task is None or self._task.done():
+            self._finish()
+
+    def _finish(self) -> None:
+        if self.endpoint is not None:
+            outcome = Outcome(None, self.failure, self.latency)
+            self.snapshot.engine.finish(self.decision, self.endpoint, outcome, time.monotonic())
+            self.endpoint = None
+        metrics = self.proxy.metrics
+        metrics.closed("udp")
+        metrics.transferred(self.service, "udp", self.rx, self.tx)
+        log = self.proxy.access_log
+        if log is not None:
+            log.write(
+                {
+                    "kind": "udp",
+                    "listener": self.listener.port,
+                    "client": f"{self.client[0]}:{self.client[1]}",
+                    "service": self.service,
+                    "endpoint": self.endpoint_key,
+                    "failure": self.failure.value if self.failure is not None else None,
+                    "bytes_in": self.rx,
+                    "bytes_out": self.tx,
+                    "duration_ms": round((time.monotonic() - self.started) * 1000.0, 3),
+                    "config": self.snapshot.version,
+                }
+            )

@@ -1,0 +1,266 @@
+"""h2c upstreams: HTTP/2 over cleartext TCP with prior knowledge, on the h2 state machine.
+
+One connection per endpoint carries many concurrent streams; another is opened only when it
+is full, going away or gone. Requests stream their bodies within the peer's flow-control
+windows while the response is awaited (so gRPC-style bidirectional streams work), and
+received DATA is acknowledged only as the downstream consumes it, so a slow client slows the
+upstream instead of filling memory. Response trailers (``grpc-status``) are kept.
+
+Failure kinds: a connection that cannot be opened, and a stream refused (REFUSED_STREAM) or
+above a GOAWAY's last stream id, were never processed: CONNECT. Any other reset or loss:
+RESET. No response headers within the per-try timeout: TIMEOUT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+import h2.errors
+import h2.events
+import h2.exceptions
+
+from mesh.core.policies import Failure
+from mesh.proxy.body import Body, ClientGone
+from mesh.proxy.h2common import H2Protocol, Inbox, decode, encode
+from mesh.proxy.upstream import Response, UpstreamError
+
+
+class _Stream:
+    __slots__ = ("headers", "inbox", "sender", "stream_id")
+
+    def __init__(self, conn: H2ClientProtocol, stream_id: int) -> None:
+        self.stream_id = stream_id
+        self.headers: asyncio.Future[list[tuple[bytes, bytes]]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self.inbox = Inbox(lambda flow: conn.ack(stream_id, flow))
+        self.sender: asyncio.Task[None] | None = None
+
+    def fail(self, error: UpstreamError) -> None:
+        if not self.headers.done():
+            self.headers.set_exception(error)
+            self.headers.exception()  # retrieved: the waiter may have gone
+        self.inbox.fail(error)
+
+
+class H2ClientProtocol(H2Protocol):
+    def __init__(self, key: tuple[str, int]) -> None:
+        super().__init__(client_side=True)
+        self.key = key
+        self.streams: dict[int, _Stream] = {}
+        self.going_away = False
+
+    def usable(self) -> bool:
+        if self.closed or self.going_away:
+            return False
+        limit = self.h2.remote_settings.max_concurrent_streams
+        return self.h2.open_outbound_streams < limit and self.h2.highest_outbound_stream_id < (
+            1 << 30
+        )
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.h2.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            self._lost(UpstreamError(Failure.RESET, f"HTTP/2 protocol error: {exc}"))
+            if self.transport is not None:
+                self.transport.close()
+            return
+        for event in events:
+            self._event(event)
+        self.flush()
+
+    def _event(self, event: h2.events.Event) -> None:
+        stream = self.streams.get(getattr(event, "stream_id", 0) or 0)
+        if isinstance(event, h2.events.ResponseReceived):
+            if stream is not None and not stream.headers.done():
+                stream.headers.set_result(event.headers)
+        elif isinstance(event, h2.events.DataReceived):
+            if stream is None:
+                self.ack(event.stream_id, event.flow_controlled_length)
+            else:
+                stream.inbox.push(event.data, event.flow_controlled_length)
+        elif isinstance(event, h2.events.TrailersReceived):
+            if stream is not None:
+                stream.inbox.trailers = event.headers
+        elif isinstance(event, h2.events.StreamEnded):
+            if stream is not None:
+                if not stream.headers.done():
+                    stream.fail(UpstreamError(Failure.RESET, "stream ended without headers"))
+                stream.inbox.end()
+        elif isinstance(event, h2.events.StreamReset):
+            if stream is not None:
+                refused = event.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
+                kind = Failure.CONNECT if refused else Failure.RESET
+                detail = f"upstream reset the stream ({event.error_code!r})"
+                stream.fail(UpstreamError(kind, detail))
+                self.streams.pop(event.stream_id, None)
+        elif isinstance(event, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
+            self.wake_windows()
+        elif isinstance(event, h2.events.ConnectionTerminated):
+            self.going_away = True
+            last = event.last_stream_id or 0
+            for stream_id, item in list(self.streams.items()):
+                if stream_id > last:
+                    item.fail(UpstreamError(Failure.CONNECT, "upstream is going away (GOAWAY)"))
+
+    def _lost(self, error: UpstreamError) -> None:
+        self.closed = True
+        for stream in self.streams.values():
+            stream.fail(error)
+        self.streams.clear()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self._lost(UpstreamError(Failure.RESET, f"upstream connection lost: {exc!r}"))
+
+    def open(self, headers: list[tuple[bytes, bytes]], body: Body) -> _Stream:
+        stream_id = self.h2.get_next_available_stream_id()
+        stream = self.streams[stream_id] = _Stream(self, stream_id)
+        self.h2.send_headers(stream_id, headers, end_stream=body.empty)
+        self.flush()
+        if not body.empty:
+            stream.sender = asyncio.create_task(self._send_body(stream, body))
+        return stream
+
+    async def _send_body(self, stream: _Stream, body: Body) -> None:
+        def gone() -> bool:
+            return stream.inbox.error is not None or stream.stream_id not in self.streams
+
+        try:
+            async for chunk in body.chunks():
+                await self.send_data(stream.stream_id, chunk, is_gone=gone)
+            if not gone():
+                self.h2.end_stream(stream.stream_id)
+                self.flush()
+        except ClientGone as exc:
+            self.reset(stream.stream_id)
+            stream.fail(UpstreamError(Failure.RESET, f"client went away: {exc}"))
+        except (h2.exceptions.H2Error, ConnectionError):
+            return  # the stream was answered early or reset: its reader sees why
+
+    def forget(self, stream: _Stream, *, complete: bool) -> None:
+        if stream.sender is not None and not stream.sender.done():
+            stream.sender.cancel()
+        if self.streams.pop(stream.stream_id, None) is not None and not complete:
+            self.reset(stream.stream_id)
+
+
+class H2Response:
+    __slots__ = ("_conn", "_headers", "_stream", "_timeout", "content_length", "reason", "status")
+
+    def __init__(
+        self,
+        conn: H2ClientProtocol,
+        stream: _Stream,
+        headers: list[tuple[bytes, bytes]],
+        timeout: float | None,
+    ) -> None:
+        self._conn = conn
+        self._stream = stream
+        self._timeout = timeout
+        self._headers = decode(headers)
+        self.status = 502
+        self.reason = ""
+        self.content_length: int | None = None
+        for name, value in self._headers:
+            if name == ":status":
+                self.status = int(value)
+            elif name == "content-length" and value.isdigit():
+                self.content_length = int(value)
+
+    def header_items(self) -> Iterable[tuple[str, str]]:
+        return [(n, v) for n, v in self._headers if not n.startswith(":")]
+
+    def trailers(self) -> list[tuple[str, str]] | None:
+        raw = self._stream.inbox.trailers
+        return decode(raw) if raw else None
+
+    async def read(self) -> bytes:
+        try:
+            return await self._stream.inbox.read(self._timeout)
+        except UpstreamError:
+            raise
+        except Exception as exc:
+            raise UpstreamError(Failure.RESET, f"upstream stream broke: {exc!r}") from exc
+
+    def release(self) -> None:
+        self._conn.forget(self._stream, complete=self._stream.inbox.ended)
+
+    def close(self) -> None:
+        self._conn.forget(self._stream, complete=False)
+
+
+class H2Upstream:
+    def __init__(self, *, connect_timeout: float) -> None:
+        self._connect_timeout = connect_timeout
+        self._conns: dict[tuple[str, int], list[H2ClientProtocol]] = {}
+        self._connecting: dict[tuple[str, int], asyncio.Task[H2ClientProtocol]] = {}
+
+    async def _connection(self, ip: str, port: int) -> H2ClientProtocol:
+        key = (ip, port)
+        conns = self._conns.get(key)
+        if conns:
+            conns[:] = [c for c in conns if not c.closed]
+            for conn in conns:
+                if conn.usable():
+                    return conn
+        task = self._connecting.get(key)
+        if task is None:
+            task = self._connecting[key] = asyncio.create_task(self._connect(key))
+            task.add_done_callback(lambda _: self._connecting.pop(key, None))
+        return await asyncio.shield(task)
+
+    async def _connect(self, key: tuple[str, int]) -> H2ClientProtocol:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                _, conn = await loop.create_connection(lambda: H2ClientProtocol(key), *key)
+        except TimeoutError as exc:
+            raise UpstreamError(Failure.CONNECT, f"connect to {key[0]}:{key[1]} timed out") from exc
+        except OSError as exc:
+            raise UpstreamError(Failure.CONNECT, f"connect to {key[0]}:{key[1]}: {exc}") from exc
+        self._conns.setdefault(key, []).append(conn)
+        return conn
+
+    async def send(
+        self,
+        *,
+        scheme: str,
+        ip: str,
+        port: int,
+        method: str,
+        authority: str,
+        path: str,
+        headers: list[tuple[str, str]],
+        body: Body,
+        timeout: float | None,
+        server_name: str | None,
+    ) -> Response:
+        conn = await self._connection(ip, port)
+        pseudo = [(":method", method), (":scheme", "http"), (":authority", authority)]
+        pseudo.append((":path", path))
+        try:
+            stream = conn.open(encode(pseudo + headers), body)
+        except h2.exceptions.H2Error as exc:
+            raise UpstreamError(Failure.CONNECT, f"cannot open a stream: {exc!r}") from exc
+        try:
+            async with asyncio.timeout(timeout):
+                raw = await stream.headers
+        except TimeoutError as exc:
+            conn.forget(stream, complete=False)
+            raise UpstreamError(Failure.TIMEOUT, f"no response from {ip}:{port} in time") from exc
+        except BaseException:
+            conn.forget(stream, complete=False)
+            raise
+        return H2Response(conn, stream, raw, timeout)
+
+    async def close(self) -> None:
+        for task in list(self._connecting.values()):
+            task.cancel()
+        for conns in self._conns.values():
+            for conn in conns:
+                if conn.transport is not None:
+                    conn.transport.close()
+        self._conns.clear()

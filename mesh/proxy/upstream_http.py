@@ -1,0 +1,147 @@
+"""HTTP/1.1 and HTTPS upstreams through one aiohttp ClientSession.
+
+One TCPConnector pools keep-alive connections per endpoint (ip, port, TLS), so the proxy does
+not open a connection per request. The session is stripped for proxying: no cookie jar, no
+automatic decompression, no default User-Agent/Accept headers, no redirects, URLs taken as
+already encoded. aiohttp's exceptions are folded into the core's three failure kinds.
+
+Timeouts: connecting is bounded by ``--connect-timeout`` (a CONNECT failure, never sent); the
+service's per-try timeout bounds the wait for each read, from sending the request to its
+response headers and then between body chunks (a TIMEOUT, answered 504 when nothing was sent
+downstream yet).
+
+HTTPS upstreams are pod IPs, whose certificates rarely name them: without ``--upstream-ca``
+certificates are not verified (encryption without authentication, as most meshes do for
+pod-to-pod TLS they do not manage); with it, the chain is verified against that CA and the
+name checked is the service's cluster DNS name.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Iterable
+
+import aiohttp
+from yarl import URL
+
+from mesh.core.policies import Failure
+from mesh.proxy.body import Body
+from mesh.proxy.upstream import Response, UpstreamError
+
+_SKIP = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+
+
+def client_ssl_context(ca_file: str | None) -> ssl.SSLContext:
+    if ca_file is None:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    return ssl.create_default_context(cafile=ca_file)
+
+
+class HttpResponse:
+    __slots__ = ("_resp", "content_length", "reason", "status")
+
+    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+        self._resp = resp
+        self.status = resp.status
+        self.reason = resp.reason or ""
+        self.content_length = resp.content_length
+
+    def header_items(self) -> Iterable[tuple[str, str]]:
+        return self._resp.headers.items()
+
+    def trailers(self) -> list[tuple[str, str]] | None:
+        return None
+
+    async def read(self) -> bytes:
+        try:
+            return await self._resp.content.readany()
+        except aiohttp.SocketTimeoutError as exc:
+            raise UpstreamError(Failure.TIMEOUT, "upstream stalled mid-response") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise UpstreamError(Failure.RESET, f"upstream broke mid-response: {exc!r}") from exc
+
+    def release(self) -> None:
+        self._resp.release()
+
+    def close(self) -> None:
+        self._resp.close()
+
+
+class HttpUpstream:
+    def __init__(
+        self, *, connect_timeout: float, ca_file: str | None, keepalive: float = 15.0
+    ) -> None:
+        self._connect_timeout = connect_timeout
+        self._ssl = client_ssl_context(ca_file)
+        self._verify = ca_file is not None
+        self._keepalive = keepalive
+        self._session: aiohttp.ClientSession | None = None
+        self._timeouts: dict[float | None, aiohttp.ClientTimeout] = {}
+
+    def _open(self) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(
+            limit=0, keepalive_timeout=self._keepalive, ssl=self._ssl, use_dns_cache=False
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=False,
+            skip_auto_headers=_SKIP,
+            requote_redirect_url=False,
+            timeout=aiohttp.ClientTimeout(total=None),
+        )
+        return self._session
+
+    def _timeout(self, per_try: float | None) -> aiohttp.ClientTimeout:
+        timeout = self._timeouts.get(per_try)
+        if timeout is None:
+            timeout = self._timeouts[per_try] = aiohttp.ClientTimeout(
+                total=None, sock_connect=self._connect_timeout, sock_read=per_try
+            )
+        return timeout
+
+    async def send(
+        self,
+        *,
+        scheme: str,
+        ip: str,
+        port: int,
+        method: str,
+        authority: str,
+        path: str,
+        headers: list[tuple[str, str]],
+        body: Body,
+        timeout: float | None,
+        server_name: str | None,
+    ) -> Response:
+        session = self._session or self._open()
+        tls = scheme == "https"
+        url = URL(f"{'https' if tls else 'http'}://{ip}:{port}{path}", encoded=True)
+        data = None if body.empty else (body.buffered or body.chunks())
+        try:
+            resp = await session.request(
+                method,
+                url,
+                headers=headers,
+                data=data,
+                allow_redirects=False,
+                timeout=self._timeout(timeout),
+                server_hostname=server_name if tls and self._verify else None,
+            )
+        except aiohttp.ConnectionTimeoutError as exc:
+            raise UpstreamError(Failure.CONNECT, f"connect to {ip}:{port} timed out") from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise UpstreamError(Failure.CONNECT, f"connect to {ip}:{port}: {exc.os_error}") from exc
+        except (TimeoutError, aiohttp.SocketTimeoutError) as exc:
+            raise UpstreamError(Failure.TIMEOUT, f"no response from {ip}:{port} in time") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise UpstreamError(Failure.RESET, f"{ip}:{port} closed: {exc!r}") from exc
+        return HttpResponse(resp)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
