@@ -55,3 +55,52 @@ def apiserver(
         yield cluster
     finally:
         cluster.stop()
+
+
+# --------------------------------------------------------------------------- DNS tests (mesh/dns)
+# Used by tests/k8s/test_dns*.py; owned by the DNS integration.
+
+
+@pytest.fixture(scope="session")
+def coredns_binary() -> Any:
+    """Path of the coredns binary (skips, or fails under CI=true, when missing)."""
+    return _binaries_or_skip(("coredns",))["coredns"]
+
+
+DNS_OBJECTS = (
+    "/api/v1/namespaces/kube-system/configmaps/coredns",
+    "/api/v1/namespaces/kube-system/configmaps/coredns-custom",
+    "/api/v1/namespaces/kube-system/configmaps/kube-dns",
+    "/apis/apps/v1/namespaces/kube-system/deployments/coredns",
+    "/apis/apps/v1/namespaces/kube-system/deployments/kube-dns",
+)
+
+
+@pytest.fixture
+def clean_dns(apiserver: k8s_harness.Cluster) -> Iterator[k8s_harness.Cluster]:
+    """The cluster without kube-system DNS objects, before and after the test (they are
+    cluster-wide singletons, so DNS tests must not see each other's)."""
+
+    def clear() -> None:
+        for path in DNS_OBJECTS:
+            apiserver.request("DELETE", path)
+
+    clear()
+    try:
+        yield apiserver
+    finally:
+        clear()
+
+
+@pytest.fixture
+def dns_mesh_namespace(apiserver: k8s_harness.Cluster) -> Iterator[str]:
+    """A fresh mesh namespace (created, so check finds it), unique per test; deleted after
+    (without a controller-manager it stays Terminating, which no other test sees)."""
+    import uuid
+
+    name = f"simmesh-dns-{uuid.uuid4().hex[:8]}"
+    apiserver.create("/api/v1/namespaces", {"metadata": {"name": name}})
+    try:
+        yield name
+    finally:
+        apiserver.request("DELETE", f"/api/v1/namespaces/{name}")

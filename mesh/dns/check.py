@@ -1,0 +1,323 @@
+"""``simmesh check``: a preflight table of what the mesh needs, each row OK or FAIL with a hint.
+
+Why: most "the mesh does not work" reports (MAESH.md: #208, #218, #648) come down to one of a
+few facts: the API server is not the one expected, the SMI CRDs are missing, DNS was never
+prepared (or prepared for another zone), the controller has no config, or a proxy is stuck on an
+old one. Each row checks one fact and says what to do when it does not hold.
+
+How: every check is a small async function returning a :class:`Row`; it catches its own errors
+so one failure never hides the other rows. Rows that need the API server are marked failed
+without a request when it is unreachable. The controller is reached at ``--controller URL``, or
+else through the API server's service proxy (``services/simmesh-controller:9000/proxy``), so
+``check`` works from a laptop without a port-forward.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import aiohttp
+
+from mesh.dns import corefile as cf
+from mesh.dns import kubedns as kd
+from mesh.dns.apply import KUBE_SYSTEM, DnsError, Mode, detect, mesh_coredns_ip
+from mesh.dns.kube import Kube, KubeError, KubeUnreachable, cluster_scoped, configmap
+
+SMI_CRDS = (
+    "httproutegroups.specs.smi-spec.io",
+    "tcproutes.specs.smi-spec.io",
+    "trafficsplits.split.smi-spec.io",
+    "traffictargets.access.smi-spec.io",
+    "udproutes.specs.smi-spec.io",
+)
+CONTROLLER_SERVICE = "simmesh-controller"
+CONTROLLER_PORT = 9000
+PREPARE_HINT = "run `simmesh prepare` with the controller's --zone, --namespace, --cluster-domain"
+CONTROLLER_HINT = (
+    "is the controller running? kubectl -n {ns} logs deploy/simmesh-controller; or pass "
+    "--controller http://HOST:9000"
+)
+DNS_HINT = (
+    "simmesh supports CoreDNS (ConfigMap coredns, or coredns-custom on AKS) and kube-dns, in "
+    "namespace kube-system"
+)
+PROXY_HINT = (
+    "proxies apply a new config within seconds; if this persists see that node's proxy logs "
+    "(kubectl -n {ns} logs -l app.kubernetes.io/name=simmesh-proxy)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    name: str
+    ok: bool
+    detail: str
+    hint: str = ""
+
+
+class Controller(Protocol):
+    """The controller's HTTP API, reached directly or through the API server."""
+
+    where: str
+
+    async def get(self, path: str) -> tuple[int, str]: ...
+
+
+class HttpController:
+    def __init__(self, url: str, *, timeout: float = 5.0) -> None:
+        self.where = url.rstrip("/")
+        self.timeout = aiohttp.ClientTimeout(total=timeout)
+
+    async def get(self, path: str) -> tuple[int, str]:
+        async with (
+            aiohttp.ClientSession(timeout=self.timeout) as session,
+            session.get(self.where + path) as response,
+        ):
+            return response.status, await response.text()
+
+
+class ProxiedController:
+    """The controller Service through the API server's service proxy."""
+
+    def __init__(self, kube: Kube, namespace: str) -> None:
+        self.kube = kube
+        self.base = (
+            f"/api/v1/namespaces/{namespace}/services/"
+            f"http:{CONTROLLER_SERVICE}:{CONTROLLER_PORT}/proxy"
+        )
+        self.where = f"Service {namespace}/{CONTROLLER_SERVICE}:{CONTROLLER_PORT} (API proxy)"
+
+    async def get(self, path: str) -> tuple[int, str]:
+        return await self.kube.get_text(self.base + path)
+
+
+# --------------------------------------------------------------------------- the checks
+
+
+async def run_checks(
+    kube: Kube | None,
+    controller: Controller | None,
+    settings: cf.DnsSettings,
+    *,
+    kube_problem: str = "",
+    now: float | None = None,
+) -> list[Row]:
+    """Every row, in order. ``kube`` is None when no client could be built (``kube_problem``
+    says why); ``controller`` None means it cannot be reached at all."""
+    rows = [await check_apiserver(kube, kube_problem)]
+    kube_ok = kube is not None and rows[0].ok
+    for name, check in _kube_checks(settings):
+        rows.append(await check(kube) if kube_ok and kube else _skipped(name))
+    rows.append(await check_controller(controller, settings.mesh_namespace))
+    clock = time.time() if now is None else now
+    rows.append(await check_proxies(controller, settings.mesh_namespace, now=clock))
+    return rows
+
+
+def _kube_checks(
+    settings: cf.DnsSettings,
+) -> list[tuple[str, Callable[[Kube], Awaitable[Row]]]]:
+    return [
+        ("SMI CRDs", check_crds),
+        ("mesh namespace", lambda kube: check_namespace(kube, settings.mesh_namespace)),
+        ("DNS", lambda kube: check_dns(kube, settings)),
+    ]
+
+
+def _skipped(name: str) -> Row:
+    return Row(name, False, "not checked: the API server is unreachable", "fix the first row")
+
+
+async def check_apiserver(kube: Kube | None, problem: str = "") -> Row:
+    hint = "check --kubeconfig / --context, the network path and your credentials"
+    if kube is None:
+        return Row("API server", False, problem or "no client", hint)
+    try:
+        version = await kube.get("/version") or {}
+    except (KubeError, KubeUnreachable) as exc:
+        return Row("API server", False, str(exc), hint)
+    return Row("API server", True, f"{kube.server}, Kubernetes {version.get('gitVersion', '?')}")
+
+
+async def check_crds(kube: Kube) -> Row:
+    try:
+        missing = [name for name in SMI_CRDS if not await _established(kube, name)]
+    except (KubeError, KubeUnreachable) as exc:
+        return Row("SMI CRDs", False, str(exc), "check that you may read CRDs")
+    if missing:
+        detail = f"{len(SMI_CRDS) - len(missing)}/{len(SMI_CRDS)} established; missing: "
+        hint = "install the chart (its crds/ directory) or kubectl apply -f charts/simmesh/crds"
+        return Row("SMI CRDs", False, detail + ", ".join(missing), hint)
+    return Row("SMI CRDs", True, f"{len(SMI_CRDS)}/{len(SMI_CRDS)} established")
+
+
+async def _established(kube: Kube, name: str) -> bool:
+    path = cluster_scoped("apiextensions.k8s.io/v1", "customresourcedefinitions", name)
+    crd = await kube.get(path)
+    conditions = ((crd or {}).get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions)
+
+
+async def check_namespace(kube: Kube, namespace: str) -> Row:
+    try:
+        found = await kube.get(cluster_scoped("v1", "namespaces", namespace))
+    except (KubeError, KubeUnreachable) as exc:
+        return Row("mesh namespace", False, str(exc))
+    if found is None:
+        hint = "helm install ... --namespace {ns} --create-namespace (or pass --namespace)"
+        return Row("mesh namespace", False, f"{namespace} not found", hint.format(ns=namespace))
+    return Row("mesh namespace", True, namespace)
+
+
+async def check_dns(kube: Kube, settings: cf.DnsSettings) -> Row:
+    try:
+        dns = await detect(kube)
+        state, detail = await _dns_state(kube, dns.mode, dns.configmap, settings)
+    except (DnsError, cf.CorefileError, KubeError, KubeUnreachable) as exc:
+        return Row("DNS", False, str(exc), DNS_HINT)
+    where = f"{dns.mode.value}, ConfigMap {KUBE_SYSTEM}/{dns.configmap_name}"
+    if state is cf.BlockState.CURRENT:
+        return Row("DNS", True, f"{where}: {detail}")
+    return Row("DNS", False, f"{where}: {detail}", PREPARE_HINT)
+
+
+async def _dns_state(
+    kube: Kube, mode: Mode, cm: dict[str, Any] | None, settings: cf.DnsSettings
+) -> tuple[cf.BlockState, str]:
+    data = (cm or {}).get("data") or {}
+    if mode is Mode.COREDNS_CUSTOM:
+        state = cf.custom_state(data, settings)
+        return state, _describe(state, settings, f"key {cf.CUSTOM_KEY}")
+    if mode is Mode.COREDNS:
+        corefile = data.get("Corefile", "")
+        state = cf.state(corefile, settings)
+        detail = _describe(state, settings, "server block")
+        if state is cf.BlockState.STALE:
+            detail += f" (simmesh blocks for zones: {', '.join(cf.block_zones(corefile))})"
+        return state, detail
+    return await _kube_dns_state(kube, cm, settings)
+
+
+async def _kube_dns_state(
+    kube: Kube, cm: dict[str, Any] | None, settings: cf.DnsSettings
+) -> tuple[cf.BlockState, str]:
+    parts = kd.ConfigMapParts.of(cm) if cm is not None else None
+    try:
+        ip = await mesh_coredns_ip(kube, settings.mesh_namespace)
+    except DnsError as exc:
+        return cf.BlockState.ABSENT, str(exc)
+    state = kd.kubedns_state(parts, zone=settings.zone, server_ip=ip)
+    servers = kd.delegated_to(parts, settings.zone)
+    target = ", ".join(servers) or "nothing"
+    what = f"stubDomains {settings.zone} -> {target} (mesh CoreDNS at {ip})"
+    if state is cf.BlockState.CURRENT:
+        return state, await _mesh_corefile_state(kube, settings, what)
+    return state, what
+
+
+async def _mesh_corefile_state(kube: Kube, settings: cf.DnsSettings, what: str) -> str:
+    cm = await kube.get(configmap(settings.mesh_namespace, kd.MESH_COREDNS)) or {}
+    corefile = (cm.get("data") or {}).get("Corefile", "")
+    if corefile.split() != kd.mesh_corefile(settings).split():
+        raise DnsError(
+            f"ConfigMap {settings.mesh_namespace}/{kd.MESH_COREDNS}: its Corefile is not the one "
+            f"prepare writes for zone {settings.zone}; run `simmesh prepare`"
+        )
+    return what
+
+
+def _describe(state: cf.BlockState, settings: cf.DnsSettings, what: str) -> str:
+    if state is cf.BlockState.CURRENT:
+        return f"{what} maps {settings.zone} to namespace {settings.mesh_namespace}"
+    if state is cf.BlockState.ABSENT:
+        return f"no simmesh {what}"
+    return f"{what} differs from what prepare writes for zone {settings.zone}"
+
+
+# --------------------------------------------------------------------------- the controller
+
+
+async def check_controller(controller: Controller | None, namespace: str) -> Row:
+    hint = CONTROLLER_HINT.format(ns=namespace)
+    if controller is None:
+        return Row("controller", False, "not reachable: no --controller and no API server", hint)
+    try:
+        status, text = await controller.get("/readyz")
+    except (aiohttp.ClientError, OSError, TimeoutError, KubeUnreachable) as exc:
+        return Row(
+            "controller", False, f"{controller.where}/readyz: {exc or type(exc).__name__}", hint
+        )
+    if status != 200:
+        detail = f"{controller.where}/readyz: HTTP {status} {_message(text)}"
+        return Row("controller", False, detail, hint)
+    return Row("controller", True, f"ready ({controller.where})")
+
+
+async def check_proxies(controller: Controller | None, namespace: str, *, now: float) -> Row:
+    hint = PROXY_HINT.format(ns=namespace)
+    if controller is None:
+        return Row("proxies", False, "not checked: the controller is not reachable", hint)
+    try:
+        status, text = await controller.get("/api/v1/nodes")
+        report = _parse_nodes(status, text)
+    except (aiohttp.ClientError, OSError, TimeoutError, KubeUnreachable, ValueError) as exc:
+        return Row("proxies", False, f"{controller.where}/api/v1/nodes: {exc}", hint)
+    return _proxies_row(report, now=now, hint=hint)
+
+
+def _parse_nodes(status: int, text: str) -> dict[str, Any]:
+    if status != 200:
+        raise ValueError(f"HTTP {status} {_message(text)}")
+    data = json.loads(text)
+    if not isinstance(data, dict) or not isinstance(data.get("nodes"), list):
+        raise ValueError('expected JSON {"version": ..., "nodes": [...]}')
+    return data
+
+
+def _message(text: str) -> str:
+    """The message of a Kubernetes Status answer (service proxy errors), else the text."""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        return str(body["message"])
+    return text.strip()[:200]
+
+
+def _proxies_row(report: dict[str, Any], *, now: float, hint: str) -> Row:
+    current, nodes = report.get("version"), report["nodes"]
+    if current is None:
+        return Row("proxies", False, "the controller has no config yet", hint)
+    if not nodes:
+        return Row("proxies", False, "no proxy has reported to the controller yet", hint)
+    behind = [n for n in nodes if n.get("version") != current]
+    if not behind:
+        return Row("proxies", True, f"{len(nodes)}/{len(nodes)} on version {current}")
+    lagging = ", ".join(_lagging(n, now) for n in behind)
+    detail = f"{len(behind)}/{len(nodes)} not on version {current}: {lagging}"
+    return Row("proxies", False, detail, hint)
+
+
+def _lagging(node: dict[str, Any], now: float) -> str:
+    seen = node.get("lastSeen")
+    age = f", last seen {max(0.0, now - float(seen)):.0f}s ago" if seen is not None else ""
+    return f"{node.get('node')} on {node.get('version')}{age}"
+
+
+# --------------------------------------------------------------------------- output
+
+
+def render(rows: list[Row]) -> str:
+    """The table: CHECK, RESULT, DETAIL; a failed row's hint on the line below it."""
+    width = max(len("CHECK"), *(len(r.name) for r in rows))
+    lines = [f"{'CHECK':<{width}}  RESULT  DETAIL"]
+    for row in rows:
+        lines.append(f"{row.name:<{width}}  {'OK' if row.ok else 'FAIL':<6}  {row.detail}")
+        if row.hint and not row.ok:
+            lines.append(f"{'':<{width}}  {'':<6}  hint: {row.hint}")
+    return "\n".join(lines) + "\n"

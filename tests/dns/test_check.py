@@ -1,0 +1,224 @@
+"""simmesh check: each row on its own, and the rendered table."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+
+from mesh.dns import apply, check
+from mesh.dns import corefile as cf
+from mesh.dns import kubedns as kd
+from mesh.dns.kube import cluster_scoped, configmap
+from tests.dns import corefiles
+from tests.dns.fakekube import FakeKube
+from tests.dns.test_apply import coredns_cluster, kubedns_cluster
+
+ROOT = Path(__file__).resolve().parents[2]
+SETTINGS = cf.DnsSettings()
+NOW = 1_000_000.0
+CRDS = cluster_scoped("apiextensions.k8s.io/v1", "customresourcedefinitions")
+
+
+def run(work: Coroutine[Any, Any, Any]) -> Any:
+    return asyncio.run(work)
+
+
+class FakeController:
+    where = "http://controller:9000"
+
+    def __init__(self, answers: dict[str, tuple[int, str]] | None = None) -> None:
+        self.answers = answers or {}
+
+    async def get(self, path: str) -> tuple[int, str]:
+        if path not in self.answers:
+            raise aiohttp.ClientConnectionError("Cannot connect to host controller:9000")
+        return self.answers[path]
+
+
+def nodes(version: str | None, *entries: tuple[str, str, float]) -> tuple[int, str]:
+    listed = [{"node": n, "version": v, "lastSeen": seen} for n, v, seen in entries]
+    return 200, json.dumps({"version": version, "nodes": listed})
+
+
+def healthy_controller() -> FakeController:
+    return FakeController(
+        {
+            "/readyz": (200, "ready\n"),
+            "/api/v1/nodes": nodes("v7", ("n1", "v7", NOW - 1), ("n2", "v7", NOW - 2)),
+        }
+    )
+
+
+def ready_cluster(kube: FakeKube | None = None) -> FakeKube:
+    kube = kube or coredns_cluster()
+    for name in check.SMI_CRDS:
+        established = {"conditions": [{"type": "Established", "status": "True"}]}
+        kube.put(CRDS, {"metadata": {"name": name}, "status": established})
+    kube.put(cluster_scoped("v1", "namespaces"), {"metadata": {"name": "simmesh"}})
+    run(apply.prepare(kube, SETTINGS, now="t", report=lambda _: None))
+    return kube
+
+
+def rows(kube: FakeKube | None, controller: check.Controller | None, **kw: Any) -> dict[str, Any]:
+    out = run(check.run_checks(kube, controller, SETTINGS, now=NOW, **kw))
+    return {row.name: row for row in out}
+
+
+# --------------------------------------------------------------------------- all good
+
+
+def test_everything_ok() -> None:
+    table = rows(ready_cluster(), healthy_controller())
+    assert list(table) == [
+        "API server",
+        "SMI CRDs",
+        "mesh namespace",
+        "DNS",
+        "controller",
+        "proxies",
+    ]
+    assert all(row.ok for row in table.values()), table
+    assert table["API server"].detail == "https://fake:6443, Kubernetes v1.37.2"
+    assert table["SMI CRDs"].detail == "5/5 established"
+    assert table["DNS"].detail == (
+        "CoreDNS, ConfigMap kube-system/coredns: server block maps mesh to namespace simmesh"
+    )
+    assert table["proxies"].detail == "2/2 on version v7"
+
+
+def test_kube_dns_ok_and_a_hand_edited_mesh_corefile() -> None:
+    kube = ready_cluster(kubedns_cluster())
+    assert rows(kube, healthy_controller())["DNS"].ok
+    kube.objects[configmap("simmesh", kd.MESH_COREDNS)]["data"]["Corefile"] = "x"
+    dns = rows(kube, healthy_controller())["DNS"]
+    assert not dns.ok and "its Corefile is not the one prepare writes" in dns.detail
+
+
+# --------------------------------------------------------------------------- failures
+
+
+def test_missing_crds_are_named() -> None:
+    kube = ready_cluster()
+    del kube.objects[f"{CRDS}/udproutes.specs.smi-spec.io"]
+    kube.objects[f"{CRDS}/tcproutes.specs.smi-spec.io"]["status"] = {}
+    row = rows(kube, healthy_controller())["SMI CRDs"]
+    assert not row.ok
+    assert row.detail == (
+        "3/5 established; missing: tcproutes.specs.smi-spec.io, udproutes.specs.smi-spec.io"
+    )
+    assert "crds" in row.hint
+
+
+def test_unprepared_and_stale_dns() -> None:
+    kube = ready_cluster()
+    kube.objects[configmap("kube-system", "coredns")]["data"]["Corefile"] = corefiles.KUBEADM
+    row = rows(kube, healthy_controller())["DNS"]
+    assert not row.ok and row.detail.endswith("no simmesh server block")
+    assert row.hint == check.PREPARE_HINT
+    other = cf.DnsSettings(zone="other")
+    stale = cf.prepare(corefiles.KUBEADM, other)
+    kube.objects[configmap("kube-system", "coredns")]["data"]["Corefile"] = stale
+    row = rows(kube, healthy_controller())["DNS"]
+    assert not row.ok
+    assert "differs from what prepare writes for zone mesh" in row.detail
+    assert "(simmesh blocks for zones: other)" in row.detail
+
+
+def test_no_dns_at_all() -> None:
+    kube = ready_cluster()
+    del kube.objects[configmap("kube-system", "coredns")]
+    row = rows(kube, healthy_controller())["DNS"]
+    assert not row.ok and row.detail.startswith("no cluster DNS found")
+    assert row.hint == check.DNS_HINT
+
+
+def test_no_client_marks_the_cluster_rows_unchecked() -> None:
+    table = rows(None, None, kube_problem="no Kubernetes configuration: pass --kubeconfig")
+    assert not any(row.ok for row in table.values())
+    assert table["API server"].detail == "no Kubernetes configuration: pass --kubeconfig"
+    assert table["DNS"].detail == "not checked: the API server is unreachable"
+    assert table["controller"].detail.startswith("not reachable")
+
+
+def test_unreachable_api_server() -> None:
+    kube = ready_cluster()
+    kube.unreachable = True
+    table = rows(kube, healthy_controller())
+    assert table["API server"].detail == "GET https://fake:6443: connection refused"
+    assert table["SMI CRDs"].detail.startswith("not checked")
+    assert table["controller"].ok
+
+
+def test_controller_not_ready_or_down() -> None:
+    down = rows(ready_cluster(), FakeController())
+    assert not down["controller"].ok
+    assert "Cannot connect to host controller:9000" in down["controller"].detail
+    assert "kubectl -n simmesh logs deploy/simmesh-controller" in down["controller"].hint
+    busy = FakeController({"/readyz": (503, "no config built yet\n")})
+    row = rows(ready_cluster(), busy)["controller"]
+    assert row.detail == "http://controller:9000/readyz: HTTP 503 no config built yet"
+
+
+@pytest.mark.parametrize(
+    ("answer", "detail"),
+    [
+        (
+            nodes("v7", ("n1", "v7", NOW), ("n2", "v6", NOW - 12.4)),
+            "1/2 not on version v7: n2 on v6, last seen 12s ago",
+        ),
+        (nodes("v7"), "no proxy has reported to the controller yet"),
+        (nodes(None), "the controller has no config yet"),
+        ((200, "[]"), 'http://controller:9000/api/v1/nodes: expected JSON {"version": ...'),
+        (
+            (503, '{"kind": "Status", "message": "no endpoints available"}'),
+            "http://controller:9000/api/v1/nodes: HTTP 503 no endpoints available",
+        ),
+    ],
+)
+def test_proxies(answer: tuple[int, str], detail: str) -> None:
+    controller = FakeController({"/readyz": (200, "ready"), "/api/v1/nodes": answer})
+    row = rows(ready_cluster(), controller)["proxies"]
+    assert not row.ok
+    assert row.detail.startswith(detail.removesuffix("..."))
+
+
+def test_the_controller_through_the_api_servers_proxy() -> None:
+    kube = ready_cluster()
+    proxied = check.ProxiedController(kube, "simmesh")
+    row = rows(kube, proxied)["controller"]  # the fake answers 503 like a Service without pods
+    assert proxied.base == "/api/v1/namespaces/simmesh/services/http:simmesh-controller:9000/proxy"
+    assert row.detail.endswith("readyz: HTTP 503 no endpoints available for service")
+
+
+# --------------------------------------------------------------------------- output and data
+
+
+def test_render() -> None:
+    table = check.render(
+        [
+            check.Row("API server", True, "https://x, Kubernetes v1.37.2"),
+            check.Row("DNS", False, "no simmesh server block", "run `simmesh prepare`"),
+        ]
+    )
+    assert table == (
+        "CHECK       RESULT  DETAIL\n"
+        "API server  OK      https://x, Kubernetes v1.37.2\n"
+        "DNS         FAIL    no simmesh server block\n"
+        "                    hint: run `simmesh prepare`\n"
+    )
+
+
+def test_smi_crds_are_the_charts() -> None:
+    names = set()
+    for path in (ROOT / "charts" / "simmesh" / "crds").glob("*.yaml"):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc and doc.get("kind") == "CustomResourceDefinition":
+                names.add(doc["metadata"]["name"])
+    assert names == set(check.SMI_CRDS)
