@@ -191,6 +191,24 @@ LAZY: dict[str, tuple[str, str, str, str]] = {
         "run",
         "run the controller (Kubernetes or a manifests directory)",
     ),
+    "prepare": (
+        "mesh.dns.cli",
+        "add_prepare_arguments",
+        "run_prepare",
+        "teach the cluster DNS the mesh zone (CoreDNS, AKS, kube-dns)",
+    ),
+    "cleanup": (
+        "mesh.dns.cli",
+        "add_cleanup_arguments",
+        "run_cleanup",
+        "undo prepare exactly and delete the shadow Services",
+    ),
+    "check": (
+        "mesh.dns.cli",
+        "add_check_arguments",
+        "run_check",
+        "preflight: API server, CRDs, DNS, controller, proxies",
+    ),
 }
 
 

@@ -62,6 +62,7 @@ class Controller:
         self._poked = asyncio.Event()
         self._published = asyncio.Condition()
         self._built_changes = -1
+        self.closing = False
 
     # -- providers ------------------------------------------------------------------------
 
@@ -129,6 +130,8 @@ class Controller:
         deadline = time.monotonic() + timeout
         async with self._published:
             while self.current is None or self.current.config.version == version:
+                if self.closing:
+                    return None
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return None
@@ -137,6 +140,12 @@ class Controller:
                 except TimeoutError:
                     return None
         return self.current
+
+    async def close(self) -> None:
+        """Answer every waiting long-poll now (304): shutting down must not wait for them."""
+        self.closing = True
+        async with self._published:
+            self._published.notify_all()
 
     def report_node(self, node: str, version: str) -> None:
         self.nodes[node] = NodeStatus(version, time.time())

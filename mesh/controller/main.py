@@ -112,7 +112,7 @@ async def serve(args: argparse.Namespace, settings: Settings, host: str, port: i
         controller.hooks.append(kube.report_errors)
         tasks.append(asyncio.create_task(kube.run()))
     tasks.append(asyncio.create_task(controller.run()))
-    runner = web.AppRunner(make_app(controller), access_log=None)
+    runner = web.AppRunner(make_app(controller), access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     log.info("controller API on http://%s:%d", host, port)
@@ -122,6 +122,7 @@ async def serve(args: argparse.Namespace, settings: Settings, host: str, port: i
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("stopping")
+    await controller.close()
     for task in tasks:
         task.cancel()
     for task in tasks:
