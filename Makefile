@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup lint test sim demo bench clean k8s-bins
+.PHONY: setup lint test sim demo bench loadtest clean k8s-bins haproxy
 
 setup: $(VENV)/.installed
 
@@ -32,10 +32,19 @@ demo: setup
 	$(BIN)/simmesh explain scenarios/quickstart --from demo/frontend --url http://backend.demo.mesh/metrics
 	$(BIN)/simmesh explain scenarios/quickstart --from demo/frontend --tcp db.demo.mesh:5432
 
-bench: setup k8s-bins
+# Benchmarks (not tests): each writes its section of BENCHMARKS.md, with the command.
+bench: setup k8s-bins haproxy
 	$(BIN)/python -m loadtests.bench_core --out BENCHMARKS.md
 	$(BIN)/python -m loadtests.bench_sim --out BENCHMARKS.md
+	SIMMESH_BIN_DIR="$$(bash tools/k8s-bins.sh --print-dir)" $(BIN)/python -m loadtests.bench_proxy --benchmarks BENCHMARKS.md
 	SIMMESH_BIN_DIR="$$(bash tools/k8s-bins.sh --print-dir)" $(BIN)/python -m loadtests.bench_controller --out BENCHMARKS.md
+
+# Locust, headless and bounded, through a local proxy to demo backends; CSV in out/loadtest/.
+loadtest: setup
+	$(BIN)/python -m loadtests.run_locust --duration 20s
+
+haproxy:
+	command -v haproxy >/dev/null || (apt-get update -qq && apt-get install -y -qq haproxy)
 
 # kube-apiserver, etcd, CoreDNS, helm and fortio built from the Go module proxy into
 # ~/.cache/simmesh/bin (versions in tools/k8s-versions.env); idempotent, about 8 minutes cold.

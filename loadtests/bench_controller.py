@@ -204,6 +204,11 @@ def measure(cluster: harness.Cluster, services: int, changes: int, workdir: Path
             "p99_ms": sorted(latencies)[max(0, int(len(latencies) * 0.99) - 1)] * 1000,
             "max_ms": max(latencies) * 1000,
         }
+    except TimeoutError:
+        for path in sorted(workdir.glob(f"*-{services}.log")):
+            tail = path.read_text(errors="replace").splitlines()[-25:]
+            print(f"--- {path.name}\n" + "\n".join(tail), file=sys.stderr)
+        raise
     finally:
         for proc in procs:
             proc.terminate()

@@ -13,6 +13,7 @@ assignments read back from the shadow Services before the first build).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import time
@@ -63,6 +64,8 @@ class Controller:
         self._published = asyncio.Condition()
         self._built_changes = -1
         self.closing = False
+        self._hooks_pending = False
+        self._hook_task: asyncio.Task[None] | None = None
 
     # -- providers ------------------------------------------------------------------------
 
@@ -118,12 +121,30 @@ class Controller:
             )
             async with self._published:
                 self._published.notify_all()
+            self._run_hooks()
+        return published
+
+    def _run_hooks(self) -> None:
+        """Hooks (shadow Services, Events) run beside the rebuild loop, never in its way: a
+        slow API server must not delay the next config. They always work on the latest one."""
+        self._hooks_pending = True
+        if self._hook_task is None or self._hook_task.done():
+            self._hook_task = asyncio.create_task(self._hook_loop())
+
+    async def _hook_loop(self) -> None:
+        while self._hooks_pending and self.current is not None:
+            self._hooks_pending = False
+            current = self.current
             for hook in self.hooks:
                 try:
-                    await hook(config, topology)
+                    await hook(current.config, current.topology)
                 except Exception:  # a failing hook must not stop publishing
                     log.exception("publish hook failed")
-        return published
+
+    async def hooks_idle(self) -> None:
+        """Wait until the hooks have caught up with the current config (for tests)."""
+        while self._hook_task is not None and not self._hook_task.done():
+            await asyncio.shield(self._hook_task)
 
     async def wait_for_change(self, version: str | None, timeout: float) -> Published | None:
         """The current config once its version differs from ``version`` (None on timeout)."""
@@ -146,6 +167,10 @@ class Controller:
         self.closing = True
         async with self._published:
             self._published.notify_all()
+        if self._hook_task is not None and not self._hook_task.done():
+            self._hook_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._hook_task
 
     def report_node(self, node: str, version: str) -> None:
         self.nodes[node] = NodeStatus(version, time.time())

@@ -39,6 +39,7 @@ from mesh.core.topology import Topology
 log = logging.getLogger("simmesh.controller.kube")
 COMPONENT = "simmesh-controller"
 MAX_EVENTS_PER_BUILD = 200
+SHADOW_CONCURRENCY = 16  # API requests in flight while reconciling shadow Services
 
 
 @dataclass(frozen=True)
@@ -255,34 +256,53 @@ class KubeProvider:
         namespace = self.settings.mesh_namespace
         desired = shadow_services(config, mesh_namespace=namespace)
         existing = {s["metadata"]["name"]: s for s in await self.existing_shadows()}
-        for name, shadow in desired.items():
-            current = existing.get(name)
-            if current is None:
+        limit = asyncio.Semaphore(SHADOW_CONCURRENCY)
+
+        async def apply(name: str, shadow: dict[str, Any]) -> None:
+            async with limit:
+                await self._apply_shadow(core, namespace, name, shadow, existing.get(name))
+
+        await asyncio.gather(*(apply(n, s) for n, s in desired.items()))
+        stale = existing.keys() - desired.keys()
+
+        async def delete(name: str) -> None:
+            async with limit:
                 try:
-                    await core.create_namespaced_service(namespace, shadow)
+                    await core.delete_namespaced_service(name, namespace)
                 except ApiException as exc:
-                    if exc.status != 409:
-                        log.warning("shadow %s: create failed: %s", name, exc.reason)
-            elif _differs(current, shadow):
-                patch = {
-                    "metadata": {
-                        "labels": shadow["metadata"]["labels"],
-                        "annotations": shadow["metadata"]["annotations"],
-                    },
-                    "spec": {
-                        k: shadow["spec"][k] for k in ("selector", "ports", "internalTrafficPolicy")
-                    },
-                }
-                try:
-                    await core.patch_namespaced_service(name, namespace, patch)
-                except ApiException as exc:
-                    log.warning("shadow %s: patch failed: %s", name, exc.reason)
-        for name in existing.keys() - desired.keys():
+                    if exc.status != 404:
+                        log.warning("shadow %s: delete failed: %s", name, exc.reason)
+
+        await asyncio.gather(*(delete(n) for n in sorted(stale)))
+
+    async def _apply_shadow(
+        self,
+        core: client.CoreV1Api,
+        namespace: str,
+        name: str,
+        shadow: dict[str, Any],
+        current: dict[str, Any] | None,
+    ) -> None:
+        if current is None:
             try:
-                await core.delete_namespaced_service(name, namespace)
+                await core.create_namespaced_service(namespace, shadow)
             except ApiException as exc:
-                if exc.status != 404:
-                    log.warning("shadow %s: delete failed: %s", name, exc.reason)
+                if exc.status != 409:
+                    log.warning("shadow %s: create failed: %s", name, exc.reason)
+        elif _differs(current, shadow):
+            patch = {
+                "metadata": {
+                    "labels": shadow["metadata"]["labels"],
+                    "annotations": shadow["metadata"]["annotations"],
+                },
+                "spec": {
+                    k: shadow["spec"][k] for k in ("selector", "ports", "internalTrafficPolicy")
+                },
+            }
+            try:
+                await core.patch_namespaced_service(name, namespace, patch)
+            except ApiException as exc:
+                log.warning("shadow %s: patch failed: %s", name, exc.reason)
 
     # -- Events -----------------------------------------------------------------------------
 

@@ -159,3 +159,38 @@ def test_readyz_waits_for_the_first_build(tmp_path: Path) -> None:
             assert topology["objects"]["TrafficSplit"] == 1
 
     run(body)
+
+
+def test_slow_publish_hooks_never_delay_the_next_config(tmp_path: Path) -> None:
+    """Shadow Services and Events are written by hooks; a slow API server must not hold up
+    propagation, and the hooks always catch up with the latest config."""
+    directory = quickstart(tmp_path)
+
+    async def body() -> None:
+        controller = Controller(read_settings(directory), debounce=0.01)
+        seen: list[str] = []
+
+        async def slow_hook(config: Any, topology: Any) -> None:
+            await asyncio.sleep(0.5)
+            seen.append(config.version)
+
+        controller.hooks.append(slow_hook)
+        FileProvider(controller, directory).scan()
+        first = await controller.rebuild()
+        controller.store.put(
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": "late", "namespace": "demo"},
+                "spec": {"ports": [{"port": 80}]},
+            }
+        )
+        started = asyncio.get_running_loop().time()
+        second = await controller.rebuild()
+        assert asyncio.get_running_loop().time() - started < 0.4  # not behind the hook
+        assert second.config.version != first.config.version
+        await controller.hooks_idle()
+        assert seen[-1] == second.config.version
+        assert len(seen) <= 2
+
+    run(body)
