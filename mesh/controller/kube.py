@@ -370,9 +370,9 @@ class EventReporter:
 
     def event(self, error: ObjectError) -> dict[str, Any]:
         ref = error.ref
-        raw = self.controller.store.entries.get((ref.kind, ref.namespace, ref.name))
-        api_version = str(raw.raw.get("apiVersion", "")) if raw is not None else ""
-        uid = ((raw.raw.get("metadata") or {}).get("uid") if raw is not None else None) or None
+        entry = self.controller.store.entries.get((ref.kind, ref.namespace, ref.name))
+        api_version = entry.api_version if entry is not None else ""
+        uid = entry.uid if entry is not None else None
         digest = hashlib.sha256(str(error).encode()).hexdigest()[:10]
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         return {

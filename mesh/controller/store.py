@@ -1,13 +1,20 @@
 """The controller's store: the latest version of every watched object, parsed once.
 
 Providers (Kubernetes watches, a manifests directory) only put and delete objects here; each
-object is parsed by the core when it arrives and kept with its error, if any. A rebuild reads a
-:class:`~mesh.core.parse.ClusterState` snapshot (:meth:`Store.snapshot`), so one malformed object
-only ever costs that object. ``changes`` counts mutations, for the level-triggered rebuild loop.
+object is parsed by the core when it arrives and kept as its parsed value or its error. The raw
+document is not kept (at 10,000 Services the raw JSON would be most of the controller's
+memory): a fingerprint (the resourceVersion, or a digest of the document when it has none)
+tells whether a put changes anything, and the object's apiVersion and uid are kept for Events.
+
+A rebuild reads a :class:`~mesh.core.parse.ClusterState` snapshot (:meth:`Store.snapshot`), so
+one malformed object only ever costs that object. ``changes`` counts mutations, for the
+level-triggered rebuild loop.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,14 +27,25 @@ Key = tuple[str, str, str]  # kind, namespace, name
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    raw: Mapping[str, Any]
-    value: Any  # parsed value, or None when the object has an error
+    value: Any  # parsed value; None when the object has an error or is of a kind not read
     error: ObjectError | None
+    fingerprint: str
+    api_version: str
+    uid: str | None
 
 
 def key_of(doc: Mapping[str, Any]) -> Key:
     ref = object_ref(doc)
     return (ref.kind, ref.namespace, ref.name)
+
+
+def fingerprint(doc: Mapping[str, Any]) -> str:
+    meta = doc.get("metadata")
+    version = meta.get("resourceVersion") if isinstance(meta, Mapping) else None
+    if isinstance(version, str) and version:
+        return f"rv:{version}"
+    text = json.dumps(doc, sort_keys=True, default=str)
+    return "sha:" + hashlib.sha256(text.encode()).hexdigest()
 
 
 class Store:
@@ -37,15 +55,24 @@ class Store:
 
     def put(self, doc: Mapping[str, Any]) -> Key:
         key = key_of(doc)
+        mark = fingerprint(doc)
         old = self.entries.get(key)
-        if old is not None and old.raw == doc:
+        if old is not None and old.fingerprint == mark:
             return key
         try:
             value = parse_object(doc)
             error = None
         except InvalidObject as exc:
             value, error = None, ObjectError(object_ref(doc), exc.field, exc.message)
-        self.entries[key] = Entry(doc, value, error)
+        meta = doc.get("metadata")
+        uid = meta.get("uid") if isinstance(meta, Mapping) else None
+        self.entries[key] = Entry(
+            value,
+            error,
+            mark,
+            str(doc.get("apiVersion", "")),
+            uid if isinstance(uid, str) else None,
+        )
         self.changes += 1
         return key
 
@@ -69,6 +96,3 @@ class Store:
             elif entry.value is not None:
                 state.add(entry.value)
         return state
-
-    def count(self, kind: str) -> int:
-        return sum(1 for k in self.entries if k[0] == kind)
