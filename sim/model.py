@@ -209,7 +209,8 @@ class Simulation:
         while True:
             tries += 1
             tried.append(endpoint)
-            outcome = yield from self._attempt(endpoint.ip, decision.policy.timeout)
+            outcome = self._attempt(endpoint.ip, decision.policy.timeout)
+            yield env.timeout(outcome.latency)
             engine.finish(decision, endpoint, outcome, env.now)
             if not outcome.failed:
                 break
@@ -234,14 +235,13 @@ class Simulation:
             status = outcome.status or 200
         recorder.record(stream.index, route.service, backend, status, start, env.now, tries)
 
-    def _attempt(self, ip: str, timeout: float | None) -> Generator[simpy.Event, Any, Outcome]:
-        env = self.env
-        now = env.now
+    def _attempt(self, ip: str, timeout: float | None) -> Outcome:
+        """One attempt to the pod at ``ip``: its outcome, whose latency is how long the caller
+        waits for it. The pod's slot stays taken until it finishes, even past a timeout."""
+        now = self.env.now
         pod = self.pods.get(ip)
         if pod is None or pod.down:
-            delay = self.scenario.connect_failure_latency
-            yield env.timeout(delay)
-            return Outcome(None, Failure.CONNECT, delay)
+            return Outcome(None, Failure.CONNECT, self.scenario.connect_failure_latency)
         behaviour = pod.fault or pod.behaviour
         rng = self.rng_service
         service = behaviour.workload.latency(rng) * behaviour.factor + behaviour.add
@@ -255,9 +255,7 @@ class Simulation:
         delay = finish - now + self.scenario.proxy_latency
         failed = behaviour.error_rate > 0 and rng.random() < behaviour.error_rate
         if timeout is not None and delay > timeout:
-            yield env.timeout(timeout)
             return Outcome(None, Failure.TIMEOUT, timeout)
-        yield env.timeout(delay)
         return Outcome(500 if failed else 200, None, delay)
 
     # -- timeline ---------------------------------------------------------------------------

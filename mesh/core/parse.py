@@ -137,7 +137,7 @@ def object_ref(doc: Any) -> ObjectRef:
     kind = doc.get("kind") if isinstance(doc.get("kind"), str) else "<unknown>"
     raw_meta = doc.get("metadata")
     meta: Mapping[str, Any] = raw_meta if isinstance(raw_meta, Mapping) else {}
-    name = meta.get("name") if isinstance(meta.get("name"), str) else "<unnamed>"
+    name = (meta.get("name") if isinstance(meta.get("name"), str) else "") or "<unnamed>"
     if kind == "Node":
         return ObjectRef(str(kind), "", str(name))
     namespace = meta.get("namespace") if isinstance(meta.get("namespace"), str) else "default"

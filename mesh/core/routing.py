@@ -110,7 +110,17 @@ class Match:
 
 
 class AccessGrant:
-    __slots__ = ("destination", "kind", "match", "ports", "route", "sources", "target")
+    __slots__ = (
+        "description",
+        "destination",
+        "granted",
+        "kind",
+        "match",
+        "ports",
+        "route",
+        "sources",
+        "target",
+    )
 
     def __init__(self, raw: Mapping[str, Any]) -> None:
         self.target: str = raw["target"]
@@ -120,6 +130,8 @@ class AccessGrant:
         self.route: str = raw["route"]
         self.match = Match(raw["match"]) if raw.get("match") else None
         self.ports = frozenset(raw.get("ports") or ())
+        self.description = self.describe()
+        self.granted = f"granted by {self.description}"
 
     def describe(self) -> str:
         what = f"{self.kind} {self.route}"
@@ -139,7 +151,7 @@ class EndpointGroup:
         self.identity = identity
         self.port = port
         self.grants = grants
-        self.endpoints: list[Endpoint] = []
+        self.endpoints: tuple[Endpoint, ...] = ()
 
 
 class Cluster:
@@ -174,19 +186,18 @@ class Cluster:
 
 
 def _groups(endpoints: Sequence[Endpoint], grants: list[AccessGrant]) -> tuple[EndpointGroup, ...]:
-    groups: dict[tuple[str | None, int], EndpointGroup] = {}
+    members: dict[tuple[str | None, int], list[Endpoint]] = {}
     for endpoint in endpoints:
-        key = (endpoint.identity, endpoint.port)
-        group = groups.get(key)
-        if group is None:
-            admitted = tuple(
-                g
-                for g in grants
-                if g.destination == endpoint.identity and (not g.ports or endpoint.port in g.ports)
-            )
-            group = groups[key] = EndpointGroup(endpoint.identity, endpoint.port, admitted)
-        group.endpoints.append(endpoint)
-    return tuple(groups.values())
+        members.setdefault((endpoint.identity, endpoint.port), []).append(endpoint)
+    groups = []
+    for (identity, port), group_endpoints in members.items():
+        admitted = tuple(
+            g for g in grants if g.destination == identity and (not g.ports or port in g.ports)
+        )
+        group = EndpointGroup(identity, port, admitted)
+        group.endpoints = tuple(group_endpoints)
+        groups.append(group)
+    return tuple(groups)
 
 
 def _breaker_spec(raw: Mapping[str, Any] | None) -> CircuitBreakerSpec | None:
@@ -264,7 +275,7 @@ def _policy(raw: Mapping[str, Any], breaker: CircuitBreakerSpec | None) -> Servi
 # Access
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Access:
     """The access verdict for one backend: the endpoints a request may reach there."""
 
@@ -385,8 +396,7 @@ class Router:
             )
         headers = headers if headers is not None else {}
         clean = _strip_query(path)
-        allowed: list[Endpoint] = []
-        rule = None
+        admitted: list[tuple[EndpointGroup, AccessGrant]] = []
         granted_source = False
         for group in cluster.groups:
             for grant in group.grants:
@@ -398,11 +408,15 @@ class Router:
                     or grant.match is None
                     or grant.match.matches(method, clean, headers)
                 ):
-                    allowed.extend(group.endpoints)
-                    rule = rule or grant.describe()
+                    admitted.append((group, grant))
                     break
-        if allowed:
-            return Access(True, Reason.ALLOWED, f"granted by {rule}", rule, tuple(allowed))
+        if admitted:
+            first = admitted[0][1]
+            if len(admitted) == 1:
+                endpoints = admitted[0][0].endpoints
+            else:
+                endpoints = tuple(e for group, _ in admitted for e in group.endpoints)
+            return Access(True, Reason.ALLOWED, first.granted, first.description, endpoints)
         destinations = sorted({str(g.identity) for g in cluster.groups})
         if granted_source:
             return Access(
