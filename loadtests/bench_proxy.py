@@ -66,6 +66,8 @@ class Settings:
     connections: int = 16
     tcp_bytes: int = 1 << 30
     services: int = 1000
+    upstream: str = "raw"  # the proxy's http upstream client: raw (httptools) or aiohttp
+    haproxy: bool = True
 
 
 @dataclass
@@ -244,7 +246,9 @@ def compile_config(directory: Path, out: Path) -> None:
 
 
 @contextlib.contextmanager
-def simmesh_proxy(procs: Processes, config: Path, http: int) -> Iterator[subprocess.Popen[bytes]]:
+def simmesh_proxy(
+    procs: Processes, config: Path, http: int, upstream: str = "raw"
+) -> Iterator[subprocess.Popen[bytes]]:
     admin = free_port()
     command = [
         sys.executable,
@@ -261,7 +265,8 @@ def simmesh_proxy(procs: Processes, config: Path, http: int) -> Iterator[subproc
         "--log-level",
         "warning",
     ]
-    process = procs.start(command, cwd=ROOT)
+    env = {**os.environ, "SIMMESH_PROXY_UPSTREAM": upstream}
+    process = procs.start(command, cwd=ROOT, env=env)
     try:
         ready = f"http://127.0.0.1:{admin}/readyz"
         deadline = time.monotonic() + 30
@@ -425,7 +430,7 @@ def rss_with_services(
         )
         config = work / f"rss-{count}.json"
         compile_config(directory, config)
-        with simmesh_proxy(procs, config, http) as proxy:
+        with simmesh_proxy(procs, config, http, settings.upstream) as proxy:
             for name in ["web"] + (["svc1", f"svc{count - 1}"] if count > 1 else []):
                 fortio_load(
                     fortio,
@@ -446,7 +451,7 @@ def run(
     settings: Settings,
 ) -> tuple[list[Run], list[Run], list[Run], dict[int, float], dict[str, float]]:
     fortio = fortio_binary()
-    haproxy = shutil.which("haproxy")
+    haproxy = shutil.which("haproxy") if settings.haproxy else None
     procs = Processes()
     work = Path(tempfile.mkdtemp(prefix="simmesh-bench-"))
     try:
@@ -498,7 +503,7 @@ def run(
         uniform: list[Run] = []
         maximum: list[Run] = []
         throughput: dict[str, float] = {}
-        with simmesh_proxy(procs, work / "mesh.json", http) as proxy:
+        with simmesh_proxy(procs, work / "mesh.json", http, settings.upstream) as proxy:
             fortio_load(fortio, meshed, qps=0, connections=16, duration=2, host=HOST)  # warm up
             hops = [("direct", direct, None, None), ("simmesh", meshed, proxy.pid, HOST)]
             if haproxy_process is not None:
@@ -594,13 +599,16 @@ def report(
     def find(runs: list[Run], name: str) -> Run | None:
         return next((r for r in runs if r.name == name), None)
 
-    haproxy_note = "with nbthread 1" if find(latency, "haproxy") else "not installed: rows omitted"
+    haproxy_note = (
+        "with nbthread 1" if find(latency, "haproxy") else "not installed or skipped: rows omitted"
+    )
     lines = [
         "## Node proxy (simmesh vs HAProxy)",
         "",
         f"Command: `{command}`  ",
         f"Machine: {machine()}; fortio load + fortio echo server (1 KB bodies); "
-        f"HAProxy {haproxy_note}; {settings.connections} connections.",
+        f"HAProxy {haproxy_note}; {settings.connections} connections; "
+        f"simmesh's http upstream client: {settings.upstream}.",
         "",
         f"### Latency at {settings.qps} requests/s, fortio's default pacing "
         f"({settings.duration:g} s)",
@@ -690,12 +698,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, help="seconds per latency run (default 30)")
     parser.add_argument("--out", default="out/bench/proxy.md", help="markdown file to write")
     parser.add_argument("--benchmarks", help="also replace this section in BENCHMARKS.md")
+    parser.add_argument(
+        "--upstream",
+        choices=("raw", "aiohttp"),
+        default="raw",
+        help="the proxy's client for http upstreams (SIMMESH_PROXY_UPSTREAM): pooled Protocols "
+        "with httptools (default) or aiohttp's ClientSession, to compare the two",
+    )
+    parser.add_argument("--skip-haproxy", action="store_true", help="leave HAProxy out")
     args = parser.parse_args(argv)
     settings = Settings()
     if args.quick:
         settings = Settings(duration=5, max_duration=4, tcp_bytes=256 << 20)
     if args.duration:
         settings.duration = args.duration
+    settings.upstream = args.upstream
+    settings.haproxy = not args.skip_haproxy
     command = "python -m loadtests.bench_proxy " + shlex.join(
         argv if argv is not None else sys.argv[1:]
     )

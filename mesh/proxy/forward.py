@@ -197,7 +197,7 @@ class Forwarder:
             traceparent=span.traceparent,
             h2=h2,
         )
-        server_name = self.proxy.server_name(d.cluster.service)
+        server_name = self.proxy.server_name(d.cluster.service) if scheme == "https" else None
         engine = ex.snapshot.engine if ex.snapshot is not None else None
         assert engine is not None
         tried = [ex.endpoint]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, TextIO
@@ -29,8 +30,10 @@ from mesh.proxy.listeners import ListenerSet
 from mesh.proxy.metrics import Metrics
 from mesh.proxy.tracing import make_tracer
 from mesh.proxy.udp import UdpListener
+from mesh.proxy.upstream import Upstream
 from mesh.proxy.upstream_h2 import H2Upstream
 from mesh.proxy.upstream_http import HttpUpstream, client_ssl_context
+from mesh.proxy.upstream_raw import RawUpstream
 
 log = logging.getLogger("simmesh.proxy")
 
@@ -61,6 +64,16 @@ class Snapshot:
     applied_at: float  # wall-clock seconds
 
 
+def make_http_upstream(options: Options) -> Upstream:
+    """The HTTP/1.1 upstream client: pooled Protocols + httptools for ``http``, aiohttp for
+    ``https``. ``SIMMESH_PROXY_UPSTREAM=aiohttp`` sends ``http`` through aiohttp too (to
+    compare the two in benchmarks)."""
+    client = HttpUpstream(connect_timeout=options.connect_timeout, ca_file=options.upstream_ca)
+    if os.environ.get("SIMMESH_PROXY_UPSTREAM", "raw") == "aiohttp":
+        return client
+    return RawUpstream(connect_timeout=options.connect_timeout, fallback=client)
+
+
 class Proxy:
     def __init__(self, options: Options, *, access_stream: TextIO | None = None) -> None:
         self.options = options
@@ -70,9 +83,7 @@ class Proxy:
         self.tracer = make_tracer(f"simmesh-proxy/{options.node}")
         self.access_log = AccessLog(access_stream) if options.access_log else None
         self.upstream_ssl = client_ssl_context(options.upstream_ca)
-        self.http = HttpUpstream(
-            connect_timeout=options.connect_timeout, ca_file=options.upstream_ca
-        )
+        self.http = make_http_upstream(options)
         self.h2c = H2Upstream(connect_timeout=options.connect_timeout)
         self.forwarder = Forwarder(self, http=self.http, h2c=self.h2c)
         self.rng = self.forwarder.rng

@@ -1,0 +1,578 @@
+"""Plain ``http`` upstreams on asyncio Protocols and httptools' C parser (llhttp).
+
+The general client (aiohttp's ClientSession, :mod:`mesh.proxy.upstream_http`) spends most of
+a proxied request's CPU on objects the proxy does not need (URL objects, multidicts, request
+and response wrappers, a writer task). This client does one thing: send an already rewritten
+request head (and body) on a pooled keep-alive connection and parse the response with
+llhttp. ``https`` goes to the aiohttp client given as ``fallback``.
+
+- **Pool**: idle keep-alive connections per endpoint (ip, port), reused last-in first-out;
+  idle ones are closed after ``keepalive`` seconds, or as soon as the server closes them. A
+  connection goes back to the pool only when its response was read to the end, the request
+  body was sent whole, and both sides keep it alive (never after ``HEAD``, whose response
+  length the parser cannot know, nor after an unread or broken response).
+- **Bodies**: an empty or buffered request body goes out with the head in one write; a
+  streamed one is written by a task, chunk by chunk (``Transfer-Encoding: chunked`` when its
+  length is unknown), waiting for the socket to drain, while the response is awaited. The
+  response body is queued as it arrives; reading from the socket pauses while more than
+  ``HIGH_WATER`` bytes wait for the downstream.
+- **Failures**, as :mod:`mesh.proxy.upstream_http` maps them: cannot connect within
+  ``--connect-timeout`` -> CONNECT; closed, reset or unparsable before the response is
+  complete -> RESET; no response headers within the per-try timeout (armed when the request is
+  written, re-armed while a streamed body makes progress), or no body bytes for that long
+  between reads -> TIMEOUT. A pooled connection that turns out to have been closed by the
+  server before it answered a single byte is retried once on a new connection when the
+  request is idempotent and replayable (the server never saw it); otherwise RESET.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections import deque
+from collections.abc import AsyncIterator, Iterable
+from typing import cast
+
+import httptools
+
+from mesh.core.policies import Failure
+from mesh.proxy.body import Body, ClientGone
+from mesh.proxy.upstream import Response, Upstream, UpstreamError
+
+HIGH_WATER = 256 * 1024  # response bytes queued before reading from the upstream pauses
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+_NO_BODY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # no Content-Length: 0
+_FRAMING = frozenset({"content-length", "transfer-encoding"})
+
+
+def _stop(handle: asyncio.TimerHandle | None) -> None:
+    if handle is not None:
+        handle.cancel()
+
+
+class _Conn(asyncio.Protocol):
+    """One keep-alive connection; at most one request in flight."""
+
+    def __init__(self, upstream: RawUpstream, key: tuple[str, int]) -> None:
+        self.upstream = upstream
+        self.key = key
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.closed = False
+        self.idle_since = 0.0
+        self.in_pool = False
+        # per request
+        self.active = False
+        self.head_request = False
+        self.received = 0  # response bytes received for the current request
+        self.status = 0
+        self.reason = ""
+        self.headers: list[tuple[str, str]] = []
+        self.interim = False
+        self.until_close = False
+        self.headers_done = False
+        self.complete = False
+        self.keep_alive = False
+        self.error: UpstreamError | None = None
+        self.waiter: asyncio.Future[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.timeout: float | None = None
+        self.chunks: deque[bytes] = deque()
+        self.queued = 0
+        self.reading_paused = False
+        self.write_paused = False
+        self.drain: asyncio.Future[None] | None = None
+        self.sender: asyncio.Task[None] | None = None
+        self.body_sent = True
+
+    # -- transport callbacks ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.active:
+            self._close()  # bytes nobody asked for: the connection cannot be trusted
+            return
+        self.received += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(UpstreamError(Failure.RESET, f"{self._name()} switched protocols"))
+        except httptools.HttpParserError as exc:
+            if not (self.complete and self.head_request):
+                self._fail(
+                    UpstreamError(Failure.RESET, f"{self._name()} sent a bad response: {exc}")
+                )
+            self._close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.in_pool:
+            self.upstream._forget(self)
+        if self.active and not self.complete:
+            if self.until_close and self.headers_done and exc is None:
+                self.on_message_complete()
+            else:
+                detail = f"{self._name()} closed the connection" + (f": {exc!r}" if exc else "")
+                self._fail(UpstreamError(Failure.RESET, detail))
+        drain = self.drain
+        if drain is not None and not drain.done():
+            drain.set_exception(ConnectionResetError("upstream connection lost"))
+            drain.exception()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        drain = self.drain
+        if drain is not None:
+            self.drain = None
+            if not drain.done():
+                drain.set_result(None)
+
+    # -- parser callbacks ---------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.headers = []
+        self.reason = ""
+
+    def on_status(self, status: bytes) -> None:
+        self.reason = status.decode("utf-8", "surrogateescape")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.decode("latin-1"), value.decode("utf-8", "surrogateescape")))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            self.interim = True  # 100 Continue, 103 Early Hints: the answer follows
+            return
+        if self.headers_done:  # a second response to one request: protocol error
+            raise ValueError("unexpected response")
+        self.status = status
+        self.headers_done = True
+        if not self.head_request and status not in (204, 304):
+            framed = False
+            for name, value in self.headers:
+                low = name.lower()
+                if low == "content-length" or (low == "transfer-encoding" and value):
+                    framed = True
+                    break
+            self.until_close = not framed
+        self._wake()
+        if self.head_request:
+            self.keep_alive = False  # the parser would wait for the announced body
+            self.complete = True
+
+    def on_body(self, body: bytes) -> None:
+        if self.complete:
+            return
+        self.chunks.append(body)
+        self.queued += len(body)
+        if self.queued > HIGH_WATER and not self.reading_paused and self.transport is not None:
+            self.reading_paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            return
+        if self.complete:
+            return
+        self.complete = True
+        self.keep_alive = self.parser.should_keep_alive() and not self.until_close
+        self._wake()
+
+    # -- the request --------------------------------------------------------------------------
+
+    def _name(self) -> str:
+        return f"{self.key[0]}:{self.key[1]}"
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _fail(self, error: UpstreamError) -> None:
+        if self.error is None:
+            self.error = error
+        self.keep_alive = False
+        self._wake()
+
+    def _close(self) -> None:
+        self.keep_alive = False
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+
+    def _abort(self) -> None:
+        self.keep_alive = False
+        if self.transport is not None and not self.closed:
+            self.transport.abort()
+
+    def _on_timeout(self) -> None:
+        self.timer = None
+        self._fail(UpstreamError(Failure.TIMEOUT, "timed out"))
+
+    async def _wait(self) -> None:
+        """Until something happened (headers, body bytes, end, error) or the timeout."""
+        waiter = self.waiter = self.loop.create_future()
+        timeout = self.timeout
+        if timeout is not None:
+            self.timer = self.loop.call_later(timeout, self._on_timeout)
+        try:
+            await waiter
+        finally:
+            _stop(self.timer)
+            self.timer = None
+            self.waiter = None
+
+    async def request(self, head: bytes, body: Body, stream: bool, timeout: float | None) -> None:
+        """Send one request; return once the response headers are here."""
+        self.active = True
+        self.received = 0
+        self.headers_done = self.complete = self.until_close = self.interim = False
+        self.error = None
+        self.timeout = timeout
+        self.chunks.clear()
+        self.queued = 0
+        transport = self.transport
+        assert transport is not None
+        if not stream:
+            buffered = body.buffered
+            transport.write(head + buffered if buffered else head)
+            self.body_sent = True
+        else:
+            transport.write(head)
+            self.body_sent = False
+            self.sender = self.loop.create_task(self._send(body.chunks(), body.length is None))
+        while not self.headers_done:
+            if self.error is not None:
+                error = self.error
+                if error.failure is Failure.TIMEOUT:
+                    error = UpstreamError(
+                        Failure.TIMEOUT, f"no response from {self._name()} in time"
+                    )
+                raise error
+            await self._wait()
+
+    async def _send(self, chunks: AsyncIterator[bytes], chunked: bool) -> None:
+        transport = self.transport
+        assert transport is not None
+        try:
+            async for chunk in chunks:
+                if self.closed or self.error is not None:
+                    return
+                if not chunk:
+                    continue
+                if chunked:
+                    transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+                else:
+                    transport.write(chunk)
+                if self.timer is not None and self.timeout is not None and not self.headers_done:
+                    self.timer.cancel()  # the upload progresses: the wait starts again
+                    self.timer = self.loop.call_later(self.timeout, self._on_timeout)
+                if self.write_paused and not self.closed:
+                    drain = self.drain = self.loop.create_future()
+                    await drain
+            if chunked and not self.closed:
+                transport.write(b"0\r\n\r\n")
+            self.body_sent = True
+        except ClientGone as exc:
+            self._fail(UpstreamError(Failure.RESET, f"the client went away mid-upload: {exc}"))
+            self._abort()
+        except ConnectionError:
+            pass  # connection_lost reports it
+        except Exception as exc:
+            self._fail(UpstreamError(Failure.RESET, f"request body failed: {exc!r}"))
+            self._abort()
+        except asyncio.CancelledError:
+            self._abort()
+            raise
+
+    async def read(self) -> bytes:
+        while True:
+            chunks = self.chunks
+            if chunks:
+                if len(chunks) == 1:
+                    data = chunks.popleft()
+                else:
+                    data = b"".join(chunks)
+                    chunks.clear()
+                self.queued = 0
+                if self.reading_paused and self.transport is not None and not self.closed:
+                    self.reading_paused = False
+                    self.transport.resume_reading()
+                return data
+            if self.complete:
+                return b""
+            if self.error is not None:
+                error = self.error
+                if error.failure is Failure.TIMEOUT:
+                    raise UpstreamError(Failure.TIMEOUT, "upstream stalled mid-response")
+                raise UpstreamError(error.failure, f"upstream broke mid-response: {error.detail}")
+            await self._wait()
+
+    def finish(self, reuse: bool) -> None:
+        """The response is done with: back to the pool when that is safe, else closed."""
+        self.active = False
+        self.chunks.clear()
+        self.upstream._busy.discard(self)
+        sender = self.sender
+        self.sender = None
+        if (
+            reuse
+            and self.complete
+            and self.keep_alive
+            and self.body_sent
+            and self.error is None
+            and not self.closed
+            and not self.reading_paused
+        ):
+            self.upstream._release(self)
+            return
+        if sender is not None and not sender.done():
+            sender.cancel()
+        if reuse:
+            self._close()
+        else:
+            self._abort()
+
+
+class RawResponse:
+    __slots__ = ("_conn", "_headers", "content_length", "reason", "status")
+
+    def __init__(self, conn: _Conn) -> None:
+        self._conn: _Conn | None = conn
+        self._headers = conn.headers
+        self.status = conn.status
+        self.reason = conn.reason
+        length = None
+        for name, value in conn.headers:
+            if len(name) == 14 and name.lower() == "content-length":
+                try:
+                    length = int(value)
+                except ValueError:
+                    length = None
+                break
+        self.content_length = length
+
+    def header_items(self) -> Iterable[tuple[str, str]]:
+        return self._headers
+
+    def trailers(self) -> list[tuple[str, str]] | None:
+        return None
+
+    async def read(self) -> bytes:
+        conn = self._conn
+        if conn is None:
+            return b""
+        return await conn.read()
+
+    def release(self) -> None:
+        conn = self._conn
+        if conn is not None:
+            self._conn = None
+            conn.finish(reuse=True)
+
+    def close(self) -> None:
+        conn = self._conn
+        if conn is not None:
+            self._conn = None
+            conn.finish(reuse=False)
+
+
+class RawUpstream:
+    """:class:`~mesh.proxy.upstream.Upstream` for ``http``; ``https`` goes to ``fallback``."""
+
+    def __init__(
+        self, *, connect_timeout: float, fallback: Upstream, keepalive: float = 15.0
+    ) -> None:
+        self._connect_timeout = connect_timeout
+        self._fallback = fallback
+        self._keepalive = keepalive
+        self._idle: dict[tuple[str, int], list[_Conn]] = {}
+        self._busy: set[_Conn] = set()
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    # -- pool ---------------------------------------------------------------------------------
+
+    def _acquire(self, key: tuple[str, int]) -> _Conn | None:
+        idle = self._idle.get(key)
+        while idle:
+            conn = idle.pop()
+            conn.in_pool = False
+            if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
+                return conn
+        return None
+
+    def _release(self, conn: _Conn) -> None:
+        self._busy.discard(conn)
+        conn.in_pool = True
+        conn.idle_since = conn.loop.time()
+        idle = self._idle.get(conn.key)
+        if idle is None:
+            idle = self._idle[conn.key] = []
+        idle.append(conn)
+        if self._sweeper is None:
+            self._sweeper = conn.loop.call_later(self._keepalive / 2, self._sweep)
+
+    def _forget(self, conn: _Conn) -> None:
+        conn.in_pool = False
+        idle = self._idle.get(conn.key)
+        if idle is not None:
+            with contextlib.suppress(ValueError):
+                idle.remove(conn)
+            if not idle:
+                del self._idle[conn.key]
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        loop = asyncio.get_running_loop()
+        limit = loop.time() - self._keepalive
+        for key, idle in list(self._idle.items()):
+            keep = []
+            for conn in idle:
+                if conn.idle_since <= limit or conn.closed:
+                    conn.in_pool = False
+                    conn._close()
+                else:
+                    keep.append(conn)
+            if keep:
+                self._idle[key] = keep
+            else:
+                del self._idle[key]
+        if self._idle:
+            self._sweeper = loop.call_later(self._keepalive / 2, self._sweep)
+
+    async def _connect(self, key: tuple[str, int]) -> _Conn:
+        ip, port = key
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                _, conn = await loop.create_connection(lambda: _Conn(self, key), ip, port)
+        except TimeoutError as exc:
+            raise UpstreamError(Failure.CONNECT, f"connect to {ip}:{port} timed out") from exc
+        except OSError as exc:
+            raise UpstreamError(Failure.CONNECT, f"connect to {ip}:{port}: {exc}") from exc
+        return conn
+
+    # -- Upstream -----------------------------------------------------------------------------
+
+    async def send(
+        self,
+        *,
+        scheme: str,
+        ip: str,
+        port: int,
+        method: str,
+        authority: str,
+        path: str,
+        headers: list[tuple[str, str]],
+        body: Body,
+        timeout: float | None,
+        server_name: str | None,
+    ) -> Response:
+        if scheme != "http":
+            return await self._fallback.send(
+                scheme=scheme,
+                ip=ip,
+                port=port,
+                method=method,
+                authority=authority,
+                path=path,
+                headers=headers,
+                body=body,
+                timeout=timeout,
+                server_name=server_name,
+            )
+        head, stream = request_head(method, path, headers, body, authority or f"{ip}:{port}")
+        key = (ip, port)
+        retried = False
+        while True:
+            conn = self._acquire(key)
+            reused = conn is not None
+            if conn is None:
+                conn = await self._connect(key)
+            conn.head_request = method == "HEAD"
+            self._busy.add(conn)
+            try:
+                await conn.request(head, body, stream, timeout)
+            except UpstreamError as exc:
+                conn.finish(reuse=False)
+                if (
+                    reused
+                    and not retried
+                    and exc.failure is Failure.RESET
+                    and conn.received == 0
+                    and not stream
+                    and method in _IDEMPOTENT
+                    and not body.client_error
+                ):
+                    retried = True  # a stale pooled connection: the server never saw it
+                    continue
+                raise
+            except BaseException:
+                conn.finish(reuse=False)
+                raise
+            return RawResponse(conn)
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        for idle in self._idle.values():
+            for conn in idle:
+                conn.in_pool = False
+                conn._close()
+        self._idle.clear()
+        for conn in list(self._busy):
+            conn._abort()
+        self._busy.clear()
+        await self._fallback.close()
+
+
+def request_head(
+    method: str, path: str, headers: list[tuple[str, str]], body: Body, host: str
+) -> tuple[bytes, bool]:
+    """The request line and headers, with this hop's body framing; and whether the body is
+    streamed (written after the head) rather than sent with it."""
+    lines = [f"{method} {path} HTTP/1.1"]
+    has_host = has_length = False
+    for name, value in headers:
+        low = name.lower()
+        if low in _FRAMING:
+            has_length = has_length or low == "content-length"
+            continue
+        if low == "host":
+            has_host = True
+        lines.append(f"{name}: {value}")
+    if not has_host:
+        lines.insert(1, f"Host: {host}")
+    stream = False
+    if body.empty:
+        if has_length or method not in _NO_BODY_METHODS:
+            lines.append("Content-Length: 0")
+    elif body.buffered is not None:
+        lines.append(f"Content-Length: {len(body.buffered)}")
+    elif body.length is not None:
+        lines.append(f"Content-Length: {body.length}")
+        stream = True
+    else:
+        lines.append("Transfer-Encoding: chunked")
+        stream = True
+    lines.append("\r\n")
+    text = "\r\n".join(lines)
+    if text.count("\n") != len(lines) or text.count("\r") != len(lines):
+        raise ValueError("a line break in the request line or a header")
+    return text.encode("utf-8", "surrogateescape"), stream
