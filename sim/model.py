@@ -27,7 +27,7 @@ import simpy
 
 from mesh.core.config import MeshConfig, build_config
 from mesh.core.parse import parse_objects
-from mesh.core.policies import Failure, Outcome
+from mesh.core.policies import Failure, Outcome, final_status
 from mesh.core.routing import Engine, Route, Router
 from mesh.core.topology import build_topology
 from sim.metrics import Recorder
@@ -227,13 +227,9 @@ class Simulation:
             if nxt is None:
                 break
             endpoint = nxt
-        if outcome.failure is Failure.TIMEOUT:
-            status = 504
-        elif outcome.failure is not None:
-            status = 502
-        else:
-            status = outcome.status or 200
-        recorder.record(stream.index, route.service, backend, status, start, env.now, tries)
+        recorder.record(
+            stream.index, route.service, backend, final_status(outcome), start, env.now, tries
+        )
 
     def _attempt(self, ip: str, timeout: float | None) -> Outcome:
         """One attempt to the pod at ``ip``: its outcome, whose latency is how long the caller

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import gc
 import logging
 import time
@@ -108,7 +110,7 @@ class Controller:
         self._built_changes = changes
         self.rebuilds += 1
         changed = self.current is None or self.current.config.version != config.version
-        self.current = published
+        self.current = published  # the previous config is freed here (no cycles)
         for listener in self.listeners:
             listener(published)
         if changed:
@@ -122,6 +124,7 @@ class Controller:
             async with self._published:
                 self._published.notify_all()
             self._run_hooks()
+        _release_memory()
         return published
 
     def _run_hooks(self) -> None:
@@ -231,6 +234,25 @@ def _counts(store: Store) -> Mapping[str, int]:
     for kind, _, _ in store.entries:
         counts[kind] = counts.get(kind, 0) + 1
     return dict(sorted(counts.items()))
+
+
+def _release_memory() -> None:
+    """Hand the previous config's memory back to the OS: a rebuild at 10,000 Services frees
+    hundreds of MB that glibc would otherwise keep mapped (RSS only ever grows)."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _load_libc() -> Any:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim  # noqa: B018 - glibc only
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+_LIBC = _load_libc()
 
 
 def _build(state: Any, settings: Settings, previous: dict[str, int]) -> tuple[Topology, MeshConfig]:

@@ -48,6 +48,21 @@ class Outcome:
         return self.failure is not None or (self.status is not None and self.status >= 500)
 
 
+# What the proxy answers when the last attempt failed: the status and the reason it names.
+FAILURE_ANSWERS: dict[Failure, tuple[int, str]] = {
+    Failure.CONNECT: (502, "upstream-connect-failed"),
+    Failure.RESET: (502, "upstream-reset"),
+    Failure.TIMEOUT: (504, "upstream-timeout"),
+}
+
+
+def final_status(outcome: Outcome) -> int:
+    """The status a client gets for the last attempt's outcome."""
+    if outcome.failure is not None:
+        return FAILURE_ANSWERS[outcome.failure][0]
+    return outcome.status if outcome.status is not None else 200
+
+
 # ---------------------------------------------------------------------------------------------
 # Retry
 

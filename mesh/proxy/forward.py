@@ -22,7 +22,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from mesh.core.policies import Failure, Outcome
+from mesh.core.policies import FAILURE_ANSWERS, Failure, Outcome
 from mesh.core.routing import Decision, Endpoint, Engine
 from mesh.proxy.body import Body, ClientGone
 from mesh.proxy.headers import request_headers
@@ -34,11 +34,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 _NEUTRAL = Outcome(status=None)
-UPSTREAM_FAILURES = {
-    Failure.CONNECT: (502, "upstream-connect-failed"),
-    Failure.RESET: (502, "upstream-reset"),
-    Failure.TIMEOUT: (504, "upstream-timeout"),
-}
+UPSTREAM_FAILURES = FAILURE_ANSWERS
 
 
 class Inbound:
