@@ -21,7 +21,6 @@ from mesh.core.model import (
     Settings,
     TrafficSplit,
     TrafficTarget,
-    TrafficType,
 )
 from mesh.core.parse import ClusterState
 
@@ -381,6 +380,5 @@ __all__ = [
     "TopoService",
     "TopoSplit",
     "Topology",
-    "TrafficType",
     "build_topology",
 ]
