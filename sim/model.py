@@ -28,7 +28,7 @@ import simpy
 from mesh.core.config import MeshConfig, build_config
 from mesh.core.parse import parse_objects
 from mesh.core.policies import Failure, Outcome, final_status
-from mesh.core.routing import Engine, Route, Router
+from mesh.core.routing import Decision, Endpoint, Engine, Route, Router
 from mesh.core.topology import build_topology
 from sim.metrics import Recorder
 from sim.scenario import Event, RequestKind, Scenario, Traffic, Workload, with_event_objects
@@ -149,7 +149,7 @@ class Simulation:
             yield env.timeout(expovariate(rate))
             if env.now >= traffic.stop:
                 return
-            env.process(self._request(stream))
+            self._request(stream, None)
 
     def _closed_loop(self, stream: _Stream) -> Generator[simpy.Event, Any, None]:
         env = self.env
@@ -157,13 +157,15 @@ class Simulation:
         if traffic.start > 0:
             yield env.timeout(traffic.start)
         while env.now < traffic.stop:
-            yield from self._request(stream)
+            done = env.event()
+            self._request(stream, done)
+            yield done
             if traffic.think > 0:
                 yield env.timeout(self.rng_arrivals.expovariate(1.0 / traffic.think))
 
-    def _request(self, stream: _Stream) -> Generator[simpy.Event, Any, None]:
-        env = self.env
-        start = env.now
+    def _request(self, stream: _Stream, done: simpy.Event | None) -> None:
+        """Start one request: decide now, then wait for its attempts with event callbacks
+        (no SimPy process per request: that alone would double the events per request)."""
         self.started += 1
         traffic = stream.traffic
         mix = traffic.mix
@@ -174,13 +176,13 @@ class Simulation:
                 bisect_right(stream.cumulative, self.rng_arrivals.random() * stream.cumulative[-1])
             ]
         )
+        flight = _Flight(self, stream, kind, done)
         route = self._resolve(stream)
-        recorder = self.recorder
         if route is None or route.listener is None:
-            yield env.timeout(self.scenario.proxy_latency)
-            recorder.record(stream.index, None, None, 404, start, env.now, 0)
+            flight.answer(404)
             return
-        engine = self.engines[traffic.node]
+        flight.route = route
+        engine = flight.engine = self.engines[traffic.node]
         if traffic.protocol == "http":
             decision = engine.decide_http(
                 listener=route.listener,
@@ -189,47 +191,19 @@ class Simulation:
                 path=kind.path,
                 headers=stream.headers[kind],
                 source=traffic.source,
-                now=start,
+                now=flight.start,
                 rng=self.rng_route,
             )
         else:
             decision = engine.decide_flow(
-                listener=route.listener, source=traffic.source, now=start, rng=self.rng_route
+                listener=route.listener, source=traffic.source, now=flight.start, rng=self.rng_route
             )
-        backend = decision.cluster.service if decision.cluster is not None else None
+        flight.decision = decision
         endpoint = decision.endpoint
         if endpoint is None:
-            yield env.timeout(self.scenario.proxy_latency)
-            recorder.record(
-                stream.index, route.service, backend, decision.status or 503, start, env.now, 0
-            )
+            flight.answer(decision.status or 503)
             return
-        tries = 0
-        tried = []
-        while True:
-            tries += 1
-            tried.append(endpoint)
-            outcome = self._attempt(endpoint.ip, decision.policy.timeout)
-            yield env.timeout(outcome.latency)
-            engine.finish(decision, endpoint, outcome, env.now)
-            if not outcome.failed:
-                break
-            nxt = engine.retry(
-                decision,
-                tries=tries,
-                tried=tried,
-                method=kind.method,
-                replayable=True,
-                outcome=outcome,
-                now=env.now,
-                rng=self.rng_route,
-            )
-            if nxt is None:
-                break
-            endpoint = nxt
-        recorder.record(
-            stream.index, route.service, backend, final_status(outcome), start, env.now, tries
-        )
+        flight.send(endpoint)
 
     def _attempt(self, ip: str, timeout: float | None) -> Outcome:
         """One attempt to the pod at ``ip``: its outcome, whose latency is how long the caller
@@ -335,6 +309,93 @@ class Simulation:
             if progress is not None:
                 progress(step / steps, self.recorder.count)
         return self.recorder.results(self)
+
+
+class _Flight:
+    """One request in flight: its decision, its attempts and, at the end, its one record."""
+
+    __slots__ = (
+        "decision",
+        "done",
+        "endpoint",
+        "engine",
+        "kind",
+        "outcome",
+        "route",
+        "sim",
+        "start",
+        "stream",
+        "tried",
+    )
+
+    def __init__(
+        self, sim: Simulation, stream: _Stream, kind: RequestKind, done: simpy.Event | None
+    ) -> None:
+        self.sim = sim
+        self.stream = stream
+        self.kind = kind
+        self.done = done
+        self.start = sim.env.now
+        self.route: Route | None = None
+        self.engine: Engine | None = None
+        self.decision: Decision | None = None
+        self.endpoint: Endpoint | None = None
+        self.outcome: Outcome | None = None
+        self.tried: list[Endpoint] = []
+
+    def answer(self, status: int) -> None:
+        """The proxy answers itself (404, 403, 429, 503) after its own hop."""
+        event = self.sim.env.timeout(self.sim.scenario.proxy_latency)
+        event.callbacks.append(lambda _: self.record(status))
+
+    def send(self, endpoint: Endpoint) -> None:
+        assert self.decision is not None
+        self.endpoint = endpoint
+        self.tried.append(endpoint)
+        outcome = self.outcome = self.sim._attempt(endpoint.ip, self.decision.policy.timeout)
+        self.sim.env.timeout(outcome.latency).callbacks.append(self.answered)
+
+    def answered(self, _: simpy.Event) -> None:
+        engine, decision, endpoint, outcome = (
+            self.engine,
+            self.decision,
+            self.endpoint,
+            self.outcome,
+        )
+        assert engine is not None and decision is not None
+        assert endpoint is not None and outcome is not None
+        now = self.sim.env.now
+        engine.finish(decision, endpoint, outcome, now)
+        if outcome.failed:
+            nxt = engine.retry(
+                decision,
+                tries=len(self.tried),
+                tried=self.tried,
+                method=self.kind.method,
+                replayable=True,
+                outcome=outcome,
+                now=now,
+                rng=self.sim.rng_route,
+            )
+            if nxt is not None:
+                self.send(nxt)
+                return
+        self.record(final_status(outcome))
+
+    def record(self, status: int) -> None:
+        route, decision = self.route, self.decision
+        cluster = decision.cluster if decision is not None else None
+        self.sim.recorder.record(
+            self.stream.index,
+            route.service if route is not None else None,
+            cluster.service if cluster is not None else None,
+            status,
+            self.start,
+            self.sim.env.now,
+            len(self.tried),
+        )
+        if self.done is not None:
+            self.done.succeed()
 
 
 def _plain(params: dict[str, Any]) -> dict[str, Any]:
