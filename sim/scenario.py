@@ -17,7 +17,7 @@ the Services.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -453,11 +453,7 @@ class _Validator:
             if doc is None:
                 doc = _service_doc(service, 80, 8080)
                 docs.append(doc)
-            meta = doc.setdefault("metadata", {})
-            target = meta.setdefault("annotations", {})
-            for name, v in body.items():
-                full = name if "/" in name else f"simmesh.io/{name}"
-                target[full] = str(v).lower() if isinstance(v, bool) else str(v)
+            annotate(doc, body)
         return docs
 
     def traffic(
@@ -817,12 +813,13 @@ def with_event_objects(docs: list[dict[str, Any]], event: Event) -> list[dict[st
     elif event.action == "set-policy":
         service = _find(docs, "Service", params["service"])
         if service is not None:
-            target = service.setdefault("metadata", {}).setdefault("annotations", {})
-            for name, v in (params.get("annotations") or {}).items():
-                full = name if "/" in name else f"simmesh.io/{name}"
-                target[full] = str(v).lower() if isinstance(v, bool) else str(v)
+            annotate(service, params.get("annotations") or {})
     return docs
 
 
-def settings_for(scenario: Scenario) -> Settings:
-    return replace(scenario.settings)
+def annotate(service: dict[str, Any], policies: dict[str, Any]) -> None:
+    """Policies as Service annotations: short names get the ``simmesh.io/`` prefix."""
+    target = service.setdefault("metadata", {}).setdefault("annotations", {})
+    for name, value in policies.items():
+        full = name if "/" in name else f"simmesh.io/{name}"
+        target[full] = str(value).lower() if isinstance(value, bool) else str(value)

@@ -61,10 +61,7 @@ class Metrics:
         )
 
     def refresh(self, controller: Controller) -> None:
-        counts: dict[str, int] = {}
-        for kind, _, _ in controller.store.entries:
-            counts[kind] = counts.get(kind, 0) + 1
-        for kind, n in counts.items():
+        for kind, n in controller.store.counts().items():
             self.objects.labels(kind).set(n)
         current = controller.current
         if current is None:

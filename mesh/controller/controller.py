@@ -19,7 +19,7 @@ import ctypes.util
 import gc
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -225,15 +225,8 @@ class Controller:
                 for g in topology.grants
             ],
             "errors": self.current.config.data["errors"],
-            "objects": _counts(self.store),
+            "objects": self.store.counts(),
         }
-
-
-def _counts(store: Store) -> Mapping[str, int]:
-    counts: dict[str, int] = {}
-    for kind, _, _ in store.entries:
-        counts[kind] = counts.get(kind, 0) + 1
-    return dict(sorted(counts.items()))
 
 
 def _release_memory() -> None:

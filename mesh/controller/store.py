@@ -88,6 +88,13 @@ class Store:
             del self.entries[key]
             self.changes += 1
 
+    def counts(self) -> dict[str, int]:
+        """Objects per kind, sorted by kind."""
+        counts: dict[str, int] = {}
+        for kind, _, _ in self.entries:
+            counts[kind] = counts.get(kind, 0) + 1
+        return dict(sorted(counts.items()))
+
     def snapshot(self) -> ClusterState:
         state = ClusterState()
         for entry in self.entries.values():

@@ -556,8 +556,6 @@ class Engine:
                 )
                 decision.retry_after = wait
                 return decision
-        decision = Decision(Reason.ALLOWED, access.detail, route, cluster, access.rule)
-        decision.candidates = access.endpoints
         if not access.endpoints:
             return Decision(
                 Reason.NO_ENDPOINTS,
@@ -574,6 +572,8 @@ class Engine:
                 route,
                 cluster,
             )
+        decision = Decision(Reason.ALLOWED, access.detail, route, cluster, access.rule)
+        decision.candidates = access.endpoints
         decision.endpoint = endpoint
         return decision
 

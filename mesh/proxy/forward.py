@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 _NEUTRAL = Outcome(status=None)
-UPSTREAM_FAILURES = FAILURE_ANSWERS
 
 
 class Inbound:
@@ -244,7 +243,7 @@ class Forwarder:
             if nxt is None:
                 if response is None:
                     assert outcome.failure is not None
-                    status, reason = UPSTREAM_FAILURES[outcome.failure]
+                    status, reason = FAILURE_ANSWERS[outcome.failure]
                     ex.answer(status, reason, f"{d.route.service}: {ex.detail}")
                 return
             if response is not None:

@@ -142,9 +142,8 @@ def service(
 
 
 def workload(cluster: harness.Cluster, ns: str, name: str, ip: str, account: str) -> None:
-    cluster.create(
-        f"/api/v1/namespaces/{ns}/serviceaccounts", {"metadata": {"name": account}}
-    ) if not _exists(cluster, f"/api/v1/namespaces/{ns}/serviceaccounts/{account}") else None
+    if not _exists(cluster, f"/api/v1/namespaces/{ns}/serviceaccounts/{account}"):
+        cluster.create(f"/api/v1/namespaces/{ns}/serviceaccounts", {"metadata": {"name": account}})
     pod = f"{name}-0"
     cluster.create(
         f"/api/v1/namespaces/{ns}/pods",
@@ -177,6 +176,13 @@ def workload(cluster: harness.Cluster, ns: str, name: str, ip: str, account: str
             ],
         },
     )
+
+
+def shadows_of(cluster: harness.Cluster, mesh_ns: str, count: int) -> list[Any] | None:
+    """The shadow Services in ``mesh_ns`` once there are exactly ``count`` of them."""
+    path = f"/api/v1/namespaces/{mesh_ns}/services?labelSelector=simmesh.io/shadow%3Dtrue"
+    items: list[Any] = cluster.get(path)["items"]
+    return items if len(items) == count else None
 
 
 def _exists(cluster: harness.Cluster, path: str) -> bool:
@@ -229,21 +235,7 @@ def test_objects_in_config_out(apiserver: harness.Cluster, run_controller: Any) 
     db_listener = config["routes"]["ctl-a/db:5432"]["listener"]
     assert 10000 <= db_listener < 11000
 
-    shadows = wait_for(
-        lambda: (
-            apiserver.get(
-                "/api/v1/namespaces/mesh-a/services?labelSelector=simmesh.io/shadow%3Dtrue"
-            )["items"]
-            if len(
-                apiserver.get(
-                    "/api/v1/namespaces/mesh-a/services?labelSelector=simmesh.io/shadow%3Dtrue"
-                )["items"]
-            )
-            == 2
-            else None
-        ),
-        what="two shadow Services",
-    )
+    shadows = wait_for(lambda: shadows_of(apiserver, "mesh-a", 2), what="two shadow Services")
     by_name = {s["metadata"]["name"]: s for s in shadows}
     web_shadow = by_name["web-6d61657368-ctl-a"]["spec"]
     assert web_shadow["internalTrafficPolicy"] == "Local"
@@ -324,17 +316,7 @@ def test_restart_keeps_config_and_port_assignments(
     config = first.config()
     ports = {k: v["listener"] for k, v in config["routes"].items()}
     assert sorted(ports.values()) == [10000, 10001, 10002]
-    wait_for(
-        lambda: (
-            len(
-                apiserver.get(
-                    "/api/v1/namespaces/mesh-c/services?labelSelector=simmesh.io/shadow%3Dtrue"
-                )["items"]
-            )
-            == 3
-        ),
-        what="three shadows",
-    )
+    wait_for(lambda: shadows_of(apiserver, "mesh-c", 3), what="three shadows")
     first.stop()
 
     # Unchanged cluster: a new controller publishes byte-identical config.

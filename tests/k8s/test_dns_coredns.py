@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 
 from mesh.dns import cli
+from tests.dns.corefiles import KUBEADM
 
 try:
     from . import apiserver as k8s_harness
@@ -39,28 +40,6 @@ pytestmark = pytest.mark.k8s
 Cluster = k8s_harness.Cluster
 KS = "kube-system"
 CONTEXT = "simmesh-test"  # the harness's kubeconfig context
-KUBEADM = """\
-.:53 {
-    errors
-    health {
-       lameduck 5s
-    }
-    ready
-    kubernetes cluster.local in-addr.arpa ip6.arpa {
-       pods insecure
-       fallthrough in-addr.arpa ip6.arpa
-       ttl 30
-    }
-    prometheus :9153
-    forward . /etc/resolv.conf {
-       max_concurrent 1000
-    }
-    cache 30
-    loop
-    reload
-    loadbalance
-}
-"""
 K3S = KUBEADM.replace(
     "    loadbalance\n}\n", "    loadbalance\n}\nimport /etc/coredns/custom/*.server\n"
 )

@@ -18,6 +18,7 @@ import pytest
 from mesh.dns import cli
 from mesh.dns import corefile as cf
 from mesh.dns import kubedns as kd
+from tests.dns.corefiles import KUBEADM
 
 try:
     from . import apiserver as k8s_harness
@@ -29,28 +30,6 @@ pytestmark = pytest.mark.k8s
 Cluster = k8s_harness.Cluster
 ROOT = Path(__file__).resolve().parents[2]
 KS = "kube-system"
-KUBEADM = """\
-.:53 {
-    errors
-    health {
-       lameduck 5s
-    }
-    ready
-    kubernetes cluster.local in-addr.arpa ip6.arpa {
-       pods insecure
-       fallthrough in-addr.arpa ip6.arpa
-       ttl 30
-    }
-    prometheus :9153
-    forward . /etc/resolv.conf {
-       max_concurrent 1000
-    }
-    cache 30
-    loop
-    reload
-    loadbalance
-}
-"""
 SHAPES = {
     "kubeadm": KUBEADM,
     "crlf": KUBEADM.replace("\n", "\r\n"),
