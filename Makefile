@@ -77,5 +77,18 @@ kind-up:
 kind-down:
 	bash tools/kind/down.sh
 
+# The image loaded into the cluster, helm install, simmesh prepare, until simmesh check passes.
+# Chart values: make deploy HELM_ARGS='--set acl=true'
+deploy: image kind-up k8s-bins
+	bash tools/kind/deploy.sh $(IMAGE) $(HELM_ARGS)
+
+undeploy:
+	bash tools/kind/undeploy.sh
+
+# End-to-end tests on the kind cluster (tests/cluster); they deploy and undeploy simmesh
+# themselves, in ACL mode. Not part of `make test`.
+test-cluster: setup k8s-bins image kind-up
+	SIMMESH_IMAGE=$(IMAGE) $(BIN)/pytest tests/cluster -v
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .hypothesis out
