@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from tests.cluster import egress
 from tests.cluster import kube as k
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,6 +89,16 @@ def kube() -> k.Kube:
     if client.run("get", "nodes", check=False, timeout=30).returncode != 0:
         _missing(f"the cluster of {kubeconfig} does not answer")
     return client
+
+
+@pytest.fixture(scope="session", autouse=True)
+def egress_before(kube: k.Kube) -> dict[str, int] | None:
+    """The egress guards' drop counters before anything of this session ran."""
+    return egress.snapshot(node_names(kube))
+
+
+def node_names(kube: k.Kube) -> list[str]:
+    return sorted(n["metadata"]["name"] for n in kube.json("get", "nodes")["items"])
 
 
 @pytest.fixture(scope="session")

@@ -219,27 +219,28 @@ def service(
 
 
 def grant(ns: str, name: str, *, destination: str, source: tuple[str, str]) -> list[dict[str, Any]]:
-    """Route objects and a TrafficTarget letting ``source`` (namespace, account) reach the
-    destination account over HTTP (any path and method), TCP and UDP (every port)."""
+    """Route objects (named after the grant) and a TrafficTarget letting ``source`` (namespace,
+    account) reach the destination account over HTTP (any path and method), TCP and UDP."""
     specs = "specs.smi-spec.io/v1alpha4"
     everything = {"matches": [{"name": "all", "pathRegex": ".*", "methods": ["*"]}]}
+    http, tcp, udp = f"{name}-http", f"{name}-tcp", f"{name}-udp"
     return [
         {
             "apiVersion": specs,
             "kind": "HTTPRouteGroup",
-            "metadata": _meta(ns, "all-http"),
+            "metadata": _meta(ns, http),
             "spec": everything,
         },
         {
             "apiVersion": specs,
             "kind": "TCPRoute",
-            "metadata": _meta(ns, "all-tcp"),
+            "metadata": _meta(ns, tcp),
             "spec": {"matches": {"ports": []}},
         },
         {
             "apiVersion": specs,
             "kind": "UDPRoute",
-            "metadata": _meta(ns, "all-udp"),
+            "metadata": _meta(ns, udp),
             "spec": {"matches": {"ports": []}},
         },
         {
@@ -250,9 +251,9 @@ def grant(ns: str, name: str, *, destination: str, source: tuple[str, str]) -> l
                 "destination": {"kind": "ServiceAccount", "name": destination, "namespace": ns},
                 "sources": [{"kind": "ServiceAccount", "name": source[1], "namespace": source[0]}],
                 "rules": [
-                    {"kind": "HTTPRouteGroup", "name": "all-http", "matches": ["all"]},
-                    {"kind": "TCPRoute", "name": "all-tcp"},
-                    {"kind": "UDPRoute", "name": "all-udp"},
+                    {"kind": "HTTPRouteGroup", "name": http, "matches": ["all"]},
+                    {"kind": "TCPRoute", "name": tcp},
+                    {"kind": "UDPRoute", "name": udp},
                 ],
             },
         },

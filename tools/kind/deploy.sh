@@ -17,7 +17,6 @@ shift || true
 SIMMESH=${SIMMESH:-simmesh}
 NAMESPACE=simmesh
 HELM=$(bash "$ROOT/tools/k8s-bins.sh" --print-dir)/helm
-KUBECTL=$(kubectl_bin)
 KIND_BIN=$(bash "$ROOT/tools/kind/kind.sh")
 export KUBECONFIG=$KUBECONFIG_FILE
 
@@ -45,8 +44,8 @@ install() {
 prepare() { "$SIMMESH" prepare --kubeconfig "$KUBECONFIG_FILE" --namespace "$NAMESPACE" >&2; }
 
 wait_check() {
-    local i out
-    for i in $(seq 1 90); do
+    local out
+    for _ in $(seq 1 90); do
         if out=$("$SIMMESH" check --kubeconfig "$KUBECONFIG_FILE" --namespace "$NAMESPACE" 2>&1); then
             echo "$out" >&2
             return 0

@@ -53,8 +53,7 @@ up() {
     log "starting dockerd (log: $DIR/dockerd.log)"
     setsid nohup dockerd --config-file "$DIR/daemon.json" --pidfile "$PIDFILE" \
         >>"$DIR/dockerd.log" 2>&1 </dev/null &
-    local i
-    for i in $(seq 1 60); do
+    for _ in $(seq 1 60); do
         if answers; then log "dockerd $(docker version -f '{{.Server.Version}}') is up"; return 0; fi
         sleep 1
     done
@@ -68,8 +67,7 @@ down() {
     if ! kill -0 "$pid" 2>/dev/null; then rm -f "$PIDFILE"; return 0; fi
     log "stopping dockerd (pid $pid)"
     kill -TERM "$pid"
-    local i
-    for i in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || { log "dockerd stopped"; return 0; }; sleep 1; done
+    for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || { log "dockerd stopped"; return 0; }; sleep 1; done
     die "dockerd (pid $pid) did not stop within 30s"
 }
 

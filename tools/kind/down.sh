@@ -17,7 +17,7 @@ fi
 for ipt in iptables ip6tables; do
     command -v $ipt >/dev/null || continue
     while $ipt -D DOCKER-USER -i br-simmesh ! -o br-simmesh -j SIMMESH-KIND-EGRESS 2>/dev/null; do :; done
-    $ipt -F SIMMESH-KIND-EGRESS 2>/dev/null && $ipt -X SIMMESH-KIND-EGRESS 2>/dev/null || true
+    if $ipt -F SIMMESH-KIND-EGRESS 2>/dev/null; then $ipt -X SIMMESH-KIND-EGRESS 2>/dev/null || true; fi
 done
 rm -f "$KUBECONFIG_FILE"
 log "cluster $CLUSTER_NAME is down"

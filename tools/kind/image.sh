@@ -25,7 +25,7 @@ PIP_TARGET+=(--platform manylinux2014_x86_64 --platform manylinux2010_x86_64 --p
 
 wheels() {
     local hash deps
-    hash=$(cat "$ROOT/pyproject.toml" | sha256sum | cut -c1-12)
+    hash=$(sha256sum <"$ROOT/pyproject.toml" | cut -c1-12)
     deps=$IMAGE_CACHE/deps-$hash
     rm -rf "$WHEELS" && mkdir -p "$WHEELS"
     "$PYTHON" -m pip wheel -q --no-deps --disable-pip-version-check -w "$WHEELS" "$ROOT" \
@@ -35,7 +35,7 @@ wheels() {
         rm -rf "$deps" && mkdir -p "$deps"
         log "downloading the runtime wheels for cp311 manylinux (pip download)"
         "$PYTHON" -m pip download -q --disable-pip-version-check "${PIP_TARGET[@]}" -d "$deps" \
-            "$self[tracing]" pip >"$deps.log" 2>&1 || { cat "$deps.log" >&2; die "pip download failed"; }
+            "${self}[tracing]" pip >"$deps.log" 2>&1 || { cat "$deps.log" >&2; die "pip download failed"; }
         rm -f "$deps"/simmesh-*.whl
         touch "$deps/.complete"
     fi

@@ -63,8 +63,13 @@ capsh_has_sys_resource() {
     (( (16#$bnd >> 24) & 1 ))
 }
 
-# The kind binary and a kubectl for the host: the offline build of the same version.
+# kubectl for the host: the one tools/k8s-bins.sh builds (the cluster's version), built first
+# when missing.
 kubectl_bin() {
     local dir; dir=$(bash "$ROOT/tools/k8s-bins.sh" --print-dir)
-    if [ -x "$dir/kubectl" ]; then echo "$dir/kubectl"; else command -v kubectl; fi
+    if [ ! -x "$dir/kubectl" ]; then
+        log "building kubectl $KUBERNETES_VERSION (tools/k8s-bins.sh kubectl)"
+        bash "$ROOT/tools/k8s-bins.sh" kubectl >&2 || die "could not build kubectl"
+    fi
+    echo "$dir/kubectl"
 }

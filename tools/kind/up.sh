@@ -77,8 +77,7 @@ coredns_without_forward() {
 wait_ready() {
     kubectl wait --for=condition=Ready nodes --all --timeout=180s >/dev/null
     # `kind create --wait` returns before the default ServiceAccount exists
-    local i
-    for i in $(seq 1 120); do
+    for _ in $(seq 1 120); do
         kubectl -n default get serviceaccount default >/dev/null 2>&1 && break
         sleep 1
     done
@@ -101,6 +100,11 @@ main() {
     KUBECTL=$(kubectl_bin)
     if exists; then
         log "cluster $CLUSTER_NAME exists; reusing it"
+        local running
+        running=$(docker inspect -f '{{.Config.Image}}' "$CLUSTER_NAME-control-plane" 2>/dev/null || true)
+        if [ "$MODE" = offline ] && [ "$running" != "$NODE_IMAGE" ]; then
+            log "note: it runs $running; the current node image is $NODE_IMAGE (make kind-down kind-up to use it)"
+        fi
         "$KIND_BIN" export kubeconfig --name "$CLUSTER_NAME" --kubeconfig "$KUBECONFIG_FILE" 2>/dev/null
         [ "$MODE" = stock ] || host_guard
     else
