@@ -79,8 +79,8 @@ def kube() -> k.Kube:
         check=True,
     ).stdout.strip()
     kubectl = Path(bins) / "kubectl"
-    default = Path.home() / ".cache" / "simmesh" / "kind" / "simmesh.kubeconfig"
-    kubeconfig = Path(os.environ.get("SIMMESH_KUBECONFIG", default))
+    cache = Path(os.environ.get("SIMMESH_CACHE", Path.home() / ".cache" / "simmesh"))
+    kubeconfig = Path(os.environ.get("SIMMESH_KUBECONFIG", cache / "kind" / "simmesh.kubeconfig"))
     if not kubectl.exists():
         _missing(f"no kubectl in {bins}")
     if not kubeconfig.exists():

@@ -65,7 +65,9 @@ main() {
     local base; base=$(base_image)
     log "docker build -t $IMAGE (base $base)"
     local t; t=$(date +%s)
-    DOCKER_BUILDKIT=0 docker build -q --build-arg "BASE_IMAGE=$base" -t "$IMAGE" "$ROOT" >/dev/null
+    DOCKER_BUILDKIT=0 docker build -q --force-rm --build-arg "BASE_IMAGE=$base" -t "$IMAGE" "$ROOT" >/dev/null
+    # the image this one replaced, if nothing uses it
+    docker image prune -f --filter label=org.opencontainers.image.title=simmesh >/dev/null
     log "built $IMAGE in $(($(date +%s) - t))s: $(docker image inspect -f '{{.Size}}' "$IMAGE" | awk '{printf "%.0f MB", $1/1e6}')"
     echo "$IMAGE"
 }

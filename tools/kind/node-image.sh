@@ -117,7 +117,7 @@ node_base() {
     chmod -R u+w "$ctx/kind-base"
     for b in kubelet kubeadm kubectl; do install -m 0755 "$BINS/$b" "$ctx/bin/$b"; done
     cp "$NODE_DIR"/simmesh-node-init "$NODE_DIR"/containerd.toml "$NODE_DIR"/default-*.yaml "$ctx/simmesh/"
-    DOCKER_BUILDKIT=0 docker build -q -f "$NODE_DIR/Dockerfile" \
+    DOCKER_BUILDKIT=0 docker build -q --force-rm -f "$NODE_DIR/Dockerfile" \
         --build-arg "ROOTFS_IMAGE=$rootfs_image" --build-arg "KUBERNETES_VERSION=$KUBERNETES_VERSION" \
         --build-arg "PAUSE_TAG=$(cat "$WORK/pause-tag")" -t "$IMAGE-base" "$ctx" >/dev/null
 }
@@ -125,6 +125,7 @@ node_base() {
 preload() {
     local id
     id=$(docker run -d --entrypoint sleep --security-opt seccomp=unconfined "$IMAGE-base" infinity)
+    BUILD_CONTAINER=$id
     docker exec "$id" bash -c 'nohup containerd >/var/log/containerd-build.log 2>&1 &
         for i in $(seq 1 30); do ctr version >/dev/null 2>&1 && exit 0; sleep 1; done; exit 1' ||
         die "containerd did not start in the build container"
@@ -140,11 +141,12 @@ preload() {
     docker exec "$id" bash -c 'pkill containerd; sleep 1; rm -f /var/log/containerd-build.log'
     docker commit "$id" "$IMAGE-preloaded" >/dev/null
     docker rm -f "$id" >/dev/null
+    BUILD_CONTAINER=
     log "  preloaded: $(tr '\n' ' ' <"$WORK/preloaded.list")"
 }
 
 finish() {
-    DOCKER_BUILDKIT=0 docker build -q -t "$IMAGE" - >/dev/null <<DOCKERFILE
+    DOCKER_BUILDKIT=0 docker build -q --force-rm -t "$IMAGE" - >/dev/null <<DOCKERFILE
 FROM $IMAGE-preloaded
 ENV container=docker
 STOPSIGNAL SIGRTMIN+3
@@ -154,6 +156,11 @@ LABEL io.simmesh.kubernetes-version="$KUBERNETES_VERSION" io.simmesh.etcd-versio
       io.simmesh.coredns-version="$COREDNS_VERSION"
 DOCKERFILE
     docker rmi "$IMAGE-preloaded" "$IMAGE-base" >/dev/null
+    # earlier node images (other inputs) that no container uses any more
+    local old
+    for old in $(docker images --format '{{.Repository}}:{{.Tag}}' simmesh.local/kind-node); do
+        [ "$old" = "$IMAGE" ] || docker rmi "$old" >/dev/null 2>&1 || true
+    done
 }
 
 main() {
@@ -163,7 +170,8 @@ main() {
         with_heartbeat bash "$ROOT/tools/k8s-bins.sh" node etcd coredns
     step "kind $KIND_VERSION" bash "$ROOT/tools/kind/kind.sh" >/dev/null
     WORK=$(mktemp -d "$KIND_CACHE/.node-image.XXXXXX")
-    trap 'rm -rf "$WORK"' EXIT
+    BUILD_CONTAINER=
+    trap 'rm -rf "$WORK"; [ -z "$BUILD_CONTAINER" ] || docker rm -f "$BUILD_CONTAINER" >/dev/null' EXIT
     step "component images" component_images
     step "node image base (Dockerfile)" node_base
     step "preload images with ctr" preload
