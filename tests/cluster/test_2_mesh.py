@@ -159,6 +159,23 @@ def test_a_deleted_proxy_pod_comes_back_and_serves(
     k.wait_for("a new proxy pod serving on the node", replaced_and_serving, timeout=180)
     record("proxy pod deleted -> new pod serves again", time.monotonic() - start)
     assert a.call(B_HTTP, count=5)["summary"]["statuses"] == {"200": 5}
+    # the old pod drains for a while; the next tests want one proxy per node again
+    kube.run("wait", "--for=delete", f"pod/{old}", "-n", MESH_NS, "--timeout=90s", timeout=100)
+
+
+def config_diff(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """Which parts of two MeshConfigs differ, for the failure message."""
+    parts = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            inner = sorted(k_ for k_ in set(a) | set(b) if a.get(k_) != b.get(k_))
+            parts.append(f"{key}: {[(k_, a.get(k_), b.get(k_)) for k_ in inner[:3]]}")
+        else:
+            parts.append(f"{key}: {str(a)[:300]} -> {str(b)[:300]}")
+    return "; ".join(parts)
 
 
 def test_controller_restart_loses_no_configuration(
@@ -175,7 +192,13 @@ def test_controller_restart_loses_no_configuration(
         items = kube.json("get", "services", "-n", MESH_NS, "-l", "simmesh.io/shadow")["items"]
         return {s["metadata"]["name"]: s["spec"]["ports"] for s in items}
 
-    before, shadows_before = config(), shadows()
+    def settled() -> dict[str, Any] | None:
+        first = config()
+        time.sleep(2)
+        return first if config() == first else None
+
+    before = k.wait_for("a settled config", settled, timeout=60)
+    shadows_before = shadows()
     assert shadows_before, "no shadow Services"
     deployment = "deployment/simmesh-controller"
     kube.run("scale", "-n", MESH_NS, deployment, "--replicas=0")
@@ -188,7 +211,14 @@ def test_controller_restart_loses_no_configuration(
     start = time.monotonic()
     kube.run("scale", "-n", MESH_NS, deployment, "--replicas=1")
     kube.run("rollout", "status", "-n", MESH_NS, deployment, "--timeout=180s")
-    k.wait_for("the new controller's config", lambda: config() == before, timeout=120)
+
+    def same() -> bool:
+        now = config()
+        if now != before:
+            raise ValueError(config_diff(before, now))
+        return True
+
+    k.wait_for("the new controller's config to equal the old one", same, timeout=120)
     record("controller started again -> same config served", time.monotonic() - start)
     assert served == {"200": 5}
     assert shadows() == shadows_before
