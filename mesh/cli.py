@@ -58,13 +58,13 @@ def _error_text(error: dict[str, str]) -> str:
     return f"{error['kind']} {where}{field}: {error['message']}"
 
 
-def _parse_headers(values: Sequence[str]) -> dict[str, str]:
-    headers: dict[str, str] = {}
+def _parse_headers(values: Sequence[str]) -> list[tuple[str, str]]:
+    headers: list[tuple[str, str]] = []
     for value in values:
         name, sep, text = value.partition(":")
         if not sep or not name.strip():
             raise UsageError(f"-H {value!r}: expected 'Name: value'")
-        headers[name.strip().lower()] = text.strip()
+        headers.append((name.strip(), text.strip()))
     return headers
 
 
@@ -122,6 +122,9 @@ def _explain_text(result: dict[str, Any]) -> str:
         f"  route:    {route['service']} port {route['port']} ({route['protocol']}, "
         f"mesh listener {route['listener']})"
     )
+    sent = result["request"]
+    if sent.get("target") is not None and sent["target"] != sent["path"]:
+        lines.append(f"  path:     {sent['target']} (as sent: {sent['path']})")
     if result["rule"]:
         lines.append(f"  rule:     {result['rule']}")
     if result.get("split"):

@@ -28,6 +28,7 @@ import simpy
 from mesh.core.config import MeshConfig, build_config
 from mesh.core.parse import parse_objects
 from mesh.core.policies import Failure, Outcome, final_status
+from mesh.core.request import Request
 from mesh.core.routing import Decision, Endpoint, Engine, Route, Router
 from mesh.core.topology import build_topology
 from sim.metrics import Recorder
@@ -62,9 +63,8 @@ class _Stream:
     index: int
     cumulative: list[float] = field(default_factory=list)
     route: Route | None = None
-    headers: dict[RequestKind, dict[str, str]] = field(default_factory=dict)
+    requests: dict[RequestKind, Request] = field(default_factory=dict)
     generation: int = -1
-    host_header: str = ""
 
 
 class Simulation:
@@ -135,7 +135,6 @@ class Simulation:
             t = stream.traffic
             stream.route = self.router.find_route(t.host, t.port, t.protocol)
             stream.generation = self.generation
-            stream.host_header = f"{t.host}:{t.port}"
         return stream.route
 
     def _open_loop(self, stream: _Stream) -> Generator[simpy.Event, Any, None]:
@@ -186,10 +185,7 @@ class Simulation:
         if traffic.protocol == "http":
             decision = engine.decide_http(
                 listener=route.listener,
-                host=stream.host_header,
-                method=kind.method,
-                path=kind.path,
-                headers=stream.headers[kind],
+                request=stream.requests[kind],
                 source=traffic.source,
                 now=flight.start,
                 rng=self.rng_route,
@@ -298,7 +294,8 @@ class Simulation:
         env = self.env
         for index, traffic in enumerate(self.scenario.traffic):
             stream = _Stream(traffic, index, list(accumulate(k.weight for k in traffic.mix)))
-            stream.headers = {k: k.header_map for k in traffic.mix}
+            authority = f"{traffic.host}:{traffic.port}"
+            stream.requests = {k: k.request(authority) for k in traffic.mix}
             env.process(self._open_loop(stream) if traffic.rate > 0 else self._closed_loop(stream))
         for event in self.scenario.timeline:
             env.process(self._timeline(event))

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from mesh.core.model import Settings
+from mesh.core.request import BadRequest, Request, parse_request, split_target
 from mesh.manifests import ManifestError, read_manifests, read_settings
 from sim.distributions import DistributionError, Sampler, sampler
 
@@ -53,9 +54,9 @@ class RequestKind:
     weight: float
     headers: tuple[tuple[str, str], ...] = ()
 
-    @property
-    def header_map(self) -> dict[str, str]:
-        return dict(self.headers)
+    def request(self, authority: str) -> Request:
+        """The canonical request (mesh.core.request), as the node proxy would read it."""
+        return parse_request(self.method, self.path, list(self.headers), authority=authority)
 
 
 @dataclass(frozen=True)
@@ -567,6 +568,10 @@ class _Validator:
             path = spec.get("path", default_path)
             if not isinstance(path, str) or not path.startswith("/"):
                 raise self.fail(f"{w}.path", f"expected a path starting with /, got {path!r}")
+            try:
+                split_target(method, path)
+            except BadRequest as exc:
+                raise self.fail(f"{w}.path", f"the proxy answers 400: {exc.detail}") from None
             headers = self.mapping(spec.get("headers"), f"{w}.headers")
             out.append(
                 RequestKind(

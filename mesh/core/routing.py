@@ -37,10 +37,12 @@ from mesh.core.policies import (
     TokenBucket,
     retry_verdict,
 )
+from mesh.core.request import Request
 
 
 class Reason(StrEnum):
     ALLOWED = "allowed"
+    BAD_REQUEST = "bad-request"
     UNKNOWN_LISTENER = "unknown-listener"
     UNKNOWN_HOST = "unknown-host"
     NO_IDENTITY = "no-source-identity"
@@ -52,6 +54,7 @@ class Reason(StrEnum):
 
 
 STATUS = {
+    Reason.BAD_REQUEST: 400,
     Reason.UNKNOWN_LISTENER: 404,
     Reason.UNKNOWN_HOST: 404,
     Reason.NO_IDENTITY: 403,
@@ -132,6 +135,17 @@ class AccessGrant:
         self.ports = frozenset(raw.get("ports") or ())
         self.description = self.describe()
         self.granted = f"granted by {self.description}"
+
+    def admits(self, source: str, request: Request | None) -> bool:
+        """Whether this grant lets ``source`` make the request (None: a TCP/UDP flow). A
+        path match must hold for every reading of the path a backend may take."""
+        if source not in self.sources:
+            return False
+        match = self.match
+        if request is None or match is None:
+            return True
+        method, headers = request.method, request.headers
+        return all(match.matches(method, path, headers) for path in request.readings)
 
     def describe(self) -> str:
         what = f"{self.kind} {self.route}"
@@ -295,11 +309,6 @@ def _norm_host(host: str) -> str:
     return host
 
 
-def _strip_query(path: str) -> str:
-    cut = path.find("?")
-    return path if cut < 0 else path[:cut]
-
-
 class Router:
     """A compiled MeshConfig. Stateless: the same question always gets the same answer."""
 
@@ -372,14 +381,10 @@ class Router:
     # -- access ----------------------------------------------------------------------------
 
     def access(
-        self,
-        cluster: Cluster,
-        source: str | None,
-        method: str | None = None,
-        path: str = "/",
-        headers: Mapping[str, str] | None = None,
+        self, cluster: Cluster, source: str | None, request: Request | None = None
     ) -> Access:
-        """Which endpoints of ``cluster`` this request may reach (all of them outside ACL)."""
+        """Which endpoints of ``cluster`` this request (None: a TCP/UDP flow) may reach; all
+        of them outside ACL mode."""
         if not self.acl:
             return cluster.open_access
         if not cluster.groups:
@@ -394,22 +399,14 @@ class Router:
                 None,
                 (),
             )
-        headers = headers if headers is not None else {}
-        clean = _strip_query(path)
         admitted: list[tuple[EndpointGroup, AccessGrant]] = []
         granted_source = False
         for group in cluster.groups:
             for grant in group.grants:
-                if source not in grant.sources:
-                    continue
-                granted_source = True
-                if (
-                    method is None
-                    or grant.match is None
-                    or grant.match.matches(method, clean, headers)
-                ):
+                if grant.admits(source, request):
                     admitted.append((group, grant))
                     break
+                granted_source = granted_source or source in grant.sources
         if admitted:
             first = admitted[0][1]
             if len(admitted) == 1:
@@ -418,12 +415,12 @@ class Router:
                 endpoints = tuple(e for group, _ in admitted for e in group.endpoints)
             return Access(True, Reason.ALLOWED, first.granted, first.description, endpoints)
         destinations = sorted({str(g.identity) for g in cluster.groups})
-        if granted_source:
+        if granted_source and request is not None:  # no route match admits the request
             return Access(
                 False,
                 Reason.NO_MATCHING_ROUTE,
                 f"{source} has TrafficTargets to {', '.join(destinations)} but none of their "
-                f"route matches admits {method} {clean}",
+                f"route matches admits {request.method} {request.path}",
                 None,
                 (),
             )
@@ -435,6 +432,42 @@ class Router:
             None,
             (),
         )
+
+    def readmits(
+        self,
+        *,
+        cluster: str,
+        endpoint: Endpoint,
+        source_ip: str,
+        request: Request | None = None,
+    ) -> bool:
+        """Whether this config still admits a flow (or upgraded request) that an earlier config
+        admitted: on reload the proxy ends the flows whose grant was revoked.
+
+        The flow is judged by the grants of its endpoint's identity and port in ``cluster``
+        and by its source's current identity. When that cluster, or any endpoint of that
+        identity and port in it, is gone, there is nothing to judge the grant by and the flow
+        is left to end by itself (a removed listener, a pod going away).
+        """
+        if not self.acl:
+            return True
+        compiled = self.clusters.get(cluster)
+        if compiled is None:
+            return True
+        group = next(
+            (
+                g
+                for g in compiled.groups
+                if g.identity == endpoint.identity and g.port == endpoint.port
+            ),
+            None,
+        )
+        if group is None:
+            return True
+        source = self.source_identity(source_ip)
+        if source is None:
+            return False
+        return any(g.admits(source, request) for g in group.grants)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -504,14 +537,13 @@ class Engine:
         self,
         *,
         listener: int,
-        host: str,
-        method: str,
-        path: str,
-        headers: Mapping[str, str],
+        request: Request,
         source: str | None,
         now: float,
         rng: Rng,
     ) -> Decision:
+        """The verdict for one request, read in its canonical form (mesh.core.request)."""
+        host = request.host
         route = self.router.route_http(listener, host)
         if route is None:
             if listener not in self.router.hosts:
@@ -519,9 +551,9 @@ class Engine:
             return Decision(Reason.UNKNOWN_HOST, f"no meshed service answers to Host {host!r}")
         cluster = route.cluster
         split = route.split
-        if split is not None and split.applies(method, _strip_query(path), headers):
+        if split is not None and split.applies(request.method, request.path, request.headers):
             cluster = split.clusters[self._split_pick(route.key, split)]
-        access = self.router.access(cluster, source, method, path, headers)
+        access = self.router.access(cluster, source, request)
         return self._admit(route, cluster, access, now, rng)
 
     def decide_flow(self, *, listener: int, source: str | None, now: float, rng: Rng) -> Decision:

@@ -3,8 +3,10 @@
 Both HTTP front ends (HTTP/1.1 and h2c) turn a request into an :class:`Inbound` and call
 :meth:`Forwarder.exchange`, which does exactly what docs/semantics.md says the core decides:
 
-1. ``engine.decide_http`` with the snapshot the request started on; a denial becomes a local
-   answer (status, reason, detail) and nothing is sent upstream.
+1. The request is read in its canonical form (``mesh.core.request.parse_request``: normalised
+   path, combined headers; 400 when ambiguous), then ``engine.decide_http`` decides on it with
+   the snapshot the request started on; a denial becomes a local answer (status, reason,
+   detail) and nothing is sent upstream. What goes upstream is that canonical request.
 2. Attempts: send to the decided endpoint; every attempt's outcome is reported once with
    ``engine.finish``; after a failed attempt ``engine.retry`` names the next endpoint or
    None. Upstream refused/reset after retries -> 502, timed out -> 504.
@@ -19,11 +21,12 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from mesh.core.policies import FAILURE_ANSWERS, Failure, Outcome
-from mesh.core.routing import Decision, Endpoint, Engine
+from mesh.core.request import BadRequest, Request, parse_request
+from mesh.core.routing import Decision, Endpoint, Engine, Reason
 from mesh.proxy.body import Body, ClientGone
 from mesh.proxy.headers import request_headers
 from mesh.proxy.tracing import Span
@@ -37,32 +40,47 @@ _NEUTRAL = Outcome(status=None)
 
 
 class Inbound:
-    """A request as a front end received it."""
+    """A request as a front end received it; ``request`` is its canonical form, read by
+    :meth:`Forwarder.decide` (mesh.core.request): what is matched is what is sent."""
 
-    __slots__ = ("body", "headers", "host", "items", "listener", "method", "path", "peer", "proto")
+    __slots__ = (
+        "authority",
+        "body",
+        "items",
+        "listener",
+        "method",
+        "peer",
+        "proto",
+        "request",
+        "target",
+    )
 
     def __init__(
         self,
         *,
         listener: int,
         method: str,
-        host: str,
-        path: str,
-        headers: Mapping[str, str],
+        target: str,
         items: Iterable[tuple[str, str]],
         peer: str,
         body: Body,
+        authority: str | None = None,
         proto: str = "http",
     ) -> None:
         self.listener = listener
         self.method = method
-        self.host = host
-        self.path = path
-        self.headers = headers  # case-insensitive lookups (lowercase names)
-        self.items = items  # every header, for forwarding
+        self.target = target  # as received: path and query
+        self.items = items  # every header line as received
+        self.authority = authority  # :authority, or the host of an absolute-form target
         self.peer = peer
         self.body = body
         self.proto = proto
+        self.request: Request | None = None
+
+    @property
+    def host(self) -> str:
+        request = self.request
+        return request.host if request is not None else (self.authority or "")
 
 
 class Exchange:
@@ -127,14 +145,18 @@ class Forwarder:
         snapshot = self.proxy.snapshot
         now = time.monotonic()
         ex = Exchange(snapshot, inbound, now)
+        try:
+            request = inbound.request = parse_request(
+                inbound.method, inbound.target, inbound.items, authority=inbound.authority
+            )
+        except BadRequest as exc:
+            self.metrics.deny("-", "http", Reason.BAD_REQUEST.value)
+            return ex.answer(400, Reason.BAD_REQUEST.value, exc.detail)
         if snapshot is None:
             return ex.answer(503, "no-config", "the proxy has not received a config yet")
         d = ex.decision = snapshot.engine.decide_http(
             listener=inbound.listener,
-            host=inbound.host,
-            method=inbound.method,
-            path=inbound.path,
-            headers=inbound.headers,
+            request=request,
             source=snapshot.router.source_identity(inbound.peer),
             now=now,
             rng=self.rng,
@@ -174,24 +196,22 @@ class Forwarder:
     async def _attempts(self, ex: Exchange, d: Decision) -> None:
         assert d.cluster is not None and d.route is not None and ex.endpoint is not None
         inbound = ex.inbound
+        request = inbound.request
+        assert request is not None
         body = inbound.body
         await body.buffer(self._buffer_limit)
         scheme = d.cluster.scheme
         h2 = scheme == "h2c"
         upstream = self._h2c if h2 else self._http
         span = ex.span = self.proxy.tracer.start(
-            inbound.headers.get("traceparent"),
+            request.replaced.get("traceparent"),
             name=f"{inbound.method} {d.route.service}",
-            attributes={"http.request.method": inbound.method, "server.address": inbound.host},
+            attributes={"http.request.method": inbound.method, "server.address": request.host},
         )
         headers = request_headers(
-            inbound.items,
-            peer=inbound.peer,
-            host=inbound.host,
-            proto=inbound.proto,
-            traceparent=span.traceparent,
-            h2=h2,
+            request, peer=inbound.peer, proto=inbound.proto, traceparent=span.traceparent, h2=h2
         )
+        target = request.target
         server_name = self.proxy.server_name(d.cluster.service) if scheme == "https" else None
         engine = ex.snapshot.engine if ex.snapshot is not None else None
         assert engine is not None
@@ -207,8 +227,8 @@ class Forwarder:
                     ip=endpoint.ip,
                     port=endpoint.port,
                     method=inbound.method,
-                    authority=inbound.host,
-                    path=inbound.path,
+                    authority=request.host,
+                    path=target,
                     headers=headers,
                     body=body,
                     timeout=d.policy.timeout,
@@ -298,7 +318,7 @@ class Forwarder:
             "client": inbound.peer,
             "method": inbound.method,
             "host": inbound.host,
-            "path": inbound.path,
+            "path": inbound.request.target if inbound.request is not None else inbound.target,
             "status": code,
             "reason": ex.reason if failure is None else f"upstream-{failure.value}",
             "service": ex.service,

@@ -163,20 +163,15 @@ class H2ServerProtocol(H2Protocol):
                 pseudo[name] = value
             else:
                 regular.append((name, value))
-        lookup: dict[str, str] = {}
-        for name, value in regular:
-            lookup.setdefault(name, value)
-        host = pseudo.get(":authority") or lookup.get("host", "")
-        length_text = lookup.get("content-length", "")
+        length_text = next((v for n, v in regular if n == "content-length"), "")
         length = int(length_text) if length_text.isdigit() else None
         reader = None if stream.ended else _InboxReader(stream.inbox)
         body = Body(reader, length, chunked=length is None and not stream.ended)
         return Inbound(
             listener=self.listener.port,
             method=pseudo.get(":method", "GET"),
-            host=host,
-            path=pseudo.get(":path", "/"),
-            headers=lookup,
+            target=pseudo.get(":path", "/"),
+            authority=pseudo.get(":authority") or None,
             items=regular,
             peer=self.peer_ip,
             body=body,

@@ -162,16 +162,15 @@ def h1_body(request: BaseRequest, protocol: H1Protocol) -> Body:
     return body
 
 
-def split_target(request: BaseRequest) -> tuple[str, str]:
-    """(Host, path with query), also for absolute-form targets (``GET http://h/p``)."""
-    path = request.raw_path
-    host = request.headers.get("Host", "")
-    if not path.startswith("/") and "://" in path:
-        rest = path.split("://", 1)[1]
+def request_target(request: BaseRequest) -> tuple[str | None, str]:
+    """(authority, target): the authority is set for absolute-form targets
+    (``GET http://h/p``), whose host wins over the Host header (RFC 9112 section 3.2.2)."""
+    target = request.raw_path
+    if not target.startswith("/") and "://" in target:
+        rest = target.split("://", 1)[1]
         authority, slash, tail = rest.partition("/")
-        path = slash + tail if slash else "/"
-        host = host or authority
-    return host, path
+        return authority or None, slash + tail if slash else "/"
+    return None, target
 
 
 def local_response(fw: Forwarder, ex: Exchange, *, close: bool) -> web.Response:

@@ -23,7 +23,14 @@ from aiohttp.web_request import BaseRequest
 from mesh.proxy.forward import Inbound
 from mesh.proxy.h2common import PREFACE
 from mesh.proxy.h2server import H2ServerProtocol
-from mesh.proxy.http1 import H1Protocol, H1Server, h1_body, local_response, relay, split_target
+from mesh.proxy.http1 import (
+    H1Protocol,
+    H1Server,
+    h1_body,
+    local_response,
+    relay,
+    request_target,
+)
 from mesh.proxy.tcp import TcpListener
 from mesh.proxy.tunnel import tunnel
 from mesh.proxy.udp import UdpListener
@@ -158,15 +165,14 @@ class HttpListener:
         proxy = self.proxy
         proxy.inflight += 1
         try:
-            host, path = split_target(request)
+            authority, target = request_target(request)
             headers = request.headers
             inbound = Inbound(
                 listener=self.port,
                 method=request.method,
-                host=host,
-                path=path,
-                headers=headers,
-                items=headers.items(),
+                target=target,
+                authority=authority,
+                items=list(headers.items()),
                 peer=protocol.peer_ip,
                 body=h1_body(request, protocol),
             )

@@ -119,19 +119,18 @@ async def _exchange(
     writer: asyncio.StreamWriter,
     latency: float,
 ) -> web.StreamResponse:
+    canonical = inbound.request
+    assert canonical is not None
     span = ex.span = fw.proxy.tracer.start(
-        inbound.headers.get("traceparent"), name=f"{inbound.method} {ex.service}", attributes={}
+        canonical.replaced.get("traceparent"),
+        name=f"{inbound.method} {ex.service}",
+        attributes={},
     )
-    upgrade = inbound.headers.get("Upgrade", "")
+    upgrade = request.headers.get("Upgrade", "")
     headers = request_headers(
-        inbound.items,
-        peer=inbound.peer,
-        host=inbound.host,
-        proto=inbound.proto,
-        traceparent=span.traceparent,
-        h2=False,
+        canonical, peer=inbound.peer, proto=inbound.proto, traceparent=span.traceparent, h2=False
     )
-    lines = [f"{inbound.method} {inbound.path} HTTP/1.1"]
+    lines = [f"{inbound.method} {canonical.target} HTTP/1.1"]
     lines += [f"{n}: {v}" for n, v in headers]
     lines += ["Connection: Upgrade", f"Upgrade: {upgrade}", "", ""]
     writer.write("\r\n".join(lines).encode("latin-1"))

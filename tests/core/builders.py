@@ -14,6 +14,7 @@ from typing import Any
 from mesh.core.config import MeshConfig, build_config
 from mesh.core.model import Settings
 from mesh.core.parse import parse_objects
+from mesh.core.request import parse_request
 from mesh.core.routing import Decision, Engine, Router
 from mesh.core.topology import build_topology
 
@@ -290,12 +291,10 @@ class Client:
         listener: int = 5000,
         now: float | None = None,
     ) -> Decision:
+        request = parse_request(method, path, list((headers or {}).items()), authority=host)
         return self.engine.decide_http(
             listener=listener,
-            host=host,
-            method=method,
-            path=path,
-            headers=dict(headers or {}),
+            request=request,
             source=source,
             now=self.now if now is None else now,
             rng=self.rng,

@@ -7,6 +7,7 @@ from typing import Any
 
 from mesh.core.model import Settings
 from mesh.core.policies import Failure, Outcome
+from mesh.core.request import parse_request
 from mesh.core.routing import Engine, EngineState, Reason, Router
 from tests.core.builders import (
     Client,
@@ -297,10 +298,7 @@ def test_split_state_survives_a_config_reload() -> None:
     second = Engine(Router(compile_docs(docs)), state)
     kwargs: dict[str, Any] = {
         "listener": 5000,
-        "host": "root.demo.mesh",
-        "method": "GET",
-        "path": "/",
-        "headers": {},
+        "request": parse_request("GET", "/", [], authority="root.demo.mesh"),
         "source": None,
         "now": 0.0,
         "rng": random.Random(0),
