@@ -17,6 +17,7 @@ from typing import Any
 
 from mesh.core.errors import InvalidObject, ObjectError, ObjectRef, describe
 from mesh.core.model import (
+    POD_PHASES,
     EndpointSlice,
     HTTPMatch,
     HTTPRouteGroup,
@@ -254,7 +255,14 @@ def parse_pod(doc: Mapping[str, Any]) -> Pod:
         if ip and ip not in unique:
             unique += (ip,)
     node = _str(spec.get("nodeName"), "spec.nodeName", required=False) or None
-    return Pod(namespace, name, account, unique, node)
+    phase = _str(status.get("phase"), "status.phase", required=False, default="Running")
+    if phase not in POD_PHASES:
+        raise InvalidObject(
+            "status.phase",
+            f"expected one of {', '.join(sorted(POD_PHASES))}, got {describe(phase)}",
+        )
+    host_network = _bool(spec.get("hostNetwork"), "spec.hostNetwork", False)
+    return Pod(namespace, name, account, unique, node, phase, host_network)
 
 
 def parse_node(doc: Mapping[str, Any]) -> Node:
@@ -567,6 +575,7 @@ def parse_settings(raw: Any) -> Settings:
         "acl",
         "watchNamespaces",
         "ignoreNamespaces",
+        "accessAdminNamespaces",
         "httpPorts",
         "tcpPorts",
         "udpPorts",
@@ -602,6 +611,7 @@ def parse_settings(raw: Any) -> Settings:
         acl=_bool(doc.get("acl"), "acl", base.acl),
         watch_namespaces=names("watchNamespaces"),
         ignore_namespaces=names("ignoreNamespaces"),
+        access_admin_namespaces=names("accessAdminNamespaces"),
         http_ports=_port_range(doc.get("httpPorts"), "httpPorts", base.http_ports),
         tcp_ports=_port_range(doc.get("tcpPorts"), "tcpPorts", base.tcp_ports),
         udp_ports=_port_range(doc.get("udpPorts"), "udpPorts", base.udp_ports),
