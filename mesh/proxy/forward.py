@@ -150,7 +150,7 @@ class Forwarder:
                 inbound.method, inbound.target, inbound.items, authority=inbound.authority
             )
         except BadRequest as exc:
-            self.metrics.deny("-", "http", Reason.BAD_REQUEST.value)
+            self.metrics.count("bad_requests", "400")
             return ex.answer(400, Reason.BAD_REQUEST.value, exc.detail)
         if snapshot is None:
             return ex.answer(503, "no-config", "the proxy has not received a config yet")

@@ -97,6 +97,12 @@ COUNTERS = {
         "Listeners that could not be opened",
         ("protocol",),
     ),
+    "revoked": (
+        "simmesh_proxy_revoked_flows",
+        "TCP flows, UDP sessions and WebSocket tunnels ended because a new config no longer "
+        "admits them",
+        ("service", "protocol"),
+    ),
     "bad_requests": (
         "simmesh_proxy_bad_requests",
         "Downstream protocol errors answered by the proxy itself (400, 408, 431)",

@@ -19,7 +19,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 from mesh.core.config import MeshConfig
 from mesh.core.routing import Engine, EngineState, Router
@@ -53,6 +53,20 @@ class Options:
     max_header_size: int = 8190
     upstream_ca: str | None = None
     address_map: AddressMap = field(default_factory=lambda: AddressMap([]))
+
+
+class Flow(Protocol):
+    """A long-lived flow admitted once (TCP connection, UDP session, WebSocket tunnel): a new
+    config that no longer admits it ends it."""
+
+    kind: str  # tcp, udp or websocket
+
+    @property
+    def service(self) -> str: ...
+
+    def readmitted(self, router: Router) -> bool: ...
+
+    def revoke(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +104,7 @@ class Proxy:
         self.listeners = ListenerSet(self)
         self.draining = False
         self.inflight = 0
+        self.flows: set[Flow] = set()  # admitted long-lived flows, judged again on reload
         self.source: dict[str, Any] = {}
         self.admin_port: int | None = None
         self._admin: Any = None
@@ -105,9 +120,22 @@ class Proxy:
         engine = Engine(router, state=self.state)
         self.snapshot = Snapshot(config, router, engine, config.version, time.time())
         self.metrics.count("reloads")
+        self.revoke(router)
         await self.listeners.reconcile(router.listeners)
         log.info("applied config %s (%d listeners)", config.version, len(router.listeners))
         return True
+
+    def revoke(self, router: Router) -> int:
+        """End the flows ``router``'s config no longer admits (a grant was removed, or the
+        source's identity changed); the core judges each (Router.readmits)."""
+        revoked = [flow for flow in self.flows if not flow.readmitted(router)]
+        for flow in revoked:
+            self.flows.discard(flow)
+            self.metrics.count("revoked", flow.service, flow.kind)
+            flow.revoke()
+        if revoked:
+            log.info("ended %d flows that config %s no longer admits", len(revoked), router.version)
+        return len(revoked)
 
     def server_name(self, service: str) -> str | None:
         """The cluster DNS name of ``namespace/name``, checked when HTTPS is verified."""

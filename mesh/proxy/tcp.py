@@ -18,7 +18,7 @@ import time
 from typing import TYPE_CHECKING, Any, cast
 
 from mesh.core.policies import Failure, Outcome
-from mesh.core.routing import Decision, Endpoint
+from mesh.core.routing import Decision, Endpoint, Router
 from mesh.proxy.forward import connect_attempts
 from mesh.proxy.upstream import UpstreamError
 
@@ -91,6 +91,8 @@ class Outbound(asyncio.Protocol):
 class Inbound(asyncio.Protocol):
     """The client side of one flow; owns the flow's bookkeeping."""
 
+    kind = "tcp"
+
     def __init__(self, listener: TcpListener) -> None:
         self.listener = listener
         self.proxy = listener.proxy
@@ -138,6 +140,19 @@ class Inbound(asyncio.Protocol):
             transport.close()
             return
         self._task = asyncio.create_task(self._connect(snapshot, d))
+        self.proxy.flows.add(self)
+
+    def readmitted(self, router: Router) -> bool:
+        d = self.decision
+        endpoint = self.endpoint or (d.endpoint if d is not None else None)
+        if d is None or d.cluster is None or endpoint is None:
+            return True
+        return router.readmits(cluster=d.cluster.key, endpoint=endpoint, source_ip=self.peer_ip)
+
+    def revoke(self) -> None:
+        """A new config no longer admits this flow: reset both sides."""
+        self.reason = "revoked"
+        self.abort()
 
     @property
     def service(self) -> str:
@@ -264,6 +279,7 @@ class Inbound(asyncio.Protocol):
         self._count()
 
     def _count(self) -> None:
+        self.proxy.flows.discard(self)
         if self not in self.listener.flows:
             return
         self.listener.flows.discard(self)

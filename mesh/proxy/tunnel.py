@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp.web_request import BaseRequest
 
 from mesh.core.policies import Failure, Outcome
-from mesh.core.routing import Endpoint
+from mesh.core.routing import Endpoint, Router
 from mesh.proxy.forward import Exchange, Forwarder, Inbound, connect_attempts
 from mesh.proxy.headers import request_headers, response_headers
 from mesh.proxy.http1 import H1Protocol, local_response
@@ -161,6 +161,8 @@ async def _exchange(
     out.force_close()
     sent = 0
     feed = None
+    flow = None
+    flows = fw.proxy.flows
     try:
         await out.prepare(request)
         remaining = None
@@ -172,6 +174,8 @@ async def _exchange(
             assert isinstance(protocol, H1Protocol)
             feed = _Feed(writer, protocol)
             protocol.set_parser(feed)  # type: ignore[arg-type]
+            flow = _Tunnel(inbound, ex, writer, protocol)
+            flows.add(flow)
         while remaining is None or remaining > 0:
             chunk = await reader.read(65536 if remaining is None else min(65536, remaining))
             if not chunk:
@@ -181,14 +185,52 @@ async def _exchange(
             await out.write(chunk)
             sent += len(chunk)
     except (ConnectionError, asyncio.CancelledError) as exc:
+        if flow is not None:
+            flows.discard(flow)
         _count(inbound, feed)
         fw.complete(ex, status=status, sent=sent, client_gone=status != 101)
         if isinstance(exc, asyncio.CancelledError):
             raise
         return out
+    if flow is not None:
+        flows.discard(flow)
     _count(inbound, feed)
     fw.complete(ex, status=status, sent=sent)
     return out
+
+
+class _Tunnel:
+    """An upgraded connection, for the proxy's revocation on reload (``Proxy.revoke``)."""
+
+    kind = "websocket"
+
+    def __init__(
+        self, inbound: Inbound, ex: Exchange, writer: asyncio.StreamWriter, protocol: H1Protocol
+    ) -> None:
+        self.inbound = inbound
+        self.ex = ex
+        self.writer = writer
+        self.protocol = protocol
+
+    @property
+    def service(self) -> str:
+        return self.ex.service
+
+    def readmitted(self, router: Router) -> bool:
+        d, endpoint = self.ex.decision, self.ex.endpoint
+        if d is None or d.cluster is None or endpoint is None:
+            return True
+        return router.readmits(
+            cluster=d.cluster.key,
+            endpoint=endpoint,
+            source_ip=self.inbound.peer,
+            request=self.inbound.request,
+        )
+
+    def revoke(self) -> None:
+        self.writer.transport.abort()
+        if self.protocol.transport is not None:
+            self.protocol.transport.abort()
 
 
 def _count(inbound: Inbound, feed: _Feed | None) -> None:

@@ -15,7 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any, cast
 
 from mesh.core.policies import Failure, Outcome
-from mesh.core.routing import Decision, Endpoint
+from mesh.core.routing import Decision, Endpoint, Router
 from mesh.proxy.forward import connect_attempts
 from mesh.proxy.upstream import UpstreamError
 
@@ -84,6 +84,8 @@ class UdpListener(asyncio.DatagramProtocol):
 
 
 class Session(asyncio.DatagramProtocol):
+    kind = "udp"
+
     def __init__(
         self, listener: UdpListener, client: Address, snapshot: Snapshot, d: Decision
     ) -> None:
@@ -113,6 +115,7 @@ class Session(asyncio.DatagramProtocol):
 
     def start(self, first: bytes) -> None:
         self.proxy.metrics.opened("udp")
+        self.proxy.flows.add(self)
         self.send(first)
         self._task = asyncio.create_task(self._open())
 
@@ -183,10 +186,23 @@ class Session(asyncio.DatagramProtocol):
         else:
             self._schedule()
 
+    def readmitted(self, router: Router) -> bool:
+        d = self.decision
+        endpoint = self.endpoint or d.endpoint
+        if d.cluster is None or endpoint is None:
+            return True
+        return router.readmits(cluster=d.cluster.key, endpoint=endpoint, source_ip=self.client[0])
+
+    def revoke(self) -> None:
+        """A new config no longer admits this session: end it; the client's next datagram
+        is decided again (and dropped)."""
+        self.close()
+
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
+        self.proxy.flows.discard(self)
         if self._timer is not None:
             self._timer.cancel()
         if self.listener.sessions.get(self.client) is self:

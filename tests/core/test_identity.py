@@ -163,3 +163,36 @@ def test_a_bad_phase_is_an_error_on_the_pod() -> None:
         "Pod demo/a-0: status.phase: expected one of Failed, Pending, Running, Succeeded, "
         "Unknown, got 'Sleeping'"
     ]
+
+
+# -- judging admitted flows again (revocation on reload) ----------------------------------------
+
+
+def flow_router(*, granted: bool, acl: bool = True, b_ips: tuple[str, ...] = ("10.2.0.1",)) -> Any:
+    docs = [*app("a", ips=["10.1.0.1"]), *app("b", ips=list(b_ips))]
+    if granted:
+        docs += grant_b("demo", ["a"])
+    return Client(compile_docs(docs, Settings(acl=acl))).router
+
+
+def test_readmits_judges_a_flow_by_its_endpoint_and_current_source() -> None:
+    admitted = flow_router(granted=True)
+    endpoint = admitted.clusters["demo/b:80"].endpoints[0]
+    flow = {"cluster": "demo/b:80", "endpoint": endpoint}
+    assert admitted.readmits(**flow, source_ip="10.1.0.1") is True
+    assert flow_router(granted=False).readmits(**flow, source_ip="10.1.0.1") is False
+    assert admitted.readmits(**flow, source_ip="10.9.9.9") is False  # no identity any more
+    assert flow_router(granted=False, acl=False).readmits(**flow, source_ip="10.9.9.9") is True
+
+
+def test_readmits_leaves_flows_it_cannot_judge_to_end_by_themselves() -> None:
+    endpoint = flow_router(granted=True).clusters["demo/b:80"].endpoints[0]
+    # Every pod of that identity went away (b is now served by another ServiceAccount's pods):
+    # nothing says whether the flow's grant still holds, so it ends with its pod.
+    docs = [*app("a", ips=["10.1.0.1"]), *app("b", sa="b2", ips=["10.2.0.9"])]
+    moved = Client(compile_docs(docs, ACL)).router
+    assert moved.readmits(cluster="demo/b:80", endpoint=endpoint, source_ip="10.1.0.1") is True
+    assert moved.readmits(cluster="demo/gone:80", endpoint=endpoint, source_ip="10.1.0.1")
+    # While pods of that identity remain, the grant is judged: revoked means ended.
+    still = flow_router(granted=False, b_ips=("10.2.0.9",))
+    assert still.readmits(cluster="demo/b:80", endpoint=endpoint, source_ip="10.1.0.1") is False
