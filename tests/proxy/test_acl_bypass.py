@@ -103,10 +103,18 @@ async def mesh(matches: list[dict[str, Any]]) -> AsyncIterator[int]:
         await server.wait_closed()
 
 
-async def h1(port: int, target: str, headers: list[tuple[str, str]] | None = None) -> Any:
+async def h1(
+    port: int,
+    target: str,
+    headers: list[tuple[str, str]] | None = None,
+    *,
+    source: str = CLIENT,
+    method: str = "GET",
+    host: str = HOST,
+) -> Any:
     """One raw HTTP/1.1 request (bytes exactly as given): (status, reason header, JSON)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(CLIENT, 0))
-    lines = [f"GET {target} HTTP/1.1", f"Host: {HOST}", "Connection: close"]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}", "Connection: close"]
     lines += [f"{n}: {v}" for n, v in headers or []]
     writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape"))
     try:
@@ -120,12 +128,20 @@ async def h1(port: int, target: str, headers: list[tuple[str, str]] | None = Non
     return int(status_line.split(" ")[1]), found.get("x-simmesh-reason"), data
 
 
-async def h2c(port: int, target: str, headers: list[tuple[str, str]] | None = None) -> Any:
+async def h2c(
+    port: int,
+    target: str,
+    headers: list[tuple[str, str]] | None = None,
+    *,
+    source: str = CLIENT,
+    method: str = "GET",
+    host: str = HOST,
+) -> Any:
     """One h2c prior-knowledge request: (status, reason header, JSON)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(CLIENT, 0))
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
     conn = h2.connection.H2Connection(h2.config.H2Configuration(header_encoding="utf-8"))
     conn.initiate_connection()
-    pseudo = [(":method", "GET"), (":scheme", "http"), (":authority", HOST), (":path", target)]
+    pseudo = [(":method", method), (":scheme", "http"), (":authority", host), (":path", target)]
     conn.send_headers(1, pseudo + (headers or []), end_stream=True)
     writer.write(conn.data_to_send())
     status, found, body = 0, {}, b""
