@@ -212,6 +212,12 @@ LAZY: dict[str, tuple[str, str, str, str]] = {
         "run_check",
         "preflight: API server, CRDs, DNS, controller, proxies",
     ),
+    "testapp": (
+        "mesh.testapp.main",
+        "add_arguments",
+        "run",
+        "a workload for tests and demos: HTTP echo and /call, TCP and UDP echo",
+    ),
 }
 
 
