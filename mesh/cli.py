@@ -1,7 +1,10 @@
 """The ``simmesh`` command.
 
 Subcommands are thin: they read input, call the core (or start a driver) and print. Exit codes:
-0 success, 1 a check or SLO failed, 2 bad input (with a message naming what is wrong).
+0 success, 1 a check or SLO failed, 2 bad input (with a message naming what is wrong). A bad
+input is answered with one line on stderr, ``simmesh[ <command>]: error: ...``, and no traceback:
+argparse's own errors too (:class:`Parser` leaves out the usage text), and option values are
+checked by the types in :mod:`mesh.argtypes` before anything starts.
 """
 
 from __future__ import annotations
@@ -11,8 +14,8 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
+from typing import Any, NoReturn
+from urllib.parse import SplitResult, urlsplit
 
 import yaml
 
@@ -20,11 +23,19 @@ from mesh.core.config import MeshConfig, build_config
 from mesh.core.explain import explain_flow, explain_http
 from mesh.core.routing import Router
 from mesh.core.topology import build_topology
+from mesh.documents import DocumentError, one_line
 from mesh.manifests import ManifestError, load_state, read_settings
 
 
 class UsageError(Exception):
     """Bad input from the user: printed as ``simmesh: error: ...`` with exit code 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``simmesh explain: error: ...`` and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {one_line(message, 300)}\n")
 
 
 def compile_dir(directory: Path, *, acl: bool | None, strict: bool = True) -> MeshConfig:
@@ -70,9 +81,25 @@ def _parse_headers(values: Sequence[str]) -> dict[str, str]:
 
 def _host_port(text: str, flag: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise UsageError(f"{flag} {text!r}: expected HOST:PORT")
+    if not sep or not host or not port.isascii() or not port.isdigit() or len(port) > 5:
+        raise UsageError(f"{flag} {one_line(text, 80)!r}: expected HOST:PORT")
+    if not 0 < int(port) < 65536:
+        raise UsageError(f"{flag} {one_line(text, 80)!r}: expected HOST:PORT with a port 1..65535")
     return host, int(port)
+
+
+def _url(text: str) -> tuple[SplitResult, int]:
+    expected = f"--url {one_line(text, 80)!r}: expected http://HOST[:PORT]/PATH"
+    try:
+        parts = urlsplit(text)
+        number = parts.port
+    except ValueError as exc:
+        raise UsageError(f"{expected} ({exc})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or number == 0:
+        raise UsageError(expected)
+    if any(c.isspace() or ord(c) < 32 for c in text):
+        raise UsageError(f"{expected} (no spaces or control characters)")
+    return parts, number or (443 if parts.scheme == "https" else 80)
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -82,10 +109,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if source is not None and source.count("/") != 1:
         raise UsageError(f"--from {source!r}: expected NAMESPACE/SERVICEACCOUNT")
     if args.url:
-        parts = urlsplit(args.url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise UsageError(f"--url {args.url!r}: expected http://HOST[:PORT]/PATH")
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        parts, port = _url(args.url)
         path = parts.path or "/"
         if parts.query:
             path += "?" + parts.query
@@ -144,10 +168,10 @@ def _explain_text(result: dict[str, Any]) -> str:
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="simmesh", description="simmesh: a sidecar-free, simulation-first service mesh"
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     p = sub.add_parser("compile", help="print the MeshConfig for a manifests directory")
     p.add_argument("dir")
@@ -226,8 +250,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except (UsageError, ManifestError) as exc:
-        print(f"simmesh: error: {exc}", file=sys.stderr)
+    except (UsageError, ManifestError, DocumentError) as exc:
+        print(f"simmesh: error: {one_line(exc, 1000)}", file=sys.stderr)
         return 2
 
 

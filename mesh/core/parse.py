@@ -553,7 +553,8 @@ def _port_range(raw: Any, path: str, default: PortRange) -> PortRange:
     item = _mapping(raw, path)
     start = item.get("start", default.start)
     size = item.get("size", default.size)
-    return PortRange(_port(start, f"{path}.start"), _int(size, f"{path}.size", low=1, high=10000))
+    first = _port(start, f"{path}.start")
+    return PortRange(first, _int(size, f"{path}.size", low=1, high=min(10000, 65536 - first)))
 
 
 def parse_settings(raw: Any) -> Settings:

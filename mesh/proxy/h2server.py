@@ -168,7 +168,7 @@ class H2ServerProtocol(H2Protocol):
             lookup.setdefault(name, value)
         host = pseudo.get(":authority") or lookup.get("host", "")
         length_text = lookup.get("content-length", "")
-        length = int(length_text) if length_text.isdigit() else None
+        length = int(length_text) if length_text.isascii() and length_text.isdigit() else None
         reader = None if stream.ended else _InboxReader(stream.inbox)
         body = Body(reader, length, chunked=length is None and not stream.ended)
         return Inbound(

@@ -65,7 +65,7 @@ def _parse_head(raw: bytes) -> tuple[int, str, list[tuple[str, str]]]:
     lines = raw.decode("latin-1").split("\r\n")
     version, _, rest = lines[0].partition(" ")
     code, _, reason = rest.partition(" ")
-    if not version.startswith("HTTP/1.") or not code.isdigit():
+    if not version.startswith("HTTP/1.") or not (code.isascii() and code.isdigit()):
         raise UpstreamError(Failure.RESET, f"bad response line {lines[0][:80]!r}")
     headers = []
     for line in lines[1:]:
@@ -167,7 +167,7 @@ async def _exchange(
         remaining = None
         if status != 101:
             length = dict((n.lower(), v) for n, v in upstream_headers).get("content-length", "")
-            remaining = int(length) if length.isdigit() else None
+            remaining = int(length) if length.isascii() and length.isdigit() else None
         else:
             protocol = request.protocol
             assert isinstance(protocol, H1Protocol)

@@ -167,7 +167,7 @@ class H2Response:
         for name, value in self._headers:
             if name == ":status":
                 self.status = int(value)
-            elif name == "content-length" and value.isdigit():
+            elif name == "content-length" and value.isascii() and value.isdigit():
                 self.content_length = int(value)
 
     def header_items(self) -> Iterable[tuple[str, str]]:
