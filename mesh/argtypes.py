@@ -16,10 +16,18 @@ import re
 import socket
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 from urllib.parse import urlsplit
 
 _LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``simmesh explain: error: ...`` and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())[:300]}\n")
 
 
 def _bad(expected: str, text: str) -> argparse.ArgumentTypeError:

@@ -14,11 +14,12 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
 import yaml
 
+from mesh.argtypes import Parser
 from mesh.core.config import MeshConfig, build_config
 from mesh.core.explain import explain_flow, explain_http
 from mesh.core.routing import Router
@@ -29,13 +30,6 @@ from mesh.manifests import ManifestError, load_state, read_settings
 
 class UsageError(Exception):
     """Bad input from the user: printed as ``simmesh: error: ...`` with exit code 2."""
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors: ``simmesh explain: error: ...`` and exit code 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {one_line(message, 300)}\n")
 
 
 def compile_dir(directory: Path, *, acl: bool | None, strict: bool = True) -> MeshConfig:

@@ -121,6 +121,8 @@ class Forwarder:
         self._http = http
         self._h2c = h2c
         self._buffer_limit = proxy.options.buffer_limit
+        self._body_timeout = proxy.options.body_timeout
+        self.upstream_timeout = proxy.options.upstream_timeout  # when the service sets none
 
     def decide(self, inbound: Inbound) -> Exchange:
         """The core's verdict; a denied request comes back answered (``ex.status`` set)."""
@@ -148,6 +150,7 @@ class Forwarder:
         return ex
 
     async def exchange(self, inbound: Inbound) -> Exchange:
+        inbound.body.timeout = self._body_timeout
         ex = self.decide(inbound)
         d = ex.decision
         if ex.status or d is None:
@@ -156,6 +159,10 @@ class Forwarder:
             await self._attempts(ex, d)
         except ClientGone as exc:
             self._abandon(ex)
+            if inbound.body.timed_out:
+                self.metrics.count("client_timeouts", "body")
+                self.metrics.count("bad_requests", "408")
+                return ex.answer(408, "request-body-timeout", str(exc))
             return ex.answer(499, "client-gone", f"the client went away: {exc}")
         except BaseException:
             self._abandon(ex)
@@ -211,7 +218,7 @@ class Forwarder:
                     path=inbound.path,
                     headers=headers,
                     body=body,
-                    timeout=d.policy.timeout,
+                    timeout=self.timeout(d),
                     server_name=server_name,
                 )
                 outcome = Outcome(status=response.status, latency=time.monotonic() - started)
@@ -253,6 +260,11 @@ class Forwarder:
             ex.endpoint = nxt
             ex.attempt_open = True
             tried.append(nxt)
+
+    def timeout(self, d: Decision) -> float:
+        """The per-try timeout: the service's, else ``--upstream-timeout``."""
+        timeout = d.policy.timeout
+        return self.upstream_timeout if timeout is None else timeout
 
     def finish_attempt(self, ex: Exchange, outcome: Outcome) -> None:
         if not ex.attempt_open:

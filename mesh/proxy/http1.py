@@ -94,6 +94,7 @@ class H1Protocol(RequestHandler):
         if self.busy or self.transport is None:
             return
         self.listener.proxy.metrics.count("bad_requests", "408")
+        self.listener.proxy.metrics.count("client_timeouts", "headers")
         self.transport.write(
             b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
         )

@@ -61,8 +61,10 @@ class _Feed:
             self._writer.close()
 
 
-def _parse_head(raw: bytes) -> tuple[int, str, list[tuple[str, str]]]:
+def _parse_head(raw: bytes, limit: int = 100) -> tuple[int, str, list[tuple[str, str]]]:
     lines = raw.decode("latin-1").split("\r\n")
+    if len(lines) > limit + 3:  # the status line and the blank lines at the end
+        raise UpstreamError(Failure.RESET, f"more than {limit} response headers")
     version, _, rest = lines[0].partition(" ")
     code, _, reason = rest.partition(" ")
     if not version.startswith("HTTP/1.") or not (code.isascii() and code.isdigit()):
@@ -135,7 +137,7 @@ async def _exchange(
     lines += [f"{n}: {v}" for n, v in headers]
     lines += ["Connection: Upgrade", f"Upgrade: {upgrade}", "", ""]
     writer.write("\r\n".join(lines).encode("latin-1"))
-    timeout = ex.decision.policy.timeout if ex.decision is not None else None
+    timeout = fw.timeout(ex.decision) if ex.decision is not None else fw.upstream_timeout
     try:
         async with asyncio.timeout(timeout):
             raw = await reader.readuntil(b"\r\n\r\n")
