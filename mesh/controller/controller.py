@@ -208,6 +208,8 @@ class Controller:
         now = time.time()
         self.expire_nodes(now)
         if node not in self.nodes and len(self.nodes) >= self.max_nodes:
+            self.expire_nodes(now, every=0.0)
+        if node not in self.nodes and len(self.nodes) >= self.max_nodes:
             if now - self._full_logged > 60.0:
                 self._full_logged = now
                 log.warning("%d proxies recorded: not recording %s", self.max_nodes, node)

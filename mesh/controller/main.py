@@ -78,7 +78,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--token-file",
-        type=argtypes.existing_file,
         metavar="FILE",
         help="proxy token: polls that name a node must carry it (the chart's Secret)",
     )
