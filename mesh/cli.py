@@ -97,13 +97,19 @@ def _url(text: str) -> tuple[SplitResult, int]:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    config = compile_dir(Path(args.dir), acl=_acl_flag(args))
-    router = Router(config)
     source = args.source
     if source is not None and source.count("/") != 1:
         raise UsageError(f"--from {source!r}: expected NAMESPACE/SERVICEACCOUNT")
+    headers = _parse_headers(args.header)
     if args.url:
-        parts, port = _url(args.url)
+        target = _url(args.url)
+    else:
+        protocol = "tcp" if args.tcp else "udp"
+        flow = _host_port(args.tcp or args.udp, f"--{protocol}")
+    config = compile_dir(Path(args.dir), acl=_acl_flag(args))  # after the arguments: fail fast
+    router = Router(config)
+    if args.url:
+        parts, port = target
         path = parts.path or "/"
         if parts.query:
             path += "?" + parts.query
@@ -113,12 +119,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
             port=port,
             method=args.method.upper(),
             path=path,
-            headers=_parse_headers(args.header),
+            headers=headers,
             source=source,
         )
     else:
-        protocol = "tcp" if args.tcp else "udp"
-        host, port = _host_port(args.tcp or args.udp, f"--{protocol}")
+        host, port = flow
         result = explain_flow(router, host=host, port=port, protocol=protocol, source=source)
     if result is None:
         target = args.url or args.tcp or args.udp

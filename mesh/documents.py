@@ -116,6 +116,14 @@ class _Loader(yaml.SafeLoader):
         finally:
             self._depth -= 1
 
+    def fetch_flow_collection_start(self, TokenClass: Any) -> None:  # noqa: N803
+        # The scanner looks ahead up to 1024 characters at a cost that grows with the flow
+        # level: refusing deep ``[[[[`` here keeps that bounded too.
+        if self.flow_level >= self.limits.max_depth:
+            line = self.line + 1
+            raise _Limit(f"line {line}: nested deeper than {self.limits.max_depth} levels")
+        super().fetch_flow_collection_start(TokenClass)
+
     def construct_yaml_float(self, node: ScalarNode) -> float:
         value = super().construct_yaml_float(node)
         if not math.isfinite(value):

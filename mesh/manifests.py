@@ -38,7 +38,7 @@ def manifest_files(directory: Path) -> list[Path]:
     return sorted(
         p
         for p in directory.rglob("*")
-        if p.is_file()
+        if not p.is_dir()  # FIFOs, sockets, broken links: reported as unreadable, never skipped
         and p.suffix in (".yaml", ".yml", ".json")
         and p.name not in SPECIAL
         and not any(part.startswith(".") for part in p.relative_to(directory).parts)

@@ -96,11 +96,6 @@ def _sets(args: argparse.Namespace) -> list[str]:
 def check_budget(scenario: Scenario, args: argparse.Namespace) -> None:
     """Refuse a run over its budget (ScenarioError), unless --force."""
     cost = estimate(scenario)
-    if math.isinf(cost.requests):
-        raise ScenarioError(
-            "closed-loop traffic with no think time and no latency never lets simulated time "
-            "advance; give thinkTime, a workload latency or proxyLatency"
-        )
     if args.force:
         return
     if cost.requests > args.max_requests:

@@ -329,7 +329,7 @@ class _Validator:
             self.slo(s, f"slos[{i}]", names)
             for i, s in enumerate(self.seq(raw.get("slos"), "slos"))
         ]
-        return Scenario(
+        scenario = Scenario(
             directory=self.directory,
             name=self.name(raw.get("name")),
             description=str(raw.get("description") or "").strip(),
@@ -353,6 +353,13 @@ class _Validator:
             ),
             raw=raw,
         )
+        if math.isinf(estimate(scenario).requests):
+            raise self.fail(
+                "traffic",
+                "closed-loop traffic with no think time and no latency never lets simulated "
+                "time advance; give thinkTime, a workload latency or proxyLatency",
+            )
+        return scenario
 
     def name(self, value: Any) -> str:
         """The scenario's name; it names the output directory, so it is never a path."""

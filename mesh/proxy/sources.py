@@ -34,7 +34,7 @@ from typing import Any
 import aiohttp
 
 from mesh.core.config import MeshConfig
-from mesh.core.configcheck import check_config
+from mesh.core.configcheck import ConfigError, check_config
 from mesh.documents import CONFIG_LIMITS, DocumentError, load_json, load_yaml, read_bytes
 
 log = logging.getLogger("simmesh.proxy")
@@ -49,7 +49,10 @@ def parse_config(data: bytes, *, name: str = "config") -> MeshConfig:
         if not name.endswith((".yaml", ".yml")):
             raise
         doc = load_yaml(data, name=name, limits=CONFIG_LIMITS)
-    check_config(doc)
+    try:
+        check_config(doc)
+    except ConfigError as exc:
+        raise DocumentError(f"{name}: {exc}") from None
     return MeshConfig(doc)
 
 
