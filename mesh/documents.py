@@ -116,7 +116,7 @@ class _Loader(yaml.SafeLoader):
         finally:
             self._depth -= 1
 
-    def fetch_flow_collection_start(self, TokenClass: Any) -> None:  # noqa: N803
+    def fetch_flow_collection_start(self, TokenClass: Any) -> None:
         # The scanner looks ahead up to 1024 characters at a cost that grows with the flow
         # level: refusing deep ``[[[[`` here keeps that bounded too.
         if self.flow_level >= self.limits.max_depth:
