@@ -168,7 +168,9 @@ def _route(value: Any, path: str, clusters: Mapping[str, Any]) -> None:
     _port(item.get("port"), f"{path}.port")
     _choice(item.get("protocol"), f"{path}.protocol", PROTOCOLS)
     _choice(item.get("scheme"), f"{path}.scheme", SCHEMES)
-    if item.get("listener") is not None:
+    if "listener" not in item:
+        raise ConfigError(f"{path}.listener", "expected a port or null, got nothing")
+    if item["listener"] is not None:
         _port(item["listener"], f"{path}.listener")
     _key_in(item.get("cluster"), f"{path}.cluster", clusters, "clusters")
     if item.get("split"):
@@ -187,6 +189,8 @@ def _split(value: Any, path: str, clusters: Mapping[str, Any]) -> None:
         _key_in(entry.get("cluster"), f"{where}.cluster", clusters, "clusters")
 
     _each(item.get("backends"), f"{path}.backends", backend)
+    if not any(b["weight"] > 0 for b in item["backends"]):  # the balancer could pick nothing
+        raise ConfigError(f"{path}.backends", "expected a backend with a positive weight")
     _each(item.get("matches", []), f"{path}.matches", _match)
 
 

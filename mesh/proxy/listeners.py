@@ -168,6 +168,8 @@ class HttpListener:
     async def handle(self, request: BaseRequest) -> web.StreamResponse:
         protocol = request.protocol
         assert isinstance(protocol, H1Protocol)
+        if request.version[0] != 1:  # HTTP/0.9 or 2.0 spelled as text: never answered in kind
+            protocol.refuse_version()
         protocol.request_started()
         proxy = self.proxy
         proxy.inflight += 1

@@ -108,6 +108,9 @@ async def tunnel(
     ex.tries = 1
     try:
         return await _exchange(fw, request, inbound, ex, reader, writer, latency)
+    except Exception:
+        fw.complete(ex, status=500, sent=0)  # never leave the engine's attempt open
+        raise
     finally:
         writer.close()
 
@@ -136,7 +139,8 @@ async def _exchange(
     lines = [f"{inbound.method} {inbound.path} HTTP/1.1"]
     lines += [f"{n}: {v}" for n, v in headers]
     lines += ["Connection: Upgrade", f"Upgrade: {upgrade}", "", ""]
-    writer.write("\r\n".join(lines).encode("latin-1"))
+    # Header values arrive decoded as UTF-8 with surrogate escapes: send back the same bytes.
+    writer.write("\r\n".join(lines).encode("utf-8", "surrogateescape"))
     timeout = fw.timeout(ex.decision) if ex.decision is not None else fw.upstream_timeout
     try:
         async with asyncio.timeout(timeout):
