@@ -353,6 +353,36 @@ def config_cases(valid: dict[str, Any]) -> Iterator[Case]:
                 files={"config.json": json.dumps(doc)},
                 expect=(last,),
             )
+    required = {  # keys the Router reads without a default (found by fuzzing: "listener")
+        f"routes.{route}": ["listener", "cluster", "policy", "service"],
+        f"clusters.{cluster}": ["endpoints", "loadBalancer", "scheme"],
+        "settings": ["acl", "zone"],
+        "": ["listeners", "hosts", "routes", "clusters", "settings", "version"],
+    }
+    for where, keys in required.items():
+        for key in keys:
+            doc = copy.deepcopy(valid)
+            node = doc
+            for step in _steps(where) if where else []:
+                node = node[step]
+            del node[key]
+            yield Case(
+                f"config:no {where}.{key}",
+                "config",
+                files={"config.json": json.dumps(doc)},
+                expect=(key,),
+            )
+    split = copy.deepcopy(valid)
+    for item in split["routes"].values():
+        if item.get("split"):
+            for backend in item["split"]["backends"]:
+                backend["weight"] = 0
+    yield Case(
+        "config:split-all-zero",
+        "config",
+        files={"config.json": json.dumps(split)},
+        expect=("positive weight",),
+    )
     texts: dict[str, str | bytes] = {
         "nan-literal": re.sub(r'"acl": (true|false)', '"acl": NaN', json.dumps(valid), count=1),
         "inf-number": json.dumps(valid).replace(

@@ -149,3 +149,40 @@ def test_issue_examples_as_real_processes(argv: list[str], tmp_path: Path) -> No
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("simmesh"), done.stderr
     assert not any(tmp_path.iterdir()) and not (ROOT / "outside").exists()
+
+
+OBJECT_ERRORS = {
+    "breaker-nan": (
+        "kind: Service\napiVersion: v1\nmetadata: {name: web, namespace: demo, annotations: "
+        "{simmesh.io/circuit-breaker: 'NetworkErrorRatio() > nan'}}\nspec: {ports: [{port: 80}]}\n",
+        "Service demo/web: metadata.annotations[simmesh.io/circuit-breaker]: expected a number",
+    ),
+    "breaker-inf-digits": (
+        "kind: Service\napiVersion: v1\nmetadata: {name: web, namespace: demo, annotations: "
+        "{simmesh.io/circuit-breaker: 'LatencyAtQuantileMS(99) > " + "9" * 400 + "'}}\n"
+        "spec: {ports: [{port: 80}]}\n",
+        "Service demo/web: metadata.annotations[simmesh.io/circuit-breaker]: expected a number",
+    ),
+    "slice-address": (
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: s, namespace: "
+        "demo, labels: {kubernetes.io/service-name: web}}\naddressType: IPv4\n"
+        "endpoints: [{addresses: ['10.244....7.11']}]\n",
+        "EndpointSlice demo/s: endpoints[0].addresses[0]: expected an IPv4 address",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OBJECT_ERRORS))
+def test_bad_objects_are_one_line_warnings_and_left_out(name: str, tmp_path: Path) -> None:
+    """A bad object is not bad input for the command: it is reported (kind, namespace/name,
+    field) and left out, and the config still compiles into one a proxy accepts."""
+    text, warning = OBJECT_ERRORS[name]
+    write(tmp_path, {"web.yaml": text})
+    code, out, err = bounded(lambda: run_cli(["compile", str(tmp_path)]))
+    assert code == 0, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"warning: {warning}"), err
+    config = parse_config(out.encode(), name="compiled")
+    for cluster in config.data["clusters"].values():
+        assert cluster["circuitBreaker"] is None
+        assert all(e["ip"] != "10.244....7.11" for e in cluster["endpoints"])

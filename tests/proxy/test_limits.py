@@ -316,3 +316,30 @@ async def test_connection_limit_refuses_with_one_log_line_and_a_metric(
         await asyncio.sleep(0.2)
         async with session() as client, client.get(url(port, "/ok"), headers=HOST) as resp:
             assert resp.status == 200  # room again
+
+
+# -- what fuzzing found -----------------------------------------------------------------------
+
+
+async def test_http09_and_http2_request_lines_get_505() -> None:
+    async with mesh() as (proxy, port):
+        for request in (b"GET /\r\n\r\n", b"GET / HTTP/2.0\r\nHost: web.demo.mesh\r\n\r\n"):
+            reader, writer = await asyncio.open_connection(LOCAL, port)
+            writer.write(request)
+            answer = await closed_within(reader, 5)
+            writer.close()
+            assert answer.startswith(b"HTTP/1.1 505 "), answer[:80]
+        assert metric(proxy, "simmesh_proxy_bad_requests_total", code="505") == 2
+
+
+async def test_upgrade_with_non_utf8_header_bytes_is_relayed_and_settles() -> None:
+    async with mesh() as (proxy, port):
+        reader, writer = await asyncio.open_connection(LOCAL, port)
+        writer.write(
+            b"GET /echo HTTP/1.1\r\nHost: web.demo.mesh\r\nConnection: Upgrade\r\n"
+            b"Upgrade: w\xd8ebsocket\r\n\r\n"
+        )
+        answer = await closed_within(reader, 5)
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 200 "), answer[:80]  # the echo app does not upgrade
+        assert all(n == 0 for n in proxy.state.inflight.values())
