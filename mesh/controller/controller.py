@@ -8,6 +8,15 @@ long-polling proxies wake up, and the ``on_publish`` hooks run (shadow Services,
 
 Port assignments are stable across rebuilds (the previous config's) and across restarts (the
 assignments read back from the shadow Services before the first build).
+
+Readiness: ready once a config is built and while every supervised task (:meth:`supervise`:
+the providers' watchers, the rebuild loop) runs; a task that ends or dies makes the controller
+unready for good (``/readyz`` 503 with the reason, logged with its traceback), so Kubernetes
+stops sending it proxies and restarts it instead of it serving a config that no longer follows
+the cluster.
+
+Proxies report the version they applied (:meth:`report_node`); an entry expires when its proxy
+has not polled for ``node_ttl`` seconds, and at most ``max_nodes`` are kept.
 """
 
 from __future__ import annotations
@@ -56,12 +65,17 @@ class Controller:
     previous_ports: dict[str, int] = field(default_factory=dict)
     hooks: list[Hook] = field(default_factory=list)  # run after each new config is published
     listeners: list[Callable[[Published], None]] = field(default_factory=list)  # every rebuild
+    node_ttl: float = 120.0  # seconds without a poll before a proxy's entry is dropped
+    max_nodes: int = 10_000
 
     def __post_init__(self) -> None:
         self.current: Published | None = None
         self.nodes: dict[str, NodeStatus] = {}
         self.rebuilds = 0
         self.last_error: str | None = None
+        self.failure: str | None = None  # why a supervised task stopped: unready for good
+        self._full_logged = 0.0
+        self._expired_at = 0.0
         self._poked = asyncio.Event()
         self._published = asyncio.Condition()
         self._built_changes = -1
@@ -76,7 +90,21 @@ class Controller:
 
     @property
     def ready(self) -> bool:
-        return self.current is not None
+        return self.current is not None and self.failure is None
+
+    def supervise(self, task: asyncio.Task[Any], name: str) -> None:
+        """A task that must run as long as the controller does (a watcher, the rebuild loop)."""
+
+        def done(task: asyncio.Task[Any]) -> None:
+            if task.cancelled() or self.closing:
+                return
+            exc = task.exception()
+            reason = f"{name} stopped: {exc!r}" if exc is not None else f"{name} returned"
+            if self.failure is None:
+                self.failure = reason
+            log.error("%s; the controller is not ready any more", reason, exc_info=exc)
+
+        task.add_done_callback(done)
 
     # -- rebuild --------------------------------------------------------------------------
 
@@ -175,8 +203,28 @@ class Controller:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._hook_task
 
-    def report_node(self, node: str, version: str) -> None:
-        self.nodes[node] = NodeStatus(version, time.time())
+    def report_node(self, node: str, version: str) -> bool:
+        """Record that ``node``'s proxy applied ``version``; False when the table is full."""
+        now = time.time()
+        self.expire_nodes(now)
+        if node not in self.nodes and len(self.nodes) >= self.max_nodes:
+            self.expire_nodes(now, every=0.0)
+        if node not in self.nodes and len(self.nodes) >= self.max_nodes:
+            if now - self._full_logged > 60.0:
+                self._full_logged = now
+                log.warning("%d proxies recorded: not recording %s", self.max_nodes, node)
+            return False
+        self.nodes[node] = NodeStatus(version, now)
+        return True
+
+    def expire_nodes(self, now: float | None = None, *, every: float = 1.0) -> None:
+        now = time.time() if now is None else now
+        if now - self._expired_at < every:
+            return
+        self._expired_at = now
+        cutoff = now - self.node_ttl
+        for name in [n for n, status in self.nodes.items() if status.last_seen < cutoff]:
+            del self.nodes[name]
 
     def topology_view(self) -> dict[str, Any]:
         if self.current is None:
