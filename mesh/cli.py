@@ -23,6 +23,7 @@ from mesh.argtypes import Parser
 from mesh.core.config import MeshConfig, build_config
 from mesh.core.explain import explain_flow, explain_http
 from mesh.core.routing import Router
+from mesh.core.schema import Problem
 from mesh.core.topology import build_topology
 from mesh.documents import DocumentError, one_line
 from mesh.manifests import ManifestError, load_state, read_settings
@@ -48,7 +49,7 @@ def _acl_flag(args: argparse.Namespace) -> bool | None:
 
 def cmd_compile(args: argparse.Namespace) -> int:
     config = compile_dir(Path(args.dir), acl=_acl_flag(args))
-    for error in config.data["errors"]:
+    for error in config.errors:
         print(f"warning: {_error_text(error)}", file=sys.stderr)
     if args.output == "yaml":
         sys.stdout.write(yaml.safe_dump(json.loads(config.to_json()), sort_keys=True))
@@ -57,10 +58,10 @@ def cmd_compile(args: argparse.Namespace) -> int:
     return 0
 
 
-def _error_text(error: dict[str, str]) -> str:
-    where = f"{error['namespace']}/{error['name']}" if error["namespace"] else error["name"]
-    field = f": {error['field']}" if error["field"] else ""
-    return f"{error['kind']} {where}{field}: {error['message']}"
+def _error_text(error: Problem) -> str:
+    where = f"{error.namespace}/{error.name}" if error.namespace else error.name
+    field = f": {error.field}" if error.field else ""
+    return f"{error.kind} {where}{field}: {error.message}"
 
 
 def _parse_headers(values: Sequence[str]) -> list[tuple[str, str]]:
@@ -128,7 +129,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if result is None:
         target = args.url or args.tcp or args.udp
         raise UsageError(f"no meshed service answers to {target} (see `simmesh compile`)")
-    result["errors"] = [_error_text(e) for e in config.data["errors"]]
+    result["errors"] = [_error_text(e) for e in config.errors]
     if args.output == "json":
         print(json.dumps(result, indent=2, sort_keys=True))
     else:

@@ -31,6 +31,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from mesh.argtypes import is_dns_subdomain
 from mesh.controller.controller import Controller, Published
+from mesh.core import schema
 
 MAX_WAIT = 300.0
 _VERSION = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -80,7 +81,7 @@ class Metrics:
         current = controller.current
         if current is None:
             return
-        self.errors.set(len(current.config.data["errors"]))
+        self.errors.set(len(current.config.errors))
         self.services.set(len(current.topology.services))
         self.version.clear()
         self.version.labels(current.config.version).set(1)
@@ -165,9 +166,9 @@ def make_app(controller: Controller, *, token: str | None = None) -> web.Applica
                 return web.Response(status=304, headers={"ETag": f'"{version}"'})
             return web.json_response({"error": "no config built yet"}, status=503)
         metrics.polls.labels("200").inc()
-        body = current.config.to_json(indent=None)
+        body = current.body or schema.encode(current.config)
         return web.Response(
-            body=body.encode(),
+            body=body,
             content_type="application/json",
             headers={"ETag": f'"{current.config.version}"'},
         )

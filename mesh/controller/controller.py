@@ -32,7 +32,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from mesh.controller.store import Store
+from mesh.core import schema
 from mesh.core.config import MeshConfig, build_config
 from mesh.core.model import Settings
 from mesh.core.topology import Topology, build_topology
@@ -54,6 +57,7 @@ class Published:
     topology: Topology
     built_at: float
     duration: float
+    body: bytes = b""  # the config's compact JSON, encoded once for every proxy's poll
 
 
 @dataclass
@@ -133,8 +137,8 @@ class Controller:
         if self.current is not None:
             previous.update(self.current.config.port_assignments())
         start = time.perf_counter()
-        topology, config = await asyncio.to_thread(_build, state, self.settings, previous)
-        published = Published(config, topology, time.time(), time.perf_counter() - start)
+        topology, config, body = await asyncio.to_thread(_build, state, self.settings, previous)
+        published = Published(config, topology, time.time(), time.perf_counter() - start, body)
         self._built_changes = changes
         self.rebuilds += 1
         changed = self.current is None or self.current.config.version != config.version
@@ -147,7 +151,7 @@ class Controller:
                 config.version,
                 published.duration,
                 len(topology.services),
-                len(config.data["errors"]),
+                len(config.errors),
             )
             async with self._published:
                 self._published.notify_all()
@@ -272,7 +276,7 @@ class Controller:
                 }
                 for g in topology.grants
             ],
-            "errors": self.current.config.data["errors"],
+            "errors": msgspec.to_builtins(self.current.config.errors),
             "objects": self.store.counts(),
         }
 
@@ -296,14 +300,18 @@ def _load_libc() -> Any:
 _LIBC = _load_libc()
 
 
-def _build(state: Any, settings: Settings, previous: dict[str, int]) -> tuple[Topology, MeshConfig]:
-    """The core's rebuild, with the collector paused: a rebuild allocates millions of small
-    objects that all stay alive, so generational collections during it are pure overhead."""
+def _build(
+    state: Any, settings: Settings, previous: dict[str, int]
+) -> tuple[Topology, MeshConfig, bytes]:
+    """The core's rebuild and its JSON, with the collector paused: a rebuild allocates millions
+    of small objects that all stay alive, so generational collections during it are pure
+    overhead."""
     enabled = gc.isenabled()
     gc.disable()
     try:
         topology = build_topology(state, settings)
-        return topology, build_config(topology, settings, previous)
+        config = build_config(topology, settings, previous)
+        return topology, config, schema.encode(config)
     finally:
         if enabled:
             gc.enable()

@@ -161,7 +161,7 @@ class Proxy:
         if snapshot is None:
             return None
         namespace, _, name = service.partition("/")
-        domain = snapshot.config.data["settings"]["clusterDomain"]
+        domain = snapshot.config.settings.cluster_domain
         return f"{name}.{namespace}.svc.{domain}"
 
     def _live(self) -> dict[str, Any]:
@@ -189,15 +189,15 @@ class Proxy:
         }
         if snapshot is None:
             return out
-        data = snapshot.config.data
+        config = snapshot.config
         out.update(
             version=snapshot.version,
             appliedAt=snapshot.applied_at,
-            acl=bool(data["settings"]["acl"]),
-            services=len({r["service"] for r in data["routes"].values()}),
-            routes=len(data["routes"]),
-            endpoints=sum(len(c["endpoints"]) for c in data["clusters"].values()),
-            errors=len(data.get("errors", [])),
+            acl=config.settings.acl,
+            services=len({r.service for r in config.routes.values()}),
+            routes=len(config.routes),
+            endpoints=sum(len(c.endpoints) for c in config.clusters.values()),
+            errors=len(config.errors),
             listeners=[
                 {"port": port, "protocol": proto, "open": (port, proto) in self.listeners.open}
                 | (

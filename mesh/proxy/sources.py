@@ -14,10 +14,11 @@ last good one keeps serving.
   the proxy keeps serving its last config while the controller is down. With ``--token-file``
   each poll carries ``Authorization: Bearer <token>``; the file is read again after a 401.
 
-Both decode with :func:`parse_config`: the limits of :mod:`mesh.documents` (``CONFIG_LIMITS``:
-size, nesting, no NaN; a controller's answer is read up to that size only) and then
-:func:`mesh.core.configcheck.check_config`, so a document the proxy cannot use is refused as a
-whole, with the field that is wrong, before anything of it is applied.
+Both decode with :func:`parse_config`: the size limit of :mod:`mesh.documents`
+(``CONFIG_LIMITS``; a controller's answer is read up to that size only) and then the
+MeshConfig schema's validating decoder (:func:`mesh.core.schema.decode`: types, ranges,
+references, no NaN), so a document the proxy cannot use is refused as a whole, with the field
+that is wrong, before anything of it is applied.
 """
 
 from __future__ import annotations
@@ -33,27 +34,25 @@ from typing import Any
 
 import aiohttp
 
-from mesh.core.config import MeshConfig
-from mesh.core.configcheck import ConfigError, check_config
-from mesh.documents import CONFIG_LIMITS, DocumentError, load_json, load_yaml, read_bytes
+from mesh.core import schema
+from mesh.core.schema import ConfigError, MeshConfig
+from mesh.documents import CONFIG_LIMITS, DocumentError, load_yaml, read_bytes
 
 log = logging.getLogger("simmesh.proxy")
 Apply = Callable[[MeshConfig], Awaitable[bool]]
 
 
 def parse_config(data: bytes, *, name: str = "config") -> MeshConfig:
-    """A MeshConfig from JSON (or YAML, for ``*.yaml`` files), checked; ValueError if unusable."""
+    """A MeshConfig from JSON (or YAML, for ``*.yaml`` files), checked by its schema;
+    ValueError naming the file and the field when it is unusable."""
+    if len(data) > CONFIG_LIMITS.max_bytes:
+        raise DocumentError(f"{name}: {len(data)} bytes, larger than {CONFIG_LIMITS.max_bytes}")
     try:
-        doc = load_json(data, name=name, limits=CONFIG_LIMITS)
-    except DocumentError:
-        if not name.endswith((".yaml", ".yml")):
-            raise
-        doc = load_yaml(data, name=name, limits=CONFIG_LIMITS)
-    try:
-        check_config(doc)
+        if name.endswith((".yaml", ".yml")):
+            return schema.convert(load_yaml(data, name=name, limits=CONFIG_LIMITS))
+        return schema.decode(data)
     except ConfigError as exc:
         raise DocumentError(f"{name}: {exc}") from None
-    return MeshConfig(doc)
 
 
 def read_token(path: str) -> str:

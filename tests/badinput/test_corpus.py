@@ -29,6 +29,7 @@ from mesh.manifests import read_manifests
 from mesh.proxy.sources import parse_config
 from sim.scenario import ScenarioError, load_scenario
 from tests.badinput.corpus import DIRECTORY, FIFO, ROOT, SPARSE, Case, all_cases
+from tests.core.builders import wire
 
 CASES = all_cases()
 MAX_SECONDS = 5.0  # per input; the slowest take about 0.2 s
@@ -183,6 +184,6 @@ def test_bad_objects_are_one_line_warnings_and_left_out(name: str, tmp_path: Pat
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"warning: {warning}"), err
     config = parse_config(out.encode(), name="compiled")
-    for cluster in config.data["clusters"].values():
+    for cluster in wire(config)["clusters"].values():
         assert cluster["circuitBreaker"] is None
         assert all(e["ip"] != "10.244....7.11" for e in cluster["endpoints"])
