@@ -35,7 +35,10 @@ KEYS = (
     "scheme",
     "retry-attempts",
     "retry-non-idempotent",
+    "retry-backoff",
+    "retry-budget",
     "timeout",
+    "request-timeout",
     "circuit-breaker",
     "circuit-breaker-window",
     "circuit-breaker-open-duration",
@@ -50,7 +53,8 @@ LOAD_BALANCERS = ("round-robin", "least-request")
 @dataclass(frozen=True, slots=True)
 class ServicePolicy:
     retry: RetrySpec | None = None
-    timeout: float | None = None
+    timeout: float | None = None  # per try
+    request_timeout: float | None = None  # the whole request: every try and backoff
     circuit_breaker: CircuitBreakerSpec | None = None
     rate_limit: RateLimitSpec | None = None
     load_balancer: str = "round-robin"
@@ -107,12 +111,13 @@ def _positive_duration(text: str) -> float:
 
 
 def _positive_int(text: str, *, allow_zero: bool) -> int:
-    if not text.strip().isdigit() or (int(text) == 0 and not allow_zero):
+    digits = text.strip()
+    if not (digits.isascii() and digits.isdigit()) or (int(digits) == 0 and not allow_zero):
         floor = "a non-negative" if allow_zero else "a positive"
         raise ValueError(f"expected {floor} integer, got {text!r}")
-    if int(text) > 2**53:
+    if len(digits) > 16 or int(digits) > 2**53:
         raise ValueError(f"expected an integer up to 2**53, got {text[:20]!r}...")
-    return int(text)
+    return int(digits)
 
 
 _TOKEN = re.compile(r"\s*(?:(\d+(?:\.\d+)?)|([A-Za-z]+)|(&&|\|\||>=|<=|==|!=|>|<|\(|\)|,))")
@@ -178,16 +183,30 @@ def _condition(tokens: list[str], i: int) -> tuple[Condition, int]:
     take("(")
     args: list[float] = []
     while i < len(tokens) and tokens[i] != ")":
-        args.append(float(take()))
+        args.append(_number(take()))
         if i < len(tokens) and tokens[i] == ",":
             take(",")
     take(")")
     if len(args) != _ARITY[metric]:
         raise ValueError(f"{metric.value} takes {_ARITY[metric]} arguments, got {len(args)}")
+    if metric is Metric.LATENCY_AT_QUANTILE_MS and not 0 < args[0] <= 100:
+        raise ValueError(f"{metric.value}: expected a percentile in (0, 100], got {args[0]}")
     op = take()
     if op not in (">", ">=", "<", "<=", "==", "!="):
         raise ValueError(f"expected a comparison after {metric.value}(), got {op!r}")
-    return Condition(metric, tuple(args), op, float(take())), i
+    return Condition(metric, tuple(args), op, _number(take())), i
+
+
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+def _number(token: str) -> float:
+    """A decimal number token; words such as ``nan`` or ``inf`` and overflowing digits are not
+    numbers (a NaN threshold would make every comparison false, silently)."""
+    value = float(token) if _NUMBER.fullmatch(token) else math.nan
+    if not math.isfinite(value):
+        raise ValueError(f"expected a number, got {token[:20]!r}")
+    return value
 
 
 def service_options(
@@ -211,7 +230,10 @@ def service_options(
     scheme = read("scheme", _choice(Scheme)) or Scheme.HTTP
     attempts = read("retry-attempts", lambda t: _positive_int(t, allow_zero=True))
     non_idempotent = read("retry-non-idempotent", _boolean)
+    backoff = read("retry-backoff", parse_duration)
+    budget = read("retry-budget", _percent)
     timeout = read("timeout", parse_duration)
+    request_timeout = read("request-timeout", _positive_duration)
     expression = read("circuit-breaker", parse_circuit_breaker_expression)
     window = read("circuit-breaker-window", _positive_duration)
     open_duration = read("circuit-breaker-open-duration", parse_duration)
@@ -231,7 +253,12 @@ def service_options(
 
     retry = None
     if isinstance(attempts, int) and attempts > 0:
-        retry = RetrySpec(attempts=attempts, non_idempotent=bool(non_idempotent))
+        retry = RetrySpec(
+            attempts=attempts,
+            non_idempotent=bool(non_idempotent),
+            backoff=float(backoff) if isinstance(backoff, float) else 0.0,
+            budget=float(budget) if isinstance(budget, float) else None,
+        )
     breaker = None
     if isinstance(expression, tuple):
         breaker = CircuitBreakerSpec(
@@ -256,11 +283,24 @@ def service_options(
     policy = ServicePolicy(
         retry=retry,
         timeout=float(timeout) if isinstance(timeout, float) and timeout > 0 else None,
+        request_timeout=float(request_timeout) if isinstance(request_timeout, float) else None,
         circuit_breaker=breaker,
         rate_limit=rate_limit,
         load_balancer=str(balancer),
     )
     return ServiceOptions(TrafficType(str(traffic)), Scheme(str(scheme)), policy), errors
+
+
+def _percent(text: str) -> float:
+    """A share: ``20%`` or ``0.2``."""
+    raw = text.strip()
+    try:
+        value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+    except ValueError:
+        raise ValueError(f"expected a percentage such as 20%, got {text!r}") from None
+    if not 0 < value <= 1:
+        raise ValueError(f"expected a percentage in (0%, 100%], got {text!r}")
+    return value
 
 
 def _boolean(text: str) -> bool:

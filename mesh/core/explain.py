@@ -8,10 +8,12 @@ shows the endpoint a first request would get.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from mesh.core.config import policy_dict
+import msgspec
+
+from mesh.core.request import BadRequest, parse_request
 from mesh.core.routing import STATUS, Access, Cluster, Decision, Engine, Reason, Route, Router
 
 
@@ -29,38 +31,48 @@ def explain_http(
     port: int,
     method: str,
     path: str,
-    headers: Mapping[str, str],
+    headers: Iterable[tuple[str, str]] | Mapping[str, str],
     source: str | None,
 ) -> dict[str, Any] | None:
+    """``path`` is the request target as sent (with its query); it is read in its canonical
+    form (:mod:`mesh.core.request`), exactly as the proxy reads it."""
     route = router.find_route(host, port, "http")
     if route is None or route.listener is None:
         return None
+    items = list(headers.items()) if isinstance(headers, Mapping) else list(headers)
+    sent = {"method": method, "host": host, "port": port, "path": path}
+    try:
+        authority = host if port == 80 else f"{host}:{port}"  # the Host a client sends
+        request = parse_request(method, path, items, authority=authority)
+    except BadRequest as exc:
+        return _bad_request(route, source, exc, sent)
     split_applies = route.split is not None and route.split.applies(
-        method, path.split("?")[0], headers
+        method, request.path, request.headers
     )
     backends = _backends(route, split_applies)
-    verdicts = [(c, w, router.access(c, source, method, path, headers)) for c, w in backends]
+    verdicts = [(c, w, router.access(c, source, request)) for c, w in backends]
     result = _summarise(route, verdicts, source, split_applies)
     if result["allowed"]:
         decision = Engine(router).decide_http(
-            listener=route.listener,
-            host=f"{host}:{port}",
-            method=method,
-            path=path,
-            headers=headers,
-            source=source,
-            now=0.0,
-            rng=_FirstRng(),
+            listener=route.listener, request=request, source=source, now=0.0, rng=_FirstRng()
         )
         result["endpoint"] = _endpoint(decision.endpoint)
         _refused(result, decision)
-    result["request"] = {
-        "method": method,
-        "host": host,
-        "port": port,
-        "path": path,
-        "headers": dict(headers),
-    }
+    result["request"] = sent | {"target": request.target, "headers": request.headers}
+    return result
+
+
+def _bad_request(
+    route: Route, source: str | None, exc: BadRequest, sent: dict[str, Any]
+) -> dict[str, Any]:
+    result = _summarise(route, [], source, False)
+    result.update(
+        allowed=False,
+        status=STATUS[Reason.BAD_REQUEST],
+        reasonCode=Reason.BAD_REQUEST.value,
+        reason=exc.detail,
+        request=sent,
+    )
     return result
 
 
@@ -99,7 +111,9 @@ def _summarise(
     denied = [(c, a) for c, _, a in weighted if not a.allowed]
     total = sum(w for _, w, _ in weighted)
     allowed = not denied
-    if allowed:
+    if not weighted:
+        reason_code, reason = Reason.BAD_REQUEST, ""
+    elif allowed:
         reason_code = Reason.ALLOWED
         reason = weighted[0][2].detail
         if split_applies and route.split is not None:
@@ -152,7 +166,7 @@ def _summarise(
 
 
 def _policy(route: Route) -> dict[str, Any]:
-    out = policy_dict(route.policy)
+    out: dict[str, Any] = msgspec.to_builtins(route.doc.policy)
     breaker = route.cluster.breaker
     out["circuitBreaker"] = breaker.expression if breaker is not None else None
     out["loadBalancer"] = route.cluster.load_balancer

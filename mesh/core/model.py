@@ -69,6 +69,9 @@ class EndpointSlice:
     endpoints: tuple[SliceEndpoint, ...]
 
 
+POD_PHASES = frozenset({"Pending", "Running", "Succeeded", "Failed", "Unknown"})
+
+
 @dataclass(frozen=True, slots=True)
 class Pod:
     namespace: str
@@ -76,6 +79,12 @@ class Pod:
     service_account: str
     ips: tuple[str, ...]
     node: str | None = None
+    phase: str = "Running"  # status.phase; hand-written manifests without one count as Running
+    host_network: bool = False
+
+    @property
+    def running(self) -> bool:
+        return self.phase == "Running"
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +191,9 @@ class Settings:
     acl: bool = False
     watch_namespaces: tuple[str, ...] = ()  # empty: every namespace
     ignore_namespaces: tuple[str, ...] = ()
+    # TrafficTargets in these namespaces may grant access to ServiceAccounts of any namespace;
+    # elsewhere only to the TrafficTarget's own namespace.
+    access_admin_namespaces: tuple[str, ...] = ()
     http_ports: PortRange = field(default_factory=lambda: PortRange(5000, 10))
     tcp_ports: PortRange = field(default_factory=lambda: PortRange(10000, 1000))
     udp_ports: PortRange = field(default_factory=lambda: PortRange(15000, 1000))

@@ -10,6 +10,7 @@ SMI versions: access v1alpha1-3, specs v1alpha1-4, split v1alpha1-4 (see shared/
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import Any
 
 from mesh.core.errors import InvalidObject, ObjectError, ObjectRef, describe
 from mesh.core.model import (
+    POD_PHASES,
     EndpointSlice,
     HTTPMatch,
     HTTPRouteGroup,
@@ -103,6 +105,16 @@ def _int(value: Any, path: str, *, low: int, high: int) -> int:
 
 def _port(value: Any, path: str) -> int:
     return _int(value, path, low=1, high=65535)
+
+
+def _ip(value: str, family: str, path: str) -> None:
+    """An IPv4 or IPv6 address, as the slice's addressType says."""
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        raise InvalidObject(path, f"expected an {family} address, got {value[:60]!r}") from None
+    if address.version != (4 if family == "IPv4" else 6):
+        raise InvalidObject(path, f"expected an {family} address, got {value!r}")
 
 
 def _bool(value: Any, path: str, default: bool) -> bool:
@@ -227,6 +239,9 @@ def parse_endpoint_slice(doc: Mapping[str, Any]) -> EndpointSlice:
         )
         if not addresses:
             raise InvalidObject(f"{path}.addresses", "expected at least one address")
+        if address_type != "FQDN":
+            for j, address in enumerate(addresses):
+                _ip(address, address_type, f"{path}.addresses[{j}]")
         conditions = _mapping(item.get("conditions"), f"{path}.conditions")
         ready = _bool(conditions.get("ready"), f"{path}.conditions.ready", True)
         ref = _mapping(item.get("targetRef"), f"{path}.targetRef")
@@ -254,7 +269,14 @@ def parse_pod(doc: Mapping[str, Any]) -> Pod:
         if ip and ip not in unique:
             unique += (ip,)
     node = _str(spec.get("nodeName"), "spec.nodeName", required=False) or None
-    return Pod(namespace, name, account, unique, node)
+    phase = _str(status.get("phase"), "status.phase", required=False, default="Running")
+    if phase not in POD_PHASES:
+        raise InvalidObject(
+            "status.phase",
+            f"expected one of {', '.join(sorted(POD_PHASES))}, got {describe(phase)}",
+        )
+    host_network = _bool(spec.get("hostNetwork"), "spec.hostNetwork", False)
+    return Pod(namespace, name, account, unique, node, phase, host_network)
 
 
 def parse_node(doc: Mapping[str, Any]) -> Node:
@@ -553,7 +575,8 @@ def _port_range(raw: Any, path: str, default: PortRange) -> PortRange:
     item = _mapping(raw, path)
     start = item.get("start", default.start)
     size = item.get("size", default.size)
-    return PortRange(_port(start, f"{path}.start"), _int(size, f"{path}.size", low=1, high=10000))
+    first = _port(start, f"{path}.start")
+    return PortRange(first, _int(size, f"{path}.size", low=1, high=min(10000, 65536 - first)))
 
 
 def parse_settings(raw: Any) -> Settings:
@@ -567,6 +590,7 @@ def parse_settings(raw: Any) -> Settings:
         "acl",
         "watchNamespaces",
         "ignoreNamespaces",
+        "accessAdminNamespaces",
         "httpPorts",
         "tcpPorts",
         "udpPorts",
@@ -602,6 +626,7 @@ def parse_settings(raw: Any) -> Settings:
         acl=_bool(doc.get("acl"), "acl", base.acl),
         watch_namespaces=names("watchNamespaces"),
         ignore_namespaces=names("ignoreNamespaces"),
+        access_admin_namespaces=names("accessAdminNamespaces"),
         http_ports=_port_range(doc.get("httpPorts"), "httpPorts", base.http_ports),
         tcp_ports=_port_range(doc.get("tcpPorts"), "tcpPorts", base.tcp_ports),
         udp_ports=_port_range(doc.get("udpPorts"), "udpPorts", base.udp_ports),

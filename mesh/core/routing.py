@@ -5,8 +5,12 @@ request *may* do (:meth:`Router.plan_http`), which is what ``simmesh explain`` p
 :class:`Engine` adds the state a data plane keeps between requests (split and endpoint balancers,
 circuit breakers, rate limiters, in-flight counts) and answers what *this* request does
 (:meth:`Engine.decide_http`, :meth:`Engine.decide_flow`). The proxy feeds it wall-clock ``now``;
-the simulator feeds it simulated ``now``. Both then report each attempt's outcome with
-:meth:`Engine.finish` and ask :meth:`Engine.retry` whether and where to retry.
+the simulator feeds it simulated ``now``. What happens after the decision (attempts, retries,
+timeouts, the final answer) is :mod:`mesh.core.lifecycle`'s, which reports each attempt's
+outcome back here (:meth:`Engine.finish`) and asks where to retry (:meth:`Engine.next_endpoint`).
+:class:`Router` also judges again flows admitted by an earlier config (:meth:`Router.readmits`).
+
+Requests are decided in their canonical form (:mod:`mesh.core.request`).
 
 Order of checks for a request: listener and Host (404) -> split (weighted backend choice for the
 requests its matches select) -> access control in ACL mode (403) -> rate limit (429) -> ready
@@ -19,10 +23,9 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
 
+from mesh.core import schema
 from mesh.core.annotations import ServicePolicy, parse_circuit_breaker_expression
-from mesh.core.config import MeshConfig
 from mesh.core.policies import (
     CircuitBreaker,
     CircuitBreakerSpec,
@@ -35,12 +38,16 @@ from mesh.core.policies import (
     RoundRobin,
     SmoothWeightedRoundRobin,
     TokenBucket,
+    retry_budget_allows,
     retry_verdict,
 )
+from mesh.core.request import Request
+from mesh.core.schema import MeshConfig
 
 
 class Reason(StrEnum):
     ALLOWED = "allowed"
+    BAD_REQUEST = "bad-request"
     UNKNOWN_LISTENER = "unknown-listener"
     UNKNOWN_HOST = "unknown-host"
     NO_IDENTITY = "no-source-identity"
@@ -52,6 +59,7 @@ class Reason(StrEnum):
 
 
 STATUS = {
+    Reason.BAD_REQUEST: 400,
     Reason.UNKNOWN_LISTENER: 404,
     Reason.UNKNOWN_HOST: 404,
     Reason.NO_IDENTITY: 403,
@@ -87,15 +95,13 @@ class Match:
 
     __slots__ = ("headers", "methods", "name", "path")
 
-    def __init__(self, raw: Mapping[str, Any]) -> None:
-        self.name: str = raw["name"]
-        regex = raw.get("pathRegex")
+    def __init__(self, doc: schema.Match) -> None:
+        self.name = doc.name
+        regex = doc.path_regex
         self.path: Callable[[str], object] | None = re.compile(regex).match if regex else None
-        methods = raw.get("methods")
+        methods = doc.methods
         self.methods: frozenset[str] | None = frozenset(methods) if methods is not None else None
-        self.headers = tuple(
-            (k.lower(), re.compile(v).fullmatch) for k, v in raw.get("headers", [])
-        )
+        self.headers = tuple((k.lower(), re.compile(v).fullmatch) for k, v in doc.headers)
 
     def matches(self, method: str, path: str, headers: Mapping[str, str]) -> bool:
         if self.methods is not None and method not in self.methods:
@@ -122,16 +128,27 @@ class AccessGrant:
         "target",
     )
 
-    def __init__(self, raw: Mapping[str, Any]) -> None:
-        self.target: str = raw["target"]
-        self.destination: str = raw["destination"]
-        self.sources = frozenset(raw["sources"])
-        self.kind: str = raw["kind"]
-        self.route: str = raw["route"]
-        self.match = Match(raw["match"]) if raw.get("match") else None
-        self.ports = frozenset(raw.get("ports") or ())
+    def __init__(self, doc: schema.Grant) -> None:
+        self.target = doc.target
+        self.destination = doc.destination
+        self.sources = frozenset(doc.sources)
+        self.kind: str = doc.kind
+        self.route = doc.route
+        self.match = Match(doc.match) if doc.match is not None else None
+        self.ports = frozenset(doc.ports)
         self.description = self.describe()
         self.granted = f"granted by {self.description}"
+
+    def admits(self, source: str, request: Request | None) -> bool:
+        """Whether this grant lets ``source`` make the request (None: a TCP/UDP flow). A
+        path match must hold for every reading of the path a backend may take."""
+        if source not in self.sources:
+            return False
+        match = self.match
+        if request is None or match is None:
+            return True
+        method, headers = request.method, request.headers
+        return all(match.matches(method, path, headers) for path in request.readings)
 
     def describe(self) -> str:
         what = f"{self.kind} {self.route}"
@@ -168,21 +185,19 @@ class Cluster:
         "service",
     )
 
-    def __init__(self, key: str, raw: Mapping[str, Any], acl: bool) -> None:
+    def __init__(self, key: str, doc: schema.Cluster, acl: bool) -> None:
         self.key = key
-        self.service: str = raw["service"]
-        self.port: int = raw["port"]
-        self.protocol: str = raw["protocol"]
-        self.scheme: str = raw["scheme"]
-        self.load_balancer: str = raw["loadBalancer"]
-        self.endpoints = tuple(
-            Endpoint(e["ip"], e["port"], e.get("node"), e.get("identity")) for e in raw["endpoints"]
-        )
-        self.breaker = _breaker_spec(raw.get("circuitBreaker"))
+        self.service = doc.service
+        self.port = doc.port
+        self.protocol: str = doc.protocol
+        self.scheme: str = doc.scheme
+        self.load_balancer: str = doc.load_balancer
+        self.endpoints = tuple(Endpoint(e.ip, e.port, e.node, e.identity) for e in doc.endpoints)
+        self.breaker = _breaker_spec(doc.circuit_breaker)
         self.groups: tuple[EndpointGroup, ...] = ()
         self.open_access: Access
         if acl:
-            self.groups = _groups(self.endpoints, [AccessGrant(g) for g in raw.get("access", [])])
+            self.groups = _groups(self.endpoints, [AccessGrant(g) for g in doc.access or ()])
 
 
 def _groups(endpoints: Sequence[Endpoint], grants: list[AccessGrant]) -> tuple[EndpointGroup, ...]:
@@ -200,28 +215,28 @@ def _groups(endpoints: Sequence[Endpoint], grants: list[AccessGrant]) -> tuple[E
     return tuple(groups)
 
 
-def _breaker_spec(raw: Mapping[str, Any] | None) -> CircuitBreakerSpec | None:
-    if raw is None:
+def _breaker_spec(doc: schema.CircuitBreaker | None) -> CircuitBreakerSpec | None:
+    if doc is None:
         return None
     return CircuitBreakerSpec(
-        expression=raw["expression"],
-        any_of=parse_circuit_breaker_expression(raw["expression"]),
-        window=raw["window"],
-        open_duration=raw["openDuration"],
-        min_requests=raw["minRequests"],
-        check_period=raw["checkPeriod"],
+        expression=doc.expression,
+        any_of=parse_circuit_breaker_expression(doc.expression),
+        window=doc.window,
+        open_duration=doc.open_duration,
+        min_requests=doc.min_requests,
+        check_period=doc.check_period,
     )
 
 
 class Split:
     __slots__ = ("backends", "clusters", "matches", "name", "weights")
 
-    def __init__(self, raw: Mapping[str, Any], clusters: Mapping[str, Cluster]) -> None:
-        self.name: str = raw["name"]
-        self.backends: tuple[str, ...] = tuple(b["service"] for b in raw["backends"])
-        self.weights: tuple[int, ...] = tuple(b["weight"] for b in raw["backends"])
-        self.clusters = tuple(clusters[b["cluster"]] for b in raw["backends"])
-        self.matches = tuple(Match(m) for m in raw.get("matches", []))
+    def __init__(self, doc: schema.Split, clusters: Mapping[str, Cluster]) -> None:
+        self.name = doc.name
+        self.backends: tuple[str, ...] = tuple(b.service for b in doc.backends)
+        self.weights: tuple[int, ...] = tuple(b.weight for b in doc.backends)
+        self.clusters = tuple(clusters[b.cluster] for b in doc.backends)
+        self.matches = tuple(Match(m) for m in doc.matches)
 
     def applies(self, method: str, path: str, headers: Mapping[str, str]) -> bool:
         if not self.matches:
@@ -232,6 +247,7 @@ class Split:
 class Route:
     __slots__ = (
         "cluster",
+        "doc",
         "key",
         "listener",
         "policy",
@@ -242,32 +258,36 @@ class Route:
         "split",
     )
 
-    def __init__(self, key: str, raw: Mapping[str, Any], clusters: Mapping[str, Cluster]) -> None:
+    def __init__(self, key: str, doc: schema.Route, clusters: Mapping[str, Cluster]) -> None:
         self.key = key
-        self.service: str = raw["service"]
-        self.port: int = raw["port"]
-        self.protocol: str = raw["protocol"]
-        self.scheme: str = raw["scheme"]
-        self.listener: int | None = raw["listener"]
-        self.cluster = clusters[raw["cluster"]]
-        self.split = Split(raw["split"], clusters) if raw.get("split") else None
-        self.policy = _policy(raw["policy"], self.cluster.breaker)
+        self.doc = doc
+        self.service = doc.service
+        self.port = doc.port
+        self.protocol: str = doc.protocol
+        self.scheme: str = doc.scheme
+        self.listener = doc.listener
+        self.cluster = clusters[doc.cluster]
+        self.split = Split(doc.split, clusters) if doc.split is not None else None
+        self.policy = _policy(doc.policy, self.cluster.breaker)
 
 
-def _policy(raw: Mapping[str, Any], breaker: CircuitBreakerSpec | None) -> ServicePolicy:
-    retry = raw.get("retry")
-    limit = raw.get("rateLimit")
+def _policy(doc: schema.Policy, breaker: CircuitBreakerSpec | None) -> ServicePolicy:
+    retry = doc.retry
+    limit = doc.rate_limit
     return ServicePolicy(
         retry=None
         if retry is None
         else RetrySpec(
-            attempts=retry["attempts"],
-            non_idempotent=retry["nonIdempotent"],
-            on_statuses=tuple(retry["onStatuses"]),
+            attempts=retry.attempts,
+            non_idempotent=retry.non_idempotent,
+            on_statuses=tuple(retry.on_statuses),
+            backoff=retry.backoff,
+            budget=retry.budget,
         ),
-        timeout=raw.get("timeout"),
+        timeout=doc.timeout,
+        request_timeout=doc.request_timeout,
         circuit_breaker=breaker,
-        rate_limit=None if limit is None else RateLimitSpec(limit["average"], limit["burst"]),
+        rate_limit=None if limit is None else RateLimitSpec(limit.average, limit.burst),
     )
 
 
@@ -295,21 +315,15 @@ def _norm_host(host: str) -> str:
     return host
 
 
-def _strip_query(path: str) -> str:
-    cut = path.find("?")
-    return path if cut < 0 else path[:cut]
-
-
 class Router:
     """A compiled MeshConfig. Stateless: the same question always gets the same answer."""
 
     def __init__(self, config: MeshConfig) -> None:
-        data = config.data
         self.config = config
         self.version = config.version
-        self.acl: bool = bool(data["settings"]["acl"])
-        self.identities: dict[str, str] = dict(data.get("identities", {}))
-        self.clusters = {k: Cluster(k, v, self.acl) for k, v in data["clusters"].items()}
+        self.acl = config.settings.acl
+        self.identities: dict[str, str] = dict(config.identities)
+        self.clusters = {k: Cluster(k, v, self.acl) for k, v in config.clusters.items()}
         for cluster in self.clusters.values():
             cluster.open_access = Access(
                 True,
@@ -318,18 +332,18 @@ class Router:
                 None,
                 cluster.endpoints,
             )
-        self.routes = {k: Route(k, v, self.clusters) for k, v in data["routes"].items()}
+        self.routes = {k: Route(k, v, self.clusters) for k, v in config.routes.items()}
         self.hosts: dict[int, dict[str, Route]] = {
             int(listener): {h: self.routes[r] for h, r in table.items() if r in self.routes}
-            for listener, table in data["hosts"].items()
+            for listener, table in config.hosts.items()
         }
         self.flows: dict[int, Route] = {
-            item["port"]: self.routes[item["route"]]
-            for item in data["listeners"]
-            if item["protocol"] != "http"
+            item.port: self.routes[item.route]
+            for item in config.listeners
+            if item.protocol != "http" and item.route is not None
         }
         self.listeners: tuple[tuple[int, str], ...] = tuple(
-            (item["port"], item["protocol"]) for item in data["listeners"]
+            (item.port, item.protocol) for item in config.listeners
         )
 
     # -- lookups ---------------------------------------------------------------------------
@@ -361,8 +375,8 @@ class Router:
         for table in self.hosts.values():
             names.update(h for h, r in table.items() if r.service == route.service)
         namespace, _, name = route.service.partition("/")
-        zone = self.config.data["settings"]["zone"]
-        domain = self.config.data["settings"]["clusterDomain"]
+        zone = self.config.settings.zone
+        domain = self.config.settings.cluster_domain
         names.update({f"{name}.{namespace}.{zone}", f"{name}.{namespace}.svc.{domain}"})
         return names
 
@@ -372,14 +386,10 @@ class Router:
     # -- access ----------------------------------------------------------------------------
 
     def access(
-        self,
-        cluster: Cluster,
-        source: str | None,
-        method: str | None = None,
-        path: str = "/",
-        headers: Mapping[str, str] | None = None,
+        self, cluster: Cluster, source: str | None, request: Request | None = None
     ) -> Access:
-        """Which endpoints of ``cluster`` this request may reach (all of them outside ACL)."""
+        """Which endpoints of ``cluster`` this request (None: a TCP/UDP flow) may reach; all
+        of them outside ACL mode."""
         if not self.acl:
             return cluster.open_access
         if not cluster.groups:
@@ -394,22 +404,14 @@ class Router:
                 None,
                 (),
             )
-        headers = headers if headers is not None else {}
-        clean = _strip_query(path)
         admitted: list[tuple[EndpointGroup, AccessGrant]] = []
         granted_source = False
         for group in cluster.groups:
             for grant in group.grants:
-                if source not in grant.sources:
-                    continue
-                granted_source = True
-                if (
-                    method is None
-                    or grant.match is None
-                    or grant.match.matches(method, clean, headers)
-                ):
+                if grant.admits(source, request):
                     admitted.append((group, grant))
                     break
+                granted_source = granted_source or source in grant.sources
         if admitted:
             first = admitted[0][1]
             if len(admitted) == 1:
@@ -418,12 +420,12 @@ class Router:
                 endpoints = tuple(e for group, _ in admitted for e in group.endpoints)
             return Access(True, Reason.ALLOWED, first.granted, first.description, endpoints)
         destinations = sorted({str(g.identity) for g in cluster.groups})
-        if granted_source:
+        if granted_source and request is not None:  # no route match admits the request
             return Access(
                 False,
                 Reason.NO_MATCHING_ROUTE,
                 f"{source} has TrafficTargets to {', '.join(destinations)} but none of their "
-                f"route matches admits {method} {clean}",
+                f"route matches admits {request.method} {request.path}",
                 None,
                 (),
             )
@@ -435,6 +437,42 @@ class Router:
             None,
             (),
         )
+
+    def readmits(
+        self,
+        *,
+        cluster: str,
+        endpoint: Endpoint,
+        source_ip: str,
+        request: Request | None = None,
+    ) -> bool:
+        """Whether this config still admits a flow (or upgraded request) that an earlier config
+        admitted: on reload the proxy ends the flows whose grant was revoked.
+
+        The flow is judged by the grants of its endpoint's identity and port in ``cluster``
+        and by its source's current identity. When that cluster, or any endpoint of that
+        identity and port in it, is gone, there is nothing to judge the grant by and the flow
+        is left to end by itself (a removed listener, a pod going away).
+        """
+        if not self.acl:
+            return True
+        compiled = self.clusters.get(cluster)
+        if compiled is None:
+            return True
+        group = next(
+            (
+                g
+                for g in compiled.groups
+                if g.identity == endpoint.identity and g.port == endpoint.port
+            ),
+            None,
+        )
+        if group is None:
+            return True
+        source = self.source_identity(source_ip)
+        if source is None:
+            return False
+        return any(g.admits(source, request) for g in group.grants)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -493,6 +531,8 @@ class EngineState:
         self.limiters: dict[str, TokenBucket] = {}
         self.inflight: dict[str, int] = {}
         self.tripped: dict[str, int] = {}  # service -> breakers not closed
+        self.active: dict[str, int] = {}  # route -> requests in their lifecycle
+        self.retrying: dict[str, int] = {}  # route -> of those, requests that retried
 
 
 class Engine:
@@ -504,14 +544,13 @@ class Engine:
         self,
         *,
         listener: int,
-        host: str,
-        method: str,
-        path: str,
-        headers: Mapping[str, str],
+        request: Request,
         source: str | None,
         now: float,
         rng: Rng,
     ) -> Decision:
+        """The verdict for one request, read in its canonical form (mesh.core.request)."""
+        host = request.host
         route = self.router.route_http(listener, host)
         if route is None:
             if listener not in self.router.hosts:
@@ -519,9 +558,9 @@ class Engine:
             return Decision(Reason.UNKNOWN_HOST, f"no meshed service answers to Host {host!r}")
         cluster = route.cluster
         split = route.split
-        if split is not None and split.applies(method, _strip_query(path), headers):
+        if split is not None and split.applies(request.method, request.path, request.headers):
             cluster = split.clusters[self._split_pick(route.key, split)]
-        access = self.router.access(cluster, source, method, path, headers)
+        access = self.router.access(cluster, source, request)
         return self._admit(route, cluster, access, now, rng)
 
     def decide_flow(self, *, listener: int, source: str | None, now: float, rng: Rng) -> Decision:
@@ -651,19 +690,10 @@ class Engine:
                 if was_closed != (breaker.state is CircuitState.CLOSED):
                     self._count_tripped(cluster.service, 1 if was_closed else -1)
 
-    def retry(
-        self,
-        decision: Decision,
-        *,
-        tries: int,
-        tried: Sequence[Endpoint],
-        method: str,
-        replayable: bool,
-        outcome: Outcome,
-        now: float,
-        rng: Rng,
-    ) -> Endpoint | None:
-        """The endpoint for the next attempt, or None when the request must not be retried."""
+    def may_retry(
+        self, decision: Decision, *, tries: int, method: str, replayable: bool, outcome: Outcome
+    ) -> bool:
+        """Whether the policy retries after ``tries`` attempts ending in ``outcome``."""
         why = retry_verdict(
             decision.policy.retry,
             tries=tries,
@@ -671,6 +701,37 @@ class Engine:
             replayable=replayable,
             outcome=outcome,
         )
-        if why is None or decision.cluster is None:
-            return None
+        return why is not None and decision.cluster is not None
+
+    def next_endpoint(
+        self, decision: Decision, *, tried: Sequence[Endpoint], now: float, rng: Rng
+    ) -> Endpoint | None:
+        """The endpoint for a retry, preferring one not tried yet; None when every candidate
+        is ejected by its circuit breaker."""
+        assert decision.cluster is not None
         return self._pick(decision.cluster, decision.candidates, tried, now, rng)
+
+    # -- request accounting (for retry budgets), called by mesh.core.lifecycle ------------------
+
+    def request_started(self, decision: Decision) -> None:
+        key = decision.route.key if decision.route is not None else ""
+        self.state.active[key] = self.state.active.get(key, 0) + 1
+
+    def request_ended(self, decision: Decision, *, retried: bool) -> None:
+        key = decision.route.key if decision.route is not None else ""
+        state = self.state
+        state.active[key] = max(0, state.active.get(key, 1) - 1)
+        if retried:
+            state.retrying[key] = max(0, state.retrying.get(key, 1) - 1)
+
+    def retry_budget_allows(self, decision: Decision) -> bool:
+        key = decision.route.key if decision.route is not None else ""
+        return retry_budget_allows(
+            decision.policy.retry,
+            active=self.state.active.get(key, 0),
+            retrying=self.state.retrying.get(key, 0),
+        )
+
+    def retry_started(self, decision: Decision) -> None:
+        key = decision.route.key if decision.route is not None else ""
+        self.state.retrying[key] = self.state.retrying.get(key, 0) + 1

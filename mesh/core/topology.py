@@ -91,7 +91,7 @@ class Topology:
 
 def build_topology(state: ClusterState, settings: Settings) -> Topology:
     topology = Topology(errors=list(state.errors))
-    pods_by_name, topology.identities = _pod_index(state)
+    pods_by_name, topology.identities = _pod_index(state, topology.errors)
     slices = _slices_by_service(state)
     for key in sorted(state.services):
         service = state.services[key]
@@ -101,7 +101,7 @@ def build_topology(state: ClusterState, settings: Settings) -> Topology:
         topology.services[key] = built
     for key in sorted(state.traffic_targets):
         target = state.traffic_targets[key]
-        if settings.watches(target.namespace):
+        if settings.watches(target.namespace) and _may_grant(target, settings, topology.errors):
             topology.grants.extend(_grants(target, state, topology.errors))
     claimed: dict[str, str] = {}
     for key in sorted(state.traffic_splits):
@@ -122,20 +122,45 @@ def _meshed(service: Service, settings: Settings) -> bool:
     return settings.watches(service.namespace)
 
 
-def _pod_index(state: ClusterState) -> tuple[dict[str, str], dict[str, str]]:
+def _pod_index(
+    state: ClusterState, errors: list[ObjectError]
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Identities by pod (for EndpointSlice targetRefs) and by source IP.
+
+    Only running pods have an identity: a finished pod's IP may already belong to another pod.
+    By IP, only pod-network pods: a host-network pod's IP is its node's, shared by everything
+    on the node. Two running pods of different identities on one IP (stale data, a recycled
+    IP) give that IP no identity, with an error on each pod.
+    """
     by_name: dict[str, str] = {}
-    by_ip: dict[str, str] = {}
-    ambiguous: set[str] = set()
+    claims: dict[str, dict[str, list[str]]] = {}  # ip -> identity -> pod keys
     for key in sorted(state.pods):
         pod = state.pods[key]
+        if not pod.running:
+            continue
         identity = f"{pod.namespace}/{pod.service_account}"
         by_name[key] = identity
+        if pod.host_network:
+            continue
         for ip in pod.ips:
-            if by_ip.get(ip, identity) != identity:
-                ambiguous.add(ip)  # host-network pods share the node's IP: no identity
-            by_ip[ip] = identity
-    for ip in ambiguous:
-        del by_ip[ip]
+            claims.setdefault(ip, {}).setdefault(identity, []).append(key)
+    by_ip: dict[str, str] = {}
+    for ip, identities in claims.items():
+        if len(identities) == 1:
+            by_ip[ip] = next(iter(identities))
+            continue
+        owners = sorted(f"Pod {k} ({i})" for i, keys in identities.items() for k in keys)
+        for keys in identities.values():
+            for key in keys:
+                namespace, _, name = key.partition("/")
+                errors.append(
+                    ObjectError(
+                        ObjectRef("Pod", namespace, name),
+                        "status.podIPs",
+                        f"{ip} is claimed by running pods of different ServiceAccounts: "
+                        f"{', '.join(owners)}; traffic from it has no identity",
+                    )
+                )
     return by_name, by_ip
 
 
@@ -193,6 +218,24 @@ def _endpoints(
                 who = identity if identity is not None else identities.get(ip)
                 found[(ip, number)] = TopoEndpoint(ip, number, endpoint.node, who)
     return tuple(found[k] for k in sorted(found))
+
+
+def _may_grant(target: TrafficTarget, settings: Settings, errors: list[ObjectError]) -> bool:
+    """A namespace's owners grant access to its ServiceAccounts: a TrafficTarget elsewhere
+    granting it would let anyone who can create one in any namespace in."""
+    destination = target.destination.namespace
+    if destination == target.namespace or target.namespace in settings.access_admin_namespaces:
+        return True
+    errors.append(
+        ObjectError(
+            ObjectRef("TrafficTarget", target.namespace, target.name),
+            "spec.destination.namespace",
+            f"a TrafficTarget may only grant access to ServiceAccounts of its own namespace "
+            f"({target.namespace}), not {destination}; it grants nothing (create it in "
+            f"{destination}, or list {target.namespace} in accessAdminNamespaces)",
+        )
+    )
+    return False
 
 
 def _grants(target: TrafficTarget, state: ClusterState, errors: list[ObjectError]) -> list[Grant]:

@@ -1,33 +1,19 @@
 """Header rewriting for one proxied hop.
 
-Hop-by-hop headers (RFC 9110 section 7.6.1) describe one connection, so they are dropped in
-both directions: the fixed set below plus every name a ``Connection`` header lists. ``TE:
-trailers`` is the one exception, kept towards HTTP/2 upstreams because gRPC needs it.
-Towards the upstream the proxy appends the client to ``X-Forwarded-For``, sets
-``X-Forwarded-Proto``/``-Host`` and replaces ``traceparent`` with its own hop's.
+Hop-by-hop headers (RFC 9110 section 7.6.1, the core's ``HOP_BY_HOP``) describe one
+connection, so they are dropped in both directions, with every name a ``Connection`` header
+lists. Requests were read into their canonical form by the core (mesh.core.request), which
+already dropped them: upstream goes exactly what access control matched, plus what this proxy
+sets. ``TE: trailers`` is kept towards HTTP/2 upstreams because gRPC needs it. Towards the
+upstream the proxy appends the client to ``X-Forwarded-For``, sets ``X-Forwarded-Proto``/
+``-Host`` and replaces ``traceparent`` with its own hop's.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "transfer-encoding",
-        "te",
-        "trailer",
-        "upgrade",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "http2-settings",
-    }
-)
-# Replaced by the proxy, or answered by it (Expect: 100-continue is answered downstream).
-_REPLACED = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "traceparent"})
-_DROP_UP = HOP_BY_HOP | _REPLACED | {"expect"}
+from mesh.core.request import HOP_BY_HOP, PROXY_SET, Request
 
 Items = Iterable[tuple[str, str]]
 
@@ -42,29 +28,24 @@ def connection_tokens(items: Items) -> frozenset[str]:
 
 
 def request_headers(
-    items: Items, *, peer: str, host: str, proto: str, traceparent: str, h2: bool
+    request: Request, *, peer: str, proto: str, traceparent: str, h2: bool
 ) -> list[tuple[str, str]]:
-    """The headers sent upstream. For HTTP/2 names are lowercased and Host is left out
-    (it travels as ``:authority``)."""
-    pairs = list(items)
-    listed = connection_tokens(pairs)
+    """The headers sent upstream: the canonical request's end-to-end headers (hop-by-hop ones
+    are already gone, duplicates combined: exactly what access control read), less the ones
+    this proxy sets. For HTTP/2 names are lowercased and Host is left out (it travels as
+    ``:authority``)."""
     out: list[tuple[str, str]] = []
-    forwarded_for = ""
-    for name, value in pairs:
+    for name, value in request.items:
         low = name.lower()
-        if low in _DROP_UP or low in listed or low.startswith(":"):
-            if low == "x-forwarded-for":
-                forwarded_for = f"{forwarded_for}, {value}" if forwarded_for else value
-            elif h2 and low == "te" and value.strip().lower() == "trailers":
-                out.append(("te", "trailers"))
+        if low in PROXY_SET or (h2 and low == "host"):
             continue
-        if h2:
-            if low == "host":
-                continue
-            name = low
-        out.append((name, value))
+        out.append((low if h2 else name, value))
+    forwarded_for = request.replaced.get("x-forwarded-for")
     xff = f"{forwarded_for}, {peer}" if forwarded_for else peer
+    host = request.host
     if h2:
+        if request.te_trailers:
+            out.append(("te", "trailers"))
         out += [("x-forwarded-for", xff), ("x-forwarded-proto", proto)]
         out += [("x-forwarded-host", host), ("traceparent", traceparent)]
     else:

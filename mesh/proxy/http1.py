@@ -22,7 +22,7 @@ import asyncio
 import math
 from collections.abc import Callable
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
@@ -94,10 +94,23 @@ class H1Protocol(RequestHandler):
         if self.busy or self.transport is None:
             return
         self.listener.proxy.metrics.count("bad_requests", "408")
+        self.listener.proxy.metrics.count("client_timeouts", "headers")
         self.transport.write(
             b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
         )
         self.force_close()
+
+    def refuse_version(self) -> NoReturn:
+        """505 for a request line that is not HTTP/1.0 or 1.1, then close (aiohttp would answer
+        an HTTP/0.9 request with an ``HTTP/0.9`` status line and headers)."""
+        self.listener.proxy.metrics.count("bad_requests", "505")
+        if self.transport is not None:
+            self.transport.write(
+                b"HTTP/1.1 505 HTTP Version Not Supported\r\nConnection: close\r\n"
+                b"Content-Length: 0\r\n\r\n"
+            )
+            self.transport.close()
+        raise asyncio.CancelledError()
 
     def request_started(self) -> None:
         self.busy = True
@@ -162,16 +175,15 @@ def h1_body(request: BaseRequest, protocol: H1Protocol) -> Body:
     return body
 
 
-def split_target(request: BaseRequest) -> tuple[str, str]:
-    """(Host, path with query), also for absolute-form targets (``GET http://h/p``)."""
-    path = request.raw_path
-    host = request.headers.get("Host", "")
-    if not path.startswith("/") and "://" in path:
-        rest = path.split("://", 1)[1]
+def request_target(request: BaseRequest) -> tuple[str | None, str]:
+    """(authority, target): the authority is set for absolute-form targets
+    (``GET http://h/p``), whose host wins over the Host header (RFC 9112 section 3.2.2)."""
+    target = request.raw_path
+    if not target.startswith("/") and "://" in target:
+        rest = target.split("://", 1)[1]
         authority, slash, tail = rest.partition("/")
-        path = slash + tail if slash else "/"
-        host = host or authority
-    return host, path
+        return authority or None, slash + tail if slash else "/"
+    return None, target
 
 
 def local_response(fw: Forwarder, ex: Exchange, *, close: bool) -> web.Response:
@@ -242,17 +254,8 @@ async def relay(
         if out.prepared:
             request.protocol.force_close()  # the client must see a truncated response
         else:
-            status, reason = (
-                (504, "upstream-timeout")
-                if failure is Failure.TIMEOUT
-                else (
-                    502,
-                    "upstream-reset",
-                )
-            )
-            fw.complete(ex, status=status, sent=0, failure=failure)
-            ex.answer(status, reason, exc.detail)
-            return _local(ex, close=close())
+            fw.broken(ex, failure, exc.detail)
+            return local_response(fw, ex, close=close())
     except (ConnectionError, ClientGone):
         gone = True
         upstream.close()

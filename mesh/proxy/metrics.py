@@ -97,10 +97,27 @@ COUNTERS = {
         "Listeners that could not be opened",
         ("protocol",),
     ),
+    "revoked": (
+        "simmesh_proxy_revoked_flows",
+        "TCP flows, UDP sessions and WebSocket tunnels ended because a new config no longer "
+        "admits them",
+        ("service", "protocol"),
+    ),
     "bad_requests": (
         "simmesh_proxy_bad_requests",
         "Downstream protocol errors answered by the proxy itself (400, 408, 431)",
         ("code",),
+    ),
+    "connections_refused": (
+        "simmesh_proxy_connections_refused",
+        "Connections and UDP sessions turned away at --max-connections",
+        ("protocol",),
+    ),
+    "client_timeouts": (
+        "simmesh_proxy_client_timeouts",
+        "Downstream connections or requests cut by a timeout, by what the client was slow at: "
+        "headers, body, h2c-preface (first request after the preface), h2c-idle",
+        ("phase",),
     ),
 }
 HISTOGRAMS = {

@@ -17,9 +17,10 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any, cast
 
-from mesh.core.policies import Failure, Outcome
-from mesh.core.routing import Decision, Endpoint
-from mesh.proxy.forward import connect_attempts
+from mesh.core.lifecycle import Delivered, Lifecycle
+from mesh.core.policies import Failure
+from mesh.core.routing import Decision, Endpoint, Router
+from mesh.proxy.forward import connect_flow
 from mesh.proxy.upstream import UpstreamError
 
 if TYPE_CHECKING:
@@ -40,7 +41,11 @@ class TcpListener:
     async def open(self, host: str) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: Inbound(self), host, self.port, reuse_address=True, backlog=1024
+            self.proxy.gate.factory("tcp", lambda: Inbound(self)),
+            host,
+            self.port,
+            reuse_address=True,
+            backlog=1024,
         )
 
     def close(self) -> None:
@@ -91,6 +96,8 @@ class Outbound(asyncio.Protocol):
 class Inbound(asyncio.Protocol):
     """The client side of one flow; owns the flow's bookkeeping."""
 
+    kind = "tcp"
+
     def __init__(self, listener: TcpListener) -> None:
         self.listener = listener
         self.proxy = listener.proxy
@@ -102,7 +109,7 @@ class Inbound(asyncio.Protocol):
         self.endpoint: Endpoint | None = None  # set while the engine attempt is open
         self.endpoint_key: str | None = None
         self.started = time.monotonic()
-        self.latency = 0.0
+        self.life: Lifecycle | None = None  # the connected attempt, ended with the flow
         self.rx = 0
         self.tx = 0
         self.eof_in = False
@@ -138,6 +145,19 @@ class Inbound(asyncio.Protocol):
             transport.close()
             return
         self._task = asyncio.create_task(self._connect(snapshot, d))
+        self.proxy.flows.add(self)
+
+    def readmitted(self, router: Router) -> bool:
+        d = self.decision
+        endpoint = self.endpoint or (d.endpoint if d is not None else None)
+        if d is None or d.cluster is None or endpoint is None:
+            return True
+        return router.readmits(cluster=d.cluster.key, endpoint=endpoint, source_ip=self.peer_ip)
+
+    def revoke(self) -> None:
+        """A new config no longer admits this flow: reset both sides."""
+        self.reason = "revoked"
+        self.abort()
 
     @property
     def service(self) -> str:
@@ -162,7 +182,7 @@ class Inbound(asyncio.Protocol):
             self.proxy.metrics.failure(self.service, Failure.CONNECT.value)
 
         try:
-            peer, endpoint, self.latency = await connect_attempts(
+            peer, self.life = await connect_flow(
                 snapshot.engine, d, connect, rng=self.proxy.rng, on_failure=failed
             )
         except UpstreamError:
@@ -170,6 +190,8 @@ class Inbound(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.close()
             return
+        endpoint = self.life.endpoint
+        assert endpoint is not None
         self.peer, self.endpoint, self.endpoint_key = peer, endpoint, endpoint.key
         self.reason = "forwarded"
         if peer.transport is not None:
@@ -257,13 +279,12 @@ class Inbound(asyncio.Protocol):
             self.peer.transport.abort()
 
     def _finish(self) -> None:
-        if self.endpoint is not None and self.snapshot is not None and self.decision is not None:
-            outcome = Outcome(None, self.failure, self.latency)
-            self.snapshot.engine.finish(self.decision, self.endpoint, outcome, time.monotonic())
-            self.endpoint = None
+        if self.life is not None and not self.life.done:
+            self.life.handle(Delivered(self.failure), time.monotonic())
         self._count()
 
     def _count(self) -> None:
+        self.proxy.flows.discard(self)
         if self not in self.listener.flows:
             return
         self.listener.flows.discard(self)

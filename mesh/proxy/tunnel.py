@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 
 from aiohttp import web
 from aiohttp.web_request import BaseRequest
 
-from mesh.core.policies import Failure, Outcome
-from mesh.core.routing import Endpoint
-from mesh.proxy.forward import Exchange, Forwarder, Inbound, connect_attempts
+from mesh.core.lifecycle import Answer, Failed, Lifecycle, Responded
+from mesh.core.policies import Failure
+from mesh.core.routing import Endpoint, Router
+from mesh.proxy.forward import Exchange, Forwarder, Inbound, connect_with
 from mesh.proxy.headers import request_headers, response_headers
 from mesh.proxy.http1 import H1Protocol, local_response
 from mesh.proxy.upstream import UpstreamError
@@ -61,11 +63,13 @@ class _Feed:
             self._writer.close()
 
 
-def _parse_head(raw: bytes) -> tuple[int, str, list[tuple[str, str]]]:
+def _parse_head(raw: bytes, limit: int = 100) -> tuple[int, str, list[tuple[str, str]]]:
     lines = raw.decode("latin-1").split("\r\n")
+    if len(lines) > limit + 3:  # the status line and the blank lines at the end
+        raise UpstreamError(Failure.RESET, f"more than {limit} response headers")
     version, _, rest = lines[0].partition(" ")
     code, _, reason = rest.partition(" ")
-    if not version.startswith("HTTP/1.") or not code.isdigit():
+    if not version.startswith("HTTP/1.") or not (code.isascii() and code.isdigit()):
         raise UpstreamError(Failure.RESET, f"bad response line {lines[0][:80]!r}")
     headers = []
     for line in lines[1:]:
@@ -94,18 +98,20 @@ async def tunnel(
         except (OSError, TimeoutError, ssl.SSLError) as exc:
             raise UpstreamError(Failure.CONNECT, f"connect to {endpoint.key}: {exc!r}") from exc
 
-    ex.attempt_open = False  # connect_attempts reports each attempt itself
+    life = ex.life
+    assert life is not None
     try:
-        (reader, writer), ex.endpoint, latency = await connect_attempts(
-            ex.snapshot.engine, d, connect, rng=fw.rng
-        )
-    except UpstreamError as exc:
-        ex.answer(502, "upstream-connect-failed", exc.detail)
+        reader, writer = await connect_with(life, connect)
+    except UpstreamError:
+        answer = life.answer
+        assert answer is not None
+        ex.answer(answer.status, answer.reason, answer.detail)
         return local_response(fw, ex, close=True)
-    ex.attempt_open = True
-    ex.tries = 1
     try:
-        return await _exchange(fw, request, inbound, ex, reader, writer, latency)
+        return await _exchange(fw, request, inbound, ex, life, reader, writer)
+    except Exception:
+        fw.complete(ex, status=500, sent=0)  # never leave the engine's attempt open
+        raise
     finally:
         writer.close()
 
@@ -115,27 +121,27 @@ async def _exchange(
     request: BaseRequest,
     inbound: Inbound,
     ex: Exchange,
+    life: Lifecycle,
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
-    latency: float,
 ) -> web.StreamResponse:
+    canonical = inbound.request
+    assert canonical is not None
     span = ex.span = fw.proxy.tracer.start(
-        inbound.headers.get("traceparent"), name=f"{inbound.method} {ex.service}", attributes={}
+        canonical.replaced.get("traceparent"),
+        name=f"{inbound.method} {ex.service}",
+        attributes={},
     )
-    upgrade = inbound.headers.get("Upgrade", "")
+    upgrade = request.headers.get("Upgrade", "")
     headers = request_headers(
-        inbound.items,
-        peer=inbound.peer,
-        host=inbound.host,
-        proto=inbound.proto,
-        traceparent=span.traceparent,
-        h2=False,
+        canonical, peer=inbound.peer, proto=inbound.proto, traceparent=span.traceparent, h2=False
     )
-    lines = [f"{inbound.method} {inbound.path} HTTP/1.1"]
+    lines = [f"{inbound.method} {canonical.target} HTTP/1.1"]
     lines += [f"{n}: {v}" for n, v in headers]
     lines += ["Connection: Upgrade", f"Upgrade: {upgrade}", "", ""]
-    writer.write("\r\n".join(lines).encode("latin-1"))
-    timeout = ex.decision.policy.timeout if ex.decision is not None else None
+    # Header values arrive decoded as UTF-8 with surrogate escapes: send back the same bytes.
+    writer.write("\r\n".join(lines).encode("utf-8", "surrogateescape"))
+    timeout = life.timeout
     try:
         async with asyncio.timeout(timeout):
             raw = await reader.readuntil(b"\r\n\r\n")
@@ -148,13 +154,11 @@ async def _exchange(
         UpstreamError,
     ) as exc:
         failure = Failure.TIMEOUT if isinstance(exc, TimeoutError) else Failure.RESET
-        ex.outcome = Outcome(None, failure, latency)
-        fw.finish_attempt(ex, ex.outcome)
-        ex.answer(
-            504 if failure is Failure.TIMEOUT else 502, f"upstream-{failure.value}", repr(exc)
-        )
+        answer = life.handle(Failed(failure, repr(exc), partial=True), time.monotonic())
+        assert isinstance(answer, Answer)  # the upgrade went out: not replayable, not retried
+        ex.answer(answer.status, answer.reason, answer.detail)
         return local_response(fw, ex, close=True)
-    ex.outcome = Outcome(status, None, latency)
+    life.handle(Responded(status), time.monotonic())
     out_headers = response_headers(upstream_headers)
     if status == 101:
         out_headers += [("Connection", "Upgrade"), ("Upgrade", upgrade)]
@@ -162,17 +166,21 @@ async def _exchange(
     out.force_close()
     sent = 0
     feed = None
+    flow = None
+    flows = fw.proxy.flows
     try:
         await out.prepare(request)
         remaining = None
         if status != 101:
             length = dict((n.lower(), v) for n, v in upstream_headers).get("content-length", "")
-            remaining = int(length) if length.isdigit() else None
+            remaining = int(length) if length.isascii() and length.isdigit() else None
         else:
             protocol = request.protocol
             assert isinstance(protocol, H1Protocol)
             feed = _Feed(writer, protocol)
             protocol.set_parser(feed)  # type: ignore[arg-type]
+            flow = _Tunnel(inbound, ex, writer, protocol)
+            flows.add(flow)
         while remaining is None or remaining > 0:
             chunk = await reader.read(65536 if remaining is None else min(65536, remaining))
             if not chunk:
@@ -182,14 +190,52 @@ async def _exchange(
             await out.write(chunk)
             sent += len(chunk)
     except (ConnectionError, asyncio.CancelledError) as exc:
+        if flow is not None:
+            flows.discard(flow)
         _count(inbound, feed)
         fw.complete(ex, status=status, sent=sent, client_gone=status != 101)
         if isinstance(exc, asyncio.CancelledError):
             raise
         return out
+    if flow is not None:
+        flows.discard(flow)
     _count(inbound, feed)
     fw.complete(ex, status=status, sent=sent)
     return out
+
+
+class _Tunnel:
+    """An upgraded connection, for the proxy's revocation on reload (``Proxy.revoke``)."""
+
+    kind = "websocket"
+
+    def __init__(
+        self, inbound: Inbound, ex: Exchange, writer: asyncio.StreamWriter, protocol: H1Protocol
+    ) -> None:
+        self.inbound = inbound
+        self.ex = ex
+        self.writer = writer
+        self.protocol = protocol
+
+    @property
+    def service(self) -> str:
+        return self.ex.service
+
+    def readmitted(self, router: Router) -> bool:
+        d, endpoint = self.ex.decision, self.ex.endpoint
+        if d is None or d.cluster is None or endpoint is None:
+            return True
+        return router.readmits(
+            cluster=d.cluster.key,
+            endpoint=endpoint,
+            source_ip=self.inbound.peer,
+            request=self.inbound.request,
+        )
+
+    def revoke(self) -> None:
+        self.writer.transport.abort()
+        if self.protocol.transport is not None:
+            self.protocol.transport.abort()
 
 
 def _count(inbound: Inbound, feed: _Feed | None) -> None:

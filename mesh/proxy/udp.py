@@ -14,9 +14,10 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any, cast
 
-from mesh.core.policies import Failure, Outcome
-from mesh.core.routing import Decision, Endpoint
-from mesh.proxy.forward import connect_attempts
+from mesh.core.lifecycle import Delivered, Lifecycle
+from mesh.core.policies import Failure
+from mesh.core.routing import Decision, Endpoint, Router
+from mesh.proxy.forward import connect_flow
 from mesh.proxy.upstream import UpstreamError
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ class UdpListener(asyncio.DatagramProtocol):
             session.send(data)
             return
         snapshot = self.proxy.snapshot
-        if snapshot is None or self.closing:
+        if snapshot is None or self.closing or self.proxy.gate.full("udp"):
             return
         d = snapshot.engine.decide_flow(
             listener=self.port,
@@ -84,6 +85,8 @@ class UdpListener(asyncio.DatagramProtocol):
 
 
 class Session(asyncio.DatagramProtocol):
+    kind = "udp"
+
     def __init__(
         self, listener: UdpListener, client: Address, snapshot: Snapshot, d: Decision
     ) -> None:
@@ -97,7 +100,7 @@ class Session(asyncio.DatagramProtocol):
         self.endpoint_key: str | None = None
         self.pending: list[bytes] = []
         self.started = self.last = time.monotonic()
-        self.latency = 0.0
+        self.life: Lifecycle | None = None  # the connected attempt, ended with the session
         self.rx = 0
         self.tx = 0
         self.failure: Failure | None = None
@@ -113,6 +116,7 @@ class Session(asyncio.DatagramProtocol):
 
     def start(self, first: bytes) -> None:
         self.proxy.metrics.opened("udp")
+        self.proxy.flows.add(self)
         self.send(first)
         self._task = asyncio.create_task(self._open())
 
@@ -129,7 +133,7 @@ class Session(asyncio.DatagramProtocol):
             return transport
 
         try:
-            transport, endpoint, self.latency = await connect_attempts(
+            transport, self.life = await connect_flow(
                 self.snapshot.engine, self.decision, connect, rng=self.proxy.rng
             )
         except UpstreamError:
@@ -139,6 +143,8 @@ class Session(asyncio.DatagramProtocol):
             else:
                 self.close()
             return
+        endpoint = self.life.endpoint
+        assert endpoint is not None
         self.endpoint, self.endpoint_key = endpoint, endpoint.key
         if self.closed:
             transport.close()
@@ -183,10 +189,23 @@ class Session(asyncio.DatagramProtocol):
         else:
             self._schedule()
 
+    def readmitted(self, router: Router) -> bool:
+        d = self.decision
+        endpoint = self.endpoint or d.endpoint
+        if d.cluster is None or endpoint is None:
+            return True
+        return router.readmits(cluster=d.cluster.key, endpoint=endpoint, source_ip=self.client[0])
+
+    def revoke(self) -> None:
+        """A new config no longer admits this session: end it; the client's next datagram
+        is decided again (and dropped)."""
+        self.close()
+
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
+        self.proxy.flows.discard(self)
         if self._timer is not None:
             self._timer.cancel()
         if self.listener.sessions.get(self.client) is self:
@@ -197,10 +216,8 @@ class Session(asyncio.DatagramProtocol):
             self._finish()
 
     def _finish(self) -> None:
-        if self.endpoint is not None:
-            outcome = Outcome(None, self.failure, self.latency)
-            self.snapshot.engine.finish(self.decision, self.endpoint, outcome, time.monotonic())
-            self.endpoint = None
+        if self.life is not None and not self.life.done:
+            self.life.handle(Delivered(self.failure), time.monotonic())
         metrics = self.proxy.metrics
         metrics.closed("udp")
         metrics.transferred(self.service, "udp", self.rx, self.tx)

@@ -7,6 +7,7 @@ wraps an :class:`~mesh.core.routing.Engine` for transcript-style requests.
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 from mesh.core.config import MeshConfig, build_config
 from mesh.core.model import Settings
 from mesh.core.parse import parse_objects
+from mesh.core.request import parse_request
 from mesh.core.routing import Decision, Engine, Router
 from mesh.core.topology import build_topology
 
@@ -259,14 +261,19 @@ def compile_docs(
     return build_config(build_topology(parse_objects(docs), settings), settings, previous)
 
 
+def wire(config: MeshConfig) -> dict[str, Any]:
+    """The config as it goes over the wire (JSON), for assertions on the document's shape."""
+    return dict(json.loads(config.to_json()))
+
+
 def errors_of(config: MeshConfig) -> list[dict[str, str]]:
-    return list(config.data["errors"])
+    return list(wire(config)["errors"])
 
 
 def error_texts(config: MeshConfig) -> list[str]:
     return [
         f"{e['kind']} {e['namespace']}/{e['name']}: {e['field']}: {e['message']}"
-        for e in config.data["errors"]
+        for e in wire(config)["errors"]
     ]
 
 
@@ -290,12 +297,10 @@ class Client:
         listener: int = 5000,
         now: float | None = None,
     ) -> Decision:
+        request = parse_request(method, path, list((headers or {}).items()), authority=host)
         return self.engine.decide_http(
             listener=listener,
-            host=host,
-            method=method,
-            path=path,
-            headers=dict(headers or {}),
+            request=request,
             source=source,
             now=self.now if now is None else now,
             rng=self.rng,

@@ -127,7 +127,7 @@ def test_acl_http_allowed_with_header(capsys: pytest.CaptureFixture[str], acl_di
         "node": "node-0",
         "identity": "demo/backend",
     }
-    assert answer["request"]["headers"] == {"x-user": "ann"}
+    assert answer["request"]["headers"] == {"host": "backend.demo.mesh", "x-user": "ann"}
     assert answer["errors"] == []
 
 
@@ -191,6 +191,24 @@ def test_acl_text_output(capsys: pytest.CaptureFixture[str], acl_dir: Path) -> N
     )
     assert allowed.startswith("ALLOWED: granted by TrafficTarget demo/frontend-to-backend")
     assert "  endpoint: 10.2.0.1:8080 (identity demo/backend, node node-0)" in allowed
+
+
+def test_explain_reads_the_path_as_the_proxy_does(
+    capsys: pytest.CaptureFixture[str], acl_dir: Path
+) -> None:
+    base = ["--from", "demo/frontend", "-H", "x-user: bo", "--url"]
+    escaped = explain(capsys, acl_dir, *base, "http://backend.demo.mesh/api/../metrics")
+    assert (escaped["status"], escaped["reasonCode"]) == (403, "no-matching-route")
+    assert escaped["request"]["target"] == "/metrics"
+    text = explain_text(capsys, acl_dir, *base, "http://backend.demo.mesh/x/%2e%2e/api/items")
+    assert text.startswith("ALLOWED: ")
+    assert "  path:     /api/items (as sent: /x/%2e%2e/api/items)" in text
+    bad = explain(capsys, acl_dir, *base, "http://backend.demo.mesh/api/..%2fmetrics")
+    assert (bad["allowed"], bad["status"], bad["reasonCode"]) == (False, 400, "bad-request")
+    assert "'/'" in bad["reason"] and bad["backends"] == []
+    twice = explain(capsys, acl_dir, *base, "http://backend.demo.mesh/api", "-H", "x-user: x")
+    assert (twice["status"], twice["reasonCode"]) == (403, "no-matching-route")
+    assert twice["request"]["headers"]["x-user"] == "bo, x"
 
 
 def test_acl_tcp(capsys: pytest.CaptureFixture[str], acl_dir: Path) -> None:

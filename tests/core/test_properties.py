@@ -24,8 +24,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mesh.core.config import MeshConfig
+from mesh.core.lifecycle import Failed, Lifecycle, Send
 from mesh.core.model import Settings
-from mesh.core.policies import Failure, Outcome, SmoothWeightedRoundRobin
+from mesh.core.policies import Failure, SmoothWeightedRoundRobin
 from mesh.core.routing import Decision, Reason
 from tests.core import test_malformed as malformed
 from tests.core.builders import (
@@ -42,6 +43,7 @@ from tests.core.builders import (
     service,
     traffic_split,
     traffic_target,
+    wire,
 )
 
 FAST = settings(
@@ -588,23 +590,15 @@ def test_no_endpoint_that_is_not_ready_is_ever_chosen(
             assert listener is not None
             decision = client.http(f"{svc.name}.demo.mesh:{port}", source=source, listener=listener)
         assert_exclusive(decision)
-        tried = []
-        endpoint_ = decision.endpoint
-        while endpoint_ is not None:
+        life = Lifecycle(
+            client.engine, decision, method="GET", replayable=True, rng=client.rng, now=client.now
+        )
+        command = life.start()
+        while isinstance(command, Send):
+            endpoint_ = command.endpoint
             assert (endpoint_.ip, str(endpoint_.identity).split("/")[1]) in ready
-            tried.append(endpoint_)
-            client.engine.finish(decision, endpoint_, Outcome(None, Failure.CONNECT), client.now)
-            endpoint_ = client.engine.retry(
-                decision,
-                tries=len(tried),
-                tried=tried,
-                method="GET",
-                replayable=True,
-                outcome=Outcome(None, Failure.CONNECT),
-                now=client.now,
-                rng=client.rng,
-            )
-        assert len(tried) <= 4
+            command = life.handle(Failed(Failure.CONNECT), client.now)
+        assert life.done and life.tries <= 4
 
 
 # -- malformed objects never raise ----------------------------------------------------------------
@@ -687,10 +681,10 @@ def test_malformed_objects_never_raise_and_valid_ones_still_route(
     world = [*docs, *safe_world()] if first else [*safe_world(), *docs]
     config = compile_docs(world, Settings(acl=acl))
     again = MeshConfig.from_json(config.to_json())
-    assert again.data == json.loads(config.to_json(indent=None))
-    assert config.data["routes"]["safe/good:80"]["listener"] == 5000
-    assert [e["ip"] for e in config.data["clusters"]["safe/good:80"]["endpoints"]] == ["10.9.0.1"]
-    for error in config.data["errors"]:
+    assert wire(again) == json.loads(config.to_json(indent=None))
+    assert wire(config)["routes"]["safe/good:80"]["listener"] == 5000
+    assert [e["ip"] for e in wire(config)["clusters"]["safe/good:80"]["endpoints"]] == ["10.9.0.1"]
+    for error in wire(config)["errors"]:
         assert error["kind"] and error["name"] and error["message"]
         assert (error["namespace"], error["name"]) != ("safe", "good")
     client = Client(config)

@@ -173,6 +173,7 @@ def test_missing_route_or_match_is_an_error_for_that_rule_only() -> None:
 def test_routes_are_looked_up_in_the_traffic_target_namespace() -> None:
     docs = grants_docs([rule("HTTPRouteGroup", "g")])
     docs[-1]["metadata"]["namespace"] = "elsewhere"
+    docs[-1]["spec"]["destination"]["namespace"] = "elsewhere"
     topology = topo(docs)
     assert topology.grants == []
     assert error_fields(topology) == [("TrafficTarget", "tt", "spec.rules[0].name")]

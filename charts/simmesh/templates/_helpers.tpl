@@ -65,6 +65,7 @@ defaultTrafficType: {{ .Values.defaultTrafficType | quote }}
 acl: {{ .Values.acl }}
 watchNamespaces: {{ .Values.watchNamespaces | default list | toJson }}
 ignoreNamespaces: {{ .Values.ignoreNamespaces | default list | toJson }}
+accessAdminNamespaces: {{ .Values.accessAdminNamespaces | default list | toJson }}
 httpPorts:
   start: {{ .Values.ports.http.start | int }}
   size: {{ .Values.ports.http.size | int }}

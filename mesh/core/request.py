@@ -1,0 +1,308 @@
+"""One HTTP request as the mesh reads it: the form that is matched is the form that is sent.
+
+A proxy that matches one reading of a request and forwards another can be bypassed: a grant for
+``GET /api/.*`` must not admit ``GET /api/../admin`` that the backend resolves to ``/admin``,
+and a header match must not see ``x-role: user`` while the backend also receives
+``X-Role: admin``. So no driver matches or forwards the raw request: :func:`parse_request`
+builds one canonical :class:`Request`, the access decision reads it and the proxy sends it.
+
+Path (RFC 3986 section 6.2.2, with the choices below), see :func:`normalize_path`:
+
+- the target splits at the first ``?``: the path is normalised, the query is kept as sent;
+- percent-encoded unreserved characters are decoded (``%61`` -> ``a``, ``%2E`` -> ``.``), the
+  other escapes are kept with upper-case hex digits;
+- dot segments are removed (RFC 3986 section 5.2.4) and empty segments merged (``//`` ->
+  ``/``), so no ``.``, ``..`` or empty segment is left for a backend to resolve differently;
+- characters outside RFC 3986's ``pchar`` (space, ``"``, ``<``, ``>``, ``^``, backtick,
+  ``{``, ``|``, ``}``, non-ASCII as UTF-8) are percent-encoded;
+- rejected (400) because backends disagree on what they mean: an encoded ``/`` or ``\\``
+  (``%2F``, ``%5C``), a raw ``\\``, a raw or encoded control character (NUL included), ``#``,
+  a malformed escape, an escape encoded twice (``%252e``: one decoding too many makes it a
+  dot), a segment that is a dot segment once its ``;`` parameters are dropped (``..;x``:
+  Tomcat's reading), a path not starting with ``/`` (``*`` is kept for OPTIONS,
+  ``host:port`` for CONNECT).
+
+A segment's ``;`` parameters stay, but Tomcat, Jetty and Spring drop them before routing, so a
+path with parameters has two readings (:attr:`Request.readings`) and a path match must hold
+for both (``/files/secret.key;.txt`` is not a ``.txt`` file to them).
+
+Headers, see :func:`parse_request`: hop-by-hop headers (the fixed set and every name a
+``Connection`` header lists) describe one connection, so they are neither matched nor
+forwarded. A header sent several times is combined into one line, its values joined with
+``, `` (``; `` for Cookie, RFC 9110 section 5.3 and RFC 9113 section 8.2.3): matches see the
+combined value and the backend receives exactly that line. Several ``Host`` or differing
+``Content-Length`` headers are rejected. The headers the proxy sets itself
+(``X-Forwarded-For``/``-Proto``/``-Host``, ``traceparent``) and ``Expect`` (answered by the
+proxy) are not in the view matches read: a match on them never matches.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "http2-settings",
+    }
+)
+# Set (or answered) by the proxy: never matched with the client's value.
+PROXY_SET = frozenset(
+    {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "traceparent", "expect"}
+)
+_SINGLE = frozenset({"host", "content-length"})
+
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_PCHAR = _UNRESERVED | frozenset("!$&'()*+,;=:@")
+_REJECTED_BYTES = frozenset({0x2F, 0x5C, 0x7F, *range(0x20)})
+# A path that needs no work: pchar and '/' only, no escape, no dot or empty segment.
+_PLAIN = re.compile(r"/[A-Za-z0-9\-_~!$&'()*+,;=:@/.]*")
+_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+_PARAMS = re.compile(r";|%3B")
+_DOUBLE = re.compile(r"%25[0-9A-Fa-f]{2}")  # read as an escape by a backend that decodes twice
+_BAD_QUERY = re.compile(r"[#\x00-\x1f\x7f]")
+_AUTHORITY = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-.]+):[0-9]{1,5}")
+
+
+class BadRequest(ValueError):
+    """A request the mesh refuses to read (400): ``detail`` says what is wrong."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+def normalize_path(path: str) -> str:
+    """The canonical form of a request path (without the query); raises BadRequest."""
+    if _PLAIN.fullmatch(path) and "//" not in path and "/." not in path:
+        return path
+    if not path.startswith("/"):
+        raise BadRequest(f"the request path must start with '/': {_show(path)}")
+    stack: list[str] = []
+    segments = path[1:].split("/")
+    last = len(segments) - 1
+    trailing = False
+    for i, raw in enumerate(segments):
+        segment = _segment(raw, path)
+        if segment in ("", ".", ".."):
+            if segment == ".." and stack:
+                stack.pop()
+            trailing = i == last
+            continue
+        if ";" in segment and segment.split(";", 1)[0] in (".", ".."):
+            raise BadRequest(f"a dot segment with parameters is ambiguous: {_show(path)}")
+        stack.append(segment)
+        trailing = False
+    if not stack:
+        return "/"
+    return "/" + "/".join(stack) + ("/" if trailing else "")
+
+
+def _segment(raw: str, path: str) -> str:
+    out: list[str] = []
+    i = 0
+    n = len(raw)
+    while i < n:
+        c = raw[i]
+        if c == "%":
+            m = _ESCAPE.match(raw, i)
+            if m is None:
+                raise BadRequest(f"malformed percent-escape in the path: {_show(path)}")
+            byte = int(m.group(1), 16)
+            if byte in _REJECTED_BYTES:
+                raise BadRequest(
+                    f"the path encodes {_BYTE_NAMES.get(byte, 'a control character')} "
+                    f"(%{byte:02X}), which backends read differently: {_show(path)}"
+                )
+            char = chr(byte)
+            out.append(char if char in _UNRESERVED else f"%{byte:02X}")
+            i += 3
+            continue
+        if c in _PCHAR:
+            out.append(c)
+        elif c == "\\" or c == "#" or ord(c) < 0x20 or ord(c) == 0x7F:
+            what = _BYTE_NAMES.get(ord(c), "a control character")
+            raise BadRequest(f"the path contains {what}, which backends read differently")
+        else:
+            out.append("".join(f"%{b:02X}" for b in c.encode("utf-8", "surrogateescape")))
+        i += 1
+    segment = "".join(out)
+    if "%25" in segment and _DOUBLE.search(segment):
+        raise BadRequest(f"the path encodes a percent-escape twice: {_show(path)}")
+    return segment
+
+
+_BYTE_NAMES = {0x2F: "'/'", 0x5C: "a backslash", 0x00: "NUL", 0x23: "'#'"}
+
+
+def _show(text: str) -> str:
+    return repr(text if len(text) <= 80 else text[:77] + "...")
+
+
+def split_target(method: str, target: str) -> tuple[str, str]:
+    """(normalised path, query with its '?' or ''): the origin-form target of a request."""
+    cut = target.find("?")
+    path, query = (target, "") if cut < 0 else (target[:cut], target[cut:])
+    if query and _BAD_QUERY.search(query):
+        raise BadRequest("the query contains '#' or a control character")
+    if path == "*" and method == "OPTIONS" and not query:
+        return path, ""
+    if method == "CONNECT" and not query and _AUTHORITY.fullmatch(path):
+        return path, ""
+    return normalize_path(path), query
+
+
+class Request:
+    """A canonical HTTP request: what access control matches and what the proxy forwards.
+
+    ``headers`` maps lower-case names to the combined value (the view matches read);
+    ``items`` are the end-to-end header lines to forward, in their first position and with
+    their first spelling; they still hold the proxy-set headers, whose client values are
+    also in ``replaced`` (lower-case names): the proxy replaces or extends them.
+    """
+
+    __slots__ = (
+        "headers",
+        "host",
+        "items",
+        "method",
+        "path",
+        "query",
+        "replaced",
+        "te_trailers",
+    )
+
+    def __init__(
+        self,
+        *,
+        method: str,
+        path: str,
+        query: str,
+        host: str,
+        headers: dict[str, str],
+        items: list[tuple[str, str]],
+        replaced: dict[str, str] | None = None,
+        te_trailers: bool = False,
+    ) -> None:
+        self.method = method
+        self.path = path
+        self.query = query
+        self.host = host
+        self.headers = headers
+        self.items = items
+        self.replaced = replaced if replaced is not None else {}
+        self.te_trailers = te_trailers
+
+    @property
+    def readings(self) -> tuple[str, ...]:
+        """The paths a backend may read this request as: the canonical path, and when a
+        segment has ``;`` parameters, the path without them (Tomcat, Jetty and Spring drop
+        them; an encoded ``%3B`` counts too, for backends that decode first). Access control
+        admits a request only when its match holds for each."""
+        path = self.path
+        if ";" not in path and "%3B" not in path:
+            return (path,)
+        out = [path]
+        for params in (";", _PARAMS):  # ';' only, then ';' or '%3B'
+            segments = path.split("/")
+            if params == ";":
+                stripped = "/".join(s.split(";", 1)[0] for s in segments)
+            else:
+                stripped = "/".join(_PARAMS.split(s, 1)[0] for s in segments)
+            reading = normalize_path(stripped)
+            if reading not in out:
+                out.append(reading)
+        return tuple(out)
+
+    @property
+    def target(self) -> str:
+        """The request target sent upstream."""
+        return self.path + self.query
+
+    def __repr__(self) -> str:
+        return f"Request({self.method} {self.host}{self.target})"
+
+
+def parse_request(
+    method: str, target: str, items: Iterable[tuple[str, str]], *, authority: str | None = None
+) -> Request:
+    """The canonical form of a request; raises BadRequest (answered 400).
+
+    ``authority`` (HTTP/2's ``:authority``, or the host of an absolute-form target) takes
+    precedence over a ``Host`` header, and replaces its value in what is forwarded.
+    """
+    path, query = split_target(method, target)
+    out: list[tuple[str, str]] = []
+    headers: dict[str, str] = {}
+    listed: set[str] | None = None
+    te_trailers = False
+    proxy_set = False
+    for name, value in items:  # one pass: this runs for every request the proxy serves
+        low = name.lower()
+        if low in HOP_BY_HOP:
+            if low == "connection":
+                tokens = {t.strip().lower() for t in value.split(",")}
+                listed = tokens if listed is None else listed | tokens
+            elif low == "te":
+                te_trailers = value.strip().lower() == "trailers"
+            continue
+        first = headers.get(low)
+        if first is None:
+            headers[low] = value
+            out.append((name, value))
+            proxy_set = proxy_set or low in PROXY_SET
+            continue
+        if low in _SINGLE:
+            if low == "content-length" and first.strip() == value.strip():
+                continue
+            raise BadRequest(f"several {low.title()} headers")
+        combined = headers[low] = f"{first}{'; ' if low == 'cookie' else ', '}{value}"
+        at = next(i for i, (n, _) in enumerate(out) if n.lower() == low)
+        out[at] = (out[at][0], combined)
+    if listed is not None and listed - _SINGLE:
+        # Host and Content-Length stay: they are not this hop's to drop.
+        out = [(n, v) for n, v in out if n.lower() not in listed or n.lower() in _SINGLE]
+        for low in listed - _SINGLE:
+            headers.pop(low, None)
+    if authority:  # the request's own authority wins, and is what the backend receives
+        if "host" in headers:
+            at = next(i for i, (n, _) in enumerate(out) if n.lower() == "host")
+            out[at] = (out[at][0], authority)
+        else:
+            out.insert(0, ("Host", authority))
+        headers["host"] = authority
+    replaced: dict[str, str] = {}
+    if proxy_set:
+        for low in PROXY_SET:
+            if low in headers:
+                replaced[low] = headers.pop(low)
+    return Request(
+        method=method,
+        path=path,
+        query=query,
+        host=headers.get("host", ""),
+        headers=headers,
+        items=out,
+        replaced=replaced,
+        te_trailers=te_trailers,
+    )
+
+
+__all__ = [
+    "HOP_BY_HOP",
+    "PROXY_SET",
+    "BadRequest",
+    "Request",
+    "normalize_path",
+    "parse_request",
+    "split_target",
+]
