@@ -2,7 +2,8 @@
 
 One task per resource (Services, EndpointSlices, Pods and each SMI kind at its served version)
 runs list -> watch from the list's resourceVersion -> on ``410 Gone`` relist -> on any failure
-reconnect with exponential backoff. Responses are read raw (``_preload_content=False``), so the
+(an error answer included) reconnect with exponential backoff. The controller builds no config
+until every kind was listed once. Responses are read raw (``_preload_content=False``), so the
 store holds exactly the JSON the API server sent, as the manifests directory holds YAML.
 
 Publishing a config reconciles the shadow Services (create, patch, delete) and turns new
@@ -136,9 +137,9 @@ class KubeProvider:
         return self.settings.watches(namespace)
 
     async def run(self) -> None:
-        tasks = [
-            asyncio.create_task(self._loop(r), name=f"watch-{r.kind}") for r in resources(self.api)
-        ]
+        watched = resources(self.api)
+        self.controller.pending_sync.update(r.kind for r in watched)  # no config before all
+        tasks = [asyncio.create_task(self._loop(r), name=f"watch-{r.kind}") for r in watched]
         try:
             await asyncio.gather(*tasks)
         finally:
@@ -189,6 +190,7 @@ class KubeProvider:
                 docs.append(item)
         self.controller.store.replace_kind([resource.kind], docs)
         self.synced.add(resource.kind)
+        self.controller.pending_sync.discard(resource.kind)
         self.controller.poke()
         return str((data.get("metadata") or {}).get("resourceVersion") or "")
 

@@ -212,7 +212,11 @@ def test_controller_restart_loses_no_configuration(
     kube.run("scale", "-n", MESH_NS, deployment, "--replicas=1")
     kube.run("rollout", "status", "-n", MESH_NS, deployment, "--timeout=180s")
 
+    during: dict[str, int] = {}  # calls made while the new controller starts
+
     def same() -> bool:
+        for status, n in a.call(B_HTTP, count=5)["summary"]["statuses"].items():
+            during[status] = during.get(status, 0) + n
         now = config()
         if now != before:
             raise ValueError(config_diff(before, now))
@@ -221,6 +225,7 @@ def test_controller_restart_loses_no_configuration(
     k.wait_for("the new controller's config to equal the old one", same, timeout=120)
     record("controller started again -> same config served", time.monotonic() - start)
     assert served == {"200": 5}
+    assert list(during) == ["200"], during  # no partial config reached a proxy
     assert shadows() == shadows_before
     assert a.call(B_HTTP, count=3)["summary"]["statuses"] == {"200": 3}
     udp = a.call(f"udp://b-udp.{NS_B}.mesh:{k.UDP_PORT}", count=2)

@@ -99,3 +99,70 @@ def test_events_after_an_error_free_start_still_apply() -> None:
     kube, resource = provider([FakeResponse(200, events)])
     assert asyncio.run(kube._watch(resource, "5")) == "5"
     assert set(kube.controller.store.entries) == {("UDPRoute", "shop", "ntp")}
+
+
+class BlockingWatch(FakeResponse):
+    """A watch that stays open with no events until the test ends."""
+
+    def __init__(self) -> None:
+        super().__init__(200, [])
+
+    @property
+    def content(self) -> AsyncIterator[bytes]:
+        async def lines() -> AsyncIterator[bytes]:
+            await asyncio.Event().wait()
+            yield b""
+
+        return lines()
+
+
+def test_no_config_is_built_before_every_kind_was_listed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from mesh.controller import kube as kube_module
+
+    service = {
+        "kind": "Service",
+        "apiVersion": "v1",
+        "metadata": {"name": "web", "namespace": "shop", "resourceVersion": "3"},
+        "spec": {"ports": [{"port": 80}], "selector": {"app": "web"}},
+    }
+    slow_list = asyncio.Event()
+
+    def lister(kind: str, items: list[dict[str, Any]], gate: asyncio.Event | None) -> Any:
+        async def call(watch: bool = False, **kwargs: Any) -> FakeResponse:
+            if watch:
+                return BlockingWatch()
+            if gate is not None:
+                await gate.wait()
+            return FakeResponse(200, [{"items": items, "metadata": {"resourceVersion": "9"}}])
+
+        return Resource(kind, "v1", call)
+
+    monkeypatch.setattr(
+        kube_module,
+        "resources",
+        lambda api: [lister("Service", [service], None), lister("UDPRoute", [], slow_list)],
+    )
+
+    async def body() -> None:
+        controller = Controller(Settings(), debounce=0.01, max_delay=0.05)
+        provider = KubeProvider(None, controller)  # type: ignore[arg-type]
+        tasks = [asyncio.create_task(provider.run()), asyncio.create_task(controller.run())]
+        try:
+            await asyncio.sleep(0.5)
+            assert provider.synced == {"Service"}
+            assert controller.current is None and not controller.ready  # nothing published
+            slow_list.set()
+            for _ in range(100):
+                if controller.current is not None:
+                    break
+                await asyncio.sleep(0.02)
+            assert controller.current is not None and controller.pending_sync == set()
+            assert "shop/web" in controller.current.topology.services
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    asyncio.run(body())
