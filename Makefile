@@ -5,6 +5,7 @@ BIN    := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: setup lint test fuzz sim demo bench loadtest clean k8s-bins haproxy
+.PHONY: image kind-node-image kind-up kind-down deploy undeploy test-cluster docker
 
 setup: $(VENV)/.installed
 
@@ -57,6 +58,44 @@ haproxy:
 # ~/.cache/simmesh/bin (versions in tools/k8s-versions.env); idempotent, about 8 minutes cold.
 k8s-bins:
 	bash tools/k8s-bins.sh
+
+# ---------------------------------------------------------------- image and kind cluster
+# docs/install.md. Everything built goes to ~/.cache/simmesh (outside the repo). The offline
+# path (no registry, and this machine's workarounds) is taken when SIMMESH_OFFLINE=1 or when
+# stock kind cannot boot on the host; see tools/kind/lib.sh.
+IMAGE ?= simmesh/simmesh:dev
+
+# A Docker engine: the running one, or Debian's docker.io installed and started.
+docker:
+	bash tools/kind/docker.sh up
+
+# The simmesh image (root Dockerfile) from wheels prepared here; no network in the build.
+image: setup
+	bash tools/kind/image.sh $(IMAGE)
+
+# The offline kind node image: Kubernetes from Go modules, Debian packages, all images preloaded.
+kind-node-image:
+	bash tools/kind/node-image.sh
+
+# A kind cluster with one control plane and two workers (deploy/kind/cluster.yaml).
+kind-up:
+	bash tools/kind/up.sh
+
+kind-down:
+	bash tools/kind/down.sh
+
+# The image loaded into the cluster, helm install, simmesh prepare, until simmesh check passes.
+# Chart values: make deploy HELM_ARGS='--set acl=true'
+deploy: image kind-up k8s-bins
+	bash tools/kind/deploy.sh $(IMAGE) $(HELM_ARGS)
+
+undeploy:
+	bash tools/kind/undeploy.sh
+
+# End-to-end tests on the kind cluster (tests/cluster); they deploy and undeploy simmesh
+# themselves, in ACL mode. Not part of `make test`.
+test-cluster: setup k8s-bins image kind-up
+	SIMMESH_IMAGE=$(IMAGE) $(BIN)/pytest tests/cluster -v
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .hypothesis out
