@@ -151,6 +151,8 @@ class Simulation:
             self._request(stream, None)
 
     def _closed_loop(self, stream: _Stream) -> Generator[simpy.Event, Any, None]:
+        """One user of a closed-loop stream (``users`` of them run side by side): a request,
+        its answer, an exponential think time, the next request."""
         env = self.env
         traffic = stream.traffic
         if traffic.start > 0:
@@ -296,7 +298,10 @@ class Simulation:
             stream = _Stream(traffic, index, list(accumulate(k.weight for k in traffic.mix)))
             authority = f"{traffic.host}:{traffic.port}"
             stream.requests = {k: k.request(authority) for k in traffic.mix}
-            env.process(self._open_loop(stream) if traffic.rate > 0 else self._closed_loop(stream))
+            if traffic.rate > 0:
+                env.process(self._open_loop(stream))
+            for _ in range(traffic.users):
+                env.process(self._closed_loop(stream))
         for event in self.scenario.timeline:
             env.process(self._timeline(event))
         duration = self.scenario.duration
