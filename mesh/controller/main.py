@@ -40,6 +40,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--watch-namespace", action="append", default=[], metavar="NS")
     parser.add_argument("--ignore-namespace", action="append", default=[], metavar="NS")
     parser.add_argument("--debounce", type=float, default=0.05, metavar="SECONDS")
+    parser.add_argument(
+        "--poll-interval",
+        type=float,
+        default=0.5,
+        metavar="SECONDS",
+        help="file provider: how often the manifests directory is checked for changes",
+    )
     parser.add_argument("--log-level", default="info")
 
 
@@ -92,7 +99,7 @@ async def serve(args: argparse.Namespace, settings: Settings, host: str, port: i
     if args.manifests is not None:
         from mesh.controller.files import FileProvider
 
-        provider = FileProvider(controller, args.manifests)
+        provider = FileProvider(controller, args.manifests, interval=args.poll_interval)
         provider.scan()
         tasks.append(asyncio.create_task(provider.run()))
     else:

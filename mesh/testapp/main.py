@@ -73,6 +73,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--capacity", type=int, default=None, metavar="N", help="requests served at once"
     )
+    parser.add_argument(
+        "--contention",
+        type=float,
+        default=0.0,
+        metavar="K",
+        help="each request already in service makes a new one K times its latency slower",
+    )
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--drain-timeout", type=float, default=5.0, metavar="SECONDS")
     parser.add_argument(
@@ -87,6 +94,7 @@ def options_from(args: argparse.Namespace) -> Options:
         error_rate=args.error_rate,
         error_status=args.error_status,
         capacity=args.capacity,
+        contention=args.contention,
     )
     if not args.name:
         raise BehaviourError("name: must not be empty")
@@ -112,7 +120,7 @@ class TestApp:
         self.recorder = Recorder()
         rng = random.Random(options.seed)
         self.http = HttpApp(options.identity, self.recorder, options.behaviour, rng)
-        self.tcp = TcpEcho(options.identity, self.recorder)
+        self.tcp = TcpEcho(options.identity, self.recorder, self.http.serve)
         self.udp = UdpEcho(options.identity, self.recorder)
         self.runner = web.AppRunner(self.http.app, access_log=None, handle_signals=False)
         self.ports: dict[str, int] = {}
