@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 lint: setup
 	$(BIN)/ruff check mesh sim tests loadtests tools
 	$(BIN)/ruff format --check mesh sim tests loadtests
-	$(BIN)/mypy mesh/core mesh/dns mesh/testapp sim
+	$(BIN)/mypy mesh/core mesh/dns mesh/testapp mesh/local sim
 	$(BIN)/lint-imports
 
 test: setup lint

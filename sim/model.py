@@ -31,7 +31,8 @@ from mesh.core.policies import Failure, Outcome, final_status
 from mesh.core.request import Request
 from mesh.core.routing import Decision, Endpoint, Engine, Route, Router
 from mesh.core.topology import build_topology
-from sim.metrics import Recorder
+from sim.metrics import Recorder, RunFacts
+from sim.placement import pod_owners
 from sim.scenario import Event, RequestKind, Scenario, Traffic, Workload, with_event_objects
 
 Progress = Callable[[float, int], None]
@@ -109,18 +110,8 @@ class Simulation:
                 self.config_errors.append(error)
 
     def _place_pods(self) -> None:
-        """Map every endpoint IP to the workload that behaves behind it (the most specific
-        service: the one with the fewest endpoints) and create pods not seen before."""
-        owners: dict[str, tuple[int, str, str | None]] = {}
-        for cluster in self.router.clusters.values():
-            if cluster.service not in self.behaviours:
-                continue
-            size = len(cluster.endpoints)
-            for endpoint in cluster.endpoints:
-                best = owners.get(endpoint.ip)
-                if best is None or (size, cluster.service) < best[:2]:
-                    owners[endpoint.ip] = (size, cluster.service, endpoint.node)
-        for ip, (_, service, node) in sorted(owners.items()):
+        """Create a pod for every endpoint address not seen before (sim.placement)."""
+        for ip, (service, node) in pod_owners(self.router, self.behaviours).items():
             if ip in self.pods:
                 continue
             behaviour = self.behaviours[service]
@@ -310,7 +301,22 @@ class Simulation:
             env.run(until=duration * step / steps)
             if progress is not None:
                 progress(step / steps, self.recorder.count)
-        return self.recorder.results(self)
+        return self.recorder.results(self.facts())
+
+    def facts(self) -> RunFacts:
+        breakers: dict[str, dict[str, int]] = {}
+        for engine in self.engines.values():
+            for (service, _), breaker in sorted(engine.state.breakers.items()):
+                entry = breakers.setdefault(service, {"opens": 0, "endpointsOpenAtEnd": 0})
+                entry["opens"] += breaker.opens
+                entry["endpointsOpenAtEnd"] += int(breaker.state.value != "closed")
+        return RunFacts(
+            started=self.started,
+            config_version=self.config.version,
+            breakers=dict(sorted(breakers.items())),
+            events=self.events_applied,
+            config_errors=self.config_errors,
+        )
 
 
 class _Flight:

@@ -45,6 +45,8 @@ class Workload:
     capacity: int | None  # concurrent requests per replica; None: unbounded
     port: int
     target_port: int
+    latency_spec: Any = 0.01  # as written in scenario.yaml (the test app samples it too)
+    contention: float = 0.0  # each request already in service makes a new one this much slower
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,7 @@ class Scenario:
     seed: int
     proxy_latency: float
     connect_failure_latency: float
+    connect_timeout: float = 5.0  # the proxy's --connect-timeout: an unreachable pod costs this
     raw: dict[str, Any] = field(default_factory=dict)
 
 
@@ -138,8 +141,11 @@ TOP_KEYS = {
     "policies",
     "proxyLatency",
     "connectFailureLatency",
+    "connectTimeout",
     "settings",
 }
+FAILURES = ("refused", "unreachable")  # how a pod that is down fails a connect
+DEFAULT_FAILURE = {"endpoint-down": "refused", "node-down": "unreachable"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,10 +216,41 @@ def _render(steps: list[str | int]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# --scale
+
+_TIMES = {"traffic": ("start", "stop"), "timeline": ("at", "until"), "slos": ("from", "until")}
+
+
+def scale_times(raw: dict[str, Any], factor: float) -> None:
+    """Multiply every point in time of a raw scenario by ``factor`` (rates, latencies,
+    timeouts and policy windows stay as they are). Values that are not numbers are left for
+    validation to report."""
+    if not factor > 0:
+        raise ScenarioError(f"--scale: expected a number > 0, got {factor!r}")
+    duration = raw.get("duration", 60.0)
+    if _is_plain_number(duration):
+        raw["duration"] = duration * factor
+    for key, fields in _TIMES.items():
+        items = raw.get(key)
+        for item in items if isinstance(items, list) else []:
+            for name in fields:
+                if isinstance(item, dict) and _is_plain_number(item.get(name)):
+                    item[name] = item[name] * factor
+
+
+def _is_plain_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+# ---------------------------------------------------------------------------------------------
 # Loading
 
 
-def load_scenario(directory: Path, sets: list[str] | tuple[str, ...] = ()) -> Scenario:
+def load_scenario(
+    directory: Path, sets: list[str] | tuple[str, ...] = (), *, scale: float = 1.0
+) -> Scenario:
+    """The scenario of ``directory`` with ``--set`` edits applied; ``scale`` shortens (or
+    stretches) its time line: duration, traffic start and stop, events and SLO windows."""
     path = directory / "scenario.yaml"
     if not path.exists():
         raise ScenarioError(f"{directory}: no scenario.yaml")
@@ -226,6 +263,8 @@ def load_scenario(directory: Path, sets: list[str] | tuple[str, ...] = ()) -> Sc
     raw = copy.deepcopy(raw)
     for assignment in sets:
         apply_set(raw, assignment)
+    if scale != 1.0:
+        scale_times(raw, scale)
     try:
         manifests = read_manifests(directory)
         settings = read_settings(directory)
@@ -300,6 +339,7 @@ class _Validator:
         names = [t.name for t in traffic]
         if len(set(names)) != len(names):
             raise self.fail("traffic", "traffic names must be unique")
+        docs = docs + client_pods(docs, traffic)
         timeline = [
             self.event(e, f"timeline[{i}]", nodes, workloads)
             for i, e in enumerate(self.seq(raw.get("timeline"), "timeline"))
@@ -325,6 +365,9 @@ class _Validator:
             proxy_latency=self.number(raw.get("proxyLatency"), "proxyLatency", default=0.0003),
             connect_failure_latency=self.number(
                 raw.get("connectFailureLatency"), "connectFailureLatency", default=0.001
+            ),
+            connect_timeout=self.number(
+                raw.get("connectTimeout"), "connectTimeout", low=0.001, default=5.0
             ),
             raw=raw,
         )
@@ -389,6 +432,7 @@ class _Validator:
                 "capacity",
                 "port",
                 "targetPort",
+                "contention",
             }
             for k in body:
                 if k not in known:
@@ -403,7 +447,8 @@ class _Validator:
                         f"unknown node {node!r}; nodes are {', '.join(nodes)}",
                     )
             try:
-                latency, _ = sampler(body.get("latency", 0.01))
+                latency_spec = body.get("latency", 0.01)
+                latency, _ = sampler(latency_spec)
             except DistributionError as exc:
                 raise self.fail(f"{where}.latency", str(exc)) from None
             capacity = body.get("capacity")
@@ -422,6 +467,8 @@ class _Validator:
                 nodes=placed,
                 service_account=str(body.get("serviceAccount") or service.split("/")[1]),
                 latency=latency,
+                latency_spec=latency_spec,
+                contention=self.number(body.get("contention"), f"{where}.contention", default=0.0),
                 error_rate=self.number(
                     body.get("errorRate"), f"{where}.errorRate", high=1.0, default=0.0
                 ),
@@ -601,6 +648,12 @@ class _Validator:
             service = self.service_key(body.get("service"), f"{where}.service")
             if service not in workloads:
                 raise self.fail(f"{where}.service", f"no workload {service!r} in workloads")
+        if action in DEFAULT_FAILURE:
+            failure = body.setdefault("failure", DEFAULT_FAILURE[str(action)])
+            if failure not in FAILURES:
+                raise self.fail(
+                    f"{where}.failure", f"expected refused or unreachable, got {failure!r}"
+                )
         if "replica" in body:
             self.number(body["replica"], f"{where}.replica", integer=True)
         if "until" in body:
@@ -777,6 +830,33 @@ def generated_objects(
                 "addressType": "IPv4",
                 "ports": ports,
                 "endpoints": endpoints,
+            }
+        )
+    return out
+
+
+def client_pods(docs: list[dict[str, Any]], traffic: list[Traffic]) -> list[dict[str, Any]]:
+    """A Pod for each traffic source identity that no pod has, on the traffic's node, so the
+    local mesh has an address to send from with that identity (the simulator passes the
+    identity itself; the extra pod only adds the address to the config's identities)."""
+    known = set()
+    for doc in docs:
+        if doc.get("kind") == "Pod":
+            meta, spec = doc.get("metadata") or {}, doc.get("spec") or {}
+            known.add(f"{meta.get('namespace') or 'default'}/{spec.get('serviceAccountName')}")
+    out: list[dict[str, Any]] = []
+    for t in traffic:
+        if t.source is None or t.source in known:
+            continue
+        known.add(t.source)
+        namespace, _, account = t.source.partition("/")
+        out.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": f"client-{account}", "namespace": namespace},
+                "spec": {"serviceAccountName": account, "nodeName": t.node},
+                "status": {"podIP": f"10.244.254.{len(out) + 2}"},
             }
         )
     return out
