@@ -1,10 +1,12 @@
 """The SimPy driver of mesh.core.
 
-Every request of a scenario is a SimPy process that asks the core's
-:class:`~mesh.core.routing.Engine` of its node's proxy for a decision (split, access, rate limit,
-circuit breakers, load balancing), "sends" it to the chosen endpoint, reports the outcome with
-:meth:`Engine.finish` and asks :meth:`Engine.retry` whether and where to retry: the very calls the
-real proxy makes, fed with simulated time instead of wall-clock time.
+Every request of a scenario asks the core's :class:`~mesh.core.routing.Engine` of its node's
+proxy for a decision (split, access, rate limit, circuit breakers, load balancing), then
+performs the core's :class:`~mesh.core.lifecycle.Lifecycle` with simulated pods: each ``Send``
+is an attempt whose outcome comes from the pod's behaviour after simulated time, each ``Wait``
+a simulated backoff, and the lifecycle decides retries, timeouts and the final answer exactly
+as it does for the real proxy (tests/test_parity.py). Requests are event callbacks, not SimPy
+processes (a process per request would double the events).
 
 Endpoints are pods: each has ``capacity`` concurrent slots (FIFO; an attempt takes the slot that
 frees first, so queueing delay grows with load) and a latency distribution and error rate that
@@ -26,10 +28,21 @@ from typing import Any
 import simpy
 
 from mesh.core.config import MeshConfig, build_config
+from mesh.core.lifecycle import (
+    Answer,
+    Command,
+    Deliver,
+    Delivered,
+    Failed,
+    Lifecycle,
+    Responded,
+    Send,
+    Wait,
+)
 from mesh.core.parse import parse_objects
-from mesh.core.policies import Failure, Outcome, final_status
+from mesh.core.policies import Failure, Outcome
 from mesh.core.request import Request
-from mesh.core.routing import Decision, Endpoint, Engine, Route, Router
+from mesh.core.routing import Decision, Engine, Route, Router
 from mesh.core.topology import build_topology
 from sim.metrics import Recorder, RunFacts
 from sim.placement import pod_owners
@@ -90,6 +103,8 @@ class Simulation:
         self.events_applied: list[dict[str, Any]] = []
         self.config_errors = list(self.config.data["errors"])
         self.started = 0
+        # Every request's attempts and answer, when asked for (debugging, parity tests).
+        self.trace: list[dict[str, Any]] | None = None
 
     # -- config -----------------------------------------------------------------------------
 
@@ -174,7 +189,7 @@ class Simulation:
             flight.answer(404)
             return
         flight.route = route
-        engine = flight.engine = self.engines[traffic.node]
+        engine = self.engines[traffic.node]
         if traffic.protocol == "http":
             decision = engine.decide_http(
                 listener=route.listener,
@@ -187,12 +202,7 @@ class Simulation:
             decision = engine.decide_flow(
                 listener=route.listener, source=traffic.source, now=flight.start, rng=self.rng_route
             )
-        flight.decision = decision
-        endpoint = decision.endpoint
-        if endpoint is None:
-            flight.answer(decision.status or 503)
-            return
-        flight.send(endpoint)
+        flight.begin(engine, decision)
 
     def _attempt(self, ip: str, timeout: float | None) -> Outcome:
         """One attempt to the pod at ``ip``: its outcome, whose latency is how long the caller
@@ -320,21 +330,11 @@ class Simulation:
 
 
 class _Flight:
-    """One request in flight: its decision, its attempts and, at the end, its one record."""
+    """One request in flight: the core's lifecycle performed with simulated pods and time, and
+    at the end its one record. Every decision (attempts, retries, backoff, timeouts, the final
+    answer) is the lifecycle's (mesh.core.lifecycle); this class only runs its commands."""
 
-    __slots__ = (
-        "decision",
-        "done",
-        "endpoint",
-        "engine",
-        "kind",
-        "outcome",
-        "route",
-        "sim",
-        "start",
-        "stream",
-        "tried",
-    )
+    __slots__ = ("decision", "done", "kind", "life", "route", "sim", "start", "status", "stream")
 
     def __init__(
         self, sim: Simulation, stream: _Stream, kind: RequestKind, done: simpy.Event | None
@@ -345,50 +345,60 @@ class _Flight:
         self.done = done
         self.start = sim.env.now
         self.route: Route | None = None
-        self.engine: Engine | None = None
         self.decision: Decision | None = None
-        self.endpoint: Endpoint | None = None
-        self.outcome: Outcome | None = None
-        self.tried: list[Endpoint] = []
+        self.life: Lifecycle | None = None
+        self.status = 0
 
     def answer(self, status: int) -> None:
-        """The proxy answers itself (404, 403, 429, 503) after its own hop."""
+        """The proxy answers itself (404 before any decision) after its own hop."""
         event = self.sim.env.timeout(self.sim.scenario.proxy_latency)
         event.callbacks.append(lambda _: self.record(status))
 
-    def send(self, endpoint: Endpoint) -> None:
-        assert self.decision is not None
-        self.endpoint = endpoint
-        self.tried.append(endpoint)
-        outcome = self.outcome = self.sim._attempt(endpoint.ip, self.decision.policy.timeout)
-        self.sim.env.timeout(outcome.latency).callbacks.append(self.answered)
-
-    def answered(self, _: simpy.Event) -> None:
-        engine, decision, endpoint, outcome = (
-            self.engine,
-            self.decision,
-            self.endpoint,
-            self.outcome,
+    def begin(self, engine: Engine, decision: Decision) -> None:
+        self.decision = decision
+        life = self.life = Lifecycle(
+            engine,
+            decision,
+            method=self.kind.method,
+            replayable=True,
+            rng=self.sim.rng_route,
+            now=self.start,
         )
-        assert engine is not None and decision is not None
-        assert endpoint is not None and outcome is not None
+        self.perform(life.start())
+
+    def perform(self, command: Command | None) -> None:
+        env = self.sim.env
+        if isinstance(command, Send):
+            outcome = self.sim._attempt(command.endpoint.ip, command.timeout)
+            env.timeout(outcome.latency).callbacks.append(lambda _: self.attempted(outcome))
+        elif isinstance(command, Wait):
+            env.timeout(command.delay).callbacks.append(self.resumed)
+        elif isinstance(command, Deliver):
+            self.status = command.status or 200
+            self.perform(self._life.handle(Delivered(), env.now))
+        elif isinstance(command, Answer):
+            if self._life.tries:
+                self.record(command.status)  # the last try's outcome came through the proxy
+            else:
+                self.answer(command.status)
+        else:
+            self.record(self.status)
+
+    @property
+    def _life(self) -> Lifecycle:
+        assert self.life is not None
+        return self.life
+
+    def attempted(self, outcome: Outcome) -> None:
         now = self.sim.env.now
-        engine.finish(decision, endpoint, outcome, now)
-        if outcome.failed:
-            nxt = engine.retry(
-                decision,
-                tries=len(self.tried),
-                tried=self.tried,
-                method=self.kind.method,
-                replayable=True,
-                outcome=outcome,
-                now=now,
-                rng=self.sim.rng_route,
-            )
-            if nxt is not None:
-                self.send(nxt)
-                return
-        self.record(final_status(outcome))
+        if outcome.failure is not None:
+            event: Responded | Failed = Failed(outcome.failure)
+        else:
+            event = Responded(outcome.status)
+        self.perform(self._life.handle(event, now))
+
+    def resumed(self, _: simpy.Event) -> None:
+        self.perform(self._life.resume(self.sim.env.now))
 
     def record(self, status: int) -> None:
         route, decision = self.route, self.decision
@@ -400,8 +410,21 @@ class _Flight:
             status,
             self.start,
             self.sim.env.now,
-            len(self.tried),
+            self.life.tries if self.life is not None else 0,
         )
+        trace = self.sim.trace
+        if trace is not None:
+            attempts = self.life.attempts if self.life is not None else []
+            trace.append(
+                {
+                    "at": self.start,
+                    "status": status,
+                    "attempts": [
+                        [e.key, o.failure.value if o.failure is not None else o.status]
+                        for e, o in attempts
+                    ],
+                }
+            )
         if self.done is not None:
             self.done.succeed()
 

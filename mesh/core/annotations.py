@@ -35,7 +35,10 @@ KEYS = (
     "scheme",
     "retry-attempts",
     "retry-non-idempotent",
+    "retry-backoff",
+    "retry-budget",
     "timeout",
+    "request-timeout",
     "circuit-breaker",
     "circuit-breaker-window",
     "circuit-breaker-open-duration",
@@ -50,7 +53,8 @@ LOAD_BALANCERS = ("round-robin", "least-request")
 @dataclass(frozen=True, slots=True)
 class ServicePolicy:
     retry: RetrySpec | None = None
-    timeout: float | None = None
+    timeout: float | None = None  # per try
+    request_timeout: float | None = None  # the whole request: every try and backoff
     circuit_breaker: CircuitBreakerSpec | None = None
     rate_limit: RateLimitSpec | None = None
     load_balancer: str = "round-robin"
@@ -211,7 +215,10 @@ def service_options(
     scheme = read("scheme", _choice(Scheme)) or Scheme.HTTP
     attempts = read("retry-attempts", lambda t: _positive_int(t, allow_zero=True))
     non_idempotent = read("retry-non-idempotent", _boolean)
+    backoff = read("retry-backoff", parse_duration)
+    budget = read("retry-budget", _percent)
     timeout = read("timeout", parse_duration)
+    request_timeout = read("request-timeout", _positive_duration)
     expression = read("circuit-breaker", parse_circuit_breaker_expression)
     window = read("circuit-breaker-window", _positive_duration)
     open_duration = read("circuit-breaker-open-duration", parse_duration)
@@ -231,7 +238,12 @@ def service_options(
 
     retry = None
     if isinstance(attempts, int) and attempts > 0:
-        retry = RetrySpec(attempts=attempts, non_idempotent=bool(non_idempotent))
+        retry = RetrySpec(
+            attempts=attempts,
+            non_idempotent=bool(non_idempotent),
+            backoff=float(backoff) if isinstance(backoff, float) else 0.0,
+            budget=float(budget) if isinstance(budget, float) else None,
+        )
     breaker = None
     if isinstance(expression, tuple):
         breaker = CircuitBreakerSpec(
@@ -256,11 +268,24 @@ def service_options(
     policy = ServicePolicy(
         retry=retry,
         timeout=float(timeout) if isinstance(timeout, float) and timeout > 0 else None,
+        request_timeout=float(request_timeout) if isinstance(request_timeout, float) else None,
         circuit_breaker=breaker,
         rate_limit=rate_limit,
         load_balancer=str(balancer),
     )
     return ServiceOptions(TrafficType(str(traffic)), Scheme(str(scheme)), policy), errors
+
+
+def _percent(text: str) -> float:
+    """A share: ``20%`` or ``0.2``."""
+    raw = text.strip()
+    try:
+        value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+    except ValueError:
+        raise ValueError(f"expected a percentage such as 20%, got {text!r}") from None
+    if not 0 < value <= 1:
+        raise ValueError(f"expected a percentage in (0%, 100%], got {text!r}")
+    return value
 
 
 def _boolean(text: str) -> bool:

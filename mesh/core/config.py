@@ -302,8 +302,11 @@ def policy_dict(policy: ServicePolicy) -> dict[str, Any]:
             "attempts": retry.attempts,
             "nonIdempotent": retry.non_idempotent,
             "onStatuses": list(retry.on_statuses),
+            "backoff": retry.backoff,
+            "budget": retry.budget,
         },
         "timeout": policy.timeout,
+        "requestTimeout": policy.request_timeout,
         "rateLimit": None if limit is None else {"average": limit.average, "burst": limit.burst},
     }
 

@@ -72,6 +72,20 @@ class RetrySpec:
     attempts: int  # retries after the first try; 0 disables retrying
     non_idempotent: bool = False  # explicit opt-in to retry POST and PATCH
     on_statuses: tuple[int, ...] = (500, 502, 503, 504)
+    backoff: float = 0.0  # base of the exponential, jittered wait between tries (0: none)
+    budget: float | None = None  # share of a route's active requests that may be retrying
+
+
+MIN_RETRY_CONCURRENCY = 3  # retries a budget always allows at once (as Envoy's)
+
+
+def retry_budget_allows(spec: RetrySpec | None, *, active: int, retrying: int) -> bool:
+    """Whether one more request of a route may start retrying: at most ``budget`` of the
+    route's active requests (and always :data:`MIN_RETRY_CONCURRENCY`) retry at once, so a
+    failing upstream is not hit by a retry storm."""
+    if spec is None or spec.budget is None:
+        return True
+    return retrying < max(MIN_RETRY_CONCURRENCY, spec.budget * active)
 
 
 def retry_verdict(

@@ -5,8 +5,12 @@ request *may* do (:meth:`Router.plan_http`), which is what ``simmesh explain`` p
 :class:`Engine` adds the state a data plane keeps between requests (split and endpoint balancers,
 circuit breakers, rate limiters, in-flight counts) and answers what *this* request does
 (:meth:`Engine.decide_http`, :meth:`Engine.decide_flow`). The proxy feeds it wall-clock ``now``;
-the simulator feeds it simulated ``now``. Both then report each attempt's outcome with
-:meth:`Engine.finish` and ask :meth:`Engine.retry` whether and where to retry.
+the simulator feeds it simulated ``now``. What happens after the decision (attempts, retries,
+timeouts, the final answer) is :mod:`mesh.core.lifecycle`'s, which reports each attempt's
+outcome back here (:meth:`Engine.finish`) and asks where to retry (:meth:`Engine.next_endpoint`).
+:class:`Router` also judges again flows admitted by an earlier config (:meth:`Router.readmits`).
+
+Requests are decided in their canonical form (:mod:`mesh.core.request`).
 
 Order of checks for a request: listener and Host (404) -> split (weighted backend choice for the
 requests its matches select) -> access control in ACL mode (403) -> rate limit (429) -> ready
@@ -35,6 +39,7 @@ from mesh.core.policies import (
     RoundRobin,
     SmoothWeightedRoundRobin,
     TokenBucket,
+    retry_budget_allows,
     retry_verdict,
 )
 from mesh.core.request import Request
@@ -278,8 +283,11 @@ def _policy(raw: Mapping[str, Any], breaker: CircuitBreakerSpec | None) -> Servi
             attempts=retry["attempts"],
             non_idempotent=retry["nonIdempotent"],
             on_statuses=tuple(retry["onStatuses"]),
+            backoff=retry["backoff"],
+            budget=retry["budget"],
         ),
         timeout=raw.get("timeout"),
+        request_timeout=raw.get("requestTimeout"),
         circuit_breaker=breaker,
         rate_limit=None if limit is None else RateLimitSpec(limit["average"], limit["burst"]),
     )
@@ -526,6 +534,8 @@ class EngineState:
         self.limiters: dict[str, TokenBucket] = {}
         self.inflight: dict[str, int] = {}
         self.tripped: dict[str, int] = {}  # service -> breakers not closed
+        self.active: dict[str, int] = {}  # route -> requests in their lifecycle
+        self.retrying: dict[str, int] = {}  # route -> of those, requests that retried
 
 
 class Engine:
@@ -683,19 +693,10 @@ class Engine:
                 if was_closed != (breaker.state is CircuitState.CLOSED):
                     self._count_tripped(cluster.service, 1 if was_closed else -1)
 
-    def retry(
-        self,
-        decision: Decision,
-        *,
-        tries: int,
-        tried: Sequence[Endpoint],
-        method: str,
-        replayable: bool,
-        outcome: Outcome,
-        now: float,
-        rng: Rng,
-    ) -> Endpoint | None:
-        """The endpoint for the next attempt, or None when the request must not be retried."""
+    def may_retry(
+        self, decision: Decision, *, tries: int, method: str, replayable: bool, outcome: Outcome
+    ) -> bool:
+        """Whether the policy retries after ``tries`` attempts ending in ``outcome``."""
         why = retry_verdict(
             decision.policy.retry,
             tries=tries,
@@ -703,6 +704,37 @@ class Engine:
             replayable=replayable,
             outcome=outcome,
         )
-        if why is None or decision.cluster is None:
-            return None
+        return why is not None and decision.cluster is not None
+
+    def next_endpoint(
+        self, decision: Decision, *, tried: Sequence[Endpoint], now: float, rng: Rng
+    ) -> Endpoint | None:
+        """The endpoint for a retry, preferring one not tried yet; None when every candidate
+        is ejected by its circuit breaker."""
+        assert decision.cluster is not None
         return self._pick(decision.cluster, decision.candidates, tried, now, rng)
+
+    # -- request accounting (for retry budgets), called by mesh.core.lifecycle ------------------
+
+    def request_started(self, decision: Decision) -> None:
+        key = decision.route.key if decision.route is not None else ""
+        self.state.active[key] = self.state.active.get(key, 0) + 1
+
+    def request_ended(self, decision: Decision, *, retried: bool) -> None:
+        key = decision.route.key if decision.route is not None else ""
+        state = self.state
+        state.active[key] = max(0, state.active.get(key, 1) - 1)
+        if retried:
+            state.retrying[key] = max(0, state.retrying.get(key, 1) - 1)
+
+    def retry_budget_allows(self, decision: Decision) -> bool:
+        key = decision.route.key if decision.route is not None else ""
+        return retry_budget_allows(
+            decision.policy.retry,
+            active=self.state.active.get(key, 0),
+            retrying=self.state.retrying.get(key, 0),
+        )
+
+    def retry_started(self, decision: Decision) -> None:
+        key = decision.route.key if decision.route is not None else ""
+        self.state.retrying[key] = self.state.retrying.get(key, 0) + 1

@@ -1,4 +1,4 @@
-"""One HTTP request driven through the core: decide, attempt, retry, report.
+"""One HTTP request driven through the core: read, decide, then perform the lifecycle.
 
 Both HTTP front ends (HTTP/1.1 and h2c) turn a request into an :class:`Inbound` and call
 :meth:`Forwarder.exchange`, which does exactly what docs/semantics.md says the core decides:
@@ -7,24 +7,38 @@ Both HTTP front ends (HTTP/1.1 and h2c) turn a request into an :class:`Inbound` 
    path, combined headers; 400 when ambiguous), then ``engine.decide_http`` decides on it with
    the snapshot the request started on; a denial becomes a local answer (status, reason,
    detail) and nothing is sent upstream. What goes upstream is that canonical request.
-2. Attempts: send to the decided endpoint; every attempt's outcome is reported once with
-   ``engine.finish``; after a failed attempt ``engine.retry`` names the next endpoint or
-   None. Upstream refused/reset after retries -> 502, timed out -> 504.
-3. A successful attempt's response is handed back to the front end, which relays its body
-   and then calls :meth:`Forwarder.complete`: only then is that attempt finished in the
-   engine (so in-flight counts cover the body), metrics counted and the span ended.
+2. The core's :class:`~mesh.core.lifecycle.Lifecycle` runs the rest: :meth:`Forwarder._run`
+   performs its commands (``Send`` an attempt, ``Wait`` out a backoff, ``Answer`` 502/504 and
+   the like, ``Deliver`` a response) and feeds back what happened (``Responded``,
+   ``Failed``). Which failure is retried, where, after how long, and what the client finally
+   gets is the lifecycle's decision, the same one the simulator executes.
+3. A response to deliver is handed back to the front end, which relays its body and then
+   calls :meth:`Forwarder.complete`: only then does the lifecycle finish that attempt (so
+   in-flight counts cover the body), and metrics, access log and span are written.
 
-Nothing here chooses an endpoint, counts a retry budget or judges a failure: the core does.
-"""
+Flows (TCP, UDP, WebSocket upgrades) connect through :func:`connect_flow`, the same lifecycle
+with only connect failures retried."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from mesh.core.policies import FAILURE_ANSWERS, Failure, Outcome
+from mesh.core.lifecycle import (
+    Abandoned,
+    Answer,
+    Command,
+    Delivered,
+    Failed,
+    Lifecycle,
+    Responded,
+    Send,
+    Wait,
+)
+from mesh.core.policies import Failure
 from mesh.core.request import BadRequest, Request, parse_request
 from mesh.core.routing import Decision, Endpoint, Engine, Reason
 from mesh.proxy.body import Body, ClientGone
@@ -36,7 +50,6 @@ if TYPE_CHECKING:
     from mesh.proxy.proxy import Proxy, Snapshot
 
 T = TypeVar("T")
-_NEUTRAL = Outcome(status=None)
 
 
 class Inbound:
@@ -84,15 +97,13 @@ class Inbound:
 
 
 class Exchange:
-    """One request's progress: the decision, the attempts, and what is answered."""
+    """One request's progress: the decision, the core's lifecycle, and what is answered."""
 
     __slots__ = (
-        "attempt_open",
         "decision",
         "detail",
-        "endpoint",
         "inbound",
-        "outcome",
+        "life",
         "reason",
         "response",
         "retry_after",
@@ -100,7 +111,6 @@ class Exchange:
         "span",
         "started",
         "status",
-        "tries",
     )
 
     def __init__(self, snapshot: Snapshot | None, inbound: Inbound, started: float) -> None:
@@ -108,12 +118,9 @@ class Exchange:
         self.inbound = inbound
         self.started = started
         self.decision: Decision | None = None
+        self.life: Lifecycle | None = None
         self.span: Span | None = None
-        self.endpoint: Endpoint | None = None
         self.response: Response | None = None
-        self.outcome = _NEUTRAL
-        self.attempt_open = False  # an attempt awaits engine.finish
-        self.tries = 0
         self.status = 0  # set for local answers
         self.reason = "forwarded"
         self.detail = ""
@@ -130,6 +137,14 @@ class Exchange:
         d = self.decision
         return d.route.service if d is not None and d.route is not None else "-"
 
+    @property
+    def endpoint(self) -> Endpoint | None:
+        return self.life.endpoint if self.life is not None else None
+
+    @property
+    def tries(self) -> int:
+        return self.life.tries if self.life is not None else 0
+
 
 class Forwarder:
     def __init__(self, proxy: Proxy, *, http: Upstream, h2c: Upstream) -> None:
@@ -141,7 +156,8 @@ class Forwarder:
         self._buffer_limit = proxy.options.buffer_limit
 
     def decide(self, inbound: Inbound) -> Exchange:
-        """The core's verdict; a denied request comes back answered (``ex.status`` set)."""
+        """The core's verdict; a denied request comes back answered (``ex.status`` set), an
+        allowed one with its lifecycle, not started yet."""
         snapshot = self.proxy.snapshot
         now = time.monotonic()
         ex = Exchange(snapshot, inbound, now)
@@ -165,17 +181,17 @@ class Forwarder:
             self.metrics.deny(ex.service, "http", d.reason.value)
             ex.retry_after = d.retry_after
             return ex.answer(d.status or 503, d.reason.value, d.detail)
-        ex.endpoint = d.endpoint
-        ex.attempt_open = True
+        ex.life = Lifecycle(
+            snapshot.engine, d, method=inbound.method, replayable=False, rng=self.rng, now=now
+        )
         return ex
 
     async def exchange(self, inbound: Inbound) -> Exchange:
         ex = self.decide(inbound)
-        d = ex.decision
-        if ex.status or d is None:
+        if ex.status or ex.life is None:
             return ex
         try:
-            await self._attempts(ex, d)
+            await self._run(ex, ex.life)
         except ClientGone as exc:
             self._abandon(ex)
             return ex.answer(499, "client-gone", f"the client went away: {exc}")
@@ -187,99 +203,95 @@ class Forwarder:
 
     def _abandon(self, ex: Exchange) -> None:
         """The client went away: not the upstream's fault, so the attempt ends neutral."""
-        ex.outcome = _NEUTRAL
-        self.finish_attempt(ex, _NEUTRAL)
+        if ex.life is not None and not ex.life.done:
+            ex.life.handle(Abandoned(), time.monotonic())
         if ex.response is not None:
             ex.response.close()
             ex.response = None
 
-    async def _attempts(self, ex: Exchange, d: Decision) -> None:
-        assert d.cluster is not None and d.route is not None and ex.endpoint is not None
+    async def _run(self, ex: Exchange, life: Lifecycle) -> None:
+        """Perform the lifecycle's commands until there is a response to relay (``ex.response``)
+        or an answer of the proxy's own (``ex.status``)."""
+        d = ex.decision
+        assert d is not None and d.cluster is not None and d.route is not None
         inbound = ex.inbound
         request = inbound.request
         assert request is not None
         body = inbound.body
         await body.buffer(self._buffer_limit)
+        life.replayable = body.replayable
         scheme = d.cluster.scheme
         h2 = scheme == "h2c"
         upstream = self._h2c if h2 else self._http
+        service = d.route.service
         span = ex.span = self.proxy.tracer.start(
             request.replaced.get("traceparent"),
-            name=f"{inbound.method} {d.route.service}",
+            name=f"{inbound.method} {service}",
             attributes={"http.request.method": inbound.method, "server.address": request.host},
         )
         headers = request_headers(
             request, peer=inbound.peer, proto=inbound.proto, traceparent=span.traceparent, h2=h2
         )
-        target = request.target
         server_name = self.proxy.server_name(d.cluster.service) if scheme == "https" else None
-        engine = ex.snapshot.engine if ex.snapshot is not None else None
-        assert engine is not None
-        tried = [ex.endpoint]
+        target = request.target
+        command: Command | None = life.start()
         while True:
-            endpoint = ex.endpoint
-            ex.tries += 1
-            started = time.monotonic()
-            response = None
-            try:
-                response = await upstream.send(
-                    scheme=scheme,
-                    ip=endpoint.ip,
-                    port=endpoint.port,
-                    method=inbound.method,
-                    authority=request.host,
-                    path=target,
-                    headers=headers,
-                    body=body,
-                    timeout=d.policy.timeout,
-                    server_name=server_name,
-                )
-                outcome = Outcome(status=response.status, latency=time.monotonic() - started)
-            except UpstreamError as exc:
-                if body.client_error:
-                    raise ClientGone(str(exc)) from exc
-                failure = exc.failure
-                if failure is Failure.CONNECT and body.touched and not body.replayable:
-                    failure = Failure.RESET  # part of the body went out: not "never sent"
-                outcome = Outcome(None, failure, time.monotonic() - started)
-                ex.detail = exc.detail
-                self.metrics.failure(d.route.service, failure.value)
-            self.metrics.attempt(d.route.service, outcome.latency)
-            ex.outcome = outcome
-            ex.response = response
-            if not outcome.failed:
-                return  # finished by complete() once the body is relayed
-            self.finish_attempt(ex, outcome)
-            nxt = engine.retry(
-                d,
-                tries=ex.tries,
-                tried=tried,
-                method=inbound.method,
-                replayable=body.replayable,
-                outcome=outcome,
-                now=time.monotonic(),
-                rng=self.rng,
-            )
-            if nxt is None:
-                if response is None:
-                    assert outcome.failure is not None
-                    status, reason = FAILURE_ANSWERS[outcome.failure]
-                    ex.answer(status, reason, f"{d.route.service}: {ex.detail}")
+            if isinstance(command, Send):
+                if ex.response is not None:  # a retried 5xx: its body is not relayed
+                    ex.response.close()
+                    ex.response = None
+                if command.attempt > 1:
+                    self.metrics.retry(service)
+                endpoint = command.endpoint
+                started = time.monotonic()
+                try:
+                    response = await upstream.send(
+                        scheme=scheme,
+                        ip=endpoint.ip,
+                        port=endpoint.port,
+                        method=inbound.method,
+                        authority=request.host,
+                        path=target,
+                        headers=headers,
+                        body=body,
+                        timeout=command.timeout,
+                        server_name=server_name,
+                    )
+                except UpstreamError as exc:
+                    if body.client_error:
+                        raise ClientGone(str(exc)) from exc
+                    now = time.monotonic()
+                    self.metrics.attempt(service, now - started)
+                    event = Failed(exc.failure, exc.detail, partial=body.touched)
+                    command = life.handle(event, now)
+                    assert life.outcome is not None and life.outcome.failure is not None
+                    self.metrics.failure(service, life.outcome.failure.value)
+                    continue
+                now = time.monotonic()
+                self.metrics.attempt(service, now - started)
+                ex.response = response
+                command = life.handle(Responded(response.status), now)
+            elif isinstance(command, Wait):
+                await asyncio.sleep(command.delay)
+                command = life.resume(time.monotonic())
+            elif isinstance(command, Answer):
+                if ex.response is not None:
+                    ex.response.close()
+                    ex.response = None
+                ex.answer(command.status, command.reason, command.detail)
                 return
-            if response is not None:
-                response.close()
-                ex.response = None
-            self.metrics.retry(d.route.service)
-            ex.endpoint = nxt
-            ex.attempt_open = True
-            tried.append(nxt)
+            else:  # Deliver: the front end relays ex.response, then calls complete()
+                return
 
-    def finish_attempt(self, ex: Exchange, outcome: Outcome) -> None:
-        if not ex.attempt_open:
-            return
-        ex.attempt_open = False
-        assert ex.snapshot is not None and ex.decision is not None and ex.endpoint is not None
-        ex.snapshot.engine.finish(ex.decision, ex.endpoint, outcome, time.monotonic())
+    def broken(self, ex: Exchange, failure: Failure, detail: str) -> None:
+        """The upstream broke its response before any byte reached the client: the lifecycle
+        names the answer (502/504), which the front end sends instead."""
+        life = ex.life
+        assert life is not None
+        command = life.handle(Delivered(failure, detail, started=False), time.monotonic())
+        assert isinstance(command, Answer)
+        self.metrics.failure(ex.service, failure.value)
+        ex.answer(command.status, command.reason, command.detail)
 
     def complete(
         self,
@@ -290,11 +302,13 @@ class Forwarder:
         failure: Failure | None = None,
         client_gone: bool = False,
     ) -> None:
-        """The answer is out (or abandoned): finish the attempt, count, log, end the span."""
+        """The answer is out (or abandoned): end the lifecycle, count, log, end the span."""
+        life = ex.life
+        if life is not None and not life.done:
+            now = time.monotonic()
+            life.handle(Abandoned() if client_gone else Delivered(failure), now)
         if failure is not None:
-            ex.outcome = Outcome(ex.outcome.status, failure, ex.outcome.latency)
             self.metrics.failure(ex.service, failure.value)
-        self.finish_attempt(ex, ex.outcome)
         elapsed = time.monotonic() - ex.started
         service = ex.service
         code = 499 if client_gone else status
@@ -324,6 +338,10 @@ class Forwarder:
             "service": ex.service,
             "endpoint": endpoint.key if endpoint is not None else None,
             "tries": ex.tries,
+            "attempts": [
+                [e.key, o.failure.value if o.failure is not None else o.status]
+                for e, o in (ex.life.attempts if ex.life is not None else ())
+            ],
             "bytes_in": inbound.body.received,
             "bytes_out": sent,
             "duration_ms": round(elapsed * 1000.0, 3),
@@ -332,48 +350,48 @@ class Forwarder:
         }
 
 
-async def connect_attempts(
+async def connect_with(
+    life: Lifecycle,
+    connect: Callable[[Endpoint], Awaitable[T]],
+    *,
+    on_failure: Callable[[UpstreamError], None] | None = None,
+) -> T:
+    """Start ``life`` and perform its attempts as connects, retrying where the core says.
+    Returns the connection (the attempt stays open: the caller reports what came of it);
+    raises the last UpstreamError when the lifecycle answers instead (``life.answer``)."""
+    command: Command | None = life.start()
+    while True:
+        if isinstance(command, Wait):
+            await asyncio.sleep(command.delay)
+            command = life.resume(time.monotonic())
+            continue
+        if not isinstance(command, Send):  # the decision's own answer: never attempted
+            raise UpstreamError(Failure.CONNECT, life.answer.detail if life.answer else "")
+        try:
+            return await connect(command.endpoint)
+        except UpstreamError as exc:
+            command = life.handle(Failed(exc.failure, exc.detail), time.monotonic())
+            if on_failure is not None:
+                on_failure(exc)
+            if isinstance(command, Answer):
+                raise
+        except BaseException:
+            life.handle(Abandoned(), time.monotonic())
+            raise
+
+
+async def connect_flow(
     engine: Engine,
     decision: Decision,
     connect: Callable[[Endpoint], Awaitable[T]],
     *,
     rng: random.Random,
     on_failure: Callable[[UpstreamError], None] | None = None,
-) -> tuple[T, Endpoint, float]:
-    """Connect to the decided endpoint, retrying where the core says (connection flows and
-    upgrades). Returns (connection, endpoint, connect latency); the caller finishes that
-    attempt when the flow ends. Raises the last UpstreamError when the core stops retrying.
-    """
-    assert decision.endpoint is not None
-    endpoint = decision.endpoint
-    tried = [endpoint]
-    tries = 1
-    while True:
-        started = time.monotonic()
-        try:
-            connection = await connect(endpoint)
-        except UpstreamError as exc:
-            outcome = Outcome(None, exc.failure, time.monotonic() - started)
-            engine.finish(decision, endpoint, outcome, time.monotonic())
-            if on_failure is not None:
-                on_failure(exc)
-            nxt = engine.retry(
-                decision,
-                tries=tries,
-                tried=tried,
-                method="",
-                replayable=False,
-                outcome=outcome,
-                now=time.monotonic(),
-                rng=rng,
-            )
-            if nxt is None:
-                raise
-            endpoint = nxt
-            tried.append(nxt)
-            tries += 1
-            continue
-        except BaseException:
-            engine.finish(decision, endpoint, _NEUTRAL, time.monotonic())
-            raise
-        return connection, endpoint, time.monotonic() - started
+) -> tuple[T, Lifecycle]:
+    """Connect a TCP or UDP flow to the decided endpoint, retrying connect failures where the
+    core says. Returns the connection and its lifecycle, which the caller ends with
+    ``Delivered`` (or ``Abandoned``) when the flow is over; raises the last UpstreamError."""
+    life = Lifecycle(engine, decision, method="", replayable=False, rng=rng, now=time.monotonic())
+    connection = await connect_with(life, connect, on_failure=on_failure)
+    life.handle(Responded(None), time.monotonic())
+    return connection, life

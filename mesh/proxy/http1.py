@@ -241,17 +241,8 @@ async def relay(
         if out.prepared:
             request.protocol.force_close()  # the client must see a truncated response
         else:
-            status, reason = (
-                (504, "upstream-timeout")
-                if failure is Failure.TIMEOUT
-                else (
-                    502,
-                    "upstream-reset",
-                )
-            )
-            fw.complete(ex, status=status, sent=0, failure=failure)
-            ex.answer(status, reason, exc.detail)
-            return _local(ex, close=close())
+            fw.broken(ex, failure, exc.detail)
+            return local_response(fw, ex, close=close())
     except (ConnectionError, ClientGone):
         gone = True
         upstream.close()

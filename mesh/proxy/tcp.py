@@ -17,9 +17,10 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any, cast
 
-from mesh.core.policies import Failure, Outcome
+from mesh.core.lifecycle import Delivered, Lifecycle
+from mesh.core.policies import Failure
 from mesh.core.routing import Decision, Endpoint, Router
-from mesh.proxy.forward import connect_attempts
+from mesh.proxy.forward import connect_flow
 from mesh.proxy.upstream import UpstreamError
 
 if TYPE_CHECKING:
@@ -105,7 +106,7 @@ class Inbound(asyncio.Protocol):
         self.endpoint: Endpoint | None = None  # set while the engine attempt is open
         self.endpoint_key: str | None = None
         self.started = time.monotonic()
-        self.latency = 0.0
+        self.life: Lifecycle | None = None  # the connected attempt, ended with the flow
         self.rx = 0
         self.tx = 0
         self.eof_in = False
@@ -179,7 +180,7 @@ class Inbound(asyncio.Protocol):
             self.proxy.metrics.failure(self.service, Failure.CONNECT.value)
 
         try:
-            peer, endpoint, self.latency = await connect_attempts(
+            peer, self.life = await connect_flow(
                 snapshot.engine, d, connect, rng=self.proxy.rng, on_failure=failed
             )
         except UpstreamError:
@@ -187,6 +188,8 @@ class Inbound(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.close()
             return
+        endpoint = self.life.endpoint
+        assert endpoint is not None
         self.peer, self.endpoint, self.endpoint_key = peer, endpoint, endpoint.key
         self.reason = "forwarded"
         if peer.transport is not None:
@@ -274,10 +277,8 @@ class Inbound(asyncio.Protocol):
             self.peer.transport.abort()
 
     def _finish(self) -> None:
-        if self.endpoint is not None and self.snapshot is not None and self.decision is not None:
-            outcome = Outcome(None, self.failure, self.latency)
-            self.snapshot.engine.finish(self.decision, self.endpoint, outcome, time.monotonic())
-            self.endpoint = None
+        if self.life is not None and not self.life.done:
+            self.life.handle(Delivered(self.failure), time.monotonic())
         self._count()
 
     def _count(self) -> None:

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 
 from aiohttp import web
 from aiohttp.web_request import BaseRequest
 
-from mesh.core.policies import Failure, Outcome
+from mesh.core.lifecycle import Answer, Failed, Lifecycle, Responded
+from mesh.core.policies import Failure
 from mesh.core.routing import Endpoint, Router
-from mesh.proxy.forward import Exchange, Forwarder, Inbound, connect_attempts
+from mesh.proxy.forward import Exchange, Forwarder, Inbound, connect_with
 from mesh.proxy.headers import request_headers, response_headers
 from mesh.proxy.http1 import H1Protocol, local_response
 from mesh.proxy.upstream import UpstreamError
@@ -94,18 +96,17 @@ async def tunnel(
         except (OSError, TimeoutError, ssl.SSLError) as exc:
             raise UpstreamError(Failure.CONNECT, f"connect to {endpoint.key}: {exc!r}") from exc
 
-    ex.attempt_open = False  # connect_attempts reports each attempt itself
+    life = ex.life
+    assert life is not None
     try:
-        (reader, writer), ex.endpoint, latency = await connect_attempts(
-            ex.snapshot.engine, d, connect, rng=fw.rng
-        )
-    except UpstreamError as exc:
-        ex.answer(502, "upstream-connect-failed", exc.detail)
+        reader, writer = await connect_with(life, connect)
+    except UpstreamError:
+        answer = life.answer
+        assert answer is not None
+        ex.answer(answer.status, answer.reason, answer.detail)
         return local_response(fw, ex, close=True)
-    ex.attempt_open = True
-    ex.tries = 1
     try:
-        return await _exchange(fw, request, inbound, ex, reader, writer, latency)
+        return await _exchange(fw, request, inbound, ex, life, reader, writer)
     finally:
         writer.close()
 
@@ -115,9 +116,9 @@ async def _exchange(
     request: BaseRequest,
     inbound: Inbound,
     ex: Exchange,
+    life: Lifecycle,
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
-    latency: float,
 ) -> web.StreamResponse:
     canonical = inbound.request
     assert canonical is not None
@@ -147,13 +148,11 @@ async def _exchange(
         UpstreamError,
     ) as exc:
         failure = Failure.TIMEOUT if isinstance(exc, TimeoutError) else Failure.RESET
-        ex.outcome = Outcome(None, failure, latency)
-        fw.finish_attempt(ex, ex.outcome)
-        ex.answer(
-            504 if failure is Failure.TIMEOUT else 502, f"upstream-{failure.value}", repr(exc)
-        )
+        answer = life.handle(Failed(failure, repr(exc), partial=True), time.monotonic())
+        assert isinstance(answer, Answer)  # the upgrade went out: not replayable, not retried
+        ex.answer(answer.status, answer.reason, answer.detail)
         return local_response(fw, ex, close=True)
-    ex.outcome = Outcome(status, None, latency)
+    life.handle(Responded(status), time.monotonic())
     out_headers = response_headers(upstream_headers)
     if status == 101:
         out_headers += [("Connection", "Upgrade"), ("Upgrade", upgrade)]

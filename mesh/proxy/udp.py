@@ -14,9 +14,10 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any, cast
 
-from mesh.core.policies import Failure, Outcome
+from mesh.core.lifecycle import Delivered, Lifecycle
+from mesh.core.policies import Failure
 from mesh.core.routing import Decision, Endpoint, Router
-from mesh.proxy.forward import connect_attempts
+from mesh.proxy.forward import connect_flow
 from mesh.proxy.upstream import UpstreamError
 
 if TYPE_CHECKING:
@@ -99,7 +100,7 @@ class Session(asyncio.DatagramProtocol):
         self.endpoint_key: str | None = None
         self.pending: list[bytes] = []
         self.started = self.last = time.monotonic()
-        self.latency = 0.0
+        self.life: Lifecycle | None = None  # the connected attempt, ended with the session
         self.rx = 0
         self.tx = 0
         self.failure: Failure | None = None
@@ -132,7 +133,7 @@ class Session(asyncio.DatagramProtocol):
             return transport
 
         try:
-            transport, endpoint, self.latency = await connect_attempts(
+            transport, self.life = await connect_flow(
                 self.snapshot.engine, self.decision, connect, rng=self.proxy.rng
             )
         except UpstreamError:
@@ -142,6 +143,8 @@ class Session(asyncio.DatagramProtocol):
             else:
                 self.close()
             return
+        endpoint = self.life.endpoint
+        assert endpoint is not None
         self.endpoint, self.endpoint_key = endpoint, endpoint.key
         if self.closed:
             transport.close()
@@ -213,10 +216,8 @@ class Session(asyncio.DatagramProtocol):
             self._finish()
 
     def _finish(self) -> None:
-        if self.endpoint is not None:
-            outcome = Outcome(None, self.failure, self.latency)
-            self.snapshot.engine.finish(self.decision, self.endpoint, outcome, time.monotonic())
-            self.endpoint = None
+        if self.life is not None and not self.life.done:
+            self.life.handle(Delivered(self.failure), time.monotonic())
         metrics = self.proxy.metrics
         metrics.closed("udp")
         metrics.transferred(self.service, "udp", self.rx, self.tx)

@@ -36,12 +36,11 @@ from typing import cast
 
 import httptools
 
-from mesh.core.policies import Failure
+from mesh.core.policies import IDEMPOTENT_METHODS, Failure
 from mesh.proxy.body import Body, ClientGone
 from mesh.proxy.upstream import Response, Upstream, UpstreamError
 
 HIGH_WATER = 256 * 1024  # response bytes queued before reading from the upstream pauses
-_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 _NO_BODY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # no Content-Length: 0
 _FRAMING = frozenset({"content-length", "transfer-encoding"})
 
@@ -516,7 +515,7 @@ class RawUpstream:
                     and exc.failure is Failure.RESET
                     and conn.received == 0
                     and not stream
-                    and method in _IDEMPOTENT
+                    and method in IDEMPOTENT_METHODS
                     and not body.client_error
                 ):
                     retried = True  # a stale pooled connection: the server never saw it

@@ -42,7 +42,10 @@ def test_every_key() -> None:
             "simmesh.io/scheme": "h2c",
             "simmesh.io/retry-attempts": "3",
             "simmesh.io/retry-non-idempotent": "true",
+            "simmesh.io/retry-backoff": "25ms",
+            "simmesh.io/retry-budget": "20%",
             "simmesh.io/timeout": "500ms",
+            "simmesh.io/request-timeout": "2s",
             "simmesh.io/circuit-breaker": "NetworkErrorRatio() > 0.5",
             "simmesh.io/circuit-breaker-window": "30s",
             "simmesh.io/circuit-breaker-open-duration": "1m",
@@ -54,8 +57,8 @@ def test_every_key() -> None:
     )
     assert (got.traffic_type, got.scheme) == (TrafficType.TCP, Scheme.H2C)
     policy = got.policy
-    assert policy.retry == RetrySpec(attempts=3, non_idempotent=True)
-    assert policy.timeout == 0.5
+    assert policy.retry == RetrySpec(attempts=3, non_idempotent=True, backoff=0.025, budget=0.2)
+    assert (policy.timeout, policy.request_timeout) == (0.5, 2.0)
     assert policy.rate_limit == RateLimitSpec(100.0, 200)
     assert policy.load_balancer == "least-request"
     breaker = policy.circuit_breaker
@@ -118,6 +121,12 @@ BAD = [
     ("retry-attempts", "two"),
     ("retry-non-idempotent", "maybe"),
     ("timeout", "2 weeks"),
+    ("retry-backoff", "soon"),
+    ("retry-budget", "0%"),
+    ("retry-budget", "150%"),
+    ("retry-budget", "lots"),
+    ("request-timeout", "0s"),
+    ("request-timeout", "x"),
     ("timeout", "-1s"),
     ("circuit-breaker", "NetworkErrorRatio() >"),
     ("circuit-breaker", "Bogus() > 1"),

@@ -24,8 +24,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mesh.core.config import MeshConfig
+from mesh.core.lifecycle import Failed, Lifecycle, Send
 from mesh.core.model import Settings
-from mesh.core.policies import Failure, Outcome, SmoothWeightedRoundRobin
+from mesh.core.policies import Failure, SmoothWeightedRoundRobin
 from mesh.core.routing import Decision, Reason
 from tests.core import test_malformed as malformed
 from tests.core.builders import (
@@ -588,23 +589,15 @@ def test_no_endpoint_that_is_not_ready_is_ever_chosen(
             assert listener is not None
             decision = client.http(f"{svc.name}.demo.mesh:{port}", source=source, listener=listener)
         assert_exclusive(decision)
-        tried = []
-        endpoint_ = decision.endpoint
-        while endpoint_ is not None:
+        life = Lifecycle(
+            client.engine, decision, method="GET", replayable=True, rng=client.rng, now=client.now
+        )
+        command = life.start()
+        while isinstance(command, Send):
+            endpoint_ = command.endpoint
             assert (endpoint_.ip, str(endpoint_.identity).split("/")[1]) in ready
-            tried.append(endpoint_)
-            client.engine.finish(decision, endpoint_, Outcome(None, Failure.CONNECT), client.now)
-            endpoint_ = client.engine.retry(
-                decision,
-                tries=len(tried),
-                tried=tried,
-                method="GET",
-                replayable=True,
-                outcome=Outcome(None, Failure.CONNECT),
-                now=client.now,
-                rng=client.rng,
-            )
-        assert len(tried) <= 4
+            command = life.handle(Failed(Failure.CONNECT), client.now)
+        assert life.done and life.tries <= 4
 
 
 # -- malformed objects never raise ----------------------------------------------------------------

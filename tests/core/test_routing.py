@@ -6,7 +6,7 @@ import random
 from typing import Any
 
 from mesh.core.model import Settings
-from mesh.core.policies import Failure, Outcome
+from mesh.core.policies import Outcome
 from mesh.core.request import parse_request
 from mesh.core.routing import Engine, EngineState, Reason, Router
 from tests.core.builders import (
@@ -113,50 +113,6 @@ def test_circuit_breakers_eject_endpoints_then_503_then_probe() -> None:
     engine.finish(probe, probe.endpoint, Outcome(200), 5.26)
     after = [client.http("web.demo.mesh", now=5.27).endpoint for _ in range(2)]
     assert [e.ip for e in after if e] == ["10.0.0.1", "10.0.0.1"]
-
-
-def test_retry_prefers_an_endpoint_not_yet_tried_and_stops_after_the_attempts() -> None:
-    client = Client(
-        compile_docs(app("web", ips=IPS, annotations={"simmesh.io/retry-attempts": "2"}))
-    )
-    decision = client.http("web.demo.mesh")
-    first = decision.endpoint
-    assert first is not None
-    engine = client.engine
-    kwargs: dict[str, Any] = {"method": "GET", "replayable": True, "now": 0.0, "rng": client.rng}
-    second = engine.retry(decision, tries=1, tried=[first], outcome=Outcome(503), **kwargs)
-    assert second is not None and second is not first
-    third = engine.retry(
-        decision, tries=2, tried=[first, second], outcome=Outcome(None, Failure.RESET), **kwargs
-    )
-    assert third is not None and third not in (first, second)
-    assert (
-        engine.retry(
-            decision, tries=3, tried=[first, second, third], outcome=Outcome(503), **kwargs
-        )
-        is None
-    )
-    post = {**kwargs, "method": "POST"}
-    assert engine.retry(decision, tries=1, tried=[first], outcome=Outcome(503), **post) is None
-
-
-def test_retry_falls_back_to_a_tried_endpoint_when_all_were_tried() -> None:
-    client = Client(
-        compile_docs(app("web", ips=IPS[:1], annotations={"simmesh.io/retry-attempts": "1"}))
-    )
-    decision = client.http("web.demo.mesh")
-    assert decision.endpoint is not None
-    again = client.engine.retry(
-        decision,
-        tries=1,
-        tried=[decision.endpoint],
-        method="GET",
-        replayable=True,
-        outcome=Outcome(None, Failure.CONNECT),
-        now=0.0,
-        rng=client.rng,
-    )
-    assert again is decision.endpoint
 
 
 def test_tcp_and_udp_flows() -> None:
