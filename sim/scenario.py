@@ -28,6 +28,7 @@ from mesh.core.model import Settings
 from mesh.core.request import BadRequest, Request, parse_request, split_target
 from mesh.manifests import ManifestError, read_manifests, read_settings
 from sim.distributions import DistributionError, Sampler, sampler
+from sim.profile import DEFAULT_PROFILE, Profile, ProfileError, load_profile
 
 
 class ScenarioError(Exception):
@@ -110,9 +111,10 @@ class Scenario:
     slos: list[Slo]
     duration: float
     seed: int
-    proxy_latency: float
-    connect_failure_latency: float
+    proxy_latency: float  # fixed seconds added to each pass through a proxy (default 0)
+    connect_failure_latency: float | None  # a refused connect; None: a network round trip
     connect_timeout: float = 5.0  # the proxy's --connect-timeout: an unreachable pod costs this
+    profile: Profile = field(default_factory=Profile)  # costs of the machinery (profile.py)
     raw: dict[str, Any] = field(default_factory=dict)
 
 
@@ -142,6 +144,7 @@ TOP_KEYS = {
     "proxyLatency",
     "connectFailureLatency",
     "connectTimeout",
+    "profile",
     "settings",
 }
 FAILURES = ("refused", "unreachable")  # how a pod that is down fails a connect
@@ -362,15 +365,24 @@ class _Validator:
             slos=slos,
             duration=duration,
             seed=seed,
-            proxy_latency=self.number(raw.get("proxyLatency"), "proxyLatency", default=0.0003),
-            connect_failure_latency=self.number(
-                raw.get("connectFailureLatency"), "connectFailureLatency", default=0.001
-            ),
+            proxy_latency=self.number(raw.get("proxyLatency"), "proxyLatency", default=0.0),
+            connect_failure_latency=None
+            if raw.get("connectFailureLatency") is None
+            else self.number(raw["connectFailureLatency"], "connectFailureLatency"),
             connect_timeout=self.number(
                 raw.get("connectTimeout"), "connectTimeout", low=0.001, default=5.0
             ),
+            profile=self.profile(raw.get("profile", DEFAULT_PROFILE)),
             raw=raw,
         )
+
+    def profile(self, value: Any) -> Profile:
+        if not isinstance(value, str) or not value:
+            raise self.fail("profile", f"expected a profile name or a path, got {value!r}")
+        try:
+            return load_profile(value, base=self.directory)
+        except ProfileError as exc:
+            raise self.fail("profile", str(exc)) from None
 
     def seq(self, value: Any, where: str) -> list[Any]:
         if value is None:

@@ -1,6 +1,6 @@
 """The simulator against queueing theory: one pod behind the mesh is a textbook queue.
 
-With no proxy cost and no network delay (``proxyLatency: 0``, no profile), a workload with
+With no proxy cost and no network delay (``profile: ideal``), a workload with
 ``capacity: c``, Poisson arrivals and a latency distribution is an M/G/c FIFO queue, and
 closed-loop users with think time are the delay station of a closed network. Each test
 compares the simulated mean (and where theory gives it, quantiles) with the formula.
@@ -39,7 +39,7 @@ def scenario(
     body = {
         "duration": duration,
         "seed": seed,
-        "proxyLatency": 0,
+        "profile": "ideal",
         "workloads": {"q/server": workload, "q/client": {"replicas": 1}},
         "traffic": [{"name": "load", "from": "q/client", "to": "http://server.q.mesh/", **traffic}],
     }
