@@ -321,6 +321,7 @@ def fortio_load(
     duration: float,
     uniform: bool = False,
     host: str | None = None,
+    allow_errors: bool = False,
 ) -> dict[str, Any]:
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         command = [
@@ -340,6 +341,8 @@ def fortio_load(
         ]
         if uniform:
             command.append("-uniform")
+        if allow_errors:  # fortio stops at a first answer that is not 200 otherwise
+            command.append("-allow-initial-errors")
         if host:
             command += ["-H", f"Host: {host}"]
         subprocess.run([*command, url], capture_output=True, check=True, timeout=duration + 60)
