@@ -14,6 +14,9 @@ plotted and judged against its SLOs by exactly the code that judges the simulati
   (``no-answer``), which the simulator never produces;
 - tries: the proxy's count.
 
+The proxy logs no trace id for the requests it answers itself (403, 404, 429): those keep the
+client's status and have no backend and no tries; ``run.notJoined`` counts them by status.
+
 Requests that ended after the scenario's duration count as in flight at the end, as in the
 simulator. Circuit breaker openings come from each proxy's ``simmesh_proxy_circuit_opens``.
 """
@@ -21,7 +24,7 @@ simulator. Circuit breaker openings come from each proxy's ``simmesh_proxy_circu
 from __future__ import annotations
 
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +162,17 @@ def real_results(scenario: Scenario, plan: Plan, workdir: Path) -> dict[str, Any
         "isolation": plan.isolation,
         "status": run.get("status"),
         "realised": run.get("realised", []),
-        "matchedAccessLog": sum(1 for r in rows if r[4] in http_logs),
+        "joined": sum(
+            1 for r in rows if r[4] in http_logs or plan.streams[r[0]].protocol != "http"
+        ),
+        "notJoined": dict(
+            sorted(
+                Counter(
+                    str(r[3])
+                    for r in rows
+                    if plan.streams[r[0]].protocol == "http" and r[4] not in http_logs
+                ).items()
+            )
+        ),
     }
     return results

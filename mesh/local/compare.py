@@ -4,9 +4,9 @@ A row per service and per split backend. Per row: requests, success rate, p50, p
 retries per request, 429s per request, denials and circuit breaker openings, simulated and
 real, with the error. The fidelity verdict is judged on the tolerance (``--tolerance``,
 default: 2 points of success rate, 25% of p50 and of p99, relative to the real value), on the
-rows that have enough requests for the number to mean something: success rate from 100
-requests, p50 from 30 successful requests, p99 from 300 (fewer, and one slow request moves
-it). The other columns are shown, not judged.
+rows that have enough requests for the number to mean something: success rate from 200
+requests, p50 from 50 successful requests, p99 from 1,000 (fewer, and one stall of the
+machine moves it). The other columns are shown, not judged.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import matplotlib.pyplot as plt
 
 __all__ = ["Tolerance", "compare", "html_page", "plot", "side_by_side"]
 
-MIN_REQUESTS = {"success": 100, "p50": 30, "p99": 300}
+MIN_REQUESTS = {"success": 200, "p50": 50, "p99": 1000}
 
 
 @dataclass(frozen=True)
@@ -143,10 +143,19 @@ def _pair(a: str, b: str) -> str:
 
 def side_by_side(comparison: dict[str, Any], sim: dict[str, Any], real: dict[str, Any]) -> str:
     header = (
-        "service / backend", "requests sim / real", "success sim / real", "err",
-        "p50 ms sim / real", "err", "p99 ms sim / real", "err", "share sim / real",
-        "retries/req sim / real", "429 sim / real", "cb opens sim / real",
-    )  # fmt: skip
+        "service / backend",
+        "requests sim / real",
+        "success sim / real",
+        "err",
+        "p50 ms sim / real",
+        "err",
+        "p99 ms sim / real",
+        "err",
+        "share sim / real",
+        "retries/req sim / real",
+        "429 sim / real",
+        "cb opens sim / real",
+    )
     table = [header]
     for row in comparison["rows"]:
         s, r = row["simulated"] or {}, row["real"] or {}
@@ -249,10 +258,13 @@ def plot(sim: dict[str, Any], real: dict[str, Any], out: Path) -> list[Path]:
             series = results["timeseries"]["services"].get(name)
             if series is not None:
                 ax.plot(
-                    t, _series(series[key], scale), dash,
-                    color=colours[name], label=f"{name} {label} ({kind})",
+                    t,
+                    _series(series[key], scale),
+                    dash,
+                    color=colours[name],
+                    label=f"{name} {label} ({kind})",
                     alpha=0.9 if kind == "sim" else 0.7,
-                )  # fmt: skip
+                )
 
     fig, ax = plt.subplots(figsize=(10, 4.8))
     for name in services:
@@ -268,8 +280,12 @@ def plot(sim: dict[str, Any], real: dict[str, Any], out: Path) -> list[Path]:
     for name in services:
         both(ax, "successRate", 100, "success", name)
     _events(ax, sim)
-    ax.set(title=f"{sim['scenario']}: success rate, simulated vs real", xlabel="time (s)",
-           ylabel="%", ylim=(-2, 102))  # fmt: skip
+    ax.set(
+        title=f"{sim['scenario']}: success rate, simulated vs real",
+        xlabel="time (s)",
+        ylabel="%",
+        ylim=(-2, 102),
+    )
     ax.legend(fontsize=6, loc="lower left")
     files.append(_save(fig, out / "success.png"))
 
@@ -288,11 +304,21 @@ def plot(sim: dict[str, Any], real: dict[str, Any], out: Path) -> list[Path]:
                 ):
                     shares = results["timeseries"]["services"].get(name, {}).get("shares", {})
                     if backend in shares:
-                        ax.step(t, _series(shares[backend], 100), where="post", linestyle=dash,
-                                color=colour, label=f"{name} -> {backend} ({kind})")  # fmt: skip
+                        ax.step(
+                            t,
+                            _series(shares[backend], 100),
+                            where="post",
+                            linestyle=dash,
+                            color=colour,
+                            label=f"{name} -> {backend} ({kind})",
+                        )
         _events(ax, sim)
-        ax.set(title=f"{sim['scenario']}: backend shares, simulated vs real", xlabel="time (s)",
-               ylabel="% of requests", ylim=(-2, 102))  # fmt: skip
+        ax.set(
+            title=f"{sim['scenario']}: backend shares, simulated vs real",
+            xlabel="time (s)",
+            ylabel="% of requests",
+            ylim=(-2, 102),
+        )
         ax.legend(fontsize=6, loc="center left")
         files.append(_save(fig, out / "shares.png"))
     return files

@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -56,15 +57,21 @@ def plan_for(scenario: Scenario, isolation: str, options: dict[str, Any]) -> Pla
 
 
 def run_plan(plan: Plan, workdir: Path, prefix: list[str]) -> int:
-    """Run the plan to its end; the runner's exit code (0 ok, 1 failed, 130 interrupted)."""
+    """Run the plan to its end; the runner's exit code (0 ok, 1 failed, 130 interrupted).
+
+    The run writes its logs in memory (/dev/shm when there is one: a disk that stalls a
+    writer would stall the proxy or Locust with it) and they are moved to ``workdir`` after."""
     if workdir.exists():
         shutil.rmtree(workdir)
-    workdir.mkdir(parents=True)
-    (workdir / "plan.json").write_text(plan.to_json())
-    argv = [*prefix, sys.executable, "-m", "mesh.local.run", str(workdir)]
+    workdir.parent.mkdir(parents=True, exist_ok=True)
+    shm = Path("/dev/shm")
+    scratch = Path(tempfile.mkdtemp(prefix="simmesh-run-", dir=shm if shm.is_dir() else None))
+    (scratch / "plan.json").write_text(plan.to_json())
+    argv = [*prefix, sys.executable, "-m", "mesh.local.run", str(scratch)]
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         process = subprocess.Popen(argv, preexec_fn=_die_with_parent)
         return process.wait()
     finally:
         signal.signal(signal.SIGINT, previous)
+        shutil.move(scratch, workdir)

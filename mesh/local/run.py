@@ -47,6 +47,8 @@ from sim.scenario import Event, with_event_objects
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 DOWN_ACTIONS = {"endpoint-down": True, "endpoint-up": False, "node-down": True, "node-up": False}
+APPLY, PRESTART, UNDO = 0, 1, 2
+PRESTART_LEAD = 3.0  # seconds before an outage ends that its pods are started
 UNDONE = {"endpoint-down", "node-down", "latency-spike", "error-burst"}
 
 
@@ -80,10 +82,12 @@ class LocalMesh:
         self.apps: dict[str, Child] = {}
         self.proxies: dict[str, Child] = {}
         self.locust: Child | None = None
+        self.probe: Child | None = None
         self.docs = plan.docs
         self.workloads: dict[str, PodState] = {}
         self.pods: dict[str, PodState] = {}
         self.blocked: set[str] = set()
+        self.prestarted: set[str] = set()
         self.iptables = False
         self.record: dict[str, Any] = {"events": [], "status": "starting", "realised": []}
         self.pending_versions: list[dict[str, Any]] = []
@@ -106,11 +110,20 @@ class LocalMesh:
         controller = self.supervisor.start(
             "controller",
             [
-                self.python, "-m", "mesh.cli", "controller",
-                "--manifests", str(self.workdir / "manifests"),
-                "--listen", plan.controller, "--poll-interval", "0.05", "--log-level", "WARNING",
+                self.python,
+                "-m",
+                "mesh.cli",
+                "controller",
+                "--manifests",
+                str(self.workdir / "manifests"),
+                "--listen",
+                plan.controller,
+                "--poll-interval",
+                "0.05",
+                "--log-level",
+                "WARNING",
             ],
-        )  # fmt: skip
+        )
         for pod in plan.pods:
             self.pods[pod.ip] = PodState(error_rate=float(pod.behaviour["errorRate"]))
             self.workloads.setdefault(
@@ -125,15 +138,28 @@ class LocalMesh:
             self.proxies[node.name] = self.supervisor.start(
                 f"proxy-{node.name}",
                 [
-                    self.python, "-m", "mesh.proxy", "--controller", f"http://{plan.controller}",
-                    "--node", node.name, "--bind", node.address,
-                    "--admin-port", str(node.admin_port),
-                    "--connect-timeout", repr(plan.connect_timeout),
-                    "--drain-timeout", "1", "--access-log", "--log-level", "warning",
+                    self.python,
+                    "-m",
+                    "mesh.proxy",
+                    "--controller",
+                    f"http://{plan.controller}",
+                    "--node",
+                    node.name,
+                    "--bind",
+                    node.address,
+                    "--admin-port",
+                    str(node.admin_port),
+                    "--connect-timeout",
+                    repr(plan.connect_timeout),
+                    "--drain-timeout",
+                    "1",
+                    "--access-log",
+                    "--log-level",
+                    "warning",
                     *[arg for m in plan.address_maps for arg in ("--address-map", m)],
                 ],
                 stdout=self.workdir / f"access-{node.name}.jsonl",
-            )  # fmt: skip
+            )
         for node in plan.nodes:
             wait_http(
                 f"http://{node.address}:{node.admin_port}/readyz",
@@ -144,22 +170,44 @@ class LocalMesh:
         self.record["status"] = "running"
         del host, port
 
-    def _start_app(self, pod: PodPlan) -> None:
+    def _start_app(self, pod: PodPlan, *, listen_at: float | None = None) -> None:
         b = pod.behaviour
         argv = [
-            self.python, "-m", "mesh.cli", "testapp",
-            "--name", pod.name, "--namespace", pod.namespace, "--node", pod.node or "",
-            "--bind", pod.address, "--http-port", str(pod.http_port),
-            "--latency", json.dumps(b["latency"]), "--error-rate", repr(b["errorRate"]),
-            "--contention", repr(b["contention"]), "--seed", str(pod.seed),
-            "--drain-timeout", "0.5", "--log-level", "warning",
-        ]  # fmt: skip
+            self.python,
+            "-m",
+            "mesh.cli",
+            "testapp",
+            "--name",
+            pod.name,
+            "--namespace",
+            pod.namespace,
+            "--node",
+            pod.node or "",
+            "--bind",
+            pod.address,
+            "--http-port",
+            str(pod.http_port),
+            "--latency",
+            json.dumps(b["latency"]),
+            "--error-rate",
+            repr(b["errorRate"]),
+            "--contention",
+            repr(b["contention"]),
+            "--seed",
+            str(pod.seed),
+            "--drain-timeout",
+            "0.5",
+            "--log-level",
+            "warning",
+        ]
         if b["capacity"] is not None:
             argv += ["--capacity", str(b["capacity"])]
         if pod.tcp_port is not None:
             argv += ["--tcp-port", str(pod.tcp_port)]
         if pod.udp_port is not None:
             argv += ["--udp-port", str(pod.udp_port)]
+        if listen_at is not None:
+            argv += ["--listen-at", repr(listen_at)]
         self.apps[pod.ip] = self.supervisor.start(f"app-{pod.namespace}-{pod.name}", argv)
         state = self.pods.get(pod.ip)
         if state is not None:
@@ -198,11 +246,25 @@ class LocalMesh:
         self.locust = self.supervisor.start(
             "locust",
             [
-                self.python, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
-                "--users", str(users), "--spawn-rate", str(users),
-                "--run-time", f"{limit}s", "--stop-timeout", "0",
-                "--csv", str(self.workdir / "locust"), "--only-summary",
-                "--loglevel", "WARNING",
+                self.python,
+                "-m",
+                "locust",
+                "-f",
+                str(LOCUSTFILE),
+                "--headless",
+                "--users",
+                str(users),
+                "--spawn-rate",
+                str(users),
+                "--run-time",
+                f"{limit}s",
+                "--stop-timeout",
+                "0",
+                "--csv",
+                str(self.workdir / "locust"),
+                "--only-summary",
+                "--loglevel",
+                "WARNING",
             ],
             env={
                 "SIMMESH_PLAN": str(self.workdir / "plan.json"),
@@ -211,19 +273,44 @@ class LocalMesh:
                 "SIMMESH_ROWS": str(self.workdir / "rows.json"),
             },
             cwd=self.workdir,
-        )  # fmt: skip
+        )
+
+    def start_probe(self) -> None:
+        """Measure the machine's CPU contention while the load runs (probe.py)."""
+        self.probe = self.supervisor.start(
+            "probe", [self.python, "-m", "mesh.local.probe", str(self.workdir / "wakeup.json")]
+        )
 
     # -- timeline -------------------------------------------------------------------------
 
-    def schedule(self) -> list[tuple[float, int, Event, bool]]:
+    def schedule(self) -> list[tuple[float, int, int, Event]]:
+        """(seconds after t0, order, what, event): what is APPLY, PRESTART (start the pods of
+        an outage ahead of its end, listening from its end: a Python process takes a second
+        or more to start on a busy machine) or UNDO."""
         out = []
         for i, item in enumerate(self.plan.timeline):
             event = Event(float(item["at"]), str(item["action"]), dict(item["params"]))
-            out.append((event.at, i, event, False))
+            out.append((event.at, i, APPLY, event))
             until = event.params.get("until")
             if until is not None and event.action in UNDONE:
-                out.append((float(until), i, event, True))
-        return sorted(out, key=lambda x: (x[0], x[1], x[3]))
+                if event.action in DOWN_ACTIONS:
+                    out.append((max(event.at, float(until) - PRESTART_LEAD), i, PRESTART, event))
+                out.append((float(until), i, UNDO, event))
+        return sorted(out, key=lambda x: (x[0], x[1], x[2]))
+
+    def prestart(self, event: Event) -> None:
+        """Start the pods an outage took down, listening only from its end."""
+        listen_at = self.t0 + float(event.params["until"])
+        for pod in self._outage_pods(event):
+            if self.pods[pod.ip].down and pod.ip not in self.prestarted:
+                self._start_app(pod, listen_at=listen_at)
+                self.prestarted.add(pod.ip)
+
+    def _outage_pods(self, event: Event) -> list[PodPlan]:
+        params = event.params
+        if event.action.startswith("node"):
+            return [p for p in self.plan.pods if p.node == params["node"]]
+        return self.plan.pods_of(params["service"], params.get("replica"))
 
     def apply(self, event: Event, *, undo: bool) -> None:
         at = round(time.time() - self.t0, 6)
@@ -233,11 +320,7 @@ class LocalMesh:
         action = event.action
         if action in DOWN_ACTIONS:
             down = DOWN_ACTIONS[action] != undo
-            pods = (
-                [p for p in self.plan.pods if p.node == params["node"]]
-                if action.startswith("node")
-                else self.plan.pods_of(params["service"], params.get("replica"))
-            )
+            pods = self._outage_pods(event)
             failure = str(params.get("failure", "refused"))
             if failure == "unreachable" and not self.iptables:
                 failure = "refused"
@@ -268,7 +351,10 @@ class LocalMesh:
                 self._block(pod.address)
             self.supervisor.kill(self.apps[pod.ip])
         else:
-            self._start_app(pod)
+            if pod.ip in self.prestarted:
+                self.prestarted.discard(pod.ip)  # already started, listening from now
+            else:
+                self._start_app(pod)
             self._unblock(pod.address)
             state.sent = {}
             self._push(pod)
@@ -397,6 +483,8 @@ class LocalMesh:
         }
 
     def stop(self) -> None:
+        if self.probe is not None:
+            self.supervisor.stop(self.probe, grace=5)
         if self.locust is not None:
             self.supervisor.stop(self.locust, grace=15)
         for child in self.proxies.values():  # drain: the access logs are flushed at exit
@@ -407,6 +495,7 @@ class LocalMesh:
         for address in list(self.blocked):
             self._unblock(address)
         self.supervisor.stop_all(grace=5)
+        self.record["processes"] = {c.name: c.pid for c in self.supervisor.children}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -433,10 +522,12 @@ def main(argv: list[str] | None = None) -> int:
                 if time.monotonic() > deadline:
                     raise RuntimeError("locust did not start within 120 s")
                 time.sleep(0.05)
+        if options.get("probe", True):
+            mesh.start_probe()
         mesh.t0 = time.time() + float(options.get("lead", 0.5))
         t0_file.write_text(repr(mesh.t0))
         mesh.record["t0"] = mesh.t0
-        _announce(plan)
+        _announce(plan, workdir)
         _run(mesh, options)
         mesh.record["status"] = "finished"
     except Interrupted as exc:
@@ -471,8 +562,11 @@ def _run(mesh: LocalMesh, options: dict[str, Any]) -> None:
     )
     while time.time() < end:
         while schedule and time.time() >= mesh.t0 + schedule[0][0]:
-            _, _, event, undo = schedule.pop(0)
-            mesh.apply(event, undo=undo)
+            _, _, what, event = schedule.pop(0)
+            if what == PRESTART:
+                mesh.prestart(event)
+            else:
+                mesh.apply(event, undo=what == UNDO)
         mesh.poll_versions()
         if mesh.locust is not None and not mesh.locust.running():
             raise RuntimeError(f"locust exited early: {mesh.supervisor.tail(mesh.locust)}")
@@ -480,10 +574,15 @@ def _run(mesh: LocalMesh, options: dict[str, Any]) -> None:
         time.sleep(max(0.0, min(0.05, nxt - time.time(), end - time.time())))
     if mesh.locust is not None:
         mesh.supervisor.stop(mesh.locust, grace=30)  # SIGTERM: Locust writes rows and stats
+    if mesh.probe is not None:
+        mesh.supervisor.stop(mesh.probe, grace=5)
 
 
-def _announce(plan: Plan) -> None:
-    lines = [f"local mesh for {plan.scenario} ({plan.isolation}), controller {plan.controller}"]
+def _announce(plan: Plan, workdir: Path) -> None:
+    lines = [
+        f"local mesh for {plan.scenario} ({plan.isolation}), controller {plan.controller}, "
+        f"logs in {workdir} while it runs"
+    ]
     for node in plan.nodes:
         lines.append(f"  node {node.name}: proxy {node.address}, admin :{node.admin_port}")
     enter = f"nsenter --net=/proc/{os.getpid()}/ns/net " if plan.isolation == "netns" else ""

@@ -23,18 +23,39 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dir", help="scenario directory (manifests + scenario.yaml)")
     parser.add_argument("--seed", type=int, help="override the scenario's seed")
     parser.add_argument(
-        "--set", dest="sets", action="append", default=[], metavar="PATH=VALUE",
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="PATH=VALUE",
         help="edit scenario.yaml, e.g. traffic[0].rate=50",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--scale", type=float, default=1.0, metavar="FACTOR",
+        "--scale",
+        type=float,
+        default=1.0,
+        metavar="FACTOR",
         help="run the scenario's time line FACTOR times as long (0.2: a 300 s scenario in 60 s)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--isolation", choices=ISOLATIONS, default="auto",
+        "--isolation",
+        choices=ISOLATIONS,
+        default="auto",
         help="netns: a network namespace of its own (root); loopback: the machine's",
-    )  # fmt: skip
+    )
     parser.add_argument("--out", type=Path, help="output directory")
+    parser.add_argument(
+        "--profile", metavar="NAME|FILE", help="the simulator's cost profile (default: local)"
+    )
+
+
+def common_sets(args: argparse.Namespace) -> list[str]:
+    sets = list(args.sets)
+    if args.seed is not None:
+        sets.append(f"seed={args.seed}")
+    if args.profile is not None:
+        sets.append(f"profile={args.profile}")
+    return sets
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,7 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    sets = list(args.sets) + ([f"seed={args.seed}"] if args.seed is not None else [])
+    sets = common_sets(args)
     try:
         scenario = load_scenario(Path(args.dir), sets, scale=args.scale)
         isolation, prefix = choose_isolation(args.isolation)

@@ -570,3 +570,32 @@ def test_the_command_serves_from_the_pod_environment_and_stops_on_sigterm() -> N
             proc.kill()
             proc.communicate()
     assert "simmesh testapp web-1" in log and "stopped" in log
+
+
+def test_listen_at_keeps_the_port_closed_until_then() -> None:
+    import subprocess
+    import sys
+    import urllib.request
+
+    port = _free_port()
+    at = time.time() + 3.0
+    command = [sys.executable, "-m", "mesh.cli", "testapp", "--bind", HOST, "--http-port",
+               str(port), "--listen-at", repr(at), "--log-level", "warning"]  # fmt: skip
+    process = subprocess.Popen(command, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1.5)
+        with pytest.raises(OSError):
+            socket.create_connection((HOST, port), timeout=1).close()
+        deadline = time.time() + 30
+        answered = None
+        while answered is None and time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://{HOST}:{port}/healthz", timeout=1) as r:
+                    answered = (r.status, time.time())
+            except OSError:
+                time.sleep(0.05)
+        assert answered is not None and answered[0] == 200
+        assert answered[1] >= at
+    finally:
+        process.terminate()
+        process.wait(10)
