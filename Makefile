@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup lint test sim demo bench loadtest clean k8s-bins haproxy
+.PHONY: setup lint test fuzz sim demo bench loadtest clean k8s-bins haproxy
 
 setup: $(VENV)/.installed
 
@@ -15,13 +15,20 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 lint: setup
-	$(BIN)/ruff check mesh sim tests loadtests tools
-	$(BIN)/ruff format --check mesh sim tests loadtests
+	$(BIN)/ruff check mesh sim tests loadtests tools fuzz
+	$(BIN)/ruff format --check mesh sim tests loadtests fuzz
 	$(BIN)/mypy mesh/core mesh/dns mesh/testapp mesh/local sim
 	$(BIN)/lint-imports
 
 test: setup lint
 	$(BIN)/pytest
+
+# Coverage-guided fuzzing (atheris) of the manifest reader, the config decoder and the HTTP
+# front end; FUZZ_SECONDS per target. Inputs that crash are kept in out/fuzz/.
+FUZZ_SECONDS ?= 20
+fuzz: setup
+	$(BIN)/python -c "import atheris" 2>/dev/null || $(BIN)/pip install -q 'atheris>=2.3'
+	$(BIN)/python -m fuzz.run --seconds $(FUZZ_SECONDS)
 
 sim: setup
 	$(BIN)/simmesh sim scenarios/canary --out out/sim/canary

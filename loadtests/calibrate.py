@@ -338,7 +338,7 @@ def config_delay(procs: Processes, work: Path, changes: int = 10) -> float:
             "--poll-interval",
             "0.05",
             "--log-level",
-            "WARNING",
+            "warning",
         ],
         cwd=ROOT,
     )

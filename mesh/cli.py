@@ -1,7 +1,10 @@
 """The ``simmesh`` command.
 
 Subcommands are thin: they read input, call the core (or start a driver) and print. Exit codes:
-0 success, 1 a check or SLO failed, 2 bad input (with a message naming what is wrong).
+0 success, 1 a check or SLO failed, 2 bad input (with a message naming what is wrong). A bad
+input is answered with one line on stderr, ``simmesh[ <command>]: error: ...``, and no traceback:
+argparse's own errors too (:class:`Parser` leaves out the usage text), and option values are
+checked by the types in :mod:`mesh.argtypes` before anything starts.
 """
 
 from __future__ import annotations
@@ -12,14 +15,17 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import yaml
 
+from mesh.argtypes import Parser
 from mesh.core.config import MeshConfig, build_config
 from mesh.core.explain import explain_flow, explain_http
 from mesh.core.routing import Router
+from mesh.core.schema import Problem
 from mesh.core.topology import build_topology
+from mesh.documents import DocumentError, one_line
 from mesh.manifests import ManifestError, load_state, read_settings
 
 
@@ -43,7 +49,7 @@ def _acl_flag(args: argparse.Namespace) -> bool | None:
 
 def cmd_compile(args: argparse.Namespace) -> int:
     config = compile_dir(Path(args.dir), acl=_acl_flag(args))
-    for error in config.data["errors"]:
+    for error in config.errors:
         print(f"warning: {_error_text(error)}", file=sys.stderr)
     if args.output == "yaml":
         sys.stdout.write(yaml.safe_dump(json.loads(config.to_json()), sort_keys=True))
@@ -52,10 +58,10 @@ def cmd_compile(args: argparse.Namespace) -> int:
     return 0
 
 
-def _error_text(error: dict[str, str]) -> str:
-    where = f"{error['namespace']}/{error['name']}" if error["namespace"] else error["name"]
-    field = f": {error['field']}" if error["field"] else ""
-    return f"{error['kind']} {where}{field}: {error['message']}"
+def _error_text(error: Problem) -> str:
+    where = f"{error.namespace}/{error.name}" if error.namespace else error.name
+    field = f": {error.field}" if error.field else ""
+    return f"{error.kind} {where}{field}: {error.message}"
 
 
 def _parse_headers(values: Sequence[str]) -> list[tuple[str, str]]:
@@ -70,22 +76,41 @@ def _parse_headers(values: Sequence[str]) -> list[tuple[str, str]]:
 
 def _host_port(text: str, flag: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise UsageError(f"{flag} {text!r}: expected HOST:PORT")
+    if not sep or not host or not port.isascii() or not port.isdigit() or len(port) > 5:
+        raise UsageError(f"{flag} {one_line(text, 80)!r}: expected HOST:PORT")
+    if not 0 < int(port) < 65536:
+        raise UsageError(f"{flag} {one_line(text, 80)!r}: expected HOST:PORT with a port 1..65535")
     return host, int(port)
 
 
+def _url(text: str) -> tuple[SplitResult, int]:
+    expected = f"--url {one_line(text, 80)!r}: expected http://HOST[:PORT]/PATH"
+    try:
+        parts = urlsplit(text)
+        number = parts.port
+    except ValueError as exc:
+        raise UsageError(f"{expected} ({exc})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or number == 0:
+        raise UsageError(expected)
+    if any(c.isspace() or ord(c) < 32 for c in text):
+        raise UsageError(f"{expected} (no spaces or control characters)")
+    return parts, number or (443 if parts.scheme == "https" else 80)
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
-    config = compile_dir(Path(args.dir), acl=_acl_flag(args))
-    router = Router(config)
     source = args.source
     if source is not None and source.count("/") != 1:
         raise UsageError(f"--from {source!r}: expected NAMESPACE/SERVICEACCOUNT")
+    headers = _parse_headers(args.header)
     if args.url:
-        parts = urlsplit(args.url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise UsageError(f"--url {args.url!r}: expected http://HOST[:PORT]/PATH")
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        target = _url(args.url)
+    else:
+        protocol = "tcp" if args.tcp else "udp"
+        flow = _host_port(args.tcp or args.udp, f"--{protocol}")
+    config = compile_dir(Path(args.dir), acl=_acl_flag(args))  # after the arguments: fail fast
+    router = Router(config)
+    if args.url:
+        parts, port = target
         path = parts.path or "/"
         if parts.query:
             path += "?" + parts.query
@@ -95,17 +120,16 @@ def cmd_explain(args: argparse.Namespace) -> int:
             port=port,
             method=args.method.upper(),
             path=path,
-            headers=_parse_headers(args.header),
+            headers=headers,
             source=source,
         )
     else:
-        protocol = "tcp" if args.tcp else "udp"
-        host, port = _host_port(args.tcp or args.udp, f"--{protocol}")
+        host, port = flow
         result = explain_flow(router, host=host, port=port, protocol=protocol, source=source)
     if result is None:
         target = args.url or args.tcp or args.udp
         raise UsageError(f"no meshed service answers to {target} (see `simmesh compile`)")
-    result["errors"] = [_error_text(e) for e in config.data["errors"]]
+    result["errors"] = [_error_text(e) for e in config.errors]
     if args.output == "json":
         print(json.dumps(result, indent=2, sort_keys=True))
     else:
@@ -147,10 +171,10 @@ def _explain_text(result: dict[str, Any]) -> str:
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="simmesh", description="simmesh: a sidecar-free, simulation-first service mesh"
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     p = sub.add_parser("compile", help="print the MeshConfig for a manifests directory")
     p.add_argument("dir")
@@ -247,8 +271,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except (UsageError, ManifestError) as exc:
-        print(f"simmesh: error: {exc}", file=sys.stderr)
+    except (UsageError, ManifestError, DocumentError) as exc:
+        print(f"simmesh: error: {one_line(exc, 1000)}", file=sys.stderr)
         return 2
 
 

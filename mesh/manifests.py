@@ -2,9 +2,10 @@
 sorted order), multi-document files and ``List`` kinds; ``mesh.yaml`` holds the settings and
 ``scenario.yaml`` belongs to the simulator, so neither is read as manifests.
 
-A file that is not valid YAML, or a document that is not a Kubernetes object, is a
-:class:`ManifestError` naming the file: the caller decides whether that is fatal (the CLI) or
-reported and skipped (the file provider).
+A file that is not valid YAML, breaks a limit of :mod:`mesh.documents` (size, nesting, alias
+expansion, NaN), or holds a document that is not a Kubernetes object, is a problem naming the
+file: the caller decides whether that is fatal (the CLI) or reported and skipped (the file
+provider). A bad ``mesh.yaml`` is a :class:`ManifestError`.
 """
 
 from __future__ import annotations
@@ -13,11 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from mesh.core.errors import InvalidObject
 from mesh.core.model import Settings
 from mesh.core.parse import ClusterState, parse_objects, parse_settings
+from mesh.documents import DocumentError, read_yaml, read_yaml_all
 
 SPECIAL = ("mesh.yaml", "scenario.yaml")
 
@@ -38,7 +38,7 @@ def manifest_files(directory: Path) -> list[Path]:
     return sorted(
         p
         for p in directory.rglob("*")
-        if p.is_file()
+        if not p.is_dir()  # FIFOs, sockets, broken links: reported as unreadable, never skipped
         and p.suffix in (".yaml", ".yml", ".json")
         and p.name not in SPECIAL
         and not any(part.startswith(".") for part in p.relative_to(directory).parts)
@@ -48,22 +48,31 @@ def manifest_files(directory: Path) -> list[Path]:
 def read_manifests(directory: Path) -> Manifests:
     out = Manifests()
     for path in manifest_files(directory):
-        try:
-            docs = list(yaml.safe_load_all(path.read_text()))
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            out.problems.append(f"{path}: not valid YAML: {_short(exc)}")
-            continue
-        for index, doc in enumerate(docs):
-            if doc is None:
-                continue
-            for item in _expand(doc):
-                if not isinstance(item, dict) or not isinstance(item.get("kind"), str):
-                    out.problems.append(
-                        f"{path}: document {index + 1}: expected a Kubernetes object with a kind"
-                    )
-                    continue
-                out.docs.append(item)
+        docs, problems = read_manifest_file(path)
+        out.docs.extend(docs)
+        out.problems.extend(problems)
     return out
+
+
+def read_manifest_file(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """One file's Kubernetes objects (``List`` kinds expanded) and its problems."""
+    try:
+        loaded = read_yaml_all(path)
+    except DocumentError as exc:
+        return [], [str(exc)]
+    docs: list[dict[str, Any]] = []
+    problems: list[str] = []
+    for index, doc in enumerate(loaded):
+        if doc is None:
+            continue
+        for item in _expand(doc):
+            if not isinstance(item, dict) or not isinstance(item.get("kind"), str):
+                problems.append(
+                    f"{path}: document {index + 1}: expected a Kubernetes object with a kind"
+                )
+                continue
+            docs.append(item)
+    return docs, problems
 
 
 def _expand(doc: Any) -> list[Any]:
@@ -73,21 +82,17 @@ def _expand(doc: Any) -> list[Any]:
     return [doc]
 
 
-def _short(exc: Exception) -> str:
-    return " ".join(str(exc).split())[:200]
-
-
 def read_settings(directory: Path, *, acl: bool | None = None) -> Settings:
     path = directory / "mesh.yaml"
     settings = Settings()
-    if path.exists():
+    if path.exists() or path.is_symlink():
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
-            settings = parse_settings(raw)
-        except yaml.YAMLError as exc:
-            raise ManifestError(f"{path}: not valid YAML: {_short(exc)}") from None
+            settings = parse_settings(read_yaml(path) or {})
+        except DocumentError as exc:
+            raise ManifestError(str(exc)) from None
         except InvalidObject as exc:
-            raise ManifestError(f"{path}: {exc.field}: {exc.message}") from None
+            where = f"{exc.field}: " if exc.field else ""
+            raise ManifestError(f"{path}: {where}{exc.message}") from None
     if acl is not None:
         from dataclasses import replace
 

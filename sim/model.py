@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import Any
 
+import msgspec
 import simpy
 
 from mesh.core.config import MeshConfig, build_config
@@ -127,7 +128,7 @@ class Simulation:
         self.outages = any(e.action in _OUTAGES for e in scenario.timeline)
         self.recorder = Recorder(scenario)
         self.events_applied: list[dict[str, Any]] = []
-        self.config_errors = list(self.config.data["errors"])
+        self.config_errors = [msgspec.to_builtins(e) for e in self.config.errors]
         self.started = 0
         # Every request's attempts and answer, when asked for (debugging, parity tests).
         self.trace: list[dict[str, Any]] | None = None
@@ -146,7 +147,7 @@ class Simulation:
         self.engines = {n: Engine(self.router, e.state) for n, e in self.engines.items()}
         self.generation += 1
         self._place_pods()
-        for error in self.config.data["errors"]:
+        for error in msgspec.to_builtins(self.config.errors):
             if error not in self.config_errors:
                 self.config_errors.append(error)
 

@@ -17,15 +17,16 @@ the Services.
 from __future__ import annotations
 
 import copy
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
-
 from mesh.core.model import Settings
 from mesh.core.request import BadRequest, Request, parse_request, split_target
+from mesh.documents import DocumentError, load_yaml, read_yaml
 from mesh.manifests import ManifestError, read_manifests, read_settings
 from sim.distributions import DistributionError, Sampler, sampler
 from sim.profile import DEFAULT_PROFILE, Profile, ProfileError, load_profile
@@ -48,6 +49,7 @@ class Workload:
     target_port: int
     latency_spec: Any = 0.01  # as written in scenario.yaml (the test app samples it too)
     contention: float = 0.0  # each request already in service makes a new one this much slower
+    latency_mean: float = 0.0  # seconds, for the run's budget
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,16 @@ ACTIONS = {
     "set-split",
     "set-policy",
 }
+# Upper bounds of scenario values: beyond them a run is a mistake, not a simulation. What a
+# valid scenario costs as a whole is bounded by the run's budget (see ``estimate``).
+MAX_DURATION = 7 * 86400.0  # simulated seconds
+MAX_RATE = 1_000_000.0  # requests per second, per traffic source
+MAX_USERS = 100_000  # per traffic source
+MAX_REPLICAS = 10_000  # per workload
+MAX_NODES = 1_000
+MAX_SECONDS = 86400.0  # latencies, think times, proxy latency
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
 TOP_KEYS = {
     "name",
     "description",
@@ -160,7 +172,10 @@ def apply_set(raw: dict[str, Any], assignment: str) -> None:
     path, sep, text = assignment.partition("=")
     if not sep or not path:
         raise ScenarioError(f"--set {assignment!r}: expected PATH=VALUE")
-    value = yaml.safe_load(text) if text else ""
+    try:
+        value = load_yaml(text, name=f"--set {path}") if text else ""
+    except DocumentError as exc:
+        raise ScenarioError(str(exc)) from None
     steps = _steps(path)
     node: Any = raw
     for i, step in enumerate(steps[:-1]):
@@ -192,7 +207,7 @@ def _steps(path: str) -> list[str | int]:
             steps.append(name)
         while rest:
             index, _, rest = rest.partition("]")
-            if not index.isdigit():
+            if not (index.isascii() and index.isdigit()):
                 raise ScenarioError(f"--set {path}: bad index [{index}]")
             steps.append(int(index))
             rest = rest.lstrip("[")
@@ -255,12 +270,14 @@ def load_scenario(
     """The scenario of ``directory`` with ``--set`` edits applied; ``scale`` shortens (or
     stretches) its time line: duration, traffic start and stop, events and SLO windows."""
     path = directory / "scenario.yaml"
-    if not path.exists():
+    if not directory.is_dir():
+        raise ScenarioError(f"{directory}: not a directory")
+    if not path.exists() and not path.is_symlink():
         raise ScenarioError(f"{directory}: no scenario.yaml")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ScenarioError(f"{path}: not valid YAML: {' '.join(str(exc).split())[:200]}") from None
+        raw = read_yaml(path) or {}
+    except DocumentError as exc:
+        raise ScenarioError(str(exc)) from None
     if not isinstance(raw, dict):
         raise ScenarioError(f"{path}: expected a mapping at the top")
     raw = copy.deepcopy(raw)
@@ -309,7 +326,9 @@ class _Validator:
         if value is None and default is not None:
             return default
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self.fail(where, f"expected a number, got {value!r}")
+            raise self.fail(where, f"expected a number, got {_show(value)}")
+        if not math.isfinite(value):
+            raise self.fail(where, f"expected a finite number, got {value!r}")
         if integer and not float(value).is_integer():
             raise self.fail(where, f"expected a whole number, got {value!r}")
         if value < low or (high is not None and value > high):
@@ -324,7 +343,9 @@ class _Validator:
                 raise self.fail(
                     str(key), f"unknown key; expected one of {', '.join(sorted(TOP_KEYS))}"
                 )
-        duration = self.number(raw.get("duration"), "duration", low=0.001, default=60.0)
+        duration = self.number(
+            raw.get("duration"), "duration", low=0.001, high=MAX_DURATION, default=60.0
+        )
         seed = int(self.number(raw.get("seed"), "seed", default=1.0, integer=True))
         nodes = self.nodes(raw.get("nodes"))
         settings = self.settings
@@ -352,9 +373,9 @@ class _Validator:
             self.slo(s, f"slos[{i}]", names)
             for i, s in enumerate(self.seq(raw.get("slos"), "slos"))
         ]
-        return Scenario(
+        scenario = Scenario(
             directory=self.directory,
-            name=str(raw.get("name") or self.directory.name),
+            name=self.name(raw.get("name")),
             description=str(raw.get("description") or "").strip(),
             docs=docs,
             settings=settings,
@@ -365,16 +386,43 @@ class _Validator:
             slos=slos,
             duration=duration,
             seed=seed,
-            proxy_latency=self.number(raw.get("proxyLatency"), "proxyLatency", default=0.0),
+            proxy_latency=self.number(
+                raw.get("proxyLatency"), "proxyLatency", high=MAX_SECONDS, default=0.0
+            ),
             connect_failure_latency=None
             if raw.get("connectFailureLatency") is None
-            else self.number(raw["connectFailureLatency"], "connectFailureLatency"),
+            else self.number(
+                raw["connectFailureLatency"], "connectFailureLatency", high=MAX_SECONDS
+            ),
             connect_timeout=self.number(
-                raw.get("connectTimeout"), "connectTimeout", low=0.001, default=5.0
+                raw.get("connectTimeout"),
+                "connectTimeout",
+                low=0.001,
+                high=MAX_SECONDS,
+                default=5.0,
             ),
             profile=self.profile(raw.get("profile", DEFAULT_PROFILE)),
             raw=raw,
         )
+        if math.isinf(estimate(scenario).requests):
+            raise self.fail(
+                "traffic",
+                "closed-loop traffic with no think time and no latency never lets simulated "
+                "time advance; give thinkTime, a workload latency or proxyLatency",
+            )
+        return scenario
+
+    def name(self, value: Any) -> str:
+        """The scenario's name; it names the output directory, so it is never a path."""
+        if value is None or value == "":
+            return _safe_name(self.directory.resolve().name)
+        if not isinstance(value, str) or not NAME.fullmatch(value):
+            raise self.fail(
+                "name",
+                "expected 1-63 letters, digits, '.', '_' or '-' starting with a letter or digit "
+                f"(it names the output directory), got {_show(value)}",
+            )
+        return value
 
     def profile(self, value: Any) -> Profile:
         if not isinstance(value, str) or not value:
@@ -409,11 +457,13 @@ class _Validator:
 
     def nodes(self, value: Any) -> tuple[str, ...]:
         items = self.seq(value, "nodes") or ["node-a"]
+        if len(items) > MAX_NODES:
+            raise self.fail("nodes", f"expected at most {MAX_NODES} nodes, got {len(items)}")
         names = []
         for i, item in enumerate(items):
             name = item.get("name") if isinstance(item, dict) else item
-            if not isinstance(name, str) or not name:
-                raise self.fail(f"nodes[{i}]", f"expected a node name, got {item!r}")
+            if not isinstance(name, str) or not name or len(name) > 253:
+                raise self.fail(f"nodes[{i}]", f"expected a node name, got {_show(item)}")
             names.append(name)
         if len(set(names)) != len(names):
             raise self.fail("nodes", "node names must be unique")
@@ -460,7 +510,7 @@ class _Validator:
                     )
             try:
                 latency_spec = body.get("latency", 0.01)
-                latency, _ = sampler(latency_spec)
+                latency, mean = sampler(latency_spec)
             except DistributionError as exc:
                 raise self.fail(f"{where}.latency", str(exc)) from None
             capacity = body.get("capacity")
@@ -473,7 +523,12 @@ class _Validator:
                 service=service,
                 replicas=int(
                     self.number(
-                        body.get("replicas"), f"{where}.replicas", low=0, default=1, integer=True
+                        body.get("replicas"),
+                        f"{where}.replicas",
+                        low=0,
+                        high=MAX_REPLICAS,
+                        default=1,
+                        integer=True,
                     )
                 ),
                 nodes=placed,
@@ -486,7 +541,7 @@ class _Validator:
                 ),
                 capacity=None
                 if capacity is None
-                else int(self.number(capacity, f"{where}.capacity", low=1, integer=True)),
+                else int(self.number(capacity, f"{where}.capacity", low=1, high=1e9, integer=True)),
                 port=port,
                 target_port=int(
                     self.number(
@@ -498,6 +553,7 @@ class _Validator:
                         integer=True,
                     )
                 ),
+                latency_mean=mean,
             )
         return out
 
@@ -572,8 +628,12 @@ class _Validator:
             node = self.source_node(source, workloads, nodes)
         if node not in nodes:
             raise self.fail(f"{where}.node", f"unknown node {node!r}; nodes are {', '.join(nodes)}")
-        rate = self.number(body.get("rate"), f"{where}.rate", default=0.0)
-        users = int(self.number(body.get("users"), f"{where}.users", default=0.0, integer=True))
+        rate = self.number(body.get("rate"), f"{where}.rate", high=MAX_RATE, default=0.0)
+        users = int(
+            self.number(
+                body.get("users"), f"{where}.users", high=MAX_USERS, default=0.0, integer=True
+            )
+        )
         if (rate > 0) == (users > 0):
             raise self.fail(
                 where, "expected exactly one of rate (open loop) or users (closed loop)"
@@ -590,7 +650,9 @@ class _Validator:
             port=port,
             rate=rate,
             users=users,
-            think=self.number(body.get("thinkTime"), f"{where}.thinkTime", default=0.0),
+            think=self.number(
+                body.get("thinkTime"), f"{where}.thinkTime", high=MAX_SECONDS, default=0.0
+            ),
             mix=mix,
             start=start,
             stop=min(stop, duration),
@@ -749,6 +811,16 @@ class _Validator:
         )
 
 
+def _show(value: Any) -> str:
+    return repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+
+
+def _safe_name(text: str) -> str:
+    """A directory's name as a scenario name (output directories are named after it)."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", text).lstrip(".-_")[:63]
+    return name or "scenario"
+
+
 def _is_number(text: str) -> bool:
     try:
         float(text)
@@ -878,7 +950,7 @@ def _target(port: dict[str, Any]) -> int:
     target = port.get("targetPort", port.get("port"))
     return (
         int(str(target))
-        if isinstance(target, int) or str(target).isdigit()
+        if isinstance(target, int) or (str(target).isascii() and str(target).isdigit())
         else int(str(port.get("port", 80)))
     )
 
@@ -920,3 +992,44 @@ def annotate(service: dict[str, Any], policies: dict[str, Any]) -> None:
     for name, value in policies.items():
         full = name if "/" in name else f"simmesh.io/{name}"
         target[full] = str(value).lower() if isinstance(value, bool) else str(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Budget
+
+
+BYTES_PER_REQUEST = 120  # a recorded row (26 bytes) and its share of the final aggregation
+BYTES_PER_INFLIGHT = 2048  # a request in flight: events, decision, timers
+BYTES_PER_REPLICA = 4096  # generated Pod, endpoint, engine state
+
+
+@dataclass(frozen=True)
+class Budget:
+    requests: float  # requests the run will simulate (an estimate, an upper bound for users)
+    memory: float  # bytes, estimated
+
+
+def estimate(scenario: Scenario) -> Budget:
+    """What a run costs, from the traffic, the workloads' mean latencies and the replicas.
+
+    Open loop: rate x active seconds. Closed loop: users x active seconds / (think time + the
+    fastest workload's mean latency + the proxy's), so it errs on the side of more requests.
+    In flight (Little's law): rate x the slowest mean latency, or the users."""
+    means = [w.latency_mean for w in scenario.workloads.values()] or [0.0]
+    fastest = min(means) + scenario.proxy_latency
+    slowest = max(means) + scenario.proxy_latency
+    requests = inflight = 0.0
+    for traffic in scenario.traffic:
+        span = max(0.0, traffic.stop - traffic.start)
+        if traffic.rate > 0:
+            requests += traffic.rate * span
+            inflight += traffic.rate * slowest
+        else:
+            cycle = traffic.think + fastest
+            requests += math.inf if cycle <= 0 else traffic.users * span / cycle
+            inflight += traffic.users
+    replicas = sum(w.replicas for w in scenario.workloads.values())
+    memory = (
+        requests * BYTES_PER_REQUEST + inflight * BYTES_PER_INFLIGHT + replicas * BYTES_PER_REPLICA
+    )
+    return Budget(requests, memory)

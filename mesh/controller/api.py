@@ -6,21 +6,35 @@
   NAME has applied version V (what ``/api/v1/nodes`` and ``simmesh check`` report).
 - ``GET /api/v1/topology``: services, endpoints, splits, grants, per-object errors.
 - ``GET /api/v1/nodes``: each proxy, the version it applied, and when it was last seen.
-- ``/healthz``, ``/readyz`` (ready after the first build), ``/metrics`` (Prometheus).
+- ``/healthz``, ``/readyz`` (ready after the first build while every watcher runs),
+  ``/metrics`` (Prometheus).
+
+Query values are checked (400 with the reason): ``node`` is a Kubernetes node name (a DNS
+subdomain, at most 253 characters), ``version`` at most 64 characters of ``[A-Za-z0-9._-]``,
+``wait`` finite seconds. With a proxy token (``--token-file``), a poll that names a node must
+carry ``Authorization: Bearer <token>`` (401 otherwise): only proxies holding the token, which
+the chart keeps in a Secret, can mark nodes in sync. Polls without ``node`` are served and not
+recorded (debugging, ``curl``).
 """
 
 from __future__ import annotations
 
+import hmac
 import json
+import math
+import re
 import time
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from mesh.argtypes import is_dns_subdomain
 from mesh.controller.controller import Controller, Published
+from mesh.core import schema
 
 MAX_WAIT = 300.0
+_VERSION = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 class Metrics:
@@ -61,12 +75,13 @@ class Metrics:
         )
 
     def refresh(self, controller: Controller) -> None:
+        controller.expire_nodes(every=0.0)
         for kind, n in controller.store.counts().items():
             self.objects.labels(kind).set(n)
         current = controller.current
         if current is None:
             return
-        self.errors.set(len(current.config.data["errors"]))
+        self.errors.set(len(current.config.errors))
         self.services.set(len(current.topology.services))
         self.version.clear()
         self.version.labels(current.config.version).set(1)
@@ -88,7 +103,35 @@ def _requested_version(request: web.Request) -> str | None:
     return etag.strip('"') or None
 
 
-def make_app(controller: Controller) -> web.Application:
+class BadQuery(Exception):
+    pass
+
+
+def _poll_query(request: web.Request) -> tuple[str | None, str | None, float]:
+    """(version, node, wait) of a config poll, or BadQuery naming the bad parameter."""
+    version = _requested_version(request)
+    if version is not None and not _VERSION.fullmatch(version):
+        raise BadQuery("version: expected at most 64 characters of A-Z a-z 0-9 . _ -")
+    node = request.query.get("node") or None
+    if node is not None and not is_dns_subdomain(node):
+        raise BadQuery("node: expected a node name (a DNS subdomain of at most 253 characters)")
+    try:
+        wait = float(request.query.get("wait", "30"))
+    except ValueError:
+        wait = math.nan
+    if not math.isfinite(wait):
+        raise BadQuery("wait: expected seconds")
+    return version, node, min(MAX_WAIT, max(0.0, wait))
+
+
+def _authorized(request: web.Request, token: str | None) -> bool:
+    if token is None:
+        return True
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip(), token)
+
+
+def make_app(controller: Controller, *, token: str | None = None) -> web.Application:
     metrics = Metrics()
 
     def observe(published: Published) -> None:
@@ -98,26 +141,34 @@ def make_app(controller: Controller) -> web.Application:
     controller.listeners.append(observe)
 
     async def config(request: web.Request) -> web.StreamResponse:
-        version = _requested_version(request)
-        node = request.query.get("node")
+        try:
+            version, node, wait = _poll_query(request)
+        except BadQuery as exc:
+            metrics.polls.labels("400").inc()
+            return web.json_response({"error": str(exc)}, status=400)
+        if node is not None and not _authorized(request, token):
+            metrics.polls.labels("401").inc()
+            return web.json_response(
+                {"error": "a poll naming a node needs the proxy token (Authorization: Bearer)"},
+                status=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         if node and version:
             controller.report_node(node, version)
-        try:
-            wait = min(MAX_WAIT, max(0.0, float(request.query.get("wait", "30"))))
-        except ValueError:
-            return web.json_response({"error": "wait: expected seconds"}, status=400)
         current = controller.current
         if current is None or current.config.version == version:
             current = await controller.wait_for_change(version, wait)
+            if node and version and not controller.closing:
+                controller.report_node(node, version)  # still polling: still alive
         if current is None:
             metrics.polls.labels("304" if version else "503").inc()
             if version:
                 return web.Response(status=304, headers={"ETag": f'"{version}"'})
             return web.json_response({"error": "no config built yet"}, status=503)
         metrics.polls.labels("200").inc()
-        body = current.config.to_json(indent=None)
+        body = current.body or schema.encode(current.config)
         return web.Response(
-            body=body.encode(),
+            body=body,
             content_type="application/json",
             headers={"ETag": f'"{current.config.version}"'},
         )
@@ -128,6 +179,7 @@ def make_app(controller: Controller) -> web.Application:
         )
 
     async def nodes(_: web.Request) -> web.Response:
+        controller.expire_nodes(every=0.0)
         current = controller.current
         return web.json_response(
             {
@@ -151,7 +203,8 @@ def make_app(controller: Controller) -> web.Application:
     async def readyz(_: web.Request) -> web.Response:
         if controller.ready:
             return web.Response(text="ready\n")
-        return web.Response(status=503, text="no config built yet\n")
+        why = controller.failure or "no config built yet"
+        return web.Response(status=503, text=f"{why}\n")
 
     async def prometheus(_: web.Request) -> web.Response:
         metrics.refresh(controller)

@@ -8,6 +8,15 @@ long-polling proxies wake up, and the ``on_publish`` hooks run (shadow Services,
 
 Port assignments are stable across rebuilds (the previous config's) and across restarts (the
 assignments read back from the shadow Services before the first build).
+
+Readiness: ready once a config is built and while every supervised task (:meth:`supervise`:
+the providers' watchers, the rebuild loop) runs; a task that ends or dies makes the controller
+unready for good (``/readyz`` 503 with the reason, logged with its traceback), so Kubernetes
+stops sending it proxies and restarts it instead of it serving a config that no longer follows
+the cluster.
+
+Proxies report the version they applied (:meth:`report_node`); an entry expires when its proxy
+has not polled for ``node_ttl`` seconds, and at most ``max_nodes`` are kept.
 """
 
 from __future__ import annotations
@@ -23,7 +32,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from mesh.controller.store import Store
+from mesh.core import schema
 from mesh.core.config import MeshConfig, build_config
 from mesh.core.model import Settings
 from mesh.core.topology import Topology, build_topology
@@ -45,6 +57,7 @@ class Published:
     topology: Topology
     built_at: float
     duration: float
+    body: bytes = b""  # the config's compact JSON, encoded once for every proxy's poll
 
 
 @dataclass
@@ -56,12 +69,17 @@ class Controller:
     previous_ports: dict[str, int] = field(default_factory=dict)
     hooks: list[Hook] = field(default_factory=list)  # run after each new config is published
     listeners: list[Callable[[Published], None]] = field(default_factory=list)  # every rebuild
+    node_ttl: float = 120.0  # seconds without a poll before a proxy's entry is dropped
+    max_nodes: int = 10_000
 
     def __post_init__(self) -> None:
         self.current: Published | None = None
         self.nodes: dict[str, NodeStatus] = {}
         self.rebuilds = 0
         self.last_error: str | None = None
+        self.failure: str | None = None  # why a supervised task stopped: unready for good
+        self._full_logged = 0.0
+        self._expired_at = 0.0
         self._poked = asyncio.Event()
         self._published = asyncio.Condition()
         self._built_changes = -1
@@ -76,7 +94,21 @@ class Controller:
 
     @property
     def ready(self) -> bool:
-        return self.current is not None
+        return self.current is not None and self.failure is None
+
+    def supervise(self, task: asyncio.Task[Any], name: str) -> None:
+        """A task that must run as long as the controller does (a watcher, the rebuild loop)."""
+
+        def done(task: asyncio.Task[Any]) -> None:
+            if task.cancelled() or self.closing:
+                return
+            exc = task.exception()
+            reason = f"{name} stopped: {exc!r}" if exc is not None else f"{name} returned"
+            if self.failure is None:
+                self.failure = reason
+            log.error("%s; the controller is not ready any more", reason, exc_info=exc)
+
+        task.add_done_callback(done)
 
     # -- rebuild --------------------------------------------------------------------------
 
@@ -105,8 +137,8 @@ class Controller:
         if self.current is not None:
             previous.update(self.current.config.port_assignments())
         start = time.perf_counter()
-        topology, config = await asyncio.to_thread(_build, state, self.settings, previous)
-        published = Published(config, topology, time.time(), time.perf_counter() - start)
+        topology, config, body = await asyncio.to_thread(_build, state, self.settings, previous)
+        published = Published(config, topology, time.time(), time.perf_counter() - start, body)
         self._built_changes = changes
         self.rebuilds += 1
         changed = self.current is None or self.current.config.version != config.version
@@ -119,7 +151,7 @@ class Controller:
                 config.version,
                 published.duration,
                 len(topology.services),
-                len(config.data["errors"]),
+                len(config.errors),
             )
             async with self._published:
                 self._published.notify_all()
@@ -175,8 +207,28 @@ class Controller:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._hook_task
 
-    def report_node(self, node: str, version: str) -> None:
-        self.nodes[node] = NodeStatus(version, time.time())
+    def report_node(self, node: str, version: str) -> bool:
+        """Record that ``node``'s proxy applied ``version``; False when the table is full."""
+        now = time.time()
+        self.expire_nodes(now)
+        if node not in self.nodes and len(self.nodes) >= self.max_nodes:
+            self.expire_nodes(now, every=0.0)
+        if node not in self.nodes and len(self.nodes) >= self.max_nodes:
+            if now - self._full_logged > 60.0:
+                self._full_logged = now
+                log.warning("%d proxies recorded: not recording %s", self.max_nodes, node)
+            return False
+        self.nodes[node] = NodeStatus(version, now)
+        return True
+
+    def expire_nodes(self, now: float | None = None, *, every: float = 1.0) -> None:
+        now = time.time() if now is None else now
+        if now - self._expired_at < every:
+            return
+        self._expired_at = now
+        cutoff = now - self.node_ttl
+        for name in [n for n, status in self.nodes.items() if status.last_seen < cutoff]:
+            del self.nodes[name]
 
     def topology_view(self) -> dict[str, Any]:
         if self.current is None:
@@ -224,7 +276,7 @@ class Controller:
                 }
                 for g in topology.grants
             ],
-            "errors": self.current.config.data["errors"],
+            "errors": msgspec.to_builtins(self.current.config.errors),
             "objects": self.store.counts(),
         }
 
@@ -248,14 +300,18 @@ def _load_libc() -> Any:
 _LIBC = _load_libc()
 
 
-def _build(state: Any, settings: Settings, previous: dict[str, int]) -> tuple[Topology, MeshConfig]:
-    """The core's rebuild, with the collector paused: a rebuild allocates millions of small
-    objects that all stay alive, so generational collections during it are pure overhead."""
+def _build(
+    state: Any, settings: Settings, previous: dict[str, int]
+) -> tuple[Topology, MeshConfig, bytes]:
+    """The core's rebuild and its JSON, with the collector paused: a rebuild allocates millions
+    of small objects that all stay alive, so generational collections during it are pure
+    overhead."""
     enabled = gc.isenabled()
     gc.disable()
     try:
         topology = build_topology(state, settings)
-        return topology, build_config(topology, settings, previous)
+        config = build_config(topology, settings, previous)
+        return topology, config, schema.encode(config)
     finally:
         if enabled:
             gc.enable()

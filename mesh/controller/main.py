@@ -1,4 +1,9 @@
-"""``simmesh controller``: the stateless controller, fed by Kubernetes or a manifests directory."""
+"""``simmesh controller``: the stateless controller, fed by Kubernetes or a manifests directory.
+
+Every option is checked before anything starts (one line on stderr and exit 2 for a bad one,
+see :mod:`mesh.argtypes`); a listen address that cannot be bound is reported the same way.
+The providers' tasks and the rebuild loop are supervised: one that dies makes ``/readyz`` 503.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +12,25 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 from dataclasses import replace
 from pathlib import Path
 
 from aiohttp import web
 
+from mesh import argtypes
 from mesh.controller.api import make_app
 from mesh.controller.controller import Controller
 from mesh.core.model import Settings
+from mesh.documents import DocumentError, read_bytes
 from mesh.manifests import ManifestError, read_settings
+
+MAX_TOKEN_BYTES = 4096
+
+
+def _kubeconfig(text: str) -> str:
+    return text if text == "in-cluster" else argtypes.existing_file(text)
+
 
 log = logging.getLogger("simmesh.controller")
 
@@ -23,31 +38,66 @@ log = logging.getLogger("simmesh.controller")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(
-        "--manifests", type=Path, metavar="DIR", help="file provider: watch a manifests directory"
+        "--manifests",
+        type=argtypes.existing_dir,
+        metavar="DIR",
+        help="file provider: watch a manifests directory",
     )
-    source.add_argument("--kubeconfig", help="Kubernetes provider (use 'in-cluster' in a pod)")
-    parser.add_argument("--listen", default="127.0.0.1:9000", metavar="HOST:PORT")
+    source.add_argument(
+        "--kubeconfig", type=_kubeconfig, help="Kubernetes provider (use 'in-cluster' in a pod)"
+    )
+    parser.add_argument(
+        "--listen", type=argtypes.host_port, default=("127.0.0.1", 9000), metavar="HOST:PORT"
+    )
     parser.add_argument(
         "--settings",
-        type=Path,
+        type=lambda text: Path(argtypes.existing_file(text)),
         metavar="MESH_YAML",
         help="mesh settings file (default: DIR/mesh.yaml for --manifests)",
     )
-    parser.add_argument("--namespace", help="the mesh namespace (shadow Services live there)")
+    parser.add_argument(
+        "--namespace",
+        type=argtypes.dns_label,
+        help="the mesh namespace (shadow Services live there)",
+    )
     parser.add_argument("--acl", action="store_true", help="ACL mode: deny by default")
-    parser.add_argument("--zone", help="DNS zone of mesh names (default mesh)")
-    parser.add_argument("--cluster-domain", help="cluster domain (default cluster.local)")
-    parser.add_argument("--watch-namespace", action="append", default=[], metavar="NS")
-    parser.add_argument("--ignore-namespace", action="append", default=[], metavar="NS")
-    parser.add_argument("--debounce", type=float, default=0.05, metavar="SECONDS")
+    parser.add_argument(
+        "--zone", type=argtypes.domain, help="DNS zone of mesh names (default mesh)"
+    )
+    parser.add_argument(
+        "--cluster-domain", type=argtypes.domain, help="cluster domain (default cluster.local)"
+    )
+    parser.add_argument(
+        "--watch-namespace", type=argtypes.dns_label, action="append", default=[], metavar="NS"
+    )
+    parser.add_argument(
+        "--ignore-namespace", type=argtypes.dns_label, action="append", default=[], metavar="NS"
+    )
+    parser.add_argument(
+        "--debounce", type=argtypes.seconds(high=60.0), default=0.05, metavar="SECONDS"
+    )
     parser.add_argument(
         "--poll-interval",
-        type=float,
+        type=argtypes.seconds(low=0.01, high=60.0),
         default=0.5,
         metavar="SECONDS",
         help="file provider: how often the manifests directory is checked for changes",
     )
-    parser.add_argument("--log-level", default="info")
+    parser.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="proxy token: polls that name a node must carry it (the chart's Secret)",
+    )
+    parser.add_argument(
+        "--node-ttl",
+        type=argtypes.seconds(low=1.0, high=86400.0),
+        default=120.0,
+        metavar="SECONDS",
+        help="forget a proxy that has not polled for this long (default 120)",
+    )
+    parser.add_argument(
+        "--log-level", default="info", choices=("debug", "info", "warning", "error")
+    )
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -81,19 +131,46 @@ def _settings_dir(path: Path) -> Path:
     raise ManifestError(f"{path}: the settings file must be named mesh.yaml")
 
 
+def read_token(path: str | None) -> str | None:
+    """The proxy token from its file (whitespace around it ignored); DocumentError if unusable."""
+    if path is None:
+        return None
+    raw = read_bytes(Path(path))
+    if len(raw) > MAX_TOKEN_BYTES:
+        raise DocumentError(f"{path}: a token of at most {MAX_TOKEN_BYTES} bytes expected")
+    try:
+        token = raw.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise DocumentError(f"{path}: the token must be ASCII text") from None
+    if not token or any(c.isspace() or not c.isprintable() for c in token):
+        raise DocumentError(f"{path}: expected one token of printable characters, no spaces")
+    return token
+
+
 def run(args: argparse.Namespace) -> int:
+    host, port = args.listen
+    problem = argtypes.resolvable(host, "--listen")
+    if problem is not None:
+        print(f"simmesh controller: error: {problem}", file=sys.stderr)
+        return 2
+    settings = settings_from(args)
+    token = read_token(args.token_file)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    settings = settings_from(args)
-    host, _, port = args.listen.rpartition(":")
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(args, settings, host or "127.0.0.1", int(port)))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(serve(args, settings, host or "127.0.0.1", port, token=token))
+    except OSError as exc:  # the listen address cannot be bound
+        print(f"simmesh controller: error: --listen {host}:{port}: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
-async def serve(args: argparse.Namespace, settings: Settings, host: str, port: int) -> None:
-    controller = Controller(settings, debounce=args.debounce)
+async def serve(
+    args: argparse.Namespace, settings: Settings, host: str, port: int, *, token: str | None
+) -> None:
+    controller = Controller(settings, debounce=args.debounce, node_ttl=args.node_ttl)
     tasks: list[asyncio.Task[None]] = []
     api_client = None
     if args.manifests is not None:
@@ -101,7 +178,7 @@ async def serve(args: argparse.Namespace, settings: Settings, host: str, port: i
 
         provider = FileProvider(controller, args.manifests, interval=args.poll_interval)
         provider.scan()
-        tasks.append(asyncio.create_task(provider.run()))
+        tasks.append(asyncio.create_task(provider.run(), name="file provider"))
     else:
         from kubernetes_asyncio import client, config
 
@@ -117,11 +194,23 @@ async def serve(args: argparse.Namespace, settings: Settings, host: str, port: i
         await kube.load_port_assignments()
         controller.hooks.append(kube.reconcile_shadows)
         controller.hooks.append(kube.report_errors)
-        tasks.append(asyncio.create_task(kube.run()))
-    tasks.append(asyncio.create_task(controller.run()))
-    runner = web.AppRunner(make_app(controller), access_log=None, shutdown_timeout=2.0)
+        tasks.append(asyncio.create_task(kube.run(), name="Kubernetes watches"))
+    tasks.append(asyncio.create_task(controller.run(), name="rebuild loop"))
+    for task in tasks:
+        controller.supervise(task, task.get_name())
+    runner = web.AppRunner(make_app(controller, token=token), access_log=None, shutdown_timeout=2.0)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError:
+        controller.closing = True
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await runner.cleanup()
+        if api_client is not None:
+            await api_client.close()
+        raise
     log.info("controller API on http://%s:%d", host, port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -111,12 +111,13 @@ def _positive_duration(text: str) -> float:
 
 
 def _positive_int(text: str, *, allow_zero: bool) -> int:
-    if not text.strip().isdigit() or (int(text) == 0 and not allow_zero):
+    digits = text.strip()
+    if not (digits.isascii() and digits.isdigit()) or (int(digits) == 0 and not allow_zero):
         floor = "a non-negative" if allow_zero else "a positive"
         raise ValueError(f"expected {floor} integer, got {text!r}")
-    if int(text) > 2**53:
+    if len(digits) > 16 or int(digits) > 2**53:
         raise ValueError(f"expected an integer up to 2**53, got {text[:20]!r}...")
-    return int(text)
+    return int(digits)
 
 
 _TOKEN = re.compile(r"\s*(?:(\d+(?:\.\d+)?)|([A-Za-z]+)|(&&|\|\||>=|<=|==|!=|>|<|\(|\)|,))")
@@ -182,16 +183,30 @@ def _condition(tokens: list[str], i: int) -> tuple[Condition, int]:
     take("(")
     args: list[float] = []
     while i < len(tokens) and tokens[i] != ")":
-        args.append(float(take()))
+        args.append(_number(take()))
         if i < len(tokens) and tokens[i] == ",":
             take(",")
     take(")")
     if len(args) != _ARITY[metric]:
         raise ValueError(f"{metric.value} takes {_ARITY[metric]} arguments, got {len(args)}")
+    if metric is Metric.LATENCY_AT_QUANTILE_MS and not 0 < args[0] <= 100:
+        raise ValueError(f"{metric.value}: expected a percentile in (0, 100], got {args[0]}")
     op = take()
     if op not in (">", ">=", "<", "<=", "==", "!="):
         raise ValueError(f"expected a comparison after {metric.value}(), got {op!r}")
-    return Condition(metric, tuple(args), op, float(take())), i
+    return Condition(metric, tuple(args), op, _number(take())), i
+
+
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+def _number(token: str) -> float:
+    """A decimal number token; words such as ``nan`` or ``inf`` and overflowing digits are not
+    numbers (a NaN threshold would make every comparison false, silently)."""
+    value = float(token) if _NUMBER.fullmatch(token) else math.nan
+    if not math.isfinite(value):
+        raise ValueError(f"expected a number, got {token[:20]!r}")
+    return value
 
 
 def service_options(

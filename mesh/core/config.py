@@ -1,7 +1,8 @@
 """Topology -> MeshConfig: the document every proxy receives.
 
-The config is plain JSON-compatible data, so the controller can publish it, a proxy can load it
-and :class:`mesh.core.routing.Router` can compile it, without sharing Python objects:
+The document's schema is :mod:`mesh.core.schema` (typed, validating, JSON with sorted keys), so
+the controller can publish it, a proxy can load it and :class:`mesh.core.routing.Router` can
+compile it, without sharing Python objects:
 
 - ``listeners``: HTTP listeners are shared (the i-th port of every service uses the i-th HTTP
   listener, routed by Host); TCP and UDP get one listener per (service, port) from their pools.
@@ -18,47 +19,18 @@ not change keeps its port. The same topology gives byte-identical JSON.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
 
+import msgspec
+
+from mesh.core import schema
 from mesh.core.annotations import ServicePolicy
 from mesh.core.errors import ObjectError, ObjectRef
 from mesh.core.model import HTTPMatch, PortRange, Settings, TrafficType
+from mesh.core.schema import API_VERSION, MeshConfig
+
+__all__ = ["API_VERSION", "MeshConfig", "assign_ports", "build_config", "config_version"]
 from mesh.core.topology import Grant, Topology, TopoPort, TopoService
-
-API_VERSION = "simmesh.io/v1alpha1"
-
-
-@dataclass(frozen=True, slots=True)
-class MeshConfig:
-    data: Mapping[str, Any]
-    compact: str | None = None  # the compact JSON, when already rendered
-
-    @property
-    def version(self) -> str:
-        return str(self.data["version"])
-
-    def to_json(self, *, indent: int | None = 2) -> str:
-        if indent is None:
-            return self.compact if self.compact is not None else _compact(self.data)
-        return json.dumps(self.data, sort_keys=True, indent=indent) + "\n"
-
-    @classmethod
-    def from_json(cls, text: str | bytes) -> MeshConfig:
-        data = json.loads(text)
-        if not isinstance(data, dict) or data.get("apiVersion") != API_VERSION:
-            raise ValueError(f"not a MeshConfig document (expected apiVersion {API_VERSION})")
-        return cls(data)
-
-    def port_assignments(self) -> dict[str, int]:
-        """The TCP/UDP listener of each ``protocol:ns/name:port``, for stable reassignment."""
-        return {
-            f"{item['protocol']}:{item['route']}": int(item["port"])
-            for item in self.data.get("listeners", [])
-            if item["protocol"] != "http"
-        }
 
 
 def route_key(service: TopoService, port: TopoPort) -> str:
@@ -70,10 +42,11 @@ def build_config(
 ) -> MeshConfig:
     errors = list(topology.errors)
     previous = previous or {}
-    routes: dict[str, Any] = {}
-    clusters: dict[str, Any] = {}
+    routes: dict[str, schema.Route] = {}
+    clusters: dict[str, schema.Cluster] = {}
     hosts: dict[str, dict[str, str]] = {}
     flows: dict[str, list[str]] = {"tcp": [], "udp": []}
+    listeners_of: dict[str, int] = {}
     grants: dict[str, list[Grant]] = {}
     for grant in topology.grants:
         grants.setdefault(grant.destination, []).append(grant)
@@ -83,26 +56,24 @@ def build_config(
         for index, port in enumerate(service.ports):
             rkey = route_key(service, port)
             clusters[rkey] = _cluster(service, port, grants if settings.acl else None)
-            listener = None
             if kind is TrafficType.HTTP:
                 if index >= settings.http_ports.size:
                     errors.append(_too_many_ports(service, index, settings.http_ports))
                     continue
                 listener = settings.http_ports.start + index
+                listeners_of[rkey] = listener
                 table = hosts.setdefault(str(listener), {})
                 for host in _hosts(service, port, settings):
                     table[host] = rkey
             else:
                 flows[kind.value].append(rkey)
-            routes[rkey] = _route(service, port, listener, topology)
-    listeners: list[dict[str, Any]] = [
-        {"port": int(k), "protocol": "http"} for k in sorted(hosts, key=int)
-    ]
+            routes[rkey] = _route(service, port, topology, listeners_of.get(rkey))
+    listeners = [schema.Listener(port=int(p), protocol="http") for p in hosts]
     for proto, pool in (("tcp", settings.tcp_ports), ("udp", settings.udp_ports)):
         assigned, overflow = assign_ports(flows[proto], pool, previous, proto)
         for rkey, number in sorted(assigned.items(), key=lambda item: item[1]):
-            routes[rkey]["listener"] = number
-            listeners.append({"port": number, "protocol": proto, "route": rkey})
+            routes[rkey] = msgspec.structs.replace(routes[rkey], listener=number)
+            listeners.append(schema.Listener(port=number, protocol=proto, route=rkey))  # type: ignore[arg-type]
         for rkey in overflow:
             namespace, _, rest = rkey.partition("/")
             name, _, number_text = rest.rpartition(":")
@@ -116,41 +87,41 @@ def build_config(
                     f"{number_text}; raise the {proto}Ports size",
                 )
             )
-    listeners.sort(key=lambda item: item["port"])
-    data: dict[str, Any] = {
-        "apiVersion": API_VERSION,
-        "kind": "MeshConfig",
-        "settings": {
-            "zone": settings.zone,
-            "clusterDomain": settings.cluster_domain,
-            "meshNamespace": settings.mesh_namespace,
-            "acl": settings.acl,
-        },
-        "listeners": listeners,
-        "hosts": hosts,
-        "routes": routes,
-        "clusters": clusters,
-        "identities": dict(sorted(topology.identities.items())) if settings.acl else {},
-        "errors": [e.to_dict() for e in sorted(set(errors))],
-    }
-    body = _compact(data)
-    data["version"] = _digest(body)
-    # "version" sorts after every other top-level key, so it goes last.
-    compact = f'{body[:-1]},"version":"{data["version"]}"}}'
-    return MeshConfig(data, compact)
+    listeners.sort(key=lambda item: item.port)
+    config = MeshConfig(
+        settings=schema.ConfigSettings(
+            zone=settings.zone,
+            cluster_domain=settings.cluster_domain,
+            mesh_namespace=settings.mesh_namespace,
+            acl=settings.acl,
+        ),
+        listeners=listeners,
+        hosts=hosts,
+        routes=routes,
+        clusters=clusters,
+        identities=dict(sorted(topology.identities.items())) if settings.acl else {},
+        errors=[_problem(e) for e in sorted(set(errors))],
+        version="",
+    )
+    return msgspec.structs.replace(config, version=config_version(config))
 
 
-def _compact(data: Mapping[str, Any]) -> str:
-    return json.dumps(data, sort_keys=True, separators=(",", ":"))
+def config_version(config: MeshConfig) -> str:
+    """The version of a config: a digest of its JSON without the version itself."""
+    if config.version:
+        config = msgspec.structs.replace(config, version="")
+    return hashlib.sha256(schema.encode(config)).hexdigest()[:16]
 
 
-def _digest(body: str) -> str:
-    return hashlib.sha256(body.encode()).hexdigest()[:16]
-
-
-def config_version(data: Mapping[str, Any]) -> str:
-    """The version of a config document: a digest of everything but the version itself."""
-    return _digest(_compact({k: v for k, v in data.items() if k != "version"}))
+def _problem(error: ObjectError) -> schema.Problem:
+    ref = error.ref
+    return schema.Problem(
+        kind=ref.kind,
+        namespace=ref.namespace,
+        name=ref.name,
+        field=error.field,
+        message=error.message,
+    )
 
 
 def assign_ports(
@@ -201,58 +172,57 @@ def _hosts(service: TopoService, port: TopoPort, settings: Settings) -> list[str
 
 
 def _route(
-    service: TopoService, port: TopoPort, listener: int | None, topology: Topology
-) -> dict[str, Any]:
-    route: dict[str, Any] = {
-        "service": service.key,
-        "port": port.port,
-        "protocol": service.options.traffic_type.value,
-        "scheme": service.options.scheme.value,
-        "listener": listener,
-        "cluster": route_key(service, port),
-        "policy": policy_dict(service.options.policy),
-        "split": None,
-    }
+    service: TopoService, port: TopoPort, topology: Topology, listener: int | None
+) -> schema.Route:
     split = topology.splits.get(service.key)
+    doc = None
     if split is not None:
         missing = set(split.missing_ports)
-        backends: list[dict[str, Any]] = [
-            {"service": key, "weight": weight, "cluster": f"{key}:{port.port}"}
+        backends = [
+            schema.SplitBackend(service=key, weight=weight, cluster=f"{key}:{port.port}")
             for key, weight in split.backends
             if (key, port.port) not in missing
         ]
-        if any(b["weight"] > 0 for b in backends):
-            route["split"] = {
-                "name": f"{split.namespace}/{split.name}",
-                "backends": backends,
-                "matches": [match_dict(m) for m in split.matches],
-            }
-    return route
+        if any(b.weight > 0 for b in backends):
+            doc = schema.Split(
+                name=f"{split.namespace}/{split.name}",
+                backends=backends,
+                matches=[match_doc(m) for m in split.matches],
+            )
+    return schema.Route(
+        service=service.key,
+        port=port.port,
+        protocol=service.options.traffic_type.value,
+        scheme=service.options.scheme.value,
+        listener=listener,
+        cluster=route_key(service, port),
+        policy=policy_doc(service.options.policy),
+        split=doc,
+    )
 
 
 def _cluster(
     service: TopoService, port: TopoPort, grants: Mapping[str, list[Grant]] | None
-) -> dict[str, Any]:
-    endpoints = [
-        {"ip": e.ip, "port": e.port, "node": e.node, "identity": e.identity} for e in port.endpoints
-    ]
-    cluster: dict[str, Any] = {
-        "service": service.key,
-        "port": port.port,
-        "protocol": service.options.traffic_type.value,
-        "scheme": service.options.scheme.value,
-        "endpoints": endpoints,
-        "loadBalancer": service.options.policy.load_balancer,
-        "circuitBreaker": _breaker_dict(service.options.policy),
-    }
-    if grants is not None:
-        cluster["access"] = _access(service, port, grants)
-    return cluster
+) -> schema.Cluster:
+    policy = service.options.policy
+    return schema.Cluster(
+        service=service.key,
+        port=port.port,
+        protocol=service.options.traffic_type.value,
+        scheme=service.options.scheme.value,
+        endpoints=[
+            schema.Endpoint(ip=e.ip, port=e.port, node=e.node, identity=e.identity)
+            for e in port.endpoints
+        ],
+        load_balancer=policy.load_balancer,  # type: ignore[arg-type]
+        circuit_breaker=_breaker_doc(policy),
+        access=_access(service, port, grants) if grants is not None else None,
+    )
 
 
 def _access(
     service: TopoService, port: TopoPort, grants: Mapping[str, list[Grant]]
-) -> list[dict[str, Any]]:
+) -> list[schema.Grant]:
     kind = service.options.traffic_type
     kinds = {
         TrafficType.HTTP: ("HTTPRouteGroup", "TCPRoute"),
@@ -270,55 +240,57 @@ def _access(
         if grant.ports and not target_ports.intersection(grant.ports):
             continue
         out.append(
-            {
-                "target": grant.target,
-                "destination": grant.destination,
-                "sources": list(grant.sources),
-                "kind": grant.kind,
-                "route": grant.route,
-                "match": match_dict(grant.match) if grant.match is not None else None,
-                "ports": list(grant.ports),
-            }
+            schema.Grant(
+                target=grant.target,
+                destination=grant.destination,
+                sources=list(grant.sources),
+                kind=grant.kind,  # type: ignore[arg-type]
+                route=grant.route,
+                match=match_doc(grant.match) if grant.match is not None else None,
+                ports=list(grant.ports),
+            )
         )
     return out
 
 
-def match_dict(match: HTTPMatch) -> dict[str, Any]:
-    return {
-        "name": match.name,
-        "pathRegex": match.path_regex,
-        "methods": sorted(match.methods) if match.methods is not None else None,
-        "headers": [[k, v] for k, v in match.headers],
-    }
+def match_doc(match: HTTPMatch) -> schema.Match:
+    return schema.Match(
+        name=match.name,
+        path_regex=match.path_regex,
+        methods=sorted(match.methods) if match.methods is not None else None,
+        headers=[(k, v) for k, v in match.headers],
+    )
 
 
-def policy_dict(policy: ServicePolicy) -> dict[str, Any]:
+def policy_doc(policy: ServicePolicy) -> schema.Policy:
     retry = policy.retry
     limit = policy.rate_limit
-    return {
-        "retry": None
+    return schema.Policy(
+        retry=None
         if retry is None
-        else {
-            "attempts": retry.attempts,
-            "nonIdempotent": retry.non_idempotent,
-            "onStatuses": list(retry.on_statuses),
-            "backoff": retry.backoff,
-            "budget": retry.budget,
-        },
-        "timeout": policy.timeout,
-        "requestTimeout": policy.request_timeout,
-        "rateLimit": None if limit is None else {"average": limit.average, "burst": limit.burst},
-    }
+        else schema.Retry(
+            attempts=retry.attempts,
+            non_idempotent=retry.non_idempotent,
+            on_statuses=list(retry.on_statuses),
+            backoff=retry.backoff,
+            budget=retry.budget,
+        ),
+        timeout=policy.timeout,
+        request_timeout=policy.request_timeout,
+        rate_limit=None
+        if limit is None
+        else schema.RateLimit(average=limit.average, burst=limit.burst),
+    )
 
 
-def _breaker_dict(policy: ServicePolicy) -> dict[str, Any] | None:
+def _breaker_doc(policy: ServicePolicy) -> schema.CircuitBreaker | None:
     spec = policy.circuit_breaker
     if spec is None:
         return None
-    return {
-        "expression": spec.expression,
-        "window": spec.window,
-        "openDuration": spec.open_duration,
-        "minRequests": spec.min_requests,
-        "checkPeriod": spec.check_period,
-    }
+    return schema.CircuitBreaker(
+        expression=spec.expression,
+        window=spec.window,
+        open_duration=spec.open_duration,
+        min_requests=spec.min_requests,
+        check_period=spec.check_period,
+    )

@@ -42,7 +42,7 @@ def _positive(raw: Mapping[str, Any], key: str, *, zero: bool = False) -> float:
     value = raw.get(key)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise DistributionError(f"{key}: expected a number of seconds, got {value!r}")
-    if value < 0 or (value == 0 and not zero):
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
         raise DistributionError(f"{key}: expected a positive number, got {value!r}")
     return float(value)
 
@@ -51,6 +51,8 @@ def sampler(raw: Any) -> tuple[Sampler, float]:
     """A sampler and the distribution's mean (for capacity planning and reports)."""
     if isinstance(raw, int | float) and not isinstance(raw, bool):
         value = float(raw)
+        if not math.isfinite(value) or value < 0:
+            raise DistributionError(f"expected a non-negative number of seconds, got {raw!r}")
         return (lambda rng: value), value
     if not isinstance(raw, Mapping):
         raise DistributionError(f"expected a number or a mapping with dist, got {raw!r}")
@@ -87,7 +89,12 @@ def _empirical(raw: Any) -> tuple[Sampler, float]:
             raise DistributionError(f"percentiles: {key!r} is not a percentile") from None
         if not 0 <= q <= 100:
             raise DistributionError(f"percentiles: {key!r} is not in 0..100")
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or value < 0
+        ):
             raise DistributionError(f"percentiles.{key}: expected seconds, got {value!r}")
         points.append((q / 100.0, float(value)))
     points.sort()

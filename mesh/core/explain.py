@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from mesh.core.config import policy_dict
+import msgspec
+
 from mesh.core.request import BadRequest, parse_request
 from mesh.core.routing import STATUS, Access, Cluster, Decision, Engine, Reason, Route, Router
 
@@ -165,7 +166,7 @@ def _summarise(
 
 
 def _policy(route: Route) -> dict[str, Any]:
-    out = policy_dict(route.policy)
+    out: dict[str, Any] = msgspec.to_builtins(route.doc.policy)
     breaker = route.cluster.breaker
     out["circuitBreaker"] = breaker.expression if breaker is not None else None
     out["loadBalancer"] = route.cluster.load_balancer

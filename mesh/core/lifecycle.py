@@ -139,6 +139,7 @@ class Lifecycle:
         "attempts",
         "deadline",
         "decision",
+        "default_timeout",
         "detail",
         "endpoint",
         "engine",
@@ -150,6 +151,7 @@ class Lifecycle:
         "sent_at",
         "started",
         "state",
+        "timeout",
         "tried",
     )
 
@@ -162,13 +164,17 @@ class Lifecycle:
         replayable: bool,
         rng: Rng,
         now: float,
+        default_timeout: float | None = None,
     ) -> None:
+        """``default_timeout``: the per-try timeout of services that set none (the proxy's
+        ``--upstream-timeout``)."""
         self.engine = engine
         self.decision = decision
         self.method = method
         self.replayable = replayable
         self.rng = rng
         self.started = now
+        self.default_timeout = default_timeout
         limit = decision.policy.request_timeout
         self.deadline = now + limit if limit is not None else None
         self.state = State.IDLE
@@ -177,6 +183,7 @@ class Lifecycle:
         self.endpoint: Endpoint | None = None  # the attempt in progress or delivered
         self.pending: Endpoint | None = None  # the next attempt, while backing off
         self.sent_at = now
+        self.timeout: float | None = None  # the current attempt's
         self.outcome: Outcome | None = None  # the last attempt's
         self.answer: Answer | None = None
         self.detail = ""
@@ -232,6 +239,8 @@ class Lifecycle:
 
     def _send(self, endpoint: Endpoint, now: float) -> Command:
         timeout = self.decision.policy.timeout
+        if timeout is None:
+            timeout = self.default_timeout
         if self.deadline is not None:
             left = self.deadline - now
             if left <= 0:
@@ -243,6 +252,7 @@ class Lifecycle:
         self.endpoint = endpoint
         self.tried.append(endpoint)
         self.sent_at = now
+        self.timeout = timeout
         self._open = True
         return Send(endpoint, timeout, len(self.tried))
 
@@ -314,6 +324,9 @@ class Lifecycle:
         return None
 
     def _abandon(self, now: float) -> None:
+        d = self.decision
+        if self.state is State.IDLE and d.allowed and d.endpoint is not None:
+            self.engine.finish(d, d.endpoint, _NEUTRAL, now)  # the decision's pick, never tried
         if self.state is State.WAITING and self.pending is not None:
             self.engine.finish(self.decision, self.pending, _NEUTRAL, now)
             self.pending = None

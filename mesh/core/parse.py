@@ -10,6 +10,7 @@ SMI versions: access v1alpha1-3, specs v1alpha1-4, split v1alpha1-4 (see shared/
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -104,6 +105,16 @@ def _int(value: Any, path: str, *, low: int, high: int) -> int:
 
 def _port(value: Any, path: str) -> int:
     return _int(value, path, low=1, high=65535)
+
+
+def _ip(value: str, family: str, path: str) -> None:
+    """An IPv4 or IPv6 address, as the slice's addressType says."""
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        raise InvalidObject(path, f"expected an {family} address, got {value[:60]!r}") from None
+    if address.version != (4 if family == "IPv4" else 6):
+        raise InvalidObject(path, f"expected an {family} address, got {value!r}")
 
 
 def _bool(value: Any, path: str, default: bool) -> bool:
@@ -228,6 +239,9 @@ def parse_endpoint_slice(doc: Mapping[str, Any]) -> EndpointSlice:
         )
         if not addresses:
             raise InvalidObject(f"{path}.addresses", "expected at least one address")
+        if address_type != "FQDN":
+            for j, address in enumerate(addresses):
+                _ip(address, address_type, f"{path}.addresses[{j}]")
         conditions = _mapping(item.get("conditions"), f"{path}.conditions")
         ready = _bool(conditions.get("ready"), f"{path}.conditions.ready", True)
         ref = _mapping(item.get("targetRef"), f"{path}.targetRef")
@@ -561,7 +575,8 @@ def _port_range(raw: Any, path: str, default: PortRange) -> PortRange:
     item = _mapping(raw, path)
     start = item.get("start", default.start)
     size = item.get("size", default.size)
-    return PortRange(_port(start, f"{path}.start"), _int(size, f"{path}.size", low=1, high=10000))
+    first = _port(start, f"{path}.start")
+    return PortRange(first, _int(size, f"{path}.size", low=1, high=min(10000, 65536 - first)))
 
 
 def parse_settings(raw: Any) -> Settings:

@@ -69,6 +69,7 @@ _PLAIN = re.compile(r"/[A-Za-z0-9\-_~!$&'()*+,;=:@/.]*")
 _ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
 _PARAMS = re.compile(r";|%3B")
 _DOUBLE = re.compile(r"%25[0-9A-Fa-f]{2}")  # read as an escape by a backend that decodes twice
+_BAD_QUERY = re.compile(r"[#\x00-\x1f\x7f]")
 _AUTHORITY = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-.]+):[0-9]{1,5}")
 
 
@@ -151,7 +152,7 @@ def split_target(method: str, target: str) -> tuple[str, str]:
     """(normalised path, query with its '?' or ''): the origin-form target of a request."""
     cut = target.find("?")
     path, query = (target, "") if cut < 0 else (target[:cut], target[cut:])
-    if "#" in query or any(ord(c) < 0x20 or ord(c) == 0x7F for c in query):
+    if query and _BAD_QUERY.search(query):
         raise BadRequest("the query contains '#' or a control character")
     if path == "*" and method == "OPTIONS" and not query:
         return path, ""
@@ -240,48 +241,55 @@ def parse_request(
     precedence over a ``Host`` header, and replaces its value in what is forwarded.
     """
     path, query = split_target(method, target)
-    pairs = items if isinstance(items, list) else list(items)
-    listed: frozenset[str] = frozenset()
     out: list[tuple[str, str]] = []
-    where: dict[str, int] = {}
+    headers: dict[str, str] = {}
+    listed: set[str] | None = None
     te_trailers = False
-    for name, value in pairs:
+    proxy_set = False
+    for name, value in items:  # one pass: this runs for every request the proxy serves
         low = name.lower()
         if low in HOP_BY_HOP:
             if low == "connection":
-                listed = listed | {t.strip().lower() for t in value.split(",")}
+                tokens = {t.strip().lower() for t in value.split(",")}
+                listed = tokens if listed is None else listed | tokens
             elif low == "te":
                 te_trailers = value.strip().lower() == "trailers"
             continue
-        at = where.get(low)
-        if at is None:
-            where[low] = len(out)
+        first = headers.get(low)
+        if first is None:
+            headers[low] = value
             out.append((name, value))
+            proxy_set = proxy_set or low in PROXY_SET
             continue
-        first = out[at][1]
         if low in _SINGLE:
             if low == "content-length" and first.strip() == value.strip():
                 continue
             raise BadRequest(f"several {low.title()} headers")
-        out[at] = (out[at][0], f"{first}{'; ' if low == 'cookie' else ', '}{value}")
-    if listed - _SINGLE:  # Host and Content-Length stay: they are not this hop's to drop
+        combined = headers[low] = f"{first}{'; ' if low == 'cookie' else ', '}{value}"
+        at = next(i for i, (n, _) in enumerate(out) if n.lower() == low)
+        out[at] = (out[at][0], combined)
+    if listed is not None and listed - _SINGLE:
+        # Host and Content-Length stay: they are not this hop's to drop.
         out = [(n, v) for n, v in out if n.lower() not in listed or n.lower() in _SINGLE]
+        for low in listed - _SINGLE:
+            headers.pop(low, None)
     if authority:  # the request's own authority wins, and is what the backend receives
-        at = next((i for i, (n, _) in enumerate(out) if n.lower() == "host"), None)
-        if at is None:
-            out.insert(0, ("Host", authority))
-        else:
+        if "host" in headers:
+            at = next(i for i, (n, _) in enumerate(out) if n.lower() == "host")
             out[at] = (out[at][0], authority)
-    headers = {n.lower(): v for n, v in out}
-    host = headers.get("host", "")
+        else:
+            out.insert(0, ("Host", authority))
+        headers["host"] = authority
     replaced: dict[str, str] = {}
-    for name in PROXY_SET.intersection(headers):
-        replaced[name] = headers.pop(name)
+    if proxy_set:
+        for low in PROXY_SET:
+            if low in headers:
+                replaced[low] = headers.pop(low)
     return Request(
         method=method,
         path=path,
         query=query,
-        host=host,
+        host=headers.get("host", ""),
         headers=headers,
         items=out,
         replaced=replaced,

@@ -23,10 +23,9 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
 
+from mesh.core import schema
 from mesh.core.annotations import ServicePolicy, parse_circuit_breaker_expression
-from mesh.core.config import MeshConfig
 from mesh.core.policies import (
     CircuitBreaker,
     CircuitBreakerSpec,
@@ -43,6 +42,7 @@ from mesh.core.policies import (
     retry_verdict,
 )
 from mesh.core.request import Request
+from mesh.core.schema import MeshConfig
 
 
 class Reason(StrEnum):
@@ -95,15 +95,13 @@ class Match:
 
     __slots__ = ("headers", "methods", "name", "path")
 
-    def __init__(self, raw: Mapping[str, Any]) -> None:
-        self.name: str = raw["name"]
-        regex = raw.get("pathRegex")
+    def __init__(self, doc: schema.Match) -> None:
+        self.name = doc.name
+        regex = doc.path_regex
         self.path: Callable[[str], object] | None = re.compile(regex).match if regex else None
-        methods = raw.get("methods")
+        methods = doc.methods
         self.methods: frozenset[str] | None = frozenset(methods) if methods is not None else None
-        self.headers = tuple(
-            (k.lower(), re.compile(v).fullmatch) for k, v in raw.get("headers", [])
-        )
+        self.headers = tuple((k.lower(), re.compile(v).fullmatch) for k, v in doc.headers)
 
     def matches(self, method: str, path: str, headers: Mapping[str, str]) -> bool:
         if self.methods is not None and method not in self.methods:
@@ -130,14 +128,14 @@ class AccessGrant:
         "target",
     )
 
-    def __init__(self, raw: Mapping[str, Any]) -> None:
-        self.target: str = raw["target"]
-        self.destination: str = raw["destination"]
-        self.sources = frozenset(raw["sources"])
-        self.kind: str = raw["kind"]
-        self.route: str = raw["route"]
-        self.match = Match(raw["match"]) if raw.get("match") else None
-        self.ports = frozenset(raw.get("ports") or ())
+    def __init__(self, doc: schema.Grant) -> None:
+        self.target = doc.target
+        self.destination = doc.destination
+        self.sources = frozenset(doc.sources)
+        self.kind: str = doc.kind
+        self.route = doc.route
+        self.match = Match(doc.match) if doc.match is not None else None
+        self.ports = frozenset(doc.ports)
         self.description = self.describe()
         self.granted = f"granted by {self.description}"
 
@@ -187,21 +185,19 @@ class Cluster:
         "service",
     )
 
-    def __init__(self, key: str, raw: Mapping[str, Any], acl: bool) -> None:
+    def __init__(self, key: str, doc: schema.Cluster, acl: bool) -> None:
         self.key = key
-        self.service: str = raw["service"]
-        self.port: int = raw["port"]
-        self.protocol: str = raw["protocol"]
-        self.scheme: str = raw["scheme"]
-        self.load_balancer: str = raw["loadBalancer"]
-        self.endpoints = tuple(
-            Endpoint(e["ip"], e["port"], e.get("node"), e.get("identity")) for e in raw["endpoints"]
-        )
-        self.breaker = _breaker_spec(raw.get("circuitBreaker"))
+        self.service = doc.service
+        self.port = doc.port
+        self.protocol: str = doc.protocol
+        self.scheme: str = doc.scheme
+        self.load_balancer: str = doc.load_balancer
+        self.endpoints = tuple(Endpoint(e.ip, e.port, e.node, e.identity) for e in doc.endpoints)
+        self.breaker = _breaker_spec(doc.circuit_breaker)
         self.groups: tuple[EndpointGroup, ...] = ()
         self.open_access: Access
         if acl:
-            self.groups = _groups(self.endpoints, [AccessGrant(g) for g in raw.get("access", [])])
+            self.groups = _groups(self.endpoints, [AccessGrant(g) for g in doc.access or ()])
 
 
 def _groups(endpoints: Sequence[Endpoint], grants: list[AccessGrant]) -> tuple[EndpointGroup, ...]:
@@ -219,28 +215,28 @@ def _groups(endpoints: Sequence[Endpoint], grants: list[AccessGrant]) -> tuple[E
     return tuple(groups)
 
 
-def _breaker_spec(raw: Mapping[str, Any] | None) -> CircuitBreakerSpec | None:
-    if raw is None:
+def _breaker_spec(doc: schema.CircuitBreaker | None) -> CircuitBreakerSpec | None:
+    if doc is None:
         return None
     return CircuitBreakerSpec(
-        expression=raw["expression"],
-        any_of=parse_circuit_breaker_expression(raw["expression"]),
-        window=raw["window"],
-        open_duration=raw["openDuration"],
-        min_requests=raw["minRequests"],
-        check_period=raw["checkPeriod"],
+        expression=doc.expression,
+        any_of=parse_circuit_breaker_expression(doc.expression),
+        window=doc.window,
+        open_duration=doc.open_duration,
+        min_requests=doc.min_requests,
+        check_period=doc.check_period,
     )
 
 
 class Split:
     __slots__ = ("backends", "clusters", "matches", "name", "weights")
 
-    def __init__(self, raw: Mapping[str, Any], clusters: Mapping[str, Cluster]) -> None:
-        self.name: str = raw["name"]
-        self.backends: tuple[str, ...] = tuple(b["service"] for b in raw["backends"])
-        self.weights: tuple[int, ...] = tuple(b["weight"] for b in raw["backends"])
-        self.clusters = tuple(clusters[b["cluster"]] for b in raw["backends"])
-        self.matches = tuple(Match(m) for m in raw.get("matches", []))
+    def __init__(self, doc: schema.Split, clusters: Mapping[str, Cluster]) -> None:
+        self.name = doc.name
+        self.backends: tuple[str, ...] = tuple(b.service for b in doc.backends)
+        self.weights: tuple[int, ...] = tuple(b.weight for b in doc.backends)
+        self.clusters = tuple(clusters[b.cluster] for b in doc.backends)
+        self.matches = tuple(Match(m) for m in doc.matches)
 
     def applies(self, method: str, path: str, headers: Mapping[str, str]) -> bool:
         if not self.matches:
@@ -251,6 +247,7 @@ class Split:
 class Route:
     __slots__ = (
         "cluster",
+        "doc",
         "key",
         "listener",
         "policy",
@@ -261,35 +258,36 @@ class Route:
         "split",
     )
 
-    def __init__(self, key: str, raw: Mapping[str, Any], clusters: Mapping[str, Cluster]) -> None:
+    def __init__(self, key: str, doc: schema.Route, clusters: Mapping[str, Cluster]) -> None:
         self.key = key
-        self.service: str = raw["service"]
-        self.port: int = raw["port"]
-        self.protocol: str = raw["protocol"]
-        self.scheme: str = raw["scheme"]
-        self.listener: int | None = raw["listener"]
-        self.cluster = clusters[raw["cluster"]]
-        self.split = Split(raw["split"], clusters) if raw.get("split") else None
-        self.policy = _policy(raw["policy"], self.cluster.breaker)
+        self.doc = doc
+        self.service = doc.service
+        self.port = doc.port
+        self.protocol: str = doc.protocol
+        self.scheme: str = doc.scheme
+        self.listener = doc.listener
+        self.cluster = clusters[doc.cluster]
+        self.split = Split(doc.split, clusters) if doc.split is not None else None
+        self.policy = _policy(doc.policy, self.cluster.breaker)
 
 
-def _policy(raw: Mapping[str, Any], breaker: CircuitBreakerSpec | None) -> ServicePolicy:
-    retry = raw.get("retry")
-    limit = raw.get("rateLimit")
+def _policy(doc: schema.Policy, breaker: CircuitBreakerSpec | None) -> ServicePolicy:
+    retry = doc.retry
+    limit = doc.rate_limit
     return ServicePolicy(
         retry=None
         if retry is None
         else RetrySpec(
-            attempts=retry["attempts"],
-            non_idempotent=retry["nonIdempotent"],
-            on_statuses=tuple(retry["onStatuses"]),
-            backoff=retry["backoff"],
-            budget=retry["budget"],
+            attempts=retry.attempts,
+            non_idempotent=retry.non_idempotent,
+            on_statuses=tuple(retry.on_statuses),
+            backoff=retry.backoff,
+            budget=retry.budget,
         ),
-        timeout=raw.get("timeout"),
-        request_timeout=raw.get("requestTimeout"),
+        timeout=doc.timeout,
+        request_timeout=doc.request_timeout,
         circuit_breaker=breaker,
-        rate_limit=None if limit is None else RateLimitSpec(limit["average"], limit["burst"]),
+        rate_limit=None if limit is None else RateLimitSpec(limit.average, limit.burst),
     )
 
 
@@ -321,12 +319,11 @@ class Router:
     """A compiled MeshConfig. Stateless: the same question always gets the same answer."""
 
     def __init__(self, config: MeshConfig) -> None:
-        data = config.data
         self.config = config
         self.version = config.version
-        self.acl: bool = bool(data["settings"]["acl"])
-        self.identities: dict[str, str] = dict(data.get("identities", {}))
-        self.clusters = {k: Cluster(k, v, self.acl) for k, v in data["clusters"].items()}
+        self.acl = config.settings.acl
+        self.identities: dict[str, str] = dict(config.identities)
+        self.clusters = {k: Cluster(k, v, self.acl) for k, v in config.clusters.items()}
         for cluster in self.clusters.values():
             cluster.open_access = Access(
                 True,
@@ -335,18 +332,18 @@ class Router:
                 None,
                 cluster.endpoints,
             )
-        self.routes = {k: Route(k, v, self.clusters) for k, v in data["routes"].items()}
+        self.routes = {k: Route(k, v, self.clusters) for k, v in config.routes.items()}
         self.hosts: dict[int, dict[str, Route]] = {
             int(listener): {h: self.routes[r] for h, r in table.items() if r in self.routes}
-            for listener, table in data["hosts"].items()
+            for listener, table in config.hosts.items()
         }
         self.flows: dict[int, Route] = {
-            item["port"]: self.routes[item["route"]]
-            for item in data["listeners"]
-            if item["protocol"] != "http"
+            item.port: self.routes[item.route]
+            for item in config.listeners
+            if item.protocol != "http" and item.route is not None
         }
         self.listeners: tuple[tuple[int, str], ...] = tuple(
-            (item["port"], item["protocol"]) for item in data["listeners"]
+            (item.port, item.protocol) for item in config.listeners
         )
 
     # -- lookups ---------------------------------------------------------------------------
@@ -378,8 +375,8 @@ class Router:
         for table in self.hosts.values():
             names.update(h for h, r in table.items() if r.service == route.service)
         namespace, _, name = route.service.partition("/")
-        zone = self.config.data["settings"]["zone"]
-        domain = self.config.data["settings"]["clusterDomain"]
+        zone = self.config.settings.zone
+        domain = self.config.settings.cluster_domain
         names.update({f"{name}.{namespace}.{zone}", f"{name}.{namespace}.svc.{domain}"})
         return names
 

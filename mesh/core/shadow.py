@@ -19,7 +19,7 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from mesh.core.config import MeshConfig
+from mesh.core.schema import MeshConfig, Route
 
 SEPARATOR = "6d61657368"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "simmesh"}
@@ -46,23 +46,23 @@ def shadow_services(
     config: MeshConfig, *, mesh_namespace: str, proxy_selector: Mapping[str, str] | None = None
 ) -> dict[str, dict[str, Any]]:
     """The shadow Service manifests for a MeshConfig, by shadow name (deterministic order)."""
-    by_service: dict[str, list[dict[str, Any]]] = {}
-    for route in config.data["routes"].values():
-        if route["listener"] is None:
+    by_service: dict[str, list[Route]] = {}
+    for route in config.routes.values():
+        if route.listener is None:
             continue
-        by_service.setdefault(route["service"], []).append(route)
+        by_service.setdefault(route.service, []).append(route)
     out: dict[str, dict[str, Any]] = {}
     for key in sorted(by_service):
         namespace, _, name = key.partition("/")
         shadow = shadow_name(namespace, name)
         ports = [
             {
-                "name": f"{r['protocol']}-{r['port']}",
-                "port": r["port"],
-                "targetPort": r["listener"],
-                "protocol": "UDP" if r["protocol"] == "udp" else "TCP",
+                "name": f"{r.protocol}-{r.port}",
+                "port": r.port,
+                "targetPort": r.listener,
+                "protocol": "UDP" if r.protocol == "udp" else "TCP",
             }
-            for r in sorted(by_service[key], key=lambda r: r["port"])
+            for r in sorted(by_service[key], key=lambda r: r.port)
         ]
         out[shadow] = {
             "apiVersion": "v1",

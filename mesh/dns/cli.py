@@ -16,6 +16,7 @@ from collections.abc import Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from mesh import argtypes
 from mesh.dns import apply, check
 from mesh.dns.corefile import CorefileError, DnsSettings
 from mesh.dns.kube import ApiKube, KubeError, KubeUnreachable, connect
@@ -48,7 +49,11 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
         "--cluster-domain", default="cluster.local", help="cluster domain (default: cluster.local)"
     )
     parser.add_argument(
-        "--timeout", type=float, default=30.0, metavar="SECONDS", help="per API request"
+        "--timeout",
+        type=argtypes.seconds(high=3600.0),
+        default=30.0,
+        metavar="SECONDS",
+        help="per API request",
     )
 
 
@@ -157,8 +162,14 @@ async def _connect(args: argparse.Namespace) -> ApiKube:
 
 
 def _require_url(url: str | None) -> None:
-    if url is not None and not url.startswith(("http://", "https://")):
-        raise UsageError(f"--controller {url!r}: expected a URL such as http://127.0.0.1:9000")
+    if url is None:
+        return
+    try:
+        argtypes.http_url(url)
+    except argparse.ArgumentTypeError:
+        raise UsageError(
+            f"--controller {url!r}: expected a URL such as http://127.0.0.1:9000"
+        ) from None
 
 
 def _now() -> str:
@@ -171,7 +182,7 @@ def _say(line: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m mesh.dns.cli prepare|cleanup|check [options]``."""
-    parser = argparse.ArgumentParser(prog="simmesh", description=__doc__.splitlines()[0])
+    parser = argtypes.Parser(prog="simmesh", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     for name, add in (
         ("prepare", add_prepare_arguments),

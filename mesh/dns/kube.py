@@ -226,6 +226,8 @@ async def connect(
     $KUBECONFIG, else ~/.kube/config, else the in-cluster configuration."""
     configuration = client.Configuration()
     source = kubeconfig_source(kubeconfig)
+    if source == kubeconfig != "in-cluster" and not Path(source).expanduser().is_file():
+        raise KubeUnreachable(f"kubeconfig {source}: no such file")
     try:
         if source == "in-cluster":
             config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]

@@ -121,7 +121,7 @@ class LocalMesh:
                 "--poll-interval",
                 "0.05",
                 "--log-level",
-                "WARNING",
+                "warning",
             ],
         )
         for pod in plan.pods:

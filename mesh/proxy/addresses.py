@@ -11,9 +11,9 @@ path changes. Without a map, configs pass through untouched.
 
 from __future__ import annotations
 
-import copy
 import ipaddress
-from typing import Any
+
+import msgspec
 
 from mesh.core.config import MeshConfig
 
@@ -59,9 +59,14 @@ class AddressMap:
         """The config with endpoints at their local addresses and identities keyed by them."""
         if not self.pairs:
             return config
-        data: dict[str, Any] = copy.deepcopy(dict(config.data))
-        for cluster in data["clusters"].values():
-            for endpoint in cluster["endpoints"]:
-                endpoint["ip"] = self.to_local(endpoint["ip"])
-        data["identities"] = {self.to_local(ip): who for ip, who in data["identities"].items()}
-        return MeshConfig(data)
+        clusters = {
+            key: msgspec.structs.replace(
+                cluster,
+                endpoints=[
+                    msgspec.structs.replace(e, ip=self.to_local(e.ip)) for e in cluster.endpoints
+                ],
+            )
+            for key, cluster in config.clusters.items()
+        }
+        identities = {self.to_local(ip): who for ip, who in config.identities.items()}
+        return msgspec.structs.replace(config, clusters=clusters, identities=identities)

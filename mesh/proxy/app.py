@@ -5,6 +5,11 @@
 config source on uvloop when installed (else asyncio's loop), waits for SIGTERM or SIGINT,
 then drains: stop accepting, let in-flight requests and connections finish up to
 ``--drain-timeout``, exit 0.
+
+Every option is checked before the proxy starts (:mod:`mesh.argtypes`; ``--node`` must be a
+node name, ``--bind`` must resolve, ``--upstream-ca`` must load, ``--token-file`` must hold a
+token); a bad one is one line on stderr and exit code 2, as is an admin port that cannot be
+bound.
 """
 
 from __future__ import annotations
@@ -14,14 +19,19 @@ import asyncio
 import gc
 import logging
 import signal
+import ssl
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+from mesh import argtypes
 from mesh.core.config import MeshConfig
 from mesh.proxy.addresses import AddressMap
 from mesh.proxy.proxy import Options, Proxy
-from mesh.proxy.sources import ControllerSource, FileSource
+from mesh.proxy.sources import ControllerSource, FileSource, read_token
+
+_TIMEOUT = argtypes.seconds(high=86400.0)
 
 log = logging.getLogger("simmesh.proxy")
 
@@ -29,37 +39,91 @@ log = logging.getLogger("simmesh.proxy")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--config-file", metavar="FILE", help="MeshConfig JSON (watched)")
-    source.add_argument("--controller", metavar="URL", help="controller base URL (long-poll)")
+    source.add_argument(
+        "--controller",
+        type=argtypes.http_url,
+        metavar="URL",
+        help="controller base URL (long-poll)",
+    )
     parser.add_argument("--node", required=True, help="this proxy's node name")
     parser.add_argument("--bind", default="0.0.0.0", metavar="ADDRESS", help="listen address")
     parser.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="proxy token sent to the controller (Authorization: Bearer), re-read on 401",
+    )
+    parser.add_argument(
         "--admin-port",
-        type=int,
+        type=argtypes.port,
         default=9901,
         metavar="PORT",
         help="health, readiness, /metrics and /config (0: any free port)",
     )
     parser.add_argument("--access-log", action="store_true", help="JSON access log on stdout")
     tuning = parser.add_argument_group("tuning")
-    tuning.add_argument("--drain-timeout", type=float, default=15.0, metavar="SECONDS")
-    tuning.add_argument("--connect-timeout", type=float, default=5.0, metavar="SECONDS")
+    tuning.add_argument(
+        "--drain-timeout",
+        type=argtypes.seconds(high=86400.0, zero=True),
+        default=15.0,
+        metavar="SECONDS",
+    )
+    tuning.add_argument("--connect-timeout", type=_TIMEOUT, default=5.0, metavar="SECONDS")
     tuning.add_argument(
         "--header-timeout",
-        type=float,
+        type=_TIMEOUT,
         default=10.0,
         metavar="SECONDS",
-        help="close clients whose request headers take longer (408)",
+        help="close clients whose request headers (or h2c preface) take longer (408)",
     )
-    tuning.add_argument("--keepalive-timeout", type=float, default=60.0, metavar="SECONDS")
-    tuning.add_argument("--udp-idle-timeout", type=float, default=30.0, metavar="SECONDS")
+    tuning.add_argument(
+        "--keepalive-timeout",
+        type=_TIMEOUT,
+        default=60.0,
+        metavar="SECONDS",
+        help="close idle HTTP/1.1 keep-alive and h2c connections after this",
+    )
+    tuning.add_argument(
+        "--body-timeout",
+        type=_TIMEOUT,
+        default=30.0,
+        metavar="SECONDS",
+        help="a request body that sends nothing for this long is cut (408, or RST_STREAM)",
+    )
+    tuning.add_argument(
+        "--upstream-timeout",
+        type=_TIMEOUT,
+        default=60.0,
+        metavar="SECONDS",
+        help="per-try timeout of services without simmesh.io/timeout (504)",
+    )
+    tuning.add_argument("--udp-idle-timeout", type=_TIMEOUT, default=30.0, metavar="SECONDS")
+    tuning.add_argument(
+        "--max-connections",
+        type=argtypes.integer(low=1, high=1_000_000),
+        default=10_000,
+        metavar="N",
+        help="open downstream connections and UDP sessions; more are closed at once",
+    )
     tuning.add_argument(
         "--buffer-limit",
-        type=int,
+        type=argtypes.integer(low=0, high=64 * 1024 * 1024),
         default=64 * 1024,
         metavar="BYTES",
         help="request bodies up to this size are buffered so they can be retried",
     )
-    tuning.add_argument("--max-header-size", type=int, default=8190, metavar="BYTES")
+    tuning.add_argument(
+        "--max-header-size",
+        type=argtypes.integer(low=256, high=1024 * 1024),
+        default=8190,
+        metavar="BYTES",
+    )
+    tuning.add_argument(
+        "--max-response-header-size",
+        type=argtypes.integer(low=1024, high=16 * 1024 * 1024),
+        default=64 * 1024,
+        metavar="BYTES",
+        help="upstream response headers larger than this in total are a 502, never relayed",
+    )
     tuning.add_argument(
         "--upstream-ca",
         metavar="FILE",
@@ -86,6 +150,10 @@ def options_from(args: argparse.Namespace) -> Options:
         access_log=args.access_log,
         header_timeout=args.header_timeout,
         keepalive_timeout=args.keepalive_timeout,
+        body_timeout=args.body_timeout,
+        upstream_timeout=args.upstream_timeout,
+        max_connections=args.max_connections,
+        max_response_header_size=args.max_response_header_size,
         connect_timeout=args.connect_timeout,
         drain_timeout=args.drain_timeout,
         udp_idle_timeout=args.udp_idle_timeout,
@@ -112,7 +180,11 @@ def settle_memory() -> None:
 
 async def serve(args: argparse.Namespace) -> int:
     proxy = Proxy(options_from(args))
-    await proxy.start()
+    try:
+        await proxy.start()
+    except OSError as exc:
+        await proxy.close()
+        raise StartError(f"--admin-port {args.admin_port} on {args.bind}: {exc}") from None
 
     async def apply(config: MeshConfig) -> bool:
         changed = await proxy.apply(config)
@@ -128,7 +200,12 @@ async def serve(args: argparse.Namespace) -> int:
         source = FileSource(args.config_file, apply, status=proxy.source, on_error=errors)
     else:
         source = ControllerSource(
-            args.controller, args.node, apply, status=proxy.source, on_error=errors
+            args.controller,
+            args.node,
+            apply,
+            status=proxy.source,
+            on_error=errors,
+            token_file=args.token_file,
         )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -159,22 +236,57 @@ def _runner(no_uvloop: bool) -> asyncio.Runner:
     return asyncio.Runner()
 
 
+class StartError(Exception):
+    """The proxy cannot start with these options (printed on one line, exit code 2)."""
+
+
+def check(args: argparse.Namespace) -> None:
+    """What argparse cannot check alone; StartError naming the option."""
+    try:
+        argtypes.dns_subdomain(args.node)
+    except argparse.ArgumentTypeError as exc:
+        raise StartError(f"--node: {exc}") from None
+    problem = argtypes.resolvable(args.bind, "--bind")
+    if problem is not None:
+        raise StartError(problem)
+    try:
+        AddressMap.parse(args.address_map)
+    except ValueError as exc:
+        raise StartError(str(exc)) from None
+    if args.upstream_ca is not None:
+        try:
+            ssl.create_default_context(cafile=args.upstream_ca)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            raise StartError(f"--upstream-ca {args.upstream_ca!r}: cannot load: {exc}") from None
+    if args.config_file is not None and Path(args.config_file).is_dir():
+        raise StartError(f"--config-file {args.config_file!r} is a directory, expected a file")
+    if args.token_file is not None:
+        try:
+            read_token(args.token_file)
+        except ValueError as exc:
+            raise StartError(f"--token-file: {exc}") from None
+
+
 def run(args: argparse.Namespace) -> int:
+    try:
+        check(args)
+    except StartError as exc:
+        print(f"simmesh proxy: error: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=args.log_level.upper(),
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        AddressMap.parse(args.address_map)
-    except ValueError as exc:
-        print(f"simmesh: error: {exc}", file=sys.stderr)
+        with _runner(args.no_uvloop) as runner:
+            return runner.run(serve(args))
+    except StartError as exc:
+        print(f"simmesh proxy: error: {exc}", file=sys.stderr)
         return 2
-    with _runner(args.no_uvloop) as runner:
-        return runner.run(serve(args))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="simmesh proxy", description=__doc__.splitlines()[0])
+    parser = argtypes.Parser(prog="simmesh proxy", description=__doc__.splitlines()[0])
     add_arguments(parser)
     return run(parser.parse_args(argv))

@@ -6,10 +6,16 @@ larger, or chunked, is streamed once, chunk by chunk, with the front end's flow 
 200 MB upload never sits in memory. ``touched`` records whether a stream has been read from
 (a request whose stream was read cannot count as never sent); ``client_error`` records that
 the client went away while we read it, so the failure is not blamed on the upstream.
+
+``timeout`` (``--body-timeout``, set by the forwarder for every request) bounds each wait for
+the next chunk: a client that stops sending its body mid-way raises :class:`BodyTimeout`
+(``timed_out``), which the forwarder answers with 408 (or, once the answer has started, by
+cutting the connection or stream).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
@@ -22,6 +28,10 @@ class ClientGone(Exception):
     """The client closed or reset its connection while the request was in flight."""
 
 
+class BodyTimeout(ClientGone):
+    """The client sent no body bytes for ``Body.timeout`` seconds."""
+
+
 class Body:
     __slots__ = (
         "_reader",
@@ -31,6 +41,8 @@ class Body:
         "length",
         "on_first_read",
         "received",
+        "timed_out",
+        "timeout",
         "touched",
     )
 
@@ -43,6 +55,8 @@ class Body:
         self.client_error = False
         self.received = 0
         self.on_first_read: Callable[[], None] | None = None  # e.g. send 100 Continue
+        self.timeout: float | None = None  # seconds between chunks
+        self.timed_out = False
 
     @property
     def empty(self) -> bool:
@@ -85,7 +99,11 @@ class Body:
             self.on_first_read = None
         while True:
             try:
-                chunk = await reader.readany()
+                async with asyncio.timeout(self.timeout):
+                    chunk = await reader.readany()
+            except TimeoutError:
+                self.client_error = self.timed_out = True
+                raise BodyTimeout(f"no request body bytes for {self.timeout:g}s") from None
             except Exception as exc:
                 self.client_error = True
                 raise ClientGone(str(exc) or type(exc).__name__) from exc

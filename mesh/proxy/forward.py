@@ -36,6 +36,7 @@ from mesh.core.lifecycle import (
     Lifecycle,
     Responded,
     Send,
+    State,
     Wait,
 )
 from mesh.core.policies import Failure
@@ -154,6 +155,8 @@ class Forwarder:
         self._http = http
         self._h2c = h2c
         self._buffer_limit = proxy.options.buffer_limit
+        self._body_timeout = proxy.options.body_timeout
+        self.upstream_timeout = proxy.options.upstream_timeout  # when the service sets none
 
     def decide(self, inbound: Inbound) -> Exchange:
         """The core's verdict; a denied request comes back answered (``ex.status`` set), an
@@ -182,11 +185,18 @@ class Forwarder:
             ex.retry_after = d.retry_after
             return ex.answer(d.status or 503, d.reason.value, d.detail)
         ex.life = Lifecycle(
-            snapshot.engine, d, method=inbound.method, replayable=False, rng=self.rng, now=now
+            snapshot.engine,
+            d,
+            method=inbound.method,
+            replayable=False,
+            rng=self.rng,
+            now=now,
+            default_timeout=self.upstream_timeout,
         )
         return ex
 
     async def exchange(self, inbound: Inbound) -> Exchange:
+        inbound.body.timeout = self._body_timeout
         ex = self.decide(inbound)
         if ex.status or ex.life is None:
             return ex
@@ -194,6 +204,10 @@ class Forwarder:
             await self._run(ex, ex.life)
         except ClientGone as exc:
             self._abandon(ex)
+            if inbound.body.timed_out:
+                self.metrics.count("client_timeouts", "body")
+                self.metrics.count("bad_requests", "408")
+                return ex.answer(408, "request-body-timeout", str(exc))
             return ex.answer(499, "client-gone", f"the client went away: {exc}")
         except BaseException:
             self._abandon(ex)
@@ -305,8 +319,10 @@ class Forwarder:
         """The answer is out (or abandoned): end the lifecycle, count, log, end the span."""
         life = ex.life
         if life is not None and not life.done:
-            now = time.monotonic()
-            life.handle(Abandoned() if client_gone else Delivered(failure), now)
+            # Nothing delivered (the client left, or the proxy failed before a response):
+            # the attempt ends neutral, not the upstream's fault.
+            delivered = not client_gone and life.state is State.DELIVERING
+            life.handle(Delivered(failure) if delivered else Abandoned(), time.monotonic())
         if failure is not None:
             self.metrics.failure(ex.service, failure.value)
         elapsed = time.monotonic() - ex.started

@@ -6,6 +6,12 @@ its own task; its body is read from an :class:`~mesh.proxy.h2common.Inbox` (wind
 back as the upstream consumes it) and the response is sent within the client's flow-control
 windows. Upstream trailers (gRPC's ``grpc-status``) are sent as trailers, so gRPC works
 end to end when the service's scheme is h2c. A client's RST_STREAM cancels its request.
+
+Timeouts: after the preface the first request must open within ``--header-timeout``; a
+connection without open streams is closed (GOAWAY) after ``--keepalive-timeout``, whatever
+else (PING, SETTINGS, half-sent HEADERS) the client sends meanwhile. Request bodies are bounded
+by ``--body-timeout`` like HTTP/1.1's (the forwarder answers 408). Request header lists are
+bounded by h2's SETTINGS_MAX_HEADER_LIST_SIZE (64 KiB) and by ``max_headers`` (431).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import time
 from typing import TYPE_CHECKING
 
 import h2.events
@@ -67,6 +74,7 @@ class H2ServerProtocol(H2Protocol):
         self.peer_ip = ""
         self.streams: dict[int, _Stream] = {}
         self.retiring = False
+        self._idle: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -74,6 +82,24 @@ class H2ServerProtocol(H2Protocol):
         self.peer_ip = peer[0] if peer else ""
         self.listener.h2_conns.add(self)
         self.listener.proxy.metrics.opened("h2c")
+        self._arm(self.listener.proxy.options.header_timeout, "h2c-preface")
+
+    def _arm(self, seconds: float, phase: str) -> None:
+        """Close the connection if no stream opens within ``seconds``."""
+        self._disarm()
+        self._idle = asyncio.get_running_loop().call_later(seconds, self._idle_timeout, phase)
+
+    def _disarm(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+
+    def _idle_timeout(self, phase: str) -> None:
+        self._idle = None
+        if self.streams or self.closed:
+            return
+        self.listener.proxy.metrics.count("client_timeouts", phase)
+        self.retire()
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -92,6 +118,7 @@ class H2ServerProtocol(H2Protocol):
             if self.retiring:
                 self.reset(event.stream_id, _REFUSED_STREAM)  # never processed: safe to retry
                 return
+            self._disarm()
             ended = event.stream_ended is not None
             new = _Stream(self, event.stream_id, event.headers or [], ended)
             self.streams[event.stream_id] = new
@@ -134,6 +161,7 @@ class H2ServerProtocol(H2Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
+        self._disarm()
         self.listener.h2_conns.discard(self)
         self.listener.proxy.metrics.closed("h2c")
         for stream in self.streams.values():
@@ -154,6 +182,8 @@ class H2ServerProtocol(H2Protocol):
             proxy.inflight -= 1
             self.streams.pop(stream.stream_id, None)
             self._close_if_idle()
+            if not self.streams and not self.closed:
+                self._arm(proxy.options.keepalive_timeout, "h2c-idle")
 
     def _inbound(self, stream: _Stream) -> Inbound:
         pseudo = {}
@@ -164,7 +194,7 @@ class H2ServerProtocol(H2Protocol):
             else:
                 regular.append((name, value))
         length_text = next((v for n, v in regular if n == "content-length"), "")
-        length = int(length_text) if length_text.isdigit() else None
+        length = int(length_text) if length_text.isascii() and length_text.isdigit() else None
         reader = None if stream.ended else _InboxReader(stream.inbox)
         body = Body(reader, length, chunked=length is None and not stream.ended)
         return Inbound(
@@ -178,8 +208,16 @@ class H2ServerProtocol(H2Protocol):
         )
 
     async def _exchange(self, stream: _Stream) -> None:
-        fw = self.listener.proxy.forwarder
-        ex = await fw.exchange(self._inbound(stream))
+        proxy = self.listener.proxy
+        fw = proxy.forwarder
+        inbound = self._inbound(stream)
+        limit = proxy.options.max_headers
+        if len(stream.headers) > limit + 4:  # and the four pseudo-headers
+            proxy.metrics.count("bad_requests", "431")
+            ex = Exchange(proxy.snapshot, inbound, time.monotonic())
+            self._local(stream.stream_id, ex.answer(431, "too-many-headers", f"over {limit}"))
+            return
+        ex = await fw.exchange(inbound)
         if ex.response is None:
             self._local(stream.stream_id, ex)
             return

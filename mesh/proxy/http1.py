@@ -22,7 +22,7 @@ import asyncio
 import math
 from collections.abc import Callable
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
@@ -94,10 +94,23 @@ class H1Protocol(RequestHandler):
         if self.busy or self.transport is None:
             return
         self.listener.proxy.metrics.count("bad_requests", "408")
+        self.listener.proxy.metrics.count("client_timeouts", "headers")
         self.transport.write(
             b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
         )
         self.force_close()
+
+    def refuse_version(self) -> NoReturn:
+        """505 for a request line that is not HTTP/1.0 or 1.1, then close (aiohttp would answer
+        an HTTP/0.9 request with an ``HTTP/0.9`` status line and headers)."""
+        self.listener.proxy.metrics.count("bad_requests", "505")
+        if self.transport is not None:
+            self.transport.write(
+                b"HTTP/1.1 505 HTTP Version Not Supported\r\nConnection: close\r\n"
+                b"Content-Length: 0\r\n\r\n"
+            )
+            self.transport.close()
+        raise asyncio.CancelledError()
 
     def request_started(self) -> None:
         self.busy = True

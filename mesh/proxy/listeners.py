@@ -68,8 +68,16 @@ class Sniffer(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self.listener.header_timeout, transport.close)
+        self._timer = loop.call_later(self.listener.header_timeout, self._timeout)
         self.listener.pending.add(self)
+        self.listener.proxy.gate.pending += 1
+
+    def _timeout(self) -> None:
+        self._timer = None
+        phase = "h2c-preface" if self._buffer else "headers"
+        self.listener.proxy.metrics.count("client_timeouts", phase)
+        if self.transport is not None:
+            self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         buffered = self._buffer + data
@@ -92,7 +100,9 @@ class Sniffer(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self.listener.pending.discard(self)
+        if self in self.listener.pending:
+            self.listener.pending.discard(self)
+            self.listener.proxy.gate.pending -= 1
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop()
@@ -120,7 +130,7 @@ class HttpListener:
             keepalive_timeout=options.keepalive_timeout,
             max_line_size=options.max_header_size,
             max_field_size=options.max_header_size,
-            max_headers=100,
+            max_headers=options.max_headers,
             lingering_time=2.0,
         )
 
@@ -132,7 +142,11 @@ class HttpListener:
     async def open(self, host: str) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: Sniffer(self), host, self.port, reuse_address=True, backlog=1024
+            self.proxy.gate.factory("http", lambda: Sniffer(self)),
+            host,
+            self.port,
+            reuse_address=True,
+            backlog=1024,
         )
 
     def close(self) -> None:
@@ -161,6 +175,8 @@ class HttpListener:
     async def handle(self, request: BaseRequest) -> web.StreamResponse:
         protocol = request.protocol
         assert isinstance(protocol, H1Protocol)
+        if request.version[0] != 1:  # HTTP/0.9 or 2.0 spelled as text: never answered in kind
+            protocol.refuse_version()
         protocol.request_started()
         proxy = self.proxy
         proxy.inflight += 1
@@ -183,7 +199,7 @@ class HttpListener:
                 )
             ex = await fw.exchange(inbound)
             if ex.response is None:
-                close = self.closing or proxy.draining or ex.status == 499
+                close = self.closing or proxy.draining or ex.status in (408, 499)
                 return local_response(fw, ex, close=close)
             return await relay(fw, request, ex, close=self._closing)
         finally:

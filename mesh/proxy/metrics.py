@@ -108,6 +108,17 @@ COUNTERS = {
         "Downstream protocol errors answered by the proxy itself (400, 408, 431)",
         ("code",),
     ),
+    "connections_refused": (
+        "simmesh_proxy_connections_refused",
+        "Connections and UDP sessions turned away at --max-connections",
+        ("protocol",),
+    ),
+    "client_timeouts": (
+        "simmesh_proxy_client_timeouts",
+        "Downstream connections or requests cut by a timeout, by what the client was slow at: "
+        "headers, body, h2c-preface (first request after the preface), h2c-idle",
+        ("phase",),
+    ),
 }
 HISTOGRAMS = {
     "duration": (

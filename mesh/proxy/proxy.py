@@ -26,6 +26,7 @@ from mesh.core.routing import Engine, EngineState, Router
 from mesh.proxy.accesslog import AccessLog
 from mesh.proxy.addresses import AddressMap
 from mesh.proxy.forward import Forwarder
+from mesh.proxy.limits import ConnectionGate
 from mesh.proxy.listeners import ListenerSet
 from mesh.proxy.metrics import Metrics
 from mesh.proxy.tracing import make_tracer
@@ -44,13 +45,18 @@ class Options:
     bind: str = "0.0.0.0"
     admin_port: int | None = 9901  # None: no admin server; 0: any free port
     access_log: bool = False
-    header_timeout: float = 10.0
-    keepalive_timeout: float = 60.0
+    header_timeout: float = 10.0  # request headers; h2c preface and first request
+    keepalive_timeout: float = 60.0  # idle HTTP/1.1 keep-alive and h2c connections
+    body_timeout: float = 30.0  # between two reads of a request body
+    upstream_timeout: float = 60.0  # per try, for services without simmesh.io/timeout
     connect_timeout: float = 5.0
     drain_timeout: float = 15.0
     udp_idle_timeout: float = 30.0
     buffer_limit: int = 64 * 1024
     max_header_size: int = 8190
+    max_headers: int = 100  # request headers (431 beyond), and upstream response headers
+    max_response_header_size: int = 64 * 1024  # upstream response headers in total (502)
+    max_connections: int = 10_000  # downstream connections and UDP sessions
     upstream_ca: str | None = None
     address_map: AddressMap = field(default_factory=lambda: AddressMap([]))
 
@@ -82,10 +88,19 @@ def make_http_upstream(options: Options) -> Upstream:
     """The HTTP/1.1 upstream client: pooled Protocols + httptools for ``http``, aiohttp for
     ``https``. ``SIMMESH_PROXY_UPSTREAM=aiohttp`` sends ``http`` through aiohttp too (to
     compare the two in benchmarks)."""
-    client = HttpUpstream(connect_timeout=options.connect_timeout, ca_file=options.upstream_ca)
+    client = HttpUpstream(
+        connect_timeout=options.connect_timeout,
+        ca_file=options.upstream_ca,
+        max_headers=options.max_headers,
+    )
     if os.environ.get("SIMMESH_PROXY_UPSTREAM", "raw") == "aiohttp":
         return client
-    return RawUpstream(connect_timeout=options.connect_timeout, fallback=client)
+    return RawUpstream(
+        connect_timeout=options.connect_timeout,
+        fallback=client,
+        max_header_bytes=options.max_response_header_size,
+        max_headers=options.max_headers,
+    )
 
 
 class Proxy:
@@ -94,11 +109,14 @@ class Proxy:
         self.state = EngineState()
         self.snapshot: Snapshot | None = None
         self.metrics = Metrics(self._live)
+        self.gate = ConnectionGate(options.max_connections, self.metrics)
         self.tracer = make_tracer(f"simmesh-proxy/{options.node}")
         self.access_log = AccessLog(access_stream) if options.access_log else None
         self.upstream_ssl = client_ssl_context(options.upstream_ca)
         self.http = make_http_upstream(options)
-        self.h2c = H2Upstream(connect_timeout=options.connect_timeout)
+        self.h2c = H2Upstream(
+            connect_timeout=options.connect_timeout, max_headers=options.max_headers
+        )
         self.forwarder = Forwarder(self, http=self.http, h2c=self.h2c)
         self.rng = self.forwarder.rng
         self.listeners = ListenerSet(self)
@@ -143,7 +161,7 @@ class Proxy:
         if snapshot is None:
             return None
         namespace, _, name = service.partition("/")
-        domain = snapshot.config.data["settings"]["clusterDomain"]
+        domain = snapshot.config.settings.cluster_domain
         return f"{name}.{namespace}.svc.{domain}"
 
     def _live(self) -> dict[str, Any]:
@@ -171,15 +189,15 @@ class Proxy:
         }
         if snapshot is None:
             return out
-        data = snapshot.config.data
+        config = snapshot.config
         out.update(
             version=snapshot.version,
             appliedAt=snapshot.applied_at,
-            acl=bool(data["settings"]["acl"]),
-            services=len({r["service"] for r in data["routes"].values()}),
-            routes=len(data["routes"]),
-            endpoints=sum(len(c["endpoints"]) for c in data["clusters"].values()),
-            errors=len(data.get("errors", [])),
+            acl=config.settings.acl,
+            services=len({r.service for r in config.routes.values()}),
+            routes=len(config.routes),
+            endpoints=sum(len(c.endpoints) for c in config.clusters.values()),
+            errors=len(config.errors),
             listeners=[
                 {"port": port, "protocol": proto, "open": (port, proto) in self.listeners.open}
                 | (

@@ -11,14 +11,20 @@ last good one keeps serving.
 - :class:`ControllerSource` long-polls ``GET URL/api/v1/config?version=V&node=NAME`` with
   ``If-None-Match: "V"``: 200 brings a config (``ETag`` is its version), 304 means no change
   before the server's timeout. Failures back off exponentially with full jitter (capped), and
-  the proxy keeps serving its last config while the controller is down.
+  the proxy keeps serving its last config while the controller is down. With ``--token-file``
+  each poll carries ``Authorization: Bearer <token>``; the file is read again after a 401.
+
+Both decode with :func:`parse_config`: the size limit of :mod:`mesh.documents`
+(``CONFIG_LIMITS``; a controller's answer is read up to that size only) and then the
+MeshConfig schema's validating decoder (:func:`mesh.core.schema.decode`: types, ranges,
+references, no NaN), so a document the proxy cannot use is refused as a whole, with the field
+that is wrong, before anything of it is applied.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import os
 import random
@@ -27,21 +33,38 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import yaml
 
-from mesh.core.config import MeshConfig
+from mesh.core import schema
+from mesh.core.schema import ConfigError, MeshConfig
+from mesh.documents import CONFIG_LIMITS, DocumentError, load_yaml, read_bytes
 
 log = logging.getLogger("simmesh.proxy")
 Apply = Callable[[MeshConfig], Awaitable[bool]]
 
 
-def parse_config(data: bytes, *, name: str = "") -> MeshConfig:
+def parse_config(data: bytes, *, name: str = "config") -> MeshConfig:
+    """A MeshConfig from JSON (or YAML, for ``*.yaml`` files), checked by its schema;
+    ValueError naming the file and the field when it is unusable."""
+    if len(data) > CONFIG_LIMITS.max_bytes:
+        raise DocumentError(f"{name}: {len(data)} bytes, larger than {CONFIG_LIMITS.max_bytes}")
     try:
-        return MeshConfig.from_json(data)
-    except json.JSONDecodeError:
-        if not name.endswith((".yaml", ".yml")):
-            raise
-    return MeshConfig.from_json(json.dumps(yaml.safe_load(data)))
+        if name.endswith((".yaml", ".yml")):
+            return schema.convert(load_yaml(data, name=name, limits=CONFIG_LIMITS))
+        return schema.decode(data)
+    except ConfigError as exc:
+        raise DocumentError(f"{name}: {exc}") from None
+
+
+def read_token(path: str) -> str:
+    """The proxy token in ``path``; ValueError when the file holds none."""
+    raw = read_bytes(Path(path))
+    try:
+        token = raw.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise DocumentError(f"{path}: the token must be ASCII text") from None
+    if not token or len(token) > 4096 or any(c.isspace() or not c.isprintable() for c in token):
+        raise DocumentError(f"{path}: expected one token of printable characters, no spaces")
+    return token
 
 
 class FileSource:
@@ -83,15 +106,19 @@ class FileSource:
             return
         self._signature = signature
         try:
-            data = self.path.read_bytes()
-        except OSError as exc:
-            self._fail(f"cannot read {self.path}: {exc.strerror}")
+            data = read_bytes(self.path, CONFIG_LIMITS)
+        except DocumentError as exc:
+            self._fail(str(exc))
             return
         digest = hashlib.sha256(data).hexdigest()
         if digest == self._digest:
             return
         try:
-            config = parse_config(data, name=self.path.name)
+            config = parse_config(data, name=str(self.path))
+        except ValueError as exc:  # DocumentError, ConfigError: keep the last good config
+            self._fail(f"{self.path}: not a usable MeshConfig: {exc}")
+            return
+        try:
             await self._apply(config)
         except Exception as exc:  # any bad document: keep serving the last good one
             self._fail(f"{self.path}: not a usable MeshConfig: {exc!r}")
@@ -124,6 +151,8 @@ class ControllerSource:
         on_error: Callable[[], None] | None = None,
         backoff_base: float = 0.25,
         backoff_cap: float = 10.0,
+        token_file: str | None = None,
+        max_bytes: int = CONFIG_LIMITS.max_bytes,
     ) -> None:
         self.url = url.rstrip("/") + "/api/v1/config"
         self.node = node
@@ -136,6 +165,9 @@ class ControllerSource:
         self._cap = backoff_cap
         self._rng = random.Random()
         self.version = ""
+        self._token_file = token_file
+        self._token = read_token(token_file) if token_file else None
+        self._max_bytes = max_bytes
 
     async def run(self) -> None:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=5.0, sock_read=self._poll_timeout)
@@ -164,19 +196,35 @@ class ControllerSource:
         if self.version:
             params["version"] = self.version
             headers["If-None-Match"] = f'"{self.version}"'
+        if self._token is not None:
+            headers["Authorization"] = f"Bearer {self._token}"
         async with session.get(self.url, params=params, headers=headers) as resp:
             if resp.status == 304:
                 return None
+            if resp.status == 401 and self._token_file:
+                self._token = read_token(self._token_file)  # rotated? use it next time
             if resp.status != 200:
                 raise RuntimeError(f"HTTP {resp.status}")
-            data = await resp.read()
+            data = await self._body(resp)
             etag = resp.headers.get("ETag", "").removeprefix("W/").strip('"')
-        config = parse_config(data)
+        config = parse_config(data, name=self.url)
         await self._apply(config)
         old = self.version
         self.version = etag or config.version
         self.status["version"] = self.version
         return self.version != old
+
+    async def _body(self, resp: aiohttp.ClientResponse) -> bytes:
+        if (resp.content_length or 0) > self._max_bytes:
+            raise DocumentError(f"{self.url}: a config larger than {self._max_bytes} bytes")
+        parts: list[bytes] = []
+        size = 0
+        while chunk := await resp.content.readany():
+            size += len(chunk)
+            if size > self._max_bytes:
+                raise DocumentError(f"{self.url}: a config larger than {self._max_bytes} bytes")
+            parts.append(chunk)
+        return b"".join(parts)
 
     def _fail(self, message: str) -> None:
         log.warning("%s (keeping the last config)", message)

@@ -41,7 +41,11 @@ class TcpListener:
     async def open(self, host: str) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: Inbound(self), host, self.port, reuse_address=True, backlog=1024
+            self.proxy.gate.factory("tcp", lambda: Inbound(self)),
+            host,
+            self.port,
+            reuse_address=True,
+            backlog=1024,
         )
 
     def close(self) -> None:

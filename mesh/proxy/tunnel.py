@@ -63,11 +63,13 @@ class _Feed:
             self._writer.close()
 
 
-def _parse_head(raw: bytes) -> tuple[int, str, list[tuple[str, str]]]:
+def _parse_head(raw: bytes, limit: int = 100) -> tuple[int, str, list[tuple[str, str]]]:
     lines = raw.decode("latin-1").split("\r\n")
+    if len(lines) > limit + 3:  # the status line and the blank lines at the end
+        raise UpstreamError(Failure.RESET, f"more than {limit} response headers")
     version, _, rest = lines[0].partition(" ")
     code, _, reason = rest.partition(" ")
-    if not version.startswith("HTTP/1.") or not code.isdigit():
+    if not version.startswith("HTTP/1.") or not (code.isascii() and code.isdigit()):
         raise UpstreamError(Failure.RESET, f"bad response line {lines[0][:80]!r}")
     headers = []
     for line in lines[1:]:
@@ -107,6 +109,9 @@ async def tunnel(
         return local_response(fw, ex, close=True)
     try:
         return await _exchange(fw, request, inbound, ex, life, reader, writer)
+    except Exception:
+        fw.complete(ex, status=500, sent=0)  # never leave the engine's attempt open
+        raise
     finally:
         writer.close()
 
@@ -134,8 +139,9 @@ async def _exchange(
     lines = [f"{inbound.method} {canonical.target} HTTP/1.1"]
     lines += [f"{n}: {v}" for n, v in headers]
     lines += ["Connection: Upgrade", f"Upgrade: {upgrade}", "", ""]
-    writer.write("\r\n".join(lines).encode("latin-1"))
-    timeout = ex.decision.policy.timeout if ex.decision is not None else None
+    # Header values arrive decoded as UTF-8 with surrogate escapes: send back the same bytes.
+    writer.write("\r\n".join(lines).encode("utf-8", "surrogateescape"))
+    timeout = life.timeout
     try:
         async with asyncio.timeout(timeout):
             raw = await reader.readuntil(b"\r\n\r\n")
@@ -167,7 +173,7 @@ async def _exchange(
         remaining = None
         if status != 101:
             length = dict((n.lower(), v) for n, v in upstream_headers).get("content-length", "")
-            remaining = int(length) if length.isdigit() else None
+            remaining = int(length) if length.isascii() and length.isdigit() else None
         else:
             protocol = request.protocol
             assert isinstance(protocol, H1Protocol)

@@ -50,7 +50,7 @@ class UdpListener(asyncio.DatagramProtocol):
             session.send(data)
             return
         snapshot = self.proxy.snapshot
-        if snapshot is None or self.closing:
+        if snapshot is None or self.closing or self.proxy.gate.full("udp"):
             return
         d = snapshot.engine.decide_flow(
             listener=self.port,

@@ -8,7 +8,9 @@ upstream instead of filling memory. Response trailers (``grpc-status``) are kept
 
 Failure kinds: a connection that cannot be opened, and a stream refused (REFUSED_STREAM) or
 above a GOAWAY's last stream id, were never processed: CONNECT. Any other reset or loss:
-RESET. No response headers within the per-try timeout: TIMEOUT.
+RESET. No response headers within the per-try timeout: TIMEOUT. A response header list larger
+than h2's SETTINGS_MAX_HEADER_LIST_SIZE (64 KiB, a protocol error that closes the connection)
+or with more than ``max_headers`` headers: RESET, and nothing of it is relayed.
 """
 
 from __future__ import annotations
@@ -167,7 +169,7 @@ class H2Response:
         for name, value in self._headers:
             if name == ":status":
                 self.status = int(value)
-            elif name == "content-length" and value.isdigit():
+            elif name == "content-length" and value.isascii() and value.isdigit():
                 self.content_length = int(value)
 
     def header_items(self) -> Iterable[tuple[str, str]]:
@@ -193,7 +195,8 @@ class H2Response:
 
 
 class H2Upstream:
-    def __init__(self, *, connect_timeout: float) -> None:
+    def __init__(self, *, connect_timeout: float, max_headers: int = 100) -> None:
+        self._max_headers = max_headers
         self._connect_timeout = connect_timeout
         self._conns: dict[tuple[str, int], list[H2ClientProtocol]] = {}
         self._connecting: dict[tuple[str, int], asyncio.Task[H2ClientProtocol]] = {}
@@ -254,6 +257,10 @@ class H2Upstream:
         except BaseException:
             conn.forget(stream, complete=False)
             raise
+        if len(raw) > self._max_headers + 1:  # and :status
+            conn.forget(stream, complete=False)
+            detail = f"{ip}:{port} sent more than {self._max_headers} response headers"
+            raise UpstreamError(Failure.RESET, detail)
         return H2Response(conn, stream, raw, timeout)
 
     async def close(self) -> None:

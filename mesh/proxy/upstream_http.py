@@ -4,6 +4,8 @@ One TCPConnector pools keep-alive connections per endpoint (ip, port, TLS), so t
 not open a connection per request. The session is stripped for proxying: no cookie jar, no
 automatic decompression, no default User-Agent/Accept headers, no redirects, URLs taken as
 already encoded. aiohttp's exceptions are folded into the core's three failure kinds.
+Response heads are bounded by aiohttp's parser: lines of 8190 bytes, ``max_headers`` headers
+(a RESET, 502).
 
 Timeouts: connecting is bounded by ``--connect-timeout`` (a CONNECT failure, never sent); the
 service's per-try timeout bounds the wait for each read, from sending the request to its
@@ -72,8 +74,14 @@ class HttpResponse:
 
 class HttpUpstream:
     def __init__(
-        self, *, connect_timeout: float, ca_file: str | None, keepalive: float = 15.0
+        self,
+        *,
+        connect_timeout: float,
+        ca_file: str | None,
+        keepalive: float = 15.0,
+        max_headers: int = 100,
     ) -> None:
+        self._max_headers = max_headers
         self._connect_timeout = connect_timeout
         self._ssl = client_ssl_context(ca_file)
         self._verify = ca_file is not None
@@ -92,6 +100,9 @@ class HttpUpstream:
             skip_auto_headers=_SKIP,
             requote_redirect_url=False,
             timeout=aiohttp.ClientTimeout(total=None),
+            max_line_size=8190,
+            max_field_size=8190,
+            max_headers=self._max_headers,
         )
         return self._session
 

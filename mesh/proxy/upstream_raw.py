@@ -23,6 +23,9 @@ llhttp. ``https`` goes to the aiohttp client given as ``fallback``.
   between reads -> TIMEOUT. A pooled connection that turns out to have been closed by the
   server before it answered a single byte is retried once on a new connection when the
   request is idempotent and replayable (the server never saw it); otherwise RESET.
+- **Limits**: response heads larger than ``max_header_bytes`` (``--max-response-header-size``)
+  or with more than ``max_headers`` headers are RESET failures (502 once retries are spent)
+  and nothing of them is relayed.
 """
 
 from __future__ import annotations
@@ -50,6 +53,10 @@ def _stop(handle: asyncio.TimerHandle | None) -> None:
         handle.cancel()
 
 
+class _HeadTooLarge(Exception):
+    pass
+
+
 class _Conn(asyncio.Protocol):
     """One keep-alive connection; at most one request in flight."""
 
@@ -69,6 +76,7 @@ class _Conn(asyncio.Protocol):
         self.status = 0
         self.reason = ""
         self.headers: list[tuple[str, str]] = []
+        self.head_bytes = 0
         self.interim = False
         self.until_close = False
         self.headers_done = False
@@ -102,6 +110,11 @@ class _Conn(asyncio.Protocol):
         self.received += len(data)
         try:
             self.parser.feed_data(data)
+            if not self.headers_done and self.received > self.upstream.max_header_bytes:
+                limit = self.upstream.max_header_bytes
+                self._too_large(f"response headers larger than {limit} bytes")
+        except _HeadTooLarge:
+            self._close()
         except httptools.HttpParserUpgrade:
             self._fail(UpstreamError(Failure.RESET, f"{self._name()} switched protocols"))
         except httptools.HttpParserError as exc:
@@ -142,12 +155,23 @@ class _Conn(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.headers = []
         self.reason = ""
+        self.head_bytes = 0
 
     def on_status(self, status: bytes) -> None:
         self.reason = status.decode("utf-8", "surrogateescape")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if len(self.headers) >= self.upstream.max_headers:
+            self._too_large(f"more than {self.upstream.max_headers} response headers")
+        self.head_bytes += len(name) + len(value) + 4
+        if self.head_bytes > self.upstream.max_header_bytes:
+            limit = self.upstream.max_header_bytes
+            self._too_large(f"response headers larger than {limit} bytes")
         self.headers.append((name.decode("latin-1"), value.decode("utf-8", "surrogateescape")))
+
+    def _too_large(self, what: str) -> None:
+        self._fail(UpstreamError(Failure.RESET, f"{self._name()} sent {what}"))
+        raise _HeadTooLarge(what)
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
@@ -395,8 +419,16 @@ class RawUpstream:
     """:class:`~mesh.proxy.upstream.Upstream` for ``http``; ``https`` goes to ``fallback``."""
 
     def __init__(
-        self, *, connect_timeout: float, fallback: Upstream, keepalive: float = 15.0
+        self,
+        *,
+        connect_timeout: float,
+        fallback: Upstream,
+        keepalive: float = 15.0,
+        max_header_bytes: int = 64 * 1024,
+        max_headers: int = 100,
     ) -> None:
+        self.max_header_bytes = max_header_bytes
+        self.max_headers = max_headers
         self._connect_timeout = connect_timeout
         self._fallback = fallback
         self._keepalive = keepalive

@@ -15,6 +15,7 @@ from mesh.controller.api import make_app
 from mesh.controller.controller import Controller
 from mesh.controller.files import FileProvider
 from mesh.manifests import read_settings
+from tests.core.builders import wire
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -107,7 +108,7 @@ def test_invalid_yaml_keeps_the_previous_objects(tmp_path: Path) -> None:
         (directory / "smi.yaml").unlink()
         assert provider.scan() is True
         gone = await controller.rebuild()
-        assert gone.config.data["routes"]["demo/backend:80"]["split"] is None
+        assert wire(gone.config)["routes"]["demo/backend:80"]["split"] is None
 
     run(body)
 
@@ -134,7 +135,7 @@ def test_bursts_of_changes_are_debounced(tmp_path: Path) -> None:
             await asyncio.sleep(0.005)
         await asyncio.sleep(0.5)
         assert controller.rebuilds <= 4  # one or two, not thirty
-        assert "demo/burst29:80" in controller.current.config.data["routes"]  # type: ignore[union-attr]
+        assert "demo/burst29:80" in wire(controller.current.config)["routes"]  # type: ignore[union-attr]
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 

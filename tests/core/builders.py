@@ -7,6 +7,7 @@ wraps an :class:`~mesh.core.routing.Engine` for transcript-style requests.
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -260,14 +261,19 @@ def compile_docs(
     return build_config(build_topology(parse_objects(docs), settings), settings, previous)
 
 
+def wire(config: MeshConfig) -> dict[str, Any]:
+    """The config as it goes over the wire (JSON), for assertions on the document's shape."""
+    return dict(json.loads(config.to_json()))
+
+
 def errors_of(config: MeshConfig) -> list[dict[str, str]]:
-    return list(config.data["errors"])
+    return list(wire(config)["errors"])
 
 
 def error_texts(config: MeshConfig) -> list[str]:
     return [
         f"{e['kind']} {e['namespace']}/{e['name']}: {e['field']}: {e['message']}"
-        for e in config.data["errors"]
+        for e in wire(config)["errors"]
     ]
 
 

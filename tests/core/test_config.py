@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import replace
 
 import pytest
 
-from mesh.core.config import MeshConfig, assign_ports, config_version
+from mesh.core.config import API_VERSION, MeshConfig, assign_ports, config_version
 from mesh.core.model import PortRange, Settings
 from mesh.core.routing import Router
-from tests.core.builders import app, compile_docs, errors_of, service
+from tests.core.builders import app, compile_docs, errors_of, service, wire
 
 
 def test_host_table_forms() -> None:
     config = compile_docs(app("web", ips=["10.0.0.1"], cluster_ip="10.96.0.7"))
-    assert config.data["hosts"] == {
+    assert wire(config)["hosts"] == {
         "5000": {
             "web.demo.mesh": "demo/web:80",
             "web.demo.mesh:80": "demo/web:80",
@@ -30,7 +31,7 @@ def test_host_table_forms() -> None:
 def test_host_table_uses_zone_and_cluster_domain_and_skips_a_missing_cluster_ip() -> None:
     settings = Settings(zone="corp", cluster_domain="k8s.example")
     config = compile_docs(app("web", ips=["10.0.0.1"]), settings)
-    assert sorted(config.data["hosts"]["5000"]) == [
+    assert sorted(wire(config)["hosts"]["5000"]) == [
         "web.demo.corp",
         "web.demo.corp:80",
         "web.demo.svc.k8s.example",
@@ -69,18 +70,18 @@ def test_http_listener_i_serves_the_ith_port_of_every_service() -> None:
     ports = [("a", 80, 8080), ("b", 81, 8081), ("c", 9000, 9000)]
     docs = [*app("web", ips=["10.0.0.1"], ports=ports), *app("api", ips=["10.0.0.2"])]
     config = compile_docs(docs)
-    assert config.data["listeners"] == [
+    assert wire(config)["listeners"] == [
         {"port": 5000, "protocol": "http"},
         {"port": 5001, "protocol": "http"},
         {"port": 5002, "protocol": "http"},
     ]
-    hosts = config.data["hosts"]
+    hosts = wire(config)["hosts"]
     assert hosts["5000"]["web.demo.mesh:80"] == "demo/web:80"
     assert hosts["5000"]["api.demo.mesh"] == "demo/api:80"
     assert hosts["5001"]["web.demo.mesh:81"] == "demo/web:81"
     assert hosts["5002"]["web.demo.mesh:9000"] == "demo/web:9000"
     assert "api.demo.mesh" not in hosts["5001"]
-    assert [config.data["routes"][f"demo/web:{p}"]["listener"] for p in (80, 81, 9000)] == [
+    assert [wire(config)["routes"][f"demo/web:{p}"]["listener"] for p in (80, 81, 9000)] == [
         5000,
         5001,
         5002,
@@ -91,7 +92,7 @@ def test_http_ports_beyond_the_pool_are_an_error() -> None:
     ports = [("a", 80, 80), ("b", 81, 81), ("c", 82, 82)]
     settings = Settings(http_ports=PortRange(5000, 2))
     config = compile_docs(app("web", ips=["10.0.0.1"], ports=ports), settings)
-    assert sorted(config.data["routes"]) == ["demo/web:80", "demo/web:81"]
+    assert sorted(wire(config)["routes"]) == ["demo/web:80", "demo/web:81"]
     assert [(e["name"], e["field"]) for e in errors_of(config)] == [("web", "spec.ports[2]")]
 
 
@@ -124,9 +125,9 @@ def test_tcp_and_udp_listeners_take_the_lowest_free_ports() -> None:
         "tcp:demo/b:5433": 10002,
         "udp:demo/dns:53": 15000,
     }
-    assert config.data["routes"]["demo/b:5433"]["listener"] == 10002
-    assert {"port": 15000, "protocol": "udp", "route": "demo/dns:53"} in config.data["listeners"]
-    assert config.data["hosts"] == {}
+    assert wire(config)["routes"]["demo/b:5433"]["listener"] == 10002
+    assert {"port": 15000, "protocol": "udp", "route": "demo/dns:53"} in wire(config)["listeners"]
+    assert wire(config)["hosts"] == {}
 
 
 def test_unchanged_services_keep_their_ports_when_others_are_added() -> None:
@@ -159,8 +160,8 @@ def test_tcp_pool_overflow_is_an_error_on_the_service() -> None:
         [tcp("a", 1), tcp("b", 2), tcp("c", 3), *app("web", ips=["10.0.0.1"])], settings
     )
     assert flows(config) == {"tcp:demo/a:1": 10000, "tcp:demo/b:2": 10001}
-    assert "demo/c:3" not in config.data["routes"]
-    assert "demo/web:80" in config.data["routes"]
+    assert "demo/c:3" not in wire(config)["routes"]
+    assert "demo/web:80" in wire(config)["routes"]
     [error] = errors_of(config)
     assert (error["kind"], error["namespace"], error["name"], error["field"]) == (
         "Service",
@@ -199,29 +200,33 @@ def test_same_topology_gives_identical_bytes_and_version() -> None:
 
 def test_json_round_trip() -> None:
     config = compile_docs(app("web", ips=["10.0.0.1"]))
-    assert MeshConfig.from_json(config.to_json()).data == config.data
-    assert MeshConfig.from_json(config.to_json(indent=None)).data == config.data
+    assert wire(MeshConfig.from_json(config.to_json())) == wire(config)
+    assert MeshConfig.from_json(config.to_json(indent=None)) == config
     with pytest.raises(ValueError, match="apiVersion"):
-        MeshConfig.from_json('{"apiVersion": "v1"}')
+        MeshConfig.from_json(config.to_json().replace(API_VERSION, "v1"))
 
 
 def test_identities_and_access_only_in_acl_mode() -> None:
     docs = app("web", ips=["10.0.0.1"])
     plain = compile_docs(docs)
     acl = compile_docs(docs, replace(Settings(), acl=True))
-    assert plain.data["identities"] == {}
-    assert "access" not in plain.data["clusters"]["demo/web:80"]
-    assert acl.data["identities"] == {"10.0.0.1": "demo/web"}
-    assert acl.data["clusters"]["demo/web:80"]["access"] == []
-    assert acl.data["settings"]["acl"] is True
+    assert wire(plain)["identities"] == {}
+    assert "access" not in wire(plain)["clusters"]["demo/web:80"]
+    assert wire(acl)["identities"] == {"10.0.0.1": "demo/web"}
+    assert wire(acl)["clusters"]["demo/web:80"]["access"] == []
+    assert wire(acl)["settings"]["acl"] is True
 
 
 def test_compact_json_and_version_are_those_of_the_data() -> None:
     config = compile_docs([*app("web", ips=["10.0.0.1"]), tcp("db", 5432)])
-    compact = json.dumps(config.data, sort_keys=True, separators=(",", ":"))
+    compact = json.dumps(wire(config), sort_keys=True, separators=(",", ":"))
     assert config.to_json(indent=None) == compact
-    assert config.version == config_version(config.data)
-    assert MeshConfig(config.data).to_json(indent=None) == compact
+    assert config.version == config_version(config)
+    assert MeshConfig.from_json(compact).to_json(indent=None) == compact
+    unversioned = json.loads(compact)
+    unversioned["version"] = ""  # the digest of the document with an empty version
+    body = json.dumps(unversioned, sort_keys=True, separators=(",", ":")).encode()
+    assert config.version == hashlib.sha256(body).hexdigest()[:16]
 
 
 def test_ipv6_cluster_ips_are_routed_with_bracketed_host_headers() -> None:

@@ -17,6 +17,7 @@ from tests.core.builders import (
     port_route,
     rule,
     traffic_target,
+    wire,
 )
 
 ACL = Settings(acl=True)
@@ -102,12 +103,12 @@ def test_a_finished_pod_gives_no_identity_and_cannot_shadow_the_running_one() ->
     finished = with_status(pod("a-old", sa="a", ip="10.1.0.1"), phase="Succeeded")
     running = pod("other-0", sa="other", ip="10.1.0.1")
     config = compile_docs(granted_world(finished, running), ACL)
-    assert config.data["identities"]["10.1.0.1"] == "demo/other"
+    assert wire(config)["identities"]["10.1.0.1"] == "demo/other"
     assert verdict(config, "10.1.0.1") is Reason.NOT_GRANTED
     # The other way round: the finished pod held the granted identity; the IP is not its now.
     stale = with_status(pod("a-old", sa="a", ip="10.1.0.7"), phase="Failed")
     config = compile_docs(granted_world(stale), ACL)
-    assert "10.1.0.7" not in config.data["identities"]
+    assert "10.1.0.7" not in wire(config)["identities"]
     assert verdict(config, "10.1.0.7") is Reason.NO_IDENTITY
 
 
@@ -116,14 +117,14 @@ def test_pending_and_unknown_pods_give_no_identity() -> None:
         config = compile_docs(
             granted_world(with_status(pod("a-0", sa="a", ip="10.1.0.1"), phase=phase)), ACL
         )
-        assert "10.1.0.1" not in config.data["identities"], phase
+        assert "10.1.0.1" not in wire(config)["identities"], phase
 
 
 def test_a_host_network_pod_gives_the_node_ip_no_identity() -> None:
     node_ip = "192.168.0.10"
     host = with_status(pod("agent", sa="a", ip=node_ip), hostNetwork=True)
     config = compile_docs(granted_world(host), ACL)
-    assert node_ip not in config.data["identities"]
+    assert node_ip not in wire(config)["identities"]
     assert verdict(config, node_ip) is Reason.NO_IDENTITY
     assert error_texts(config) == []
 
@@ -132,7 +133,7 @@ def test_two_running_pods_of_different_identities_on_one_ip_are_reported_and_den
     first = pod("a-0", sa="a", ip="10.1.0.1")
     second = pod("c-0", sa="c", ip="10.1.0.1")
     config = compile_docs(granted_world(first, second), ACL)
-    assert "10.1.0.1" not in config.data["identities"]
+    assert "10.1.0.1" not in wire(config)["identities"]
     assert verdict(config, "10.1.0.1") is Reason.NO_IDENTITY
     errors = [t for t in error_texts(config) if "claimed by running pods" in t]
     assert len(errors) == 2
@@ -143,7 +144,7 @@ def test_two_running_pods_of_different_identities_on_one_ip_are_reported_and_den
 def test_a_running_pod_replacing_a_finished_one_on_its_ip_gets_the_identity() -> None:
     done = with_status(pod("c-old", sa="c", ip="10.1.0.1"), phase="Succeeded")
     config = compile_docs(granted_world(done, pod("a-0", sa="a", ip="10.1.0.1")), ACL)
-    assert config.data["identities"]["10.1.0.1"] == "demo/a"
+    assert wire(config)["identities"]["10.1.0.1"] == "demo/a"
     assert verdict(config, "10.1.0.1") is Reason.ALLOWED
     assert error_texts(config) == []
 
@@ -152,7 +153,7 @@ def test_an_endpoint_whose_pod_finished_has_no_identity() -> None:
     docs = [*app("b", ips=["10.2.0.1"])]
     docs = [with_status(d, phase="Failed") if d["kind"] == "Pod" else d for d in docs]
     config = compile_docs(docs, ACL)
-    endpoints = config.data["clusters"]["demo/b:80"]["endpoints"]
+    endpoints = wire(config)["clusters"]["demo/b:80"]["endpoints"]
     assert [e["identity"] for e in endpoints] == [None]
 
 

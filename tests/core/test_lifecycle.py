@@ -181,6 +181,15 @@ def test_a_client_going_away_ends_the_attempt_neutral(at: str) -> None:
     assert sum(b.state.value != "closed" for b in breakers) == (1 if at == "waiting" else 0)
 
 
+def test_a_client_gone_before_the_first_try_releases_the_decisions_pick() -> None:
+    c = client()
+    decision = c.http("web.demo.mesh")
+    life = Lifecycle(c.engine, decision, method="GET", replayable=True, rng=c.rng, now=0.0)
+    assert c.engine.state.inflight[decision.endpoint.key] == 1
+    assert life.handle(Abandoned(), 0.1) is None
+    assert life.done and life.tries == 0 and idle(c)
+
+
 def test_a_denied_decision_is_answered_at_once() -> None:
     c = client()
     decision = c.http("nowhere.demo.mesh")

@@ -25,6 +25,7 @@ from tests.core.builders import (
     service,
     traffic_split,
     traffic_target,
+    wire,
 )
 
 
@@ -502,7 +503,7 @@ def test_every_field_of_every_kind_tolerates_odd_values(acl: bool) -> None:
             assert error.ref.kind and error.message, error
             assert error.ref.name or error.field == "metadata.name", error  # name: "" stays
         config = compile_docs([*docs, *valid_world()], Settings(acl=acl))
-        assert "demo/good:80" in config.data["routes"], path
+        assert "demo/good:80" in wire(config)["routes"], path
         if not acl:
             decision = Client(config).http("good.demo.mesh")
             assert decision.endpoint is not None and decision.endpoint.ip == "10.9.0.1", path
@@ -516,7 +517,7 @@ def assert_routes_good(docs: list[Any]) -> list[dict[str, str]]:
     config = compile_docs(docs)
     decision = Client(config).http("good.demo.mesh")
     assert decision.allowed and decision.endpoint is not None and decision.endpoint.ip == "10.9.0.1"
-    return list(config.data["errors"])
+    return list(wire(config)["errors"])
 
 
 def test_there_are_at_least_30_distinct_cases() -> None:

@@ -43,6 +43,7 @@ from tests.core.builders import (
     service,
     traffic_split,
     traffic_target,
+    wire,
 )
 
 FAST = settings(
@@ -680,10 +681,10 @@ def test_malformed_objects_never_raise_and_valid_ones_still_route(
     world = [*docs, *safe_world()] if first else [*safe_world(), *docs]
     config = compile_docs(world, Settings(acl=acl))
     again = MeshConfig.from_json(config.to_json())
-    assert again.data == json.loads(config.to_json(indent=None))
-    assert config.data["routes"]["safe/good:80"]["listener"] == 5000
-    assert [e["ip"] for e in config.data["clusters"]["safe/good:80"]["endpoints"]] == ["10.9.0.1"]
-    for error in config.data["errors"]:
+    assert wire(again) == json.loads(config.to_json(indent=None))
+    assert wire(config)["routes"]["safe/good:80"]["listener"] == 5000
+    assert [e["ip"] for e in wire(config)["clusters"]["safe/good:80"]["endpoints"]] == ["10.9.0.1"]
+    for error in wire(config)["errors"]:
         assert error["kind"] and error["name"] and error["message"]
         assert (error["namespace"], error["name"]) != ("safe", "good")
     client = Client(config)

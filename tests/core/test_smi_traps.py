@@ -25,6 +25,7 @@ from tests.core.builders import (
     service,
     traffic_split,
     traffic_target,
+    wire,
 )
 
 ACL = Settings(acl=True)
@@ -273,7 +274,7 @@ def test_all_zero_weights_is_an_error_and_traffic_goes_to_the_root() -> None:
     config = compile_docs(split_world(split))
     assert [(e["name"], e["field"]) for e in errors_of(config)] == [("s", "spec.backends")]
     assert "goes to the root Service" in errors_of(config)[0]["message"]
-    assert config.data["routes"]["demo/svc:80"]["split"] is None
+    assert wire(config)["routes"]["demo/svc:80"]["split"] is None
     decisions = [Client(config).http("svc.demo.mesh") for _ in range(1)]
     assert decisions[0].status is None
     assert calls(Client(config), n=4) == {"b": 2, "c": 2}  # the root's own endpoints
@@ -324,7 +325,7 @@ def test_several_splits_on_one_root_pick_the_first_by_name(reverse: bool) -> Non
         traffic_split("alpha", "svc", [("b", 1)]),
     ]
     config = compile_docs(split_world(*(reversed(splits) if reverse else splits)))
-    assert config.data["routes"]["demo/svc:80"]["split"]["name"] == "demo/alpha"
+    assert wire(config)["routes"]["demo/svc:80"]["split"]["name"] == "demo/alpha"
     assert [(e["name"], e["field"]) for e in errors_of(config)] == [("zeta", "spec.service")]
     assert "already split by TrafficSplit demo/alpha" in errors_of(config)[0]["message"]
     assert calls(Client(config), n=5) == {"b": 5}

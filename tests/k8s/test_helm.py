@@ -208,6 +208,7 @@ def test_default_objects(default_docs: list[dict[str, Any]]) -> None:
         ("Deployment", "simmesh-controller"),
         ("Role", "simmesh-controller"),
         ("RoleBinding", "simmesh-controller"),
+        ("Secret", "simmesh-proxy-token"),
         ("Service", "simmesh-controller"),
         ("ServiceAccount", "simmesh-controller"),
         ("ServiceAccount", "simmesh-proxy"),
@@ -305,11 +306,14 @@ def test_controller_deployment(default_docs: list[dict[str, Any]]) -> None:
     assert c["volumeMounts"] == [
         {"name": "settings", "mountPath": "/etc/simmesh", "readOnly": True},
         {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "token", "mountPath": "/var/run/simmesh/token", "readOnly": True},
     ]
     assert pod["spec"]["volumes"] == [
         {"name": "settings", "configMap": {"name": "simmesh-settings"}},
         {"name": "tmp", "emptyDir": {}},
+        {"name": "token", "secret": {"secretName": "simmesh-proxy-token"}},
     ]
+    assert cmd[cmd.index("--token-file") + 1] == "/var/run/simmesh/token/token"
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
     service = one(default_docs, "Service", "simmesh-controller")
     assert service["spec"]["type"] == "ClusterIP"
@@ -521,7 +525,7 @@ def test_apiserver_accepts_every_object(helm: Helm, apiserver: k8s_harness.Clust
         "imagePullSecrets[0].name=ghcr",
         namespace=ns,
     )
-    assert len(docs) == 16
+    assert len(docs) == 17
     discovery = Discovery(apiserver)
     for doc in docs:
         path = discovery.collection(doc)
@@ -675,11 +679,16 @@ def test_helm_install_and_the_controller_runs_with_its_rbac(
         "mesh.yaml"
     ]
     (tmp_path / "mesh.yaml").write_text(mesh_yaml)
+    secret = apiserver.get(f"/api/v1/namespaces/{ns}/secrets/simmesh-proxy-token")
+    proxy_token = base64.b64decode(secret["data"]["token"]).decode()
+    assert len(proxy_token) == 48
+    (tmp_path / "token").write_text(proxy_token)
     port = k8s_harness.free_port()
     swap = {
         "in-cluster": token_kubeconfig(apiserver, ns, "simmesh-controller", tmp_path / "kc"),
         "0.0.0.0:9000": f"127.0.0.1:{port}",
         "/etc/simmesh/mesh.yaml": str(tmp_path / "mesh.yaml"),
+        "/var/run/simmesh/token/token": str(tmp_path / "token"),
     }
     argv = [sys.executable, "-m", "mesh.cli", *(swap.get(a, a) for a in command[1:])]
     log = tmp_path / "controller.log"
@@ -708,6 +717,14 @@ def test_helm_install_and_the_controller_runs_with_its_rbac(
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/config", timeout=5) as r:
             config = json.loads(r.read())
         assert "web" in json.dumps(config)
+        poll = f"http://127.0.0.1:{port}/api/v1/config?node=node-a&version=v1&wait=0"
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(poll, timeout=5)
+        refused.value.close()
+        assert refused.value.code == 401  # marking a node needs the Secret's token
+        request = urllib.request.Request(poll, headers={"Authorization": f"Bearer {proxy_token}"})
+        with urllib.request.urlopen(request, timeout=5) as r:
+            assert r.status == 200
     finally:
         proc.terminate()
         try:

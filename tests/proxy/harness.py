@@ -144,7 +144,7 @@ def settings(
 def build(docs: Iterable[dict[str, Any]], config_settings: Settings) -> MeshConfig:
     state = parse_objects(list(docs))
     config = build_config(build_topology(state, config_settings), config_settings)
-    assert not config.data["errors"], config.data["errors"]
+    assert not config.errors, config.errors
     return config
 
 

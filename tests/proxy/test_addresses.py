@@ -5,32 +5,29 @@ from __future__ import annotations
 import pytest
 
 from mesh.core.config import MeshConfig
+from mesh.core.model import Settings
 from mesh.proxy.addresses import AddressMap
+from tests.core.builders import app, compile_docs, pod, wire
 
 
 def config() -> MeshConfig:
-    return MeshConfig(
-        {
-            "clusters": {
-                "ns/web:80": {
-                    "endpoints": [
-                        {"ip": "10.244.1.7", "port": 8080},
-                        {"ip": "192.168.0.9", "port": 8080},
-                    ]
-                }
-            },
-            "identities": {"10.244.0.20": "ns/client", "192.168.0.9": "ns/other"},
-            "version": "v1",
-        }
-    )
+    docs = [
+        *app("web", ns="ns", ips=["10.244.1.7", "192.168.0.9"]),
+        pod("client-0", sa="client", ip="10.244.0.20", ns="ns"),
+    ]
+    return compile_docs(docs, Settings(acl=True))
 
 
 def test_endpoints_and_identities_move_to_local_addresses() -> None:
     mapped = AddressMap.parse(["10.244.0.0/16=127.1.0.0/16"]).apply(config())
-    endpoints = mapped.data["clusters"]["ns/web:80"]["endpoints"]
+    endpoints = wire(mapped)["clusters"]["ns/web:80"]["endpoints"]
     assert [e["ip"] for e in endpoints] == ["127.1.1.7", "192.168.0.9"]
-    assert mapped.data["identities"] == {"127.1.0.20": "ns/client", "192.168.0.9": "ns/other"}
-    assert config().data["clusters"]["ns/web:80"]["endpoints"][0]["ip"] == "10.244.1.7"
+    assert wire(mapped)["identities"] == {
+        "127.1.0.20": "ns/client",
+        "127.1.1.7": "ns/web",
+        "192.168.0.9": "ns/web",
+    }
+    assert wire(config())["clusters"]["ns/web:80"]["endpoints"][0]["ip"] == "10.244.1.7"
 
 
 def test_no_map_passes_the_config_through() -> None:

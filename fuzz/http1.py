@@ -1,0 +1,149 @@
+"""Fuzz target: the HTTP front end, request bytes over a real socket.
+
+A proxy (short timeouts) and a small backend run on an event loop in a background thread, on
+loopback. Each input is sent on a new connection to the proxy's HTTP listener (inputs of even
+length are followed by a half-close, others wait for the proxy's timeouts, so complete
+requests are forwarded too), and the answer is read until the proxy closes. The proxy must
+answer every input within seconds with nothing or with HTTP/1.x responses (an h2c client gets
+HTTP/2 frames), never log an unhandled error (a traceback from a handler or a callback is a
+finding: the logging handler below fails the input), and its engine's in-flight counts must
+return to zero. The instrumented code is the proxy's and the core's Python (aiohttp's C
+parser is not instrumented, but what it hands us is).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import sys
+import threading
+import time
+
+import atheris
+
+with atheris.instrument_imports(include=["mesh"]):
+    from mesh.proxy.proxy import Options, Proxy
+    from tests.proxy.harness import build, endpoints, free_range, service, settings
+
+from aiohttp import web
+
+PROXY_TIMEOUT = 0.1  # header, body, keep-alive and upstream timeouts of the proxy
+READ_LIMIT = 1 << 20
+
+
+class Failures(logging.Handler):
+    """Records errors logged by the proxy, aiohttp and asyncio (unhandled exceptions)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(self.format(record))
+
+
+FAILURES = Failures()
+for name in ("simmesh", "aiohttp", "asyncio"):
+    logging.getLogger(name).addHandler(FAILURES)
+
+
+async def answer(request: web.BaseRequest) -> web.Response:
+    body = await request.read()
+    return web.Response(text=f"{request.method} {request.path_qs} {len(body)}\n")
+
+
+class Mesh:
+    """The proxy and its backend, on a loop in another thread."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.port = free_range(1)
+        self.proxy: Proxy | None = None
+        threading.Thread(target=self._run, daemon=True).start()
+        if not self.ready.wait(30):
+            raise RuntimeError("the proxy did not start")
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(self._start())
+        self.ready.set()
+        self.loop.run_forever()
+
+    async def _start(self) -> None:
+        server = web.Server(answer)
+        backend = await self.loop.create_server(server, "127.0.0.2", 0)
+        target = ("127.0.0.2", int(backend.sockets[0].getsockname()[1]))
+        docs = [service("web"), *endpoints("web", [target])]
+        options = Options(
+            node="fuzz",
+            bind="127.0.0.1",
+            admin_port=None,
+            header_timeout=PROXY_TIMEOUT,
+            keepalive_timeout=PROXY_TIMEOUT,
+            body_timeout=PROXY_TIMEOUT,
+            upstream_timeout=PROXY_TIMEOUT,
+            max_connections=64,
+        )
+        self.proxy = Proxy(options)
+        await self.proxy.apply(build(docs, settings(http=self.port)))
+
+    def settled(self) -> bool:
+        proxy = self.proxy
+        assert proxy is not None
+        return proxy.inflight == 0 and all(n == 0 for n in proxy.state.inflight.values())
+
+
+MESH = Mesh()
+
+
+def exchange(data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", MESH.port), timeout=5) as sock:
+        try:
+            sock.sendall(data)
+            if len(data) % 2 == 0:
+                sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            return b""  # the proxy closed first (it may, on garbage)
+        received = b""
+        deadline = time.monotonic() + 5
+        while len(received) < READ_LIMIT:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no close within 5 s; got {received[:200]!r}")
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                break
+            except TimeoutError:
+                raise AssertionError(f"proxy hung; got {received[:200]!r}") from None
+            if not chunk:
+                break
+            received += chunk
+        return received
+
+
+def test_one_input(data: bytes) -> None:
+    received = exchange(data)
+    http1 = received.startswith((b"HTTP/1.1 ", b"HTTP/1.0 "))
+    if received and not http1 and not data.startswith(b"PRI * "):
+        raise AssertionError(f"not an HTTP/1.x answer: {received[:200]!r}")
+    if http1 and not received[9:12].isdigit():
+        raise AssertionError(f"bad status line: {received[:200]!r}")
+    for _ in range(100):
+        if MESH.settled():
+            break
+        time.sleep(0.01)
+    else:
+        raise AssertionError("in-flight counts did not return to zero")
+    if FAILURES.records:
+        raise AssertionError("logged errors:\n" + "\n".join(FAILURES.records[:3]))
+
+
+def main() -> None:
+    atheris.Setup(sys.argv, test_one_input)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()
