@@ -11,17 +11,31 @@ sends from that pod's address (``curl --interface``).
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
+from mesh import argtypes
 from mesh.local.launch import ISOLATIONS, choose_isolation, plan_for, run_plan
 from mesh.local.plan import PlanError
 from sim.scenario import ScenarioError, load_scenario
 
 
+def _scale(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and 0 < value <= 100):
+        raise argparse.ArgumentTypeError(f"expected a factor in (0, 100], got {text!r}")
+    return value
+
+
 def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dir", help="scenario directory (manifests + scenario.yaml)")
-    parser.add_argument("--seed", type=int, help="override the scenario's seed")
+    parser.add_argument(
+        "--seed", type=argtypes.integer(low=0, high=2**63 - 1), help="override the seed"
+    )
     parser.add_argument(
         "--set",
         dest="sets",
@@ -32,7 +46,7 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--scale",
-        type=float,
+        type=_scale,
         default=1.0,
         metavar="FACTOR",
         help="run the scenario's time line FACTOR times as long (0.2: a 300 s scenario in 60 s)",
@@ -62,7 +76,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common(parser)
     parser.add_argument("--load", action="store_true", help="drive the traffic with Locust")
     parser.add_argument(
-        "--for", dest="hold", type=float, metavar="SECONDS", help="without --load: stop after"
+        "--for",
+        dest="hold",
+        type=argtypes.seconds(high=7 * 86400.0),
+        metavar="SECONDS",
+        help="without --load: stop after",
     )
 
 
