@@ -123,6 +123,8 @@ class Simulation:
         self._place_pods()
         self.resources = Resources(scenario.profile, scenario.nodes, seed=scenario.seed)
         self.timer = scenario.profile.app_timer
+        self.proxy_latency = scenario.proxy_latency
+        self.hop = self.resources.network.uniform
         self.response_bytes = scenario.profile.response_bytes
         # Attempts in flight are tracked per pod only when something can take a pod down.
         self.outages = any(e.action in _OUTAGES for e in scenario.timeline)
@@ -211,9 +213,9 @@ class Simulation:
             ]
         )
         flight = _Flight(self, stream, kind, done)
-        flight.ready = self.resources.arrive(traffic.node, flight.start)
         route = self._resolve(stream)
         if route is None or route.listener is None:
+            flight.ready = self.resources.arrive(traffic.node, flight.start, attempt=False)
             flight.answer(404)
             return
         flight.route = route
@@ -230,6 +232,8 @@ class Simulation:
             decision = engine.decide_flow(
                 listener=route.listener, source=traffic.source, now=flight.start, rng=self.rng_route
             )
+        attempt = decision.endpoint is not None
+        flight.ready = self.resources.arrive(traffic.node, flight.start, attempt=attempt)
         flight.begin(engine, decision)
 
     def _attempt(
@@ -241,6 +245,7 @@ class Simulation:
         now = self.env.now
         pod = self.pods.get(ip)
         network = self.resources.network
+        uniform = self.hop
         if pod is None or pod.down is not None:
             hop = network.delay(node, pod.node if pod is not None else None)
             fixed = self.scenario.connect_failure_latency
@@ -253,7 +258,7 @@ class Simulation:
         behaviour = pod.fault or pod.behaviour
         rng = self.rng_service
         resources = self.resources
-        hop = network.delay(node, pod.node)
+        hop = uniform if uniform is not None else network.delay(node, pod.node)
         arrived = resources.serve(ip, sent + hop)
         sample = behaviour.workload.latency(rng) * behaviour.factor
         contention = behaviour.workload.contention
@@ -261,7 +266,7 @@ class Simulation:
         if slots is not None:
             begin = slots[0] if slots[0] > arrived else arrived
             if contention:
-                others = sum(1 for t in slots if t > begin) - (slots[0] > begin)
+                others = sum(1 for t in slots if t > begin)  # slots[0] is the one it takes
                 sample *= 1 + contention * others
         else:
             begin = arrived
@@ -280,7 +285,9 @@ class Simulation:
             heapq.heappush(pod.in_service, finish)
         # The app wakes and writes the answer (not queued on its loop: that visit lies in
         # the future, and Lindley's recursion takes work in the order it arrives).
-        back = finish + resources.half_app + resources._wake() + hop + self.scenario.proxy_latency
+        wakes = resources.wakes
+        wake = wakes[int(resources.random() * 512)] if wakes else 0.0
+        back = finish + resources.half_app + wake + hop + self.proxy_latency
         failed = behaviour.error_rate > 0 and rng.random() < behaviour.error_rate
         if self.outages:
             self._in_flight(pod, InFlight(flight, flight.epoch, sent, back, timeout, node))
@@ -499,8 +506,11 @@ class _Flight:
         env = self.sim.env
         if isinstance(command, Send):
             node = self.stream.traffic.node
-            now = env.now
-            sent = self.sim.resources.send(node, self.ready if self.ready > now else now)
+            if command.attempt == 1:  # sent in the turn that decided it (resources.arrive)
+                sent = self.ready
+            else:
+                now = env.now
+                sent = self.sim.resources.send(node, self.ready if self.ready > now else now)
             outcome = self.sim._attempt(
                 command.endpoint.ip, command.timeout, sent=sent, node=node, flight=self
             )

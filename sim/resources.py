@@ -17,10 +17,11 @@ busier than it really was.
 A request visits, in order (profile.py gives the costs):
 
 1. the client's loop (half its per-request cost), the network to its node's proxy;
-2. the proxy's loop: half the per-request cost (read, decide), then per attempt its cost
-   (connect, send, read the answer); the network to the pod's node, the pod's app loop (half
-   its cost), its capacity and latency (model.py; the sleep ends on a timer tick), a wake-up and
-   the other half of the app's cost, the network back;
+2. the proxy's loop: half the per-request cost (read, decide) and, in the same turn, the
+   first attempt's cost (connect, send, read the answer; a retry's later, in a turn of its
+   own); the network to the pod's node, the pod's app loop (half its cost), its capacity and
+   latency (model.py; the sleep ends on a timer tick), a wake-up and the other half of the
+   app's cost, the network back;
 3. the proxy's loop again: the other half of the per-request cost and the response's bytes;
    the network back, the client's loop (the other half of its cost).
 
@@ -74,6 +75,11 @@ class Network:
     remote: float = 0.0
     pairs: tuple[tuple[frozenset[str], float], ...] = ()
 
+    @property
+    def uniform(self) -> float | None:
+        """The one delay between any two places, when there is just one."""
+        return self.local if self.local == self.remote and not self.pairs else None
+
     def delay(self, a: str | None, b: str | None) -> float:
         """One-way seconds from node ``a`` to node ``b`` (unknown nodes: remote)."""
         if a == b and a is not None:
@@ -98,11 +104,12 @@ class Resources:
         "per_byte",
         "profile",
         "proxies",
+        "random",
         "rng",
         "wakes",
     )
 
-    WAKES = 512  # quantiles of the wake-up distribution kept for sampling
+    WAKES = 512  # quantiles of the wake-up distribution kept for sampling (see _visit)
 
     def __init__(self, profile: Profile, nodes: tuple[str, ...], *, seed: int = 1) -> None:
         self.profile = profile
@@ -115,21 +122,23 @@ class Resources:
         self.per_byte = profile.proxy_byte
         self.half_app = profile.app_request / 2
         self.rng = random.Random(f"{seed}:wakeups")
+        self.random = self.rng.random
         self.wakes = _quantiles(profile.wakeup, self.WAKES, self.rng)
         self.network = Network(
             profile.network_local, profile.network_remote, tuple(profile.network_pairs.items())
         )
 
     def _visit(self, loop: Loop, at: float, work: float) -> float:
-        """Loop.visit with a wake-up sample drawn only when the loop is asleep."""
-        if at > loop.free:
+        """Loop.visit with a wake-up sample drawn only when the loop is asleep (this runs
+        several times per request: it is kept to plain attribute work)."""
+        free = loop.free
+        if at > free:
             if at > loop.awake and self.wakes:
-                at += self.wakes[int(self.rng.random() * self.WAKES)]
+                at += self.wakes[int(self.random() * 512)]
                 loop.free = at  # not running yet: whatever arrives meanwhile waits too
-            start = at
+            done = at + work
         else:
-            start = loop.free
-        done = start + work
+            done = free + work
         if done > loop.awake:
             loop.awake = done
         if work:
@@ -137,17 +146,15 @@ class Resources:
             loop.busy += work
         return done
 
-    def _wake(self) -> float:
-        wakes = self.wakes
-        return wakes[int(self.rng.random() * self.WAKES)] if wakes else 0.0
-
-    def arrive(self, node: str, now: float) -> float:
-        """When the node's proxy has read and decided a request a client sent at ``now``."""
+    def arrive(self, node: str, now: float, *, attempt: bool) -> float:
+        """When the node's proxy has read and decided a request a client sent at ``now`` and,
+        with ``attempt``, sent its first attempt (in the same turn of its loop)."""
         sent = self._visit(self.client, now, self.half_client)
-        return self._visit(self.proxies[node], sent + self.network.local, self.half_request)
+        work = self.half_request + self.per_attempt if attempt else self.half_request
+        return self._visit(self.proxies[node], sent + self.network.local, work)
 
     def send(self, node: str, at: float) -> float:
-        """When an attempt the proxy starts at ``at`` leaves it."""
+        """When a retry the proxy starts at ``at`` leaves it."""
         return self._visit(self.proxies[node], at, self.per_attempt)
 
     def serve(self, ip: str, at: float) -> float:
@@ -159,7 +166,7 @@ class Resources:
 
     def deliver(self, node: str, at: float, size: int) -> float:
         """When the client has the answer the proxy starts sending at ``at``."""
-        work = self.half_request + size * self.per_byte
+        work = self.half_request + size * self.per_byte if size else self.half_request
         out = self._visit(self.proxies[node], at, work)
         return self._visit(self.client, out + self.network.local, self.half_client)
 
