@@ -211,6 +211,18 @@ LAZY: dict[str, tuple[str, str, str, str]] = {
         "run",
         "simulate a scenario: SLO verdicts, results.json, plots, report.html",
     ),
+    "up": (
+        "mesh.local.up",
+        "add_arguments",
+        "run",
+        "run a scenario's mesh for real on this machine (controller, proxies, test apps, Locust)",
+    ),
+    "verify": (
+        "mesh.local.verify",
+        "add_arguments",
+        "run",
+        "simulate a scenario and run it for real under Locust: both side by side",
+    ),
     "proxy": ("mesh.proxy.app", "add_arguments", "run", "run a node proxy"),
     "controller": (
         "mesh.controller.main",
