@@ -10,6 +10,7 @@ mesh path (``wait=False``), so they cannot pass just because the change is not t
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from conformance import manifests as m
@@ -378,7 +379,7 @@ def _backends(n: int = 2) -> tuple[tuple[App, ...], tuple[Svc, ...]]:
 GRANT = Apply("grant a every route to b (ignored in default mode)", tuple(m.grant_all("b", "a")))
 
 
-def split(weights: dict[str, int], name: str = "b-split", **kw: Any) -> dict[str, Any]:
+def split(weights: Mapping[str, int | str], name: str = "b-split", **kw: Any) -> dict[str, Any]:
     return m.traffic_split(name, "b", weights, **kw)
 
 
@@ -469,15 +470,7 @@ def _split_v1alpha1() -> Case:
     apps, services = _backends()
 
     def old(w1: str, w2: str) -> dict[str, Any]:
-        return {
-            "apiVersion": "split.smi-spec.io/v1alpha1",
-            "kind": "TrafficSplit",
-            "metadata": m.meta("b-split"),
-            "spec": {
-                "service": "b",
-                "backends": [{"service": "b-v1", "weight": w1}, {"service": "b-v2", "weight": w2}],
-            },
-        }
+        return split({"b-v1": w1, "b-v2": w2}, version="v1alpha1")
 
     return Case(
         name="split-v1alpha1-quantities",
@@ -638,7 +631,7 @@ def _tt_versions() -> Case:
             Apply(f"TrafficTarget {version}", (doc,)),
             allowed(f"allowed by the {version} TrafficTarget", call()),
             Delete(f"delete the {version} TrafficTarget", (doc,)),
-            denied("denied again", call()),
+            denied(f"denied again without the {version} TrafficTarget", call()),
         ]
     return Case(
         name="versions-traffictarget",
@@ -673,17 +666,21 @@ def _route_versions() -> Case:
         group("v1alpha4", "/v4$"),
     )
     target = tt("a-to-b", ["a"], [m.rule(HRG, g["metadata"]["name"]) for g in groups])
-    tcp_old = {
-        "apiVersion": "specs.smi-spec.io/v1alpha3",
-        "kind": "TCPRoute",
-        "metadata": m.meta("t-old"),
-        "spec": {},
-    }
+
+    def tcp_route(version: str) -> dict[str, Any]:
+        """A TCPRoute without matches (every port): v1alpha1 has no spec at all."""
+        doc: dict[str, Any] = {
+            "apiVersion": f"specs.smi-spec.io/{version}",
+            "kind": "TCPRoute",
+            "metadata": m.meta("t-old"),
+        }
+        return doc if version == "v1alpha1" else {**doc, "spec": {}}
+
     tcp_target = tt("a-to-b-tcp", ["a"], [m.rule(TCPR, "t-old")])
     return Case(
         name="versions-routes",
-        title="HTTPRouteGroup v1alpha1 (top-level matches), v1alpha2, v1alpha3, v1alpha4 and a "
-        "TCPRoute v1alpha3 (no matches: every port) each grant",
+        title="HTTPRouteGroup v1alpha1 (top-level matches), v1alpha2, v1alpha3, v1alpha4, and "
+        "TCPRoute v1alpha3 (no matches: every port) and v1alpha1 (no spec) each grant",
         tags=("versions", "access", "spec", "tcp"),
         needs=Mode.ACL,
         apps=(A, B),
@@ -696,8 +693,12 @@ def _route_versions() -> Case:
                 for i in (2, 3, 4)
             ),
             denied("GET /v5 denied", call("/v5"), wait=False),
-            Apply("TCPRoute v1alpha3 and a TrafficTarget", (tcp_old, tcp_target)),
+            Apply("TCPRoute v1alpha3 and a TrafficTarget", (tcp_route("v1alpha3"), tcp_target)),
             allowed("TCP allowed (v1alpha3 TCPRoute)", call(svc="b-tcp")),
+            Delete("delete the v1alpha3 TCPRoute", (tcp_route("v1alpha3"),)),
+            denied("TCP denied (the rule's route is gone)", call(svc="b-tcp")),
+            Apply("the same TCPRoute as v1alpha1 (no spec)", (tcp_route("v1alpha1"),)),
+            allowed("TCP allowed (v1alpha1 TCPRoute)", call(svc="b-tcp")),
         ),
     )
 
@@ -706,15 +707,7 @@ def _split_versions() -> Case:
     apps, services = _backends()
 
     def doc(version: str, w1: int, w2: int) -> dict[str, Any]:
-        return {
-            "apiVersion": f"split.smi-spec.io/{version}",
-            "kind": "TrafficSplit",
-            "metadata": m.meta("b-split"),
-            "spec": {
-                "service": "b",
-                "backends": [{"service": "b-v1", "weight": w1}, {"service": "b-v2", "weight": w2}],
-            },
-        }
+        return split({"b-v1": w1, "b-v2": w2}, version=version)
 
     return Case(
         name="versions-trafficsplit",

@@ -210,10 +210,11 @@ def _run(args: argparse.Namespace, kube: Kube, cases: list[Case]) -> int:
 
 
 def _progress(result: CaseResult) -> None:
+    """Called from the cases' threads: one write a line, so lines never interleave."""
     if result.verdict != "skip":
-        print(
-            f"  {report.MARK[result.verdict]:<5} {result.name} ({result.seconds:.1f}s)", flush=True
-        )
+        mark = report.MARK[result.verdict]
+        sys.stdout.write(f"  {mark:<5} {result.name} ({result.seconds:.1f}s)\n")
+        sys.stdout.flush()
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:

@@ -93,18 +93,26 @@ def udp_route(name: str, ports: Sequence[int | str] = (), ns: str = "$A") -> Doc
 def traffic_split(
     name: str,
     root: str,
-    weights: Mapping[str, int],
+    weights: Mapping[str, int | str],
     *,
     matches: Sequence[str] = (),
     ns: str = "$A",
+    version: str = "",
 ) -> Doc:
+    """The served version, or ``version`` (``v1alpha1``: weights are quantity strings)."""
+    api_version = f"split.smi-spec.io/{version}" if version else SPLIT
     spec: Doc = {
         "service": root,
         "backends": [{"service": svc, "weight": w} for svc, w in weights.items()],
     }
     if matches:
         spec["matches"] = [{"kind": "HTTPRouteGroup", "name": m} for m in matches]
-    return {"apiVersion": SPLIT, "kind": "TrafficSplit", "metadata": meta(name, ns), "spec": spec}
+    return {
+        "apiVersion": api_version,
+        "kind": "TrafficSplit",
+        "metadata": meta(name, ns),
+        "spec": spec,
+    }
 
 
 def grant_all(destination: str, source: str | tuple[str, str], name: str = "") -> list[Doc]:

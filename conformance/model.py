@@ -167,7 +167,8 @@ class Denied(Want):
     def _one(r: Result, protocol: str) -> bool:
         if protocol == "http":
             reason = r.get("reason") or (r.get("body") or "").strip()
-            return r.get("status") == 403 and not r.get("error") and bool(reason)
+            from_mesh = _reply_pod(r) is None  # a 403 from the destination's app is no denial
+            return r.get("status") == 403 and not r.get("error") and from_mesh and bool(reason)
         if protocol == "tcp":
             return r.get("error") in ("reset", "timeout") and not r.get("reply")
         return r.get("error") == "timeout"

@@ -104,3 +104,12 @@ def test_ctrl_c_deletes_every_namespace_created() -> None:
         run.run(cases, Mode.ACL)
     assert sorted(kube.created) == ["smi-c0", "smi-c1"]  # two at once; the third never started
     assert kube.namespaces == set() and run.live == set()
+
+
+def test_a_denial_is_a_403_with_a_reason_from_the_mesh_not_from_the_app() -> None:
+    pods = {"b-0": "b"}
+    mesh = {"status": 403, "reason": "no TrafficTarget grants a -> b"}
+    assert Denied().ok([mesh], "http", pods)
+    assert not Denied().ok([{"status": 403}], "http", pods)  # no reason given
+    assert not Denied().ok([{**mesh, "pod": "b-0"}], "http", pods)  # b's own 403
+    assert not Denied().ok([{"error": "reset"}], "http", pods)
