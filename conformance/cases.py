@@ -27,6 +27,7 @@ from conformance.model import (
     Flowing,
     Mode,
     Shares,
+    Step,
     Svc,
     http,
     tcp,
@@ -379,6 +380,27 @@ def _backends(n: int = 2) -> tuple[tuple[App, ...], tuple[Svc, ...]]:
 GRANT = Apply("grant a every route to b (ignored in default mode)", tuple(m.grant_all("b", "a")))
 
 
+def split_case(
+    *,
+    name: str,
+    title: str,
+    tags: tuple[str, ...],
+    steps: tuple[Step, ...],
+    backends: int = 2,
+    services: tuple[Svc, ...] | None = None,
+) -> Case:
+    """``a`` calls the root ``b`` over backends ``b-v1``.., granted first (``GRANT``)."""
+    apps, default_services = _backends(backends)
+    return Case(
+        name=name,
+        title=title,
+        tags=tags,
+        apps=apps,
+        services=services or default_services,
+        steps=(GRANT, *steps),
+    )
+
+
 def split(weights: Mapping[str, int | str], name: str = "b-split", **kw: Any) -> dict[str, Any]:
     return m.traffic_split(name, "b", weights, **kw)
 
@@ -393,15 +415,11 @@ def pin(app: str, apps: list[str]) -> tuple[Apply, Expect]:
 
 
 def _split_none() -> Case:
-    apps, services = _backends()
-    return Case(
+    return split_case(
         name="split-none",
         title="Layer5 split, fixed: without a split, 50 calls to the root reach both backends",
         tags=("split", "layer5"),
-        apps=apps,
-        services=services,
         steps=(
-            GRANT,
             Expect(
                 "50 calls shared by b-v1 and b-v2", call(), Shares({"b-v1": 0.5, "b-v2": 0.5}, n=50)
             ),
@@ -410,16 +428,12 @@ def _split_none() -> Case:
 
 
 def _split_exact() -> Case:
-    apps, services = _backends()
-    return Case(
+    return split_case(
         name="split-exact",
         title="Layer5 split, fixed: weights 1/0 give exactly 50/0 and 0/1 exactly 0/50, as the "
         "backends received them (no retries or probes in the counts)",
         tags=("split", "layer5", "propagation"),
-        apps=apps,
-        services=services,
         steps=(
-            GRANT,
             Apply("split b-v1=1, b-v2=0", (split({"b-v1": 1, "b-v2": 0}),)),
             Expect("exactly 50/0", call(), Counts({"b-v1": 50, "b-v2": 0})),
             Apply("split b-v1=0, b-v2=1", (split({"b-v1": 0, "b-v2": 1}),)),
@@ -429,16 +443,12 @@ def _split_exact() -> Case:
 
 
 def _split_shares() -> Case:
-    apps, services = _backends()
     names = ["b-v1", "b-v2"]
-    return Case(
+    return split_case(
         name="split-75-25",
         title="Layer5 split, fixed: 75/25 and 25/75 within a binomial bound over 200 calls",
         tags=("split", "layer5", "propagation"),
-        apps=apps,
-        services=services,
         steps=(
-            GRANT,
             *pin("b-v2", names),
             Apply("split b-v1=75, b-v2=25", (split({"b-v1": 75, "b-v2": 25}),)),
             Expect("75/25", call(), Shares({"b-v1": 0.75, "b-v2": 0.25})),
@@ -450,15 +460,12 @@ def _split_shares() -> Case:
 
 
 def _split_three() -> Case:
-    apps, services = _backends(3)
-    return Case(
+    return split_case(
         name="split-three",
         title="three backends 50/30/20 within a binomial bound over 300 calls",
         tags=("split",),
-        apps=apps,
-        services=services,
+        backends=3,
         steps=(
-            GRANT,
             *pin("b-v3", ["b-v1", "b-v2", "b-v3"]),
             Apply("split 50/30/20", (split({"b-v1": 50, "b-v2": 30, "b-v3": 20}),)),
             Expect("50/30/20", call(), Shares({"b-v1": 0.5, "b-v2": 0.3, "b-v3": 0.2}, n=300)),
@@ -467,19 +474,15 @@ def _split_three() -> Case:
 
 
 def _split_v1alpha1() -> Case:
-    apps, services = _backends()
 
     def old(w1: str, w2: str) -> dict[str, Any]:
         return split({"b-v1": w1, "b-v2": w2}, version="v1alpha1")
 
-    return Case(
+    return split_case(
         name="split-v1alpha1-quantities",
         title="v1alpha1 weights are quantities: 1 (= 1000m) and 500m share 2/3 : 1/3",
         tags=("split", "versions"),
-        apps=apps,
-        services=services,
         steps=(
-            GRANT,
             Apply("v1alpha1 split: b-v1 0, b-v2 1", (old("0", "1"),)),
             Expect("only b-v2 serves", call(), Counts({"b-v1": 0, "b-v2": 10})),
             Apply("v1alpha1 split: b-v1 1, b-v2 500m", (old("1", "500m"),)),
@@ -489,18 +492,15 @@ def _split_v1alpha1() -> Case:
 
 
 def _split_matches() -> Case:
-    apps, _ = _backends()
     services = (http("b", "b-v1"), http("b-v1", "b-v1"), http("b-v2", "b-v2"))
     canary = m.http_route_group("canary", match("canary", headers=[{"x-canary": "yes"}]))
-    return Case(
+    return split_case(
         name="split-matches",
         title="a split with matches splits only the requests they select; the rest go to the "
         "root Service (whose pods are b-v1's)",
         tags=("split",),
-        apps=apps,
         services=services,
         steps=(
-            GRANT,
             Apply(
                 "split b-v2=1 for x-canary: yes",
                 (canary, split({"b-v1": 0, "b-v2": 1}, matches=["canary"])),
@@ -520,16 +520,13 @@ def _split_matches() -> Case:
 
 
 def _split_port() -> Case:
-    apps, _ = _backends()
     services = (Svc("b", {"svc": "b"}), http("b-v1", "b-v1"), http("b-v2", "b-v2", port=8081))
-    return Case(
+    return split_case(
         name="split-backend-port",
         title="a backend without the root's port (b-v2 serves 8081, the root 8080) gets nothing",
         tags=("split",),
-        apps=apps,
         services=services,
         steps=(
-            GRANT,
             Apply("split b-v1=1, b-v2=1", (split({"b-v1": 1, "b-v2": 1}),)),
             Expect("exactly 50/0", call(), Counts({"b-v1": 50, "b-v2": 0})),
         ),
@@ -537,16 +534,12 @@ def _split_port() -> Case:
 
 
 def _split_flowing() -> Case:
-    apps, services = _backends()
-    return Case(
+    return split_case(
         name="split-under-traffic",
         title="a split changed while traffic flows: no call fails, the backend switches once, "
         "each backend received exactly what the caller saw",
         tags=("split", "propagation"),
-        apps=apps,
-        services=services,
         steps=(
-            GRANT,
             *pin("b-v1", ["b-v1", "b-v2"]),
             Flowing(
                 "split moved to b-v2 under traffic",
@@ -704,19 +697,15 @@ def _route_versions() -> Case:
 
 
 def _split_versions() -> Case:
-    apps, services = _backends()
 
     def doc(version: str, w1: int, w2: int) -> dict[str, Any]:
         return split({"b-v1": w1, "b-v2": w2}, version=version)
 
-    return Case(
+    return split_case(
         name="versions-trafficsplit",
         title="TrafficSplit v1alpha2 and v1alpha3 (integer weights) split exactly",
         tags=("versions", "split"),
-        apps=apps,
-        services=services,
         steps=(
-            GRANT,
             Apply("v1alpha2 split b-v1=1, b-v2=0", (doc("v1alpha2", 1, 0),)),
             Expect("exactly 30/0", call(), Counts({"b-v1": 30, "b-v2": 0})),
             Apply("v1alpha3 split b-v1=0, b-v2=1", (doc("v1alpha3", 0, 1),)),
