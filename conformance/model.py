@@ -107,7 +107,9 @@ class Call:
     method: str = "GET"
     headers: Mapping[str, str] = field(default_factory=dict)
 
-    def label(self) -> str:
+    def label(self, protocol: str = "http") -> str:
+        if protocol != "http":  # a connection or a datagram: no method, path or headers
+            return f"{self.source} -> {protocol.upper()} {self.service}"
         extra = "".join(f" {k}: {v}" for k, v in self.headers.items())
         return f"{self.source} -> {self.method} {self.service}{self.path}{extra}"
 

@@ -393,9 +393,8 @@ class CaseRun:
                     self.kube.delete(*m.identity(doc))
                 self.changed_at = time.monotonic()
             elif isinstance(step, Expect):
-                record.expected = (
-                    f"{step.call.label()}: {step.want.describe(self.protocol(step.call))}"
-                )
+                protocol = self.protocol(step.call)
+                record.expected = f"{step.call.label(protocol)}: {step.want.describe(protocol)}"
                 record.propagation, record.seen = self.expect(step)
             elif isinstance(step, Flowing):
                 record.expected = (
@@ -405,7 +404,7 @@ class CaseRun:
             record.verdict = "pass"
         except Failed as exc:
             record.verdict = "fail"
-            record.expected = f"{step.call.label()}: {exc.expected}"
+            record.expected = f"{step.call.label(self.protocol(step.call))}: {exc.expected}"
             record.seen = exc.seen
             raise
         finally:

@@ -113,3 +113,8 @@ def test_a_denial_is_a_403_with_a_reason_from_the_mesh_not_from_the_app() -> Non
     assert not Denied().ok([{"status": 403}], "http", pods)  # no reason given
     assert not Denied().ok([{**mesh, "pod": "b-0"}], "http", pods)  # b's own 403
     assert not Denied().ok([{"error": "reset"}], "http", pods)
+
+
+def test_a_tcp_or_udp_call_is_labelled_without_a_method_or_path() -> None:
+    assert Call("a", "b-udp").label("udp") == "a -> UDP b-udp"
+    assert Call("a", "b", headers={"x-env": "prod"}).label() == "a -> GET b/echo x-env: prod"
