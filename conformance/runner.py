@@ -4,7 +4,8 @@ For one case (``CaseRun``): create its namespaces (``<prefix><case>``, ``...-b``
 test app pods and Services, wait until the pods are ready and the mesh answers for the
 Services, then run the steps in order. A change (``Apply``/``Delete``) starts a clock; the next
 ``Expect`` polls its call (``probe_count`` calls a time, short polls, no fixed sleeps) until
-the wanted behaviour shows, and that time is the step's propagation; then it confirms:
+the wanted behaviour shows, and the time from the change to the sending of the poll in which
+it showed is the step's propagation; then it confirms:
 
 - ``Denied``/``Allowed``: three more calls, all as wanted; for a denial the destination's
   ``/calls`` must stay empty.
@@ -419,12 +420,15 @@ class CaseRun:
         shown_at = started
         seen: set[str] = set()  # apps that answered since this step began
         while True:
+            sent = time.monotonic()
             last = self.call(step.call, want.probe_count)
             polls += 1
             seen |= {self.pods.get(str(r.get("pod")), "") for r in last}
             in_a_row = in_a_row + 1 if want.ok(last, protocol, self.pods) else 0
             if in_a_row == 1 or not want.shown(seen):
-                shown_at = time.monotonic()  # the behaviour showed in this poll (or before)
+                # the behaviour showed in this poll: in force when its calls were sent (a
+                # UDP denial's wait for no reply is not propagation)
+                shown_at = sent
             if in_a_row >= want.probes_in_a_row and want.shown(seen):
                 break
             if time.monotonic() >= until:
