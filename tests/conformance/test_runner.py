@@ -118,3 +118,10 @@ def test_a_denial_is_a_403_with_a_reason_from_the_mesh_not_from_the_app() -> Non
 def test_a_tcp_or_udp_call_is_labelled_without_a_method_or_path() -> None:
     assert Call("a", "b-udp").label("udp") == "a -> UDP b-udp"
     assert Call("a", "b", headers={"x-env": "prod"}).label() == "a -> GET b/echo x-env: prod"
+
+
+def test_the_wait_for_a_reply_that_never_came_is_not_propagation() -> None:
+    from conformance.runner import _waited
+
+    silence = [{"error": "timeout", "elapsedMs": 3000.5}, {"status": 200, "elapsedMs": 40}]
+    assert _waited(silence) == 3.0005
