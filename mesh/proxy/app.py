@@ -28,7 +28,8 @@ from typing import Any
 from mesh import argtypes
 from mesh.core.config import MeshConfig
 from mesh.proxy.addresses import AddressMap
-from mesh.proxy.proxy import Options, Proxy
+from mesh.proxy.options import Options
+from mesh.proxy.proxy import Proxy
 from mesh.proxy.sources import ControllerSource, FileSource, read_token
 
 _TIMEOUT = argtypes.seconds(high=86400.0)
@@ -88,6 +89,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=30.0,
         metavar="SECONDS",
         help="a request body that sends nothing for this long is cut (408, or RST_STREAM)",
+    )
+    tuning.add_argument(
+        "--write-timeout",
+        type=_TIMEOUT,
+        default=30.0,
+        metavar="SECONDS",
+        help="a client that reads nothing of its response for this long is cut",
     )
     tuning.add_argument(
         "--upstream-timeout",
@@ -151,6 +159,7 @@ def options_from(args: argparse.Namespace) -> Options:
         header_timeout=args.header_timeout,
         keepalive_timeout=args.keepalive_timeout,
         body_timeout=args.body_timeout,
+        write_timeout=args.write_timeout,
         upstream_timeout=args.upstream_timeout,
         max_connections=args.max_connections,
         max_response_header_size=args.max_response_header_size,

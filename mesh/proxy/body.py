@@ -59,6 +59,10 @@ class Body:
         self.timed_out = False
 
     @property
+    def reader(self) -> Reader | None:
+        return self._reader
+
+    @property
     def empty(self) -> bool:
         return (
             self._reader is None or self.length == 0 or (self.length is None and not self.chunked)

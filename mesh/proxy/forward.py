@@ -22,10 +22,13 @@ with only connect failures retried."""
 from __future__ import annotations
 
 import asyncio
+import math
 import random
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any, TypeVar
+from http import HTTPStatus
+from typing import Any, TypeVar
 
 from mesh.core.lifecycle import (
     Abandoned,
@@ -42,13 +45,14 @@ from mesh.core.lifecycle import (
 from mesh.core.policies import Failure
 from mesh.core.request import BadRequest, Request, parse_request
 from mesh.core.routing import Decision, Endpoint, Engine, Reason
+from mesh.proxy.accesslog import AccessLog
 from mesh.proxy.body import Body, ClientGone
 from mesh.proxy.headers import request_headers
-from mesh.proxy.tracing import Span
+from mesh.proxy.metrics import Metrics
+from mesh.proxy.options import Options
+from mesh.proxy.snapshot import Snapshot
+from mesh.proxy.tracing import Span, Tracer
 from mesh.proxy.upstream import Response, Upstream, UpstreamError
-
-if TYPE_CHECKING:
-    from mesh.proxy.proxy import Proxy, Snapshot
 
 T = TypeVar("T")
 
@@ -147,21 +151,50 @@ class Exchange:
         return self.life.tries if self.life is not None else 0
 
 
+def local_text(ex: Exchange) -> str:
+    """The body of the proxy's own answers: ``<status> <phrase>: <reason>: <detail>``."""
+    try:
+        phrase = HTTPStatus(ex.status).phrase
+    except ValueError:
+        phrase = "Client Closed Request" if ex.status == 499 else "Error"
+    return f"{ex.status} {phrase}: {ex.reason}: {ex.detail}\n"
+
+
+def retry_after(ex: Exchange) -> int:
+    """Whole seconds for the Retry-After header of a 429."""
+    return max(1, math.ceil(ex.retry_after))
+
+
 class Forwarder:
-    def __init__(self, proxy: Proxy, *, http: Upstream, h2c: Upstream) -> None:
-        self.proxy = proxy
-        self.metrics = proxy.metrics
-        self.rng = random.Random()
+    """Drives requests through the core with the upstream clients; shared by the front ends."""
+
+    def __init__(
+        self,
+        *,
+        options: Options,
+        metrics: Metrics,
+        tracer: Tracer,
+        access_log: AccessLog | None,
+        http: Upstream,
+        h2c: Upstream,
+        upstream_ssl: ssl.SSLContext,
+        rng: random.Random,
+    ) -> None:
+        self.metrics = metrics
+        self.upstream_ssl = upstream_ssl  # for tunnels to https upstreams
+        self.tracer = tracer
+        self.access_log = access_log
+        self.rng = rng
         self._http = http
         self._h2c = h2c
-        self._buffer_limit = proxy.options.buffer_limit
-        self._body_timeout = proxy.options.body_timeout
-        self.upstream_timeout = proxy.options.upstream_timeout  # when the service sets none
+        self._buffer_limit = options.buffer_limit
+        self._body_timeout = options.body_timeout
+        self.upstream_timeout = options.upstream_timeout  # when the service sets none
 
-    def decide(self, inbound: Inbound) -> Exchange:
-        """The core's verdict; a denied request comes back answered (``ex.status`` set), an
-        allowed one with its lifecycle, not started yet."""
-        snapshot = self.proxy.snapshot
+    def decide(self, inbound: Inbound, snapshot: Snapshot | None) -> Exchange:
+        """The core's verdict on ``snapshot`` (the config the request started on); a denied
+        request comes back answered (``ex.status`` set), an allowed one with its lifecycle,
+        not started yet."""
         now = time.monotonic()
         ex = Exchange(snapshot, inbound, now)
         try:
@@ -195,9 +228,9 @@ class Forwarder:
         )
         return ex
 
-    async def exchange(self, inbound: Inbound) -> Exchange:
+    async def exchange(self, inbound: Inbound, snapshot: Snapshot | None) -> Exchange:
         inbound.body.timeout = self._body_timeout
-        ex = self.decide(inbound)
+        ex = self.decide(inbound, snapshot)
         if ex.status or ex.life is None:
             return ex
         try:
@@ -238,7 +271,7 @@ class Forwarder:
         h2 = scheme == "h2c"
         upstream = self._h2c if h2 else self._http
         service = d.route.service
-        span = ex.span = self.proxy.tracer.start(
+        span = ex.span = self.tracer.start(
             request.replaced.get("traceparent"),
             name=f"{inbound.method} {service}",
             attributes={"http.request.method": inbound.method, "server.address": request.host},
@@ -246,7 +279,9 @@ class Forwarder:
         headers = request_headers(
             request, peer=inbound.peer, proto=inbound.proto, traceparent=span.traceparent, h2=h2
         )
-        server_name = self.proxy.server_name(d.cluster.service) if scheme == "https" else None
+        snapshot = ex.snapshot
+        assert snapshot is not None
+        server_name = snapshot.server_name(d.cluster.service) if scheme == "https" else None
         target = request.target
         command: Command | None = life.start()
         while True:
@@ -332,7 +367,7 @@ class Forwarder:
         self.metrics.transferred(service, "http", ex.inbound.body.received, sent)
         if ex.span is not None:
             ex.span.end(status=code, error=failure.value if failure is not None else None)
-        log = self.proxy.access_log
+        log = self.access_log
         if log is not None:
             log.write(self._record(ex, code, sent, elapsed, failure))
 

@@ -54,6 +54,15 @@ def request_headers(
     return out
 
 
+def response_head_lines(items: Items) -> list[bytes]:
+    """The upstream's headers as HTTP/1.1 header lines for the client, less hop-by-hop ones
+    (values go back out as the bytes they were read from)."""
+    return [
+        f"{name}: {value}\r\n".encode("utf-8", "surrogateescape")
+        for name, value in response_headers(items)
+    ]
+
+
 def response_headers(items: Items, *, lower: bool = False) -> list[tuple[str, str]]:
     """The headers sent downstream: the upstream's, less hop-by-hop ones."""
     pairs = list(items)
