@@ -72,6 +72,15 @@ class Body:
     def replayable(self) -> bool:
         return self.empty or self.buffered is not None
 
+    def wants_buffer(self, limit: int) -> bool:
+        """Whether :meth:`buffer` would read anything (a small body with a known length)."""
+        return (
+            self._reader is not None
+            and self.buffered is None
+            and self.length is not None
+            and 0 < self.length <= limit
+        )
+
     async def buffer(self, limit: int) -> None:
         """Read a small body with a known length whole, so retries may replay it."""
         if self.empty or self.length is None or self.length > limit or self._reader is None:

@@ -238,7 +238,7 @@ class H2ServerProtocol(H2Protocol):
         limit = ctx.options.max_headers
         if len(stream.headers) > limit + 4:  # and the four pseudo-headers
             ctx.metrics.count("bad_requests", "431")
-            ex = Exchange(ctx.snapshot, inbound, time.monotonic())
+            ex = Exchange(fw, ctx.snapshot, inbound, time.monotonic())
             self._local(stream.stream_id, ex.answer(431, "too-many-headers", f"over {limit}"))
             return
         ex = await fw.exchange(inbound, ctx.snapshot)

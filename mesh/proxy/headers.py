@@ -12,10 +12,13 @@ upstream the proxy appends the client to ``X-Forwarded-For``, sets ``X-Forwarded
 from __future__ import annotations
 
 from collections.abc import Iterable
+from http import HTTPStatus
 
 from mesh.core.request import HOP_BY_HOP, PROXY_SET, Request
 
 Items = Iterable[tuple[str, str]]
+_HOP_BY_HOP = frozenset(name.encode() for name in HOP_BY_HOP)
+_STATUS_LINES: dict[tuple[int, bytes | None], bytes] = {}
 
 
 def connection_tokens(items: Items) -> frozenset[str]:
@@ -52,6 +55,40 @@ def request_headers(
         out += [("X-Forwarded-For", xff), ("X-Forwarded-Proto", proto)]
         out += [("X-Forwarded-Host", host), ("traceparent", traceparent)]
     return out
+
+
+def status_line(status: int, reason: bytes | None = None) -> bytes:
+    """``HTTP/1.1 <status> <reason>`` and CRLF (the standard phrase when ``reason`` is None)."""
+    key = (status, reason)
+    line = _STATUS_LINES.get(key)
+    if line is None:
+        if reason is None:
+            try:
+                reason = HTTPStatus(status).phrase.encode()
+            except ValueError:
+                reason = b"Client Closed Request" if status == 499 else b""
+        line = b"HTTP/1.1 %d %b\r\n" % (status, reason)
+        if len(_STATUS_LINES) < 1024:
+            _STATUS_LINES[key] = line
+    return line
+
+
+def head_block(pairs: list[tuple[bytes, bytes]]) -> bytes:
+    """HTTP/1.1 header lines from an HTTP/1.1 upstream's (name, value) bytes, less hop-by-hop
+    ones and the names ``Connection`` lists: the bytes go back out as they came."""
+    lines = []
+    listed: set[bytes] | None = None
+    for name, value in pairs:
+        low = name.lower()
+        if low in _HOP_BY_HOP:
+            if low == b"connection":
+                tokens = {t.strip().lower() for t in value.split(b",")}
+                listed = tokens if listed is None else listed | tokens
+            continue
+        lines.append(b"%b: %b\r\n" % (name, value))
+    if listed:
+        lines = [line for line in lines if line.split(b":", 1)[0].lower() not in listed]
+    return b"".join(lines)
 
 
 def response_head_lines(items: Items) -> list[bytes]:

@@ -41,7 +41,6 @@ import asyncio
 import logging
 import socket
 from collections import deque
-from collections.abc import Callable
 from http import HTTPStatus
 from typing import cast
 
@@ -50,7 +49,7 @@ import httptools
 from mesh.proxy.body import Body, ClientGone
 from mesh.proxy.context import Context
 from mesh.proxy.forward import Exchange, Forwarder, Inbound, local_text, retry_after
-from mesh.proxy.headers import response_head_lines
+from mesh.proxy.headers import status_line
 from mesh.proxy.tunnel import Sink, tunnel
 from mesh.proxy.upstream import Response, UpstreamError
 
@@ -64,18 +63,6 @@ PROBE_AFTER = 0.1  # a half-closed client's answer pending this long: is the cli
 _TCP_CLOSE = 7  # include/net/tcp_states.h
 _VERSIONS = frozenset({"1.0", "1.1"})
 _NO_BODY = frozenset({204, 304})
-
-
-def status_line(status: int, reason: str | None = None) -> bytes:
-    if reason is None:
-        try:
-            reason = HTTPStatus(status).phrase
-        except ValueError:
-            reason = "Client Closed Request" if status == 499 else ""
-    return f"HTTP/1.1 {status} {reason}\r\n".encode("latin-1", "replace")
-
-
-_STATUS_LINES = {s.value: status_line(s.value) for s in HTTPStatus}
 
 
 class _Refuse(Exception):
@@ -219,10 +206,18 @@ class H1Connection(asyncio.Protocol):
         # serving
         self.current: _Request | None = None
         self.queue: deque[_Request] = deque()
-        self._task: asyncio.Task[None] | None = None
+        self._parsing = False  # inside feed_data: requests are served after it returns
+        self._to_serve: _Request | None = None
+        self._exchange: Exchange | None = None  # the current request's, until its answer
+        self._after_drain: _Request | None = None  # answered; done once the client reads it
+        self._task: asyncio.Task[None] | None = None  # relaying a long answer, or a tunnel
         self._close_after = False
-        self._timer: asyncio.TimerHandle | None = None  # header or keep-alive timer
-        self._timing = ""  # which of the two runs
+        self._loop = asyncio.get_running_loop()
+        self._tick = min(options.header_timeout, options.keepalive_timeout)
+        self._timer: asyncio.TimerHandle | None = None  # the header or keep-alive deadline's
+        self._timer_at = 0.0  # when it fires
+        self._timing = ""  # what the deadline is for: "headers", "idle" or nothing (busy)
+        self._deadline = 0.0
         self._probe_timer: asyncio.TimerHandle | None = None
         self._answering = False  # a byte of the current answer was written
         self._write_timer: asyncio.TimerHandle | None = None
@@ -240,7 +235,7 @@ class H1Connection(asyncio.Protocol):
         self.peer_ip = peer[0] if peer else ""
         self.server.connections.add(self)
         self.ctx.metrics.opened("http")
-        self._arm(self.ctx.options.header_timeout, self._header_timeout)
+        self._due("headers", self.ctx.options.header_timeout)
 
     def data_received(self, data: bytes) -> None:
         if self._sink is not None:
@@ -254,6 +249,17 @@ class H1Connection(asyncio.Protocol):
         if self._refused is not None or self.closed:
             return
         self._completed = 0
+        self._parsing = True
+        try:
+            self._feed(data)
+        finally:
+            self._parsing = False
+        request = self._to_serve
+        if request is not None:
+            self._to_serve = None
+            self._serve(request)
+
+    def _feed(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -336,6 +342,8 @@ class H1Connection(asyncio.Protocol):
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
+        if self._after_drain is not None:
+            self._drained()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -349,8 +357,8 @@ class H1Connection(asyncio.Protocol):
         gone = ClientGone(f"the client closed the connection{f': {exc!r}' if exc else ''}")
         if self._receiving is not None:
             self._receiving.fail(gone)
-        for request in self.queue:
-            reader = request.body.reader
+        for queued in self.queue:
+            reader = queued.body.reader
             if isinstance(reader, BodyReader):
                 reader.fail(gone)
         waiters, self._drain = self._drain, []
@@ -364,6 +372,15 @@ class H1Connection(asyncio.Protocol):
         task = self._task
         if task is not None and not task.done():
             task.cancel()  # the client is gone: the attempt ends neutral (forward.py)
+            return  # the task finishes the request
+        ex = self._exchange
+        request = self.current
+        if ex is not None:
+            self._exchange = None
+            ex.abandon()
+        if request is not None and (ex is not None or self._after_drain is request):
+            self._after_drain = None
+            self._finish(request)
 
     # -- parser callbacks ---------------------------------------------------------------------
 
@@ -375,7 +392,7 @@ class H1Connection(asyncio.Protocol):
         self._line = 0
         self._past_line = False
         if self.current is None and self._timing != "headers":
-            self._arm(self.ctx.options.header_timeout, self._header_timeout)
+            self._due("headers", self.ctx.options.header_timeout)
 
     def on_url(self, url: bytes) -> None:
         self._url_size += len(url)
@@ -385,9 +402,9 @@ class H1Connection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         headers = self._headers
-        if len(headers) >= self._max_headers:
-            raise _Refuse(431, f"more than {self._max_headers} headers")
-        if len(name) + len(value) + 2 > self._max_line:
+        if len(headers) >= self._max_headers or len(name) + len(value) + 2 > self._max_line:
+            if len(headers) >= self._max_headers:
+                raise _Refuse(431, f"more than {self._max_headers} headers")
             raise _Refuse(431, f"header line longer than {self._max_line} bytes")
         headers.append((name.decode("latin-1"), value.decode("utf-8", "surrogateescape")))
 
@@ -427,7 +444,7 @@ class H1Connection(asyncio.Protocol):
             body,
         )
         if self.current is None:
-            self._stop_timer()
+            self._timing = ""  # busy: no deadline until the answer is out
             self._start(request)
         else:
             self.queue.append(request)
@@ -468,16 +485,40 @@ class H1Connection(asyncio.Protocol):
         self._drain.append(waiter)
         await waiter
 
-    def _arm(self, seconds: float, callback: Callable[[], None]) -> None:
-        self._stop_timer()
-        self._timer = asyncio.get_running_loop().call_later(seconds, callback)
-        self._timing = "headers" if callback == self._header_timeout else "idle"
+    def _due(self, timing: str, seconds: float) -> None:
+        """Set the header or keep-alive deadline. The timer is lazy: it is re-armed when it
+        fires early rather than cancelled and made again for every request; it fires at
+        least every ``_tick`` seconds, so a new deadline is never later than the timer."""
+        loop = self._loop
+        now = loop.time()
+        self._timing = timing
+        deadline = self._deadline = now + seconds
+        if self._timer is None or self._timer_at > deadline:
+            if self._timer is not None:
+                self._timer.cancel()
+            at = self._timer_at = min(deadline, now + self._tick)
+            self._timer = loop.call_at(at, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.closed or not self._timing:
+            return  # busy (or gone): the next deadline makes a timer again
+        now = self._loop.time()
+        if now < self._deadline:
+            at = self._timer_at = min(self._deadline, now + self._tick)
+            self._timer = self._loop.call_at(at, self._on_timer)
+            return
+        timing, self._timing = self._timing, ""
+        if timing == "headers":
+            self._header_timeout()
+        else:
+            self._idle_timeout()
 
     def _stop_timer(self) -> None:
+        self._timing = ""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-            self._timing = ""
 
     def _stop_write_timer(self) -> None:
         if self._write_timer is not None:
@@ -485,8 +526,6 @@ class H1Connection(asyncio.Protocol):
             self._write_timer = None
 
     def _header_timeout(self) -> None:
-        self._timer = None
-        self._timing = ""
         if self.current is not None or self.closed:
             return
         if not self._in_message:  # connected (or idle) and never said anything
@@ -497,8 +536,6 @@ class H1Connection(asyncio.Protocol):
         self.refuse(408, "the request headers took too long")
 
     def _idle_timeout(self) -> None:
-        self._timer = None
-        self._timing = ""
         if self.current is None and not self.queue and not self._in_message:
             self.close()
 
@@ -517,7 +554,7 @@ class H1Connection(asyncio.Protocol):
         body = f"{status} {HTTPStatus(status).phrase}: {detail}\n".encode(errors="replace")
         self._refused = b"".join(
             (
-                _STATUS_LINES[status],
+                status_line(status),
                 b"Content-Type: text/plain; charset=utf-8\r\n",
                 b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body),
                 body,
@@ -578,14 +615,60 @@ class H1Connection(asyncio.Protocol):
     # -- serving ------------------------------------------------------------------------------
 
     def _start(self, request: _Request) -> None:
+        """Serve ``request`` once the read it came in has been parsed (not from inside the
+        parser's callbacks: its answer may be written, and the next request started, at once);
+        a pipelined one on the next turn of the loop (not from inside the previous answer)."""
         self.current = request
         self._answering = False
-        self._task = asyncio.get_running_loop().create_task(self._serve(request))
+        if self._parsing:
+            self._to_serve = request
+        else:
+            self._loop.call_soon(self._serve, request)
+
+    def _serve(self, request: _Request) -> None:
+        if self.current is not request or self.closed:
+            return
+        ctx = self.ctx
+        ctx.inflight += 1
+        authority, target = request_target(request.target)
+        inbound = Inbound(
+            listener=self.server.port,
+            method=request.method,
+            target=target,
+            authority=authority,
+            items=request.headers,
+            peer=self.peer_ip,
+            body=request.body,
+        )
+        if request.upgrade:
+            self._close_after = True
+            self._task = self._loop.create_task(self._upgrade(inbound, request))
+            return
+        ex = ctx.forwarder.start(inbound, ctx.snapshot, self)
+        if not ex.finished:  # (a denial is answered before start returns)
+            self._exchange = ex
+
+    def _finish(self, request: _Request) -> None:
+        """The answer to ``request`` is written (or the client is gone)."""
+        if self.current is not request:
+            return
+        self._exchange = None
+        self._task = None
+        if self._write_paused and not self.closed:
+            self._after_drain = request  # the next request once the client took this answer
+            return
+        self.ctx.inflight -= 1
+        self._done(request)
+
+    def _drained(self) -> None:
+        request, self._after_drain = self._after_drain, None
+        if request is not None and self.current is request:
+            self.ctx.inflight -= 1
+            self._done(request)
 
     def _done(self, request: _Request) -> None:
-        """The answer to ``request`` is written: next request, idle, or close."""
+        """The answer to ``request`` is out: next request, idle, or close."""
         self.current = None
-        self._task = None
         if self.closed:
             return
         reader = request.body.reader
@@ -606,57 +689,79 @@ class H1Connection(asyncio.Protocol):
         elif self._eof:
             self.close()
         elif self._in_message:
-            self._arm(self.ctx.options.header_timeout, self._header_timeout)
+            self._due("headers", self.ctx.options.header_timeout)
         else:
-            self._arm(self.ctx.options.keepalive_timeout, self._idle_timeout)
+            self._due("idle", self.ctx.options.keepalive_timeout)
 
-    async def _serve(self, request: _Request) -> None:
-        ctx = self.ctx
-        ctx.inflight += 1
+    # -- the forwarder's front (mesh.proxy.forward.Front) ----------------------------------------
+
+    def answer(self, ex: Exchange) -> None:
+        request = self.current
+        if request is None or ex.front is not self:
+            return
+        if ex.status in (408, 499):
+            self._close_after = True
+        self.local(ex)
+        self._finish(request)
+
+    def deliver(self, ex: Exchange) -> None:
+        request = self.current
+        upstream = ex.response
+        if request is None or upstream is None:
+            return
+        self._exchange = None
+        status = upstream.status
+        length = upstream.content_length
+        if request.method == "HEAD" or status in _NO_BODY or status < 200:
+            data: bytes | None = b""
+            upstream.whole()
+        elif length is not None and length <= SMALL_RESPONSE:
+            data = upstream.whole()
+        else:
+            data = None
+        if data is None:  # more to come: relayed as it arrives
+            self._task = self._loop.create_task(self._relay(ex, request))
+            return
+        self.write(self._response_head(upstream, request, chunked=False) + data)
+        upstream.release()
+        ex.fw.complete(ex, status=status, sent=len(data))  # type: ignore[union-attr]
+        self._finish(request)
+
+    async def _relay(self, ex: Exchange, request: _Request) -> None:
         try:
-            authority, target = request_target(request.target)
-            inbound = Inbound(
-                listener=self.server.port,
-                method=request.method,
-                target=target,
-                authority=authority,
-                items=request.headers,
-                peer=self.peer_ip,
-                body=request.body,
-            )
-            fw = ctx.forwarder
-            if request.upgrade:
-                self._close_after = True
-                await self._upgrade(fw, inbound, request)
-                return
-            ex = await fw.exchange(inbound, ctx.snapshot)
-            if ex.response is None:
-                if ex.status in (408, 499):
-                    self._close_after = True
-                self.answer(fw, ex, request)
-            else:
-                await self.relay(fw, ex, request)
+            await self.relay(self.ctx.forwarder, ex, request)
             if self._write_paused:
                 await self.drain()  # read the next request once this answer is taken
+        except (ConnectionError, asyncio.CancelledError):
+            self.abort()
+        except Exception:
+            log.exception("error relaying %s %s", request.method, request.target[:200])
+            self.abort()
+        finally:
+            self._task = None
+            self._finish(request)
+
+    async def _upgrade(self, inbound: Inbound, request: _Request) -> None:
+        try:
+            upgrade = next((v for n, v in request.headers if n.lower() == "upgrade"), "")
+            if upgrade:
+                await tunnel(self.ctx, self, inbound, upgrade=upgrade)
+                return
+            # CONNECT: nothing after it can be parsed; answered, then closed
+            fw = self.ctx.forwarder
+            ex = await fw.exchange(inbound, self.ctx.snapshot)
+            if ex.response is None:
+                self.local(ex)
+            else:
+                await self.relay(fw, ex, request)
         except (ConnectionError, asyncio.CancelledError):
             self.abort()
         except Exception:
             log.exception("error serving %s %s", request.method, request.target[:200])
             self.abort()
         finally:
-            ctx.inflight -= 1
-            self._done(request)
-
-    async def _upgrade(self, fw: Forwarder, inbound: Inbound, request: _Request) -> None:
-        upgrade = next((v for n, v in request.headers if n.lower() == "upgrade"), "")
-        if not upgrade:  # CONNECT: nothing after it can be parsed; answered, then closed
-            ex = await fw.exchange(inbound, self.ctx.snapshot)
-            if ex.response is None:
-                self.answer(fw, ex, request)
-            else:
-                await self.relay(fw, ex, request)
-            return
-        await tunnel(self.ctx, self, inbound, upgrade=upgrade)
+            self._task = None
+            self._finish(request)
 
     def take_over(self, sink: Sink) -> None:
         """From now on the client's bytes go to ``sink`` (an upgraded connection)."""
@@ -669,15 +774,13 @@ class H1Connection(asyncio.Protocol):
             sink.feed_eof()
 
     def local(self, ex: Exchange) -> None:
-        """The proxy's own answer to the current request (for the tunnel)."""
-        assert self.current is not None
-        self.answer(self.ctx.forwarder, ex, self.current)
-
-    def answer(self, fw: Forwarder, ex: Exchange, request: _Request) -> None:
-        """The proxy's own answer: the status with a short body naming the reason."""
+        """The proxy's own answer to the current request: the status with a short body naming
+        the reason (the tunnel's too)."""
+        request = self.current
+        assert request is not None
         body = local_text(ex).encode(errors="replace")
         lines = [
-            _STATUS_LINES.get(ex.status) or status_line(ex.status),
+            status_line(ex.status),
             b"Content-Type: text/plain; charset=utf-8\r\n",
             b"Content-Length: %d\r\nX-Simmesh-Reason: %s\r\n"
             % (len(body), ex.reason.encode("latin-1", "replace")),
@@ -689,7 +792,7 @@ class H1Connection(asyncio.Protocol):
         if request.method != "HEAD":
             lines.append(body)
         self.write(b"".join(lines))
-        fw.complete(ex, status=ex.status, sent=len(body))
+        self.ctx.forwarder.complete(ex, status=ex.status, sent=len(body))
 
     def _connection_header(self, request: _Request) -> bytes:
         if self.closing():
@@ -718,14 +821,11 @@ class H1Connection(asyncio.Protocol):
                 data = b"".join(parts)
                 if bodyless:
                     data = b""
-                head = self._response_head(upstream.status, upstream.reason, upstream, request)
+                head = self._response_head(upstream, request, chunked=False)
                 self.write(head + data if data else head)
                 sent = len(data)
             else:
-                head = self._response_head(
-                    upstream.status, upstream.reason, upstream, request, chunked=chunked
-                )
-                self.write(head)
+                self.write(self._response_head(upstream, request, chunked=chunked))
                 started = True
                 while chunk := await upstream.read():
                     if chunked:
@@ -745,7 +845,7 @@ class H1Connection(asyncio.Protocol):
                 fw.complete(ex, status=status, sent=sent, failure=exc.failure)
                 return
             fw.broken(ex, exc.failure, exc.detail)
-            self.answer(fw, ex, request)
+            self.local(ex)
             return
         except (ConnectionError, ClientGone):
             upstream.close()
@@ -758,22 +858,12 @@ class H1Connection(asyncio.Protocol):
             raise
         fw.complete(ex, status=status, sent=sent)
 
-    def _response_head(
-        self,
-        status: int,
-        reason: str,
-        upstream: Response,
-        request: _Request,
-        *,
-        chunked: bool = False,
-    ) -> bytes:
-        line = status_line(status, reason) if reason else _STATUS_LINES.get(status)
-        lines = [line or status_line(status), *response_head_lines(upstream.header_items())]
+    def _response_head(self, upstream: Response, request: _Request, *, chunked: bool) -> bytes:
+        head = upstream.http1_head()
+        connection = self._connection_header(request)
         if chunked:
-            lines.append(b"Transfer-Encoding: chunked\r\n")
-        lines.append(self._connection_header(request))
-        lines.append(b"\r\n")
-        return b"".join(lines)
+            return b"%bTransfer-Encoding: chunked\r\n%b\r\n" % (head, connection)
+        return b"%b%b\r\n" % (head, connection)
 
 
 def _closed_by_peer(transport: asyncio.BaseTransport | None) -> bool:
