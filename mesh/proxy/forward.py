@@ -58,7 +58,7 @@ from mesh.core.request import BadRequest, Request, parse_request
 from mesh.core.routing import Decision, Endpoint, Engine, Reason
 from mesh.proxy.accesslog import AccessLog
 from mesh.proxy.body import Body, ClientGone
-from mesh.proxy.headers import request_headers
+from mesh.proxy.headers import Outgoing
 from mesh.proxy.metrics import Metrics
 from mesh.proxy.options import Options
 from mesh.proxy.snapshot import Snapshot
@@ -175,7 +175,7 @@ class Exchange:
         self.timer: asyncio.TimerHandle | None = None  # a backoff
         self.task: asyncio.Task[None] | None = None  # buffering the request body
         self.upstream: Upstream | None = None
-        self.headers: list[tuple[str, str]] = []
+        self.headers: Outgoing | None = None
         self.server_name: str | None = None
         self.sent_at = started
 
@@ -232,11 +232,12 @@ class Exchange:
         self.upstream = fw.h2c if h2 else fw.http
         span = self.span = fw.tracer.start(
             request.replaced.get("traceparent"),
-            name=f"{inbound.method} {self.service}",
-            attributes={"http.request.method": inbound.method, "server.address": request.host},
+            method=inbound.method,
+            service=self.service,
+            host=request.host,
         )
-        self.headers = request_headers(
-            request, peer=inbound.peer, proto=inbound.proto, traceparent=span.traceparent, h2=h2
+        self.headers = Outgoing(
+            request, peer=inbound.peer, proto=inbound.proto, traceparent=span.traceparent
         )
         if scheme == "https" and self.snapshot is not None:
             self.server_name = self.snapshot.server_name(d.cluster.service)
@@ -277,8 +278,9 @@ class Exchange:
             raise AssertionError(f"unexpected command {command!r}")
 
     def _send(self, command: Send) -> None:
-        upstream, d = self.upstream, self.decision
+        upstream, d, headers = self.upstream, self.decision, self.headers
         assert upstream is not None and d is not None and d.cluster is not None
+        assert headers is not None
         inbound = self.inbound
         request = inbound.request
         assert request is not None
@@ -292,7 +294,7 @@ class Exchange:
             method=inbound.method,
             authority=request.host,
             path=request.target,
-            headers=self.headers,
+            headers=headers,
             body=inbound.body,
             timeout=command.timeout,
             server_name=self.server_name,

@@ -62,6 +62,7 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 PROBE_AFTER = 0.1  # a half-closed client's answer pending this long: is the client still there?
 _TCP_CLOSE = 7  # include/net/tcp_states.h
 _VERSIONS = frozenset({"1.0", "1.1"})
+_FRAMING_LENGTHS = frozenset({6, 14, 17})  # Expect, Content-Length, Transfer-Encoding
 _NO_BODY = frozenset({204, 304})
 
 
@@ -127,28 +128,34 @@ class BodyReader:
         return data
 
 
-class _Request:
-    """One parsed request head (and its body reader, when it has a body)."""
+class _Request(Inbound):
+    """One request as parsed here: an :class:`~mesh.proxy.forward.Inbound` for the
+    forwarder, with what this connection needs to know of it."""
 
-    __slots__ = ("body", "headers", "keep_alive", "method", "target", "upgrade", "version")
+    __slots__ = ("keep_alive", "upgrade", "version")
 
-    def __init__(
+    def __init__(  # every Inbound field set here (once per request: no super() call)
         self,
+        conn: H1Connection,
         method: str,
         target: str,
-        version: str,
+        authority: str | None,
         headers: list[tuple[str, str]],
-        keep_alive: bool,
-        upgrade: bool,
         body: Body,
+        version: str,
     ) -> None:
+        self.listener = conn.server.port
         self.method = method
         self.target = target
-        self.version = version
-        self.headers = headers
-        self.keep_alive = keep_alive
-        self.upgrade = upgrade
+        self.items = headers
+        self.authority = authority
+        self.peer = conn.peer_ip
         self.body = body
+        self.proto = "http"
+        self.request = None
+        self.version = version
+        self.keep_alive = conn.parser.should_keep_alive()
+        self.upgrade = conn.parser.should_upgrade()
 
 
 class H1Server:
@@ -420,7 +427,7 @@ class H1Connection(asyncio.Protocol):
         length: int | None = None
         chunked = expect = False
         for name, value in headers:
-            if len(name) in (6, 14, 17):
+            if len(name) in _FRAMING_LENGTHS:
                 low = name.lower()
                 if low == "content-length":
                     length = int(value)  # llhttp checked it
@@ -428,20 +435,18 @@ class H1Connection(asyncio.Protocol):
                     chunked = True  # llhttp refuses any other final coding in a request
                 elif low == "expect":
                     expect = value.lower() == "100-continue"
-        reader = None
-        if chunked or (length is not None and length > 0):
+        if chunked or length:
             reader = self._receiving = BodyReader(self)
-        body = Body(reader, length, chunked=chunked)
-        if expect and reader is not None and version == "1.1":
-            body.on_first_read = self._continue
+            body = Body(reader, length, chunked=chunked)
+            if expect and version == "1.1":
+                body.on_first_read = self._continue
+        else:
+            body = Body(None, length, chunked=False)
+        authority = None
+        if target[:1] != "/" and "://" in target:
+            authority, target = request_target(target)
         request = _Request(
-            parser.get_method().decode("latin-1"),
-            target,
-            version,
-            headers,
-            parser.should_keep_alive(),
-            parser.should_upgrade(),
-            body,
+            self, parser.get_method().decode("latin-1"), target, authority, headers, body, version
         )
         if self.current is None:
             self._timing = ""  # busy: no deadline until the answer is out
@@ -630,21 +635,11 @@ class H1Connection(asyncio.Protocol):
             return
         ctx = self.ctx
         ctx.inflight += 1
-        authority, target = request_target(request.target)
-        inbound = Inbound(
-            listener=self.server.port,
-            method=request.method,
-            target=target,
-            authority=authority,
-            items=request.headers,
-            peer=self.peer_ip,
-            body=request.body,
-        )
         if request.upgrade:
             self._close_after = True
-            self._task = self._loop.create_task(self._upgrade(inbound, request))
+            self._task = self._loop.create_task(self._upgrade(request))
             return
-        ex = ctx.forwarder.start(inbound, ctx.snapshot, self)
+        ex = ctx.forwarder.start(request, ctx.snapshot, self)
         if not ex.finished:  # (a denial is answered before start returns)
             self._exchange = ex
 
@@ -741,15 +736,15 @@ class H1Connection(asyncio.Protocol):
             self._task = None
             self._finish(request)
 
-    async def _upgrade(self, inbound: Inbound, request: _Request) -> None:
+    async def _upgrade(self, request: _Request) -> None:
         try:
-            upgrade = next((v for n, v in request.headers if n.lower() == "upgrade"), "")
+            upgrade = next((v for n, v in request.items if n.lower() == "upgrade"), "")
             if upgrade:
-                await tunnel(self.ctx, self, inbound, upgrade=upgrade)
+                await tunnel(self.ctx, self, request, upgrade=upgrade)
                 return
             # CONNECT: nothing after it can be parsed; answered, then closed
             fw = self.ctx.forwarder
-            ex = await fw.exchange(inbound, self.ctx.snapshot)
+            ex = await fw.exchange(request, self.ctx.snapshot)
             if ex.response is None:
                 self.local(ex)
             else:

@@ -51,7 +51,9 @@ class Span(Protocol):
 
 
 class Tracer(Protocol):
-    def start(self, incoming: str | None, *, name: str, attributes: dict[str, Any]) -> Span: ...
+    def start(self, incoming: str | None, *, method: str, service: str, host: str) -> Span:
+        """A span for one proxied request (``incoming``: the request's traceparent)."""
+        ...
 
     def shutdown(self) -> None: ...
 
@@ -70,7 +72,7 @@ class W3CSpan:
 class W3CTracer:
     """Propagation only: ids, no export."""
 
-    def start(self, incoming: str | None, *, name: str, attributes: dict[str, Any]) -> Span:
+    def start(self, incoming: str | None, *, method: str, service: str, host: str) -> Span:
         if incoming is None:  # a new trace: both ids from one draw (hot path)
             ids = f"{_ids.getrandbits(192):048x}"
             trace_id, span_id = ids[:32], ids[32:]
@@ -119,11 +121,12 @@ class OtelTracer:
         self._propagator = TraceContextTextMapPropagator()
         self._server_kind = trace.SpanKind.SERVER
 
-    def start(self, incoming: str | None, *, name: str, attributes: dict[str, Any]) -> Span:
+    def start(self, incoming: str | None, *, method: str, service: str, host: str) -> Span:
         carrier = {"traceparent": incoming} if incoming else {}
         context = self._propagator.extract(carrier)
+        attributes = {"http.request.method": method, "server.address": host} if host else {}
         span = self._tracer.start_span(
-            name, context=context, kind=self._server_kind, attributes=attributes
+            f"{method} {service}", context=context, kind=self._server_kind, attributes=attributes
         )
         out: dict[str, str] = {}
         self._propagator.inject(out, context=self._trace.set_span_in_context(span))

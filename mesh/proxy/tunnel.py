@@ -175,7 +175,7 @@ async def _exchange(
     canonical = inbound.request
     assert canonical is not None and life is not None
     span = ex.span = fw.tracer.start(
-        canonical.replaced.get("traceparent"), name=f"{inbound.method} {ex.service}", attributes={}
+        canonical.replaced.get("traceparent"), method=inbound.method, service=ex.service, host=""
     )
     headers = request_headers(
         canonical, peer=inbound.peer, proto=inbound.proto, traceparent=span.traceparent, h2=False

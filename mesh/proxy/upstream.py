@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from mesh.core.policies import Failure
 from mesh.proxy.body import Body
+from mesh.proxy.headers import Outgoing
 
 
 class UpstreamError(Exception):
@@ -81,7 +82,7 @@ class Upstream(Protocol):
         method: str,
         authority: str,
         path: str,
-        headers: list[tuple[str, str]],
+        headers: Outgoing | list[tuple[str, str]],
         body: Body,
         timeout: float | None,
         server_name: str | None,
@@ -96,7 +97,7 @@ class Upstream(Protocol):
         method: str,
         authority: str,
         path: str,
-        headers: list[tuple[str, str]],
+        headers: Outgoing | list[tuple[str, str]],
         body: Body,
         timeout: float | None,
         server_name: str | None,

@@ -25,7 +25,7 @@ import h2.exceptions
 from mesh.core.policies import Failure
 from mesh.proxy.body import Body, ClientGone
 from mesh.proxy.h2common import H2Protocol, Inbox, decode, encode
-from mesh.proxy.headers import response_head_lines, status_line
+from mesh.proxy.headers import Outgoing, response_head_lines, status_line
 from mesh.proxy.upstream import Response, TaskUpstream, UpstreamError
 
 
@@ -243,7 +243,7 @@ class H2Upstream(TaskUpstream):
         method: str,
         authority: str,
         path: str,
-        headers: list[tuple[str, str]],
+        headers: Outgoing | list[tuple[str, str]],
         body: Body,
         timeout: float | None,
         server_name: str | None,
@@ -252,7 +252,8 @@ class H2Upstream(TaskUpstream):
         pseudo = [(":method", method), (":scheme", "http"), (":authority", authority)]
         pseudo.append((":path", path))
         try:
-            stream = conn.open(encode(pseudo + headers), body)
+            pairs = headers.pairs(h2=True) if isinstance(headers, Outgoing) else headers
+            stream = conn.open(encode(pseudo + pairs), body)
         except h2.exceptions.H2Error as exc:
             raise UpstreamError(Failure.CONNECT, f"cannot open a stream: {exc!r}") from exc
         try:

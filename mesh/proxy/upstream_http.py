@@ -28,7 +28,7 @@ from yarl import URL
 
 from mesh.core.policies import Failure
 from mesh.proxy.body import Body
-from mesh.proxy.headers import response_head_lines, status_line
+from mesh.proxy.headers import Outgoing, response_head_lines, status_line
 from mesh.proxy.upstream import Response, TaskUpstream, UpstreamError
 
 _SKIP = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
@@ -132,7 +132,7 @@ class HttpUpstream(TaskUpstream):
         method: str,
         authority: str,
         path: str,
-        headers: list[tuple[str, str]],
+        headers: Outgoing | list[tuple[str, str]],
         body: Body,
         timeout: float | None,
         server_name: str | None,
@@ -145,7 +145,7 @@ class HttpUpstream(TaskUpstream):
             resp = await session.request(
                 method,
                 url,
-                headers=headers,
+                headers=headers.pairs(h2=False) if isinstance(headers, Outgoing) else headers,
                 data=data,
                 allow_redirects=False,
                 timeout=self._timeout(timeout),

@@ -46,11 +46,10 @@ import httptools
 
 from mesh.core.policies import IDEMPOTENT_METHODS, Failure
 from mesh.proxy.body import Body, ClientGone
-from mesh.proxy.headers import head_block, status_line
+from mesh.proxy.headers import Outgoing, body_framing, encode_head, head_block, status_line
 from mesh.proxy.upstream import Call, Handler, Response, Upstream, UpstreamError, Waiter
 
 HIGH_WATER = 256 * 1024  # response bytes queued before reading from the upstream pauses
-_NO_BODY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # no Content-Length: 0
 _FRAMING = frozenset({"content-length", "transfer-encoding"})
 
 
@@ -676,7 +675,7 @@ class RawUpstream:
         method: str,
         authority: str,
         path: str,
-        headers: list[tuple[str, str]],
+        headers: Outgoing | list[tuple[str, str]],
         body: Body,
         timeout: float | None,
         server_name: str | None,
@@ -695,7 +694,10 @@ class RawUpstream:
                 timeout=timeout,
                 server_name=server_name,
             )
-        head, stream = request_head(method, path, headers, body, authority or f"{ip}:{port}")
+        if isinstance(headers, Outgoing):
+            head, stream = headers.http1_head(method, path, body)
+        else:
+            head, stream = request_head(method, path, headers, body, authority or f"{ip}:{port}")
         attempt = _Attempt(self, handler, (ip, port), head, body, stream, timeout, method)
         conn = self._acquire(attempt.key)
         if conn is None:
@@ -713,7 +715,7 @@ class RawUpstream:
         method: str,
         authority: str,
         path: str,
-        headers: list[tuple[str, str]],
+        headers: Outgoing | list[tuple[str, str]],
         body: Body,
         timeout: float | None,
         server_name: str | None,
@@ -756,34 +758,21 @@ class RawUpstream:
 def request_head(
     method: str, path: str, headers: list[tuple[str, str]], body: Body, host: str
 ) -> tuple[bytes, bool]:
-    """The request line and headers, with this hop's body framing; and whether the body is
+    """The request line and ``headers``, with this hop's body framing; and whether the body is
     streamed (written after the head) rather than sent with it."""
-    lines = [f"{method} {path} HTTP/1.1"]
+    lines = []
     has_host = has_length = False
     for name, value in headers:
-        if len(name) in (4, 14, 17):  # Host, Content-Length, Transfer-Encoding
-            low = name.lower()
-            if low in _FRAMING:
-                has_length = has_length or low == "content-length"
-                continue
-            has_host = has_host or low == "host"
+        low = name.lower()
+        if low in _FRAMING:
+            has_length = has_length or low == "content-length"
+            continue
+        has_host = has_host or low == "host"
         lines.append(f"{name}: {value}")
     if not has_host:
-        lines.insert(1, f"Host: {host}")
-    stream = False
-    if body.empty:
-        if has_length or method not in _NO_BODY_METHODS:
-            lines.append("Content-Length: 0")
-    elif body.buffered is not None:
-        lines.append(f"Content-Length: {len(body.buffered)}")
-    elif body.length is not None:
-        lines.append(f"Content-Length: {body.length}")
-        stream = True
-    else:
-        lines.append("Transfer-Encoding: chunked")
-        stream = True
-    lines.append("\r\n")
-    text = "\r\n".join(lines)
-    if text.count("\n") != len(lines) or text.count("\r") != len(lines):
-        raise ValueError("a line break in the request line or a header")
-    return text.encode("utf-8", "surrogateescape"), stream
+        lines.insert(0, f"Host: {host}")
+    framing, stream = body_framing(method, body, has_length)
+    if framing:
+        lines.append(framing)
+    text = f"{method} {path} HTTP/1.1\r\n" + "".join(f"{line}\r\n" for line in lines) + "\r\n"
+    return encode_head(text, len(lines) + 2), stream
