@@ -17,16 +17,20 @@ connections finish up to a deadline, then abort what is left.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import math
 import os
 import random
 import time
 from typing import Any, TextIO
 
+import msgspec
+
 from mesh.core.routing import Engine, EngineState, Router
 from mesh.core.schema import MeshConfig
 from mesh.proxy.accesslog import AccessLog
-from mesh.proxy.admin import start_admin
+from mesh.proxy.admin import Status, start_admin
 from mesh.proxy.context import Context
 from mesh.proxy.flows import Flow
 from mesh.proxy.forward import Forwarder
@@ -42,9 +46,51 @@ from mesh.proxy.upstream_h2 import H2Upstream
 from mesh.proxy.upstream_http import HttpUpstream, client_ssl_context
 from mesh.proxy.upstream_raw import RawUpstream
 
-__all__ = ["Flow", "Options", "Proxy", "Snapshot", "make_http_upstream"]
+__all__ = [
+    "Flow",
+    "Options",
+    "Proxy",
+    "Snapshot",
+    "make_http_upstream",
+    "settle_memory",
+    "share_rate_limits",
+]
 
 log = logging.getLogger("simmesh.proxy")
+
+
+def share_rate_limits(config: MeshConfig, workers: int) -> MeshConfig:
+    """The config one of ``workers`` worker processes enforces: each route's rate limit
+    divided among them (``average``/N per second, the burst divided up, at least 1)."""
+    if workers <= 1:
+        return config
+    routes = {}
+    for key, route in config.routes.items():
+        limit = route.policy.rate_limit
+        if limit is not None:
+            share = msgspec.structs.replace(
+                limit,
+                average=limit.average / workers,
+                burst=max(1, math.ceil(limit.burst / workers)),
+            )
+            policy = msgspec.structs.replace(route.policy, rate_limit=share)
+            route = msgspec.structs.replace(route, policy=policy)
+        routes[key] = route
+    return msgspec.structs.replace(config, routes=routes)
+
+
+def settle_memory() -> None:
+    """Move what a config leaves alive (router, engine, modules) out of the cyclic GC's reach.
+
+    Garbage from the previous config is collected first; afterwards the collector only scans
+    what requests allocate, so its pauses stay short however large the config is. Young
+    collections are also made rarer: request objects are short-lived and freed by reference
+    counting, so frequent generation-0 scans mostly cost latency.
+    """
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 100)
 
 
 def make_http_upstream(options: Options) -> Upstream:
@@ -80,7 +126,9 @@ class Proxy:
             connect_timeout=options.connect_timeout, max_headers=options.max_headers
         )
         tracer = make_tracer(f"simmesh-proxy/{options.node}")
-        access_log = AccessLog(access_stream) if options.access_log else None
+        # With --workers, lines of several processes share stdout: each line is written whole.
+        every = 0.0 if options.workers > 1 else 0.2
+        access_log = AccessLog(access_stream, flush_every=every) if options.access_log else None
         forwarder = Forwarder(
             options=options,
             metrics=self.metrics,
@@ -97,7 +145,9 @@ class Proxy:
             tracer=tracer,
             access_log=access_log,
             forwarder=forwarder,
-            gate=ConnectionGate(options.max_connections, self.metrics),
+            gate=ConnectionGate(  # --max-connections is the node's: each worker has its share
+                math.ceil(options.max_connections / options.workers), self.metrics
+            ),
             rng=rng,
         )
         self.forwarder = forwarder
@@ -126,7 +176,8 @@ class Proxy:
         current = self.snapshot
         if current is not None and current.version == config.version:
             return False
-        router = Router(self.options.address_map.apply(config))
+        local = share_rate_limits(self.options.address_map.apply(config), self.options.workers)
+        router = Router(local)
         engine = Engine(router, state=self.state)
         self.ctx.snapshot = Snapshot(config, router, engine, config.version, time.time())
         self.metrics.count("reloads")
@@ -139,6 +190,22 @@ class Proxy:
     def revoke(self, router: Router) -> int:
         """End the flows ``router``'s config no longer admits (the core judges each)."""
         return self.ctx.flows.revoke(router)
+
+    def live(self) -> dict[str, Any]:
+        """What the metrics read from the applied config and the engine's state."""
+        return self._live()
+
+    def worker_summary(self) -> dict[str, Any]:
+        """This process's part of ``/config`` with ``--workers``."""
+        requests = sum(self.metrics.counters["requests"].values())
+        return {
+            "worker": self.options.worker,
+            "pid": os.getpid(),
+            "running": True,
+            "version": self.version,
+            "requests": int(requests),
+            "connections": dict(self.metrics.active),
+        }
 
     def _live(self) -> dict[str, Any]:
         snapshot = self.snapshot
@@ -204,10 +271,11 @@ class Proxy:
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, *, status: Status | None = None) -> None:
+        """Open the admin port (serving ``status``: this proxy unless a supervisor's)."""
         if self.options.admin_port is not None:
             self._admin, self.admin_port = await start_admin(
-                self, self.options.bind, self.options.admin_port
+                status or self, self.options.bind, self.options.admin_port
             )
 
     async def drain(self, timeout: float | None = None) -> bool:

@@ -307,9 +307,14 @@ def session(**kwargs: Any) -> aiohttp.ClientSession:
 
 def metric(proxy: Proxy, name: str, **labels: str) -> float:
     """A sample's value from the proxy's registry (0.0 when absent)."""
+    return metric_value(proxy.metrics.render().decode(), name, **labels)
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """A sample's value in a Prometheus exposition (0.0 when absent)."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    for family in text_string_to_metric_families(proxy.metrics.render().decode()):
+    for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 return float(sample.value)
