@@ -3,6 +3,7 @@
     python -m loadtests.bench_proxy                    # full run (about 5 minutes)
     python -m loadtests.bench_proxy --quick            # short durations, to check it works
     python -m loadtests.bench_proxy --benchmarks BENCHMARKS.md   # also write that section
+    python -m loadtests.bench_proxy --profile sim/profiles/local.yaml   # calibrate the simulator
 
 Measures, with fortio (``fortio load``) against a fortio echo server answering 1 KB bodies:
 
@@ -321,6 +322,7 @@ def fortio_load(
     duration: float,
     uniform: bool = False,
     host: str | None = None,
+    allow_errors: bool = False,
 ) -> dict[str, Any]:
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         command = [
@@ -340,6 +342,8 @@ def fortio_load(
         ]
         if uniform:
             command.append("-uniform")
+        if allow_errors:  # fortio stops at a first answer that is not 200 otherwise
+            command.append("-allow-initial-errors")
         if host:
             command += ["-H", f"Host: {host}"]
         subprocess.run([*command, url], capture_output=True, check=True, timeout=duration + 60)
@@ -706,7 +710,17 @@ def main(argv: list[str] | None = None) -> int:
         "with httptools (default) or aiohttp's ClientSession, to compare the two",
     )
     parser.add_argument("--skip-haproxy", action="store_true", help="leave HAProxy out")
+    parser.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="instead: calibrate the simulator's profile on this machine and write it "
+        "(loadtests/calibrate.py; sim/profiles/local.yaml is the default profile)",
+    )
     args = parser.parse_args(argv)
+    if args.profile:
+        from loadtests import calibrate
+
+        return calibrate.main(["--out", args.profile])
     settings = Settings()
     if args.quick:
         settings = Settings(duration=5, max_duration=4, tcp_bytes=256 << 20)

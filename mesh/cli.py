@@ -211,6 +211,18 @@ LAZY: dict[str, tuple[str, str, str, str]] = {
         "run",
         "simulate a scenario: SLO verdicts, results.json, plots, report.html",
     ),
+    "up": (
+        "mesh.local.up",
+        "add_arguments",
+        "run",
+        "run a scenario's mesh for real on this machine (controller, proxies, test apps, Locust)",
+    ),
+    "verify": (
+        "mesh.local.verify",
+        "add_arguments",
+        "run",
+        "simulate a scenario and run it for real under Locust: both side by side",
+    ),
     "proxy": ("mesh.proxy.app", "add_arguments", "run", "run a node proxy"),
     "controller": (
         "mesh.controller.main",
@@ -245,10 +257,34 @@ LAZY: dict[str, tuple[str, str, str, str]] = {
 }
 
 
+# Packages of the optional extras (pyproject.toml), for a one-line error when one is missing.
+EXTRAS = {
+    "simpy": "sim",
+    "matplotlib": "sim",
+    "numpy": "sim",
+    "opentelemetry": "tracing",
+    "locust": "load",
+    "gevent": "load",
+    "geventhttpclient": "load",
+}
+
+
+def _missing_extra(exc: ModuleNotFoundError) -> str:
+    """The one-line error for a package of an extra that is not installed; re-raise others."""
+    package = (exc.name or "").split(".")[0]
+    if package not in EXTRAS:
+        raise exc
+    return f"needs the Python package {package}: pip install 'simmesh[{EXTRAS[package]}]'"
+
+
 def _wire(parser: argparse.ArgumentParser, module: str, add: str, run: str) -> None:
     import importlib
 
-    mod = importlib.import_module(module)
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        print(f"{parser.prog}: error: {_missing_extra(exc)}", file=sys.stderr)
+        raise SystemExit(2) from None
     getattr(mod, add)(parser)
     parser.set_defaults(func=getattr(mod, run))
 
@@ -261,6 +297,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except (UsageError, ManifestError, DocumentError) as exc:
         print(f"simmesh: error: {one_line(exc, 1000)}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        print(f"simmesh {args.command}: error: {_missing_extra(exc)}", file=sys.stderr)
         return 2
 
 

@@ -62,6 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="PATH=VALUE",
         help="edit scenario.yaml, e.g. traffic[0].rate=200",
     )
+    parser.add_argument(
+        "--profile", metavar="NAME|FILE", help="cost profile (sim/profiles; default: local)"
+    )
     parser.add_argument("--sweep", metavar="PATH=V1,V2,...", help="run one variant per value")
     parser.add_argument("--out", type=Path, help="output directory (default out/sim/<name>)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -90,6 +93,8 @@ def _sets(args: argparse.Namespace) -> list[str]:
         sets.append(f"seed={args.seed}")
     if args.duration is not None:
         sets.append(f"duration={args.duration}")
+    if args.profile is not None:
+        sets.append(f"profile={args.profile}")
     return sets
 
 

@@ -10,14 +10,12 @@ separately.
 from __future__ import annotations
 
 from array import array
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from sim.scenario import Scenario, Slo
-
-if TYPE_CHECKING:
-    from sim.model import Simulation
 
 OUTCOMES = {
     403: "denied",
@@ -29,6 +27,19 @@ OUTCOMES = {
     504: "timeout",
 }
 PERCENTILES = (50, 90, 99)
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What a run knows besides its requests: how many it started, the config it ran, the
+    circuit breakers' openings per service, the events applied and the config's errors. The
+    simulator fills it from its engines, the local mesh from its proxies."""
+
+    started: int
+    config_version: str
+    breakers: dict[str, dict[str, int]]  # service -> {"opens", "endpointsOpenAtEnd"}
+    events: list[dict[str, Any]] = field(default_factory=list)
+    config_errors: list[Any] = field(default_factory=list)
 
 
 def outcome_name(status: int) -> str:
@@ -78,7 +89,7 @@ class Recorder:
 
     # -- aggregation ----------------------------------------------------------------------------
 
-    def results(self, sim: Simulation) -> dict[str, Any]:
+    def results(self, facts: RunFacts) -> dict[str, Any]:
         scenario = self.scenario
         cols = _Columns(self)
         everything = np.ones(cols.n, dtype=bool)
@@ -100,13 +111,7 @@ class Recorder:
             stats["backends"] = backends
             services[name] = stats
         traffic = {t.name: _stats(cols, cols.traffic == i) for i, t in enumerate(scenario.traffic)}
-        breakers: dict[str, dict[str, int]] = {}
-        for engine in sim.engines.values():
-            for (service, endpoint), breaker in sorted(engine.state.breakers.items()):
-                entry = breakers.setdefault(service, {"opens": 0, "endpointsOpenAtEnd": 0})
-                entry["opens"] += breaker.opens
-                entry["endpointsOpenAtEnd"] += int(breaker.state.value != "closed")
-                del endpoint
+        breakers = facts.breakers
         for name, stats in services.items():
             stats["circuitOpens"] = breakers.get(name, {}).get("opens", 0)
             for bname, b in stats["backends"].items():
@@ -116,19 +121,19 @@ class Recorder:
             "description": scenario.description,
             "seed": scenario.seed,
             "duration": scenario.duration,
-            "configVersion": sim.config.version,
+            "configVersion": facts.config_version,
             "requests": {
-                "started": sim.started,
+                "started": facts.started,
                 "finished": cols.n,
-                "inFlightAtEnd": sim.started - cols.n,
+                "inFlightAtEnd": facts.started - cols.n,
             },
             "overall": _stats(cols, everything),
             "services": services,
             "traffic": traffic,
             "circuitBreakers": dict(sorted(breakers.items())),
             "timeseries": _timeseries(cols, self.names, scenario.duration),
-            "events": sim.events_applied,
-            "configErrors": sim.config_errors,
+            "events": facts.events,
+            "configErrors": facts.config_errors,
         }
         results["slos"] = [_slo(cols, self.names, s, scenario) for s in scenario.slos]
         return results

@@ -10,13 +10,21 @@ processes (a process per request would double the events).
 
 Endpoints are pods: each has ``capacity`` concurrent slots (FIFO; an attempt takes the slot that
 frees first, so queueing delay grows with load) and a latency distribution and error rate that
-faults on the timeline can change. A timed-out attempt still occupies its slot until the pod
-finishes it, which is what makes retry storms visible.
+faults on the timeline can change; with ``contention`` a request's service time grows with the
+requests already in service on its pod. A timed-out attempt still occupies its slot until the
+pod finishes it, which is what makes retry storms visible.
+
+Around the pods, the scenario's profile (sim/profile.py) prices the machinery: the client's,
+each node proxy's and each pod app's event loop, and the network between nodes
+(sim/resources.py); policy changes reach the proxies after the profile's config delay. Pods and
+nodes that go down refuse connects or leave them unanswered, and fail the attempts in flight
+on them (sim/outages.py).
 """
 
 from __future__ import annotations
 
 import heapq
+import math
 import random
 import time
 from bisect import bisect_right
@@ -45,7 +53,10 @@ from mesh.core.policies import Failure, Outcome
 from mesh.core.request import Request
 from mesh.core.routing import Decision, Engine, Route, Router
 from mesh.core.topology import build_topology
-from sim.metrics import Recorder
+from sim.metrics import Recorder, RunFacts
+from sim.outages import InFlight, Outage, connect_failure_delay, cut
+from sim.placement import pod_owners
+from sim.resources import Resources
 from sim.scenario import Event, RequestKind, Scenario, Traffic, Workload, with_event_objects
 
 Progress = Callable[[float, int], None]
@@ -67,8 +78,19 @@ class Pod:
     node: str | None
     behaviour: Behaviour
     slots: list[float] | None  # min-heap of the times each slot frees; None: unbounded
-    down: bool = False
+    down: Outage | None = None
     fault: Behaviour | None = None  # a fault on this replica alone overrides its workload
+    in_service: list[float] = field(default_factory=list)  # finish times (contention, no slots)
+    flights: list[InFlight] = field(default_factory=list)  # attempts sent (outages only)
+    hung: list[InFlight] = field(default_factory=list)  # unanswered while it is unreachable
+    prune_at: int = 64
+
+    def fresh(self) -> None:
+        """A restarted pod: nothing in service, nothing queued."""
+        if self.slots is not None:
+            self.slots = [0.0] * len(self.slots)
+        self.in_service = []
+        self.flights = []
 
 
 @dataclass
@@ -99,6 +121,13 @@ class Simulation:
         }
         self.pods: dict[str, Pod] = {}
         self._place_pods()
+        self.resources = Resources(scenario.profile, scenario.nodes, seed=scenario.seed)
+        self.timer = scenario.profile.app_timer
+        self.proxy_latency = scenario.proxy_latency
+        self.hop = self.resources.network.uniform
+        self.response_bytes = scenario.profile.response_bytes
+        # Attempts in flight are tracked per pod only when something can take a pod down.
+        self.outages = any(e.action in _OUTAGES for e in scenario.timeline)
         self.recorder = Recorder(scenario)
         self.events_applied: list[dict[str, Any]] = []
         self.config_errors = [msgspec.to_builtins(e) for e in self.config.errors]
@@ -125,18 +154,8 @@ class Simulation:
                 self.config_errors.append(error)
 
     def _place_pods(self) -> None:
-        """Map every endpoint IP to the workload that behaves behind it (the most specific
-        service: the one with the fewest endpoints) and create pods not seen before."""
-        owners: dict[str, tuple[int, str, str | None]] = {}
-        for cluster in self.router.clusters.values():
-            if cluster.service not in self.behaviours:
-                continue
-            size = len(cluster.endpoints)
-            for endpoint in cluster.endpoints:
-                best = owners.get(endpoint.ip)
-                if best is None or (size, cluster.service) < best[:2]:
-                    owners[endpoint.ip] = (size, cluster.service, endpoint.node)
-        for ip, (_, service, node) in sorted(owners.items()):
+        """Create a pod for every endpoint address not seen before (sim.placement)."""
+        for ip, (service, node) in pod_owners(self.router, self.behaviours).items():
             if ip in self.pods:
                 continue
             behaviour = self.behaviours[service]
@@ -167,6 +186,8 @@ class Simulation:
             self._request(stream, None)
 
     def _closed_loop(self, stream: _Stream) -> Generator[simpy.Event, Any, None]:
+        """One user of a closed-loop stream (``users`` of them run side by side): a request,
+        its answer, an exponential think time, the next request."""
         env = self.env
         traffic = stream.traffic
         if traffic.start > 0:
@@ -194,6 +215,7 @@ class Simulation:
         flight = _Flight(self, stream, kind, done)
         route = self._resolve(stream)
         if route is None or route.listener is None:
+            flight.ready = self.resources.arrive(traffic.node, flight.start, attempt=False)
             flight.answer(404)
             return
         flight.route = route
@@ -210,36 +232,118 @@ class Simulation:
             decision = engine.decide_flow(
                 listener=route.listener, source=traffic.source, now=flight.start, rng=self.rng_route
             )
+        attempt = decision.endpoint is not None
+        flight.ready = self.resources.arrive(traffic.node, flight.start, attempt=attempt)
         flight.begin(engine, decision)
 
-    def _attempt(self, ip: str, timeout: float | None) -> Outcome:
-        """One attempt to the pod at ``ip``: its outcome, whose latency is how long the caller
-        waits for it. The pod's slot stays taken until it finishes, even past a timeout."""
+    def _attempt(
+        self, ip: str, timeout: float | None, *, sent: float, node: str, flight: _Flight
+    ) -> Outcome:
+        """One attempt to the pod at ``ip``, leaving the proxy of ``node`` at ``sent``: its
+        outcome, whose latency is how long from now until the proxy has it. The pod's slot
+        stays taken until it finishes, even past a timeout."""
         now = self.env.now
         pod = self.pods.get(ip)
-        if pod is None or pod.down:
-            return Outcome(None, Failure.CONNECT, self.scenario.connect_failure_latency)
+        network = self.resources.network
+        uniform = self.hop
+        if pod is None or pod.down is not None:
+            hop = network.delay(node, pod.node if pod is not None else None)
+            fixed = self.scenario.connect_failure_latency
+            delay = connect_failure_delay(
+                pod.down if pod is not None and pod.down is not None else Outage.REFUSED,
+                round_trip=2 * hop if fixed is None else fixed,
+                connect_timeout=self.scenario.connect_timeout,
+            )
+            return Outcome(None, Failure.CONNECT, sent - now + delay)
         behaviour = pod.fault or pod.behaviour
         rng = self.rng_service
-        service = behaviour.workload.latency(rng) * behaviour.factor + behaviour.add
+        resources = self.resources
+        hop = uniform if uniform is not None else network.delay(node, pod.node)
+        arrived = resources.serve(ip, sent + hop)
+        sample = behaviour.workload.latency(rng) * behaviour.factor
+        contention = behaviour.workload.contention
         slots = pod.slots
         if slots is not None:
-            begin = slots[0] if slots[0] > now else now
-            finish = begin + service
-            heapq.heapreplace(slots, finish)
+            begin = slots[0] if slots[0] > arrived else arrived
+            if contention:
+                others = sum(1 for t in slots if t > begin)  # slots[0] is the one it takes
+                sample *= 1 + contention * others
         else:
-            finish = now + service
-        delay = finish - now + self.scenario.proxy_latency
+            begin = arrived
+            if contention:
+                busy = pod.in_service
+                while busy and busy[0] <= begin:
+                    heapq.heappop(busy)
+                sample *= 1 + contention * len(busy)
+        service = sample + behaviour.add
+        if self.timer:  # the app's sleep ends on its event loop's next timer tick
+            service = math.ceil(service / self.timer - 1e-9) * self.timer
+        finish = begin + service
+        if slots is not None:
+            heapq.heapreplace(slots, finish)
+        elif contention:
+            heapq.heappush(pod.in_service, finish)
+        # The app wakes and writes the answer (not queued on its loop: that visit lies in
+        # the future, and Lindley's recursion takes work in the order it arrives).
+        wakes = resources.wakes
+        wake = wakes[int(resources.random() * 512)] if wakes else 0.0
+        back = finish + resources.half_app + wake + hop + self.proxy_latency
         failed = behaviour.error_rate > 0 and rng.random() < behaviour.error_rate
-        if timeout is not None and delay > timeout:
-            return Outcome(None, Failure.TIMEOUT, timeout)
-        return Outcome(500 if failed else 200, None, delay)
+        if self.outages:
+            self._in_flight(pod, InFlight(flight, flight.epoch, sent, back, timeout, node))
+        if timeout is not None and back - sent > timeout:
+            return Outcome(None, Failure.TIMEOUT, sent + timeout - now)
+        return Outcome(500 if failed else 200, None, back - now)
+
+    def _in_flight(self, pod: Pod, attempt: InFlight) -> None:
+        flights = pod.flights
+        flights.append(attempt)
+        if len(flights) > pod.prune_at:
+            now = self.env.now
+            pod.flights = flights = [f for f in flights if f.back > now or f.timeout is None]
+            pod.prune_at = max(64, 2 * len(flights))
+
+    def _bring_up(self, pod: Pod) -> None:
+        """The pod is back (a new process): connections that hung on it are reset."""
+        pod.down = None
+        for attempt in pod.hung:
+            flight = attempt.owner
+            if flight.epoch != attempt.epoch + 1:
+                continue
+            hop = self.resources.network.delay(pod.node, attempt.node)
+            flight.expect(Outcome(None, Failure.RESET, hop))
+        pod.hung = []
+
+    def _take_down(self, pod: Pod, outage: Outage) -> None:
+        """The pod goes down now: the attempts in flight on it fail (sim/outages.py)."""
+        now = self.env.now
+        pod.down = outage
+        hop = self.resources.network.delay
+        for item in cut(pod.flights, at=now, outage=outage, hop=0.0):
+            flight, attempt = item.attempt.owner, item.attempt
+            if flight.epoch != attempt.epoch:
+                continue  # that attempt is over already
+            flight.epoch += 1
+            if item.at is None:  # no answer until the node is back, which resets it
+                pod.hung.append(attempt)
+                continue
+            at = item.at + (hop(pod.node, attempt.node) if outage is Outage.REFUSED else 0.0)
+            outcome = Outcome(None, item.failure, at - now)
+            flight.expect(outcome)
+        pod.fresh()
+        self.resources.apps.pop(pod.ip, None)
 
     # -- timeline ---------------------------------------------------------------------------
 
     def _timeline(self, event: Event) -> Generator[simpy.Event, Any, None]:
         env = self.env
         yield env.timeout(event.at)
+        if event.action in _POLICY:  # the proxies apply it once the new config reaches them
+            self._log(event, undo=False)
+            yield env.timeout(self.scenario.profile.config_delay)
+            self._apply(event, undo=False)
+            return
+        self._log(event, undo=False)
         self._apply(event, undo=False)
         until = event.params.get("until")
         if until is not None and event.action in (
@@ -249,23 +353,30 @@ class Simulation:
             "error-burst",
         ):
             yield env.timeout(float(until) - event.at)
+            self._log(event, undo=True)
             self._apply(event, undo=True)
+
+    def _log(self, event: Event, *, undo: bool) -> None:
+        self.events_applied.append(
+            {"at": round(self.env.now, 6), "action": event.action, "undo": undo}
+            | _plain(event.params)
+        )
 
     def _apply(self, event: Event, *, undo: bool) -> None:
         params = event.params
         action = event.action
-        self.events_applied.append(
-            {"at": round(self.env.now, 6), "action": action, "undo": undo, **_plain(params)}
-        )
-        if action in ("endpoint-down", "endpoint-up"):
-            down = (action == "endpoint-down") != undo
-            for pod in self._pods_of(params["service"], params.get("replica")):
-                pod.down = down
-        elif action in ("node-down", "node-up"):
-            down = (action == "node-down") != undo
-            for pod in self.pods.values():
-                if pod.node == params["node"]:
-                    pod.down = down
+        if action in _OUTAGES:
+            down = _OUTAGES[action] != undo
+            if action.startswith("node"):
+                pods = [p for p in self.pods.values() if p.node == params["node"]]
+            else:
+                pods = self._pods_of(params["service"], params.get("replica"))
+            outage = Outage(params.get("failure", "refused"))
+            for pod in pods:
+                if down and pod.down is None:
+                    self._take_down(pod, outage)
+                elif not down and pod.down is not None:
+                    self._bring_up(pod)
         elif action in ("latency-spike", "error-burst"):
             for behaviour in self._behaviours_of(params["service"], params.get("replica")):
                 if action == "latency-spike":
@@ -307,7 +418,10 @@ class Simulation:
             stream = _Stream(traffic, index, list(accumulate(k.weight for k in traffic.mix)))
             authority = f"{traffic.host}:{traffic.port}"
             stream.requests = {k: k.request(authority) for k in traffic.mix}
-            env.process(self._open_loop(stream) if traffic.rate > 0 else self._closed_loop(stream))
+            if traffic.rate > 0:
+                env.process(self._open_loop(stream))
+            for _ in range(traffic.users):
+                env.process(self._closed_loop(stream))
         for event in self.scenario.timeline:
             env.process(self._timeline(event))
         duration = self.scenario.duration
@@ -316,7 +430,26 @@ class Simulation:
             env.run(until=duration * step / steps)
             if progress is not None:
                 progress(step / steps, self.recorder.count)
-        return self.recorder.results(self)
+        return self.recorder.results(self.facts())
+
+    def facts(self) -> RunFacts:
+        breakers: dict[str, dict[str, int]] = {}
+        for engine in self.engines.values():
+            for (service, _), breaker in sorted(engine.state.breakers.items()):
+                entry = breakers.setdefault(service, {"opens": 0, "endpointsOpenAtEnd": 0})
+                entry["opens"] += breaker.opens
+                entry["endpointsOpenAtEnd"] += int(breaker.state.value != "closed")
+        return RunFacts(
+            started=self.started,
+            config_version=self.config.version,
+            breakers=dict(sorted(breakers.items())),
+            events=self.events_applied,
+            config_errors=self.config_errors,
+        )
+
+
+_OUTAGES = {"endpoint-down": True, "endpoint-up": False, "node-down": True, "node-up": False}
+_POLICY = {"apply", "delete", "set-split", "set-policy"}
 
 
 class _Flight:
@@ -324,7 +457,19 @@ class _Flight:
     at the end its one record. Every decision (attempts, retries, backoff, timeouts, the final
     answer) is the lifecycle's (mesh.core.lifecycle); this class only runs its commands."""
 
-    __slots__ = ("decision", "done", "kind", "life", "route", "sim", "start", "status", "stream")
+    __slots__ = (
+        "decision",
+        "done",
+        "epoch",
+        "kind",
+        "life",
+        "ready",
+        "route",
+        "sim",
+        "start",
+        "status",
+        "stream",
+    )
 
     def __init__(
         self, sim: Simulation, stream: _Stream, kind: RequestKind, done: simpy.Event | None
@@ -338,11 +483,12 @@ class _Flight:
         self.decision: Decision | None = None
         self.life: Lifecycle | None = None
         self.status = 0
+        self.ready = self.start  # when the proxy can act on the request next
+        self.epoch = 0  # changes when an attempt's outcome is replaced (its pod went down)
 
     def answer(self, status: int) -> None:
-        """The proxy answers itself (404 before any decision) after its own hop."""
-        event = self.sim.env.timeout(self.sim.scenario.proxy_latency)
-        event.callbacks.append(lambda _: self.record(status))
+        """The proxy answers itself (before any attempt): once it has read the request."""
+        self.record(status, bytes_out=0)
 
     def begin(self, engine: Engine, decision: Decision) -> None:
         self.decision = decision
@@ -359,28 +505,43 @@ class _Flight:
     def perform(self, command: Command | None) -> None:
         env = self.sim.env
         if isinstance(command, Send):
-            outcome = self.sim._attempt(command.endpoint.ip, command.timeout)
-            env.timeout(outcome.latency).callbacks.append(lambda _: self.attempted(outcome))
+            node = self.stream.traffic.node
+            if command.attempt == 1:  # sent in the turn that decided it (resources.arrive)
+                sent = self.ready
+            else:
+                now = env.now
+                sent = self.sim.resources.send(node, self.ready if self.ready > now else now)
+            outcome = self.sim._attempt(
+                command.endpoint.ip, command.timeout, sent=sent, node=node, flight=self
+            )
+            self.expect(outcome)
         elif isinstance(command, Wait):
             env.timeout(command.delay).callbacks.append(self.resumed)
         elif isinstance(command, Deliver):
             self.status = command.status or 200
             self.perform(self._life.handle(Delivered(), env.now))
         elif isinstance(command, Answer):
-            if self._life.tries:
-                self.record(command.status)  # the last try's outcome came through the proxy
-            else:
-                self.answer(command.status)
+            self.record(command.status, bytes_out=0)
         else:
-            self.record(self.status)
+            self.record(self.status, bytes_out=self.sim.response_bytes)
+
+    def expect(self, outcome: Outcome) -> None:
+        """The attempt's outcome reaches the proxy after ``outcome.latency`` (unless a pod
+        that goes down replaces it first: see Simulation._take_down)."""
+        epoch = self.epoch
+        self.sim.env.timeout(outcome.latency).callbacks.append(
+            lambda _: self.attempted(outcome, epoch)
+        )
 
     @property
     def _life(self) -> Lifecycle:
         assert self.life is not None
         return self.life
 
-    def attempted(self, outcome: Outcome) -> None:
-        now = self.sim.env.now
+    def attempted(self, outcome: Outcome, epoch: int) -> None:
+        if epoch != self.epoch:
+            return  # replaced: the pod went down while this attempt was in flight
+        now = self.ready = self.sim.env.now
         if outcome.failure is not None:
             event: Responded | Failed = Failed(outcome.failure)
         else:
@@ -388,19 +549,30 @@ class _Flight:
         self.perform(self._life.handle(event, now))
 
     def resumed(self, _: simpy.Event) -> None:
-        self.perform(self._life.resume(self.sim.env.now))
+        self.ready = self.sim.env.now
+        self.perform(self._life.resume(self.ready))
 
-    def record(self, status: int) -> None:
+    def record(self, status: int, *, bytes_out: int) -> None:
+        """The answer leaves the proxy and reaches the client (resources.py): its one row."""
+        sim = self.sim
+        now = sim.env.now
+        end = sim.resources.deliver(
+            self.stream.traffic.node, self.ready if self.ready > now else now, bytes_out
+        )
+        tries = self.life.tries if self.life is not None else 0
+        if not tries:
+            end += sim.scenario.proxy_latency  # answered by the proxy itself
         route, decision = self.route, self.decision
-        cluster = decision.cluster if decision is not None else None
-        self.sim.recorder.record(
+        # The backend is the one that got the request: none when the proxy answered itself.
+        cluster = decision.cluster if decision is not None and tries else None
+        sim.recorder.record(
             self.stream.index,
             route.service if route is not None else None,
             cluster.service if cluster is not None else None,
             status,
             self.start,
-            self.sim.env.now,
-            self.life.tries if self.life is not None else 0,
+            end,
+            tries,
         )
         trace = self.sim.trace
         if trace is not None:
@@ -416,7 +588,14 @@ class _Flight:
                 }
             )
         if self.done is not None:
-            self.done.succeed()
+            if end > now:
+                sim.env.timeout(end - now).callbacks.append(self._done)
+            else:
+                self.done.succeed()
+
+    def _done(self, _: simpy.Event) -> None:
+        assert self.done is not None
+        self.done.succeed()
 
 
 def _plain(params: dict[str, Any]) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from mesh.core.request import BadRequest, Request, parse_request, split_target
 from mesh.documents import DocumentError, load_yaml, read_yaml
 from mesh.manifests import ManifestError, read_manifests, read_settings
 from sim.distributions import DistributionError, Sampler, sampler
+from sim.profile import DEFAULT_PROFILE, Profile, ProfileError, load_profile
 
 
 class ScenarioError(Exception):
@@ -46,6 +47,8 @@ class Workload:
     capacity: int | None  # concurrent requests per replica; None: unbounded
     port: int
     target_port: int
+    latency_spec: Any = 0.01  # as written in scenario.yaml (the test app samples it too)
+    contention: float = 0.0  # each request already in service makes a new one this much slower
     latency_mean: float = 0.0  # seconds, for the run's budget
 
 
@@ -110,8 +113,10 @@ class Scenario:
     slos: list[Slo]
     duration: float
     seed: int
-    proxy_latency: float
-    connect_failure_latency: float
+    proxy_latency: float  # fixed seconds added to each pass through a proxy (default 0)
+    connect_failure_latency: float | None  # a refused connect; None: a network round trip
+    connect_timeout: float = 5.0  # the proxy's --connect-timeout: an unreachable pod costs this
+    profile: Profile = field(default_factory=Profile)  # costs of the machinery (profile.py)
     raw: dict[str, Any] = field(default_factory=dict)
 
 
@@ -150,8 +155,12 @@ TOP_KEYS = {
     "policies",
     "proxyLatency",
     "connectFailureLatency",
+    "connectTimeout",
+    "profile",
     "settings",
 }
+FAILURES = ("refused", "unreachable")  # how a pod that is down fails a connect
+DEFAULT_FAILURE = {"endpoint-down": "refused", "node-down": "unreachable"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,10 +234,41 @@ def _render(steps: list[str | int]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# --scale
+
+_TIMES = {"traffic": ("start", "stop"), "timeline": ("at", "until"), "slos": ("from", "until")}
+
+
+def scale_times(raw: dict[str, Any], factor: float) -> None:
+    """Multiply every point in time of a raw scenario by ``factor`` (rates, latencies,
+    timeouts and policy windows stay as they are). Values that are not numbers are left for
+    validation to report."""
+    if not factor > 0:
+        raise ScenarioError(f"--scale: expected a number > 0, got {factor!r}")
+    duration = raw.get("duration", 60.0)
+    if _is_plain_number(duration):
+        raw["duration"] = duration * factor
+    for key, fields in _TIMES.items():
+        items = raw.get(key)
+        for item in items if isinstance(items, list) else []:
+            for name in fields:
+                if isinstance(item, dict) and _is_plain_number(item.get(name)):
+                    item[name] = item[name] * factor
+
+
+def _is_plain_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+# ---------------------------------------------------------------------------------------------
 # Loading
 
 
-def load_scenario(directory: Path, sets: list[str] | tuple[str, ...] = ()) -> Scenario:
+def load_scenario(
+    directory: Path, sets: list[str] | tuple[str, ...] = (), *, scale: float = 1.0
+) -> Scenario:
+    """The scenario of ``directory`` with ``--set`` edits applied; ``scale`` shortens (or
+    stretches) its time line: duration, traffic start and stop, events and SLO windows."""
     path = directory / "scenario.yaml"
     if not directory.is_dir():
         raise ScenarioError(f"{directory}: not a directory")
@@ -243,6 +283,8 @@ def load_scenario(directory: Path, sets: list[str] | tuple[str, ...] = ()) -> Sc
     raw = copy.deepcopy(raw)
     for assignment in sets:
         apply_set(raw, assignment)
+    if scale != 1.0:
+        scale_times(raw, scale)
     try:
         manifests = read_manifests(directory)
         settings = read_settings(directory)
@@ -321,6 +363,7 @@ class _Validator:
         names = [t.name for t in traffic]
         if len(set(names)) != len(names):
             raise self.fail("traffic", "traffic names must be unique")
+        docs = docs + client_pods(docs, traffic)
         timeline = [
             self.event(e, f"timeline[{i}]", nodes, workloads)
             for i, e in enumerate(self.seq(raw.get("timeline"), "timeline"))
@@ -344,14 +387,21 @@ class _Validator:
             duration=duration,
             seed=seed,
             proxy_latency=self.number(
-                raw.get("proxyLatency"), "proxyLatency", high=MAX_SECONDS, default=0.0003
+                raw.get("proxyLatency"), "proxyLatency", high=MAX_SECONDS, default=0.0
             ),
-            connect_failure_latency=self.number(
-                raw.get("connectFailureLatency"),
-                "connectFailureLatency",
+            connect_failure_latency=None
+            if raw.get("connectFailureLatency") is None
+            else self.number(
+                raw["connectFailureLatency"], "connectFailureLatency", high=MAX_SECONDS
+            ),
+            connect_timeout=self.number(
+                raw.get("connectTimeout"),
+                "connectTimeout",
+                low=0.001,
                 high=MAX_SECONDS,
-                default=0.001,
+                default=5.0,
             ),
+            profile=self.profile(raw.get("profile", DEFAULT_PROFILE)),
             raw=raw,
         )
         if math.isinf(estimate(scenario).requests):
@@ -373,6 +423,14 @@ class _Validator:
                 f"(it names the output directory), got {_show(value)}",
             )
         return value
+
+    def profile(self, value: Any) -> Profile:
+        if not isinstance(value, str) or not value:
+            raise self.fail("profile", f"expected a profile name or a path, got {value!r}")
+        try:
+            return load_profile(value, base=self.directory)
+        except ProfileError as exc:
+            raise self.fail("profile", str(exc)) from None
 
     def seq(self, value: Any, where: str) -> list[Any]:
         if value is None:
@@ -436,6 +494,7 @@ class _Validator:
                 "capacity",
                 "port",
                 "targetPort",
+                "contention",
             }
             for k in body:
                 if k not in known:
@@ -450,7 +509,8 @@ class _Validator:
                         f"unknown node {node!r}; nodes are {', '.join(nodes)}",
                     )
             try:
-                latency, mean = sampler(body.get("latency", 0.01))
+                latency_spec = body.get("latency", 0.01)
+                latency, mean = sampler(latency_spec)
             except DistributionError as exc:
                 raise self.fail(f"{where}.latency", str(exc)) from None
             capacity = body.get("capacity")
@@ -474,6 +534,8 @@ class _Validator:
                 nodes=placed,
                 service_account=str(body.get("serviceAccount") or service.split("/")[1]),
                 latency=latency,
+                latency_spec=latency_spec,
+                contention=self.number(body.get("contention"), f"{where}.contention", default=0.0),
                 error_rate=self.number(
                     body.get("errorRate"), f"{where}.errorRate", high=1.0, default=0.0
                 ),
@@ -660,6 +722,12 @@ class _Validator:
             service = self.service_key(body.get("service"), f"{where}.service")
             if service not in workloads:
                 raise self.fail(f"{where}.service", f"no workload {service!r} in workloads")
+        if action in DEFAULT_FAILURE:
+            failure = body.setdefault("failure", DEFAULT_FAILURE[str(action)])
+            if failure not in FAILURES:
+                raise self.fail(
+                    f"{where}.failure", f"expected refused or unreachable, got {failure!r}"
+                )
         if "replica" in body:
             self.number(body["replica"], f"{where}.replica", integer=True)
         if "until" in body:
@@ -846,6 +914,33 @@ def generated_objects(
                 "addressType": "IPv4",
                 "ports": ports,
                 "endpoints": endpoints,
+            }
+        )
+    return out
+
+
+def client_pods(docs: list[dict[str, Any]], traffic: list[Traffic]) -> list[dict[str, Any]]:
+    """A Pod for each traffic source identity that no pod has, on the traffic's node, so the
+    local mesh has an address to send from with that identity (the simulator passes the
+    identity itself; the extra pod only adds the address to the config's identities)."""
+    known = set()
+    for doc in docs:
+        if doc.get("kind") == "Pod":
+            meta, spec = doc.get("metadata") or {}, doc.get("spec") or {}
+            known.add(f"{meta.get('namespace') or 'default'}/{spec.get('serviceAccountName')}")
+    out: list[dict[str, Any]] = []
+    for t in traffic:
+        if t.source is None or t.source in known:
+            continue
+        known.add(t.source)
+        namespace, _, account = t.source.partition("/")
+        out.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": f"client-{account}", "namespace": namespace},
+                "spec": {"serviceAccountName": account, "nodeName": t.node},
+                "status": {"podIP": f"10.244.254.{len(out) + 2}"},
             }
         )
     return out

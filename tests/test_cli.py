@@ -104,3 +104,18 @@ def test_unreadable_manifest_exits_2(tmp_path: Path) -> None:
     result = simmesh("compile", str(tmp_path))
     assert result.returncode == 2
     assert "bad.yaml" in result.stderr
+
+
+def test_a_command_whose_extra_is_not_installed_says_which_in_one_line() -> None:
+    # As installed without the `sim` extra (the container image): simpy cannot be imported.
+    code = "import sys; sys.modules['simpy'] = None; from mesh.cli import main; sys.exit(main())"
+    result = subprocess.run(
+        [sys.executable, "-c", code, "sim", str(QUICKSTART)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "simmesh sim: error: needs the Python package simpy: pip install 'simmesh[sim]'"
+    ]

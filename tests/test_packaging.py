@@ -19,6 +19,7 @@ OWN = {"mesh", "sim", "tests", "loadtests", "fuzz", "tools"}
 EXTRAS_OF = {
     "sim/": ("sim",),
     "loadtests/": ("load", "sim"),  # load tests, and the simulator's benchmark
+    "mesh/local/": ("sim", "load"),  # simmesh up/verify: the simulator and Locust
     "mesh/proxy/tracing.py": ("tracing",),
 }
 

@@ -80,7 +80,7 @@ class ScriptedSimulation(Simulation):
 
     scripts: Script
 
-    def _attempt(self, ip: str, timeout: float | None) -> Outcome:
+    def _attempt(self, ip: str, timeout: float | None, **where: Any) -> Outcome:
         queue = self.scripts.get(ip, [])
         what = queue.pop(0) if queue else 200
         if what == "reset":

@@ -9,6 +9,11 @@ long-polling proxies wake up, and the ``on_publish`` hooks run (shadow Services,
 Port assignments are stable across rebuilds (the previous config's) and across restarts (the
 assignments read back from the shadow Services before the first build).
 
+The first config waits until every provider has read each of its kinds once
+(``pending_sync``): built from a partial store (Services listed, TrafficTargets or
+EndpointSlices not yet), it would deny or drop traffic on every proxy that applied it, which is
+what a restarted controller must never do.
+
 Readiness: ready once a config is built and while every supervised task (:meth:`supervise`:
 the providers' watchers, the rebuild loop) runs; a task that ends or dies makes the controller
 unready for good (``/readyz`` 503 with the reason, logged with its traceback), so Kubernetes
@@ -78,6 +83,7 @@ class Controller:
         self.rebuilds = 0
         self.last_error: str | None = None
         self.failure: str | None = None  # why a supervised task stopped: unready for good
+        self.pending_sync: set[str] = set()  # kinds a provider has not listed yet: no build
         self._full_logged = 0.0
         self._expired_at = 0.0
         self._poked = asyncio.Event()
@@ -117,6 +123,8 @@ class Controller:
             await self._poked.wait()
             await self._settle()
             self._poked.clear()
+            if self.pending_sync:
+                continue
             if self.store.changes == self._built_changes and self.current is not None:
                 continue
             await self.rebuild()

@@ -2,7 +2,8 @@
 
 One task per resource (Services, EndpointSlices, Pods and each SMI kind at its served version)
 runs list -> watch from the list's resourceVersion -> on ``410 Gone`` relist -> on any failure
-reconnect with exponential backoff. Responses are read raw (``_preload_content=False``), so the
+(an error answer included) reconnect with exponential backoff. The controller builds no config
+until every kind was listed once. Responses are read raw (``_preload_content=False``), so the
 store holds exactly the JSON the API server sent, as the manifests directory holds YAML.
 
 Publishing a config reconciles the shadow Services (create, patch, delete) and turns new
@@ -99,6 +100,25 @@ class Gone(Exception):
     """The watch's resourceVersion is too old (410): relist."""
 
 
+WATCH_TYPES = ("ADDED", "MODIFIED", "DELETED")
+
+
+async def _ok(response: Any, what: str) -> None:
+    """Raise ApiException for a non-2xx answer. Raw responses (``_preload_content=False``) are
+    not checked by the client: an error Status read as a list or a watch event would empty a
+    kind in the store or put an object without a name in it (seen when RBAC lagged at start)."""
+    if 200 <= response.status <= 299:
+        return
+    try:
+        body = json.loads(await response.read())
+        message = body.get("message") if isinstance(body, dict) else None
+    except ValueError:
+        message = None
+    finally:
+        response.release()
+    raise ApiException(status=response.status, reason=f"{what}: {message or 'no message'}")
+
+
 class KubeProvider:
     def __init__(
         self, api: client.ApiClient, controller: Controller, *, backoff_max: float = 30.0
@@ -117,9 +137,9 @@ class KubeProvider:
         return self.settings.watches(namespace)
 
     async def run(self) -> None:
-        tasks = [
-            asyncio.create_task(self._loop(r), name=f"watch-{r.kind}") for r in resources(self.api)
-        ]
+        watched = resources(self.api)
+        self.controller.pending_sync.update(r.kind for r in watched)  # no config before all
+        tasks = [asyncio.create_task(self._loop(r), name=f"watch-{r.kind}") for r in watched]
         try:
             await asyncio.gather(*tasks)
         finally:
@@ -160,6 +180,7 @@ class KubeProvider:
 
     async def _list(self, resource: Resource) -> str:
         response = await resource.lister(_preload_content=False)
+        await _ok(response, f"list {resource.kind}")
         data = json.loads(await response.read())
         docs = []
         for item in data.get("items") or []:
@@ -169,6 +190,7 @@ class KubeProvider:
                 docs.append(item)
         self.controller.store.replace_kind([resource.kind], docs)
         self.synced.add(resource.kind)
+        self.controller.pending_sync.discard(resource.kind)
         self.controller.poke()
         return str((data.get("metadata") or {}).get("resourceVersion") or "")
 
@@ -180,6 +202,7 @@ class KubeProvider:
             timeout_seconds=240,
             _preload_content=False,
         )
+        await _ok(response, f"watch {resource.kind}")
         store = self.controller.store
         try:
             async for line in response.content:
@@ -194,6 +217,8 @@ class KubeProvider:
                 version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
                 if kind == "BOOKMARK":
                     continue
+                if kind not in WATCH_TYPES:
+                    raise ValueError(f"watch: not an event: {line[:200]!r}")
                 obj.setdefault("kind", resource.kind)
                 obj.setdefault("apiVersion", resource.api_version)
                 if not self._keep(obj):

@@ -77,6 +77,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--debounce", type=argtypes.seconds(high=60.0), default=0.05, metavar="SECONDS"
     )
     parser.add_argument(
+        "--poll-interval",
+        type=argtypes.seconds(low=0.01, high=60.0),
+        default=0.5,
+        metavar="SECONDS",
+        help="file provider: how often the manifests directory is checked for changes",
+    )
+    parser.add_argument(
         "--token-file",
         metavar="FILE",
         help="proxy token: polls that name a node must carry it (the chart's Secret)",
@@ -169,7 +176,7 @@ async def serve(
     if args.manifests is not None:
         from mesh.controller.files import FileProvider
 
-        provider = FileProvider(controller, args.manifests)
+        provider = FileProvider(controller, args.manifests, interval=args.poll_interval)
         provider.scan()
         tasks.append(asyncio.create_task(provider.run(), name="file provider"))
     else:

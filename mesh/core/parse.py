@@ -265,8 +265,13 @@ def parse_pod(doc: Mapping[str, Any]) -> Pod:
     for i, raw in enumerate(_list(status.get("podIPs"), "status.podIPs")):
         ips.append(_str(_mapping(raw, f"status.podIPs[{i}]").get("ip"), f"status.podIPs[{i}].ip"))
     unique: tuple[str, ...] = ()
-    for ip in ips:
+    for i, ip in enumerate(ips):
         if ip and ip not in unique:
+            try:
+                ipaddress.ip_address(ip)
+            except ValueError:
+                where = "status.podIP" if i == 0 else f"status.podIPs[{i - 1}].ip"
+                raise InvalidObject(where, f"expected an IP address, got {ip[:60]!r}") from None
             unique += (ip,)
     node = _str(spec.get("nodeName"), "spec.nodeName", required=False) or None
     phase = _str(status.get("phase"), "status.phase", required=False, default="Running")

@@ -311,9 +311,16 @@ class _Exporter(Collector):
             "Circuit breaker state per endpoint: 0 closed, 1 open, 2 half-open",
             labels=["service", "endpoint"],
         )
+        opens = CounterMetricFamily(
+            "simmesh_proxy_circuit_opens",
+            "Times a circuit breaker opened, per endpoint",
+            labels=["service", "endpoint"],
+        )
         for (service, endpoint), breaker in sorted(state.get("breakers", {}).items()):
             circuit.add_metric([service, endpoint], CIRCUIT_VALUES[breaker.state])
+            opens.add_metric([service, endpoint], breaker.opens)
         yield circuit
+        yield opens
         sessions = GaugeMetricFamily("simmesh_proxy_udp_sessions", "Open UDP sessions")
         sessions.add_metric([], state.get("udp_sessions", 0))
         yield sessions

@@ -104,6 +104,7 @@ class Inbound(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer: Outbound | None = None
         self.peer_ip = ""
+        self.peer_port = 0
         self.snapshot: Snapshot | None = None
         self.decision: Decision | None = None
         self.endpoint: Endpoint | None = None  # set while the engine attempt is open
@@ -126,6 +127,7 @@ class Inbound(asyncio.Protocol):
         transport.set_write_buffer_limits(high=_HIGH_WATER)
         peer = transport.get_extra_info("peername")
         self.peer_ip = peer[0] if peer else ""
+        self.peer_port = int(peer[1]) if peer else 0
         self.listener.flows.add(self)
         self.ctx.metrics.opened("tcp")
         snapshot = self.snapshot = self.ctx.snapshot
@@ -300,6 +302,7 @@ class Inbound(asyncio.Protocol):
             "kind": "tcp",
             "listener": self.listener.port,
             "client": self.peer_ip,
+            "client_port": self.peer_port,
             "service": self.service,
             "endpoint": self.endpoint_key,
             "reason": self.reason,

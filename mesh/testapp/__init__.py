@@ -7,11 +7,12 @@ through the downward API) and says so in every answer.
 
 HTTP (api.py): every path other than the reserved ones is an echo (``/echo`` by convention),
 served after ``--latency`` (seconds or a distribution of the scenario format, sampled as the
-simulator samples it) with at most ``--capacity`` requests at once, failing with
-``--error-status`` at ``--error-rate``. ``/call`` makes requests from inside the pod (HTTP, TCP,
-UDP) and reports per call the status, the mesh's reason, the answering pod and the error class.
-``/calls`` lists and resets what the app received; ``PUT /behaviour`` changes latency, errors
-and capacity at runtime; ``/healthz`` and ``/readyz`` are never delayed, failed or recorded.
+simulator samples it; ``--contention`` makes it grow with the requests in service) with at
+most ``--capacity`` requests at once, failing with ``--error-status`` at ``--error-rate``.
+``/call`` makes requests from inside the pod (HTTP, TCP, UDP) and reports per call the status,
+the mesh's reason, the answering pod and the error class. ``/calls`` lists and resets what the
+app received; ``PUT /behaviour`` changes latency, errors and capacity at runtime; ``/healthz``
+and ``/readyz`` are never delayed, failed or recorded.
 
 TCP and UDP (echo.py): echo, and ``whoami`` answers one JSON line naming the pod.
 

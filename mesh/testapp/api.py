@@ -3,7 +3,8 @@
 Reserved paths, never delayed, failed or recorded: ``/healthz``, ``/readyz`` (503 while
 stopping), ``/call`` (requests from this pod, see calls.py), ``/calls`` (``GET`` what was
 received, ``DELETE`` to reset) and ``/behaviour`` (``GET``; ``PUT`` a JSON object with any of
-``latency``, ``errorRate``, ``errorStatus``, ``capacity``). Every other path and method is the
+``latency``, ``errorRate``, ``errorStatus``, ``capacity``, ``latencyFactor``, ``latencyAdd``,
+``contention``). Every other path and method is the
 echo (``/echo`` by convention): it waits for a capacity slot, takes the latency, and answers
 JSON with the serving pod, the caller's address, method, path, query, headers and body length,
 or, at the error rate, the error status with the pod's name. Every echo answer carries
@@ -76,8 +77,7 @@ class HttpApp:
         length = 0
         while chunk := await request.content.readany():
             length += len(chunk)
-        async with self.gate:
-            await asyncio.sleep(self.sample(self.rng))
+        await self.serve()
         behaviour = self.behaviour
         failed = behaviour.error_rate > 0 and self.rng.random() < behaviour.error_rate
         status = behaviour.error_status if failed else 200
@@ -106,6 +106,12 @@ class HttpApp:
                 bodyLength=length,
             )
         return _json(body, status=status, **{"X-Testapp-Pod": self.identity.name})
+
+    async def serve(self) -> None:
+        """Wait for a capacity slot, then take the service time (the echo and TCP lines)."""
+        async with self.gate:
+            others = self.gate.busy - 1
+            await asyncio.sleep(self.behaviour.service_time(self.sample(self.rng), others))
 
     # ------------------------------------------------------------------ control
 

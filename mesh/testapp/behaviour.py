@@ -2,7 +2,11 @@
 
 ``Behaviour`` is a frozen value parsed from the CLI or from ``PUT /behaviour`` JSON; latency is
 a number of seconds or a distribution spec in the scenario format (mesh.core.distributions), so
-a scenario's workload is sampled exactly as the simulator samples it. ``Gate`` is the capacity:
+a scenario's workload is sampled exactly as the simulator samples it. A request's service time
+is ``sample * latencyFactor * (1 + contention * others) + latencyAdd``, where ``others`` is the
+number of requests already in service when it starts: the factor and the added seconds are a
+scenario's latency spike, contention its load-dependent service time, computed as the
+simulator computes them (sim/model.py). ``Gate`` is the capacity:
 at most ``limit`` requests are served at once, the others wait in FIFO order (a c-server queue,
 like the simulator's slots); the limit can change while requests wait.
 """
@@ -27,6 +31,9 @@ KEYS = {
     "errorRate": "error_rate",
     "errorStatus": "error_status",
     "capacity": "capacity",
+    "latencyFactor": "latency_factor",
+    "latencyAdd": "latency_add",
+    "contention": "contention",
 }
 
 
@@ -40,9 +47,21 @@ class Behaviour:
     error_rate: float = 0.0
     error_status: int = 500
     capacity: int | None = None  # None: unbounded
+    latency_factor: float = 1.0
+    latency_add: float = 0.0
+    contention: float = 0.0
 
     def __post_init__(self) -> None:
         self.sampler()  # validates the latency spec
+        for name in ("latency_factor", "latency_add", "contention"):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not (math.isfinite(value) and value >= 0)
+            ):
+                field = next(k for k, v in KEYS.items() if v == name)
+                raise BehaviourError(f"{field}: expected a number >= 0, got {value!r}")
         rate = self.error_rate
         if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate <= 1:
             raise BehaviourError(f"errorRate: expected a number in [0, 1], got {rate!r}")
@@ -64,9 +83,7 @@ class Behaviour:
     def updated(self, raw: Any) -> Behaviour:
         """This behaviour with the fields of a ``PUT /behaviour`` body replaced."""
         if not isinstance(raw, Mapping):
-            raise BehaviourError(
-                "expected a JSON object with latency, errorRate, errorStatus, capacity"
-            )
+            raise BehaviourError(f"expected a JSON object with {', '.join(KEYS)}")
         unknown = sorted(set(raw) - set(KEYS))
         if unknown:
             raise BehaviourError(f"{unknown[0]}: unknown field (known: {', '.join(KEYS)})")
@@ -78,7 +95,15 @@ class Behaviour:
             "errorRate": self.error_rate,
             "errorStatus": self.error_status,
             "capacity": self.capacity,
+            "latencyFactor": self.latency_factor,
+            "latencyAdd": self.latency_add,
+            "contention": self.contention,
         }
+
+    def service_time(self, sample: float, others: int) -> float:
+        """Seconds to serve a request whose latency sample is ``sample`` when ``others``
+        requests are already in service."""
+        return sample * self.latency_factor * (1 + self.contention * others) + self.latency_add
 
 
 def parse_latency(text: str) -> Any:

@@ -6,7 +6,8 @@ TCP is line-oriented: every line received is sent back unchanged, except a line 
 when the client half-closes; lines longer than 64 KiB are echoed in pieces. UDP is per
 datagram: a datagram ``whoami`` (optionally ending in a newline) gets that JSON (``"protocol":
 "udp"``), any other datagram comes back unchanged. Each TCP connection and each UDP datagram is
-recorded once in the Recorder (``/calls``).
+recorded once in the Recorder (``/calls``). TCP lines are answered after the app's service time
+(latency, capacity: see api.py); UDP datagrams at once.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from mesh.testapp.record import Identity, Recorder
@@ -35,9 +37,18 @@ def _is_whoami(data: bytes) -> bool:
 
 
 class TcpEcho:
-    def __init__(self, identity: Identity, recorder: Recorder) -> None:
+    """``serve`` is awaited before each answer: the app's service time and capacity (api.py),
+    so a TCP workload behaves like an HTTP one."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        recorder: Recorder,
+        serve: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.identity = identity
         self.recorder = recorder
+        self.serve = serve
         self.server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -53,6 +64,8 @@ class TcpEcho:
         self.recorder.add(protocol="tcp", source=peer, method="TCP", path="")
         try:
             while line := await self._read(reader):
+                if self.serve is not None:
+                    await self.serve()
                 writer.write(whoami(self.identity, "tcp", peer) if _is_whoami(line) else line)
                 await writer.drain()
             if writer.can_write_eof():

@@ -16,6 +16,7 @@ import random
 import signal
 import socket
 import sys
+import time
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -40,6 +41,7 @@ class Options:
     udp_port: int | None = None
     seed: int | None = None
     drain_timeout: float = 5.0
+    listen_at: float | None = None  # wall-clock time to start listening (None: at once)
 
 
 def _port(text: str) -> int:
@@ -72,8 +74,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--capacity", type=int, default=None, metavar="N", help="requests served at once"
     )
+    parser.add_argument(
+        "--contention",
+        type=float,
+        default=0.0,
+        metavar="K",
+        help="each request already in service makes a new one K times its latency slower",
+    )
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--drain-timeout", type=float, default=5.0, metavar="SECONDS")
+    parser.add_argument(
+        "--listen-at",
+        type=float,
+        metavar="EPOCH",
+        help="start listening at this wall-clock time (a pod that comes back on time)",
+    )
     parser.add_argument(
         "--log-level", default="info", choices=("debug", "info", "warning", "error")
     )
@@ -86,6 +101,7 @@ def options_from(args: argparse.Namespace) -> Options:
         error_rate=args.error_rate,
         error_status=args.error_status,
         capacity=args.capacity,
+        contention=args.contention,
     )
     if not args.name:
         raise BehaviourError("name: must not be empty")
@@ -98,6 +114,7 @@ def options_from(args: argparse.Namespace) -> Options:
         udp_port=args.udp_port or None,
         seed=args.seed,
         drain_timeout=args.drain_timeout,
+        listen_at=args.listen_at,
     )
 
 
@@ -111,7 +128,7 @@ class TestApp:
         self.recorder = Recorder()
         rng = random.Random(options.seed)
         self.http = HttpApp(options.identity, self.recorder, options.behaviour, rng)
-        self.tcp = TcpEcho(options.identity, self.recorder)
+        self.tcp = TcpEcho(options.identity, self.recorder, self.http.serve)
         self.udp = UdpEcho(options.identity, self.recorder)
         self.runner = web.AppRunner(self.http.app, access_log=None, handle_signals=False)
         self.ports: dict[str, int] = {}
@@ -137,6 +154,8 @@ class TestApp:
 
 async def serve(options: Options) -> int:
     app = TestApp(options)
+    if options.listen_at is not None:
+        await asyncio.sleep(max(0.0, options.listen_at - time.time()))
     await app.start()
     ports = ", ".join(f"{name} {port}" for name, port in app.ports.items())
     log.info("simmesh testapp %s on %s (%s)", options.identity.name, options.bind, ports)

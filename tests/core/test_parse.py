@@ -139,6 +139,23 @@ def test_pod_fields() -> None:
     assert (bare.service_account, bare.ips) == ("default", ())
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "path"),
+    [
+        ("podIP", "09.244.2.22", "status.podIP"),  # leading zero: ipaddress refuses it
+        ("podIP", "10.0.0", "status.podIP"),
+        ("podIPs", [{"ip": "10.0.0.1"}, {"ip": "fd00::g"}], "status.podIPs[1].ip"),
+    ],
+)
+def test_pod_ips_must_be_addresses(field: str, value: Any, path: str) -> None:
+    """Found by make fuzz: a pod IP the parser took and the config schema refused (the
+    controller would have published a config no proxy accepts)."""
+    doc = pod("web-0", sa="web", ip="10.0.0.1", node="n1")
+    doc["status"][field] = value
+    field_seen, message = parse_error(doc)
+    assert field_seen == path and "expected an IP address" in message
+
+
 def test_node_has_no_namespace() -> None:
     doc = {
         "apiVersion": "v1",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
+import json
 import socket
 
 from tests.proxy.harness import (
@@ -72,6 +74,27 @@ async def test_tcp_refused_upstream_closes_the_client() -> None:
         writer.close()
         await asyncio.sleep(0.05)
         assert metric(proxy, "simmesh_proxy_upstream_failures_total", failure="connect") == 1
+
+
+async def test_tcp_access_log_names_the_client_port() -> None:
+    http, tcp = free_range(1), free_range(4)
+    stream = io.StringIO()
+    async with tcp_workload("127.0.0.2") as target:
+        docs = [
+            service("db", ports=[("pg", 5432)], annotations={"simmesh.io/traffic-type": "tcp"}),
+            *endpoints("db", [target], port_name="pg"),
+        ]
+        config = build(docs, settings(http=http, tcp=tcp))
+        async with running_proxy(config, access_log=True, access_stream=stream):
+            reader, writer = await open_from(tcp)
+            port = writer.get_extra_info("sockname")[1]
+            writer.write(b"ping")
+            assert await asyncio.wait_for(reader.readexactly(4), 5) == b"ping"
+            writer.close()
+            await asyncio.sleep(0.1)
+    (record,) = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert (record["kind"], record["client"], record["client_port"]) == ("tcp", LOCAL, port)
+    assert record["service"] == "demo/db"
 
 
 def acl_docs(kind: str, target: tuple[str, int]) -> list[dict]:  # type: ignore[type-arg]

@@ -216,9 +216,11 @@ async def test_circuit_breaker_opens_then_503() -> None:
                     codes.append(resp.status)
                     reason = resp.headers.get("X-Simmesh-Reason")
             state = metric(proxy, "simmesh_proxy_circuit_state", service="demo/web")
+            opens = metric(proxy, "simmesh_proxy_circuit_opens_total", service="demo/web")
     assert codes == [500, 500, 503, 503]
     assert reason == "circuit-open"
     assert state == 1.0
+    assert opens == 1.0
 
 
 async def test_keepalive_connections_are_pooled() -> None:

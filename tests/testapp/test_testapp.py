@@ -117,7 +117,7 @@ async def test_reserved_paths_refuse_other_methods() -> None:
 
 
 async def test_latency_delays_the_echo_but_never_the_probes() -> None:
-    async with running(latency=0.3) as app:
+    async with running(latency=0.5) as app:
         start = time.perf_counter()
         await fetch("GET", url(app, "/healthz"))
         await fetch("GET", url(app, "/readyz"))
@@ -125,8 +125,8 @@ async def test_latency_delays_the_echo_but_never_the_probes() -> None:
         start = time.perf_counter()
         await fetch("GET", url(app, "/echo"))
         echo = time.perf_counter() - start
-    assert probes < 0.25
-    assert echo >= 0.3
+    assert probes < 0.4
+    assert echo >= 0.5
 
 
 async def test_error_rate_fails_with_the_error_status_and_the_pod_name() -> None:
@@ -151,16 +151,16 @@ async def test_error_rate_is_honoured_within_a_binomial_bound() -> None:
 
 
 async def test_capacity_queues_requests_beyond_it() -> None:
-    async with running(latency=0.2, capacity=1) as app:
+    async with running(latency=0.3, capacity=1) as app:
         start = time.perf_counter()
         await asyncio.gather(*(fetch("GET", url(app, "/echo")) for _ in range(3)))
         serial = time.perf_counter() - start
-    async with running(latency=0.2, capacity=3) as app:
+    async with running(latency=0.3, capacity=3) as app:
         start = time.perf_counter()
         await asyncio.gather(*(fetch("GET", url(app, "/echo")) for _ in range(3)))
         parallel = time.perf_counter() - start
-    assert serial >= 0.6
-    assert parallel < 0.5
+    assert serial >= 0.9
+    assert parallel < 0.75
 
 
 async def test_put_behaviour_changes_latency_errors_and_capacity_at_runtime() -> None:
@@ -181,6 +181,45 @@ async def test_put_behaviour_changes_latency_errors_and_capacity_at_runtime() ->
         assert (await fetch("GET", url(app, "/echo")))[0] == 200
 
 
+async def test_latency_factor_and_added_seconds_make_a_spike_and_undo_it() -> None:
+    async with running(latency=0.05) as app:
+        status, now, _ = await fetch(
+            "PUT", url(app, "/behaviour"), json_body={"latencyFactor": 3, "latencyAdd": 0.1}
+        )
+        assert (status, now["latencyFactor"], now["latencyAdd"]) == (200, 3, 0.1)
+        start = time.perf_counter()
+        await fetch("GET", url(app, "/echo"))
+        assert time.perf_counter() - start >= 0.25  # 0.05 * 3 + 0.1
+        await fetch("PUT", url(app, "/behaviour"), json_body={"latencyFactor": 1, "latencyAdd": 0})
+        start = time.perf_counter()
+        await fetch("GET", url(app, "/echo"))
+        assert time.perf_counter() - start < 0.2
+
+
+async def test_contention_slows_each_request_by_the_ones_already_in_service() -> None:
+    async with running(latency=0.1, contention=1.0) as app:
+        first = asyncio.create_task(fetch("GET", url(app, "/echo")))
+        await asyncio.sleep(0.03)
+        start = time.perf_counter()
+        await fetch("GET", url(app, "/echo"))  # one other in service: 0.1 * (1 + 1)
+        second = time.perf_counter() - start
+        await first
+    assert second >= 0.2
+    assert Behaviour(latency=0.1, contention=0.5).service_time(0.1, 4) == pytest.approx(0.3)
+
+
+async def test_tcp_lines_wait_for_the_service_time() -> None:
+    async with running(latency=0.2) as app:
+        reader, writer = await asyncio.open_connection(HOST, app.ports["tcp"])
+        start = time.perf_counter()
+        writer.write(b"whoami\n")
+        line = await asyncio.wait_for(reader.readline(), 5)
+        elapsed = time.perf_counter() - start
+        writer.close()
+    assert json.loads(line)["protocol"] == "tcp"
+    assert elapsed >= 0.2
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [
@@ -190,6 +229,8 @@ async def test_put_behaviour_changes_latency_errors_and_capacity_at_runtime() ->
         ({"latency": "slow"}, "latency:"),
         ({"latency": {"dist": "gamma"}}, "latency: dist: expected constant"),
         ({"speed": 1}, "speed: unknown field"),
+        ({"latencyFactor": -1}, "latencyFactor: expected a number >= 0"),
+        ({"contention": "lots"}, "contention: expected a number >= 0"),
         ([1, 2], "expected a JSON object"),
     ],
 )
@@ -529,3 +570,32 @@ def test_the_command_serves_from_the_pod_environment_and_stops_on_sigterm() -> N
             proc.kill()
             proc.communicate()
     assert "simmesh testapp web-1" in log and "stopped" in log
+
+
+def test_listen_at_keeps_the_port_closed_until_then() -> None:
+    import subprocess
+    import sys
+    import urllib.request
+
+    port = _free_port()
+    at = time.time() + 3.0
+    command = [sys.executable, "-m", "mesh.cli", "testapp", "--bind", HOST, "--http-port",
+               str(port), "--listen-at", repr(at), "--log-level", "warning"]  # fmt: skip
+    process = subprocess.Popen(command, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1.5)
+        with pytest.raises(OSError):
+            socket.create_connection((HOST, port), timeout=1).close()
+        deadline = time.time() + 30
+        answered = None
+        while answered is None and time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://{HOST}:{port}/healthz", timeout=1) as r:
+                    answered = (r.status, time.time())
+            except OSError:
+                time.sleep(0.05)
+        assert answered is not None and answered[0] == 200
+        assert answered[1] >= at
+    finally:
+        process.terminate()
+        process.wait(10)

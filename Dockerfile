@@ -1,0 +1,29 @@
+# simmesh: the controller, the node proxy and the test app in one slim, non-root image.
+#
+# Build it with `make image` (tools/kind/image.sh): the Python packages come as wheels that
+# the host prepares in build/wheels (pip wheel/download), so this build needs no network. The
+# base is the public Python slim image, or, offline, a Debian python3 base built locally by
+# debootstrap (--build-arg BASE_IMAGE=...); both have python3 3.11 and Debian bookworm.
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+
+FROM ${BASE_IMAGE} AS build
+COPY build/wheels /wheels
+# pip runs from its own wheel: Debian's python3 has no pip, and the image needs none.
+RUN python3 -m venv --without-pip /opt/simmesh \
+    && pip_wheel=$(ls /wheels/pip-*.whl) \
+    && /opt/simmesh/bin/python3 "$pip_wheel/pip" install --no-cache-dir --no-index \
+        --find-links /wheels --disable-pip-version-check 'simmesh[tracing]' \
+    && /opt/simmesh/bin/simmesh --help >/dev/null
+
+FROM ${BASE_IMAGE}
+LABEL org.opencontainers.image.title="simmesh" \
+      org.opencontainers.image.description="sidecar-free, simulation-first service mesh: controller, node proxy, test app" \
+      org.opencontainers.image.licenses="Apache-2.0"
+COPY --from=build /opt/simmesh /opt/simmesh
+ENV PATH=/opt/simmesh/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+# the chart runs every pod as 65532:65532 with a read-only root filesystem
+USER 65532:65532
+ENTRYPOINT ["simmesh"]
+CMD ["--help"]

@@ -1,0 +1,180 @@
+"""Where a request's time goes outside its pod's latency: event loops and the network.
+
+Each node proxy is one asyncio event loop, the load generator (Locust) one gevent loop and
+each test app one asyncio loop: single-threaded servers that do one piece of work at a time.
+A :class:`Loop` is such a server, first come first served, computed with Lindley's recursion
+(a piece of work starts when it arrives or when the previous one ends, whichever is later), so
+a visit costs O(1) and no simulation event: the time a piece of work is done is known as soon
+as it is queued. Work that finds its loop asleep first waits for the process to be woken and
+get a core (the profile's wake-up distribution, sampled from a table of its quantiles).
+
+Work is queued in the order the simulator reaches it, which is the order of simulated time,
+except that a request's next steps (the client's send, the hop to the proxy, the proxy's
+decision, the hop to the pod) are queued when the request starts or its answer comes back, a
+fraction of a millisecond early: within that fraction a later request can find a loop a little
+busier than it really was.
+
+A request visits, in order (profile.py gives the costs):
+
+1. the client's loop (half its per-request cost), the network to its node's proxy;
+2. the proxy's loop: half the per-request cost (read, decide) and, in the same turn, the
+   first attempt's cost (connect, send, read the answer; a retry's later, in a turn of its
+   own); the network to the pod's node, the pod's app loop (half its cost), its capacity and
+   latency (model.py; the sleep ends on a timer tick), a wake-up and the other half of the
+   app's cost, the network back;
+3. the proxy's loop again: the other half of the per-request cost and the response's bytes;
+   the network back, the client's loop (the other half of its cost).
+
+:class:`Network` gives the one-way delay between two nodes (within a node, between nodes, or a
+given pair); a refused connect costs a round trip, an unreachable one the connect timeout.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from mesh.core.distributions import sampler
+from sim.profile import Profile
+
+__all__ = ["Loop", "Network", "Resources"]
+
+
+class Loop:
+    """A single-threaded server (FIFO): ``visit`` returns when the work is done.
+
+    ``free`` is when the work queued so far is done; ``awake`` the last moment the loop was
+    doing something, so a visit after it finds the process asleep and pays a wake-up, during
+    which the process cannot run anything else either (a stall hits every request that comes
+    meanwhile, as a descheduled process does). Work that takes no time waits its turn but
+    holds nobody up."""
+
+    __slots__ = ("awake", "busy", "free")
+
+    def __init__(self) -> None:
+        self.free = 0.0
+        self.awake = 0.0
+        self.busy = 0.0  # total work done: utilisation = busy / elapsed
+
+    def visit(self, at: float, work: float, wake: float = 0.0) -> float:
+        start = (at + wake if at > self.awake else at) if at > self.free else self.free
+        if start > self.free and wake:
+            self.free = start  # waking: whatever arrives meanwhile waits too
+        done = start + work
+        if done > self.awake:
+            self.awake = done
+        if work:
+            self.free = done
+            self.busy += work
+        return done
+
+
+@dataclass(frozen=True, slots=True)
+class Network:
+    local: float = 0.0
+    remote: float = 0.0
+    pairs: tuple[tuple[frozenset[str], float], ...] = ()
+
+    @property
+    def uniform(self) -> float | None:
+        """The one delay between any two places, when there is just one."""
+        return self.local if self.local == self.remote and not self.pairs else None
+
+    def delay(self, a: str | None, b: str | None) -> float:
+        """One-way seconds from node ``a`` to node ``b`` (unknown nodes: remote)."""
+        if a == b and a is not None:
+            return self.local
+        for pair, seconds in self.pairs:
+            if a in pair and b in pair:
+                return seconds
+        return self.remote
+
+
+class Resources:
+    """The loops of a simulation and the costs of visiting them."""
+
+    __slots__ = (
+        "apps",
+        "client",
+        "half_app",
+        "half_client",
+        "half_request",
+        "network",
+        "per_attempt",
+        "per_byte",
+        "profile",
+        "proxies",
+        "random",
+        "rng",
+        "wakes",
+    )
+
+    WAKES = 512  # quantiles of the wake-up distribution kept for sampling (see _visit)
+
+    def __init__(self, profile: Profile, nodes: tuple[str, ...], *, seed: int = 1) -> None:
+        self.profile = profile
+        self.client = Loop()
+        self.proxies = {node: Loop() for node in nodes}
+        self.apps: dict[str, Loop] = {}
+        self.half_client = profile.client_request / 2
+        self.half_request = profile.proxy_request / 2
+        self.per_attempt = profile.proxy_attempt
+        self.per_byte = profile.proxy_byte
+        self.half_app = profile.app_request / 2
+        self.rng = random.Random(f"{seed}:wakeups")
+        self.random = self.rng.random
+        self.wakes = _quantiles(profile.wakeup, self.WAKES, self.rng)
+        self.network = Network(
+            profile.network_local, profile.network_remote, tuple(profile.network_pairs.items())
+        )
+
+    def _visit(self, loop: Loop, at: float, work: float) -> float:
+        """Loop.visit with a wake-up sample drawn only when the loop is asleep (this runs
+        several times per request: it is kept to plain attribute work)."""
+        free = loop.free
+        if at > free:
+            if at > loop.awake and self.wakes:
+                at += self.wakes[int(self.random() * 512)]
+                loop.free = at  # not running yet: whatever arrives meanwhile waits too
+            done = at + work
+        else:
+            done = free + work
+        if done > loop.awake:
+            loop.awake = done
+        if work:
+            loop.free = done
+            loop.busy += work
+        return done
+
+    def arrive(self, node: str, now: float, *, attempt: bool) -> float:
+        """When the node's proxy has read and decided a request a client sent at ``now`` and,
+        with ``attempt``, sent its first attempt (in the same turn of its loop)."""
+        sent = self._visit(self.client, now, self.half_client)
+        work = self.half_request + self.per_attempt if attempt else self.half_request
+        return self._visit(self.proxies[node], sent + self.network.local, work)
+
+    def send(self, node: str, at: float) -> float:
+        """When a retry the proxy starts at ``at`` leaves it."""
+        return self._visit(self.proxies[node], at, self.per_attempt)
+
+    def serve(self, ip: str, at: float) -> float:
+        """When the pod's app has read a request that reached it at ``at``."""
+        loop = self.apps.get(ip)
+        if loop is None:
+            loop = self.apps[ip] = Loop()
+        return self._visit(loop, at, self.half_app)
+
+    def deliver(self, node: str, at: float, size: int) -> float:
+        """When the client has the answer the proxy starts sending at ``at``."""
+        work = self.half_request + size * self.per_byte if size else self.half_request
+        out = self._visit(self.proxies[node], at, work)
+        return self._visit(self.client, out + self.network.local, self.half_client)
+
+
+def _quantiles(spec: object, count: int, rng: random.Random) -> list[float]:
+    """``count`` evenly spaced quantiles of a latency spec ([] when it is always 0)."""
+    sample, mean = sampler(spec)
+    if mean == 0:
+        return []
+    values = sorted(sample(rng) for _ in range(count * 16))
+    return [values[(2 * i + 1) * len(values) // (2 * count)] for i in range(count)]

@@ -1,0 +1,258 @@
+"""The local mesh for real: short runs whose assertions hold however busy the machine is.
+
+Each test runs ``simmesh up`` or ``simmesh verify`` as a user would (a subprocess) on a small
+scenario of a few seconds and checks what does not depend on timing: identities through the
+address map (ACL denials), the timeline (an error burst on one replica, a node cut off), the
+split, the join of Locust's rows with the proxies' access logs, and that Ctrl-C stops every
+process the mesh started. The long fidelity runs are benchmarks (``make bench``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from mesh.local.procs import netns_command
+
+ROOT = Path(__file__).resolve().parents[2]
+
+SMI = """
+apiVersion: specs.smi-spec.io/v1alpha4
+kind: HTTPRouteGroup
+metadata: {name: everything, namespace: t}
+spec:
+  matches: [{name: all, pathRegex: /, methods: ["*"]}]
+---
+apiVersion: access.smi-spec.io/v1alpha3
+kind: TrafficTarget
+metadata: {name: web-to-v1, namespace: t}
+spec:
+  destination: {kind: ServiceAccount, name: api-v1, namespace: t}
+  rules: [{kind: HTTPRouteGroup, name: everything}]
+  sources: [{kind: ServiceAccount, name: web, namespace: t}]
+---
+apiVersion: access.smi-spec.io/v1alpha3
+kind: TrafficTarget
+metadata: {name: web-to-v2, namespace: t}
+spec:
+  destination: {kind: ServiceAccount, name: api-v2, namespace: t}
+  rules: [{kind: HTTPRouteGroup, name: everything}]
+  sources: [{kind: ServiceAccount, name: web, namespace: t}]
+---
+apiVersion: split.smi-spec.io/v1alpha4
+kind: TrafficSplit
+metadata: {name: api, namespace: t}
+spec:
+  service: api
+  backends: [{service: api-v1, weight: 80}, {service: api-v2, weight: 20}]
+"""
+
+
+def scenario(directory: Path, body: dict[str, Any], smi: str = "") -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "scenario.yaml").write_text(yaml.safe_dump(body))
+    if smi:
+        (directory / "smi.yaml").write_text(smi)
+    return directory
+
+
+def simmesh(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mesh.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=timeout,
+    )
+
+
+def test_verify_runs_a_small_scenario_for_real(tmp_path: Path) -> None:
+    body = {
+        "duration": 6,
+        "seed": 5,
+        "nodes": ["node-a", "node-b"],
+        "settings": {"acl": True},
+        "workloads": {
+            "t/api": {"replicas": 0},
+            "t/api-v1": {"replicas": 2, "latency": 0.005},
+            "t/api-v2": {"replicas": 1, "latency": 0.005},
+            "t/web": {"replicas": 1, "nodes": ["node-a"]},
+            "t/stranger": {"replicas": 1, "nodes": ["node-b"]},
+        },
+        "traffic": [
+            {"name": "web", "from": "t/web", "to": "http://api.t.mesh/x", "rate": 60},
+            {"name": "stranger", "from": "t/stranger", "to": "http://api.t.mesh/x", "rate": 10},
+        ],
+        "timeline": [
+            {
+                "at": 2,
+                "action": "error-burst",
+                "service": "t/api-v1",
+                "replica": 0,
+                "errorRate": 1,
+                "until": 4,
+            },
+        ],
+        "slos": [{"name": "web mostly works", "traffic": "web", "successRate": 0.5}],
+    }
+    directory = scenario(tmp_path / "s", body, SMI)
+    out = tmp_path / "out"
+    result = simmesh("verify", str(directory), "--out", str(out), "--quiet")
+    assert result.returncode in (0, 1, 3), result.stdout + result.stderr
+    document = json.loads((out / "results.json").read_text())
+    real, simulated = document["real"], document["simulated"]
+    assert real["run"]["status"] == "finished"
+    rows = json.loads((out / "real" / "rows.json").read_text())["rows"]
+    # Every forwarded request was joined with the proxy's record of it; the proxy has no
+    # trace id for the ones it denied itself.
+    assert real["run"]["joined"] + real["run"]["notJoined"].get("403", 0) == len(rows) > 200
+    assert set(real["run"]["notJoined"]) <= {"403"}
+    # Identities come from the client's address: the stranger has no grant, in both runs.
+    for run in (real, simulated):
+        stranger = run["traffic"]["stranger"]
+        assert stranger["outcomes"] == {"denied": stranger["requests"]}
+        assert run["traffic"]["web"]["denied"] == 0
+    # The error burst hits one replica of v1 from 2 s to 4 s, and only then.
+    web = [r for r in rows if r[0] == 0]
+    failed = [r for r in web if r[3] == 500]
+    assert failed and all(1.9 <= start < 4.2 for _, start, *_ in failed)
+    assert {pod for *_, pod in failed} == {"api-v1-0"}
+    during = [r for r in web if 2.3 <= r[1] < 3.7]
+    assert 0.15 <= len([r for r in during if r[3] == 500]) / len(during) <= 0.65
+    # The split sends about 20% to v2 (a binomial share of a few hundred requests).
+    shares = real["services"]["t/api"]["backends"]
+    assert 0.08 <= shares["t/api-v2"]["share"] <= 0.32
+    assert set(document["comparison"]["slosOk"]) == {"simulated", "real"}
+    assert (out / "report.html").exists() and (out / "latency.png").exists()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_up_serves_identities_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
+    body = {
+        "duration": 60,
+        "settings": {"acl": True},
+        "workloads": {
+            "t/api-v1": {"replicas": 1},
+            "t/api-v2": {"replicas": 1},
+            "t/api": {"replicas": 0},
+            "t/web": {"replicas": 1},
+        },
+        "traffic": [{"name": "web", "from": "t/web", "to": "http://api.t.mesh/", "rate": 1}],
+    }
+    directory = scenario(tmp_path / "s", body, SMI)
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mesh.cli",
+            "up",
+            str(directory),
+            "--isolation",
+            "loopback",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert process.stderr is not None
+        lines = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = process.stderr.readline()
+            lines.append(line)
+            if "curl --interface" in line or not line:
+                break
+        command = shlex.split(next(x for x in lines if "curl --interface" in x))
+        source, host, url = command[2], command[4].split(": ")[1], command[-1]
+        answer = subprocess.run(
+            ["curl", "-s", "-D", "-", "--interface", source, "-H", f"Host: {host}", url],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert "HTTP/1.1 200" in answer.stdout and "x-testapp-pod: api-v" in answer.stdout.lower()
+        denied = subprocess.run(
+            ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", f"Host: {host}", url],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert denied.stdout == "403"  # from the machine's own address: no identity
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        if process.stderr is not None:
+            process.stderr.close()
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"].startswith("interrupted")
+    pids = run["processes"]
+    assert {"controller", "proxy-node-a"} <= set(pids) and len(pids) >= 5
+    assert not [name for name, pid in pids.items() if _alive(pid)]
+
+
+@pytest.mark.skipif(netns_command() is None, reason="needs a network namespace (root)")
+def test_an_unreachable_node_times_connects_out_for_real(tmp_path: Path) -> None:
+    body = {
+        "duration": 7,
+        "seed": 2,
+        "nodes": ["node-a", "node-b"],
+        "connectTimeout": 0.4,
+        "workloads": {
+            "t/api": {"replicas": 1, "nodes": ["node-b"], "latency": 0.005},
+            "t/web": {"replicas": 1, "nodes": ["node-a"]},
+        },
+        "traffic": [
+            {
+                "name": "web",
+                "from": "t/web",
+                "to": "http://api.t.mesh/",
+                "rate": 30,
+                "method": "POST",
+            },
+        ],
+        "timeline": [{"at": 2, "action": "node-down", "node": "node-b", "until": 4.5}],
+    }
+    directory = scenario(tmp_path / "s", body)
+    out = tmp_path / "out"
+    result = simmesh("verify", str(directory), "--out", str(out), "--quiet")
+    assert result.returncode in (0, 1, 3), result.stdout + result.stderr
+    document = json.loads((out / "results.json").read_text())
+    (event, *_) = document["real"]["events"]
+    assert event["realisedFailure"] == "unreachable"
+    rows = json.loads((out / "real" / "rows.json").read_text())["rows"]
+    unreachable = [(start, end) for _, start, end, status, *_ in rows if status == 502]
+    assert len(unreachable) > 20
+    # Each waited for the connect timeout, never less; the few sent on connections the proxy
+    # had open (no timeout on this service) hung until the node came back and reset them.
+    assert all(1.9 <= start < 4.6 for start, _ in unreachable)
+    assert all(end - start >= 0.38 for start, end in unreachable)
+    assert all(end - start < 2.0 or 4.4 <= end < 6.0 for start, end in unreachable)
+    # The node's pods were started ahead and listen from 4.5 s on: nothing is refused after.
+    assert not [r for r in rows if r[1] >= 4.6 and r[3] != 200]
+    simulated = document["simulated"]["traffic"]["web"]["outcomes"]["unreachable"]
+    assert abs(simulated - len(unreachable)) <= 0.5 * len(unreachable)

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Deploy simmesh on the kind cluster: load the image, helm install the chart with it, run
+# `simmesh prepare`, and wait until `simmesh check` passes. Idempotent (helm upgrade --install).
+#
+#   tools/kind/deploy.sh [IMAGE] [HELM_ARGS...]     IMAGE defaults to simmesh/simmesh:dev
+#   e.g. tools/kind/deploy.sh simmesh/simmesh:dev --set acl=true
+#
+# The image is loaded into every node (kind load) and the chart runs it with
+# imagePullPolicy Never: a pod never tries a registry. The release and the mesh namespace are
+# both `simmesh`. The simmesh CLI (prepare, check) runs here, with the cluster's kubeconfig.
+set -euo pipefail
+LOG_TAG=deploy
+. "$(dirname "$0")/lib.sh"
+
+IMAGE=${1:-simmesh/simmesh:dev}
+shift || true
+SIMMESH=${SIMMESH:-simmesh}
+NAMESPACE=simmesh
+HELM=$(bash "$ROOT/tools/k8s-bins.sh" --print-dir)/helm
+KIND_BIN=$(bash "$ROOT/tools/kind/kind.sh")
+export KUBECONFIG=$KUBECONFIG_FILE
+
+"$KIND_BIN" get clusters 2>/dev/null | grep -qx "$CLUSTER_NAME" ||
+    die "no kind cluster $CLUSTER_NAME: run make kind-up"
+[ -x "$HELM" ] || die "no helm in $(dirname "$HELM"): run make k8s-bins"
+docker image inspect "$IMAGE" >/dev/null 2>&1 || die "no image $IMAGE: run make image"
+
+load() { "$KIND_BIN" load docker-image "$IMAGE" --name "$CLUSTER_NAME" >/dev/null; }
+
+install() {
+    local repo=${IMAGE%:*} tag=${IMAGE##*:} part id
+    id=$(docker image inspect -f '{{.Id}}' "$IMAGE")
+    local sets=()
+    for part in controller proxy; do
+        sets+=(--set "$part.image.repository=$repo" --set "$part.image.tag=$tag"
+            --set "$part.image.pullPolicy=Never"
+            # a rebuilt image under the same tag changes the pod template: helm rolls the pods
+            --set-string "$part.podAnnotations.simmesh\.io/image-id=$id")
+    done
+    "$HELM" upgrade --install simmesh "$ROOT/charts/simmesh" --namespace "$NAMESPACE" \
+        --create-namespace "${sets[@]}" "$@" --wait --timeout 180s >/dev/null
+}
+
+prepare() { "$SIMMESH" prepare --kubeconfig "$KUBECONFIG_FILE" --namespace "$NAMESPACE" >&2; }
+
+wait_check() {
+    local out
+    for _ in $(seq 1 90); do
+        if out=$("$SIMMESH" check --kubeconfig "$KUBECONFIG_FILE" --namespace "$NAMESPACE" 2>&1); then
+            echo "$out" >&2
+            return 0
+        fi
+        sleep 2
+    done
+    echo "$out" >&2
+    die "simmesh check did not pass within 180s"
+}
+
+step "kind load docker-image $IMAGE" load
+step "helm upgrade --install simmesh ${*:-}" install "$@"
+step "simmesh prepare" prepare
+step "simmesh check" wait_check
+log "simmesh is deployed; export KUBECONFIG=$KUBECONFIG_FILE"

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Build the simmesh image (the root Dockerfile) without network access during the build.
+#
+#   tools/kind/image.sh [IMAGE]        default simmesh/simmesh:dev; prints the image name
+#
+# 1. Wheels on the host: simmesh itself (pip wheel) and its runtime dependencies plus the
+#    `tracing` extra, downloaded for CPython 3.11 on manylinux x86_64 (pip download, from PyPI;
+#    cached in $SIMMESH_CACHE/image/deps-<hash of pyproject.toml>), into build/wheels.
+# 2. The base: offline (see tools/kind/lib.sh), a Debian bookworm python3 rootfs made by
+#    debootstrap (tools/kind/rootfs.sh python) and `docker import`ed as simmesh.local/python;
+#    otherwise the public python:3.11-slim-bookworm.
+# 3. docker build with the classic builder, which uses a local base image as it is.
+set -euo pipefail
+LOG_TAG=image
+. "$(dirname "$0")/lib.sh"
+
+IMAGE=${1:-simmesh/simmesh:dev}
+PYTHON=${PYTHON:-python3}
+IMAGE_CACHE=$CACHE/image
+WHEELS=$ROOT/build/wheels
+# CPython 3.11 on glibc 2.36 (bookworm): pip matches platform tags exactly, so list them all.
+PIP_TARGET=(--only-binary=:all: --python-version 3.11 --implementation cp --abi cp311)
+for v in $(seq 36 -1 5); do PIP_TARGET+=(--platform "manylinux_2_${v}_x86_64"); done
+PIP_TARGET+=(--platform manylinux2014_x86_64 --platform manylinux2010_x86_64 --platform manylinux1_x86_64)
+
+wheels() {
+    local hash deps
+    hash=$(sha256sum <"$ROOT/pyproject.toml" | cut -c1-12)
+    deps=$IMAGE_CACHE/deps-$hash
+    rm -rf "$WHEELS" && mkdir -p "$WHEELS"
+    "$PYTHON" -m pip wheel -q --no-deps --disable-pip-version-check -w "$WHEELS" "$ROOT" \
+        >"$IMAGE_CACHE/pip-wheel.log" 2>&1 || { cat "$IMAGE_CACHE/pip-wheel.log" >&2; die "pip wheel failed"; }
+    local self; self=$(ls "$WHEELS"/simmesh-*.whl)
+    if [ ! -f "$deps/.complete" ]; then
+        rm -rf "$deps" && mkdir -p "$deps"
+        log "downloading the runtime wheels for cp311 manylinux (pip download)"
+        "$PYTHON" -m pip download -q --disable-pip-version-check "${PIP_TARGET[@]}" -d "$deps" \
+            "${self}[tracing]" pip >"$deps.log" 2>&1 || { cat "$deps.log" >&2; die "pip download failed"; }
+        rm -f "$deps"/simmesh-*.whl
+        touch "$deps/.complete"
+    fi
+    cp "$deps"/*.whl "$WHEELS"/
+    log "$(ls "$WHEELS" | wc -l) wheels in build/wheels ($(du -sh "$WHEELS" | cut -f1))"
+}
+
+base_image() {
+    local reason
+    if ! reason=$(offline_reason); then echo "$PUBLIC_BASE_IMAGE"; return; fi
+    local tar tag
+    tar=$(bash "$ROOT/tools/kind/rootfs.sh" python)
+    tag=simmesh.local/python:3.11-$DEBIAN_SUITE-$(basename "$tar" .tar | sed 's/.*-//')
+    if ! docker image inspect "$tag" >/dev/null 2>&1; then
+        log "offline ($reason): importing the debootstrap python3 rootfs as $tag"
+        docker import --change 'CMD ["python3"]' \
+            --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+            "$tar" "$tag" >/dev/null
+    fi
+    echo "$tag"
+}
+
+main() {
+    mkdir -p "$IMAGE_CACHE"
+    bash "$ROOT/tools/kind/docker.sh" up
+    step "wheels" wheels
+    local base; base=$(base_image)
+    log "docker build -t $IMAGE (base $base)"
+    local t; t=$(date +%s)
+    DOCKER_BUILDKIT=0 docker build -q --force-rm --build-arg "BASE_IMAGE=$base" -t "$IMAGE" "$ROOT" >/dev/null
+    # the image this one replaced, if nothing uses it
+    docker image prune -f --filter label=org.opencontainers.image.title=simmesh >/dev/null
+    log "built $IMAGE in $(($(date +%s) - t))s: $(docker image inspect -f '{{.Size}}' "$IMAGE" | awk '{printf "%.0f MB", $1/1e6}')"
+    echo "$IMAGE"
+}
+
+main
