@@ -141,6 +141,21 @@ class TaskUpstream:
         return _TaskCall(self.send(**request), handler)
 
 
+class CallbackUpstream:
+    """``send`` for a client written as ``start`` (callbacks): the mirror of TaskUpstream."""
+
+    start: Callable[..., Call]
+
+    async def send(self, **request: Any) -> Response:
+        waiter = Waiter()
+        call = self.start(waiter, **request)
+        try:
+            return await waiter.future
+        except asyncio.CancelledError:
+            call.cancel()
+            raise
+
+
 class Waiter:
     """A :class:`Handler` that a coroutine awaits (``Upstream.send`` over ``start``)."""
 

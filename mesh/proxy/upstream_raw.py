@@ -47,7 +47,14 @@ import httptools
 from mesh.core.policies import IDEMPOTENT_METHODS, Failure
 from mesh.proxy.body import Body, ClientGone
 from mesh.proxy.headers import Outgoing, body_framing, encode_head, head_block, status_line
-from mesh.proxy.upstream import Call, Handler, Response, Upstream, UpstreamError, Waiter
+from mesh.proxy.upstream import (
+    Call,
+    CallbackUpstream,
+    Handler,
+    Response,
+    Upstream,
+    UpstreamError,
+)
 
 HIGH_WATER = 256 * 1024  # response bytes queued before reading from the upstream pauses
 _FRAMING = frozenset({"content-length", "transfer-encoding"})
@@ -580,7 +587,7 @@ class _Attempt:
             self.conn = None
 
 
-class RawUpstream:
+class RawUpstream(CallbackUpstream):
     """:class:`~mesh.proxy.upstream.Upstream` for ``http``; ``https`` goes to ``fallback``."""
 
     def __init__(
@@ -705,40 +712,6 @@ class RawUpstream:
         else:
             attempt.begin(conn, reused=True)
         return attempt
-
-    async def send(
-        self,
-        *,
-        scheme: str,
-        ip: str,
-        port: int,
-        method: str,
-        authority: str,
-        path: str,
-        headers: Outgoing | list[tuple[str, str]],
-        body: Body,
-        timeout: float | None,
-        server_name: str | None,
-    ) -> Response:
-        waiter = Waiter()
-        call = self.start(
-            waiter,
-            scheme=scheme,
-            ip=ip,
-            port=port,
-            method=method,
-            authority=authority,
-            path=path,
-            headers=headers,
-            body=body,
-            timeout=timeout,
-            server_name=server_name,
-        )
-        try:
-            return await waiter.future
-        except asyncio.CancelledError:
-            call.cancel()
-            raise
 
     async def close(self) -> None:
         if self._sweeper is not None:
