@@ -26,11 +26,13 @@ test: setup lint
 	$(BIN)/pytest
 
 # Coverage-guided fuzzing (atheris) of the manifest reader, the config decoder and the HTTP
-# front end; FUZZ_SECONDS per target. Inputs that crash are kept in out/fuzz/.
+# front end; FUZZ_SECONDS per target, FUZZ_SEED fixed to replay a run (CI uses 1).
+# Inputs that crash are kept in out/fuzz/.
 FUZZ_SECONDS ?= 20
+FUZZ_SEED ?= 0
 fuzz: setup
 	$(BIN)/python -c "import atheris" 2>/dev/null || $(BIN)/pip install -q 'atheris>=2.3'
-	$(BIN)/python -m fuzz.run --seconds $(FUZZ_SECONDS)
+	$(BIN)/python -m fuzz.run --seconds $(FUZZ_SECONDS) --seed $(FUZZ_SEED)
 
 sim: setup
 	$(BIN)/simmesh sim scenarios/canary --out out/sim/canary

@@ -2,8 +2,9 @@
 
 Targets: manifests (the manifest reader and the core behind it), config (the proxy's config
 decoder) and http1 (the HTTP front end over a real socket). Seeds are in fuzz/seeds/<target>;
-a crash leaves its input in out/fuzz/ (``crash-*``) and makes this exit 1. Run one target by
-hand with ``python -m fuzz.<target> out/fuzz/<target> fuzz/seeds/<target>``.
+a crash leaves its input in out/fuzz/ (``crash-*``) and makes this exit 1. CI runs with
+``--seed 1`` on an empty corpus, so what it tries is what the same command tries here.
+Run one target by hand with ``python -m fuzz.<target> out/fuzz/<target> fuzz/seeds/<target>``.
 """
 
 from __future__ import annotations
@@ -20,11 +21,24 @@ TARGETS = ("manifests", "config", "http1")
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=20, help="per target")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="libFuzzer's -seed (0: a new one each run); a fixed seed on an empty corpus "
+        "replays the same inputs, which is how CI runs it",
+    )
+    parser.add_argument(
+        "--corpus",
+        type=Path,
+        default=ROOT / "out" / "fuzz",
+        help="where each target's corpus grows (default out/fuzz/<target>)",
+    )
     parser.add_argument("targets", nargs="*", default=list(TARGETS))
     args = parser.parse_args()
     failed = []
     for target in args.targets:
-        corpus = ROOT / "out" / "fuzz" / target
+        corpus = args.corpus / target
         corpus.mkdir(parents=True, exist_ok=True)
         command = [
             sys.executable,
@@ -38,6 +52,8 @@ def main() -> int:
             f"-artifact_prefix={ROOT / 'out' / 'fuzz'}/{target}-",
             "-print_final_stats=1",
         ]
+        if args.seed:
+            command.append(f"-seed={args.seed}")
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
         stats = [line for line in done.stderr.splitlines() if line.startswith(("Done ", "stat::"))]
         runs = next((line for line in stats if line.startswith("Done ")), "no runs")

@@ -31,7 +31,7 @@ from bisect import bisect_right
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from itertools import accumulate
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import simpy
@@ -41,17 +41,14 @@ from mesh.core.lifecycle import (
     Answer,
     Command,
     Deliver,
-    Delivered,
-    Failed,
     Lifecycle,
-    Responded,
     Send,
     Wait,
 )
 from mesh.core.parse import parse_objects
 from mesh.core.policies import Failure, Outcome
 from mesh.core.request import Request
-from mesh.core.routing import Decision, Engine, Route, Router
+from mesh.core.routing import Decision, Engine, Reason, Route, Router
 from mesh.core.topology import build_topology
 from sim.metrics import Recorder, RunFacts
 from sim.outages import InFlight, Outage, connect_failure_delay, cut
@@ -99,7 +96,7 @@ class _Stream:
     index: int
     cumulative: list[float] = field(default_factory=list)
     route: Route | None = None
-    requests: dict[RequestKind, Request] = field(default_factory=dict)
+    requests: list[Request] = field(default_factory=list)  # the canonical form of each mix item
     generation: int = -1
 
 
@@ -205,36 +202,31 @@ class Simulation:
         self.started += 1
         traffic = stream.traffic
         mix = traffic.mix
-        kind = (
-            mix[0]
+        index = (
+            0
             if len(mix) == 1
-            else mix[
-                bisect_right(stream.cumulative, self.rng_arrivals.random() * stream.cumulative[-1])
-            ]
+            else bisect_right(stream.cumulative, self.rng_arrivals.random() * stream.cumulative[-1])
         )
-        flight = _Flight(self, stream, kind, done)
-        route = self._resolve(stream)
-        if route is None or route.listener is None:
-            flight.ready = self.resources.arrive(traffic.node, flight.start, attempt=False)
-            flight.answer(404)
-            return
-        flight.route = route
+        kind = mix[index]
+        now = self.env.now
+        route = stream.route if stream.generation == self.generation else self._resolve(stream)
         engine = self.engines[traffic.node]
-        if traffic.protocol == "http":
+        if route is None or route.listener is None:
+            decision = Decision(Reason.UNKNOWN_HOST, f"no meshed service answers to {traffic.host}")
+        elif traffic.protocol == "http":
             decision = engine.decide_http(
                 listener=route.listener,
-                request=stream.requests[kind],
+                request=stream.requests[index],
                 source=traffic.source,
-                now=flight.start,
+                now=now,
                 rng=self.rng_route,
             )
         else:
             decision = engine.decide_flow(
-                listener=route.listener, source=traffic.source, now=flight.start, rng=self.rng_route
+                listener=route.listener, source=traffic.source, now=now, rng=self.rng_route
             )
-        attempt = decision.endpoint is not None
-        flight.ready = self.resources.arrive(traffic.node, flight.start, attempt=attempt)
-        flight.begin(engine, decision)
+        ready = self.resources.arrive(traffic.node, now, attempt=decision.endpoint is not None)
+        _Flight(self, stream, kind, done, engine, decision, now, ready).begin()
 
     def _attempt(
         self, ip: str, timeout: float | None, *, sent: float, node: str, flight: _Flight
@@ -417,7 +409,7 @@ class Simulation:
         for index, traffic in enumerate(self.scenario.traffic):
             stream = _Stream(traffic, index, list(accumulate(k.weight for k in traffic.mix)))
             authority = f"{traffic.host}:{traffic.port}"
-            stream.requests = {k: k.request(authority) for k in traffic.mix}
+            stream.requests = [k.request(authority) for k in traffic.mix]
             if traffic.rate > 0:
                 env.process(self._open_loop(stream))
             for _ in range(traffic.users):
@@ -452,105 +444,97 @@ _OUTAGES = {"endpoint-down": True, "endpoint-up": False, "node-down": True, "nod
 _POLICY = {"apply", "delete", "set-split", "set-policy"}
 
 
-class _Flight:
-    """One request in flight: the core's lifecycle performed with simulated pods and time, and
-    at the end its one record. Every decision (attempts, retries, backoff, timeouts, the final
-    answer) is the lifecycle's (mesh.core.lifecycle); this class only runs its commands."""
-
-    __slots__ = (
-        "decision",
-        "done",
-        "epoch",
-        "kind",
-        "life",
-        "ready",
-        "route",
-        "sim",
-        "start",
-        "status",
-        "stream",
-    )
+class _Flight(Lifecycle):
+    """One request in flight: the core's lifecycle (mesh.core.lifecycle), performed with
+    simulated pods and time, and at the end its one record. Every decision (attempts, retries,
+    backoff, timeouts, the final answer) is the lifecycle's; this subclass only runs its
+    commands (one object per request: a request is the simulator's unit of work)."""
 
     def __init__(
-        self, sim: Simulation, stream: _Stream, kind: RequestKind, done: simpy.Event | None
+        self,
+        sim: Simulation,
+        stream: _Stream,
+        kind: RequestKind,
+        waiter: simpy.Event | None,
+        engine: Engine,
+        decision: Decision,
+        now: float,
+        ready: float,
     ) -> None:
+        super().__init__(
+            engine, decision, method=kind.method, replayable=True, rng=sim.rng_route, now=now
+        )
         self.sim = sim
         self.stream = stream
-        self.kind = kind
-        self.done = done
-        self.start = sim.env.now
-        self.route: Route | None = None
-        self.decision: Decision | None = None
-        self.life: Lifecycle | None = None
+        self.waiter = waiter  # a closed-loop user waiting for the answer
         self.status = 0
-        self.ready = self.start  # when the proxy can act on the request next
+        self.ready = ready  # when the proxy can act on the request next
         self.epoch = 0  # changes when an attempt's outcome is replaced (its pod went down)
 
-    def answer(self, status: int) -> None:
-        """The proxy answers itself (before any attempt): once it has read the request."""
-        self.record(status, bytes_out=0)
-
-    def begin(self, engine: Engine, decision: Decision) -> None:
-        self.decision = decision
-        life = self.life = Lifecycle(
-            engine,
-            decision,
-            method=self.kind.method,
-            replayable=True,
-            rng=self.sim.rng_route,
-            now=self.start,
-        )
-        self.perform(life.start())
+    def begin(self) -> None:
+        command = self.start()
+        if type(command) is Send:
+            self.send(command)
+        else:
+            self.perform(command)
 
     def perform(self, command: Command | None) -> None:
-        env = self.sim.env
-        if isinstance(command, Send):
-            node = self.stream.traffic.node
-            if command.attempt == 1:  # sent in the turn that decided it (resources.arrive)
-                sent = self.ready
-            else:
-                now = env.now
-                sent = self.sim.resources.send(node, self.ready if self.ready > now else now)
-            outcome = self.sim._attempt(
-                command.endpoint.ip, command.timeout, sent=sent, node=node, flight=self
-            )
-            self.expect(outcome)
-        elif isinstance(command, Wait):
-            env.timeout(command.delay).callbacks.append(self.resumed)
-        elif isinstance(command, Deliver):
+        kind = type(command)
+        if kind is Send:
+            assert isinstance(command, Send)
+            self.send(command)
+        elif kind is Deliver:
+            assert isinstance(command, Deliver)
             self.status = command.status or 200
-            self.perform(self._life.handle(Delivered(), env.now))
-        elif isinstance(command, Answer):
+            self.perform(self.delivered(self.sim.env.now))
+        elif kind is Answer:
+            assert isinstance(command, Answer)
             self.record(command.status, bytes_out=0)
+        elif kind is Wait:
+            assert isinstance(command, Wait)
+            self.sim.env.timeout(command.delay).callbacks.append(self.resumed)
         else:
             self.record(self.status, bytes_out=self.sim.response_bytes)
+
+    def send(self, command: Send) -> None:
+        """An attempt: its outcome comes from the pod, after simulated time."""
+        sim = self.sim
+        node = self.stream.traffic.node
+        if command.attempt == 1:  # sent in the turn that decided it (resources.arrive)
+            sent = self.ready
+        else:
+            now = sim.env.now
+            sent = sim.resources.send(node, self.ready if self.ready > now else now)
+        outcome = sim._attempt(
+            command.endpoint.ip, command.timeout, sent=sent, node=node, flight=self
+        )
+        self.expect(outcome)
 
     def expect(self, outcome: Outcome) -> None:
         """The attempt's outcome reaches the proxy after ``outcome.latency`` (unless a pod
         that goes down replaces it first: see Simulation._take_down)."""
-        epoch = self.epoch
-        self.sim.env.timeout(outcome.latency).callbacks.append(
-            lambda _: self.attempted(outcome, epoch)
-        )
+        event = self.sim.env.timeout(outcome.latency, (outcome, self.epoch))
+        event.callbacks.append(self.attempted)
 
-    @property
-    def _life(self) -> Lifecycle:
-        assert self.life is not None
-        return self.life
-
-    def attempted(self, outcome: Outcome, epoch: int) -> None:
+    def attempted(self, event: simpy.Event) -> None:
+        outcome, epoch = cast(tuple[Outcome, int], event.value)
         if epoch != self.epoch:
             return  # replaced: the pod went down while this attempt was in flight
         now = self.ready = self.sim.env.now
         if outcome.failure is not None:
-            event: Responded | Failed = Failed(outcome.failure)
+            self.perform(self.failed(outcome.failure, now))
+            return
+        command = self.responded(outcome.status, now)
+        if type(command) is Deliver:  # most requests: relayed, and over
+            self.status = command.status or 200
+            self.delivered(now)
+            self.record(self.status, bytes_out=self.sim.response_bytes)
         else:
-            event = Responded(outcome.status)
-        self.perform(self._life.handle(event, now))
+            self.perform(command)
 
     def resumed(self, _: simpy.Event) -> None:
         self.ready = self.sim.env.now
-        self.perform(self._life.resume(self.ready))
+        self.perform(self.resume(self.ready))
 
     def record(self, status: int, *, bytes_out: int) -> None:
         """The answer leaves the proxy and reaches the client (resources.py): its one row."""
@@ -559,43 +543,44 @@ class _Flight:
         end = sim.resources.deliver(
             self.stream.traffic.node, self.ready if self.ready > now else now, bytes_out
         )
-        tries = self.life.tries if self.life is not None else 0
+        tries = self.tries
         if not tries:
             end += sim.scenario.proxy_latency  # answered by the proxy itself
-        route, decision = self.route, self.decision
+        decision = self.decision
+        route = decision.route
         # The backend is the one that got the request: none when the proxy answered itself.
-        cluster = decision.cluster if decision is not None and tries else None
+        cluster = decision.cluster if tries else None
         sim.recorder.record(
             self.stream.index,
             route.service if route is not None else None,
             cluster.service if cluster is not None else None,
             status,
-            self.start,
+            self.started,
             end,
             tries,
         )
-        trace = self.sim.trace
+        trace = sim.trace
         if trace is not None:
-            attempts = self.life.attempts if self.life is not None else []
             trace.append(
                 {
-                    "at": self.start,
+                    "at": self.started,
                     "status": status,
                     "attempts": [
                         [e.key, o.failure.value if o.failure is not None else o.status]
-                        for e, o in attempts
+                        for e, o in self.attempts
                     ],
                 }
             )
-        if self.done is not None:
+        waiter = self.waiter
+        if waiter is not None:
             if end > now:
                 sim.env.timeout(end - now).callbacks.append(self._done)
             else:
-                self.done.succeed()
+                waiter.succeed()
 
     def _done(self, _: simpy.Event) -> None:
-        assert self.done is not None
-        self.done.succeed()
+        assert self.waiter is not None
+        self.waiter.succeed()
 
 
 def _plain(params: dict[str, Any]) -> dict[str, Any]:

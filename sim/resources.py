@@ -99,6 +99,7 @@ class Resources:
         "half_app",
         "half_client",
         "half_request",
+        "local",
         "network",
         "per_attempt",
         "per_byte",
@@ -127,6 +128,7 @@ class Resources:
         self.network = Network(
             profile.network_local, profile.network_remote, tuple(profile.network_pairs.items())
         )
+        self.local = profile.network_local
 
     def _visit(self, loop: Loop, at: float, work: float) -> float:
         """Loop.visit with a wake-up sample drawn only when the loop is asleep (this runs
@@ -149,9 +151,10 @@ class Resources:
     def arrive(self, node: str, now: float, *, attempt: bool) -> float:
         """When the node's proxy has read and decided a request a client sent at ``now`` and,
         with ``attempt``, sent its first attempt (in the same turn of its loop)."""
-        sent = self._visit(self.client, now, self.half_client)
+        visit = self._visit
+        sent = visit(self.client, now, self.half_client)
         work = self.half_request + self.per_attempt if attempt else self.half_request
-        return self._visit(self.proxies[node], sent + self.network.local, work)
+        return visit(self.proxies[node], sent + self.local, work)
 
     def send(self, node: str, at: float) -> float:
         """When a retry the proxy starts at ``at`` leaves it."""
@@ -167,8 +170,9 @@ class Resources:
     def deliver(self, node: str, at: float, size: int) -> float:
         """When the client has the answer the proxy starts sending at ``at``."""
         work = self.half_request + size * self.per_byte if size else self.half_request
-        out = self._visit(self.proxies[node], at, work)
-        return self._visit(self.client, out + self.network.local, self.half_client)
+        visit = self._visit
+        out = visit(self.proxies[node], at, work)
+        return visit(self.client, out + self.local, self.half_client)
 
 
 def _quantiles(spec: object, count: int, rng: random.Random) -> list[float]:

@@ -41,9 +41,11 @@ from mesh.core.policies import FAILURE_ANSWERS, Failure, Outcome, Rng
 from mesh.core.routing import Decision, Endpoint, Engine
 
 # -- commands (lifecycle -> driver) -------------------------------------------------------------
+# Plain slotted dataclasses, not frozen ones: a frozen dataclass costs three times as much to
+# build, and two commands are built for every request the proxy or the simulator runs.
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Send:
     """Try ``endpoint``; give up on it after ``timeout`` seconds (None: no limit)."""
 
@@ -52,14 +54,14 @@ class Send:
     attempt: int  # 1 for the first try
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Wait:
     """Back off for ``delay`` seconds, then call :meth:`Lifecycle.resume`."""
 
     delay: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Deliver:
     """Relay the last attempt's response (``status``; None: a connected flow) to the client,
     then report :class:`Delivered`."""
@@ -67,7 +69,7 @@ class Deliver:
     status: int | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Answer:
     """Answer the client with this status and reason; nothing (more) goes upstream."""
 
@@ -125,6 +127,15 @@ class State(Enum):
 
 
 _NEUTRAL = Outcome(status=None)
+# The states as module constants: an Enum member lookup costs more than the comparison, and
+# the machine compares states several times per request.
+_IDLE, _TRYING, _WAITING, _DELIVERING, _DONE = (
+    State.IDLE,
+    State.TRYING,
+    State.WAITING,
+    State.DELIVERING,
+    State.DONE,
+)
 
 
 class LifecycleError(RuntimeError):
@@ -132,28 +143,18 @@ class LifecycleError(RuntimeError):
 
 
 class Lifecycle:
-    __slots__ = (
-        "_open",
-        "_retrying",
-        "answer",
-        "attempts",
-        "deadline",
-        "decision",
-        "default_timeout",
-        "detail",
-        "endpoint",
-        "engine",
-        "method",
-        "outcome",
-        "pending",
-        "replayable",
-        "rng",
-        "sent_at",
-        "started",
-        "state",
-        "timeout",
-        "tried",
-    )
+    # What most requests never change is a class default (no slots): building a lifecycle is
+    # part of every request's cost in the proxy and in the simulator.
+    state: State = _IDLE
+    tries = 0  # attempts sent
+    endpoint: Endpoint | None = None  # the attempt in progress or delivered
+    pending: Endpoint | None = None  # the next attempt, while backing off
+    timeout: float | None = None  # the current attempt's
+    outcome: Outcome | None = None  # the last attempt's
+    answer: Answer | None = None
+    detail = ""
+    _open = False  # the current attempt awaits Engine.finish
+    _retrying = False  # counted in the route's active retries
 
     def __init__(
         self,
@@ -173,37 +174,32 @@ class Lifecycle:
         self.method = method
         self.replayable = replayable
         self.rng = rng
-        self.started = now
+        self.started = self.sent_at = now
         self.default_timeout = default_timeout
-        limit = decision.policy.request_timeout
+        policy = decision.policy
+        limit = policy.request_timeout
         self.deadline = now + limit if limit is not None else None
-        self.state = State.IDLE
-        self.tried: list[Endpoint] = []
         self.attempts: list[tuple[Endpoint, Outcome]] = []  # each attempt as reported
-        self.endpoint: Endpoint | None = None  # the attempt in progress or delivered
-        self.pending: Endpoint | None = None  # the next attempt, while backing off
-        self.sent_at = now
-        self.timeout: float | None = None  # the current attempt's
-        self.outcome: Outcome | None = None  # the last attempt's
-        self.answer: Answer | None = None
-        self.detail = ""
-        self._open = False  # the current attempt awaits Engine.finish
-        self._retrying = False  # counted in the route's active retries
+        retry = policy.retry
+        self._counted = retry is not None and retry.budget is not None  # for the retry budget
 
     # -- the driver's calls -------------------------------------------------------------------
 
     def start(self) -> Command:
         """The first command: the first attempt, or the decision's own answer."""
-        self._expect(State.IDLE, "start")
+        if self.state is not _IDLE:
+            raise LifecycleError(f"start in state {self.state.value}")
         d = self.decision
         if not d.allowed or d.endpoint is None:
+            self._counted = False
             return self._finish_with(d.status or 503, d.reason.value, d.detail)
-        self.engine.request_started(d)
+        if self._counted:
+            self.engine.request_started(d)
         return self._send(d.endpoint, self.started)
 
     def resume(self, now: float) -> Command:
         """After a :class:`Wait`: the next attempt."""
-        self._expect(State.WAITING, "resume")
+        self._expect(_WAITING, "resume")
         endpoint = self.pending
         assert endpoint is not None
         self.pending = None
@@ -211,29 +207,75 @@ class Lifecycle:
 
     def handle(self, event: Event, now: float) -> Command | None:
         """Feed one event; the next command, or None when the request is over."""
-        if isinstance(event, Abandoned):
-            self._abandon(now)
-            return None
         if isinstance(event, Responded):
-            self._expect(State.TRYING, "a response")
-            return self._responded(event, now)
+            return self.responded(event.status, now)
         if isinstance(event, Failed):
-            self._expect(State.TRYING, "a failure")
-            failure = event.failure
-            if failure is Failure.CONNECT and event.partial and not self.replayable:
-                failure = Failure.RESET  # some of the body went out: it was sent after all
-            self.detail = event.detail
-            return self._failed(Outcome(None, failure, now - self.sent_at), now, response=False)
-        self._expect(State.DELIVERING, "the end of a delivery")
-        return self._delivered(event, now)
+            return self.failed(event.failure, now, event.detail, partial=event.partial)
+        if isinstance(event, Delivered):
+            return self.delivered(now, event.failure, event.detail, started=event.started)
+        self.abandoned(now)
+        return None
+
+    # The events as methods, for drivers that run one per request (no event object built).
+
+    def responded(self, status: int | None, now: float) -> Command | None:
+        """:class:`Responded`."""
+        if self.state is not _TRYING:
+            raise LifecycleError(f"a response in state {self.state.value}")
+        outcome = self.outcome = Outcome(status, None, now - self.sent_at)
+        if status is not None and status >= 500:
+            return self._failed(outcome, now, response=True)
+        self.state = _DELIVERING
+        return Deliver(status)
+
+    def failed(
+        self, failure: Failure, now: float, detail: str = "", *, partial: bool = False
+    ) -> Command | None:
+        """:class:`Failed`."""
+        if self.state is not _TRYING:
+            raise LifecycleError(f"a failure in state {self.state.value}")
+        if failure is Failure.CONNECT and partial and not self.replayable:
+            failure = Failure.RESET  # some of the body went out: it was sent after all
+        self.detail = detail
+        return self._failed(Outcome(None, failure, now - self.sent_at), now, response=False)
+
+    def delivered(
+        self, now: float, failure: Failure | None = None, detail: str = "", *, started: bool = True
+    ) -> Command | None:
+        """:class:`Delivered`."""
+        if self.state is not _DELIVERING:
+            raise LifecycleError(f"the end of a delivery in state {self.state.value}")
+        outcome = self.outcome
+        assert outcome is not None
+        if failure is not None:
+            outcome = self.outcome = Outcome(outcome.status, failure, outcome.latency)
+        if self._open:  # (_finish_attempt, inline: this runs for every request delivered)
+            self._open = False
+            endpoint = self.endpoint
+            assert endpoint is not None
+            self.attempts.append((endpoint, outcome))
+            self.engine.finish(self.decision, endpoint, outcome, now)
+        if failure is not None and not started:
+            status, reason = FAILURE_ANSWERS[failure]
+            return self._finish_with(status, reason, detail)
+        self._end()
+        return None
+
+    def abandoned(self, now: float) -> None:
+        """:class:`Abandoned`: the client went away; the attempt ends neutral."""
+        self._abandon(now)
 
     @property
-    def tries(self) -> int:
-        return len(self.tried)
+    def tried(self) -> list[Endpoint]:
+        """The endpoints tried so far, in order."""
+        out = [endpoint for endpoint, _ in self.attempts]
+        if self._open and self.endpoint is not None:
+            out.append(self.endpoint)
+        return out
 
     @property
     def done(self) -> bool:
-        return self.state is State.DONE
+        return self.state is _DONE
 
     # -- transitions --------------------------------------------------------------------------
 
@@ -248,20 +290,13 @@ class Lifecycle:
                 self.engine.finish(self.decision, endpoint, _NEUTRAL, now)
                 return self._finish_with(504, "request-timeout", self._timeout_detail())
             timeout = left if timeout is None else min(timeout, left)
-        self.state = State.TRYING
+        self.state = _TRYING
         self.endpoint = endpoint
-        self.tried.append(endpoint)
+        self.tries += 1
         self.sent_at = now
         self.timeout = timeout
         self._open = True
-        return Send(endpoint, timeout, len(self.tried))
-
-    def _responded(self, event: Responded, now: float) -> Command | None:
-        outcome = self.outcome = Outcome(event.status, None, now - self.sent_at)
-        if outcome.failed:
-            return self._failed(outcome, now, response=True)
-        self.state = State.DELIVERING
-        return Deliver(event.status)
+        return Send(endpoint, timeout, self.tries)
 
     def _failed(self, outcome: Outcome, now: float, *, response: bool) -> Command | None:
         self.outcome = outcome
@@ -270,7 +305,7 @@ class Lifecycle:
         if nxt is not None:
             return self._retry(nxt, now)
         if response:  # the last attempt's own 5xx is relayed as it is
-            self.state = State.DELIVERING
+            self.state = _DELIVERING
             return Deliver(outcome.status)
         assert outcome.failure is not None
         status, reason = FAILURE_ANSWERS[outcome.failure]
@@ -287,47 +322,35 @@ class Lifecycle:
             return None
         if not engine.may_retry(
             d,
-            tries=len(self.tried),
+            tries=self.tries,
             method=self.method,
             replayable=self.replayable,
             outcome=outcome,
         ):
             return None
-        if not self._retrying and not engine.retry_budget_allows(d):
+        if self._counted and not self._retrying and not engine.retry_budget_allows(d):
             return None
         return engine.next_endpoint(d, tried=self.tried, now=now, rng=self.rng)
 
     def _retry(self, endpoint: Endpoint, now: float) -> Command:
-        if not self._retrying:
+        if self._counted and not self._retrying:
             self._retrying = True
             self.engine.retry_started(self.decision)
         retry = self.decision.policy.retry
         base = retry.backoff if retry is not None else 0.0
         if base > 0:
             # Exponential with full jitter, capped at ten times the base (Envoy's default).
-            ceiling = min(base * 2 ** (len(self.tried) - 1), base * 10)
-            self.state = State.WAITING
+            ceiling = min(base * 2 ** (self.tries - 1), base * 10)
+            self.state = _WAITING
             self.pending = endpoint
             return Wait(self.rng.random() * ceiling)
         return self._send(endpoint, now)
 
-    def _delivered(self, event: Delivered, now: float) -> Command | None:
-        outcome = self.outcome
-        assert outcome is not None
-        if event.failure is not None:
-            outcome = self.outcome = Outcome(outcome.status, event.failure, outcome.latency)
-        self._finish_attempt(outcome, now)
-        if event.failure is not None and not event.started:
-            status, reason = FAILURE_ANSWERS[event.failure]
-            return self._finish_with(status, reason, event.detail)
-        self._end()
-        return None
-
     def _abandon(self, now: float) -> None:
         d = self.decision
-        if self.state is State.IDLE and d.allowed and d.endpoint is not None:
+        if self.state is _IDLE and d.allowed and d.endpoint is not None:
             self.engine.finish(d, d.endpoint, _NEUTRAL, now)  # the decision's pick, never tried
-        if self.state is State.WAITING and self.pending is not None:
+        if self.state is _WAITING and self.pending is not None:
             self.engine.finish(self.decision, self.pending, _NEUTRAL, now)
             self.pending = None
         self._finish_attempt(_NEUTRAL, now)
@@ -346,15 +369,15 @@ class Lifecycle:
             self.engine.finish(self.decision, self.endpoint, outcome, now)
 
     def _end(self) -> None:
-        if self.state is State.DONE:
+        if self.state is _DONE:
             return
-        if self.state is not State.IDLE:
+        if self._counted and self.state is not _IDLE:
             self.engine.request_ended(self.decision, retried=self._retrying)
-        self.state = State.DONE
+        self.state = _DONE
 
     def _timeout_detail(self) -> str:
         limit = self.decision.policy.request_timeout
-        return f"no answer within the request timeout ({limit:g}s) after {len(self.tried)} tries"
+        return f"no answer within the request timeout ({limit:g}s) after {self.tries} tries"
 
     def _expect(self, state: State, what: str) -> None:
         if self.state is not state:

@@ -307,8 +307,12 @@ class CircuitBreaker:
         periodic = now - self._last_check >= self.spec.check_period
         if periodic:
             self._last_check = now
-        for conditions in self.spec.any_of:
-            if all(self._holds(c, now, periodic) for c in conditions):
+        holds = self._holds
+        for conditions in self.spec.any_of:  # (loops, not all(): this runs for every outcome)
+            for condition in conditions:
+                if not holds(condition, now, periodic):
+                    break
+            else:
                 return True
         return False
 

@@ -680,7 +680,9 @@ class Engine:
     def finish(self, decision: Decision, endpoint: Endpoint, outcome: Outcome, now: float) -> None:
         """Report one attempt's outcome: in-flight count and circuit breaker."""
         inflight = self.state.inflight
-        inflight[endpoint.key] = max(0, inflight.get(endpoint.key, 1) - 1)
+        key = endpoint.key
+        left = inflight.get(key, 1) - 1
+        inflight[key] = left if left > 0 else 0
         cluster = decision.cluster
         if cluster is not None and cluster.breaker is not None:
             breaker = self.breaker(cluster, endpoint)

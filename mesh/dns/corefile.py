@@ -41,7 +41,6 @@ END = "# simmesh:end"
 NOTE = "# Written by `simmesh prepare`; `simmesh cleanup` removes it. Edits here are lost."
 CUSTOM_KEY = "simmesh.server"
 DEFAULT_PORT = "53"
-DEFAULT_UPSTREAM = "/etc/resolv.conf"
 
 _LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 _DNS_NAME = re.compile(rf"^{_LABEL}(\.{_LABEL})*$")
@@ -115,7 +114,6 @@ def server_block(
     *,
     port: str | None = DEFAULT_PORT,
     indent: str = "    ",
-    upstream: str = DEFAULT_UPSTREAM,
     extra: tuple[str, ...] = (),
 ) -> list[str]:
     """The mesh zone's server block as lines (no line endings). ``port=None`` leaves the port
@@ -130,9 +128,14 @@ def server_block(
         f"{indent}{answer_rule}",
         "}",
         f"kubernetes {settings.cluster_domain}",
-        f"forward . {upstream}",
+        # A name of the zone that is not <service>.<namespace>.<zone> is no mesh name: it is
+        # answered NXDOMAIN here, never forwarded (a .mesh question must not leave the cluster).
+        # The template runs before kubernetes (CoreDNS's plugin order), on the name as
+        # rewritten: a rewritten name is no longer in the zone, so it reaches kubernetes.
+        f"template ANY ANY {settings.zone} {{",
+        f"{indent}rcode NXDOMAIN",
+        "}",
         "cache 30",
-        "loop",
         "reload",
     ]
     return [f"{key} {{", *(f"{indent}{line}" for line in body), "}"]

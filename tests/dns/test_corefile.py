@@ -27,9 +27,10 @@ mesh:53 {
         answer name ^([a-z0-9-]+)-6d61657368-([a-z0-9-]+)\\.simmesh\\.svc\\.cluster\\.local\\.$ {1}.{2}.mesh.
     }
     kubernetes cluster.local
-    forward . /etc/resolv.conf
+    template ANY ANY mesh {
+        rcode NXDOMAIN
+    }
     cache 30
-    loop
     reload
 }
 # simmesh:end

@@ -4,15 +4,17 @@ at the workloads; requests through the proxies follow SMI changes in ACL mode, a
 served while the API server restarts.
 
 The API server refuses loopback addresses in EndpointSlices, so the cluster's pod network is
-10.244.0.0/16 and the proxies run with ``--address-map 10.244.0.0/16=127.1.0.0/16``: they dial
-10.244.0.10 at 127.1.0.10 and see a client at 127.1.0.20 as pod 10.244.0.20, the local-cluster
-harness's stand-in for a pod network.
+10.244.0.0/16 and the proxies run with ``--address-map 10.244.0.0/16=127.A.0.0/16``: they dial
+10.244.0.10 at 127.A.0.10 and see a client at 127.A.0.20 as pod 10.244.0.20, the local-cluster
+harness's stand-in for a pod network. A is drawn per test session (and the proxies listen on
+127.A+1.2.x), so two sessions on one machine do not take each other's addresses.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 import threading
@@ -32,8 +34,9 @@ pytestmark = pytest.mark.k8s
 ROOT = Path(__file__).resolve().parents[2]
 NS = "e2e"
 MESH_NS = "mesh-e2e"
-PROXIES = {"node-a": "127.0.2.1", "node-b": "127.0.2.2"}
-CLIENT_IP = "127.1.0.20"  # pod 10.244.0.20 (ServiceAccount "client")
+_POD_NET = random.SystemRandom().randrange(2, 254, 2)  # the pod network is 127._POD_NET.0.0/16
+PROXIES = {"node-a": f"127.{_POD_NET + 1}.2.1", "node-b": f"127.{_POD_NET + 1}.2.2"}
+CLIENT_IP = f"127.{_POD_NET}.0.20"  # pod 10.244.0.20 (ServiceAccount "client")
 
 
 class Workload:
@@ -157,7 +160,10 @@ def service(cluster: harness.Cluster, name: str, pods: list[tuple[str, str]]) ->
 @pytest.fixture
 def mesh(apiserver: harness.Cluster, tmp_path: Path) -> Iterator[dict[str, Any]]:
     create(apiserver, "/api/v1/namespaces", {"metadata": {"name": NS}})
-    workloads = [Workload("web-v1", "127.1.0.10"), Workload("web-v2", "127.1.0.11")]
+    workloads = [
+        Workload("web-v1", f"127.{_POD_NET}.0.10"),
+        Workload("web-v2", f"127.{_POD_NET}.0.11"),
+    ]
     pod(apiserver, "web-v1", "10.244.0.10", "web", {"svc": "web"})
     pod(apiserver, "web-v2", "10.244.0.11", "web", {"svc": "web"})
     pod(apiserver, "client", "10.244.0.20", "client", {"app": "client"})
@@ -212,7 +218,7 @@ def mesh(apiserver: harness.Cluster, tmp_path: Path) -> Iterator[dict[str, Any]]
                     "--drain-timeout",
                     "2",
                     "--address-map",
-                    "10.244.0.0/16=127.1.0.0/16",
+                    f"10.244.0.0/16=127.{_POD_NET}.0.0/16",
                 ],
                 cwd=ROOT,
                 stdout=log,

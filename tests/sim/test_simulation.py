@@ -175,3 +175,17 @@ def test_results_are_json_with_per_backend_detail() -> None:
         assert {"requests", "successRate", "latency", "share", "retries", "circuitOpens"} <= set(
             stats
         )
+
+
+def test_a_host_no_service_answers_to_gets_404_from_the_proxy_alone() -> None:
+    scenario = load_scenario(
+        SCENARIOS / "quickstart", ["traffic[1].to=http://nothere.demo.mesh/metrics"]
+    )
+    sim = Simulation(scenario)
+    results = sim.run()
+    stray = results["traffic"]["frontend-to-metrics"]
+    assert stray["requests"] > 50 and stray["outcomes"] == {"not-found": stray["requests"]}
+    assert stray["retries"] == 0
+    # No backend saw them, and the other streams are untouched.
+    assert results["traffic"]["frontend-to-backend"]["successRate"] > 0.95
+    assert "nothere" not in json.dumps(results["services"])
