@@ -66,8 +66,6 @@ from mesh.proxy.tracing import Span, Tracer
 from mesh.proxy.upstream import Call, Response, Upstream, UpstreamError
 
 T = TypeVar("T")
-_RESPONDED = {status: Responded(status) for status in range(100, 600)}  # events are values
-_DELIVERED = Delivered(None)
 
 
 class Inbound:
@@ -318,9 +316,7 @@ class Exchange:
         now = time.monotonic()
         fw.metrics.attempt(self.service, now - self.sent_at)
         self.response = response
-        status = response.status
-        event = _RESPONDED.get(status) or Responded(status)
-        self._perform(life.handle(event, now))
+        self._perform(life.responded(response.status, now))
 
     def failed(self, error: UpstreamError) -> None:
         self.call = None
@@ -334,7 +330,7 @@ class Exchange:
             return
         now = time.monotonic()
         fw.metrics.attempt(self.service, now - self.sent_at)
-        command = life.handle(Failed(error.failure, error.detail, partial=body.touched), now)
+        command = life.failed(error.failure, now, error.detail, partial=body.touched)
         assert life.outcome is not None and life.outcome.failure is not None
         fw.metrics.failure(self.service, life.outcome.failure.value)
         self._perform(command)
@@ -521,12 +517,10 @@ class Forwarder:
         if life is not None and not life.done:
             # Nothing delivered (the client left, or the proxy failed before a response):
             # the attempt ends neutral, not the upstream's fault.
-            delivered = not client_gone and life.state is State.DELIVERING
-            if not delivered:
-                event: Delivered | Abandoned = Abandoned()
+            if not client_gone and life.state is State.DELIVERING:
+                life.delivered(time.monotonic(), failure)
             else:
-                event = _DELIVERED if failure is None else Delivered(failure)
-            life.handle(event, time.monotonic())
+                life.abandoned(time.monotonic())
         if failure is not None:
             self.metrics.failure(ex.service, failure.value)
         elapsed = time.monotonic() - ex.started
