@@ -7,8 +7,8 @@ requests are forwarded too), and the answer is read until the proxy closes. The 
 answer every input within seconds with nothing or with HTTP/1.x responses (an h2c client gets
 HTTP/2 frames), never log an unhandled error (a traceback from a handler or a callback is a
 finding: the logging handler below fails the input), and its engine's in-flight counts must
-return to zero. The instrumented code is the proxy's and the core's Python (aiohttp's C
-parser is not instrumented, but what it hands us is).
+return to zero. The instrumented code is the proxy's and the core's Python (httptools' C
+parser, llhttp, is not instrumented, but what it hands us is).
 """
 
 from __future__ import annotations

@@ -258,7 +258,15 @@ LAZY: dict[str, tuple[str, str, str, str]] = {
 
 
 # Packages of the optional extras (pyproject.toml), for a one-line error when one is missing.
-EXTRAS = {"simpy": "sim", "matplotlib": "sim", "numpy": "sim", "opentelemetry": "tracing"}
+EXTRAS = {
+    "simpy": "sim",
+    "matplotlib": "sim",
+    "numpy": "sim",
+    "opentelemetry": "tracing",
+    "locust": "load",
+    "gevent": "load",
+    "geventhttpclient": "load",
+}
 
 
 def _missing_extra(exc: ModuleNotFoundError) -> str:

@@ -16,6 +16,10 @@ The limits (:class:`Limits`, defaults in docs/security.md):
   document (hashing, copying, parsing) pays for. The composed node graph is measured before it
   is constructed: its size with every alias expanded must stay within ``max_nodes``, and what
   aliases add within ``max_alias_nodes``; an alias inside its own anchor (a cycle) is refused;
+- **depth, in the C parser**: libyaml's own loader (``CSafeLoader``, used when PyYAML was built
+  with it: several times faster) composes in C, so there nesting is checked on the composed
+  graph, before anything is constructed, and libyaml's own limit (1,000) is reported the same
+  way;
 - **numbers**: NaN and infinities (``.nan``, ``.inf``, ``NaN``, ``1e999``) are refused: no field
   of ours means them, and they break comparisons downstream; integers longer than Python's
   digit limit are refused with a clear message instead of a ValueError.
@@ -99,6 +103,22 @@ def read_bytes(path: Path, limits: Limits = DEFAULT_LIMITS) -> bytes:
 # -- YAML -------------------------------------------------------------------------------------
 
 
+def _finite_float(loader: Any, node: ScalarNode) -> float:
+    """Floats, but no NaN or infinities."""
+    value = yaml.constructor.SafeConstructor.construct_yaml_float(loader, node)
+    if not math.isfinite(value):
+        raise _Limit(f"{node.value!r}: NaN and infinite numbers are not accepted", node)
+    return value
+
+
+def _bounded_int(loader: Any, node: ScalarNode) -> int:
+    """Integers, with a clear message for ones too long for Python."""
+    try:
+        return yaml.constructor.SafeConstructor.construct_yaml_int(loader, node)
+    except ValueError:
+        raise _Limit(f"an integer of {len(node.value)} digits is too long", node) from None
+
+
 class _Loader(yaml.SafeLoader):
     """SafeLoader that refuses deep nesting while composing and non-finite floats."""
 
@@ -124,21 +144,21 @@ class _Loader(yaml.SafeLoader):
             raise _Limit(f"line {line}: nested deeper than {self.limits.max_depth} levels")
         super().fetch_flow_collection_start(TokenClass)
 
-    def construct_yaml_float(self, node: ScalarNode) -> float:
-        value = super().construct_yaml_float(node)
-        if not math.isfinite(value):
-            raise _Limit(f"{node.value!r}: NaN and infinite numbers are not accepted", node)
-        return value
 
-    def construct_yaml_int(self, node: ScalarNode) -> int:
-        try:
-            return super().construct_yaml_int(node)
-        except ValueError:
-            raise _Limit(f"an integer of {len(node.value)} digits is too long", node) from None
+_Loader.add_constructor("tag:yaml.org,2002:float", _finite_float)
+_Loader.add_constructor("tag:yaml.org,2002:int", _bounded_int)
 
+_CLoader: Any = None
+if getattr(yaml, "__with_libyaml__", False):
 
-_Loader.add_constructor("tag:yaml.org,2002:float", _Loader.construct_yaml_float)
-_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
+    class _FastLoader(yaml.CSafeLoader):
+        """libyaml's scanner, parser and composer; our constructors for numbers."""
+
+        limits: Limits = DEFAULT_LIMITS
+
+    _FastLoader.add_constructor("tag:yaml.org,2002:float", _finite_float)
+    _FastLoader.add_constructor("tag:yaml.org,2002:int", _bounded_int)
+    _CLoader = _FastLoader
 
 
 class _Measure:
@@ -152,7 +172,7 @@ class _Measure:
         self.aliased = 0
 
     def document(self, node: Node) -> None:
-        self.total += self.size(node)
+        self.total += self.size(node, 1)
         self._check(node)
 
     def _check(self, node: Node) -> None:
@@ -165,7 +185,7 @@ class _Measure:
                 node,
             )
 
-    def size(self, node: Node) -> int:
+    def size(self, node: Node, depth: int) -> int:
         key = id(node)
         known = self.sizes.get(key)
         if known is not None:  # a node seen before: an alias to it
@@ -177,14 +197,16 @@ class _Measure:
         if isinstance(node, ScalarNode):
             self.sizes[key] = 1
             return 1
+        if depth > self.limits.max_depth:
+            raise _Limit(f"nested deeper than {self.limits.max_depth} levels", node)
         self.open.add(key)
         total = 1
         if isinstance(node, SequenceNode):
             for item in node.value:
-                total += self.size(item)
+                total += self.size(item, depth + 1)
         elif isinstance(node, MappingNode):
             for name, value in node.value:
-                total += self.size(name) + self.size(value)
+                total += self.size(name, depth + 1) + self.size(value, depth + 1)
         self.open.discard(key)
         self.sizes[key] = total
         if total > self.limits.max_nodes:
@@ -193,7 +215,7 @@ class _Measure:
 
 
 def _yaml_documents(data: bytes | str, limits: Limits) -> Iterator[Any]:
-    loader = _Loader(data)
+    loader = (_CLoader or _Loader)(data)
     loader.limits = limits
     measure = _Measure(limits)
     try:
@@ -214,6 +236,12 @@ def load_yaml_all(data: bytes | str, *, name: str, limits: Limits = DEFAULT_LIMI
     except _Limit as exc:
         raise DocumentError(f"{name}: {exc}") from None
     except yaml.YAMLError as exc:
+        if "maximum nesting depth" in str(exc):  # libyaml's own limit, far beyond ours
+            mark = getattr(exc, "problem_mark", None)
+            where = f"line {mark.line + 1}: " if mark is not None else ""
+            raise DocumentError(
+                f"{name}: {where}nested deeper than {limits.max_depth} levels"
+            ) from None
         raise DocumentError(f"{name}: not valid YAML: {one_line(exc)}") from None
     except (UnicodeDecodeError, ValueError) as exc:
         raise DocumentError(f"{name}: not valid YAML: {one_line(exc)}") from None

@@ -1,7 +1,8 @@
 """Structured access log: one JSON object per line on stdout, per request, connection or
 UDP session. Off by default (``--access-log``); the proxy calls :meth:`AccessLog.write` only
 when it is on, so a disabled log costs nothing on the hot path. Lines are flushed at most every
-0.2 s (and at exit), not one write system call per request.
+0.2 s (and at exit), not one write system call per request; with ``--workers`` every line is
+flushed at once, so lines of several processes on one stdout never interleave.
 """
 
 from __future__ import annotations

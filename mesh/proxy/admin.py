@@ -2,38 +2,51 @@
 
 ``/healthz`` answers 200 while the process runs; ``/readyz`` 200 only once a config has been
 applied and while not draining (a Kubernetes readiness probe keeps new traffic away until
-then); ``/metrics`` is this proxy's own registry; ``/config`` is JSON: version, listeners
-(open or why not), counts, and the config source's state.
+then); ``/metrics`` is the proxy's registry (with ``--workers``, every worker's, added up);
+``/config`` is JSON: version, listeners (open or why not), counts, and the config source's
+state. What it serves comes from a :class:`Status`: one proxy process, or the supervisor of
+several (:mod:`mesh.proxy.workers`).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-if TYPE_CHECKING:
-    from mesh.proxy.proxy import Proxy
+
+class Status(Protocol):
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def draining(self) -> bool: ...
+
+    @property
+    def version(self) -> str | None: ...
+
+    async def metrics_text(self) -> bytes: ...
+
+    async def summary(self) -> dict[str, Any]: ...
 
 
-def admin_app(proxy: Proxy) -> web.Application:
+def admin_app(status: Status) -> web.Application:
     async def healthz(request: web.Request) -> web.Response:
         return web.Response(text="ok\n")
 
     async def readyz(request: web.Request) -> web.Response:
-        if proxy.ready:
-            return web.Response(text=f"ready {proxy.snapshot.version if proxy.snapshot else ''}\n")
-        why = "draining" if proxy.draining else "no config applied yet"
+        if status.ready:
+            return web.Response(text=f"ready {status.version or ''}\n")
+        why = "draining" if status.draining else "no config applied yet"
         return web.Response(status=503, text=f"not ready: {why}\n")
 
     async def metrics(request: web.Request) -> web.Response:
-        return web.Response(
-            body=proxy.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST}
-        )
+        body = await status.metrics_text()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def config(request: web.Request) -> web.Response:
-        return web.json_response(proxy.summary())
+        return web.json_response(await status.summary())
 
     app = web.Application()
     app.router.add_get("/healthz", healthz)
@@ -43,12 +56,15 @@ def admin_app(proxy: Proxy) -> web.Application:
     return app
 
 
-async def start_admin(proxy: Proxy, host: str, port: int) -> tuple[web.AppRunner, int]:
-    runner = web.AppRunner(admin_app(proxy), access_log=None)
+async def start_admin(status: Status, host: str, port: int) -> tuple[web.AppRunner, int]:
+    """Serve ``status`` on ``host:port`` (0: any free port); the runner and the bound port."""
+    runner = web.AppRunner(admin_app(status), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
-    await site.start()
-    server = site._server
-    sockets = getattr(server, "sockets", None) or []
-    actual = sockets[0].getsockname()[1] if sockets else port
-    return runner, int(actual)
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    addresses = runner.addresses
+    return runner, int(addresses[0][1]) if addresses else port

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import logging
+import os
 import signal
 import ssl
 import sys
@@ -28,8 +28,10 @@ from typing import Any
 from mesh import argtypes
 from mesh.core.config import MeshConfig
 from mesh.proxy.addresses import AddressMap
-from mesh.proxy.proxy import Options, Proxy
+from mesh.proxy.options import Options
+from mesh.proxy.proxy import Proxy, settle_memory
 from mesh.proxy.sources import ControllerSource, FileSource, read_token
+from mesh.proxy.workers import Supervisor, runner
 
 _TIMEOUT = argtypes.seconds(high=86400.0)
 
@@ -90,6 +92,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a request body that sends nothing for this long is cut (408, or RST_STREAM)",
     )
     tuning.add_argument(
+        "--write-timeout",
+        type=_TIMEOUT,
+        default=30.0,
+        metavar="SECONDS",
+        help="a client that reads nothing of its response for this long is cut",
+    )
+    tuning.add_argument(
         "--upstream-timeout",
         type=_TIMEOUT,
         default=60.0,
@@ -133,6 +142,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--log-level", default="info", choices=("debug", "info", "warning", "error")
     )
     tuning.add_argument("--no-uvloop", action="store_true", help="use asyncio's own event loop")
+    tuning.add_argument(
+        "--workers",
+        type=argtypes.integer(low=1, high=256),
+        default=1,
+        metavar="N",
+        help="processes serving the same listeners (SO_REUSEPORT), one event loop each",
+    )
     parser.add_argument(
         "--address-map",
         action="append",
@@ -151,6 +167,7 @@ def options_from(args: argparse.Namespace) -> Options:
         header_timeout=args.header_timeout,
         keepalive_timeout=args.keepalive_timeout,
         body_timeout=args.body_timeout,
+        write_timeout=args.write_timeout,
         upstream_timeout=args.upstream_timeout,
         max_connections=args.max_connections,
         max_response_header_size=args.max_response_header_size,
@@ -161,33 +178,25 @@ def options_from(args: argparse.Namespace) -> Options:
         max_header_size=args.max_header_size,
         upstream_ca=args.upstream_ca,
         address_map=AddressMap.parse(args.address_map),
+        workers=args.workers,
     )
-
-
-def settle_memory() -> None:
-    """Move what a config leaves alive (router, engine, modules) out of the cyclic GC's reach.
-
-    Garbage from the previous config is collected first; afterwards the collector only scans
-    what requests allocate, so its pauses stay short however large the config is. Young
-    collections are also made rarer: request objects are short-lived and freed by reference
-    counting, so frequent generation-0 scans mostly cost latency.
-    """
-    gc.unfreeze()
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(10_000, 20, 100)
 
 
 async def serve(args: argparse.Namespace) -> int:
     proxy = Proxy(options_from(args))
+    runs: Proxy | Supervisor = proxy
+    if args.workers > 1:
+        if args.no_uvloop:
+            os.environ["SIMMESH_NO_UVLOOP"] = "1"  # the workers' loop too
+        runs = Supervisor(proxy, log_level=args.log_level)
     try:
-        await proxy.start()
+        await runs.start()
     except OSError as exc:
-        await proxy.close()
+        await runs.close()
         raise StartError(f"--admin-port {args.admin_port} on {args.bind}: {exc}") from None
 
     async def apply(config: MeshConfig) -> bool:
-        changed = await proxy.apply(config)
+        changed = await runs.apply(config)
         if changed:
             settle_memory()
         return changed
@@ -219,21 +228,10 @@ async def serve(args: argparse.Namespace) -> int:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         log.info("draining (up to %.1fs)", args.drain_timeout)
-        await proxy.drain()
-        await proxy.close()
+        await runs.drain()
+        await runs.close()
     log.info("stopped")
     return 0
-
-
-def _runner(no_uvloop: bool) -> asyncio.Runner:
-    if not no_uvloop:
-        try:
-            import uvloop
-        except ImportError:
-            pass
-        else:
-            return asyncio.Runner(loop_factory=uvloop.new_event_loop)
-    return asyncio.Runner()
 
 
 class StartError(Exception):
@@ -279,8 +277,8 @@ def run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        with _runner(args.no_uvloop) as runner:
-            return runner.run(serve(args))
+        with runner(no_uvloop=args.no_uvloop) as loop_runner:
+            return loop_runner.run(serve(args))
     except StartError as exc:
         print(f"simmesh proxy: error: {exc}", file=sys.stderr)
         return 2

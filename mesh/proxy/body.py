@@ -59,6 +59,10 @@ class Body:
         self.timed_out = False
 
     @property
+    def reader(self) -> Reader | None:
+        return self._reader
+
+    @property
     def empty(self) -> bool:
         return (
             self._reader is None or self.length == 0 or (self.length is None and not self.chunked)
@@ -67,6 +71,15 @@ class Body:
     @property
     def replayable(self) -> bool:
         return self.empty or self.buffered is not None
+
+    def wants_buffer(self, limit: int) -> bool:
+        """Whether :meth:`buffer` would read anything (a small body with a known length)."""
+        return (
+            self._reader is not None
+            and self.buffered is None
+            and self.length is not None
+            and 0 < self.length <= limit
+        )
 
     async def buffer(self, limit: int) -> None:
         """Read a small body with a known length whole, so retries may replay it."""

@@ -1,20 +1,30 @@
 """One HTTP request driven through the core: read, decide, then perform the lifecycle.
 
-Both HTTP front ends (HTTP/1.1 and h2c) turn a request into an :class:`Inbound` and call
-:meth:`Forwarder.exchange`, which does exactly what docs/semantics.md says the core decides:
+Both HTTP front ends (HTTP/1.1 and h2c) turn a request into an :class:`Inbound` and hand it
+to :meth:`Forwarder.start` with a :class:`Front` to answer through. It does exactly what
+docs/semantics.md says the core decides:
 
 1. The request is read in its canonical form (``mesh.core.request.parse_request``: normalised
    path, combined headers; 400 when ambiguous), then ``engine.decide_http`` decides on it with
    the snapshot the request started on; a denial becomes a local answer (status, reason,
    detail) and nothing is sent upstream. What goes upstream is that canonical request.
-2. The core's :class:`~mesh.core.lifecycle.Lifecycle` runs the rest: :meth:`Forwarder._run`
+2. The core's :class:`~mesh.core.lifecycle.Lifecycle` runs the rest: the :class:`Exchange`
    performs its commands (``Send`` an attempt, ``Wait`` out a backoff, ``Answer`` 502/504 and
-   the like, ``Deliver`` a response) and feeds back what happened (``Responded``,
-   ``Failed``). Which failure is retried, where, after how long, and what the client finally
-   gets is the lifecycle's decision, the same one the simulator executes.
-3. A response to deliver is handed back to the front end, which relays its body and then
-   calls :meth:`Forwarder.complete`: only then does the lifecycle finish that attempt (so
-   in-flight counts cover the body), and metrics, access log and span are written.
+   the like, ``Deliver`` a response) and feeds back what happened (``Responded``, ``Failed``).
+   Which failure is retried, where, after how long, and what the client finally gets is the
+   lifecycle's decision, the same one the simulator executes.
+3. The exchange ends at the front end: ``front.answer(ex)`` for the proxy's own answer,
+   ``front.deliver(ex)`` for a response to relay. The front end writes it and then calls
+   :meth:`Forwarder.complete`: only then does the lifecycle finish that attempt (so in-flight
+   counts cover the body), and metrics, access log and span are written.
+
+The exchange is driven by callbacks, not a coroutine: the upstream client calls
+``responded``/``failed`` (:class:`~mesh.proxy.upstream.Handler`), a backoff is a timer, and
+only what must wait for the client (a body to buffer) runs as a task. A request on a pooled
+``http`` connection whose answer fits in one read is served with no task or future at all.
+:meth:`Forwarder.exchange` is the same as a coroutine (the h2c front end uses it). A client
+that goes away mid-way calls :meth:`Exchange.abandon`: the attempt ends neutral, not the
+upstream's fault.
 
 Flows (TCP, UDP, WebSocket upgrades) connect through :func:`connect_flow`, the same lifecycle
 with only connect failures retried."""
@@ -22,15 +32,19 @@ with only connect failures retried."""
 from __future__ import annotations
 
 import asyncio
+import math
 import random
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any, TypeVar
+from http import HTTPStatus
+from typing import Any, Protocol, TypeVar
 
 from mesh.core.lifecycle import (
     Abandoned,
     Answer,
     Command,
+    Deliver,
     Delivered,
     Failed,
     Lifecycle,
@@ -42,13 +56,14 @@ from mesh.core.lifecycle import (
 from mesh.core.policies import Failure
 from mesh.core.request import BadRequest, Request, parse_request
 from mesh.core.routing import Decision, Endpoint, Engine, Reason
+from mesh.proxy.accesslog import AccessLog
 from mesh.proxy.body import Body, ClientGone
-from mesh.proxy.headers import request_headers
-from mesh.proxy.tracing import Span
-from mesh.proxy.upstream import Response, Upstream, UpstreamError
-
-if TYPE_CHECKING:
-    from mesh.proxy.proxy import Proxy, Snapshot
+from mesh.proxy.headers import Outgoing
+from mesh.proxy.metrics import Metrics
+from mesh.proxy.options import Options
+from mesh.proxy.snapshot import Snapshot
+from mesh.proxy.tracing import Span, Tracer
+from mesh.proxy.upstream import Call, Response, Upstream, UpstreamError
 
 T = TypeVar("T")
 
@@ -97,24 +112,50 @@ class Inbound:
         return request.host if request is not None else (self.authority or "")
 
 
+class Front(Protocol):
+    """Where an exchange ends: the front end that answers the client."""
+
+    def answer(self, ex: Exchange) -> None:
+        """Write the proxy's own answer (``ex.status``, ``ex.reason``), then ``complete``."""
+        ...
+
+    def deliver(self, ex: Exchange) -> None:
+        """Relay ``ex.response``, then ``complete``."""
+        ...
+
+
 class Exchange:
-    """One request's progress: the decision, the core's lifecycle, and what is answered."""
+    """One request's progress: the decision, the core's lifecycle performed by callbacks,
+    and what is answered."""
 
     __slots__ = (
+        "call",
         "decision",
         "detail",
+        "finished",
+        "front",
+        "fw",
+        "headers",
         "inbound",
         "life",
         "reason",
         "response",
         "retry_after",
+        "sent_at",
+        "server_name",
         "snapshot",
         "span",
         "started",
         "status",
+        "task",
+        "timer",
+        "upstream",
     )
 
-    def __init__(self, snapshot: Snapshot | None, inbound: Inbound, started: float) -> None:
+    def __init__(
+        self, fw: Forwarder | None, snapshot: Snapshot | None, inbound: Inbound, started: float
+    ) -> None:
+        self.fw = fw
         self.snapshot = snapshot
         self.inbound = inbound
         self.started = started
@@ -126,6 +167,15 @@ class Exchange:
         self.reason = "forwarded"
         self.detail = ""
         self.retry_after = 0.0
+        self.front: Front | None = None
+        self.finished = False  # complete() ran
+        self.call: Call | None = None  # the attempt in flight
+        self.timer: asyncio.TimerHandle | None = None  # a backoff
+        self.task: asyncio.Task[None] | None = None  # buffering the request body
+        self.upstream: Upstream | None = None
+        self.headers: Outgoing | None = None
+        self.server_name: str | None = None
+        self.sent_at = started
 
     def answer(self, status: int, reason: str, detail: str) -> Exchange:
         self.status = status
@@ -146,24 +196,246 @@ class Exchange:
     def tries(self) -> int:
         return self.life.tries if self.life is not None else 0
 
+    # -- performing the lifecycle -------------------------------------------------------------
+
+    def run(self) -> None:
+        """Start an allowed request: buffer a small body first (so it can be retried)."""
+        body = self.inbound.body
+        fw = self.fw
+        assert fw is not None
+        if body.wants_buffer(fw.buffer_limit):
+            self.task = asyncio.get_running_loop().create_task(self._buffer(fw.buffer_limit))
+        else:
+            self._go()
+
+    async def _buffer(self, limit: int) -> None:
+        try:
+            await self.inbound.body.buffer(limit)
+        except ClientGone as exc:
+            self.task = None
+            self._client_gone(exc)
+            return
+        self.task = None
+        self._go()
+
+    def _go(self) -> None:
+        fw, life, d = self.fw, self.life, self.decision
+        assert fw is not None and life is not None and d is not None and d.cluster is not None
+        inbound = self.inbound
+        request = inbound.request
+        assert request is not None
+        life.replayable = inbound.body.replayable
+        scheme = d.cluster.scheme
+        h2 = scheme == "h2c"
+        self.upstream = fw.h2c if h2 else fw.http
+        span = self.span = fw.tracer.start(
+            request.replaced.get("traceparent"),
+            method=inbound.method,
+            service=self.service,
+            host=request.host,
+        )
+        self.headers = Outgoing(
+            request, peer=inbound.peer, proto=inbound.proto, traceparent=span.traceparent
+        )
+        if scheme == "https" and self.snapshot is not None:
+            self.server_name = self.snapshot.server_name(d.cluster.service)
+        self._perform(life.start())
+
+    def _perform(self, command: Command | None) -> None:
+        """Perform the lifecycle's commands until one has to wait for something."""
+        life = self.life
+        fw = self.fw
+        assert life is not None and fw is not None
+        while True:
+            kind = type(command)
+            if kind is Send:
+                assert isinstance(command, Send)
+                if self.response is not None:  # a retried 5xx: its body is not relayed
+                    self.response.close()
+                    self.response = None
+                if command.attempt > 1:
+                    fw.metrics.retry(self.service)
+                self._send(command)
+                return
+            front = self.front
+            assert front is not None
+            if kind is Deliver:
+                front.deliver(self)
+                return
+            if isinstance(command, Wait):
+                loop = asyncio.get_running_loop()
+                self.timer = loop.call_later(command.delay, self._resume)
+                return
+            if isinstance(command, Answer):
+                if self.response is not None:
+                    self.response.close()
+                    self.response = None
+                self.answer(command.status, command.reason, command.detail)
+                front.answer(self)
+                return
+            raise AssertionError(f"unexpected command {command!r}")
+
+    def _send(self, command: Send) -> None:
+        upstream, d, headers = self.upstream, self.decision, self.headers
+        assert upstream is not None and d is not None and d.cluster is not None
+        assert headers is not None
+        inbound = self.inbound
+        request = inbound.request
+        assert request is not None
+        endpoint = command.endpoint
+        self.sent_at = time.monotonic()
+        self.call = upstream.start(
+            self,
+            scheme=d.cluster.scheme,
+            ip=endpoint.ip,
+            port=endpoint.port,
+            method=inbound.method,
+            authority=request.host,
+            path=request.target,
+            headers=headers,
+            body=inbound.body,
+            timeout=command.timeout,
+            server_name=self.server_name,
+        )
+
+    def _resume(self) -> None:
+        self.timer = None
+        life = self.life
+        assert life is not None
+        self._perform(life.resume(time.monotonic()))
+
+    # -- what the upstream client reports (mesh.proxy.upstream.Handler) -------------------------
+
+    def responded(self, response: Response) -> None:
+        self.call = None
+        fw, life = self.fw, self.life
+        assert fw is not None and life is not None
+        if life.state is State.DONE:
+            response.close()
+            return
+        now = time.monotonic()
+        fw.metrics.attempt(self.service, now - self.sent_at)
+        self.response = response
+        self._perform(life.responded(response.status, now))
+
+    def failed(self, error: UpstreamError) -> None:
+        self.call = None
+        fw, life = self.fw, self.life
+        assert fw is not None and life is not None
+        if life.done:
+            return
+        body = self.inbound.body
+        if body.client_error:
+            self._client_gone(ClientGone(str(error)))
+            return
+        now = time.monotonic()
+        fw.metrics.attempt(self.service, now - self.sent_at)
+        command = life.failed(error.failure, now, error.detail, partial=body.touched)
+        assert life.outcome is not None and life.outcome.failure is not None
+        fw.metrics.failure(self.service, life.outcome.failure.value)
+        self._perform(command)
+
+    # -- the client goes away ---------------------------------------------------------------
+
+    def _client_gone(self, exc: ClientGone) -> None:
+        """The client stopped sending its body, or left: answered 408 (or 499), neutral."""
+        fw = self.fw
+        assert fw is not None and self.front is not None
+        self._stop()
+        if self.inbound.body.timed_out:
+            fw.metrics.count("client_timeouts", "body")
+            fw.metrics.count("bad_requests", "408")
+            self.answer(408, "request-body-timeout", str(exc))
+        else:
+            self.answer(499, "client-gone", f"the client went away: {exc}")
+        self.front.answer(self)
+
+    def abandon(self) -> None:
+        """The client is gone before its answer: stop, end the attempt neutral, count 499."""
+        if self.finished:
+            return
+        self._stop()
+        if self.fw is not None:
+            self.fw.complete(self, status=499, sent=0, client_gone=True)
+
+    def _stop(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.task is not None:
+            self.task.cancel()
+            self.task = None
+        if self.call is not None:
+            self.call.cancel()
+            self.call = None
+        if self.life is not None and not self.life.done:
+            self.life.handle(Abandoned(), time.monotonic())
+        if self.response is not None:
+            self.response.close()
+            self.response = None
+
+
+class _Resolve:
+    """The :class:`Front` of :meth:`Forwarder.exchange`: resolves a future."""
+
+    __slots__ = ("future",)
+
+    def __init__(self) -> None:
+        self.future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def answer(self, ex: Exchange) -> None:
+        if not self.future.done():
+            self.future.set_result(None)
+
+    deliver = answer
+
+
+def local_text(ex: Exchange) -> str:
+    """The body of the proxy's own answers: ``<status> <phrase>: <reason>: <detail>``."""
+    try:
+        phrase = HTTPStatus(ex.status).phrase
+    except ValueError:
+        phrase = "Client Closed Request" if ex.status == 499 else "Error"
+    return f"{ex.status} {phrase}: {ex.reason}: {ex.detail}\n"
+
+
+def retry_after(ex: Exchange) -> int:
+    """Whole seconds for the Retry-After header of a 429."""
+    return max(1, math.ceil(ex.retry_after))
+
 
 class Forwarder:
-    def __init__(self, proxy: Proxy, *, http: Upstream, h2c: Upstream) -> None:
-        self.proxy = proxy
-        self.metrics = proxy.metrics
-        self.rng = random.Random()
-        self._http = http
-        self._h2c = h2c
-        self._buffer_limit = proxy.options.buffer_limit
-        self._body_timeout = proxy.options.body_timeout
-        self.upstream_timeout = proxy.options.upstream_timeout  # when the service sets none
+    """Drives requests through the core with the upstream clients; shared by the front ends."""
 
-    def decide(self, inbound: Inbound) -> Exchange:
-        """The core's verdict; a denied request comes back answered (``ex.status`` set), an
-        allowed one with its lifecycle, not started yet."""
-        snapshot = self.proxy.snapshot
+    def __init__(
+        self,
+        *,
+        options: Options,
+        metrics: Metrics,
+        tracer: Tracer,
+        access_log: AccessLog | None,
+        http: Upstream,
+        h2c: Upstream,
+        upstream_ssl: ssl.SSLContext,
+        rng: random.Random,
+    ) -> None:
+        self.metrics = metrics
+        self.upstream_ssl = upstream_ssl  # for tunnels to https upstreams
+        self.tracer = tracer
+        self.access_log = access_log
+        self.rng = rng
+        self.http = http
+        self.h2c = h2c
+        self.buffer_limit = options.buffer_limit
+        self._body_timeout = options.body_timeout
+        self.upstream_timeout = options.upstream_timeout  # when the service sets none
+
+    def decide(self, inbound: Inbound, snapshot: Snapshot | None) -> Exchange:
+        """The core's verdict on ``snapshot`` (the config the request started on); a denied
+        request comes back answered (``ex.status`` set), an allowed one with its lifecycle,
+        not started yet."""
         now = time.monotonic()
-        ex = Exchange(snapshot, inbound, now)
+        ex = Exchange(self, snapshot, inbound, now)
         try:
             request = inbound.request = parse_request(
                 inbound.method, inbound.target, inbound.items, authority=inbound.authority
@@ -195,107 +467,28 @@ class Forwarder:
         )
         return ex
 
-    async def exchange(self, inbound: Inbound) -> Exchange:
+    def start(self, inbound: Inbound, snapshot: Snapshot | None, front: Front) -> Exchange:
+        """Decide on the request and start performing its lifecycle; the exchange ends with
+        ``front.answer(ex)`` or ``front.deliver(ex)`` (perhaps before this returns)."""
         inbound.body.timeout = self._body_timeout
-        ex = self.decide(inbound)
+        ex = self.decide(inbound, snapshot)
+        ex.front = front
         if ex.status or ex.life is None:
-            return ex
-        try:
-            await self._run(ex, ex.life)
-        except ClientGone as exc:
-            self._abandon(ex)
-            if inbound.body.timed_out:
-                self.metrics.count("client_timeouts", "body")
-                self.metrics.count("bad_requests", "408")
-                return ex.answer(408, "request-body-timeout", str(exc))
-            return ex.answer(499, "client-gone", f"the client went away: {exc}")
-        except BaseException:
-            self._abandon(ex)
-            self.complete(ex, status=499, sent=0, client_gone=True)
-            raise
+            front.answer(ex)
+        else:
+            ex.run()
         return ex
 
-    def _abandon(self, ex: Exchange) -> None:
-        """The client went away: not the upstream's fault, so the attempt ends neutral."""
-        if ex.life is not None and not ex.life.done:
-            ex.life.handle(Abandoned(), time.monotonic())
-        if ex.response is not None:
-            ex.response.close()
-            ex.response = None
-
-    async def _run(self, ex: Exchange, life: Lifecycle) -> None:
-        """Perform the lifecycle's commands until there is a response to relay (``ex.response``)
-        or an answer of the proxy's own (``ex.status``)."""
-        d = ex.decision
-        assert d is not None and d.cluster is not None and d.route is not None
-        inbound = ex.inbound
-        request = inbound.request
-        assert request is not None
-        body = inbound.body
-        await body.buffer(self._buffer_limit)
-        life.replayable = body.replayable
-        scheme = d.cluster.scheme
-        h2 = scheme == "h2c"
-        upstream = self._h2c if h2 else self._http
-        service = d.route.service
-        span = ex.span = self.proxy.tracer.start(
-            request.replaced.get("traceparent"),
-            name=f"{inbound.method} {service}",
-            attributes={"http.request.method": inbound.method, "server.address": request.host},
-        )
-        headers = request_headers(
-            request, peer=inbound.peer, proto=inbound.proto, traceparent=span.traceparent, h2=h2
-        )
-        server_name = self.proxy.server_name(d.cluster.service) if scheme == "https" else None
-        target = request.target
-        command: Command | None = life.start()
-        while True:
-            if isinstance(command, Send):
-                if ex.response is not None:  # a retried 5xx: its body is not relayed
-                    ex.response.close()
-                    ex.response = None
-                if command.attempt > 1:
-                    self.metrics.retry(service)
-                endpoint = command.endpoint
-                started = time.monotonic()
-                try:
-                    response = await upstream.send(
-                        scheme=scheme,
-                        ip=endpoint.ip,
-                        port=endpoint.port,
-                        method=inbound.method,
-                        authority=request.host,
-                        path=target,
-                        headers=headers,
-                        body=body,
-                        timeout=command.timeout,
-                        server_name=server_name,
-                    )
-                except UpstreamError as exc:
-                    if body.client_error:
-                        raise ClientGone(str(exc)) from exc
-                    now = time.monotonic()
-                    self.metrics.attempt(service, now - started)
-                    event = Failed(exc.failure, exc.detail, partial=body.touched)
-                    command = life.handle(event, now)
-                    assert life.outcome is not None and life.outcome.failure is not None
-                    self.metrics.failure(service, life.outcome.failure.value)
-                    continue
-                now = time.monotonic()
-                self.metrics.attempt(service, now - started)
-                ex.response = response
-                command = life.handle(Responded(response.status), now)
-            elif isinstance(command, Wait):
-                await asyncio.sleep(command.delay)
-                command = life.resume(time.monotonic())
-            elif isinstance(command, Answer):
-                if ex.response is not None:
-                    ex.response.close()
-                    ex.response = None
-                ex.answer(command.status, command.reason, command.detail)
-                return
-            else:  # Deliver: the front end relays ex.response, then calls complete()
-                return
+    async def exchange(self, inbound: Inbound, snapshot: Snapshot | None) -> Exchange:
+        """:meth:`start` as a coroutine: returns the exchange once it reached its answer."""
+        front = _Resolve()
+        ex = self.start(inbound, snapshot, front)
+        try:
+            await front.future
+        except BaseException:
+            ex.abandon()
+            raise
+        return ex
 
     def broken(self, ex: Exchange, failure: Failure, detail: str) -> None:
         """The upstream broke its response before any byte reached the client: the lifecycle
@@ -317,12 +510,17 @@ class Forwarder:
         client_gone: bool = False,
     ) -> None:
         """The answer is out (or abandoned): end the lifecycle, count, log, end the span."""
+        if ex.finished:
+            return
+        ex.finished = True
         life = ex.life
         if life is not None and not life.done:
             # Nothing delivered (the client left, or the proxy failed before a response):
             # the attempt ends neutral, not the upstream's fault.
-            delivered = not client_gone and life.state is State.DELIVERING
-            life.handle(Delivered(failure) if delivered else Abandoned(), time.monotonic())
+            if not client_gone and life.state is State.DELIVERING:
+                life.delivered(time.monotonic(), failure)
+            else:
+                life.abandoned(time.monotonic())
         if failure is not None:
             self.metrics.failure(ex.service, failure.value)
         elapsed = time.monotonic() - ex.started
@@ -332,7 +530,7 @@ class Forwarder:
         self.metrics.transferred(service, "http", ex.inbound.body.received, sent)
         if ex.span is not None:
             ex.span.end(status=code, error=failure.value if failure is not None else None)
-        log = self.proxy.access_log
+        log = self.access_log
         if log is not None:
             log.write(self._record(ex, code, sent, elapsed, failure))
 

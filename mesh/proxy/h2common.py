@@ -83,7 +83,8 @@ class Inbox:
 class H2Protocol(asyncio.Protocol):
     """The I/O half of one HTTP/2 connection (client or server side)."""
 
-    def __init__(self, *, client_side: bool) -> None:
+    def __init__(self, *, client_side: bool, write_timeout: float | None = None) -> None:
+        self._write_timeout = write_timeout  # the peer must open window / read within this
         config = h2.config.H2Configuration(client_side=client_side, header_encoding=None)
         self.h2 = h2.connection.H2Connection(config=config)
         values = {h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW}
@@ -134,10 +135,19 @@ class H2Protocol(asyncio.Protocol):
         future = asyncio.get_running_loop().create_future()
         waiters.append(future)
         try:
-            await future
+            async with asyncio.timeout(self._write_timeout):
+                await future
+        except TimeoutError:
+            self.write_timed_out()
+            if self.transport is not None:
+                self.transport.abort()
+            raise ConnectionResetError("the peer took nothing of what was sent in time") from None
         finally:
             if future in waiters:
                 waiters.remove(future)
+
+    def write_timed_out(self) -> None:
+        """The peer opened no window and read nothing for ``write_timeout`` (a hook)."""
 
     async def send_data(self, stream_id: int, data: bytes, *, is_gone: Callable[[], bool]) -> None:
         """Send DATA within the peer's flow-control windows and our transport's buffer."""
@@ -177,8 +187,9 @@ def _wake_all(waiters: list[asyncio.Future[None]]) -> None:
 
 
 def decode(headers: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
-    return [(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers]
+    """Header bytes as text; :func:`encode` gives back the same bytes (as on HTTP/1.1)."""
+    return [(n.decode("latin-1"), v.decode("utf-8", "surrogateescape")) for n, v in headers]
 
 
 def encode(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
-    return [(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers]
+    return [(n.encode("latin-1"), v.encode("utf-8", "surrogateescape")) for n, v in headers]

@@ -18,21 +18,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import time
-from typing import TYPE_CHECKING
 
 import h2.events
 import h2.exceptions
 
 from mesh.proxy.body import Body
-from mesh.proxy.forward import Exchange, Inbound
+from mesh.proxy.context import Context
+from mesh.proxy.forward import Exchange, Inbound, local_text, retry_after
 from mesh.proxy.h2common import H2Protocol, Inbox, decode, encode
 from mesh.proxy.headers import response_headers
 from mesh.proxy.upstream import UpstreamError
-
-if TYPE_CHECKING:
-    from mesh.proxy.listeners import HttpListener
 
 _INTERNAL_ERROR = 2
 _REFUSED_STREAM = 7
@@ -67,10 +63,35 @@ class _Stream:
         self.task: asyncio.Task[None] | None = None
 
 
+class H2Server:
+    """The h2c connections of one listener port."""
+
+    def __init__(self, ctx: Context, port: int) -> None:
+        self.ctx = ctx
+        self.port = port
+        self.connections: set[H2ServerProtocol] = set()
+
+    def connection(self) -> H2ServerProtocol:
+        return H2ServerProtocol(self)
+
+    def retire_all(self) -> None:
+        for conn in list(self.connections):
+            conn.retire()
+
+    def abort_all(self) -> None:
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.abort()
+
+    def active(self) -> int:
+        return len(self.connections)
+
+
 class H2ServerProtocol(H2Protocol):
-    def __init__(self, listener: HttpListener) -> None:
-        super().__init__(client_side=False)
-        self.listener = listener
+    def __init__(self, server: H2Server) -> None:
+        super().__init__(client_side=False, write_timeout=server.ctx.options.write_timeout)
+        self.server = server
+        self.ctx = server.ctx
         self.peer_ip = ""
         self.streams: dict[int, _Stream] = {}
         self.retiring = False
@@ -80,9 +101,12 @@ class H2ServerProtocol(H2Protocol):
         super().connection_made(transport)
         peer = transport.get_extra_info("peername")
         self.peer_ip = peer[0] if peer else ""
-        self.listener.h2_conns.add(self)
-        self.listener.proxy.metrics.opened("h2c")
-        self._arm(self.listener.proxy.options.header_timeout, "h2c-preface")
+        self.server.connections.add(self)
+        self.ctx.metrics.opened("h2c")
+        self._arm(self.ctx.options.header_timeout, "h2c-preface")
+
+    def write_timed_out(self) -> None:
+        self.ctx.metrics.count("client_timeouts", "response")
 
     def _arm(self, seconds: float, phase: str) -> None:
         """Close the connection if no stream opens within ``seconds``."""
@@ -98,7 +122,7 @@ class H2ServerProtocol(H2Protocol):
         self._idle = None
         if self.streams or self.closed:
             return
-        self.listener.proxy.metrics.count("client_timeouts", phase)
+        self.ctx.metrics.count("client_timeouts", phase)
         self.retire()
 
     def data_received(self, data: bytes) -> None:
@@ -162,16 +186,16 @@ class H2ServerProtocol(H2Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         self._disarm()
-        self.listener.h2_conns.discard(self)
-        self.listener.proxy.metrics.closed("h2c")
+        self.server.connections.discard(self)
+        self.ctx.metrics.closed("h2c")
         for stream in self.streams.values():
             stream.inbox.fail(ConnectionResetError("the client closed the connection"))
             if stream.task is not None:
                 stream.task.cancel()
 
     async def _serve(self, stream: _Stream) -> None:
-        proxy = self.listener.proxy
-        proxy.inflight += 1
+        ctx = self.ctx
+        ctx.inflight += 1
         try:
             await self._exchange(stream)
         except asyncio.CancelledError:
@@ -179,11 +203,11 @@ class H2ServerProtocol(H2Protocol):
         except (h2.exceptions.H2Error, ConnectionError):
             self.reset(stream.stream_id, _INTERNAL_ERROR)
         finally:
-            proxy.inflight -= 1
+            ctx.inflight -= 1
             self.streams.pop(stream.stream_id, None)
             self._close_if_idle()
             if not self.streams and not self.closed:
-                self._arm(proxy.options.keepalive_timeout, "h2c-idle")
+                self._arm(ctx.options.keepalive_timeout, "h2c-idle")
 
     def _inbound(self, stream: _Stream) -> Inbound:
         pseudo = {}
@@ -198,7 +222,7 @@ class H2ServerProtocol(H2Protocol):
         reader = None if stream.ended else _InboxReader(stream.inbox)
         body = Body(reader, length, chunked=length is None and not stream.ended)
         return Inbound(
-            listener=self.listener.port,
+            listener=self.server.port,
             method=pseudo.get(":method", "GET"),
             target=pseudo.get(":path", "/"),
             authority=pseudo.get(":authority") or None,
@@ -208,36 +232,34 @@ class H2ServerProtocol(H2Protocol):
         )
 
     async def _exchange(self, stream: _Stream) -> None:
-        proxy = self.listener.proxy
-        fw = proxy.forwarder
+        ctx = self.ctx
+        fw = ctx.forwarder
         inbound = self._inbound(stream)
-        limit = proxy.options.max_headers
+        limit = ctx.options.max_headers
         if len(stream.headers) > limit + 4:  # and the four pseudo-headers
-            proxy.metrics.count("bad_requests", "431")
-            ex = Exchange(proxy.snapshot, inbound, time.monotonic())
+            ctx.metrics.count("bad_requests", "431")
+            ex = Exchange(fw, ctx.snapshot, inbound, time.monotonic())
             self._local(stream.stream_id, ex.answer(431, "too-many-headers", f"over {limit}"))
             return
-        ex = await fw.exchange(inbound)
+        ex = await fw.exchange(inbound, ctx.snapshot)
         if ex.response is None:
             self._local(stream.stream_id, ex)
             return
         await self._relay(stream.stream_id, ex)
 
     def _local(self, stream_id: int, ex: Exchange) -> None:
-        from mesh.proxy.http1 import local_text
-
         body = local_text(ex).encode()
         headers = [(":status", str(ex.status)), ("content-type", "text/plain; charset=utf-8")]
         headers += [("content-length", str(len(body))), ("x-simmesh-reason", ex.reason)]
         if ex.status == 429:
-            headers.append(("retry-after", str(max(1, math.ceil(ex.retry_after)))))
+            headers.append(("retry-after", str(retry_after(ex))))
         self.h2.send_headers(stream_id, encode(headers))
         self.h2.send_data(stream_id, body, end_stream=True)
         self.flush()
-        self.listener.proxy.forwarder.complete(ex, status=ex.status, sent=len(body))
+        self.ctx.forwarder.complete(ex, status=ex.status, sent=len(body))
 
     async def _relay(self, stream_id: int, ex: Exchange) -> None:
-        fw = self.listener.proxy.forwarder
+        fw = self.ctx.forwarder
         upstream = ex.response
         assert upstream is not None
         status = upstream.status

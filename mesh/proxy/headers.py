@@ -12,10 +12,16 @@ upstream the proxy appends the client to ``X-Forwarded-For``, sets ``X-Forwarded
 from __future__ import annotations
 
 from collections.abc import Iterable
+from http import HTTPStatus
 
 from mesh.core.request import HOP_BY_HOP, PROXY_SET, Request
+from mesh.proxy.body import Body
 
 Items = Iterable[tuple[str, str]]
+_NOT_FORWARDED = PROXY_SET | {"content-length"}  # set here, or this hop's framing
+NO_BODY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # no Content-Length: 0
+_HOP_BY_HOP = frozenset(name.encode() for name in HOP_BY_HOP)
+_STATUS_LINES: dict[tuple[int, bytes | None], bytes] = {}
 
 
 def connection_tokens(items: Items) -> frozenset[str]:
@@ -52,6 +58,112 @@ def request_headers(
         out += [("X-Forwarded-For", xff), ("X-Forwarded-Proto", proto)]
         out += [("X-Forwarded-Host", host), ("traceparent", traceparent)]
     return out
+
+
+class Outgoing:
+    """What one hop sends upstream: the canonical request's end-to-end headers (exactly what
+    access control read) and the ones this proxy sets; each upstream client takes the form
+    it needs (:meth:`pairs`, or :meth:`http1_head` built in one pass)."""
+
+    __slots__ = ("peer", "proto", "request", "traceparent")
+
+    def __init__(self, request: Request, *, peer: str, proto: str, traceparent: str) -> None:
+        self.request = request
+        self.peer = peer
+        self.proto = proto
+        self.traceparent = traceparent
+
+    def pairs(self, *, h2: bool) -> list[tuple[str, str]]:
+        return request_headers(
+            self.request, peer=self.peer, proto=self.proto, traceparent=self.traceparent, h2=h2
+        )
+
+    def http1_head(self, method: str, path: str, body: Body) -> tuple[bytes, bool]:
+        """The request line and headers for an HTTP/1.1 upstream, with this hop's body
+        framing; and whether the body is streamed after the head."""
+        request = self.request
+        present = request.headers  # lower-case names, less hop-by-hop and proxy-set ones
+        if request.replaced or "content-length" in present:
+            lines = [f"{n}: {v}" for n, v in request.items if n.lower() not in _NOT_FORWARDED]
+        else:
+            lines = [f"{n}: {v}" for n, v in request.items]
+        if "host" not in present:
+            lines.insert(0, f"Host: {request.host}")
+        forwarded_for = request.replaced.get("x-forwarded-for")
+        xff = f"{forwarded_for}, {self.peer}" if forwarded_for else self.peer
+        lines.append(
+            f"X-Forwarded-For: {xff}\r\nX-Forwarded-Proto: {self.proto}\r\n"
+            f"X-Forwarded-Host: {request.host}\r\ntraceparent: {self.traceparent}"
+        )
+        framing, stream = body_framing(method, body, "content-length" in present)
+        if framing:
+            lines.append(framing)
+        # No line break can be in a value or the target: llhttp (HTTP/1.1) and h2 (h2c)
+        # refuse them when they read the request (request_head checks other callers' heads).
+        text = f"{method} {path} HTTP/1.1\r\n" + "\r\n".join(lines) + "\r\n\r\n"
+        return text.encode("utf-8", "surrogateescape"), stream
+
+
+def body_framing(method: str, body: Body, had_length: bool) -> tuple[str, bool]:
+    """This hop's framing header for ``body`` (or ""), and whether the body is streamed."""
+    if body.empty:
+        return ("Content-Length: 0" if had_length or method not in NO_BODY_METHODS else ""), False
+    if body.buffered is not None:
+        return f"Content-Length: {len(body.buffered)}", False
+    if body.length is not None:
+        return f"Content-Length: {body.length}", True
+    return "Transfer-Encoding: chunked", True
+
+
+def encode_head(text: str, lines: int) -> bytes:
+    """The head as bytes; a line break inside a value would make a line of its own:
+    refused."""
+    if text.count("\n") != lines or text.count("\r") != lines:
+        raise ValueError("a line break in the request line or a header")
+    return text.encode("utf-8", "surrogateescape")
+
+
+def status_line(status: int, reason: bytes | None = None) -> bytes:
+    """``HTTP/1.1 <status> <reason>`` and CRLF (the standard phrase when ``reason`` is None)."""
+    key = (status, reason)
+    line = _STATUS_LINES.get(key)
+    if line is None:
+        if reason is None:
+            try:
+                reason = HTTPStatus(status).phrase.encode()
+            except ValueError:
+                reason = b"Client Closed Request" if status == 499 else b""
+        line = b"HTTP/1.1 %d %b\r\n" % (status, reason)
+        if len(_STATUS_LINES) < 1024:
+            _STATUS_LINES[key] = line
+    return line
+
+
+def head_block(pairs: list[tuple[bytes, bytes]]) -> bytes:
+    """HTTP/1.1 header lines from an HTTP/1.1 upstream's (name, value) bytes, less hop-by-hop
+    ones and the names ``Connection`` lists: the bytes go back out as they came."""
+    lines = []
+    listed: set[bytes] | None = None
+    for name, value in pairs:
+        low = name.lower()
+        if low in _HOP_BY_HOP:
+            if low == b"connection":
+                tokens = {t.strip().lower() for t in value.split(b",")}
+                listed = tokens if listed is None else listed | tokens
+            continue
+        lines.append(b"%b: %b\r\n" % (name, value))
+    if listed:
+        lines = [line for line in lines if line.split(b":", 1)[0].lower() not in listed]
+    return b"".join(lines)
+
+
+def response_head_lines(items: Items) -> list[bytes]:
+    """The upstream's headers as HTTP/1.1 header lines for the client, less hop-by-hop ones
+    (values go back out as the bytes they were read from)."""
+    return [
+        f"{name}: {value}\r\n".encode("utf-8", "surrogateescape")
+        for name, value in response_headers(items)
+    ]
 
 
 def response_headers(items: Items, *, lower: bool = False) -> list[tuple[str, str]]:

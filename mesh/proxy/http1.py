@@ -1,267 +1,886 @@
-"""The HTTP/1.1 front end, on aiohttp's low-level server.
+"""The HTTP/1.1 front end: an asyncio Protocol on httptools' C parser (llhttp).
 
-aiohttp parses requests (C parser, keep-alive, pipelining, chunked bodies, limits) and calls
-:meth:`HttpListener.handle` once per request; the handler drives the request with the
-:class:`~mesh.proxy.forward.Forwarder` and streams the response body back chunk by chunk, with
-backpressure both ways, so memory stays bounded whatever the body size.
+One :class:`H1Connection` per client connection (handed over by the listener's sniffer once
+the first bytes are not the h2c preface). Bytes go into llhttp; its callbacks build each
+request; a request whose headers are complete is served by a task of its own
+(:meth:`H1Connection._serve`), which asks the :class:`~mesh.proxy.forward.Forwarder` for the
+core's decision and lifecycle, then writes the proxy's own answer or relays the upstream's
+response. The upstream side is the same shape (:mod:`mesh.proxy.upstream_raw`).
 
-:class:`H1Protocol` adds what a proxy facing untrusted clients needs on top of aiohttp:
+The connection's two halves, and everything that moves them, are in this class:
 
-- a header timeout (slowloris): bytes of a request arrived but its headers did not complete
-  within ``--header-timeout`` -> 408 and close (before the first byte, the listener's
-  :class:`~mesh.proxy.listeners.Sniffer` times out);
-- 431 (header too large, too many headers) and 414 (request line too long) instead of 400,
-  without a traceback in the log for each abusive client;
-- graceful retirement: idle keep-alive connections close at once, busy ones after their
-  current request (listener removed, or draining on SIGTERM).
+- **reading**: between requests -> a request head (``on_message_begin``; the header timer
+  runs) -> its body (``on_headers_complete``; bytes go to the request's :class:`BodyReader`)
+  -> between requests (``on_message_complete``). Requests that arrive while one is served
+  (pipelining) wait in ``queue`` and reading pauses until they are served, in order.
+- **serving**: idle (keep-alive timer) -> busy (one request's task) -> idle, or closed after
+  the answer when the client asked for it, the request was HTTP/1.0 without keep-alive, the
+  client half-closed, the listener was removed or the proxy is draining.
+
+Limits and abuse (the answer is written once the request before it, if any, is answered, then
+the connection closes; each is counted in ``simmesh_proxy_bad_requests_total``): a request
+line longer than ``--max-header-size`` -> 414; a header line longer than that, or more than
+``max_headers`` headers -> 431; anything llhttp rejects (a malformed line, ``Content-Length``
+with ``Transfer-Encoding``, duplicate ``Content-Length``) -> 400; a version other than
+HTTP/1.0 and 1.1 -> 505. Timeouts: a request head not complete within ``--header-timeout``
+-> 408 (``client_timeouts{phase="headers"}``); an idle keep-alive connection is closed after
+``--keepalive-timeout``; request bodies are bounded by ``--body-timeout`` (the forwarder answers
+408); a client that reads nothing of its answer for ``--write-timeout`` while the proxy has
+more to send is cut (``client_timeouts{phase="response"}``), so a client that stops reading
+cannot hold a connection, a request and its upstream forever.
+
+A client that half-closes after its request (``shutdown(SHUT_WR)``) still gets its answer;
+then the connection closes. ``Expect: 100-continue`` is answered when the body is first read,
+that is once the core allowed the request. Upgrades (WebSocket) are handed to
+:mod:`mesh.proxy.tunnel`; bytes after the upgrade request are kept for it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
-from collections.abc import Callable
+import logging
+import socket
+from collections import deque
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import cast
 
-from aiohttp import web
-from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
-from aiohttp.web_protocol import RequestHandler
-from aiohttp.web_request import BaseRequest
-from aiohttp.web_server import Server
+import httptools
 
-from mesh.core.policies import Failure
 from mesh.proxy.body import Body, ClientGone
-from mesh.proxy.forward import Exchange, Forwarder
-from mesh.proxy.headers import response_headers
-from mesh.proxy.upstream import UpstreamError
+from mesh.proxy.context import Context
+from mesh.proxy.forward import Exchange, Forwarder, Inbound, local_text, retry_after
+from mesh.proxy.headers import status_line
+from mesh.proxy.tunnel import Sink, tunnel
+from mesh.proxy.upstream import Response, UpstreamError
 
-if TYPE_CHECKING:
-    from mesh.proxy.listeners import HttpListener
+log = logging.getLogger("simmesh.proxy")
 
-SMALL_RESPONSE = 64 * 1024
+HIGH_WATER = 256 * 1024  # request body bytes buffered before reading from the client pauses
+LOW_WATER = 64 * 1024
+SMALL_RESPONSE = 64 * 1024  # responses up to this size go out in one write, head and body
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+PROBE_AFTER = 0.1  # a half-closed client's answer pending this long: is the client still there?
+_TCP_CLOSE = 7  # include/net/tcp_states.h
+_VERSIONS = frozenset({"1.0", "1.1"})
+_FRAMING_LENGTHS = frozenset({6, 14, 17})  # Expect, Content-Length, Transfer-Encoding
+_NO_BODY = frozenset({204, 304})
 
 
-class H1Server(Server):
-    """aiohttp's connection manager, making :class:`H1Protocol` handlers."""
+class _Refuse(Exception):
+    """A request the proxy answers itself before reading further (414, 431, 505)."""
 
-    def __init__(self, listener: HttpListener, **kwargs: Any) -> None:
-        super().__init__(listener.handle, handler_cancellation=True, **kwargs)
-        self.listener = listener
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
 
-    def __call__(self) -> RequestHandler:
-        return H1Protocol(self, loop=self._loop, listener=self.listener, **self._kwargs)
+
+class BodyReader:
+    """A request body as it arrives, read by the upstream client; reading from the client
+    pauses while more than :data:`HIGH_WATER` bytes wait here."""
+
+    __slots__ = ("_chunks", "_conn", "_size", "_waiter", "eof", "error")
+
+    def __init__(self, conn: H1Connection) -> None:
+        self._conn = conn
+        self._chunks: deque[bytes] = deque()
+        self._size = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self.eof = False
+        self.error: Exception | None = None
+
+    def feed(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._size += len(data)
+        if self._size > HIGH_WATER:
+            self._conn.pause("body")
+        self._wake()
+
+    def feed_eof(self) -> None:
+        self.eof = True
+        self._wake()
+
+    def fail(self, error: Exception) -> None:
+        if not self.eof and self.error is None:
+            self.error = error
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def readany(self) -> bytes:
+        chunks = self._chunks
+        while not chunks:
+            if self.error is not None:
+                raise self.error
+            if self.eof:
+                return b""
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            await waiter
+        data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._size = 0
+        self._conn.resume("body")
+        return data
+
+
+class _Request(Inbound):
+    """One request as parsed here: an :class:`~mesh.proxy.forward.Inbound` for the
+    forwarder, with what this connection needs to know of it."""
+
+    __slots__ = ("keep_alive", "upgrade", "version")
+
+    def __init__(  # every Inbound field set here (once per request: no super() call)
+        self,
+        conn: H1Connection,
+        method: str,
+        target: str,
+        authority: str | None,
+        headers: list[tuple[str, str]],
+        body: Body,
+        version: str,
+    ) -> None:
+        self.listener = conn.server.port
+        self.method = method
+        self.target = target
+        self.items = headers
+        self.authority = authority
+        self.peer = conn.peer_ip
+        self.body = body
+        self.proto = "http"
+        self.request = None
+        self.version = version
+        self.keep_alive = conn.parser.should_keep_alive()
+        self.upgrade = conn.parser.should_upgrade()
+
+
+class H1Server:
+    """The HTTP/1.1 connections of one listener port."""
+
+    def __init__(self, ctx: Context, port: int) -> None:
+        self.ctx = ctx
+        self.port = port
+        self.closing = False  # the listener was removed (or the proxy drains)
+        self.connections: set[H1Connection] = set()
+
+    def connection(self) -> H1Connection:
+        return H1Connection(self)
 
     def retire_all(self) -> None:
-        for conn in self.connections:
-            if isinstance(conn, H1Protocol):
-                conn.retire()
+        """Idle connections close now, busy ones after their current request."""
+        self.closing = True
+        for conn in list(self.connections):
+            conn.retire()
+
+    def abort_all(self) -> None:
+        for conn in list(self.connections):
+            conn.abort()
+
+    def active(self) -> int:
+        return len(self.connections)
 
 
-class H1Protocol(RequestHandler):
-    def __init__(self, manager: H1Server, *, listener: HttpListener, **kwargs: Any) -> None:
-        super().__init__(manager, **kwargs)
-        self.listener = listener
+class H1Connection(asyncio.Protocol):
+    """One client connection: see the module docstring for its states."""
+
+    def __init__(self, server: H1Server) -> None:
+        self.server = server
+        ctx = self.ctx = server.ctx
+        options = ctx.options
+        self._max_line = options.max_header_size
+        self._max_headers = options.max_headers
+        self.transport: asyncio.Transport | None = None
         self.peer_ip = ""
-        self.busy = False
-        self._counted = False
-        self._timer: asyncio.TimerHandle | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.closed = False
+        # reading
+        self._in_message = False  # between on_message_begin and on_message_complete
+        self._in_head = False  # between on_message_begin and on_headers_complete
+        self._url: list[bytes] = []
+        self._url_size = 0
+        self._headers: list[tuple[str, str]] = []
+        self._receiving: BodyReader | None = None
+        self._line = 0  # bytes of the header line in progress, when a head spans reads
+        self._past_line = False  # the request line of the head in progress is complete
+        self._completed = 0  # messages completed during the current read
+        self._paused: set[str] = set()  # why reading is paused
+        self._eof = False  # the client half-closed
+        self._refused: bytes | None = None  # an answer to write, then close
+        # serving
+        self.current: _Request | None = None
+        self.queue: deque[_Request] = deque()
+        self._parsing = False  # inside feed_data: requests are served after it returns
+        self._to_serve: _Request | None = None
+        self._exchange: Exchange | None = None  # the current request's, until its answer
+        self._after_drain: _Request | None = None  # answered; done once the client reads it
+        self._task: asyncio.Task[None] | None = None  # relaying a long answer, or a tunnel
+        self._close_after = False
+        self._loop = asyncio.get_running_loop()
+        self._tick = min(options.header_timeout, options.keepalive_timeout)
+        self._timer: asyncio.TimerHandle | None = None  # the header or keep-alive deadline's
+        self._timer_at = 0.0  # when it fires
+        self._timing = ""  # what the deadline is for: "headers", "idle" or nothing (busy)
+        self._deadline = 0.0
+        self._probe_timer: asyncio.TimerHandle | None = None
+        self._answering = False  # a byte of the current answer was written
+        self._write_timer: asyncio.TimerHandle | None = None
+        self._write_paused = False
+        self._drain: list[asyncio.Future[None]] = []
+        # after an upgrade
+        self._sink: Sink | None = None
+        self._early: list[bytes] | None = None  # bytes after an upgrade request, for the tunnel
+
+    # -- transport callbacks ------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
         peer = transport.get_extra_info("peername")
         self.peer_ip = peer[0] if peer else ""
-        self.listener.proxy.metrics.opened("http")
-        self._counted = True
-        self._arm()
+        self.server.connections.add(self)
+        self.ctx.metrics.opened("http")
+        self._due("headers", self.ctx.options.header_timeout)
 
     def data_received(self, data: bytes) -> None:
-        if not self.busy and self._timer is None and data:
-            self._arm()
-        super().data_received(data)
+        if self._sink is not None:
+            self._sink.feed_data(data)
+            return
+        if self._early is not None:
+            self._early.append(data)
+            if sum(map(len, self._early)) > HIGH_WATER:
+                self.pause("upgrade")
+            return
+        if self._refused is not None or self.closed:
+            return
+        self._completed = 0
+        self._parsing = True
+        try:
+            self._feed(data)
+        finally:
+            self._parsing = False
+        request = self._to_serve
+        if request is not None:
+            self._to_serve = None
+            self._serve(request)
 
-    def _arm(self) -> None:
-        self._timer = self._loop.call_later(self.listener.header_timeout, self._header_timeout)
+    def _feed(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._early = [data[exc.args[0] :]] if exc.args[0] < len(data) else []
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if not isinstance(cause, _Refuse):
+                raise
+            self.refuse(cause.status, cause.detail)
+        except httptools.HttpParserError as exc:
+            detail = str(exc) or "malformed request"
+            self.refuse(400, detail)
+        else:
+            if self._in_head:
+                self._check_line(data, whole=self._completed == 0)
 
-    def _disarm(self) -> None:
+    def _check_line(self, data: bytes, *, whole: bool) -> None:
+        """The header line in progress at the end of a read must stay within the limit
+        (complete lines are checked by the callbacks). ``whole``: all of ``data`` belongs to
+        this head (no request ended in this read); otherwise where the head starts is not
+        known and this read is not counted (one read: memory stays bounded)."""
+        newline = data.rfind(b"\n")
+        if not whole:
+            self._line = 0
+        elif newline < 0:
+            self._line += len(data)
+        else:
+            self._line = len(data) - newline - 1
+            self._past_line = True
+        if self._line > self._max_line:
+            status = 431 if self._headers or self._past_line else 414
+            what = "header line" if status == 431 else "request line"
+            self.refuse(status, f"{what} longer than {self._max_line} bytes")
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        if self._sink is not None:
+            self._sink.feed_eof()
+            return True
+        if self._receiving is not None:
+            self._receiving.fail(ClientGone("the client closed its side mid-body"))
+        if self.current is None and not self.queue:
+            return False  # nothing asked, nothing to answer: close
+        self._probe_timer = asyncio.get_running_loop().call_later(PROBE_AFTER, self._probe)
+        return True  # answer what was asked (the queue too), then close
+
+    def _probe(self, delay: float = 0.0) -> None:
+        """After a FIN: half-closed (still reading: answer it) or gone (closed: give up)?
+
+        TCP cannot tell the two apart until something is sent, so a client whose answer takes
+        longer than :data:`PROBE_AFTER` is sent an interim ``100 Continue`` (HTTP/1.1 clients
+        must skip unexpected 1xx answers); a closed client's kernel answers it with a reset,
+        which the socket's state shows. Checked again with growing pauses while the answer is
+        pending."""
+        self._probe_timer = None
+        request = self.current
+        if self.closed or (request is None and not self.queue):
+            return
+        if not delay:
+            if self._answering or request is None or request.version != "1.1":
+                return  # bytes of the answer will show it; a 1.0 client gets no 1xx
+            self.write(_CONTINUE)
+        elif _closed_by_peer(self.transport):
+            self.abort()  # connection_lost cancels the request: the client is gone (499)
+            return
+        delay = min(1.0, max(0.01, delay * 2))
+        self._probe_timer = asyncio.get_running_loop().call_later(delay, self._probe, delay)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        if self._write_timer is None:
+            loop = asyncio.get_running_loop()
+            timeout = self.ctx.options.write_timeout
+            self._write_timer = loop.call_later(timeout, self._write_timeout)
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._stop_write_timer()
+        waiters, self._drain = self._drain, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        if self._after_drain is not None:
+            self._drained()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._stop_timer()
+        if self._probe_timer is not None:
+            self._probe_timer.cancel()
+        self._stop_write_timer()
+        if self in self.server.connections:
+            self.server.connections.discard(self)
+            self.ctx.metrics.closed("http")
+        gone = ClientGone(f"the client closed the connection{f': {exc!r}' if exc else ''}")
+        if self._receiving is not None:
+            self._receiving.fail(gone)
+        for queued in self.queue:
+            reader = queued.body.reader
+            if isinstance(reader, BodyReader):
+                reader.fail(gone)
+        waiters, self._drain = self._drain, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_exception(ConnectionResetError("the client closed the connection"))
+                waiter.exception()
+        if self._sink is not None:
+            self._sink.connection_lost()  # the tunnel ends as a tunnel ends: one side closed
+            return
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()  # the client is gone: the attempt ends neutral (forward.py)
+            return  # the task finishes the request
+        ex = self._exchange
+        request = self.current
+        if ex is not None:
+            self._exchange = None
+            ex.abandon()
+        if request is not None and (ex is not None or self._after_drain is request):
+            self._after_drain = None
+            self._finish(request)
+
+    # -- parser callbacks ---------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._in_message = self._in_head = True
+        self._url = []
+        self._url_size = 0
+        self._headers = []
+        self._line = 0
+        self._past_line = False
+        if self.current is None and self._timing != "headers":
+            self._due("headers", self.ctx.options.header_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        self._url_size += len(url)
+        if self._url_size > self._max_line:
+            raise _Refuse(414, f"request line longer than {self._max_line} bytes")
+        self._url.append(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        headers = self._headers
+        if len(headers) >= self._max_headers or len(name) + len(value) + 2 > self._max_line:
+            if len(headers) >= self._max_headers:
+                raise _Refuse(431, f"more than {self._max_headers} headers")
+            raise _Refuse(431, f"header line longer than {self._max_line} bytes")
+        headers.append((name.decode("latin-1"), value.decode("utf-8", "surrogateescape")))
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        parser = self.parser
+        version = parser.get_http_version()
+        if version not in _VERSIONS:
+            raise _Refuse(505, f"HTTP/{version} is not served here, only HTTP/1.0 and 1.1")
+        url = self._url
+        target = (url[0] if len(url) == 1 else b"".join(url)).decode("utf-8", "surrogateescape")
+        headers = self._headers
+        length: int | None = None
+        chunked = expect = False
+        for name, value in headers:
+            if len(name) in _FRAMING_LENGTHS:
+                low = name.lower()
+                if low == "content-length":
+                    length = int(value)  # llhttp checked it
+                elif low == "transfer-encoding":
+                    chunked = True  # llhttp refuses any other final coding in a request
+                elif low == "expect":
+                    expect = value.lower() == "100-continue"
+        if chunked or length:
+            reader = self._receiving = BodyReader(self)
+            body = Body(reader, length, chunked=chunked)
+            if expect and version == "1.1":
+                body.on_first_read = self._continue
+        else:
+            body = Body(None, length, chunked=False)
+        authority = None
+        if target[:1] != "/" and "://" in target:
+            authority, target = request_target(target)
+        request = _Request(
+            self, parser.get_method().decode("latin-1"), target, authority, headers, body, version
+        )
+        if self.current is None:
+            self._timing = ""  # busy: no deadline until the answer is out
+            self._start(request)
+        else:
+            self.queue.append(request)
+            self.pause("pipeline")
+
+    def on_body(self, body: bytes) -> None:
+        if self._receiving is not None:
+            self._receiving.feed(body)
+
+    def on_message_complete(self) -> None:
+        self._in_message = False
+        self._completed += 1
+        if self._receiving is not None:
+            self._receiving.feed_eof()
+            self._receiving = None
+
+    # -- flow control and timers --------------------------------------------------------------
+
+    def pause(self, why: str) -> None:
+        if not self._paused and self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+        self._paused.add(why)
+
+    def resume(self, why: str) -> None:
+        paused = self._paused
+        if why in paused:
+            paused.discard(why)
+            if not paused and self.transport is not None and not self.closed:
+                self.transport.resume_reading()
+
+    async def drain(self) -> None:
+        """Until the client has taken what was written (``--write-timeout`` bounds it)."""
+        if self.closed:
+            raise ConnectionResetError("the client closed the connection")
+        if not self._write_paused:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._drain.append(waiter)
+        await waiter
+
+    def _due(self, timing: str, seconds: float) -> None:
+        """Set the header or keep-alive deadline. The timer is lazy: it is re-armed when it
+        fires early rather than cancelled and made again for every request; it fires at
+        least every ``_tick`` seconds, so a new deadline is never later than the timer."""
+        loop = self._loop
+        now = loop.time()
+        self._timing = timing
+        deadline = self._deadline = now + seconds
+        if self._timer is None or self._timer_at > deadline:
+            if self._timer is not None:
+                self._timer.cancel()
+            at = self._timer_at = min(deadline, now + self._tick)
+            self._timer = loop.call_at(at, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.closed or not self._timing:
+            return  # busy (or gone): the next deadline makes a timer again
+        now = self._loop.time()
+        if now < self._deadline:
+            at = self._timer_at = min(self._deadline, now + self._tick)
+            self._timer = self._loop.call_at(at, self._on_timer)
+            return
+        timing, self._timing = self._timing, ""
+        if timing == "headers":
+            self._header_timeout()
+        else:
+            self._idle_timeout()
+
+    def _stop_timer(self) -> None:
+        self._timing = ""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
+    def _stop_write_timer(self) -> None:
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+
     def _header_timeout(self) -> None:
-        self._timer = None
-        if self.busy or self.transport is None:
+        if self.current is not None or self.closed:
             return
-        self.listener.proxy.metrics.count("bad_requests", "408")
-        self.listener.proxy.metrics.count("client_timeouts", "headers")
-        self.transport.write(
-            b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
-        )
-        self.force_close()
+        if not self._in_message:  # connected (or idle) and never said anything
+            self.ctx.metrics.count("client_timeouts", "headers")
+            self.close()
+            return
+        self.ctx.metrics.count("client_timeouts", "headers")
+        self.refuse(408, "the request headers took too long")
 
-    def refuse_version(self) -> NoReturn:
-        """505 for a request line that is not HTTP/1.0 or 1.1, then close (aiohttp would answer
-        an HTTP/0.9 request with an ``HTTP/0.9`` status line and headers)."""
-        self.listener.proxy.metrics.count("bad_requests", "505")
-        if self.transport is not None:
-            self.transport.write(
-                b"HTTP/1.1 505 HTTP Version Not Supported\r\nConnection: close\r\n"
-                b"Content-Length: 0\r\n\r\n"
+    def _idle_timeout(self) -> None:
+        if self.current is None and not self.queue and not self._in_message:
+            self.close()
+
+    def _write_timeout(self) -> None:
+        self._write_timer = None
+        self.ctx.metrics.count("client_timeouts", "response")
+        self.abort()
+
+    # -- answers ------------------------------------------------------------------------------
+
+    def refuse(self, status: int, detail: str) -> None:
+        """Answer ``status`` once the requests before it are answered, read nothing more,
+        close."""
+        self.ctx.metrics.count("bad_requests", str(status))
+        self.pause("refused")
+        body = f"{status} {HTTPStatus(status).phrase}: {detail}\n".encode(errors="replace")
+        self._refused = b"".join(
+            (
+                status_line(status),
+                b"Content-Type: text/plain; charset=utf-8\r\n",
+                b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body),
+                body,
             )
-            self.transport.close()
-        raise asyncio.CancelledError()
+        )
+        if self.current is None and not self.queue:
+            self._write_refusal()
 
-    def request_started(self) -> None:
-        self.busy = True
-        self._disarm()
+    def _write_refusal(self) -> None:
+        if self.transport is not None and self._refused is not None and not self.closed:
+            self.transport.write(self._refused)
+        self.close()
 
-    def request_ended(self) -> None:
-        self.busy = False
+    def _continue(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(_CONTINUE)
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+            self._answering = True
+
+    def close(self) -> None:
+        """Close after what was written is sent; a client that does not read it is cut after
+        ``--write-timeout``."""
+        transport = self.transport
+        if transport is None or self.closed:
+            return
+        self.closed = True
+        self._stop_timer()
+        transport.close()
+        if transport.get_write_buffer_size() > 0 and self._write_timer is None:
+            loop = asyncio.get_running_loop()
+            self._write_timer = loop.call_later(self.ctx.options.write_timeout, self._cut)
+
+    def _cut(self) -> None:
+        self._write_timer = None
+        if self.transport is not None:
+            self.ctx.metrics.count("client_timeouts", "response")
+            self.transport.abort()
+
+    def abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
 
     def retire(self) -> None:
-        if self.busy:
+        """Stop after the current request (at once when idle): the listener was removed or the
+        proxy drains."""
+        self._close_after = True
+        if self.current is None and not self.queue:
             self.close()
+
+    def closing(self) -> bool:
+        """Whether the answer being written is this connection's last."""
+        return self._close_after or self.server.closing or self.ctx.draining
+
+    # -- serving ------------------------------------------------------------------------------
+
+    def _start(self, request: _Request) -> None:
+        """Serve ``request`` once the read it came in has been parsed (not from inside the
+        parser's callbacks: its answer may be written, and the next request started, at once);
+        a pipelined one on the next turn of the loop (not from inside the previous answer)."""
+        self.current = request
+        self._answering = False
+        if self._parsing:
+            self._to_serve = request
         else:
-            self.force_close()
+            self._loop.call_soon(self._serve, request)
 
-    def connection_lost(self, exc: BaseException | None) -> None:
-        self._disarm()
-        if self._counted:
-            self._counted = False
-            self.listener.proxy.metrics.closed("http")
-        super().connection_lost(exc)
+    def _serve(self, request: _Request) -> None:
+        if self.current is not request or self.closed:
+            return
+        ctx = self.ctx
+        ctx.inflight += 1
+        if request.upgrade:
+            self._close_after = True
+            self._task = self._loop.create_task(self._upgrade(request))
+            return
+        ex = ctx.forwarder.start(request, ctx.snapshot, self)
+        if not ex.finished:  # (a denial is answered before start returns)
+            self._exchange = ex
 
-    def handle_error(
-        self,
-        request: BaseRequest,
-        status: int = 500,
-        exc: BaseException | None = None,
-        message: str | None = None,
-    ) -> web.StreamResponse:
-        if status == 500 or not isinstance(exc, BadHttpMessage):
-            return super().handle_error(request, status, exc, message)
-        if isinstance(exc, LineTooLong):
-            line = exc.args[0] if exc.args else b""
-            first = line[:1].encode() if isinstance(line, str) else bytes(line[:1])
-            status = 414 if first in (b"/", b"h") else 431  # the request target, or a header
-        elif "Too many headers" in str(exc):
-            status = 431
-        self.listener.proxy.metrics.count("bad_requests", str(status))
-        if request.writer.output_size > 0:
-            raise ConnectionError("response already started")
-        phrase = HTTPStatus(status).phrase
-        resp = web.Response(status=status, text=f"{status} {phrase}: {exc.message}\n")
-        resp.force_close()
-        return resp
+    def _finish(self, request: _Request) -> None:
+        """The answer to ``request`` is written (or the client is gone)."""
+        if self.current is not request:
+            return
+        self._exchange = None
+        self._task = None
+        if self._write_paused and not self.closed:
+            self._after_drain = request  # the next request once the client took this answer
+            return
+        self.ctx.inflight -= 1
+        self._done(request)
+
+    def _drained(self) -> None:
+        request, self._after_drain = self._after_drain, None
+        if request is not None and self.current is request:
+            self.ctx.inflight -= 1
+            self._done(request)
+
+    def _done(self, request: _Request) -> None:
+        """The answer to ``request`` is out: next request, idle, or close."""
+        self.current = None
+        if self.closed:
+            return
+        reader = request.body.reader
+        if not request.keep_alive or (isinstance(reader, BodyReader) and not reader.eof):
+            self._close_after = True  # (an unread body cannot be skipped safely)
+        if self.closing():
+            if self._refused is not None and not self.queue:
+                self._write_refusal()
+            else:
+                self.close()
+            return
+        if self.queue:
+            self._start(self.queue.popleft())
+            if not self.queue:
+                self.resume("pipeline")
+        elif self._refused is not None:
+            self._write_refusal()
+        elif self._eof:
+            self.close()
+        elif self._in_message:
+            self._due("headers", self.ctx.options.header_timeout)
+        else:
+            self._due("idle", self.ctx.options.keepalive_timeout)
+
+    # -- the forwarder's front (mesh.proxy.forward.Front) ----------------------------------------
+
+    def answer(self, ex: Exchange) -> None:
+        request = self.current
+        if request is None or ex.front is not self:
+            return
+        if ex.status in (408, 499):
+            self._close_after = True
+        self.local(ex)
+        self._finish(request)
+
+    def deliver(self, ex: Exchange) -> None:
+        request = self.current
+        upstream = ex.response
+        if request is None or upstream is None:
+            return
+        self._exchange = None
+        status = upstream.status
+        length = upstream.content_length
+        if request.method == "HEAD" or status in _NO_BODY or status < 200:
+            data: bytes | None = b""
+            upstream.whole()
+        elif length is not None and length <= SMALL_RESPONSE:
+            data = upstream.whole()
+        else:
+            data = None
+        if data is None:  # more to come: relayed as it arrives
+            self._task = self._loop.create_task(self._relay(ex, request))
+            return
+        self.write(self._response_head(upstream, request, chunked=False) + data)
+        upstream.release()
+        ex.fw.complete(ex, status=status, sent=len(data))  # type: ignore[union-attr]
+        self._finish(request)
+
+    async def _relay(self, ex: Exchange, request: _Request) -> None:
+        try:
+            await self.relay(self.ctx.forwarder, ex, request)
+            if self._write_paused:
+                await self.drain()  # read the next request once this answer is taken
+        except (ConnectionError, asyncio.CancelledError):
+            self.abort()
+        except Exception:
+            log.exception("error relaying %s %s", request.method, request.target[:200])
+            self.abort()
+        finally:
+            self._task = None
+            self._finish(request)
+
+    async def _upgrade(self, request: _Request) -> None:
+        try:
+            upgrade = next((v for n, v in request.items if n.lower() == "upgrade"), "")
+            if upgrade:
+                await tunnel(self.ctx, self, request, upgrade=upgrade)
+                return
+            # CONNECT: nothing after it can be parsed; answered, then closed
+            fw = self.ctx.forwarder
+            ex = await fw.exchange(request, self.ctx.snapshot)
+            if ex.response is None:
+                self.local(ex)
+            else:
+                await self.relay(fw, ex, request)
+        except (ConnectionError, asyncio.CancelledError):
+            self.abort()
+        except Exception:
+            log.exception("error serving %s %s", request.method, request.target[:200])
+            self.abort()
+        finally:
+            self._task = None
+            self._finish(request)
+
+    def take_over(self, sink: Sink) -> None:
+        """From now on the client's bytes go to ``sink`` (an upgraded connection)."""
+        early, self._early = self._early or [], None
+        self._sink = sink
+        for data in early:
+            sink.feed_data(data)
+        self.resume("upgrade")
+        if self._eof:
+            sink.feed_eof()
+
+    def local(self, ex: Exchange) -> None:
+        """The proxy's own answer to the current request: the status with a short body naming
+        the reason (the tunnel's too)."""
+        request = self.current
+        assert request is not None
+        body = local_text(ex).encode(errors="replace")
+        lines = [
+            status_line(ex.status),
+            b"Content-Type: text/plain; charset=utf-8\r\n",
+            b"Content-Length: %d\r\nX-Simmesh-Reason: %s\r\n"
+            % (len(body), ex.reason.encode("latin-1", "replace")),
+        ]
+        if ex.status == 429:
+            lines.append(b"Retry-After: %d\r\n" % retry_after(ex))
+        lines.append(self._connection_header(request))
+        lines.append(b"\r\n")
+        if request.method != "HEAD":
+            lines.append(body)
+        self.write(b"".join(lines))
+        self.ctx.forwarder.complete(ex, status=ex.status, sent=len(body))
+
+    def _connection_header(self, request: _Request) -> bytes:
+        if self.closing():
+            return b"Connection: close\r\n"
+        if request.version == "1.0":
+            return b"Connection: keep-alive\r\n"
+        return b""
+
+    async def relay(self, fw: Forwarder, ex: Exchange, request: _Request) -> None:
+        """Stream the upstream's response to the client; cut it if the upstream breaks."""
+        upstream = ex.response
+        assert upstream is not None
+        status = upstream.status
+        length = upstream.content_length
+        bodyless = request.method == "HEAD" or status in _NO_BODY or status < 200
+        chunked = length is None and not bodyless and request.version == "1.1"
+        if length is None and not bodyless and not chunked:
+            self._close_after = True  # HTTP/1.0 client: the end of the body is the close
+        sent = 0
+        started = False
+        try:
+            if bodyless or (length is not None and length <= SMALL_RESPONSE):
+                parts = []
+                while chunk := await upstream.read():
+                    parts.append(chunk)
+                data = b"".join(parts)
+                if bodyless:
+                    data = b""
+                head = self._response_head(upstream, request, chunked=False)
+                self.write(head + data if data else head)
+                sent = len(data)
+            else:
+                self.write(self._response_head(upstream, request, chunked=chunked))
+                started = True
+                while chunk := await upstream.read():
+                    if chunked:
+                        self.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+                    else:
+                        self.write(chunk)
+                    sent += len(chunk)
+                    if self._write_paused:
+                        await self.drain()
+                if chunked:
+                    self.write(b"0\r\n\r\n")
+            upstream.release()
+        except UpstreamError as exc:
+            upstream.close()
+            if started:
+                self.abort()  # the client must see a truncated response
+                fw.complete(ex, status=status, sent=sent, failure=exc.failure)
+                return
+            fw.broken(ex, exc.failure, exc.detail)
+            self.local(ex)
+            return
+        except (ConnectionError, ClientGone):
+            upstream.close()
+            fw.complete(ex, status=status, sent=sent, client_gone=True)
+            self.abort()
+            return
+        except asyncio.CancelledError:
+            upstream.close()
+            fw.complete(ex, status=status, sent=sent, client_gone=True)
+            raise
+        fw.complete(ex, status=status, sent=sent)
+
+    def _response_head(self, upstream: Response, request: _Request, *, chunked: bool) -> bytes:
+        head = upstream.http1_head()
+        connection = self._connection_header(request)
+        if chunked:
+            return b"%bTransfer-Encoding: chunked\r\n%b\r\n" % (head, connection)
+        return b"%b%b\r\n" % (head, connection)
 
 
-class _Whole(web.StreamResponse):
-    """A response whose body is already here: headers and body go out in one write."""
-
-    _send_headers_immediately = False
-
-
-def h1_body(request: BaseRequest, protocol: H1Protocol) -> Body:
-    headers = request.headers
-    chunked = "chunked" in headers.get("Transfer-Encoding", "").lower()
-    body = Body(
-        request.content if request.body_exists else None, request.content_length, chunked=chunked
-    )
-    if not body.empty and headers.get("Expect", "").lower() == "100-continue":
-        transport = protocol.transport
-        if transport is not None:
-            body.on_first_read = lambda: transport.write(_CONTINUE)
-    return body
+def _closed_by_peer(transport: asyncio.BaseTransport | None) -> bool:
+    """Whether the peer reset the connection (Linux: TCP_INFO's state is CLOSE)."""
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None:
+        return False
+    try:
+        if hasattr(socket, "TCP_INFO"):
+            info: bytes = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)
+            return info[0] == _TCP_CLOSE
+        error: int = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        return error != 0
+    except OSError:
+        return True
 
 
-def request_target(request: BaseRequest) -> tuple[str | None, str]:
+def request_target(target: str) -> tuple[str | None, str]:
     """(authority, target): the authority is set for absolute-form targets
     (``GET http://h/p``), whose host wins over the Host header (RFC 9112 section 3.2.2)."""
-    target = request.raw_path
     if not target.startswith("/") and "://" in target:
         rest = target.split("://", 1)[1]
         authority, slash, tail = rest.partition("/")
         return authority or None, slash + tail if slash else "/"
     return None, target
-
-
-def local_response(fw: Forwarder, ex: Exchange, *, close: bool) -> web.Response:
-    """The proxy's own answer: the status with a short body naming the reason."""
-    resp = _local(ex, close=close)
-    fw.complete(ex, status=ex.status, sent=resp.content_length or 0)
-    return resp
-
-
-def _local(ex: Exchange, *, close: bool) -> web.Response:
-    headers = {"X-Simmesh-Reason": ex.reason}
-    if ex.status == 429:
-        headers["Retry-After"] = str(max(1, math.ceil(ex.retry_after)))
-    resp = web.Response(status=ex.status, text=local_text(ex), headers=headers)
-    if close:
-        resp.force_close()
-    return resp
-
-
-def local_text(ex: Exchange) -> str:
-    try:
-        phrase = HTTPStatus(ex.status).phrase
-    except ValueError:
-        phrase = "Client Closed Request" if ex.status == 499 else "Error"
-    return f"{ex.status} {phrase}: {ex.reason}: {ex.detail}\n"
-
-
-async def relay(
-    fw: Forwarder, request: BaseRequest, ex: Exchange, *, close: Callable[[], bool]
-) -> web.StreamResponse:
-    """Stream the upstream's response to the client; truncate it if the upstream breaks."""
-    upstream = ex.response
-    assert upstream is not None
-    status = upstream.status
-    length = upstream.content_length
-    whole = length is not None and length <= SMALL_RESPONSE
-    out = (_Whole if whole else web.StreamResponse)(
-        status=status,
-        reason=upstream.reason or None,
-        headers=response_headers(upstream.header_items()),
-    )
-    sent = 0
-    failure: Failure | None = None
-    gone = False
-    try:
-        if whole:
-            parts = []
-            while chunk := await upstream.read():
-                parts.append(chunk)
-            data = b"".join(parts)
-            if close():
-                out.force_close()
-            await out.prepare(request)
-            if data:
-                await out.write(data)
-            sent = len(data)
-        else:
-            if close():
-                out.force_close()
-            await out.prepare(request)
-            while chunk := await upstream.read():
-                await out.write(chunk)
-                sent += len(chunk)
-        upstream.release()
-    except UpstreamError as exc:
-        failure = exc.failure
-        upstream.close()
-        if out.prepared:
-            request.protocol.force_close()  # the client must see a truncated response
-        else:
-            fw.broken(ex, failure, exc.detail)
-            return local_response(fw, ex, close=close())
-    except (ConnectionError, ClientGone):
-        gone = True
-        upstream.close()
-    except asyncio.CancelledError:
-        upstream.close()
-        fw.complete(ex, status=status, sent=sent, client_gone=True)
-        raise
-    fw.complete(ex, status=status, sent=sent, failure=failure, client_gone=gone)
-    return out

@@ -15,28 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import Protocol, cast
 
-from aiohttp import web
-from aiohttp.web_request import BaseRequest
-
-from mesh.proxy.forward import Inbound
+from mesh.proxy.context import Context
 from mesh.proxy.h2common import PREFACE
-from mesh.proxy.h2server import H2ServerProtocol
-from mesh.proxy.http1 import (
-    H1Protocol,
-    H1Server,
-    h1_body,
-    local_response,
-    relay,
-    request_target,
-)
+from mesh.proxy.h2server import H2Server
+from mesh.proxy.http1 import H1Server
 from mesh.proxy.tcp import TcpListener
-from mesh.proxy.tunnel import tunnel
 from mesh.proxy.udp import UdpListener
-
-if TYPE_CHECKING:
-    from mesh.proxy.proxy import Proxy
 
 log = logging.getLogger("simmesh.proxy")
 
@@ -70,12 +56,12 @@ class Sniffer(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(self.listener.header_timeout, self._timeout)
         self.listener.pending.add(self)
-        self.listener.proxy.gate.pending += 1
+        self.listener.ctx.gate.pending += 1
 
     def _timeout(self) -> None:
         self._timer = None
         phase = "h2c-preface" if self._buffer else "headers"
-        self.listener.proxy.metrics.count("client_timeouts", phase)
+        self.listener.ctx.metrics.count("client_timeouts", phase)
         if self.transport is not None:
             self.transport.close()
 
@@ -89,9 +75,9 @@ class Sniffer(asyncio.Protocol):
         assert transport is not None
         protocol: asyncio.Protocol
         if buffered.startswith(PREFACE):
-            protocol = H2ServerProtocol(self.listener)
+            protocol = self.listener.h2.connection()
         else:
-            protocol = self.listener.h1()
+            protocol = self.listener.h1.connection()
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
         protocol.data_received(buffered)
@@ -102,7 +88,7 @@ class Sniffer(asyncio.Protocol):
             self._timer = None
         if self in self.listener.pending:
             self.listener.pending.discard(self)
-            self.listener.proxy.gate.pending -= 1
+            self.listener.ctx.gate.pending -= 1
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop()
@@ -113,103 +99,50 @@ class Sniffer(asyncio.Protocol):
 
 
 class HttpListener:
+    """HTTP/1.1 and h2c prior knowledge on one port."""
+
     protocol = "http"
 
-    def __init__(self, proxy: Proxy, port: int) -> None:
-        self.proxy = proxy
+    def __init__(self, ctx: Context, port: int) -> None:
+        self.ctx = ctx
         self.port = port
-        options = proxy.options
-        self.header_timeout = options.header_timeout
-        self.closing = False
+        self.header_timeout = ctx.options.header_timeout
         self.pending: set[Sniffer] = set()
-        self.h2_conns: set[H2ServerProtocol] = set()
+        self.h1 = H1Server(ctx, port)
+        self.h2 = H2Server(ctx, port)
+        self.h2_conns = self.h2.connections
         self._server: asyncio.Server | None = None
-        self._h1 = H1Server(
-            self,
-            access_log=None,
-            keepalive_timeout=options.keepalive_timeout,
-            max_line_size=options.max_header_size,
-            max_field_size=options.max_header_size,
-            max_headers=options.max_headers,
-            lingering_time=2.0,
-        )
-
-    def h1(self) -> H1Protocol:
-        protocol = self._h1()
-        assert isinstance(protocol, H1Protocol)
-        return protocol
 
     async def open(self, host: str) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            self.proxy.gate.factory("http", lambda: Sniffer(self)),
+            self.ctx.gate.factory("http", lambda: Sniffer(self)),
             host,
             self.port,
             reuse_address=True,
+            reuse_port=self.ctx.options.workers > 1 or None,
             backlog=1024,
         )
 
     def close(self) -> None:
-        self.closing = True
         if self._server is not None:
             self._server.close()
-        self._h1.retire_all()
-        for conn in list(self.h2_conns):
-            conn.retire()
+        self.h1.retire_all()
+        self.h2.retire_all()
         for sniffer in list(self.pending):
             sniffer.retire()
 
     def active(self) -> int:
-        return len(self._h1.connections) + len(self.h2_conns)
+        return self.h1.active() + self.h2.active()
 
     def abort(self) -> None:
-        for conn in self._h1.connections:
-            conn.force_close()
-        for h2conn in list(self.h2_conns):
-            if h2conn.transport is not None:
-                h2conn.transport.abort()
-
-    def _closing(self) -> bool:
-        return self.closing or self.proxy.draining
-
-    async def handle(self, request: BaseRequest) -> web.StreamResponse:
-        protocol = request.protocol
-        assert isinstance(protocol, H1Protocol)
-        if request.version[0] != 1:  # HTTP/0.9 or 2.0 spelled as text: never answered in kind
-            protocol.refuse_version()
-        protocol.request_started()
-        proxy = self.proxy
-        proxy.inflight += 1
-        try:
-            authority, target = request_target(request)
-            headers = request.headers
-            inbound = Inbound(
-                listener=self.port,
-                method=request.method,
-                target=target,
-                authority=authority,
-                items=list(headers.items()),
-                peer=protocol.peer_ip,
-                body=h1_body(request, protocol),
-            )
-            fw = proxy.forwarder
-            if "Upgrade" in headers and "upgrade" in headers.get("Connection", "").lower():
-                return await tunnel(
-                    fw, request, inbound, connect_timeout=proxy.options.connect_timeout
-                )
-            ex = await fw.exchange(inbound)
-            if ex.response is None:
-                close = self.closing or proxy.draining or ex.status in (408, 499)
-                return local_response(fw, ex, close=close)
-            return await relay(fw, request, ex, close=self._closing)
-        finally:
-            proxy.inflight -= 1
-            protocol.request_ended()
+        self.h1.abort_all()
+        self.h2.abort_all()
 
 
 class ListenerSet:
-    def __init__(self, proxy: Proxy) -> None:
-        self.proxy = proxy
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
         self.open: dict[tuple[int, str], Listener] = {}
         self.failed: dict[tuple[int, str], str] = {}
         self.retired: list[Listener] = []
@@ -217,10 +150,10 @@ class ListenerSet:
 
     def _make(self, port: int, protocol: str) -> Listener:
         if protocol == "http":
-            return HttpListener(self.proxy, port)
+            return HttpListener(self.ctx, port)
         if protocol == "tcp":
-            return TcpListener(self.proxy, port)
-        return UdpListener(self.proxy, port)
+            return TcpListener(self.ctx, port)
+        return UdpListener(self.ctx, port)
 
     async def reconcile(self, wanted: tuple[tuple[int, str], ...]) -> None:
         async with self._lock:
@@ -235,10 +168,10 @@ class ListenerSet:
             for key in sorted(keys - set(self.open)):
                 listener = self._make(*key)
                 try:
-                    await listener.open(self.proxy.options.bind)
+                    await listener.open(self.ctx.options.bind)
                 except OSError as exc:
                     self.failed[key] = str(exc)
-                    self.proxy.metrics.count("listener_errors", key[1])
+                    self.ctx.metrics.count("listener_errors", key[1])
                     log.error("cannot open %s listener on port %d: %s", key[1], key[0], exc)
                     continue
                 self.failed.pop(key, None)

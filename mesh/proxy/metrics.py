@@ -6,12 +6,17 @@ keyed by label tuples (one dict operation per count, no locks, no label validati
 :class:`_Exporter` turns them into metric families when ``/metrics`` is scraped, together
 with what is read from the current snapshot then: circuit breaker states, the applied config
 version, open UDP sessions.
+
+With ``--workers`` each process keeps its own tables; :meth:`Metrics.export` turns them (and
+the live state) into plain data and :func:`render_merged` adds every worker's up into one
+exposition for the supervisor's ``/metrics``.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -195,6 +200,68 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def export(self, live: dict[str, Any]) -> dict[str, Any]:
+        """The tables and ``live`` state as plain data (to send to the supervisor)."""
+        breakers = live.get("breakers", {})
+        return {
+            "counters": {name: list(table.items()) for name, table in self.counters.items()},
+            "histograms": {
+                name: [(labels, h.counts, h.sum) for labels, h in table.items()]
+                for name, table in self.histograms.items()
+            },
+            "active": dict(self.active),
+            "live": {
+                **live,
+                "breakers": {key: (b.state, b.opens) for key, b in breakers.items()},
+            },
+        }
+
+
+@dataclass
+class BreakerView:
+    """A circuit breaker as several workers see it: the most alarming state, opens added."""
+
+    state: CircuitState
+    opens: int
+
+
+_SEVERITY = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}
+
+
+def render_merged(exports: list[dict[str, Any]]) -> bytes:
+    """One exposition for several workers: counters, histograms and gauges added up,
+    breakers at their most alarming state, the config version of the first."""
+    live: dict[str, Any] = {"breakers": {}, "udp_sessions": 0}
+    merged = Metrics(lambda: live)
+    for export in exports:
+        for name, rows in export["counters"].items():
+            table = merged.counters[name]
+            for labels, value in rows:
+                table[labels] = table.get(labels, 0.0) + value
+        for name, rows in export["histograms"].items():
+            hist_table = merged.histograms[name]
+            for labels, counts, total in rows:
+                histogram = hist_table.get(labels)
+                if histogram is None:
+                    histogram = hist_table[labels] = Histogram()
+                histogram.counts = [a + b for a, b in zip(histogram.counts, counts, strict=True)]
+                histogram.sum += total
+        for protocol, value in export["active"].items():
+            merged.active[protocol] = merged.active.get(protocol, 0) + value
+        state = export["live"]
+        live.setdefault("version", state.get("version"))
+        live.setdefault("applied_at", state.get("applied_at", 0.0))
+        live["udp_sessions"] += state.get("udp_sessions", 0)
+        for key, (breaker_state, opens) in state["breakers"].items():
+            view = live["breakers"].get(key)
+            if view is None:
+                live["breakers"][key] = BreakerView(breaker_state, opens)
+                continue
+            view.opens += opens
+            if _SEVERITY[breaker_state] > _SEVERITY[view.state]:
+                view.state = breaker_state
+    return merged.render()
 
 
 class _Exporter(Collector):

@@ -1,9 +1,11 @@
 """The node proxy object: the applied config, the listeners, the clients, draining.
 
-The applied config is one immutable :class:`Snapshot` (config, compiled router, engine). A
-reload builds the next snapshot beside the current one and swaps one reference; a request or
-connection reads ``proxy.snapshot`` once when it starts and keeps that snapshot to its end,
-so it finishes on the config it started on. Policy state lives in one
+:class:`Proxy` builds the :class:`~mesh.proxy.context.Context` that every component is given
+(the components never see the Proxy). The applied config is one immutable
+:class:`~mesh.proxy.snapshot.Snapshot` (config, compiled router, engine). A reload builds the
+next snapshot beside the current one and swaps one reference (``ctx.snapshot``); a request or
+connection reads it once when it starts and keeps that snapshot to its end, so it finishes on
+the config it started on. Policy state lives in one
 :class:`~mesh.core.routing.EngineState` that every snapshot's engine shares: the core keys it
 by names, so balancers, breakers and limiters carry over across reloads. After the swap the
 listeners are reconciled: only added ones open, only removed ones close.
@@ -15,20 +17,28 @@ connections finish up to a deadline, then abort what is left.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import math
 import os
+import random
 import time
-from dataclasses import dataclass, field
-from typing import Any, Protocol, TextIO
+from typing import Any, TextIO
 
-from mesh.core.config import MeshConfig
+import msgspec
+
 from mesh.core.routing import Engine, EngineState, Router
+from mesh.core.schema import MeshConfig
 from mesh.proxy.accesslog import AccessLog
-from mesh.proxy.addresses import AddressMap
+from mesh.proxy.admin import Status, start_admin
+from mesh.proxy.context import Context
+from mesh.proxy.flows import Flow
 from mesh.proxy.forward import Forwarder
 from mesh.proxy.limits import ConnectionGate
 from mesh.proxy.listeners import ListenerSet
 from mesh.proxy.metrics import Metrics
+from mesh.proxy.options import Options
+from mesh.proxy.snapshot import Snapshot
 from mesh.proxy.tracing import make_tracer
 from mesh.proxy.udp import UdpListener
 from mesh.proxy.upstream import Upstream
@@ -36,52 +46,51 @@ from mesh.proxy.upstream_h2 import H2Upstream
 from mesh.proxy.upstream_http import HttpUpstream, client_ssl_context
 from mesh.proxy.upstream_raw import RawUpstream
 
+__all__ = [
+    "Flow",
+    "Options",
+    "Proxy",
+    "Snapshot",
+    "make_http_upstream",
+    "settle_memory",
+    "share_rate_limits",
+]
+
 log = logging.getLogger("simmesh.proxy")
 
 
-@dataclass(frozen=True, slots=True)
-class Options:
-    node: str
-    bind: str = "0.0.0.0"
-    admin_port: int | None = 9901  # None: no admin server; 0: any free port
-    access_log: bool = False
-    header_timeout: float = 10.0  # request headers; h2c preface and first request
-    keepalive_timeout: float = 60.0  # idle HTTP/1.1 keep-alive and h2c connections
-    body_timeout: float = 30.0  # between two reads of a request body
-    upstream_timeout: float = 60.0  # per try, for services without simmesh.io/timeout
-    connect_timeout: float = 5.0
-    drain_timeout: float = 15.0
-    udp_idle_timeout: float = 30.0
-    buffer_limit: int = 64 * 1024
-    max_header_size: int = 8190
-    max_headers: int = 100  # request headers (431 beyond), and upstream response headers
-    max_response_header_size: int = 64 * 1024  # upstream response headers in total (502)
-    max_connections: int = 10_000  # downstream connections and UDP sessions
-    upstream_ca: str | None = None
-    address_map: AddressMap = field(default_factory=lambda: AddressMap([]))
+def share_rate_limits(config: MeshConfig, workers: int) -> MeshConfig:
+    """The config one of ``workers`` worker processes enforces: each route's rate limit
+    divided among them (``average``/N per second, the burst divided up, at least 1)."""
+    if workers <= 1:
+        return config
+    routes = {}
+    for key, route in config.routes.items():
+        limit = route.policy.rate_limit
+        if limit is not None:
+            share = msgspec.structs.replace(
+                limit,
+                average=limit.average / workers,
+                burst=max(1, math.ceil(limit.burst / workers)),
+            )
+            policy = msgspec.structs.replace(route.policy, rate_limit=share)
+            route = msgspec.structs.replace(route, policy=policy)
+        routes[key] = route
+    return msgspec.structs.replace(config, routes=routes)
 
 
-class Flow(Protocol):
-    """A long-lived flow admitted once (TCP connection, UDP session, WebSocket tunnel): a new
-    config that no longer admits it ends it."""
+def settle_memory() -> None:
+    """Move what a config leaves alive (router, engine, modules) out of the cyclic GC's reach.
 
-    kind: str  # tcp, udp or websocket
-
-    @property
-    def service(self) -> str: ...
-
-    def readmitted(self, router: Router) -> bool: ...
-
-    def revoke(self) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    config: MeshConfig
-    router: Router
-    engine: Engine
-    version: str
-    applied_at: float  # wall-clock seconds
+    Garbage from the previous config is collected first; afterwards the collector only scans
+    what requests allocate, so its pauses stay short however large the config is. Young
+    collections are also made rarer: request objects are short-lived and freed by reference
+    counting, so frequent generation-0 scans mostly cost latency.
+    """
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 100)
 
 
 def make_http_upstream(options: Options) -> Upstream:
@@ -104,28 +113,61 @@ def make_http_upstream(options: Options) -> Upstream:
 
 
 class Proxy:
+    """One proxy process: builds the :class:`~mesh.proxy.context.Context` its components
+    share, applies configs, and owns the listeners, the upstream clients and the admin port."""
+
     def __init__(self, options: Options, *, access_stream: TextIO | None = None) -> None:
         self.options = options
         self.state = EngineState()
-        self.snapshot: Snapshot | None = None
         self.metrics = Metrics(self._live)
-        self.gate = ConnectionGate(options.max_connections, self.metrics)
-        self.tracer = make_tracer(f"simmesh-proxy/{options.node}")
-        self.access_log = AccessLog(access_stream) if options.access_log else None
-        self.upstream_ssl = client_ssl_context(options.upstream_ca)
+        rng = random.Random()
         self.http = make_http_upstream(options)
         self.h2c = H2Upstream(
             connect_timeout=options.connect_timeout, max_headers=options.max_headers
         )
-        self.forwarder = Forwarder(self, http=self.http, h2c=self.h2c)
-        self.rng = self.forwarder.rng
-        self.listeners = ListenerSet(self)
-        self.draining = False
-        self.inflight = 0
-        self.flows: set[Flow] = set()  # admitted long-lived flows, judged again on reload
+        tracer = make_tracer(f"simmesh-proxy/{options.node}")
+        # With --workers, lines of several processes share stdout: each line is written whole.
+        every = 0.0 if options.workers > 1 else 0.2
+        access_log = AccessLog(access_stream, flush_every=every) if options.access_log else None
+        forwarder = Forwarder(
+            options=options,
+            metrics=self.metrics,
+            tracer=tracer,
+            access_log=access_log,
+            http=self.http,
+            h2c=self.h2c,
+            upstream_ssl=client_ssl_context(options.upstream_ca),
+            rng=rng,
+        )
+        self.ctx = Context(
+            options=options,
+            metrics=self.metrics,
+            tracer=tracer,
+            access_log=access_log,
+            forwarder=forwarder,
+            gate=ConnectionGate(  # --max-connections is the node's: each worker has its share
+                math.ceil(options.max_connections / options.workers), self.metrics
+            ),
+            rng=rng,
+        )
+        self.forwarder = forwarder
+        self.listeners = ListenerSet(self.ctx)
         self.source: dict[str, Any] = {}
         self.admin_port: int | None = None
         self._admin: Any = None
+        self._listening = False
+
+    @property
+    def snapshot(self) -> Snapshot | None:
+        return self.ctx.snapshot
+
+    @property
+    def draining(self) -> bool:
+        return self.ctx.draining
+
+    @property
+    def inflight(self) -> int:
+        return self.ctx.inflight
 
     # -- config -------------------------------------------------------------------------------
 
@@ -134,35 +176,36 @@ class Proxy:
         current = self.snapshot
         if current is not None and current.version == config.version:
             return False
-        router = Router(self.options.address_map.apply(config))
+        local = share_rate_limits(self.options.address_map.apply(config), self.options.workers)
+        router = Router(local)
         engine = Engine(router, state=self.state)
-        self.snapshot = Snapshot(config, router, engine, config.version, time.time())
+        self.ctx.snapshot = Snapshot(config, router, engine, config.version, time.time())
         self.metrics.count("reloads")
         self.revoke(router)
         await self.listeners.reconcile(router.listeners)
+        self._listening = True  # ready only once the first config's listeners are open
         log.info("applied config %s (%d listeners)", config.version, len(router.listeners))
         return True
 
     def revoke(self, router: Router) -> int:
-        """End the flows ``router``'s config no longer admits (a grant was removed, or the
-        source's identity changed); the core judges each (Router.readmits)."""
-        revoked = [flow for flow in self.flows if not flow.readmitted(router)]
-        for flow in revoked:
-            self.flows.discard(flow)
-            self.metrics.count("revoked", flow.service, flow.kind)
-            flow.revoke()
-        if revoked:
-            log.info("ended %d flows that config %s no longer admits", len(revoked), router.version)
-        return len(revoked)
+        """End the flows ``router``'s config no longer admits (the core judges each)."""
+        return self.ctx.flows.revoke(router)
 
-    def server_name(self, service: str) -> str | None:
-        """The cluster DNS name of ``namespace/name``, checked when HTTPS is verified."""
-        snapshot = self.snapshot
-        if snapshot is None:
-            return None
-        namespace, _, name = service.partition("/")
-        domain = snapshot.config.settings.cluster_domain
-        return f"{name}.{namespace}.svc.{domain}"
+    def live(self) -> dict[str, Any]:
+        """What the metrics read from the applied config and the engine's state."""
+        return self._live()
+
+    def worker_summary(self) -> dict[str, Any]:
+        """This process's part of ``/config`` with ``--workers``."""
+        requests = sum(self.metrics.counters["requests"].values())
+        return {
+            "worker": self.options.worker,
+            "pid": os.getpid(),
+            "running": True,
+            "version": self.version,
+            "requests": int(requests),
+            "connections": dict(self.metrics.active),
+        }
 
     def _live(self) -> dict[str, Any]:
         snapshot = self.snapshot
@@ -178,7 +221,19 @@ class Proxy:
             "udp_sessions": sessions,
         }
 
-    def summary(self) -> dict[str, Any]:
+    @property
+    def version(self) -> str | None:
+        snapshot = self.snapshot
+        return snapshot.version if snapshot is not None else None
+
+    async def metrics_text(self) -> bytes:
+        return self.metrics.render()
+
+    async def summary(self) -> dict[str, Any]:
+        return self.describe()
+
+    def describe(self) -> dict[str, Any]:
+        """/config: the version, the listeners (open, or why not), counts, the source."""
         snapshot = self.snapshot
         out: dict[str, Any] = {
             "node": self.options.node,
@@ -212,21 +267,20 @@ class Proxy:
 
     @property
     def ready(self) -> bool:
-        return self.snapshot is not None and not self.draining
+        return self._listening and not self.draining
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, *, status: Status | None = None) -> None:
+        """Open the admin port (serving ``status``: this proxy unless a supervisor's)."""
         if self.options.admin_port is not None:
-            from mesh.proxy.admin import start_admin
-
             self._admin, self.admin_port = await start_admin(
-                self, self.options.bind, self.options.admin_port
+                status or self, self.options.bind, self.options.admin_port
             )
 
     async def drain(self, timeout: float | None = None) -> bool:
         """Stop accepting, wait for in-flight work; True when everything finished in time."""
-        self.draining = True
+        self.ctx.draining = True
         self.listeners.stop_accepting()
         deadline = time.monotonic() + (self.options.drain_timeout if timeout is None else timeout)
         while time.monotonic() < deadline:
@@ -247,6 +301,6 @@ class Proxy:
         if self._admin is not None:
             await self._admin.cleanup()
             self._admin = None
-        self.tracer.shutdown()
-        if self.access_log is not None:
-            self.access_log.flush()
+        self.ctx.tracer.shutdown()
+        if self.ctx.access_log is not None:
+            self.ctx.access_log.flush()

@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from mesh.core.lifecycle import Delivered, Lifecycle
 from mesh.core.policies import Failure
 from mesh.core.routing import Decision, Endpoint, Router
+from mesh.proxy.context import Context
 from mesh.proxy.forward import connect_flow
+from mesh.proxy.snapshot import Snapshot
 from mesh.proxy.upstream import UpstreamError
-
-if TYPE_CHECKING:
-    from mesh.proxy.proxy import Proxy, Snapshot
 
 _HIGH_WATER = 1 << 20
 
@@ -32,8 +31,8 @@ _HIGH_WATER = 1 << 20
 class TcpListener:
     protocol = "tcp"
 
-    def __init__(self, proxy: Proxy, port: int) -> None:
-        self.proxy = proxy
+    def __init__(self, ctx: Context, port: int) -> None:
+        self.ctx = ctx
         self.port = port
         self.flows: set[Inbound] = set()
         self._server: asyncio.Server | None = None
@@ -41,10 +40,11 @@ class TcpListener:
     async def open(self, host: str) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            self.proxy.gate.factory("tcp", lambda: Inbound(self)),
+            self.ctx.gate.factory("tcp", lambda: Inbound(self)),
             host,
             self.port,
             reuse_address=True,
+            reuse_port=self.ctx.options.workers > 1 or None,
             backlog=1024,
         )
 
@@ -100,7 +100,7 @@ class Inbound(asyncio.Protocol):
 
     def __init__(self, listener: TcpListener) -> None:
         self.listener = listener
-        self.proxy = listener.proxy
+        self.ctx = listener.ctx
         self.transport: asyncio.Transport | None = None
         self.peer: Outbound | None = None
         self.peer_ip = ""
@@ -129,8 +129,8 @@ class Inbound(asyncio.Protocol):
         self.peer_ip = peer[0] if peer else ""
         self.peer_port = int(peer[1]) if peer else 0
         self.listener.flows.add(self)
-        self.proxy.metrics.opened("tcp")
-        snapshot = self.snapshot = self.proxy.snapshot
+        self.ctx.metrics.opened("tcp")
+        snapshot = self.snapshot = self.ctx.snapshot
         if snapshot is None:
             self.reason = "no-config"
             transport.close()
@@ -139,15 +139,15 @@ class Inbound(asyncio.Protocol):
             listener=self.listener.port,
             source=snapshot.router.source_identity(self.peer_ip),
             now=time.monotonic(),
-            rng=self.proxy.rng,
+            rng=self.ctx.rng,
         )
         if not d.allowed:
             self.reason = d.reason.value
-            self.proxy.metrics.deny(self.service, "tcp", d.reason.value)
+            self.ctx.metrics.deny(self.service, "tcp", d.reason.value)
             transport.close()
             return
         self._task = asyncio.create_task(self._connect(snapshot, d))
-        self.proxy.flows.add(self)
+        self.ctx.flows.add(self)
 
     def readmitted(self, router: Router) -> bool:
         d = self.decision
@@ -168,7 +168,7 @@ class Inbound(asyncio.Protocol):
 
     async def _connect(self, snapshot: Snapshot, d: Decision) -> None:
         loop = asyncio.get_running_loop()
-        timeout = self.proxy.options.connect_timeout
+        timeout = self.ctx.options.connect_timeout
 
         async def connect(endpoint: Endpoint) -> Outbound:
             try:
@@ -181,11 +181,11 @@ class Inbound(asyncio.Protocol):
             return out
 
         def failed(exc: UpstreamError) -> None:
-            self.proxy.metrics.failure(self.service, Failure.CONNECT.value)
+            self.ctx.metrics.failure(self.service, Failure.CONNECT.value)
 
         try:
             peer, self.life = await connect_flow(
-                snapshot.engine, d, connect, rng=self.proxy.rng, on_failure=failed
+                snapshot.engine, d, connect, rng=self.ctx.rng, on_failure=failed
             )
         except UpstreamError:
             self.reason = "upstream-connect-failed"
@@ -286,14 +286,14 @@ class Inbound(asyncio.Protocol):
         self._count()
 
     def _count(self) -> None:
-        self.proxy.flows.discard(self)
+        self.ctx.flows.discard(self)
         if self not in self.listener.flows:
             return
         self.listener.flows.discard(self)
-        metrics = self.proxy.metrics
+        metrics = self.ctx.metrics
         metrics.closed("tcp")
         metrics.transferred(self.service, "tcp", self.rx, self.tx)
-        log = self.proxy.access_log
+        log = self.ctx.access_log
         if log is not None:
             log.write(self._record())
 

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 log = logging.getLogger("simmesh.proxy")
 _ids = random.Random(int.from_bytes(os.urandom(16), "big"))
 _HEX = frozenset("0123456789abcdef")
+_ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
 
 
 def parse_traceparent(value: str | None) -> tuple[str, str, str] | None:
@@ -50,7 +51,9 @@ class Span(Protocol):
 
 
 class Tracer(Protocol):
-    def start(self, incoming: str | None, *, name: str, attributes: dict[str, Any]) -> Span: ...
+    def start(self, incoming: str | None, *, method: str, service: str, host: str) -> Span:
+        """A span for one proxied request (``incoming``: the request's traceparent)."""
+        ...
 
     def shutdown(self) -> None: ...
 
@@ -69,7 +72,12 @@ class W3CSpan:
 class W3CTracer:
     """Propagation only: ids, no export."""
 
-    def start(self, incoming: str | None, *, name: str, attributes: dict[str, Any]) -> Span:
+    def start(self, incoming: str | None, *, method: str, service: str, host: str) -> Span:
+        if incoming is None:  # a new trace: both ids from one draw (hot path)
+            ids = f"{_ids.getrandbits(192):048x}"
+            trace_id, span_id = ids[:32], ids[32:]
+            if trace_id != _ZERO_TRACE and span_id != _ZERO_SPAN:
+                return W3CSpan(trace_id, f"00-{trace_id}-{span_id}-01")
         parent = parse_traceparent(incoming)
         trace_id, flags = (parent[0], parent[2]) if parent else (new_id(128), "01")
         return W3CSpan(trace_id, f"00-{trace_id}-{new_id(64)}-{flags}")
@@ -113,11 +121,12 @@ class OtelTracer:
         self._propagator = TraceContextTextMapPropagator()
         self._server_kind = trace.SpanKind.SERVER
 
-    def start(self, incoming: str | None, *, name: str, attributes: dict[str, Any]) -> Span:
+    def start(self, incoming: str | None, *, method: str, service: str, host: str) -> Span:
         carrier = {"traceparent": incoming} if incoming else {}
         context = self._propagator.extract(carrier)
+        attributes = {"http.request.method": method, "server.address": host} if host else {}
         span = self._tracer.start_span(
-            name, context=context, kind=self._server_kind, attributes=attributes
+            f"{method} {service}", context=context, kind=self._server_kind, attributes=attributes
         )
         out: dict[str, str] = {}
         self._propagator.inject(out, context=self._trace.set_span_in_context(span))

@@ -2,11 +2,15 @@
 
 The core decides as for any request (Host, access, limits, endpoint). The request head goes
 upstream on a connection of its own (not from the pool: it will never be reusable); if the
-upstream answers ``101 Switching Protocols`` the proxy answers 101 too and from then on copies
-bytes both ways without looking at them: frames, masks and extensions are the endpoints'
-business. Any other answer is relayed as an ordinary response and the connection closed.
-Upstream writes apply backpressure to the client's connection (reading pauses while more than
-:data:`HIGH_WATER` bytes wait to be sent).
+upstream answers ``101 Switching Protocols`` the proxy answers 101 too, takes the client's
+connection over (:meth:`Client.take_over`) and from then on copies bytes both ways without
+looking at them: frames, masks and extensions are the endpoints' business. Any other answer
+is relayed as it is and the connection closed. Each direction applies backpressure to the
+other: reading from the client pauses while more than :data:`HIGH_WATER` bytes wait for the
+upstream, and the copy towards the client waits for the client to take what was written.
+
+The front end this runs on is any :class:`Client` (the HTTP/1.1 connection); an open tunnel
+is a flow (:class:`_Tunnel`) that a new config judges again (revocation).
 """
 
 from __future__ import annotations
@@ -14,16 +18,14 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
+from typing import Protocol
 
-from aiohttp import web
-from aiohttp.web_request import BaseRequest
-
-from mesh.core.lifecycle import Answer, Failed, Lifecycle, Responded
+from mesh.core.lifecycle import Answer, Failed, Responded
 from mesh.core.policies import Failure
 from mesh.core.routing import Endpoint, Router
-from mesh.proxy.forward import Exchange, Forwarder, Inbound, connect_with
+from mesh.proxy.context import Context
+from mesh.proxy.forward import Exchange, Inbound, connect_with
 from mesh.proxy.headers import request_headers, response_headers
-from mesh.proxy.http1 import H1Protocol, local_response
 from mesh.proxy.upstream import UpstreamError
 
 HIGH_WATER = 1 << 20
@@ -31,40 +33,76 @@ _HEAD_LIMIT = 64 * 1024
 _Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
+class Sink(Protocol):
+    """Where an upgraded client connection's bytes go."""
+
+    def feed_data(self, data: bytes) -> None: ...
+
+    def feed_eof(self) -> None: ...
+
+    def connection_lost(self) -> None: ...
+
+
+class Client(Protocol):
+    """The client side of a tunnel: what the HTTP/1.1 front end offers it."""
+
+    peer_ip: str
+
+    def write(self, data: bytes) -> None: ...
+
+    async def drain(self) -> None: ...
+
+    def take_over(self, sink: Sink) -> None: ...
+
+    def pause(self, why: str) -> None: ...
+
+    def resume(self, why: str) -> None: ...
+
+    def local(self, ex: Exchange) -> None: ...
+
+    def close(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
 class _Feed:
-    """Bytes the client sends after the upgrade (installed as aiohttp's payload parser)."""
+    """The client's bytes after the upgrade, written to the upstream."""
 
-    def __init__(self, writer: asyncio.StreamWriter, protocol: H1Protocol) -> None:
+    def __init__(self, writer: asyncio.StreamWriter, client: Client) -> None:
         self._writer = writer
-        self._protocol = protocol
+        self._client = client
         self.received = 0
-        self._resuming: asyncio.Future[None] | None = None
+        self._resuming: asyncio.Task[None] | None = None
 
-    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+    def feed_data(self, data: bytes) -> None:
         self.received += len(data)
-        self._writer.write(data)
-        transport = self._protocol.transport
-        if transport is not None and self._writer.transport.get_write_buffer_size() > HIGH_WATER:
-            transport.pause_reading()
+        writer = self._writer
+        if writer.is_closing():
+            return
+        writer.write(data)
+        if writer.transport.get_write_buffer_size() > HIGH_WATER:
+            self._client.pause("tunnel")
             if self._resuming is None or self._resuming.done():
-                self._resuming = asyncio.ensure_future(self._resume(transport))
-        return False, b""
+                self._resuming = asyncio.get_running_loop().create_task(self._resume())
 
-    async def _resume(self, transport: asyncio.Transport) -> None:
+    async def _resume(self) -> None:
         try:
             await self._writer.drain()
         except ConnectionError:
             return
-        if not transport.is_closing():
-            transport.resume_reading()
+        self._client.resume("tunnel")
 
     def feed_eof(self) -> None:
-        if not self._writer.is_closing():
-            self._writer.close()
+        writer = self._writer
+        if not writer.is_closing() and writer.can_write_eof():
+            writer.write_eof()
+
+    def connection_lost(self) -> None:
+        self._writer.transport.abort()
 
 
 def _parse_head(raw: bytes, limit: int = 100) -> tuple[int, str, list[tuple[str, str]]]:
-    lines = raw.decode("latin-1").split("\r\n")
+    lines = raw.decode("utf-8", "surrogateescape").split("\r\n")
     if len(lines) > limit + 3:  # the status line and the blank lines at the end
         raise UpstreamError(Failure.RESET, f"more than {limit} response headers")
     version, _, rest = lines[0].partition(" ")
@@ -79,15 +117,19 @@ def _parse_head(raw: bytes, limit: int = 100) -> tuple[int, str, list[tuple[str,
     return int(code), reason, headers
 
 
-async def tunnel(
-    fw: Forwarder, request: BaseRequest, inbound: Inbound, *, connect_timeout: float
-) -> web.StreamResponse:
-    ex = fw.decide(inbound)
+async def tunnel(ctx: Context, client: Client, inbound: Inbound, *, upgrade: str) -> None:
+    """Serve one upgrade request from ``client``; the connection closes when it is over."""
+    fw = ctx.forwarder
+    snapshot = ctx.snapshot
+    ex = fw.decide(inbound, snapshot)
     d = ex.decision
-    if ex.status or d is None or d.cluster is None or ex.snapshot is None:
-        return local_response(fw, ex, close=True)
-    context = fw.proxy.upstream_ssl if d.cluster.scheme == "https" else None
-    name = fw.proxy.server_name(d.cluster.service) if context and context.check_hostname else None
+    if ex.status or d is None or d.cluster is None or snapshot is None:
+        client.local(ex)
+        return
+    context = fw.upstream_ssl if d.cluster.scheme == "https" else None
+    verify = context is not None and context.check_hostname
+    name = snapshot.server_name(d.cluster.service) if verify else None
+    connect_timeout = ctx.options.connect_timeout
 
     async def connect(endpoint: Endpoint) -> _Conn:
         try:
@@ -106,33 +148,35 @@ async def tunnel(
         answer = life.answer
         assert answer is not None
         ex.answer(answer.status, answer.reason, answer.detail)
-        return local_response(fw, ex, close=True)
+        client.local(ex)
+        return
     try:
-        return await _exchange(fw, request, inbound, ex, life, reader, writer)
-    except Exception:
-        fw.complete(ex, status=500, sent=0)  # never leave the engine's attempt open
+        await _exchange(ctx, client, inbound, ex, reader, writer, upgrade)
+    except BaseException:
+        if life.done:
+            raise
+        fw.complete(ex, status=500, sent=0, client_gone=True)  # never leave the attempt open
         raise
     finally:
         writer.close()
 
 
 async def _exchange(
-    fw: Forwarder,
-    request: BaseRequest,
+    ctx: Context,
+    client: Client,
     inbound: Inbound,
     ex: Exchange,
-    life: Lifecycle,
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
-) -> web.StreamResponse:
+    upgrade: str,
+) -> None:
+    fw = ctx.forwarder
+    life = ex.life
     canonical = inbound.request
-    assert canonical is not None
-    span = ex.span = fw.proxy.tracer.start(
-        canonical.replaced.get("traceparent"),
-        name=f"{inbound.method} {ex.service}",
-        attributes={},
+    assert canonical is not None and life is not None
+    span = ex.span = fw.tracer.start(
+        canonical.replaced.get("traceparent"), method=inbound.method, service=ex.service, host=""
     )
-    upgrade = request.headers.get("Upgrade", "")
     headers = request_headers(
         canonical, peer=inbound.peer, proto=inbound.proto, traceparent=span.traceparent, h2=False
     )
@@ -141,9 +185,8 @@ async def _exchange(
     lines += ["Connection: Upgrade", f"Upgrade: {upgrade}", "", ""]
     # Header values arrive decoded as UTF-8 with surrogate escapes: send back the same bytes.
     writer.write("\r\n".join(lines).encode("utf-8", "surrogateescape"))
-    timeout = life.timeout
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(life.timeout):
             raw = await reader.readuntil(b"\r\n\r\n")
         status, reason, upstream_headers = _parse_head(raw[:_HEAD_LIMIT])
     except (
@@ -157,65 +200,60 @@ async def _exchange(
         answer = life.handle(Failed(failure, repr(exc), partial=True), time.monotonic())
         assert isinstance(answer, Answer)  # the upgrade went out: not replayable, not retried
         ex.answer(answer.status, answer.reason, answer.detail)
-        return local_response(fw, ex, close=True)
+        client.local(ex)
+        return
     life.handle(Responded(status), time.monotonic())
-    out_headers = response_headers(upstream_headers)
+    out = [(n, v) for n, v in response_headers(upstream_headers)]
+    remaining: int | None = None
     if status == 101:
-        out_headers += [("Connection", "Upgrade"), ("Upgrade", upgrade)]
-    out = web.StreamResponse(status=status, reason=reason or None, headers=out_headers)
-    out.force_close()
+        out += [("Connection", "Upgrade"), ("Upgrade", upgrade)]
+    else:
+        out.append(("Connection", "close"))
+        length = next((v for n, v in upstream_headers if n.lower() == "content-length"), "")
+        remaining = int(length) if length.isascii() and length.isdigit() else None
+    head = [f"HTTP/1.1 {status} {reason}", *(f"{n}: {v}" for n, v in out), "", ""]
+    client.write("\r\n".join(head).encode("utf-8", "surrogateescape"))
+    feed = flow = None
+    if status == 101:
+        feed = _Feed(writer, client)
+        flow = _Tunnel(inbound, ex, writer, client)
+        ctx.flows.add(flow)
+        client.take_over(feed)
     sent = 0
-    feed = None
-    flow = None
-    flows = fw.proxy.flows
+    gone = False
     try:
-        await out.prepare(request)
-        remaining = None
-        if status != 101:
-            length = dict((n.lower(), v) for n, v in upstream_headers).get("content-length", "")
-            remaining = int(length) if length.isascii() and length.isdigit() else None
-        else:
-            protocol = request.protocol
-            assert isinstance(protocol, H1Protocol)
-            feed = _Feed(writer, protocol)
-            protocol.set_parser(feed)  # type: ignore[arg-type]
-            flow = _Tunnel(inbound, ex, writer, protocol)
-            flows.add(flow)
         while remaining is None or remaining > 0:
             chunk = await reader.read(65536 if remaining is None else min(65536, remaining))
             if not chunk:
                 break
             if remaining is not None:
                 remaining -= len(chunk)
-            await out.write(chunk)
+            client.write(chunk)
             sent += len(chunk)
-    except (ConnectionError, asyncio.CancelledError) as exc:
+            await client.drain()
+    except ConnectionError:
+        gone = status != 101
+    finally:
         if flow is not None:
-            flows.discard(flow)
-        _count(inbound, feed)
-        fw.complete(ex, status=status, sent=sent, client_gone=status != 101)
-        if isinstance(exc, asyncio.CancelledError):
-            raise
-        return out
-    if flow is not None:
-        flows.discard(flow)
-    _count(inbound, feed)
-    fw.complete(ex, status=status, sent=sent)
-    return out
+            ctx.flows.discard(flow)
+        if feed is not None:
+            inbound.body.received += feed.received
+        client.close()
+    fw.complete(ex, status=status, sent=sent, client_gone=gone)
 
 
 class _Tunnel:
-    """An upgraded connection, for the proxy's revocation on reload (``Proxy.revoke``)."""
+    """An upgraded connection, for revocation on reload (``Flows.revoke``)."""
 
     kind = "websocket"
 
     def __init__(
-        self, inbound: Inbound, ex: Exchange, writer: asyncio.StreamWriter, protocol: H1Protocol
+        self, inbound: Inbound, ex: Exchange, writer: asyncio.StreamWriter, client: Client
     ) -> None:
         self.inbound = inbound
         self.ex = ex
         self.writer = writer
-        self.protocol = protocol
+        self.client = client
 
     @property
     def service(self) -> str:
@@ -234,10 +272,4 @@ class _Tunnel:
 
     def revoke(self) -> None:
         self.writer.transport.abort()
-        if self.protocol.transport is not None:
-            self.protocol.transport.abort()
-
-
-def _count(inbound: Inbound, feed: _Feed | None) -> None:
-    if feed is not None:
-        inbound.body.received += feed.received
+        self.client.abort()

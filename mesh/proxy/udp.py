@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from mesh.core.lifecycle import Delivered, Lifecycle
 from mesh.core.policies import Failure
 from mesh.core.routing import Decision, Endpoint, Router
+from mesh.proxy.context import Context
 from mesh.proxy.forward import connect_flow
+from mesh.proxy.snapshot import Snapshot
 from mesh.proxy.upstream import UpstreamError
-
-if TYPE_CHECKING:
-    from mesh.proxy.proxy import Proxy, Snapshot
 
 PENDING = 64
 Address = tuple[Any, ...]
@@ -30,8 +29,8 @@ Address = tuple[Any, ...]
 class UdpListener(asyncio.DatagramProtocol):
     protocol = "udp"
 
-    def __init__(self, proxy: Proxy, port: int) -> None:
-        self.proxy = proxy
+    def __init__(self, ctx: Context, port: int) -> None:
+        self.ctx = ctx
         self.port = port
         self.sessions: dict[Address, Session] = {}
         self.transport: asyncio.DatagramTransport | None = None
@@ -39,7 +38,11 @@ class UdpListener(asyncio.DatagramProtocol):
 
     async def open(self, host: str) -> None:
         loop = asyncio.get_running_loop()
-        await loop.create_datagram_endpoint(lambda: self, local_addr=(host, self.port))
+        await loop.create_datagram_endpoint(
+            lambda: self,
+            local_addr=(host, self.port),
+            reuse_port=self.ctx.options.workers > 1 or None,
+        )
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)
@@ -49,18 +52,18 @@ class UdpListener(asyncio.DatagramProtocol):
         if session is not None:
             session.send(data)
             return
-        snapshot = self.proxy.snapshot
-        if snapshot is None or self.closing or self.proxy.gate.full("udp"):
+        snapshot = self.ctx.snapshot
+        if snapshot is None or self.closing or self.ctx.gate.full("udp"):
             return
         d = snapshot.engine.decide_flow(
             listener=self.port,
             source=snapshot.router.source_identity(addr[0]),
             now=time.monotonic(),
-            rng=self.proxy.rng,
+            rng=self.ctx.rng,
         )
         if not d.allowed:
             service = d.route.service if d.route is not None else "-"
-            self.proxy.metrics.deny(service, "udp", d.reason.value)
+            self.ctx.metrics.deny(service, "udp", d.reason.value)
             return
         session = self.sessions[addr] = Session(self, addr, snapshot, d)
         session.start(data)
@@ -91,7 +94,7 @@ class Session(asyncio.DatagramProtocol):
         self, listener: UdpListener, client: Address, snapshot: Snapshot, d: Decision
     ) -> None:
         self.listener = listener
-        self.proxy = listener.proxy
+        self.ctx = listener.ctx
         self.client = client
         self.snapshot = snapshot
         self.decision = d
@@ -115,8 +118,8 @@ class Session(asyncio.DatagramProtocol):
         return route.service if route is not None else "-"
 
     def start(self, first: bytes) -> None:
-        self.proxy.metrics.opened("udp")
-        self.proxy.flows.add(self)
+        self.ctx.metrics.opened("udp")
+        self.ctx.flows.add(self)
         self.send(first)
         self._task = asyncio.create_task(self._open())
 
@@ -134,7 +137,7 @@ class Session(asyncio.DatagramProtocol):
 
         try:
             transport, self.life = await connect_flow(
-                self.snapshot.engine, self.decision, connect, rng=self.proxy.rng
+                self.snapshot.engine, self.decision, connect, rng=self.ctx.rng
             )
         except UpstreamError:
             self._task = None
@@ -176,7 +179,7 @@ class Session(asyncio.DatagramProtocol):
         self.failure = Failure.RESET  # e.g. ICMP port unreachable
 
     def _schedule(self) -> None:
-        idle = self.proxy.options.udp_idle_timeout
+        idle = self.ctx.options.udp_idle_timeout
         delay = max(0.0, self.last + idle - time.monotonic())
         self._timer = asyncio.get_running_loop().call_later(delay, self._check)
 
@@ -184,7 +187,7 @@ class Session(asyncio.DatagramProtocol):
         self._timer = None
         if self.closed:
             return
-        if time.monotonic() - self.last >= self.proxy.options.udp_idle_timeout:
+        if time.monotonic() - self.last >= self.ctx.options.udp_idle_timeout:
             self.close()
         else:
             self._schedule()
@@ -205,7 +208,7 @@ class Session(asyncio.DatagramProtocol):
         if self.closed:
             return
         self.closed = True
-        self.proxy.flows.discard(self)
+        self.ctx.flows.discard(self)
         if self._timer is not None:
             self._timer.cancel()
         if self.listener.sessions.get(self.client) is self:
@@ -218,10 +221,10 @@ class Session(asyncio.DatagramProtocol):
     def _finish(self) -> None:
         if self.life is not None and not self.life.done:
             self.life.handle(Delivered(self.failure), time.monotonic())
-        metrics = self.proxy.metrics
+        metrics = self.ctx.metrics
         metrics.closed("udp")
         metrics.transferred(self.service, "udp", self.rx, self.tx)
-        log = self.proxy.access_log
+        log = self.ctx.access_log
         if log is not None:
             log.write(
                 {

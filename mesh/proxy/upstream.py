@@ -1,19 +1,28 @@
 """What the request driver needs from an upstream client, whatever the protocol.
 
-:class:`Upstream` sends one attempt and returns a :class:`Response` once the response headers
-arrived, or raises :class:`UpstreamError` carrying the core's :class:`~mesh.core.policies.Failure`
-kind: CONNECT (never sent), RESET (closed or reset before a complete response) or TIMEOUT (no
-response in time). Body chunks are read with :meth:`Response.read` (``b""`` at the end), which
-raises UpstreamError too when the stream breaks half-way.
+An attempt is started with :meth:`Upstream.start`, which returns at once with a :class:`Call`
+(to cancel it) and later tells its :class:`Handler` exactly once: ``responded(response)`` when
+the response headers arrived, or ``failed(error)`` with an :class:`UpstreamError` carrying the
+core's :class:`~mesh.core.policies.Failure` kind: CONNECT (never sent), RESET (closed or reset
+before a complete response) or TIMEOUT (no response in time). Neither is called from within
+``start`` itself. Body chunks are read with :meth:`Response.read` (``b""`` at the end), which
+raises UpstreamError too when the stream breaks half-way; :meth:`Response.whole` hands over a
+body that is already complete, so a small response is relayed without waiting for anything.
+
+:meth:`Upstream.send` is the same as a coroutine (for tests and simple callers). Clients
+written as coroutines (``https`` through aiohttp, ``h2c``) get ``start`` from
+:class:`TaskUpstream`: the attempt runs as a task and reports to the handler.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Protocol
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Protocol
 
 from mesh.core.policies import Failure
 from mesh.proxy.body import Body
+from mesh.proxy.headers import Outgoing
 
 
 class UpstreamError(Exception):
@@ -25,12 +34,23 @@ class UpstreamError(Exception):
 
 class Response(Protocol):
     status: int
-    reason: str
     content_length: int | None
+
+    @property
+    def reason(self) -> str: ...
 
     def header_items(self) -> Iterable[tuple[str, str]]: ...
 
+    def http1_head(self) -> bytes:
+        """The status line and the header lines for an HTTP/1.1 client, hop-by-hop headers
+        left out (the client's framing and Connection header follow)."""
+        ...
+
     def trailers(self) -> list[tuple[str, str]] | None: ...
+
+    def whole(self) -> bytes | None:
+        """The complete body if it is already here (then it is taken), else None."""
+        ...
 
     async def read(self) -> bytes: ...
 
@@ -39,7 +59,35 @@ class Response(Protocol):
     def close(self) -> None: ...
 
 
+class Handler(Protocol):
+    """Who is told how an attempt went (the request driver)."""
+
+    def responded(self, response: Response) -> None: ...
+
+    def failed(self, error: UpstreamError) -> None: ...
+
+
+class Call(Protocol):
+    def cancel(self) -> None: ...
+
+
 class Upstream(Protocol):
+    def start(
+        self,
+        handler: Handler,
+        *,
+        scheme: str,
+        ip: str,
+        port: int,
+        method: str,
+        authority: str,
+        path: str,
+        headers: Outgoing | list[tuple[str, str]],
+        body: Body,
+        timeout: float | None,
+        server_name: str | None,
+    ) -> Call: ...
+
     async def send(
         self,
         *,
@@ -49,10 +97,79 @@ class Upstream(Protocol):
         method: str,
         authority: str,
         path: str,
-        headers: list[tuple[str, str]],
+        headers: Outgoing | list[tuple[str, str]],
         body: Body,
         timeout: float | None,
         server_name: str | None,
     ) -> Response: ...
 
     async def close(self) -> None: ...
+
+
+class _TaskCall:
+    """An attempt run as a task; cancelling it closes a response that arrives late."""
+
+    __slots__ = ("_cancelled", "task")
+
+    def __init__(self, attempt: Awaitable[Response], handler: Handler) -> None:
+        self._cancelled = False
+        self.task = asyncio.get_running_loop().create_task(self._run(attempt, handler))
+
+    async def _run(self, attempt: Awaitable[Response], handler: Handler) -> None:
+        try:
+            response = await attempt
+        except UpstreamError as exc:
+            if not self._cancelled:
+                handler.failed(exc)
+            return
+        if self._cancelled:
+            response.close()
+        else:
+            handler.responded(response)
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        self.task.cancel()
+
+
+class TaskUpstream:
+    """``start`` for a client written as ``async def send``."""
+
+    send: Callable[..., Awaitable[Response]]
+
+    def start(self, handler: Handler, **request: Any) -> Call:
+        return _TaskCall(self.send(**request), handler)
+
+
+class CallbackUpstream:
+    """``send`` for a client written as ``start`` (callbacks): the mirror of TaskUpstream."""
+
+    start: Callable[..., Call]
+
+    async def send(self, **request: Any) -> Response:
+        waiter = Waiter()
+        call = self.start(waiter, **request)
+        try:
+            return await waiter.future
+        except asyncio.CancelledError:
+            call.cancel()
+            raise
+
+
+class Waiter:
+    """A :class:`Handler` that a coroutine awaits (``Upstream.send`` over ``start``)."""
+
+    __slots__ = ("future",)
+
+    def __init__(self) -> None:
+        self.future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+
+    def responded(self, response: Response) -> None:
+        if self.future.done():
+            response.close()
+        else:
+            self.future.set_result(response)
+
+    def failed(self, error: UpstreamError) -> None:
+        if not self.future.done():
+            self.future.set_exception(error)

@@ -25,7 +25,8 @@ import h2.exceptions
 from mesh.core.policies import Failure
 from mesh.proxy.body import Body, ClientGone
 from mesh.proxy.h2common import H2Protocol, Inbox, decode, encode
-from mesh.proxy.upstream import Response, UpstreamError
+from mesh.proxy.headers import Outgoing, response_head_lines, status_line
+from mesh.proxy.upstream import Response, TaskUpstream, UpstreamError
 
 
 class _Stream:
@@ -175,6 +176,12 @@ class H2Response:
     def header_items(self) -> Iterable[tuple[str, str]]:
         return [(n, v) for n, v in self._headers if not n.startswith(":")]
 
+    def http1_head(self) -> bytes:
+        return status_line(self.status) + b"".join(response_head_lines(self.header_items()))
+
+    def whole(self) -> bytes | None:
+        return None  # read it, chunk by chunk
+
     def trailers(self) -> list[tuple[str, str]] | None:
         raw = self._stream.inbox.trailers
         return decode(raw) if raw else None
@@ -194,7 +201,7 @@ class H2Response:
         self._conn.forget(self._stream, complete=False)
 
 
-class H2Upstream:
+class H2Upstream(TaskUpstream):
     def __init__(self, *, connect_timeout: float, max_headers: int = 100) -> None:
         self._max_headers = max_headers
         self._connect_timeout = connect_timeout
@@ -236,7 +243,7 @@ class H2Upstream:
         method: str,
         authority: str,
         path: str,
-        headers: list[tuple[str, str]],
+        headers: Outgoing | list[tuple[str, str]],
         body: Body,
         timeout: float | None,
         server_name: str | None,
@@ -245,7 +252,8 @@ class H2Upstream:
         pseudo = [(":method", method), (":scheme", "http"), (":authority", authority)]
         pseudo.append((":path", path))
         try:
-            stream = conn.open(encode(pseudo + headers), body)
+            pairs = headers.pairs(h2=True) if isinstance(headers, Outgoing) else headers
+            stream = conn.open(encode(pseudo + pairs), body)
         except h2.exceptions.H2Error as exc:
             raise UpstreamError(Failure.CONNECT, f"cannot open a stream: {exc!r}") from exc
         try:

@@ -28,7 +28,8 @@ from yarl import URL
 
 from mesh.core.policies import Failure
 from mesh.proxy.body import Body
-from mesh.proxy.upstream import Response, UpstreamError
+from mesh.proxy.headers import Outgoing, response_head_lines, status_line
+from mesh.proxy.upstream import Response, TaskUpstream, UpstreamError
 
 _SKIP = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 
@@ -54,6 +55,14 @@ class HttpResponse:
     def header_items(self) -> Iterable[tuple[str, str]]:
         return self._resp.headers.items()
 
+    def http1_head(self) -> bytes:
+        reason = self.reason.encode("utf-8", "surrogateescape") if self.reason else None
+        lines = response_head_lines(self.header_items())
+        return status_line(self.status, reason) + b"".join(lines)
+
+    def whole(self) -> bytes | None:
+        return None  # read it, chunk by chunk
+
     def trailers(self) -> list[tuple[str, str]] | None:
         return None
 
@@ -72,7 +81,7 @@ class HttpResponse:
         self._resp.close()
 
 
-class HttpUpstream:
+class HttpUpstream(TaskUpstream):
     def __init__(
         self,
         *,
@@ -123,7 +132,7 @@ class HttpUpstream:
         method: str,
         authority: str,
         path: str,
-        headers: list[tuple[str, str]],
+        headers: Outgoing | list[tuple[str, str]],
         body: Body,
         timeout: float | None,
         server_name: str | None,
@@ -136,7 +145,7 @@ class HttpUpstream:
             resp = await session.request(
                 method,
                 url,
-                headers=headers,
+                headers=headers.pairs(h2=False) if isinstance(headers, Outgoing) else headers,
                 data=data,
                 allow_redirects=False,
                 timeout=self._timeout(timeout),

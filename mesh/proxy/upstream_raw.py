@@ -16,6 +16,11 @@ llhttp. ``https`` goes to the aiohttp client given as ``fallback``.
   length is unknown), waiting for the socket to drain, while the response is awaited. The
   response body is queued as it arrives; reading from the socket pauses while more than
   ``HIGH_WATER`` bytes wait for the downstream.
+- **Calls**: :meth:`RawUpstream.start` writes the request on a pooled connection at once (or
+  connects first, in a task) and returns; the connection tells the handler when the response
+  headers are parsed (after the whole read is, so a small body is complete by then and is
+  relayed without waiting) or why it failed. No task or future is made for a request on a
+  pooled connection.
 - **Failures**, as :mod:`mesh.proxy.upstream_http` maps them: cannot connect within
   ``--connect-timeout`` -> CONNECT; closed, reset or unparsable before the response is
   complete -> RESET; no response headers within the per-try timeout (armed when the request is
@@ -41,10 +46,17 @@ import httptools
 
 from mesh.core.policies import IDEMPOTENT_METHODS, Failure
 from mesh.proxy.body import Body, ClientGone
-from mesh.proxy.upstream import Response, Upstream, UpstreamError
+from mesh.proxy.headers import Outgoing, body_framing, encode_head, head_block, status_line
+from mesh.proxy.upstream import (
+    Call,
+    CallbackUpstream,
+    Handler,
+    Response,
+    Upstream,
+    UpstreamError,
+)
 
 HIGH_WATER = 256 * 1024  # response bytes queued before reading from the upstream pauses
-_NO_BODY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # no Content-Length: 0
 _FRAMING = frozenset({"content-length", "transfer-encoding"})
 
 
@@ -74,8 +86,9 @@ class _Conn(asyncio.Protocol):
         self.head_request = False
         self.received = 0  # response bytes received for the current request
         self.status = 0
-        self.reason = ""
-        self.headers: list[tuple[str, str]] = []
+        self.reason = b""
+        self.headers: list[tuple[bytes, bytes]] = []  # as received: decoded only if asked
+        self.content_length: int | None = None
         self.head_bytes = 0
         self.interim = False
         self.until_close = False
@@ -83,8 +96,12 @@ class _Conn(asyncio.Protocol):
         self.complete = False
         self.keep_alive = False
         self.error: UpstreamError | None = None
+        self.handler: _Attempt | None = None  # told when the headers are here (or not)
+        self.feeding = False  # inside data_received: the handler is told after the read
         self.waiter: asyncio.Future[None] | None = None
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer: asyncio.TimerHandle | None = None  # lazy: see _arm
+        self.timer_at = 0.0
+        self.deadline = 0.0
         self.timeout: float | None = None
         self.chunks: deque[bytes] = deque()
         self.queued = 0
@@ -108,6 +125,15 @@ class _Conn(asyncio.Protocol):
             self._close()  # bytes nobody asked for: the connection cannot be trusted
             return
         self.received += len(data)
+        self.feeding = True
+        try:
+            self._feed(data)
+        finally:
+            self.feeding = False
+        if self.handler is not None and (self.headers_done or self.error is not None):
+            self._notify()
+
+    def _feed(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
             if not self.headers_done and self.received > self.upstream.max_header_bytes:
@@ -126,6 +152,8 @@ class _Conn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        _stop(self.timer)
+        self.timer = None
         if self.in_pool:
             self.upstream._forget(self)
         if self.active and not self.complete:
@@ -138,6 +166,8 @@ class _Conn(asyncio.Protocol):
         if drain is not None and not drain.done():
             drain.set_exception(ConnectionResetError("upstream connection lost"))
             drain.exception()
+        if self.handler is not None and (self.headers_done or self.error is not None):
+            self._notify()
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -154,26 +184,27 @@ class _Conn(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self.headers = []
-        self.reason = ""
+        self.reason = b""
         self.head_bytes = 0
 
     def on_status(self, status: bytes) -> None:
-        self.reason = status.decode("utf-8", "surrogateescape")
+        self.reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if len(self.headers) >= self.upstream.max_headers:
+        headers = self.headers
+        if len(headers) >= self.upstream.max_headers:
             self._too_large(f"more than {self.upstream.max_headers} response headers")
-        self.head_bytes += len(name) + len(value) + 4
-        if self.head_bytes > self.upstream.max_header_bytes:
-            limit = self.upstream.max_header_bytes
-            self._too_large(f"response headers larger than {limit} bytes")
-        self.headers.append((name.decode("latin-1"), value.decode("utf-8", "surrogateescape")))
+        headers.append((name, value))
 
     def _too_large(self, what: str) -> None:
         self._fail(UpstreamError(Failure.RESET, f"{self._name()} sent {what}"))
         raise _HeadTooLarge(what)
 
     def on_headers_complete(self) -> None:
+        limit = self.upstream.max_header_bytes
+        # The head is at most what was received: the sum is rarely needed.
+        if self.received > limit and sum(len(n) + len(v) + 4 for n, v in self.headers) > limit:
+            self._too_large(f"response headers larger than {limit} bytes")
         status = self.parser.get_status_code()
         if 100 <= status < 200 and status != 101:
             self.interim = True  # 100 Continue, 103 Early Hints: the answer follows
@@ -182,13 +213,18 @@ class _Conn(asyncio.Protocol):
             raise ValueError("unexpected response")
         self.status = status
         self.headers_done = True
-        if not self.head_request and status not in (204, 304):
-            framed = False
-            for name, value in self.headers:
+        length = None
+        framed = False
+        for name, value in self.headers:
+            if len(name) in (14, 17):
                 low = name.lower()
-                if low == "content-length" or (low == "transfer-encoding" and value):
+                if low == b"content-length":
+                    length = int(value)  # llhttp checked it
                     framed = True
-                    break
+                elif low == b"transfer-encoding" and value:
+                    framed = True
+        self.content_length = length
+        if not self.head_request and status not in (204, 304):
             self.until_close = not framed
         self._wake()
         if self.head_request:
@@ -232,6 +268,20 @@ class _Conn(asyncio.Protocol):
             self.error = error
         self.keep_alive = False
         self._wake()
+        if self.handler is not None and not self.feeding:
+            self._notify()
+
+    def _notify(self) -> None:
+        """Tell the handler: the response headers are here, or the attempt failed."""
+        handler, self.handler = self.handler, None
+        assert handler is not None
+        error = self.error
+        if error is not None and not self.headers_done:
+            if error.failure is Failure.TIMEOUT:
+                error = UpstreamError(Failure.TIMEOUT, f"no response from {self._name()} in time")
+            handler.conn_failed(self, error)
+        else:
+            handler.responded(RawResponse(self))
 
     def _close(self) -> None:
         self.keep_alive = False
@@ -243,25 +293,41 @@ class _Conn(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.transport.abort()
 
-    def _on_timeout(self) -> None:
+    def _on_timer(self) -> None:
         self.timer = None
+        if (self.waiter is None and self.handler is None) or self.timeout is None:
+            return  # not waiting: the next wait arms it again
+        now = self.loop.time()
+        if now < self.deadline:
+            self._arm()
+            return
         self._fail(UpstreamError(Failure.TIMEOUT, "timed out"))
+
+    def _arm(self) -> None:
+        """The per-try timeout's timer, made lazily: kept from one wait to the next (a
+        request's waits, then the next request's on this pooled connection) and re-armed when
+        it fires before the deadline, instead of a new timer for every wait."""
+        if self.timer is None or self.timer_at > self.deadline:
+            _stop(self.timer)
+            self.timer_at = self.deadline
+            self.timer = self.loop.call_at(self.deadline, self._on_timer)
 
     async def _wait(self) -> None:
         """Until something happened (headers, body bytes, end, error) or the timeout."""
         waiter = self.waiter = self.loop.create_future()
         timeout = self.timeout
         if timeout is not None:
-            self.timer = self.loop.call_later(timeout, self._on_timeout)
+            self.deadline = self.loop.time() + timeout
+            self._arm()
         try:
             await waiter
         finally:
-            _stop(self.timer)
-            self.timer = None
             self.waiter = None
 
-    async def request(self, head: bytes, body: Body, stream: bool, timeout: float | None) -> None:
-        """Send one request; return once the response headers are here."""
+    def begin(
+        self, attempt: _Attempt, head: bytes, body: Body, stream: bool, timeout: float | None
+    ) -> None:
+        """Send one request; ``attempt`` is told when the response headers are here."""
         self.active = True
         self.received = 0
         self.headers_done = self.complete = self.until_close = self.interim = False
@@ -269,6 +335,7 @@ class _Conn(asyncio.Protocol):
         self.timeout = timeout
         self.chunks.clear()
         self.queued = 0
+        self.handler = attempt
         transport = self.transport
         assert transport is not None
         if not stream:
@@ -279,15 +346,9 @@ class _Conn(asyncio.Protocol):
             transport.write(head)
             self.body_sent = False
             self.sender = self.loop.create_task(self._send(body.chunks(), body.length is None))
-        while not self.headers_done:
-            if self.error is not None:
-                error = self.error
-                if error.failure is Failure.TIMEOUT:
-                    error = UpstreamError(
-                        Failure.TIMEOUT, f"no response from {self._name()} in time"
-                    )
-                raise error
-            await self._wait()
+        if timeout is not None:
+            self.deadline = self.loop.time() + timeout
+            self._arm()
 
     async def _send(self, chunks: AsyncIterator[bytes], chunked: bool) -> None:
         transport = self.transport
@@ -302,9 +363,8 @@ class _Conn(asyncio.Protocol):
                     transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
                 else:
                     transport.write(chunk)
-                if self.timer is not None and self.timeout is not None and not self.headers_done:
-                    self.timer.cancel()  # the upload progresses: the wait starts again
-                    self.timer = self.loop.call_later(self.timeout, self._on_timeout)
+                if self.timeout is not None and not self.headers_done:
+                    self.deadline = self.loop.time() + self.timeout  # the upload progresses
                 if self.write_paused and not self.closed:
                     drain = self.drain = self.loop.create_future()
                     await drain
@@ -349,6 +409,7 @@ class _Conn(asyncio.Protocol):
     def finish(self, reuse: bool) -> None:
         """The response is done with: back to the pool when that is safe, else closed."""
         self.active = False
+        self.handler = None
         self.chunks.clear()
         self.upstream._busy.discard(self)
         sender = self.sender
@@ -373,28 +434,40 @@ class _Conn(asyncio.Protocol):
 
 
 class RawResponse:
-    __slots__ = ("_conn", "_headers", "content_length", "reason", "status")
+    __slots__ = ("_conn", "_headers", "_reason", "content_length", "status")
 
     def __init__(self, conn: _Conn) -> None:
         self._conn: _Conn | None = conn
         self._headers = conn.headers
+        self._reason = conn.reason
         self.status = conn.status
-        self.reason = conn.reason
-        length = None
-        for name, value in conn.headers:
-            if len(name) == 14 and name.lower() == "content-length":
-                try:
-                    length = int(value)
-                except ValueError:
-                    length = None
-                break
-        self.content_length = length
+        self.content_length = conn.content_length
+
+    @property
+    def reason(self) -> str:
+        return self._reason.decode("utf-8", "surrogateescape")
 
     def header_items(self) -> Iterable[tuple[str, str]]:
-        return self._headers
+        return [
+            (name.decode("latin-1"), value.decode("utf-8", "surrogateescape"))
+            for name, value in self._headers
+        ]
+
+    def http1_head(self) -> bytes:
+        return status_line(self.status, self._reason) + head_block(self._headers)
 
     def trailers(self) -> list[tuple[str, str]] | None:
         return None
+
+    def whole(self) -> bytes | None:
+        conn = self._conn
+        if conn is None or not conn.complete or conn.error is not None:
+            return None
+        chunks = conn.chunks
+        data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        conn.queued = 0
+        return data
 
     async def read(self) -> bytes:
         conn = self._conn
@@ -415,7 +488,106 @@ class RawResponse:
             conn.finish(reuse=False)
 
 
-class RawUpstream:
+class _Attempt:
+    """One request to one endpoint: on a pooled connection, or on a new one (connected in a
+    task); a pooled connection the server had closed before answering a single byte is
+    replaced once when the request is idempotent and replayable (the server never saw it)."""
+
+    __slots__ = (
+        "body",
+        "cancelled",
+        "conn",
+        "handler",
+        "head",
+        "key",
+        "method",
+        "retried",
+        "reused",
+        "stream",
+        "task",
+        "timeout",
+        "upstream",
+    )
+
+    def __init__(
+        self,
+        upstream: RawUpstream,
+        handler: Handler,
+        key: tuple[str, int],
+        head: bytes,
+        body: Body,
+        stream: bool,
+        timeout: float | None,
+        method: str,
+    ) -> None:
+        self.upstream = upstream
+        self.handler = handler
+        self.key = key
+        self.head = head
+        self.body = body
+        self.stream = stream
+        self.timeout = timeout
+        self.method = method
+        self.conn: _Conn | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.reused = False
+        self.retried = False
+        self.cancelled = False
+
+    def begin(self, conn: _Conn, *, reused: bool) -> None:
+        self.conn = conn
+        self.reused = reused
+        conn.head_request = self.method == "HEAD"
+        self.upstream._busy.add(conn)
+        conn.begin(self, self.head, self.body, self.stream, self.timeout)
+
+    def connect(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._connect())
+
+    async def _connect(self) -> None:
+        try:
+            conn = await self.upstream._connect(self.key)
+        except UpstreamError as exc:
+            if not self.cancelled:
+                self.handler.failed(exc)
+            return
+        if self.cancelled:
+            conn._close()
+            return
+        self.begin(conn, reused=False)
+
+    def responded(self, response: Response) -> None:
+        self.conn = None
+        self.handler.responded(response)
+
+    def conn_failed(self, conn: _Conn, error: UpstreamError) -> None:
+        conn.finish(reuse=False)
+        self.conn = None
+        if (
+            self.reused
+            and not self.retried
+            and error.failure is Failure.RESET
+            and conn.received == 0
+            and not self.stream
+            and self.method in IDEMPOTENT_METHODS
+            and not self.body.client_error
+        ):
+            self.retried = True  # a stale pooled connection: the server never saw it
+            self.connect()
+            return
+        self.handler.failed(error)
+
+    def cancel(self) -> None:
+        """The request is abandoned: stop connecting, or abort the connection it is on."""
+        self.cancelled = True
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+        if self.conn is not None:
+            self.conn.finish(reuse=False)
+            self.conn = None
+
+
+class RawUpstream(CallbackUpstream):
     """:class:`~mesh.proxy.upstream.Upstream` for ``http``; ``https`` goes to ``fallback``."""
 
     def __init__(
@@ -500,8 +672,9 @@ class RawUpstream:
 
     # -- Upstream -----------------------------------------------------------------------------
 
-    async def send(
+    def start(
         self,
+        handler: Handler,
         *,
         scheme: str,
         ip: str,
@@ -509,13 +682,14 @@ class RawUpstream:
         method: str,
         authority: str,
         path: str,
-        headers: list[tuple[str, str]],
+        headers: Outgoing | list[tuple[str, str]],
         body: Body,
         timeout: float | None,
         server_name: str | None,
-    ) -> Response:
+    ) -> Call:
         if scheme != "http":
-            return await self._fallback.send(
+            return self._fallback.start(
+                handler,
                 scheme=scheme,
                 ip=ip,
                 port=port,
@@ -527,36 +701,17 @@ class RawUpstream:
                 timeout=timeout,
                 server_name=server_name,
             )
-        head, stream = request_head(method, path, headers, body, authority or f"{ip}:{port}")
-        key = (ip, port)
-        retried = False
-        while True:
-            conn = self._acquire(key)
-            reused = conn is not None
-            if conn is None:
-                conn = await self._connect(key)
-            conn.head_request = method == "HEAD"
-            self._busy.add(conn)
-            try:
-                await conn.request(head, body, stream, timeout)
-            except UpstreamError as exc:
-                conn.finish(reuse=False)
-                if (
-                    reused
-                    and not retried
-                    and exc.failure is Failure.RESET
-                    and conn.received == 0
-                    and not stream
-                    and method in IDEMPOTENT_METHODS
-                    and not body.client_error
-                ):
-                    retried = True  # a stale pooled connection: the server never saw it
-                    continue
-                raise
-            except BaseException:
-                conn.finish(reuse=False)
-                raise
-            return RawResponse(conn)
+        if isinstance(headers, Outgoing):
+            head, stream = headers.http1_head(method, path, body)
+        else:
+            head, stream = request_head(method, path, headers, body, authority or f"{ip}:{port}")
+        attempt = _Attempt(self, handler, (ip, port), head, body, stream, timeout, method)
+        conn = self._acquire(attempt.key)
+        if conn is None:
+            attempt.connect()
+        else:
+            attempt.begin(conn, reused=True)
+        return attempt
 
     async def close(self) -> None:
         if self._sweeper is not None:
@@ -576,34 +731,21 @@ class RawUpstream:
 def request_head(
     method: str, path: str, headers: list[tuple[str, str]], body: Body, host: str
 ) -> tuple[bytes, bool]:
-    """The request line and headers, with this hop's body framing; and whether the body is
+    """The request line and ``headers``, with this hop's body framing; and whether the body is
     streamed (written after the head) rather than sent with it."""
-    lines = [f"{method} {path} HTTP/1.1"]
+    lines = []
     has_host = has_length = False
     for name, value in headers:
         low = name.lower()
         if low in _FRAMING:
             has_length = has_length or low == "content-length"
             continue
-        if low == "host":
-            has_host = True
+        has_host = has_host or low == "host"
         lines.append(f"{name}: {value}")
     if not has_host:
-        lines.insert(1, f"Host: {host}")
-    stream = False
-    if body.empty:
-        if has_length or method not in _NO_BODY_METHODS:
-            lines.append("Content-Length: 0")
-    elif body.buffered is not None:
-        lines.append(f"Content-Length: {len(body.buffered)}")
-    elif body.length is not None:
-        lines.append(f"Content-Length: {body.length}")
-        stream = True
-    else:
-        lines.append("Transfer-Encoding: chunked")
-        stream = True
-    lines.append("\r\n")
-    text = "\r\n".join(lines)
-    if text.count("\n") != len(lines) or text.count("\r") != len(lines):
-        raise ValueError("a line break in the request line or a header")
-    return text.encode("utf-8", "surrogateescape"), stream
+        lines.insert(0, f"Host: {host}")
+    framing, stream = body_framing(method, body, has_length)
+    if framing:
+        lines.append(framing)
+    text = f"{method} {path} HTTP/1.1\r\n" + "".join(f"{line}\r\n" for line in lines) + "\r\n"
+    return encode_head(text, len(lines) + 2), stream

@@ -18,7 +18,6 @@ import socket
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from aiohttp import web
 
@@ -139,16 +138,11 @@ class TestApp:
         await self.runner.setup()
         site = web.TCPSite(self.runner, opts.bind, opts.http_port, reuse_address=True)
         await site.start()
-        self.ports["http"] = self._bound_port(site)
+        self.ports["http"] = int(self.runner.addresses[0][1])
         if opts.tcp_port is not None:
             self.ports["tcp"] = await self.tcp.start(opts.bind, opts.tcp_port)
         if opts.udp_port is not None:
             self.ports["udp"] = await self.udp.start(opts.bind, opts.udp_port)
-
-    @staticmethod
-    def _bound_port(site: web.TCPSite) -> int:
-        server: Any = site._server  # aiohttp exposes the bound address only here
-        return int(server.sockets[0].getsockname()[1])
 
     async def close(self) -> None:
         self.http.stopping = True

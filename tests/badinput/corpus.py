@@ -552,6 +552,7 @@ def cli_cases() -> Iterator[Case]:
         "--header-timeout",
         "--keepalive-timeout",
         "--body-timeout",
+        "--write-timeout",
         "--upstream-timeout",
         "--udp-idle-timeout",
     ):
@@ -577,6 +578,7 @@ def cli_cases() -> Iterator[Case]:
         )
     for flag, values in {
         "--max-connections": ["0", "-5", "x", "1e6"],
+        "--workers": ["0", "-1", "x", "1000"],
         "--buffer-limit": ["-1", "x", "99999999999"],
         "--max-header-size": ["10", "x"],
         "--max-response-header-size": ["10", "x"],

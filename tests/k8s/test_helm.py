@@ -349,10 +349,11 @@ def test_proxy_daemonset(default_docs: list[dict[str, Any]]) -> None:
         "9901",
     ]
     args = build_parser(c["command"][1:]).parse_args(c["command"][1:])
-    assert (args.controller, args.admin_port, args.log_level) == (
+    assert (args.controller, args.admin_port, args.log_level, args.workers) == (
         "http://simmesh-controller.simmesh.svc.cluster.local:9000",
         9901,
         "info",
+        1,
     )
     env = {e["name"]: e for e in c["env"]}
     assert env["NODE_NAME"]["valueFrom"] == {
@@ -373,6 +374,7 @@ def test_proxy_values(helm: Helm) -> None:
         "proxy.image.tag=dev",
         "proxy.logLevel=debug",
         "proxy.accessLog=true",
+        "proxy.workers=2",
         "proxy.nodeSelector.mesh=enabled",
         "proxy.tolerations[0].operator=Exists",
         "proxy.resources.limits.cpu=2",
@@ -385,6 +387,7 @@ def test_proxy_values(helm: Helm) -> None:
     assert c["image"] == "ghcr.io/simmesh/simmesh:dev"
     assert "--access-log" in c["command"]
     assert c["command"][c["command"].index("--log-level") + 1] == "debug"
+    assert c["command"][c["command"].index("--workers") + 1] == "2"
     assert pod["spec"]["nodeSelector"] == {"mesh": "enabled"}
     assert pod["spec"]["tolerations"] == [{"operator": "Exists"}]
     assert c["resources"]["limits"]["cpu"] == 2

@@ -159,8 +159,7 @@ async def serve_app(app: web.Application, host: str) -> AsyncIterator[int]:
     site = web.TCPSite(runner, host, 0)
     await site.start()
     try:
-        sockets = site._server.sockets  # type: ignore[union-attr]
-        yield int(sockets[0].getsockname()[1])
+        yield int(runner.addresses[0][1])
     finally:
         await runner.cleanup()
 
@@ -192,6 +191,18 @@ def backend_app(name: str) -> web.Application:
             part = chunk[: min(left, len(chunk))]
             await resp.write(part)
             left -= len(part)
+        return resp
+
+    async def chunked(request: web.Request) -> web.StreamResponse:
+        """``size`` bytes without a Content-Length (sent chunked, or until close to 1.0)."""
+        resp = web.StreamResponse()
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        left = int(request.match_info["size"])
+        while left > 0:
+            part = min(left, 10000)
+            await resp.write(b"k" * part)
+            left -= part
         return resp
 
     async def upload(request: web.Request) -> web.Response:
@@ -246,6 +257,7 @@ def backend_app(name: str) -> web.Application:
     app = web.Application(client_max_size=1 << 30)
     app.router.add_route("*", "/bytes/{size}", download)
     app.router.add_route("*", "/upload", upload)
+    app.router.add_get("/chunked/{size}", chunked)
     app.router.add_route("*", "/status/{code}", status)
     app.router.add_get("/stall", stall)
     app.router.add_get("/stall-body", stall_body)
@@ -295,9 +307,14 @@ def session(**kwargs: Any) -> aiohttp.ClientSession:
 
 def metric(proxy: Proxy, name: str, **labels: str) -> float:
     """A sample's value from the proxy's registry (0.0 when absent)."""
+    return metric_value(proxy.metrics.render().decode(), name, **labels)
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """A sample's value in a Prometheus exposition (0.0 when absent)."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    for family in text_string_to_metric_families(proxy.metrics.render().decode()):
+    for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 return float(sample.value)

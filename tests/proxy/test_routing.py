@@ -143,7 +143,7 @@ async def tls_backend(cert: Path, key: Path) -> AsyncIterator[tuple[str, int]]:
     site = web.TCPSite(runner, "127.0.0.2", 0, ssl_context=context)
     await site.start()
     try:
-        yield "127.0.0.2", int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+        yield "127.0.0.2", int(runner.addresses[0][1])
     finally:
         await runner.cleanup()
 

@@ -350,7 +350,7 @@ async def test_call_reports_the_mesh_reason_of_a_denial() -> None:
     await runner.setup()
     site = web.TCPSite(runner, HOST, 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = runner.addresses[0][1]
     try:
         async with running() as caller:
             _, body, _ = await fetch(

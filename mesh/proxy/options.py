@@ -1,0 +1,37 @@
+"""The node proxy's options: every limit and timeout, as ``simmesh proxy`` parsed them.
+
+One frozen value, built once by the command line (:func:`mesh.proxy.app.options_from`) or a
+test, and read by every component through its :class:`~mesh.proxy.context.Context`. The
+defaults are the documented ones (docs/proxy.md, docs/security.md#limits).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mesh.proxy.addresses import AddressMap
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    node: str
+    bind: str = "0.0.0.0"
+    admin_port: int | None = 9901  # None: no admin server; 0: any free port
+    access_log: bool = False
+    header_timeout: float = 10.0  # request headers; h2c preface and first request
+    keepalive_timeout: float = 60.0  # idle HTTP/1.1 keep-alive and h2c connections
+    body_timeout: float = 30.0  # between two reads of a request body
+    write_timeout: float = 30.0  # a client that reads nothing of its response for this long
+    upstream_timeout: float = 60.0  # per try, for services without simmesh.io/timeout
+    connect_timeout: float = 5.0
+    drain_timeout: float = 15.0
+    udp_idle_timeout: float = 30.0
+    buffer_limit: int = 64 * 1024
+    max_header_size: int = 8190
+    max_headers: int = 100  # request headers (431 beyond), and upstream response headers
+    max_response_header_size: int = 64 * 1024  # upstream response headers in total (502)
+    max_connections: int = 10_000  # downstream connections and UDP sessions
+    upstream_ca: str | None = None
+    address_map: AddressMap = field(default_factory=lambda: AddressMap([]))
+    workers: int = 1  # processes sharing the listeners (SO_REUSEPORT when more than one)
+    worker: int = 0  # this process's index among them
