@@ -414,6 +414,15 @@ def pin(app: str, apps: list[str]) -> tuple[Apply, Expect]:
     )
 
 
+# weights 1/0 then 0/1: exact counts (split-exact, and default-split in default mode)
+EXACT = (
+    Apply("split b-v1=1, b-v2=0", (split({"b-v1": 1, "b-v2": 0}),)),
+    Expect("exactly 50/0", call(), Counts({"b-v1": 50, "b-v2": 0})),
+    Apply("split b-v1=0, b-v2=1", (split({"b-v1": 0, "b-v2": 1}),)),
+    Expect("exactly 0/50", call(), Counts({"b-v1": 0, "b-v2": 50})),
+)
+
+
 def _split_none() -> Case:
     return split_case(
         name="split-none",
@@ -433,12 +442,7 @@ def _split_exact() -> Case:
         title="Layer5 split, fixed: weights 1/0 give exactly 50/0 and 0/1 exactly 0/50, as the "
         "backends received them (no retries or probes in the counts)",
         tags=("split", "layer5", "propagation"),
-        steps=(
-            Apply("split b-v1=1, b-v2=0", (split({"b-v1": 1, "b-v2": 0}),)),
-            Expect("exactly 50/0", call(), Counts({"b-v1": 50, "b-v2": 0})),
-            Apply("split b-v1=0, b-v2=1", (split({"b-v1": 0, "b-v2": 1}),)),
-            Expect("exactly 0/50", call(), Counts({"b-v1": 0, "b-v2": 50})),
-        ),
+        steps=EXACT,
     )
 
 
@@ -587,12 +591,7 @@ def _default_split() -> Case:
         needs=Mode.DEFAULT,
         apps=apps,
         services=services,
-        steps=(
-            Apply("split b-v1=1, b-v2=0", (split({"b-v1": 1, "b-v2": 0}),)),
-            Expect("exactly 50/0", call(), Counts({"b-v1": 50, "b-v2": 0})),
-            Apply("split b-v1=0, b-v2=1", (split({"b-v1": 0, "b-v2": 1}),)),
-            Expect("exactly 0/50", call(), Counts({"b-v1": 0, "b-v2": 50})),
-        ),
+        steps=EXACT,
     )
 
 
