@@ -7,6 +7,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: setup lint test fuzz sim demo bench loadtest clean k8s-bins haproxy
 .PHONY: image kind-node-image kind-up kind-down deploy undeploy test-cluster docker
+.PHONY: conformance conformance-kind
 
 setup: $(VENV)/.installed
 
@@ -17,9 +18,9 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 lint: setup
-	$(BIN)/ruff check mesh sim tests loadtests tools fuzz
-	$(BIN)/ruff format --check mesh sim tests loadtests fuzz
-	$(BIN)/mypy mesh/core mesh/dns mesh/testapp mesh/local sim
+	$(BIN)/ruff check mesh sim conformance tests loadtests tools fuzz
+	$(BIN)/ruff format --check mesh sim conformance tests loadtests fuzz
+	$(BIN)/mypy mesh/core mesh/dns mesh/testapp mesh/local sim conformance
 	$(BIN)/lint-imports
 
 test: setup lint
@@ -105,3 +106,23 @@ test-cluster: setup k8s-bins image kind-up
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .hypothesis out
+
+# ---------------------------------------------------------------- SMI conformance
+# docs/conformance.md. The suite against the cluster of the current kubeconfig (KUBECONFIG,
+# else ~/.kube/config): exit 1 when a case fails, 2 when simmesh is not installed or
+# `simmesh check` fails. Flags in CONFORMANCE_ARGS, e.g. '-k split --keep-namespaces'.
+# Reports: out/conformance/{report.txt,report.json,junit.xml}.
+conformance: setup
+	$(BIN)/python -m conformance $(CONFORMANCE_ARGS)
+
+# The whole suite on the kind cluster, as CI runs it: simmesh deployed in ACL mode and the
+# suite run (default-mode cases skipped), then deployed in default mode and its cases run,
+# then the suite's self-test (a mesh with ACL enforcement off must fail it); then undeployed.
+KIND_KUBECONFIG ?= $(or $(SIMMESH_KUBECONFIG),$(or $(SIMMESH_CACHE),$(HOME)/.cache/simmesh)/kind/simmesh.kubeconfig)
+conformance-kind: setup k8s-bins image kind-up
+	bash tools/kind/deploy.sh $(IMAGE) --set acl=true
+	KUBECONFIG=$(KIND_KUBECONFIG) $(BIN)/python -m conformance --out out/conformance/acl $(CONFORMANCE_ARGS)
+	bash tools/kind/deploy.sh $(IMAGE) --set acl=false
+	KUBECONFIG=$(KIND_KUBECONFIG) $(BIN)/python -m conformance -k default-mode --out out/conformance/default $(CONFORMANCE_ARGS)
+	SIMMESH_IMAGE=$(IMAGE) $(BIN)/pytest tests/conformance/cluster -v
+	bash tools/kind/undeploy.sh

@@ -309,10 +309,17 @@ def _identity(raw: Any, path: str, default_namespace: str) -> Identity:
     return Identity(namespace or default_namespace, name)
 
 
+def _v1alpha1_layout(doc: Mapping[str, Any], top_level_key: str) -> bool:
+    """Written as v1alpha1 (fields at the top level, no spec). The CRDs serve every version
+    with conversion None, so the API server hands such an object to a client that watches
+    the storage version under that version's apiVersion, in the layout it was written in."""
+    version = str(doc.get("apiVersion", ""))
+    return version.endswith("/v1alpha1") or ("spec" not in doc and top_level_key in doc)
+
+
 def parse_traffic_target(doc: Mapping[str, Any]) -> TrafficTarget:
     namespace, name = _meta(doc)
-    version = str(doc.get("apiVersion", ""))
-    if version.endswith("/v1alpha1"):
+    if _v1alpha1_layout(doc, "destination"):
         body, prefix, rules_key = doc, "", "specs"
     else:
         body, prefix, rules_key = _mapping(doc.get("spec"), "spec"), "spec.", "rules"
@@ -373,8 +380,7 @@ def _regex(value: Any, path: str) -> str:
 
 def parse_http_route_group(doc: Mapping[str, Any]) -> HTTPRouteGroup:
     namespace, name = _meta(doc)
-    version = str(doc.get("apiVersion", ""))
-    if version.endswith("/v1alpha1"):
+    if _v1alpha1_layout(doc, "matches"):
         raw_matches, prefix = doc.get("matches"), ""
     else:
         raw_matches, prefix = _mapping(doc.get("spec"), "spec").get("matches"), "spec."
@@ -470,12 +476,20 @@ def parse_traffic_split(doc: Mapping[str, Any]) -> TrafficSplit:
     version = str(doc.get("apiVersion", ""))
     spec = _mapping(doc.get("spec"), "spec")
     service = _name(spec.get("service"), "spec.service")
+    raw_backends = _list(spec.get("backends"), "spec.backends")
+    # v1alpha1 weights are quantities. Read through the storage version v1alpha4 (the CRDs
+    # convert nothing) they are still the strings the user wrote, so there a string weight
+    # means quantities throughout; v1alpha2 and v1alpha3 take integers only.
+    quantities = version.endswith("/v1alpha1") or (
+        version.endswith("/v1alpha4")
+        and any(isinstance(b, Mapping) and isinstance(b.get("weight"), str) for b in raw_backends)
+    )
     backends = []
-    for i, raw in enumerate(_list(spec.get("backends"), "spec.backends")):
+    for i, raw in enumerate(raw_backends):
         path = f"spec.backends[{i}]"
         item = _mapping(raw, path)
         backend = _name(item.get("service"), f"{path}.service")
-        if version.endswith("/v1alpha1"):
+        if quantities:
             weight = parse_quantity_milli(item.get("weight"), f"{path}.weight")
         else:
             weight = _int(item.get("weight"), f"{path}.weight", low=0, high=2**31 - 1)

@@ -445,3 +445,45 @@ def test_settings_errors(raw: Any, field: str) -> None:
     with pytest.raises(InvalidObject) as info:
         parse_settings(raw)
     assert info.value.field == field
+
+
+# -- objects written in v1alpha1, read back through the storage version ------------------------
+# The CRDs serve every version with conversion None: a controller watching the storage version
+# gets a v1alpha1 object under the newer apiVersion, in the layout it was written in (found by
+# the conformance suite on the kind cluster: these were errors, and granted or split nothing).
+
+
+def test_traffic_target_written_as_v1alpha1_read_as_v1alpha3() -> None:
+    doc = traffic_target(
+        "tt",
+        dest="b",
+        sources=["a"],
+        rules=[rule("HTTPRouteGroup", "g", ["all"])],
+        version="v1alpha1",
+    )
+    doc["apiVersion"] = "access.smi-spec.io/v1alpha3"
+    parsed = parse_one(doc)
+    assert parsed.destination == Identity("demo", "b")
+    assert parsed.rules == (TrafficRule("HTTPRouteGroup", "g", ("all",)),)
+
+
+def test_http_route_group_written_as_v1alpha1_read_as_v1alpha4() -> None:
+    doc = route_group("g", [http_match("v1", path="/v1$", methods=["GET"])], version="v1alpha1")
+    doc["apiVersion"] = "specs.smi-spec.io/v1alpha4"
+    assert parse_one(doc).matches == (HTTPMatch("v1", "/v1$", frozenset({"GET"}), ()),)
+
+
+def test_traffic_split_written_as_v1alpha1_read_as_v1alpha4_keeps_quantities() -> None:
+    doc = traffic_split("s", "root", [("a", 1), ("b", "500m"), ("c", "0")], version="v1alpha1")
+    doc["apiVersion"] = "split.smi-spec.io/v1alpha4"
+    assert parse_one(doc).backends == (
+        SplitBackend("a", 1000),
+        SplitBackend("b", 500),
+        SplitBackend("c", 0),
+    )
+
+
+def test_a_newer_object_with_a_spec_is_not_read_as_v1alpha1() -> None:
+    doc = traffic_target("tt", dest="b", sources=["a"], rules=[rule("TCPRoute", "r")])
+    doc["destination"] = {"kind": "ServiceAccount", "name": "other"}  # stray top-level field
+    assert parse_one(doc).destination == Identity("demo", "b")
