@@ -54,6 +54,31 @@ loaded_everywhere() {
     done
 }
 
+# A release left pending by an interrupted deploy (Ctrl-C or a kill during `helm --wait`)
+# makes every later helm upgrade fail with "another operation is in progress". No helm of
+# ours is running on it (checked), so it is stale: an install is uninstalled, an upgrade or
+# rollback rolled back to the release before it.
+recover() {
+    local status
+    status=$("$HELM" status simmesh --namespace "$NAMESPACE" -o json 2>/dev/null |
+        python3 -c 'import json, sys; print(json.load(sys.stdin)["info"]["status"])' 2>/dev/null) ||
+        return 0
+    case $status in
+    pending-*) ;;
+    *) return 0 ;;
+    esac
+    if command -v pgrep >/dev/null && pgrep -f "helm (upgrade|install|rollback|uninstall).*simmesh" >/dev/null; then
+        die "release simmesh is $status and a helm on this machine is still working on it: wait for it"
+    fi
+    if [ "$status" = pending-install ]; then
+        log "release simmesh was left $status by an interrupted deploy: uninstalling it"
+        "$HELM" uninstall simmesh --namespace "$NAMESPACE" --wait --timeout 120s >/dev/null
+    else
+        log "release simmesh was left $status by an interrupted deploy: rolling it back"
+        "$HELM" rollback simmesh --namespace "$NAMESPACE" --wait --timeout 180s >/dev/null
+    fi
+}
+
 install() {
     local repo=${IMAGE%:*} tag=${IMAGE##*:} part id
     id=$(docker image inspect -f '{{.Id}}' "$IMAGE")
@@ -84,6 +109,7 @@ wait_check() {
 }
 
 step "kind load docker-image $IMAGE" load
+step "a release left pending by an interrupted deploy" recover
 step "helm upgrade --install simmesh ${*:-}" install "$@"
 step "simmesh prepare" prepare
 step "simmesh check" wait_check
