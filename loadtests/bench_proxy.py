@@ -172,6 +172,13 @@ class Processes:
             self.stop(process)
 
 
+def start_fortio_server(procs: Processes, fortio: str, ip: str, port: int) -> None:
+    """fortio's echo server on ip:port, HTTP only (its other listeners off)."""
+    off = ["-grpc-port", "disabled", "-redirect-port", "disabled"]
+    off += ["-tcp-port", "disabled", "-udp-port", "disabled"]
+    procs.start([fortio, "server", "-http-port", f"{ip}:{port}", *off])
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -473,22 +480,7 @@ def run(settings: Settings) -> Results:
     try:
         backend_port, sink_port = free_port(BACKEND_IP), free_port(BACKEND_IP)
         http, tcp, h_http, h_tcp = free_port(), free_port(), free_port(), free_port()
-        procs.start(
-            [
-                fortio,
-                "server",
-                "-http-port",
-                f"{BACKEND_IP}:{backend_port}",
-                "-grpc-port",
-                "disabled",
-                "-redirect-port",
-                "disabled",
-                "-tcp-port",
-                "disabled",
-                "-udp-port",
-                "disabled",
-            ]
-        )
+        start_fortio_server(procs, fortio, BACKEND_IP, backend_port)
         procs.start([sys.executable, "-c", SINK, BACKEND_IP, str(sink_port)])
         wait_port(BACKEND_IP, backend_port)
         wait_port(BACKEND_IP, sink_port)

@@ -52,6 +52,7 @@ from loadtests.bench_proxy import (
     free_port,
     manifests,
     simmesh_proxy,
+    start_fortio_server,
     wait_port,
 )
 from loadtests.report import machine
@@ -89,22 +90,7 @@ def proxy_costs(
     procs: Processes, fortio: str, work: Path, seconds: float, repeat: int
 ) -> dict[str, float]:
     backend_port, sink = free_port(BACKEND_IP), free_port(BACKEND_IP)
-    procs.start(
-        [
-            fortio,
-            "server",
-            "-http-port",
-            f"{BACKEND_IP}:{backend_port}",
-            "-grpc-port",
-            "disabled",
-            "-redirect-port",
-            "disabled",
-            "-tcp-port",
-            "disabled",
-            "-udp-port",
-            "disabled",
-        ]
-    )
+    start_fortio_server(procs, fortio, BACKEND_IP, backend_port)
     wait_port(BACKEND_IP, backend_port)
     http, tcp = free_port(), free_port()
     _retrying(work / "mesh", backend_port, http, tcp, sink)
@@ -178,22 +164,7 @@ def app_costs(procs: Processes, fortio: str, seconds: float, repeat: int) -> dic
 
 def client_cost(procs: Processes, fortio: str, work: Path, seconds: float) -> float:
     port = free_port("127.0.0.5")
-    procs.start(
-        [
-            fortio,
-            "server",
-            "-http-port",
-            f"127.0.0.5:{port}",
-            "-grpc-port",
-            "disabled",
-            "-redirect-port",
-            "disabled",
-            "-tcp-port",
-            "disabled",
-            "-udp-port",
-            "disabled",
-        ]
-    )
+    start_fortio_server(procs, fortio, "127.0.0.5", port)
     wait_port("127.0.0.5", port)
     stream = {
         "index": 0,

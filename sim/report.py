@@ -179,7 +179,7 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
     )
     ax.set_yscale("log")
     ax.legend(fontsize=7, loc="upper left")
-    files.append(_save(fig, out / "latency.png"))
+    files.append(save_figure(fig, out / "latency.png"))
 
     fig, ax = plt.subplots(figsize=(9, 4.5))
     for name, s in ts["services"].items():
@@ -197,7 +197,7 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
         ylim=(-2, 102),
     )
     ax.legend(fontsize=7, loc="lower left")
-    files.append(_save(fig, out / "success.png"))
+    files.append(save_figure(fig, out / "success.png"))
 
     split = {n: s for n, s in ts["services"].items() if len(s["shares"]) > 1}
     if split:
@@ -218,15 +218,28 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
             ylim=(-2, 102),
         )
         ax.legend(fontsize=7, loc="center left")
-        files.append(_save(fig, out / "shares.png"))
+        files.append(save_figure(fig, out / "shares.png"))
     return files
 
 
-def _save(fig: Any, path: Path) -> Path:
+def save_figure(fig: Any, path: Path) -> Path:
+    """Write a plot as PNG and free it (the reports' plots, simulated and verified)."""
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+def embedded_images(images: list[Path], *, width: int) -> list[str]:
+    """HTML for each PNG, inline (a report is one file)."""
+    parts = []
+    for image in images:
+        data = base64.b64encode(image.read_bytes()).decode()
+        parts.append(
+            f"<h2>{html.escape(image.stem)}</h2>"
+            f"<img alt='{image.stem}' src='data:image/png;base64,{data}' width='{width}'>"
+        )
+    return parts
 
 
 def html_report(results: dict[str, Any], images: list[Path], text: str) -> str:
@@ -254,12 +267,7 @@ def html_report(results: dict[str, Any], images: list[Path], text: str) -> str:
                 )
         parts.append("</table>")
     parts.append(f"<h2>Summary</h2><pre>{html.escape(text)}</pre>")
-    for image in images:
-        data = base64.b64encode(image.read_bytes()).decode()
-        parts.append(
-            f"<h2>{html.escape(image.stem)}</h2>"
-            f"<img alt='{image.stem}' src='data:image/png;base64,{data}' width='900'>"
-        )
+    parts += embedded_images(images, width=900)
     if results["events"]:
         parts.append("<h2>Timeline</h2><ul>")
         for event in results["events"]:
@@ -333,4 +341,4 @@ def plot_sweep(path: str, rows: list[tuple[str, dict[str, Any]]], out: Path) -> 
     axes[2].set(title="attempts sent (requests + retries)", xlabel=path)
     for ax in axes:
         ax.tick_params(axis="x", labelsize=8)
-    return _save(fig, out / "sweep.png")
+    return save_figure(fig, out / "sweep.png")

@@ -249,12 +249,7 @@ class Lifecycle:
         assert outcome is not None
         if failure is not None:
             outcome = self.outcome = Outcome(outcome.status, failure, outcome.latency)
-        if self._open:  # (_finish_attempt, inline: this runs for every request delivered)
-            self._open = False
-            endpoint = self.endpoint
-            assert endpoint is not None
-            self.attempts.append((endpoint, outcome))
-            self.engine.finish(self.decision, endpoint, outcome, now)
+        self._finish_attempt(outcome, now)
         if failure is not None and not started:
             status, reason = FAILURE_ANSWERS[failure]
             return self._finish_with(status, reason, detail)
@@ -263,7 +258,14 @@ class Lifecycle:
 
     def abandoned(self, now: float) -> None:
         """:class:`Abandoned`: the client went away; the attempt ends neutral."""
-        self._abandon(now)
+        d = self.decision
+        if self.state is _IDLE and d.allowed and d.endpoint is not None:
+            self.engine.finish(d, d.endpoint, _NEUTRAL, now)  # the decision's pick, never tried
+        if self.state is _WAITING and self.pending is not None:
+            self.engine.finish(d, self.pending, _NEUTRAL, now)
+            self.pending = None
+        self._finish_attempt(_NEUTRAL, now)
+        self._end()
 
     @property
     def tried(self) -> list[Endpoint]:
@@ -345,16 +347,6 @@ class Lifecycle:
             self.pending = endpoint
             return Wait(self.rng.random() * ceiling)
         return self._send(endpoint, now)
-
-    def _abandon(self, now: float) -> None:
-        d = self.decision
-        if self.state is _IDLE and d.allowed and d.endpoint is not None:
-            self.engine.finish(d, d.endpoint, _NEUTRAL, now)  # the decision's pick, never tried
-        if self.state is _WAITING and self.pending is not None:
-            self.engine.finish(self.decision, self.pending, _NEUTRAL, now)
-            self.pending = None
-        self._finish_attempt(_NEUTRAL, now)
-        self._end()
 
     def _finish_with(self, status: int, reason: str, detail: str) -> Answer:
         self.answer = Answer(status, reason, detail)

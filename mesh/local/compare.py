@@ -11,7 +11,6 @@ machine moves it). The other columns are shown, not judged.
 
 from __future__ import annotations
 
-import base64
 import html
 import json
 import math
@@ -23,6 +22,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+
+from sim.report import embedded_images, save_figure
 
 __all__ = ["Tolerance", "compare", "html_page", "plot", "side_by_side"]
 
@@ -274,7 +275,7 @@ def plot(sim: dict[str, Any], real: dict[str, Any], out: Path) -> list[Path]:
     ax.set(title=f"{sim['scenario']}: latency, simulated vs real", xlabel="time (s)", ylabel="ms")
     ax.set_yscale("log")
     ax.legend(fontsize=6, loc="upper left", ncol=2)
-    files.append(_save(fig, out / "latency.png"))
+    files.append(save_figure(fig, out / "latency.png"))
 
     fig, ax = plt.subplots(figsize=(10, 4.8))
     for name in services:
@@ -287,7 +288,7 @@ def plot(sim: dict[str, Any], real: dict[str, Any], out: Path) -> list[Path]:
         ylim=(-2, 102),
     )
     ax.legend(fontsize=6, loc="lower left")
-    files.append(_save(fig, out / "success.png"))
+    files.append(save_figure(fig, out / "success.png"))
 
     splits = [
         n for n in services if len(sim["timeseries"]["services"].get(n, {}).get("shares", {})) > 1
@@ -320,15 +321,8 @@ def plot(sim: dict[str, Any], real: dict[str, Any], out: Path) -> list[Path]:
             ylim=(-2, 102),
         )
         ax.legend(fontsize=6, loc="center left")
-        files.append(_save(fig, out / "shares.png"))
+        files.append(save_figure(fig, out / "shares.png"))
     return files
-
-
-def _save(fig: Any, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
 
 
 def html_page(title: str, text: str, images: list[Path], comparison: dict[str, Any]) -> str:
@@ -343,12 +337,7 @@ def html_page(title: str, text: str, images: list[Path], comparison: dict[str, A
         "(Locust through the local mesh): dashed (p50 dash-dotted).</p>",
         f"<pre>{html.escape(text)}</pre>",
     ]
-    for image in images:
-        data = base64.b64encode(image.read_bytes()).decode()
-        parts.append(
-            f"<h2>{html.escape(image.stem)}</h2>"
-            f"<img alt='{image.stem}' src='data:image/png;base64,{data}' width='1000'>"
-        )
+    parts += embedded_images(images, width=1000)
     parts.append(
         "<h2>Comparison (JSON)</h2><pre>"
         + html.escape(json.dumps(comparison["tolerance"], sort_keys=True))
