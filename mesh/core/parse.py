@@ -59,6 +59,7 @@ SUPPORTED_VERSIONS: dict[str, tuple[str, ...]] = {
     "Node": ("v1",),
 }
 _DNS_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,6 +133,31 @@ def _name(value: Any, path: str) -> str:
     return text
 
 
+def _label(value: Any, path: str, *, required: bool = True) -> str:
+    """A DNS-1123 label (a namespace's name): at most 63 of a-z, 0-9 and '-'."""
+    text = _str(value, path, required=required)
+    if (text or required) and (len(text) > 63 or not _DNS_LABEL.fullmatch(text)):
+        raise InvalidObject(path, f"expected a DNS-1123 label, got {describe(text)}")
+    return text
+
+
+def _domain(value: Any, path: str, default: str) -> str:
+    """A DNS zone (``mesh``, ``cluster.local``); one trailing dot is allowed."""
+    text = _str(value, path, required=False, default=default)
+    zone = text[:-1] if text.endswith(".") else text
+    if len(zone) > 253 or not all(
+        len(label) <= 63 and _DNS_LABEL.fullmatch(label) for label in zone.split(".")
+    ):
+        raise InvalidObject(path, f"expected a DNS domain like {default}, got {describe(text)}")
+    return zone
+
+
+def _optional_name(value: Any, path: str) -> str | None:
+    if value is None or value == "":
+        return None
+    return _name(value, path)
+
+
 def _string_map(value: Any, path: str) -> tuple[tuple[str, str], ...]:
     items = _mapping(value, path)
     out = []
@@ -159,7 +185,7 @@ def object_ref(doc: Any) -> ObjectRef:
 def _meta(doc: Mapping[str, Any]) -> tuple[str, str]:
     meta = _mapping(doc.get("metadata"), "metadata")
     name = _name(meta.get("name"), "metadata.name")
-    namespace = _str(meta.get("namespace"), "metadata.namespace", required=False)
+    namespace = _label(meta.get("namespace"), "metadata.namespace", required=False)
     return (namespace or "default"), name
 
 
@@ -213,7 +239,7 @@ def parse_service(doc: Mapping[str, Any]) -> Service:
 def parse_endpoint_slice(doc: Mapping[str, Any]) -> EndpointSlice:
     namespace, name = _meta(doc)
     labels = _mapping(_mapping(doc.get("metadata"), "metadata").get("labels"), "metadata.labels")
-    service = _str(
+    service = _name(
         labels.get("kubernetes.io/service-name"), "metadata.labels[kubernetes.io/service-name]"
     )
     address_type = _str(doc.get("addressType"), "addressType", required=False, default="IPv4")
@@ -247,8 +273,8 @@ def parse_endpoint_slice(doc: Mapping[str, Any]) -> EndpointSlice:
         ref = _mapping(item.get("targetRef"), f"{path}.targetRef")
         pod = None
         if ref.get("kind", "Pod") == "Pod" and ref.get("name") is not None:
-            pod = _str(ref.get("name"), f"{path}.targetRef.name")
-        node = _str(item.get("nodeName"), f"{path}.nodeName", required=False) or None
+            pod = _name(ref.get("name"), f"{path}.targetRef.name")
+        node = _optional_name(item.get("nodeName"), f"{path}.nodeName")
         if address_type != "FQDN":
             endpoints.append(SliceEndpoint(addresses, ready, node, pod))
     return EndpointSlice(namespace, name, service, tuple(ports), tuple(endpoints))
@@ -258,9 +284,7 @@ def parse_pod(doc: Mapping[str, Any]) -> Pod:
     namespace, name = _meta(doc)
     spec = _mapping(doc.get("spec"), "spec")
     status = _mapping(doc.get("status"), "status")
-    account = _str(
-        spec.get("serviceAccountName"), "spec.serviceAccountName", required=False, default="default"
-    )
+    account = _optional_name(spec.get("serviceAccountName"), "spec.serviceAccountName") or "default"
     ips = [_str(status.get("podIP"), "status.podIP", required=False)]
     for i, raw in enumerate(_list(status.get("podIPs"), "status.podIPs")):
         ips.append(_str(_mapping(raw, f"status.podIPs[{i}]").get("ip"), f"status.podIPs[{i}].ip"))
@@ -273,7 +297,7 @@ def parse_pod(doc: Mapping[str, Any]) -> Pod:
                 where = "status.podIP" if i == 0 else f"status.podIPs[{i - 1}].ip"
                 raise InvalidObject(where, f"expected an IP address, got {ip[:60]!r}") from None
             unique += (ip,)
-    node = _str(spec.get("nodeName"), "spec.nodeName", required=False) or None
+    node = _optional_name(spec.get("nodeName"), "spec.nodeName")
     phase = _str(status.get("phase"), "status.phase", required=False, default="Running")
     if phase not in POD_PHASES:
         raise InvalidObject(
@@ -305,7 +329,7 @@ def _identity(raw: Any, path: str, default_namespace: str) -> Identity:
     if kind != "ServiceAccount":
         raise InvalidObject(f"{path}.kind", f"expected ServiceAccount, got {describe(kind)}")
     name = _name(item.get("name"), f"{path}.name")
-    namespace = _str(item.get("namespace"), f"{path}.namespace", required=False)
+    namespace = _label(item.get("namespace"), f"{path}.namespace", required=False)
     return Identity(namespace or default_namespace, name)
 
 
@@ -631,16 +655,13 @@ def parse_settings(raw: Any) -> Settings:
         ) from None
 
     def names(key: str) -> tuple[str, ...]:
-        return tuple(_str(v, f"{key}[{i}]") for i, v in enumerate(_list(doc.get(key), key)))
+        return tuple(_label(v, f"{key}[{i}]") for i, v in enumerate(_list(doc.get(key), key)))
 
     return Settings(
-        zone=_str(doc.get("zone"), "zone", required=False, default=base.zone).strip("."),
-        cluster_domain=_str(
-            doc.get("clusterDomain"), "clusterDomain", required=False, default=base.cluster_domain
-        ).strip("."),
-        mesh_namespace=_str(
-            doc.get("meshNamespace"), "meshNamespace", required=False, default=base.mesh_namespace
-        ),
+        zone=_domain(doc.get("zone"), "zone", base.zone),
+        cluster_domain=_domain(doc.get("clusterDomain"), "clusterDomain", base.cluster_domain),
+        mesh_namespace=_label(doc.get("meshNamespace"), "meshNamespace", required=False)
+        or base.mesh_namespace,
         default_traffic_type=traffic_type,
         acl=_bool(doc.get("acl"), "acl", base.acl),
         watch_namespaces=names("watchNamespaces"),

@@ -156,6 +156,79 @@ def test_pod_ips_must_be_addresses(field: str, value: Any, path: str) -> None:
     assert field_seen == path and "expected an IP address" in message
 
 
+def _set(doc: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    *parents, last = path.split(".")
+    node: Any = doc
+    for key in parents:
+        node = node[int(key)] if key.isdigit() else node.setdefault(key, {})
+    node[int(last) if last.isdigit() else last] = value
+    return doc
+
+
+@pytest.mark.parametrize(
+    ("doc", "field", "value", "path", "expected"),
+    [
+        # found by make fuzz in CI: a namespace holding '/' went into an identity
+        # ('<namespace>/<account>') that the config schema refused
+        (
+            pod("p", sa="web", ip="10.0.0.1"),
+            "metadata.namespace",
+            'mon"\n simmesh.io/c',
+            None,
+            "label",
+        ),
+        (pod("p", sa="web", ip="10.0.0.1"), "metadata.namespace", "Apps", None, "label"),
+        (pod("p", sa="web", ip="10.0.0.1"), "metadata.namespace", "a.b", None, "label"),
+        (pod("p", sa="web", ip="10.0.0.1"), "metadata.namespace", "x" * 64, None, "label"),
+        (pod("p", sa="web", ip="10.0.0.1"), "spec.serviceAccountName", "a/b", None, "name"),
+        (pod("p", sa="web", ip="10.0.0.1"), "spec.nodeName", "node a", None, "name"),
+        (service("web"), "metadata.namespace", "-x", None, "label"),
+        (
+            traffic_target(
+                "t", dest="web", sources=["client"], rules=[rule("HTTPRouteGroup", "g")]
+            ),
+            "spec.sources.0.namespace",
+            "team/x",
+            "spec.sources[0].namespace",
+            "label",
+        ),
+        (
+            endpoint_slice("web", [endpoint("10.0.0.1")]),
+            "metadata.labels.kubernetes.io/service-name",
+            "web/x",
+            "metadata.labels[kubernetes.io/service-name]",
+            "name",
+        ),
+    ],
+)
+def test_names_and_namespaces_are_dns(
+    doc: dict[str, Any], field: str, value: Any, path: str | None, expected: str
+) -> None:
+    """Namespaces are DNS-1123 labels and names DNS-1123 names, as the apiserver has them; the
+    proxy's config joins them with '/' and '.', so a value holding either is an object error."""
+    if field.startswith("metadata.labels."):
+        doc["metadata"].setdefault("labels", {})[field.removeprefix("metadata.labels.")] = value
+    else:
+        _set(doc, field, value)
+    field_seen, message = parse_error(doc)
+    assert field_seen == (path or field)
+    assert f"expected a DNS-1123 {expected}" in message
+
+
+def test_settings_namespaces_and_zones_are_dns() -> None:
+    assert parse_settings({"zone": "mesh.", "clusterDomain": "cluster.local"}).zone == "mesh"
+    for doc, path in [
+        ({"meshNamespace": "Simmesh"}, "meshNamespace"),
+        ({"watchNamespaces": ["a", "b/c"]}, "watchNamespaces[1]"),
+        ({"accessAdminNamespaces": [""]}, "accessAdminNamespaces[0]"),
+        ({"zone": "me sh"}, "zone"),
+        ({"clusterDomain": "cluster..local"}, "clusterDomain"),
+    ]:
+        with pytest.raises(InvalidObject) as raised:
+            parse_settings(doc)
+        assert raised.value.field == path, (doc, raised.value)
+
+
 def test_node_has_no_namespace() -> None:
     doc = {
         "apiVersion": "v1",
