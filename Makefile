@@ -27,8 +27,8 @@ test: setup lint
 	$(BIN)/pytest
 
 # Coverage-guided fuzzing (atheris) of the manifest reader, the config decoder and the HTTP
-# front end; FUZZ_SECONDS per target, FUZZ_SEED fixed to replay a run (CI uses 1).
-# Inputs that crash are kept in out/fuzz/.
+# front end; FUZZ_SECONDS per target, FUZZ_SEED libFuzzer's -seed (0: a new one; a seed does
+# not replay a run). Inputs that crash are kept in out/fuzz/ and printed (gzip, base64).
 FUZZ_SECONDS ?= 20
 FUZZ_SEED ?= 0
 fuzz: setup

@@ -31,8 +31,7 @@ def main() -> int:
         "--seed",
         type=int,
         default=0,
-        help="libFuzzer's -seed (0: a new one each run); a fixed seed on an empty corpus "
-        "replays the same inputs, which is how CI runs it",
+        help="libFuzzer's -seed (0: a new one each run); it does not replay a run",
     )
     parser.add_argument(
         "--corpus",
