@@ -325,6 +325,9 @@ def _split(
             )
         )
         return None
+    # the first split by name holds its root even when it is unusable (its traffic then goes to
+    # the root Service): a later split never takes over because an earlier one broke
+    claimed[root_key] = f"{split.namespace}/{split.name}"
     backends: list[tuple[str, int]] = []
     missing: list[tuple[str, int]] = []
     for i, backend in enumerate(split.backends):
@@ -388,7 +391,6 @@ def _split(
                 "no usable match: no request is split, all go to the root Service",
             )
         )
-    claimed[root_key] = f"{split.namespace}/{split.name}"
     if split.matches and not matches:
         return None
     return TopoSplit(

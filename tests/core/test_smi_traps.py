@@ -331,6 +331,26 @@ def test_several_splits_on_one_root_pick_the_first_by_name(reverse: bool) -> Non
     assert calls(Client(config), n=5) == {"b": 5}
 
 
+@pytest.mark.parametrize(
+    "broken",
+    [
+        [("c", 0)],  # no positive weight
+        [("missing", 1)],  # no usable backend
+    ],
+)
+def test_an_unusable_first_split_still_holds_its_root(broken: list[tuple[str, int]]) -> None:
+    """First by name wins even when it is unusable: its traffic goes to the root Service and the
+    later split carries an error; a split breaking never silently hands its root to another."""
+    config = compile_docs(
+        split_world(traffic_split("alpha", "svc", broken), traffic_split("zeta", "svc", [("b", 1)]))
+    )
+    assert wire(config)["routes"]["demo/svc:80"].get("split") is None
+    errors = {(e["name"], e["field"]): e["message"] for e in errors_of(config)}
+    assert "already split by TrafficSplit demo/alpha" in errors[("zeta", "spec.service")]
+    assert any(name == "alpha" for name, _ in errors)
+    assert set(calls(Client(config), n=10)) == {"b", "c"}  # the root's endpoints, not zeta's b
+
+
 def test_split_matches_split_only_the_requests_they_select() -> None:
     docs = split_world(
         route_group(
