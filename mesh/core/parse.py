@@ -60,6 +60,7 @@ SUPPORTED_VERSIONS: dict[str, tuple[str, ...]] = {
 }
 _DNS_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_DNS_1035_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,6 +196,11 @@ def _meta(doc: Mapping[str, Any]) -> tuple[str, str]:
 
 def parse_service(doc: Mapping[str, Any]) -> Service:
     namespace, name = _meta(doc)
+    if len(name) > 63 or not _DNS_1035_LABEL.fullmatch(name):
+        # the apiserver's rule for Services; a dot would also make <svc>.<ns>.mesh ambiguous
+        raise InvalidObject(
+            "metadata.name", f"expected a DNS-1035 label (a Service name), got {describe(name)}"
+        )
     meta = _mapping(doc.get("metadata"), "metadata")
     spec = _mapping(doc.get("spec"), "spec")
     kind = _str(spec.get("type"), "spec.type", required=False, default="ClusterIP")

@@ -175,14 +175,22 @@ def _set(doc: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
             "metadata.namespace",
             'mon"\n simmesh.io/c',
             None,
-            "label",
+            "DNS-1123 label",
         ),
-        (pod("p", sa="web", ip="10.0.0.1"), "metadata.namespace", "Apps", None, "label"),
-        (pod("p", sa="web", ip="10.0.0.1"), "metadata.namespace", "a.b", None, "label"),
-        (pod("p", sa="web", ip="10.0.0.1"), "metadata.namespace", "x" * 64, None, "label"),
-        (pod("p", sa="web", ip="10.0.0.1"), "spec.serviceAccountName", "a/b", None, "name"),
-        (pod("p", sa="web", ip="10.0.0.1"), "spec.nodeName", "node a", None, "name"),
-        (service("web"), "metadata.namespace", "-x", None, "label"),
+        (pod("p", sa="web", ip="10.0.0.1"), "metadata.namespace", "Apps", None, "DNS-1123 label"),
+        (pod("p", sa="web", ip="10.0.0.1"), "metadata.namespace", "a.b", None, "DNS-1123 label"),
+        (pod("p", sa="web", ip="10.0.0.1"), "metadata.namespace", "x" * 64, None, "DNS-1123 label"),
+        (
+            pod("p", sa="web", ip="10.0.0.1"),
+            "spec.serviceAccountName",
+            "a/b",
+            None,
+            "DNS-1123 name",
+        ),
+        (pod("p", sa="web", ip="10.0.0.1"), "spec.nodeName", "node a", None, "DNS-1123 name"),
+        (service("web"), "metadata.namespace", "-x", None, "DNS-1123 label"),
+        (service("web"), "metadata.name", "web.v1", None, "DNS-1035 label"),
+        (service("web"), "metadata.name", "1web", None, "DNS-1035 label"),
         (
             traffic_target(
                 "t", dest="web", sources=["client"], rules=[rule("HTTPRouteGroup", "g")]
@@ -190,14 +198,14 @@ def _set(doc: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
             "spec.sources.0.namespace",
             "team/x",
             "spec.sources[0].namespace",
-            "label",
+            "DNS-1123 label",
         ),
         (
             endpoint_slice("web", [endpoint("10.0.0.1")]),
             "metadata.labels.kubernetes.io/service-name",
             "web/x",
             "metadata.labels[kubernetes.io/service-name]",
-            "name",
+            "DNS-1123 name",
         ),
     ],
 )
@@ -212,7 +220,7 @@ def test_names_and_namespaces_are_dns(
         _set(doc, field, value)
     field_seen, message = parse_error(doc)
     assert field_seen == (path or field)
-    assert f"expected a DNS-1123 {expected}" in message
+    assert f"expected a {expected}" in message
 
 
 def test_settings_namespaces_and_zones_are_dns() -> None:
