@@ -71,8 +71,9 @@ def match(
     name: str,
     path: str | None = None,
     methods: list[str] | None = None,
-    headers: list[dict[str, str]] | None = None,
+    headers: list[dict[str, str]] | dict[str, str] | None = None,
 ) -> dict[str, Any]:
+    """A match; ``headers`` as a list of single-key maps or as one map (SMI allows both)."""
     out: dict[str, Any] = {"name": name}
     if path is not None:
         out["pathRegex"] = path
@@ -305,6 +306,31 @@ def _headers() -> Case:
     )
 
 
+def _headers_map() -> Case:
+    group = m.http_route_group("teams", match("team", "/h", headers={"x-team": "ops|sre"}))
+    return Case(
+        name="access-headers-map",
+        title="headers written as a map (x-team: ops|sre): the regex over the whole value, a "
+        "missing header matches nothing",
+        tags=("access", "http"),
+        needs=Mode.ACL,
+        apps=(A, B),
+        services=(B_HTTP,),
+        steps=(
+            Apply(
+                "match team with headers as a map {x-team: ops|sre}",
+                (group, tt("a-to-b", ["a"], [m.rule(HRG, "teams")])),
+            ),
+            allowed("x-team: ops allowed", call("/h", x_team="ops")),
+            allowed("x-team: sre allowed", call("/h", x_team="sre"), wait=False),
+            denied("x-team: dev denied", call("/h", x_team="dev"), wait=False),
+            denied("x-team: opsx denied (not a prefix)", call("/h", x_team="opsx"), wait=False),
+            denied("x-team: devops denied (not a search)", call("/h", x_team="devops"), wait=False),
+            denied("no x-team denied", call("/h"), wait=False),
+        ),
+    )
+
+
 def _denial_is_403() -> Case:
     return Case(
         name="access-denial-403",
@@ -388,9 +414,14 @@ def split_case(
     steps: tuple[Step, ...],
     backends: int = 2,
     services: tuple[Svc, ...] | None = None,
+    own_root: bool = False,
 ) -> Case:
-    """``a`` calls the root ``b`` over backends ``b-v1``.., granted first (``GRANT``)."""
+    """``a`` calls the root ``b`` over backends ``b-v1``.., granted first (``GRANT``). With
+    ``own_root`` the root Service ``b`` selects a pod of its own (app ``b``) instead of the
+    backends', so what a split leaves to the root is told apart from what it sends on."""
     apps, default_services = _backends(backends)
+    if own_root:
+        apps, services = (*apps, B), (http("b", "b"), *default_services[1:])
     return Case(
         name=name,
         title=title,
@@ -533,6 +564,78 @@ def _split_port() -> Case:
         steps=(
             Apply("split b-v1=1, b-v2=1", (split({"b-v1": 1, "b-v2": 1}),)),
             Expect("exactly 50/0", call(), Counts({"b-v1": 50, "b-v2": 0})),
+        ),
+    )
+
+
+# How a split is resolved (no positive weight, a backend itself split, two splits on one
+# root): the root Service has a pod of its own (``own_root``), and these cases also run in
+# the default-mode pass (tag ``default-mode``), as splits are honoured in either mode.
+
+
+def only(app: str, n: int = 20) -> Counts:
+    """Exactly ``n`` calls to ``app``, none to the others of an ``own_root`` split case."""
+    return Counts({a: n * (a == app) for a in ("b", "b-v1", "b-v2")})
+
+
+def _split_all_zero() -> Case:
+    return split_case(
+        name="split-all-zero",
+        title="a split whose backends all weigh 0 is unusable: its traffic goes to the root "
+        "Service's own pod",
+        tags=("split", "default-mode", "propagation"),
+        own_root=True,
+        steps=(
+            Apply("split b-v1=1, b-v2=0", (split({"b-v1": 1, "b-v2": 0}),)),
+            Expect("exactly 20 to b-v1", call(), only("b-v1")),
+            Apply("split b-v1=0, b-v2=0", (split({"b-v1": 0, "b-v2": 0}),)),
+            Expect("exactly 20 to the root's own pod b", call(), only("b")),
+        ),
+    )
+
+
+def _split_nested() -> Case:
+    inner = m.traffic_split("b-v1-split", "b-v1", {"b-v2": 1})
+    return split_case(
+        name="split-nested",
+        title="splits are not hierarchical: b is split to b-v1 and b-v1 to b-v2; calls to b "
+        "reach b-v1's own pod, never b-v2",
+        tags=("split", "default-mode"),
+        own_root=True,
+        steps=(
+            Apply("splits b -> b-v1 and b-v1 -> b-v2", (split({"b-v1": 1}), inner)),
+            Expect(
+                "b-v1's own split: calls to b-v1 exactly 20 to b-v2", call(svc="b-v1"), only("b-v2")
+            ),
+            Expect("calls to b: exactly 20 to b-v1's own pod (one hop)", call(), only("b-v1")),
+        ),
+    )
+
+
+def _split_conflict() -> Case:
+    return split_case(
+        name="split-conflict",
+        title="two splits on one root: the first by name wins and the other is ignored, also "
+        "when the first is unusable (its traffic goes to the root's own pod)",
+        tags=("split", "default-mode", "propagation"),
+        own_root=True,
+        steps=(
+            Apply("split b-split-2: b-v2=1", (split({"b-v1": 0, "b-v2": 1}, "b-split-2"),)),
+            Expect("b-split-2 alone: exactly 20 to b-v2", call(), only("b-v2")),
+            Apply(
+                "split b-split-1: b-v1=1 (applied later, first by name)",
+                (split({"b-v1": 1, "b-v2": 0}, "b-split-1"),),
+            ),
+            Expect("b-split-1 wins: exactly 20 to b-v1", call(), only("b-v1")),
+            Apply(
+                "b-split-1 changed to b-v1=0, b-v2=0 (unusable)",
+                (split({"b-v1": 0, "b-v2": 0}, "b-split-1"),),
+            ),
+            Expect(
+                "b-split-1 still holds b: exactly 20 to the root's own pod, none to b-split-2's",
+                call(),
+                only("b"),
+            ),
         ),
     )
 
@@ -722,6 +825,7 @@ CASES: tuple[Case, ...] = (
     _methods(),
     _anchoring(),
     _headers(),
+    _headers_map(),
     _denial_is_403(),
     _tcp_ports(),
     _udp(),
@@ -732,6 +836,9 @@ CASES: tuple[Case, ...] = (
     _split_v1alpha1(),
     _split_matches(),
     _split_port(),
+    _split_all_zero(),
+    _split_nested(),
+    _split_conflict(),
     _split_flowing(),
     _default_allows(),
     _default_split(),

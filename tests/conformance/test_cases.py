@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 from conformance import manifests as m
@@ -87,3 +89,11 @@ def test_select_by_name_glob_or_tag() -> None:
     assert all("udp" in c.tags for c in select(CASES, ["udp"]))
     assert {c.name for c in select(CASES, ["access-t*"])} == {"access-tcp-ports"}
     assert select(CASES, []) == list(CASES)
+
+
+def test_docs_list_every_case_and_the_readme_counts_them() -> None:
+    root = Path(__file__).resolve().parents[2]
+    section = (root / "docs/conformance.md").read_text().split("## The cases")[1].split("\n## ")[0]
+    listed = re.findall(r"^\| `([a-z0-9-]+)` \|", section, re.M)
+    assert listed == [c.name for c in CASES]
+    assert f"{len(CASES)} cases (" in (root / "README.md").read_text()
