@@ -25,7 +25,14 @@ import aiohttp
 from mesh.dns import corefile as cf
 from mesh.dns import kubedns as kd
 from mesh.dns.apply import KUBE_SYSTEM, DnsError, Mode, detect, mesh_coredns_ip
-from mesh.dns.kube import Kube, KubeError, KubeUnreachable, cluster_scoped, configmap
+from mesh.dns.kube import (
+    Kube,
+    KubeError,
+    KubeUnreachable,
+    cluster_scoped,
+    configmap,
+    namespaced,
+)
 
 SMI_CRDS = (
     "httproutegroups.specs.smi-spec.io",
@@ -45,6 +52,7 @@ DNS_HINT = (
     "simmesh supports CoreDNS (ConfigMap coredns, or coredns-custom on AKS) and kube-dns, in "
     "namespace kube-system"
 )
+PROXY_SELECTOR = "app.kubernetes.io/name=simmesh-proxy"  # the chart's DaemonSet pods
 PROXY_HINT = (
     "proxies apply a new config within seconds; if this persists see that node's proxy logs "
     "(kubectl -n {ns} logs -l app.kubernetes.io/name=simmesh-proxy)"
@@ -114,7 +122,11 @@ async def run_checks(
         rows.append(await check(kube) if kube_ok and kube else _skipped(name))
     rows.append(await check_controller(controller, settings.mesh_namespace))
     clock = time.time() if now is None else now
-    rows.append(await check_proxies(controller, settings.mesh_namespace, now=clock))
+    rows.append(
+        await check_proxies(
+            controller, settings.mesh_namespace, now=clock, kube=kube if kube_ok else None
+        )
+    )
     return rows
 
 
@@ -257,7 +269,12 @@ async def check_controller(controller: Controller | None, namespace: str) -> Row
     return Row("controller", True, f"ready ({controller.where})")
 
 
-async def check_proxies(controller: Controller | None, namespace: str, *, now: float) -> Row:
+async def check_proxies(
+    controller: Controller | None, namespace: str, *, now: float, kube: Kube | None = None
+) -> Row:
+    """Every proxy on the controller's current config. With the API server at hand, "every"
+    means every node that runs a proxy pod (PROXY_SELECTOR in the mesh namespace): a proxy that
+    never reported is as wrong as one on an old config."""
     hint = PROXY_HINT.format(ns=namespace)
     if controller is None:
         return Row("proxies", False, "not checked: the controller is not reachable", hint)
@@ -266,7 +283,15 @@ async def check_proxies(controller: Controller | None, namespace: str, *, now: f
         report = _parse_nodes(status, text)
     except (aiohttp.ClientError, OSError, TimeoutError, KubeUnreachable, ValueError) as exc:
         return Row("proxies", False, f"{controller.where}/api/v1/nodes: {exc}", hint)
-    return _proxies_row(report, now=now, hint=hint)
+    pods = None
+    if kube is not None:
+        try:
+            pods = await kube.list(
+                namespaced("v1", "pods", namespace), label_selector=PROXY_SELECTOR
+            )
+        except (KubeError, KubeUnreachable) as exc:
+            return Row("proxies", False, f"listing the proxy pods: {exc}", hint)
+    return _proxies_row(report, pods, namespace=namespace, now=now, hint=hint)
 
 
 def _parse_nodes(status: int, text: str) -> dict[str, Any]:
@@ -289,18 +314,63 @@ def _message(text: str) -> str:
     return text.strip()[:200]
 
 
-def _proxies_row(report: dict[str, Any], *, now: float, hint: str) -> Row:
+def _proxies_row(
+    report: dict[str, Any],
+    pods: list[dict[str, Any]] | None,
+    *,
+    namespace: str,
+    now: float,
+    hint: str,
+) -> Row:
     current, nodes = report.get("version"), report["nodes"]
     if current is None:
         return Row("proxies", False, "the controller has no config yet", hint)
-    if not nodes:
-        return Row("proxies", False, "no proxy has reported to the controller yet", hint)
-    behind = [n for n in nodes if n.get("version") != current]
-    if not behind:
-        return Row("proxies", True, f"{len(nodes)}/{len(nodes)} on version {current}")
-    lagging = ", ".join(_lagging(n, now) for n in behind)
-    detail = f"{len(behind)}/{len(nodes)} not on version {current}: {lagging}"
+    reported = {str(n.get("node")): n for n in nodes}
+    if pods is None:  # no API server at hand, or proxies outside Kubernetes: what reported
+        if not nodes:
+            return Row("proxies", False, "no proxy has reported to the controller yet", hint)
+        return _versions_row(current, sorted(reported), reported, [], now=now, hint=hint)
+    if not pods:
+        detail = f"no proxy pod ({PROXY_SELECTOR}) in namespace {namespace}"
+        return Row("proxies", False, detail, hint)
+    expected, problems = [], []
+    for pod in pods:
+        name = (pod.get("metadata") or {}).get("name", "?")
+        node = (pod.get("spec") or {}).get("nodeName")
+        unready = "" if _ready(pod) else ", not ready"
+        if not node:
+            problems.append(f"pod {name} is not scheduled")
+        elif node not in reported:
+            problems.append(f"{node} has not reported (pod {name}{unready})")
+        elif unready:
+            problems.append(f"{node}'s pod {name} is not ready")
+        expected.append(str(node or name))
+    return _versions_row(current, expected, reported, problems, now=now, hint=hint)
+
+
+def _versions_row(
+    current: str,
+    expected: list[str],
+    reported: dict[str, dict[str, Any]],
+    problems: list[str],
+    *,
+    now: float,
+    hint: str,
+) -> Row:
+    """OK when every expected node reported the current version and nothing else is wrong."""
+    on_version = [n for n in expected if reported.get(n, {}).get("version") == current]
+    behind = [reported[n] for n in expected if n in reported and n not in on_version]
+    problems = problems + [_lagging(n, now) for n in behind]
+    if not problems:
+        return Row("proxies", True, f"{len(on_version)}/{len(expected)} on version {current}")
+    off = len(expected) - len(on_version)
+    detail = f"{off}/{len(expected)} not on version {current}: {', '.join(problems)}"
     return Row("proxies", False, detail, hint)
+
+
+def _ready(pod: dict[str, Any]) -> bool:
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
 def _lagging(node: dict[str, Any], now: float) -> str:
