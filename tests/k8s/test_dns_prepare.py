@@ -93,6 +93,21 @@ def put_deployment(cluster: Cluster, name: str, image: str, container: str = "co
     )
 
 
+def put_proxy_pod(cluster: Cluster, namespace: str, node: str, *, ready: bool = True) -> None:
+    """A pod of the proxy DaemonSet on ``node`` (no kubelet here: its status is written)."""
+    pods = f"/api/v1/namespaces/{namespace}/pods"
+    name = f"simmesh-proxy-{node}"
+    cluster.create(
+        pods,
+        {
+            "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "simmesh-proxy"}},
+            "spec": {"nodeName": node, "containers": [{"name": "proxy", "image": "simmesh"}]},
+        },
+    )
+    condition = {"type": "Ready", "status": "True" if ready else "False"}
+    cluster.merge_patch(f"{pods}/{name}/status", {"status": {"conditions": [condition]}})
+
+
 def put_coredns(cluster: Cluster, corefile: str = KUBEADM) -> None:
     put_configmap(cluster, "coredns", {"Corefile": corefile})
     put_deployment(cluster, "coredns", "registry.k8s.io/coredns/coredns:v1.11.3")
@@ -298,6 +313,7 @@ def test_check_ok_then_each_failure(
 ) -> None:
     options = ("--namespace", dns_mesh_namespace, "--controller", controller["url"])
     put_coredns(clean_dns)
+    put_proxy_pod(clean_dns, dns_mesh_namespace, "n1")
     assert check(clean_dns, *options) == 1
     assert "DNS             FAIL    CoreDNS, ConfigMap kube-system/coredns: no simmesh" in (
         capsys.readouterr().out
@@ -309,12 +325,24 @@ def test_check_ok_then_each_failure(
     assert "FAIL" not in out
     assert "API server      OK      https://127.0.0.1:" in out
     assert "SMI CRDs        OK      5/5 established" in out
+    assert "proxies         OK      1/1 on version v2" in out
+    # the DaemonSet's proxy on n2 has not reported yet: not in sync, whatever the others say
+    put_proxy_pod(clean_dns, dns_mesh_namespace, "n2", ready=False)
+    assert check(clean_dns, *options) == 1
+    out = capsys.readouterr().out
+    assert (
+        "proxies         FAIL    1/2 not on version v2: n2 has not reported (pod simmesh-proxy-n2, "
+        "not ready)"
+    ) in out
     controller["nodes"]["nodes"].append({"node": "n2", "version": "v1", "lastSeen": 1.0})
     controller["ready"] = False
     assert check(clean_dns, *options) == 1
     out = capsys.readouterr().out
     assert "controller      FAIL    " in out and "/readyz: HTTP 503 not ready" in out
-    assert "proxies         FAIL    1/2 not on version v2: n2 on v1, last seen" in out
+    assert (
+        "proxies         FAIL    1/2 not on version v2: n2's pod simmesh-proxy-n2 is not ready, "
+        "n2 on v1, last seen"
+    ) in out
     assert cleanup(clean_dns, "--namespace", dns_mesh_namespace) == 0
 
 
