@@ -326,7 +326,7 @@ def _proxies_row(
     if current is None:
         return Row("proxies", False, "the controller has no config yet", hint)
     reported = {str(n.get("node")): n for n in nodes}
-    if pods is None:  # no API server at hand, or proxies outside Kubernetes: what reported
+    if pods is None:  # no API server at hand: the proxies that reported are all there is
         if not nodes:
             return Row("proxies", False, "no proxy has reported to the controller yet", hint)
         return _versions_row(current, sorted(reported), reported, [], now=now, hint=hint)
