@@ -73,7 +73,11 @@ class Simmesh:
         kubeconfig: str | None = None,
         context: str | None = None,
         cli: str = "simmesh",
+        settle: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+        pause: Callable[[float], None] = time.sleep,
     ) -> None:
+        self.settle, self.clock, self.pause = settle, clock, pause
         self.namespace = namespace
         self.zone = zone
         self.kubeconfig = kubeconfig
@@ -101,12 +105,19 @@ class Simmesh:
             args += ["--kubeconfig", self.kubeconfig]
         if self.context:
             args += ["--context", self.context]
-        done = subprocess.run(args, capture_output=True, text=True, timeout=120)
-        if done.returncode == 0:
-            return []
+        # A proxy may be a poll behind a config that just changed (namespaces of an earlier
+        # run still going away, say): ready means check passes within settle seconds.
+        until = self.clock() + self.settle
+        while True:
+            done = subprocess.run(args, capture_output=True, text=True, timeout=120)
+            if done.returncode == 0:
+                return []
+            if self.clock() >= until:
+                break
+            self.pause(2.0)
         lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
         failed = [line for line in lines if " OK " not in line and not line.startswith("CHECK")]
-        return ["simmesh check failed:", *(failed or lines)]
+        return [f"simmesh check failed (for {self.settle:.0f} s):", *(failed or lines)]
 
     def mode(self, kube: Kube) -> Mode:
         cm = kube.get("v1", "ConfigMap", self.namespace, "simmesh-settings") or {}
