@@ -74,10 +74,8 @@ class Simmesh:
         context: str | None = None,
         cli: str = "simmesh",
         settle: float = 30.0,
-        clock: Callable[[], float] = time.monotonic,
-        pause: Callable[[float], None] = time.sleep,
     ) -> None:
-        self.settle, self.clock, self.pause = settle, clock, pause
+        self.settle = settle
         self.namespace = namespace
         self.zone = zone
         self.kubeconfig = kubeconfig
@@ -107,17 +105,14 @@ class Simmesh:
             args += ["--context", self.context]
         # A proxy may be a poll behind a config that just changed (namespaces of an earlier
         # run still going away, say): ready means check passes within settle seconds.
-        until = self.clock() + self.settle
-        while True:
-            done = subprocess.run(args, capture_output=True, text=True, timeout=120)
-            if done.returncode == 0:
-                return []
-            if self.clock() >= until:
-                break
-            self.pause(2.0)
-        lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+        args += ["--wait", f"{self.settle:g}"]
+        done = subprocess.run(args, capture_output=True, text=True, timeout=self.settle + 120)
+        if done.returncode == 0:
+            return []
+        lines = [line for line in done.stdout.splitlines() if line.strip()]
         failed = [line for line in lines if " OK " not in line and not line.startswith("CHECK")]
-        return [f"simmesh check failed (for {self.settle:.0f} s):", *(failed or lines)]
+        errors = [line for line in done.stderr.splitlines() if "not yet" not in line]
+        return [f"simmesh check failed (for {self.settle:g} s):", *(failed or lines), *errors]
 
     def mode(self, kube: Kube) -> Mode:
         cm = kube.get("v1", "ConfigMap", self.namespace, "simmesh-settings") or {}

@@ -24,6 +24,7 @@ from mesh.dns.kubedns import DEFAULT_IMAGE
 
 EXIT_OK, EXIT_FAILED, EXIT_ERROR = 0, 1, 2
 ERRORS = (apply.DnsError, CorefileError, KubeError, KubeUnreachable)
+WAIT_PAUSE = 2.0  # seconds between two tries of check --wait
 
 
 class UsageError(Exception):
@@ -79,6 +80,14 @@ def add_check_arguments(parser: argparse.ArgumentParser) -> None:
         help="the controller's API, e.g. http://127.0.0.1:9000 (default: through the API "
         "server's proxy to Service <namespace>/simmesh-controller:9000)",
     )
+    parser.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="check again every 2 s until every row passes or SECONDS have gone by (each try "
+        "that fails says which rows on stderr); the last table is printed (default: 0, once)",
+    )
 
 
 # --------------------------------------------------------------------------- commands
@@ -117,8 +126,26 @@ async def _cleanup(args: argparse.Namespace) -> int:
 
 
 async def _check(args: argparse.Namespace) -> int:
-    settings = _settings(args)
     _require_url(args.controller)
+    if not 0 <= args.wait <= 3600:
+        raise UsageError(f"--wait {args.wait:g}: expected 0 to 3600 seconds")
+    loop = asyncio.get_running_loop()
+    until = loop.time() + args.wait
+    while True:
+        rows = await _check_once(args)
+        failed = [row for row in rows if not row.ok]
+        left = until - loop.time()
+        if not failed or left <= 0:
+            break
+        names = ", ".join(f"{row.name} ({row.detail[:80]})" for row in failed)
+        print(f"simmesh check: not yet: {names}; {left:.0f} s left", file=sys.stderr, flush=True)
+        await asyncio.sleep(min(WAIT_PAUSE, left))
+    sys.stdout.write(check.render(rows))
+    return EXIT_OK if not failed else EXIT_FAILED
+
+
+async def _check_once(args: argparse.Namespace) -> list[check.Row]:
+    settings = _settings(args)
     kube: ApiKube | None = None
     problem = ""
     try:
@@ -130,8 +157,7 @@ async def _check(args: argparse.Namespace) -> int:
     finally:
         if kube is not None:
             await kube.close()
-    sys.stdout.write(check.render(rows))
-    return EXIT_OK if all(row.ok for row in rows) else EXIT_FAILED
+    return rows
 
 
 def _controller(args: argparse.Namespace, kube: ApiKube | None) -> check.Controller | None:

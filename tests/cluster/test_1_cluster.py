@@ -119,10 +119,11 @@ def test_image_carries_only_the_runtime(image: str) -> None:
 def test_simmesh_check_reports_every_proxy_in_sync(kube: k.Kube, workloads: Workloads) -> None:
     simmesh = str(Path(sys.executable).parent / "simmesh")
     done = subprocess.run(
-        [simmesh, "check", "--kubeconfig", str(kube.kubeconfig), "--namespace", MESH_NS],
+        [simmesh, "check", "--kubeconfig", str(kube.kubeconfig), "--namespace", MESH_NS]
+        + ["--wait", "30"],  # a proxy may be one poll behind the workloads just created
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=90,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     rows = {line.split()[0]: line for line in done.stdout.splitlines()[1:] if line.strip()}

@@ -67,6 +67,14 @@ def test_check_wants_an_http_controller_url(capsys: pytest.CaptureFixture[str]) 
     assert "--controller 'controller:9000': expected a URL" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("value", ["-1", "3601", "nan"])
+def test_check_wait_is_bounded(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["check", "--wait", value]) == 2
+    assert f"simmesh check: error: --wait {value}: expected 0 to 3600 seconds" in (
+        capsys.readouterr().err
+    )
+
+
 def test_check_without_cluster_or_controller_fails_with_a_table(
     no_kubeconfig: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -343,6 +344,42 @@ def test_check_ok_then_each_failure(
         "proxies         FAIL    1/2 not on version v2: n2's pod simmesh-proxy-n2 is not ready, "
         "n2 on v1, last seen"
     ) in out
+    assert cleanup(clean_dns, "--namespace", dns_mesh_namespace) == 0
+
+
+def test_check_wait_until_every_proxy_is_in_sync(
+    clean_dns: Cluster,
+    dns_mesh_namespace: str,
+    controller: dict[str, Any],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`check --wait`: a proxy one poll behind passes once it catches up; one that never does
+    fails when the time is up. Each failed try says why on stderr."""
+    options = ("--namespace", dns_mesh_namespace, "--controller", controller["url"])
+    put_coredns(clean_dns)
+    assert prepare(clean_dns, "--namespace", dns_mesh_namespace) == 0
+    put_proxy_pod(clean_dns, dns_mesh_namespace, "n1")
+    put_proxy_pod(clean_dns, dns_mesh_namespace, "n2")
+    capsys.readouterr()
+    reported = {"node": "n2", "version": "v2", "lastSeen": 1.0}
+    threading.Timer(2.5, controller["nodes"]["nodes"].append, (reported,)).start()
+    started = time.monotonic()
+    assert check(clean_dns, *options, "--wait", "30") == 0
+    took = time.monotonic() - started
+    captured = capsys.readouterr()
+    assert "proxies         OK      2/2 on version v2" in captured.out
+    assert (
+        captured.err.count("simmesh check: not yet: proxies (1/2 not on version v2: n2 has not")
+        >= 1
+    )
+    assert 2.5 <= took < 15, took
+    controller["nodes"]["nodes"].remove(reported)
+    started = time.monotonic()
+    assert check(clean_dns, *options, "--wait", "3") == 1
+    assert 3 <= time.monotonic() - started < 15
+    captured = capsys.readouterr()
+    assert "proxies         FAIL    1/2 not on version v2: n2 has not reported" in captured.out
+    assert captured.err.count("simmesh check: not yet:") >= 1  # at 0 s, 2 s; the last try at 3 s
     assert cleanup(clean_dns, "--namespace", dns_mesh_namespace) == 0
 
 

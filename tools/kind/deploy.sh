@@ -96,16 +96,8 @@ install() {
 prepare() { "$SIMMESH" prepare --kubeconfig "$KUBECONFIG_FILE" --namespace "$NAMESPACE" >&2; }
 
 wait_check() {
-    local out
-    for _ in $(seq 1 90); do
-        if out=$("$SIMMESH" check --kubeconfig "$KUBECONFIG_FILE" --namespace "$NAMESPACE" 2>&1); then
-            echo "$out" >&2
-            return 0
-        fi
-        sleep 2
-    done
-    echo "$out" >&2
-    die "simmesh check did not pass within 180s"
+    "$SIMMESH" check --kubeconfig "$KUBECONFIG_FILE" --namespace "$NAMESPACE" --wait 180 >&2 ||
+        die "simmesh check did not pass within 180s"
 }
 
 step "kind load docker-image $IMAGE" load
