@@ -118,9 +118,9 @@ def test_image_carries_only_the_runtime(image: str) -> None:
 
 def test_simmesh_check_reports_every_proxy_in_sync(kube: k.Kube, workloads: Workloads) -> None:
     simmesh = str(Path(sys.executable).parent / "simmesh")
+    args = ["check", "--kubeconfig", str(kube.kubeconfig), "--namespace", MESH_NS]
     done = subprocess.run(
-        [simmesh, "check", "--kubeconfig", str(kube.kubeconfig), "--namespace", MESH_NS]
-        + ["--wait", "30"],  # a proxy may be one poll behind the workloads just created
+        [simmesh, *args, "--wait", "30"],  # a proxy may be one poll behind the new workloads
         capture_output=True,
         text=True,
         timeout=90,
