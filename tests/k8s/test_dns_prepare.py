@@ -20,6 +20,7 @@ from mesh.dns import cli
 from mesh.dns import corefile as cf
 from mesh.dns import kubedns as kd
 from tests.dns.corefiles import KUBEADM
+from tests.dns.test_check import proxy_pod
 
 try:
     from . import apiserver as k8s_harness
@@ -95,18 +96,14 @@ def put_deployment(cluster: Cluster, name: str, image: str, container: str = "co
 
 
 def put_proxy_pod(cluster: Cluster, namespace: str, node: str, *, ready: bool = True) -> None:
-    """A pod of the proxy DaemonSet on ``node`` (no kubelet here: its status is written)."""
+    """test_check's proxy pod on ``node``, created for real (no kubelet here: its status is
+    written through the status subresource)."""
     pods = f"/api/v1/namespaces/{namespace}/pods"
-    name = f"simmesh-proxy-{node}"
-    cluster.create(
-        pods,
-        {
-            "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "simmesh-proxy"}},
-            "spec": {"nodeName": node, "containers": [{"name": "proxy", "image": "simmesh"}]},
-        },
-    )
-    condition = {"type": "Ready", "status": "True" if ready else "False"}
-    cluster.merge_patch(f"{pods}/{name}/status", {"status": {"conditions": [condition]}})
+    pod = proxy_pod(f"simmesh-proxy-{node}", node, ready=ready)
+    status = pod.pop("status")
+    pod["spec"]["containers"] = [{"name": "proxy", "image": "simmesh"}]
+    cluster.create(pods, pod)
+    cluster.merge_patch(f"{pods}/{pod['metadata']['name']}/status", {"status": status})
 
 
 def put_coredns(cluster: Cluster, corefile: str = KUBEADM) -> None:
