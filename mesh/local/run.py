@@ -10,8 +10,9 @@ timeline in real time from ``t0``:
   connections are reset, new ones refused) and started again. With ``failure: unreachable``
   (the default for a node) their addresses are also blackholed with iptables in the mesh's
   network namespace first, so connects time out and in-flight requests hang, as with a node
-  that is gone; without a namespace of its own the run cannot do that and the event is
-  realised as ``refused`` (recorded in run.json);
+  that is gone; without a namespace of its own or iptables in it the run cannot do that and
+  the event is realised as ``refused`` (recorded in run.json; ``launch.realisable`` has
+  already made the scenario say so);
 - ``latency-spike``/``error-burst``: ``PUT /behaviour`` on the pods (latencyFactor,
   latencyAdd, errorRate), with the simulator's rule for a replica's own fault;
 - ``apply``/``delete``/``set-split``/``set-policy``: the manifests file is rewritten (as the
@@ -99,12 +100,8 @@ class LocalMesh:
         plan = self.plan
         if plan.isolation == "netns":
             subprocess.run(["ip", "link", "set", "lo", "up"], check=True, capture_output=True)
-            self.iptables = (
-                subprocess.run(
-                    ["iptables", "-w", "-L", "OUTPUT", "-n"], capture_output=True, check=False
-                ).returncode
-                == 0
-            )
+        # Probed before the run (launch.choose_isolation): iptables works in the namespace.
+        self.iptables = plan.isolation == "netns" and bool(plan.options.get("blackhole"))
         self._write_manifests()
         host, port = plan.controller.rsplit(":", 1)
         controller = self.supervisor.start(

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from mesh import argtypes
-from mesh.local.launch import ISOLATIONS, choose_isolation, plan_for, run_plan
+from mesh.local.launch import ISOLATIONS, choose_isolation, plan_for, realisable, run_plan
 from mesh.local.plan import PlanError
 from sim.scenario import ScenarioError, load_scenario
 
@@ -88,12 +88,15 @@ def run(args: argparse.Namespace) -> int:
     sets = common_sets(args)
     try:
         scenario = load_scenario(Path(args.dir), sets, scale=args.scale)
-        isolation, prefix = choose_isolation(args.isolation)
+        isolation = choose_isolation(args.isolation)
+        notes = realisable(scenario, isolation)
         plan = plan_for(scenario, isolation, {"load": args.load, "hold": args.hold})
     except (ScenarioError, PlanError) as exc:
         print(f"simmesh: error: {exc}", file=sys.stderr)
         return 2
+    for note in notes:
+        print(f"simmesh: {note}", file=sys.stderr)
     out = args.out or Path("out") / "up" / scenario.name
-    code = run_plan(plan, out, prefix)
+    code = run_plan(plan, out, isolation.prefix)
     print(f"logs, access logs and run.json in {out}", file=sys.stderr)
     return 0 if code in (0, 130) else 1

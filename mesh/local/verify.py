@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from mesh.local.compare import Tolerance, compare, html_page, plot, side_by_side
-from mesh.local.launch import choose_isolation, plan_for, run_plan
+from mesh.local.launch import choose_isolation, plan_for, realisable, run_plan
 from mesh.local.plan import PlanError
 from mesh.local.up import add_common, common_sets
 from sim.scenario import ScenarioError, load_scenario
@@ -59,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sim.model import ProgressBar, run_scenario
-    from sim.report import write_reports
+    from sim.report import write_output, write_reports
 
     sets = common_sets(args)
     try:
@@ -70,11 +70,14 @@ def run(args: argparse.Namespace) -> int:
             )
         tolerance = Tolerance.parse(args.tolerance)
         scenario = load_scenario(Path(args.dir), sets, scale=args.scale)
-        isolation, prefix = choose_isolation(args.isolation)
+        isolation = choose_isolation(args.isolation)
+        notes = realisable(scenario, isolation)
         plan = plan_for(scenario, isolation, {"load": True, "probe": args.probe})
     except (ScenarioError, PlanError, ValueError) as exc:
         print(f"simmesh: error: {exc}", file=sys.stderr)
         return 2
+    for note in notes:
+        print(f"simmesh: {note}", file=sys.stderr)
     out = args.out or Path("out") / "verify" / scenario.name
     started = time.monotonic()
     progress = None if args.quiet else ProgressBar(f"{scenario.name} simulated", sys.stderr)
@@ -83,11 +86,11 @@ def run(args: argparse.Namespace) -> int:
     verdicts = " ".join("PASS" if s["ok"] else "FAIL" for s in prediction["slos"]) or "no SLOs"
     print(
         f"simulated {scenario.duration:g} s in {time.monotonic() - started:.1f} s (SLOs: "
-        f"{verdicts}); now running it for real ({isolation}, about "
+        f"{verdicts}); now running it for real ({isolation.kind}, about "
         f"{scenario.duration + 15:.0f} s)",
         file=sys.stderr,
     )
-    code = run_plan(plan, out / "real", prefix)
+    code = run_plan(plan, out / "real", isolation.prefix)
     if code != 0:
         print(f"simmesh: error: the real run did not complete (see {out}/real)", file=sys.stderr)
         return 4
@@ -119,7 +122,8 @@ def run(args: argparse.Namespace) -> int:
     document: dict[str, Any] = {
         "scenario": scenario.name,
         "scale": args.scale,
-        "isolation": isolation,
+        "isolation": isolation.kind,
+        "isolationNotes": notes,
         "profile": _profile(scenario.profile),
         "prediction": prediction,
         "simulated": simulated,
@@ -127,8 +131,8 @@ def run(args: argparse.Namespace) -> int:
         "comparison": comparison,
     }
     print(text)
-    (out / "results.json").write_text(json.dumps(document, sort_keys=True, indent=1) + "\n")
-    (out / "report.html").write_text(html_page(scenario.name, text, images, comparison))
+    write_output(out / "results.json", json.dumps(document, sort_keys=True, indent=1) + "\n")
+    write_output(out / "report.html", html_page(scenario.name, text, images, comparison))
     print(f"\nwrote {out}/results.json, {out}/report.html and plots")
     if not comparison["withinTolerance"]:
         return 3

@@ -9,9 +9,11 @@ process the mesh started. The long fidelity runs are benchmarks (``make bench``)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -66,13 +68,16 @@ def scenario(directory: Path, body: dict[str, Any], smi: str = "") -> Path:
     return directory
 
 
-def simmesh(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def simmesh(
+    *args: str, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "mesh.cli", *args],
         capture_output=True,
         text=True,
         cwd=ROOT,
         timeout=timeout,
+        env=env,
     )
 
 
@@ -215,8 +220,21 @@ def test_up_serves_identities_and_ctrl_c_stops_everything(tmp_path: Path) -> Non
     assert not [name for name, pid in pids.items() if _alive(pid)]
 
 
-@pytest.mark.skipif(netns_command() is None, reason="needs a network namespace (root)")
-def test_an_unreachable_node_times_connects_out_for_real(tmp_path: Path) -> None:
+def _without(tmp_path: Path, *programs: str) -> dict[str, str]:
+    """An environment whose PATH has every program of this one's but ``programs``: what a
+    machine without those packages looks like to the code under test."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for directory in os.environ["PATH"].split(os.pathsep):
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(directory):
+                target = bin_dir / entry.name
+                if entry.name not in programs and not target.exists() and entry.is_file():
+                    target.symlink_to(entry.path)
+    return {**os.environ, "PATH": str(bin_dir)}
+
+
+def _unreachable_node_scenario(directory: Path) -> Path:
     body = {
         "duration": 7,
         "seed": 2,
@@ -237,10 +255,26 @@ def test_an_unreachable_node_times_connects_out_for_real(tmp_path: Path) -> None
         ],
         "timeline": [{"at": 2, "action": "node-down", "node": "node-b", "until": 4.5}],
     }
-    directory = scenario(tmp_path / "s", body)
+    return scenario(directory, body)
+
+
+NETNS_MISSING = (
+    "no network namespace here (root?)"
+    if netns_command() is None
+    else "no iptables command (Debian package iptables)"
+    if shutil.which("iptables") is None
+    else ""
+)
+
+
+@pytest.mark.skipif(bool(NETNS_MISSING) and not os.environ.get("CI"), reason=NETNS_MISSING)
+def test_an_unreachable_node_times_connects_out_for_real(tmp_path: Path) -> None:
+    assert not NETNS_MISSING, f"under CI=true this test must run: {NETNS_MISSING}"
+    directory = _unreachable_node_scenario(tmp_path / "s")
     out = tmp_path / "out"
     result = simmesh("verify", str(directory), "--out", str(out), "--quiet")
     assert result.returncode in (0, 1, 3), result.stdout + result.stderr
+    assert "realised as" not in result.stderr
     document = json.loads((out / "results.json").read_text())
     (event, *_) = document["real"]["events"]
     assert event["realisedFailure"] == "unreachable"
@@ -256,3 +290,50 @@ def test_an_unreachable_node_times_connects_out_for_real(tmp_path: Path) -> None
     assert not [r for r in rows if r[1] >= 4.6 and r[3] != 200]
     simulated = document["simulated"]["traffic"]["web"]["outcomes"]["unreachable"]
     assert abs(simulated - len(unreachable)) <= 0.5 * len(unreachable)
+
+
+def test_without_iptables_unreachable_is_refused_on_both_sides(tmp_path: Path) -> None:
+    """A machine without iptables (a laptop, a fresh CI machine) still runs the scenario: the
+    node-down is realised as refused, one line says so, and the simulation does the same, so
+    the two runs still compare."""
+    directory = _unreachable_node_scenario(tmp_path / "s")
+    out = tmp_path / "out"
+    result = simmesh(
+        "verify", str(directory), "--out", str(out), "--quiet", env=_without(tmp_path, "iptables")
+    )
+    assert result.returncode in (0, 1, 3), result.stdout + result.stderr
+    notes = [line for line in result.stderr.splitlines() if "realised as 'refused'" in line]
+    assert len(notes) == 1 and "node-down at 2 s" in notes[0] and "iptables" in notes[0], notes
+    document = json.loads((out / "results.json").read_text())
+    assert document["isolationNotes"] == [notes[0].removeprefix("simmesh: ")]
+    (event, *_) = document["real"]["events"]
+    assert event["realisedFailure"] == "refused"
+    rows = json.loads((out / "real" / "rows.json").read_text())["rows"]
+    refused = [(start, end) for _, start, end, status, *_ in rows if status == 502]
+    assert len(refused) > 20 and all(1.9 <= start < 4.6 for start, _ in refused)
+    # Refused at once: no connect timeout (0.4 s) is waited for.
+    assert sorted(end - start for start, end in refused)[len(refused) // 2] < 0.2
+    # The simulation had the same fault: refused, and no request waited for a connect timeout.
+    simulated = document["simulated"]
+    assert {e["failure"] for e in simulated["events"]} == {"refused"}
+    assert simulated["traffic"]["web"]["outcomes"]["unreachable"] > 20  # (502s, by status)
+    assert simulated["traffic"]["web"]["latency"]["max"] < 0.38
+
+
+def test_without_ip_the_mesh_runs_on_the_loopback(tmp_path: Path) -> None:
+    body = {
+        "duration": 3,
+        "workloads": {"t/api": {"replicas": 1}, "t/web": {"replicas": 1}},
+        "traffic": [{"name": "web", "from": "t/web", "to": "http://api.t.mesh/", "rate": 20}],
+    }
+    directory = scenario(tmp_path / "s", body)
+    out = tmp_path / "out"
+    env = _without(tmp_path, "ip", "iptables")
+    result = simmesh("verify", str(directory), "--out", str(out), "--quiet", env=env)
+    assert result.returncode in (0, 1, 3), result.stdout + result.stderr
+    notes = [line for line in result.stderr.splitlines() if line.startswith("simmesh: ")]
+    expected = "simmesh: running on this machine's loopback: no ip command"
+    assert len(notes) == 1 and notes[0].startswith(expected), result.stderr
+    document = json.loads((out / "results.json").read_text())
+    assert document["isolation"] == "loopback"
+    assert document["real"]["traffic"]["web"]["outcomes"].get("ok", 0) > 20
