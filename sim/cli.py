@@ -157,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _sweep(args: argparse.Namespace, directory: Path, out: Path) -> int:
     from sim.model import ProgressBar, run_scenario
-    from sim.report import plot_sweep, slos_ok, sweep_table, write_reports
+    from sim.report import plot_sweep, slos_ok, sweep_table, write_output, write_reports
 
     path, sep, values = args.sweep.partition("=")
     if not sep or not values:
@@ -179,7 +179,7 @@ def _sweep(args: argparse.Namespace, directory: Path, out: Path) -> int:
     table = sweep_table(path, rows)
     out.mkdir(parents=True, exist_ok=True)
     plot_sweep(path, rows, out)
-    (out / "sweep.txt").write_text(table + "\n")
+    write_output(out / "sweep.txt", table + "\n")
     print(table)
     print(f"\nwrote {out}/sweep.png, {out}/sweep.txt and one report per value")
     return 0 if all(slos_ok(r) for _, r in rows) else 1

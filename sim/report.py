@@ -1,14 +1,20 @@
 """Reports of a simulation: the terminal summary, results.json, PNG plots and report.html.
 
 results.json is written with sorted keys and rounded floats, so the same scenario and seed give
-byte-identical files. Plots mark the timeline's events with vertical lines.
+byte-identical files. Plots mark the timeline's events with vertical lines. Every output is
+written by :func:`write_output`: a new file renamed into place, so a symbolic link planted in
+an output directory is replaced, never followed.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
+import io
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +22,23 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+
+
+def write_output(path: Path, data: str | bytes) -> Path:
+    """Write ``path`` whole: a temporary file beside it (created exclusively, so no link is
+    followed), renamed over whatever ``path`` was (a link is replaced, not its target)."""
+    payload = data.encode() if isinstance(data, str) else data
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(payload)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    return path
 
 
 def results_json(results: dict[str, Any]) -> str:
@@ -225,9 +248,10 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
 def save_figure(fig: Any, path: Path) -> Path:
     """Write a plot as PNG and free it (the reports' plots, simulated and verified)."""
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=90)
     plt.close(fig)
-    return path
+    return write_output(path, png.getvalue())
 
 
 def embedded_images(images: list[Path], *, width: int) -> list[str]:
@@ -281,10 +305,10 @@ def html_report(results: dict[str, Any], images: list[Path], text: str) -> str:
 
 def write_reports(results: dict[str, Any], out: Path, *, wall: float | None = None) -> str:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(results_json(results))
+    write_output(out / "results.json", results_json(results))
     text = summary(results, wall=wall)
     images = plot(results, out)
-    (out / "report.html").write_text(html_report(results, images, text))
+    write_output(out / "report.html", html_report(results, images, text))
     return text
 
 

@@ -128,7 +128,9 @@ def _authorized(request: web.Request, token: str | None) -> bool:
     if token is None:
         return True
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip(), token)
+    # As bytes: compare_digest refuses str with non-ASCII characters (a TypeError, once a 500).
+    presented = given.strip().encode("utf-8", "surrogateescape")
+    return scheme.lower() == "bearer" and hmac.compare_digest(presented, token.encode())
 
 
 def make_app(controller: Controller, *, token: str | None = None) -> web.Application:

@@ -163,6 +163,10 @@ def test_with_a_token_only_proxies_holding_it_mark_nodes(tmp_path: Path) -> None
             assert (await client.get("/api/v1/config", params=params)).status == 401
             wrong = {"Authorization": "Bearer nope"}
             assert (await client.get("/api/v1/config", params=params, headers=wrong)).status == 401
+            for token in ("s3cret-tokén", "\u00e9" * 12, "s3cret-token\u200b"):
+                odd = {"Authorization": f"Bearer {token}"}  # non-ASCII: 401, not a 500
+                answer = await client.get("/api/v1/config", params=params, headers=odd)
+                assert answer.status == 401
             right = {"Authorization": "Bearer s3cret-token"}
             assert (await client.get("/api/v1/config", params=params, headers=right)).status == 200
             assert (await client.get("/api/v1/config", params={"wait": "0"})).status == 200

@@ -3,6 +3,7 @@ codes; every scenario in the library runs with the verdict its README promises."
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -131,6 +132,24 @@ def test_library_scenarios_run_with_their_verdicts(tmp_path: Path, name: str, co
     if name == "canary":
         assert (tmp_path / "shares.png").exists()
         assert "data:image/png;base64" in (tmp_path / "report.html").read_text()
+
+
+def test_outputs_replace_planted_links_and_never_follow_them(tmp_path: Path) -> None:
+    """A link planted in the output directory (shared, or left by someone else) is replaced
+    by the run's file; the file it pointed to is untouched."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("results.json", "report.html", "latency.png"):
+        (out / name).symlink_to(victim)
+    result = simmesh("sim", str(SCENARIOS / "canary"), "--out", str(out), "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert victim.read_text() == "precious\n"
+    for name in ("results.json", "report.html", "latency.png"):
+        assert not (out / name).is_symlink() and (out / name).stat().st_size > 1000
+    assert json.loads((out / "results.json").read_text())["scenario"] == "canary"
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
 
 
 def test_sweep_shows_the_retry_storm(tmp_path: Path) -> None:
