@@ -83,7 +83,7 @@ def _host_port(text: str, flag: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _url(text: str) -> tuple[SplitResult, int]:
+def _url(text: str) -> tuple[SplitResult, str, int]:
     expected = f"--url {one_line(text, 80)!r}: expected http://HOST[:PORT]/PATH"
     try:
         parts = urlsplit(text)
@@ -94,7 +94,7 @@ def _url(text: str) -> tuple[SplitResult, int]:
         raise UsageError(expected)
     if any(c.isspace() or ord(c) < 32 for c in text):
         raise UsageError(f"{expected} (no spaces or control characters)")
-    return parts, number or (443 if parts.scheme == "https" else 80)
+    return parts, parts.hostname, number or (443 if parts.scheme == "https" else 80)
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -110,13 +110,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
     config = compile_dir(Path(args.dir), acl=_acl_flag(args))  # after the arguments: fail fast
     router = Router(config)
     if args.url:
-        parts, port = target
+        parts, host, port = target
         path = parts.path or "/"
         if parts.query:
             path += "?" + parts.query
         result = explain_http(
             router,
-            host=parts.hostname,
+            host=host,
             port=port,
             method=args.method.upper(),
             path=path,

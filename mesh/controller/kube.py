@@ -96,6 +96,12 @@ def resources(api: client.ApiClient) -> list[Resource]:
     ]
 
 
+def _body(document: dict[str, Any]) -> Any:
+    """A request body as a plain dict: the client serialises dicts as they are, though its
+    signatures name the model classes (V1Service, ...), which this module never builds."""
+    return document
+
+
 class Gone(Exception):
     """The watch's resourceVersion is too old (410): relist."""
 
@@ -236,7 +242,8 @@ class KubeProvider:
 
     async def existing_shadows(self) -> list[dict[str, Any]]:
         core = client.CoreV1Api(self.api)
-        response = await core.list_namespaced_service(
+        # Unparsed (_preload_content=False): the raw aiohttp response, not a V1ServiceList.
+        response: Any = await core.list_namespaced_service(
             self.settings.mesh_namespace,
             label_selector=f"{SHADOW_LABEL}=true",
             _preload_content=False,
@@ -270,7 +277,7 @@ class KubeProvider:
             if exc.status != 404:
                 raise
         try:
-            await core.create_namespace({"metadata": {"name": name}})
+            await core.create_namespace(_body({"metadata": {"name": name}}))
         except ApiException as exc:
             if exc.status != 409:
                 raise
@@ -310,7 +317,7 @@ class KubeProvider:
     ) -> None:
         if current is None:
             try:
-                await core.create_namespaced_service(namespace, shadow)
+                await core.create_namespaced_service(namespace, _body(shadow))
             except ApiException as exc:
                 if exc.status != 409:
                     log.warning("shadow %s: create failed: %s", name, exc.reason)
@@ -386,7 +393,7 @@ class EventReporter:
                 break
             try:
                 await core.create_namespaced_event(
-                    error.ref.namespace or "default", self.event(error)
+                    error.ref.namespace or "default", _body(self.event(error))
                 )
                 sent += 1
             except ApiException as exc:

@@ -183,7 +183,7 @@ async def serve(
         from kubernetes_asyncio import client, config
 
         if args.kubeconfig == "in-cluster":
-            config.load_incluster_config()
+            config.load_incluster_config()  # type: ignore[no-untyped-call]  # untyped upstream
         else:
             await config.load_kube_config(config_file=args.kubeconfig)
         api_client = client.ApiClient()

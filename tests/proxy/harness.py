@@ -340,14 +340,15 @@ class H2Backend(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         self.conn.initiate_connection()
-        transport.write(self.conn.data_to_send())
+        self.transport.write(self.conn.data_to_send())
 
     def data_received(self, data: bytes) -> None:
         import h2.events
 
         for event in self.conn.receive_data(data):
             if isinstance(event, h2.events.RequestReceived):
-                self.requests[event.stream_id] = (dict(event.headers), bytearray())
+                headers = cast(list[tuple[str, str]], event.headers)  # header_encoding is set
+                self.requests[event.stream_id] = (dict(headers), bytearray())
             elif isinstance(event, h2.events.DataReceived):
                 self.requests[event.stream_id][1].extend(event.data)
                 self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
