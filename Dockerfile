@@ -13,7 +13,7 @@ RUN python3 -m venv --without-pip /opt/simmesh \
     && pip_wheel=$(ls /wheels/pip-*.whl) \
     && /opt/simmesh/bin/python3 "$pip_wheel/pip" install --no-cache-dir --no-index \
         --find-links /wheels --disable-pip-version-check 'simmesh[tracing]' \
-    && /opt/simmesh/bin/simmesh --help >/dev/null
+    && /opt/simmesh/bin/simmesh --version
 
 FROM ${BASE_IMAGE}
 LABEL org.opencontainers.image.title="simmesh" \

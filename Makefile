@@ -5,16 +5,33 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup lint test fuzz sim demo bench loadtest clean k8s-bins haproxy
+.PHONY: setup compile lint test test-interpreted fuzz sim demo bench loadtest clean k8s-bins haproxy
 .PHONY: image kind-node-image kind-up kind-down deploy undeploy test-cluster docker
 .PHONY: conformance conformance-kind
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed compile
 
+# Installed editable and pure; `compile` then builds the compiled modules in place.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	SIMMESH_COMPILE=0 $(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+# The hot modules (mesh/build.py COMPILED) compiled with mypyc beside their sources, again
+# whenever one of them changes (tests/conftest.py refuses to run on a stale one).
+# SIMMESH_COMPILE=0 removes them: everything runs interpreted.
+SIMMESH_COMPILE ?= auto
+COMPILED_SOURCES := $(shell sed -n 's/^    "\([a-z_.]*\)",$$/\1/p' mesh/build.py | tr . / | sed 's/$$/.py/')
+compile: $(VENV)/.compiled-$(SIMMESH_COMPILE)
+
+$(VENV)/.compiled-$(SIMMESH_COMPILE): $(VENV)/.installed $(COMPILED_SOURCES) mesh/build.py setup.py
+	rm -f $(VENV)/.compiled-*
+	find mesh sim -name '*.so' -delete
+	SIMMESH_COMPILE=$(SIMMESH_COMPILE) $(BIN)/python setup.py build_ext --inplace \
+		>$(VENV)/compile.log 2>&1 || { cat $(VENV)/compile.log; exit 1; }
+	find mesh sim -name '*.so' -exec touch {} +  # the unchanged shims are copied with old times
+	$(BIN)/simmesh --version
 	touch $@
 
 lint: setup
@@ -24,7 +41,17 @@ lint: setup
 	$(BIN)/lint-imports
 
 test: setup lint
-	$(BIN)/pytest
+	SIMMESH_EXPECT_BUILD=$(if $(filter 1,$(SIMMESH_COMPILE)),compiled,$(SIMMESH_EXPECT_BUILD)) \
+		$(BIN)/pytest
+	$(MAKE) --no-print-directory test-interpreted
+
+# The core and the simulator again, interpreted: the tracked files copied without any
+# compiled module (tests/conftest.py checks that each run is the build it expects).
+test-interpreted: setup
+	rm -rf out/interpreted && mkdir -p out/interpreted
+	git ls-files -z | xargs -0 tar -cf - | tar -xf - -C out/interpreted
+	cd out/interpreted && SIMMESH_EXPECT_BUILD=interpreted $(CURDIR)/$(BIN)/pytest \
+		tests/core tests/sim tests/test_parity.py
 
 # Coverage-guided fuzzing (atheris) of the manifest reader, the config decoder and the HTTP
 # front end; FUZZ_SECONDS per target, FUZZ_SEED libFuzzer's -seed (0: a new one; a seed does
@@ -105,7 +132,8 @@ test-cluster: setup k8s-bins image kind-up
 	SIMMESH_IMAGE=$(IMAGE) $(BIN)/pytest tests/cluster -v
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .hypothesis out
+	rm -rf $(VENV) .mypy_cache .ruff_cache .hypothesis out build
+	find mesh sim -name '*.so' -delete
 
 # ---------------------------------------------------------------- SMI conformance
 # docs/conformance.md. The suite against the cluster of the current kubeconfig (KUBECONFIG,

@@ -170,9 +170,23 @@ def _explain_text(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+class _Version(argparse.Action):
+    """``simmesh --version``: which build runs is found out only when asked."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        from mesh import __version__
+        from mesh.build import describe
+
+        print(f"simmesh {__version__}, {describe()}")
+        parser.exit()
+
+
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser = Parser(
         prog="simmesh", description="simmesh: a sidecar-free, simulation-first service mesh"
+    )
+    parser.add_argument(
+        "--version", action=_Version, nargs=0, help="the version, and whether it is compiled"
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 

@@ -37,6 +37,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
+from mypy_extensions import mypyc_attr
+
 from mesh.core.policies import FAILURE_ANSWERS, Failure, Outcome, Rng
 from mesh.core.routing import Decision, Endpoint, Engine
 
@@ -138,10 +140,12 @@ _IDLE, _TRYING, _WAITING, _DELIVERING, _DONE = (
 )
 
 
+@mypyc_attr(native_class=False)  # a native class cannot derive from RuntimeError
 class LifecycleError(RuntimeError):
     """An event the current state cannot take: a driver bug, never a user's."""
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # the simulator's flights are lifecycles
 class Lifecycle:
     # What most requests never change is a class default (no slots): building a lifecycle is
     # part of every request's cost in the proxy and in the simulator.

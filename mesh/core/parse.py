@@ -403,8 +403,10 @@ def _regex(value: Any, path: str) -> str:
     text = _str(value, path)
     try:
         re.compile(text)
-    except (re.error, OverflowError, RecursionError) as exc:
+    except (re.error, OverflowError) as exc:
         raise InvalidObject(path, f"expected a regular expression: {exc}") from None
+    except RecursionError:  # its message differs between compiled and interpreted callers
+        raise InvalidObject(path, "expected a regular expression: nested too deeply") from None
     return text
 
 

@@ -1,0 +1,64 @@
+"""Which modules are compiled with mypyc, and whether this process runs them compiled.
+
+setup.py compiles :data:`COMPILED` when a C compiler and mypyc are there (``SIMMESH_COMPILE``:
+``auto`` by default, ``0`` for a pure-Python install, ``1`` to fail without them). A compiled
+module is a C extension beside its source; Python imports the extension first. The behaviour
+is the same either way (tests/test_builds.py runs the simulator both ways and compares the
+bytes); the speed is not. ``simmesh --version`` and the proxy's ``simmesh_proxy_build_info``
+say which one runs.
+
+This module is read by setup.py before anything is installed: standard library only.
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import sys
+
+__all__ = ["COMPILED", "compiled_modules", "describe"]
+
+# The hot paths: every decision of the core, the simulator's model, the proxy's request path.
+# Not mesh.core.schema: its msgspec Structs take class keywords (frozen, rename) that a
+# compiled class loses.
+COMPILED: tuple[str, ...] = (
+    "mesh.core.annotations",
+    "mesh.core.config",
+    "mesh.core.distributions",
+    "mesh.core.errors",
+    "mesh.core.explain",
+    "mesh.core.lifecycle",
+    "mesh.core.model",
+    "mesh.core.parse",
+    "mesh.core.policies",
+    "mesh.core.request",
+    "mesh.core.routing",
+    "mesh.core.shadow",
+    "mesh.core.topology",
+)
+
+
+def _is_extension(name: str) -> bool:
+    module = sys.modules.get(name)
+    origin = getattr(module, "__file__", None) if module is not None else None
+    if origin is None:
+        spec = importlib.util.find_spec(name)
+        origin = spec.origin if spec is not None else None
+    suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
+    return origin is not None and origin.endswith(suffixes)
+
+
+def compiled_modules() -> list[str]:
+    """The modules of :data:`COMPILED` this process imports (or would import) compiled."""
+    return [name for name in COMPILED if _is_extension(name)]
+
+
+def describe() -> str:
+    """``compiled (mypyc, 14/14 modules)``, ``interpreted``, or what is partly compiled."""
+    compiled = compiled_modules()
+    if not compiled:
+        return "interpreted"
+    if len(compiled) == len(COMPILED):
+        return f"compiled (mypyc, {len(compiled)}/{len(COMPILED)} modules)"
+    missing = ", ".join(sorted(set(COMPILED) - set(compiled)))
+    return f"partly compiled (mypyc, {len(compiled)}/{len(COMPILED)} modules; not: {missing})"
