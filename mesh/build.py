@@ -35,6 +35,12 @@ COMPILED: tuple[str, ...] = (
     "mesh.core.routing",
     "mesh.core.shadow",
     "mesh.core.topology",
+    "sim.distributions",
+    "sim.metrics",
+    "sim.model",
+    "sim.outages",
+    "sim.placement",
+    "sim.resources",
 )
 
 

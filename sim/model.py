@@ -35,6 +35,7 @@ from typing import Any, cast
 
 import msgspec
 import simpy
+from mypy_extensions import mypyc_attr
 
 from mesh.core.config import MeshConfig, build_config
 from mesh.core.lifecycle import (
@@ -100,6 +101,7 @@ class _Stream:
     generation: int = -1
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # tests/test_parity.py scripts its attempts
 class Simulation:
     def __init__(self, scenario: Scenario) -> None:
         self.scenario = scenario
