@@ -31,6 +31,7 @@ class Options:
     max_headers: int = 100  # request headers (431 beyond), and upstream response headers
     max_response_header_size: int = 64 * 1024  # upstream response headers in total (502)
     max_connections: int = 10_000  # downstream connections and UDP sessions
+    max_upstream_connections: int | None = None  # None: what RLIMIT_NOFILE leaves (resources)
     upstream_ca: str | None = None
     address_map: AddressMap = field(default_factory=lambda: AddressMap([]))
     workers: int = 1  # processes sharing the listeners (SO_REUSEPORT when more than one)

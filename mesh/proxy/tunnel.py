@@ -26,6 +26,7 @@ from mesh.core.routing import Endpoint, Router
 from mesh.proxy.context import Context
 from mesh.proxy.forward import Exchange, Inbound, connect_with
 from mesh.proxy.headers import request_headers, response_headers
+from mesh.proxy.resources import Slot, UpstreamLimit
 from mesh.proxy.upstream import UpstreamError
 
 HIGH_WATER = 1 << 20
@@ -130,13 +131,19 @@ async def tunnel(ctx: Context, client: Client, inbound: Inbound, *, upgrade: str
     verify = context is not None and context.check_hostname
     name = snapshot.server_name(d.cluster.service) if verify else None
     connect_timeout = ctx.options.connect_timeout
+    slots: list[Slot] = []  # the connection's place under --max-upstream-connections
 
     async def connect(endpoint: Endpoint) -> _Conn:
-        try:
+        async def open_(slot: Slot) -> _Conn:
             async with asyncio.timeout(connect_timeout):
-                return await asyncio.open_connection(
+                conn = await asyncio.open_connection(
                     endpoint.ip, endpoint.port, ssl=context, server_hostname=name
                 )
+            slots.append(slot)
+            return conn
+
+        try:
+            return await ctx.upstreams.connect(open_, where=endpoint.key)
         except (OSError, TimeoutError, ssl.SSLError) as exc:
             raise UpstreamError(Failure.CONNECT, f"connect to {endpoint.key}: {exc!r}") from exc
 
@@ -144,6 +151,10 @@ async def tunnel(ctx: Context, client: Client, inbound: Inbound, *, upgrade: str
     assert life is not None
     try:
         reader, writer = await connect_with(life, connect)
+    except UpstreamLimit as exc:
+        fw.limited(ex, exc, "websocket")
+        client.local(ex)
+        return
     except UpstreamError:
         answer = life.answer
         assert answer is not None
@@ -159,6 +170,8 @@ async def tunnel(ctx: Context, client: Client, inbound: Inbound, *, upgrade: str
         raise
     finally:
         writer.close()
+        for slot in slots:
+            slot.release()
 
 
 async def _exchange(
