@@ -126,6 +126,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-connections)",
     )
     tuning.add_argument(
+        "--max-concurrent-streams",
+        type=argtypes.integer(low=1, high=10_000),
+        default=100,
+        metavar="N",
+        help="h2c streams a client may have open on one connection "
+        "(SETTINGS_MAX_CONCURRENT_STREAMS; more is a connection error)",
+    )
+    tuning.add_argument(
         "--buffer-limit",
         type=argtypes.integer(low=0, high=64 * 1024 * 1024),
         default=64 * 1024,
@@ -183,6 +191,7 @@ def options_from(args: argparse.Namespace) -> Options:
         upstream_timeout=args.upstream_timeout,
         max_connections=args.max_connections,
         max_upstream_connections=args.max_upstream_connections,
+        max_concurrent_streams=args.max_concurrent_streams,
         max_response_header_size=args.max_response_header_size,
         connect_timeout=args.connect_timeout,
         drain_timeout=args.drain_timeout,

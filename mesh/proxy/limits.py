@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 
 from mesh.proxy.metrics import Metrics
+from mesh.proxy.resources import Throttled
 
 log = logging.getLogger("simmesh.proxy")
 
@@ -47,6 +48,7 @@ class ConnectionGate:
         self._clock = clock
         self._logged_at: float | None = None
         self._unlogged = 0
+        self._streams: dict[str, Throttled] = {}
 
     def count(self) -> int:
         return sum(self.metrics.active.values()) + self.pending
@@ -69,6 +71,14 @@ class ConnectionGate:
             self._logged_at = now
             self._unlogged = 0
         return True
+
+    def stream_refused(self, reason: str, peer: str) -> None:
+        """Count and log an h2c stream refused (``max-concurrent-streams``, ``draining``)."""
+        self.metrics.count("streams_refused", reason)
+        warning = self._streams.get(reason)
+        if warning is None:
+            warning = self._streams[reason] = Throttled(self._log_every, self._clock)
+        warning.warn("h2c stream refused (%s), last from %s", reason, peer)
 
     def factory(
         self, protocol: str, make: Callable[[], asyncio.BaseProtocol]

@@ -125,6 +125,13 @@ COUNTERS = {
         "or the process was out of file descriptors",
         ("service", "protocol"),
     ),
+    "streams_refused": (
+        "simmesh_proxy_streams_refused",
+        "h2c streams refused: max-concurrent-streams (the client opened more than "
+        "--max-concurrent-streams: connection error), draining (REFUSED_STREAM while the "
+        "connection retires)",
+        ("reason",),
+    ),
     "client_timeouts": (
         "simmesh_proxy_client_timeouts",
         "Downstream connections or requests cut by a timeout, by what the client was slow at: "
