@@ -117,6 +117,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="open downstream connections and UDP sessions; more are closed at once",
     )
     tuning.add_argument(
+        "--max-connections-per-source",
+        type=argtypes.integer(low=1, high=1_000_000),
+        default=None,
+        metavar="N",
+        help="open downstream connections and UDP sessions of one source IP (default: a tenth "
+        "of --max-connections, at least 100)",
+    )
+    tuning.add_argument(
+        "--reserved-connections",
+        type=argtypes.integer(low=0, high=1_000_000),
+        default=None,
+        metavar="N",
+        help="of --max-connections, kept for sources with an identity: sources without one "
+        "share the rest (default: a tenth of --max-connections)",
+    )
+    tuning.add_argument(
         "--max-upstream-connections",
         type=argtypes.integer(low=1, high=10_000_000),
         default=None,
@@ -191,6 +207,8 @@ def options_from(args: argparse.Namespace) -> Options:
         upstream_timeout=args.upstream_timeout,
         max_connections=args.max_connections,
         max_upstream_connections=args.max_upstream_connections,
+        max_connections_per_source=args.max_connections_per_source,
+        reserved_connections=args.reserved_connections,
         max_concurrent_streams=args.max_concurrent_streams,
         max_response_header_size=args.max_response_header_size,
         connect_timeout=args.connect_timeout,

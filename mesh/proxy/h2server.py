@@ -196,6 +196,7 @@ class H2ServerProtocol(H2Protocol):
         self._disarm()
         self.server.connections.discard(self)
         self.ctx.metrics.closed("h2c")
+        self.ctx.gate.leave(self.peer_ip)
         for stream in self.streams.values():
             stream.inbox.fail(ConnectionResetError("the client closed the connection"))
             if stream.task is not None:

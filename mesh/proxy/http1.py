@@ -361,6 +361,7 @@ class H1Connection(asyncio.Protocol):
         if self in self.server.connections:
             self.server.connections.discard(self)
             self.ctx.metrics.closed("http")
+            self.ctx.gate.leave(self.peer_ip)
         gone = ClientGone(f"the client closed the connection{f': {exc!r}' if exc else ''}")
         if self._receiving is not None:
             self._receiving.fail(gone)

@@ -115,8 +115,9 @@ COUNTERS = {
     ),
     "connections_refused": (
         "simmesh_proxy_connections_refused",
-        "Connections and UDP sessions turned away at --max-connections",
-        ("protocol",),
+        "Connections and UDP sessions turned away: reason max-connections, per-source "
+        "(--max-connections-per-source) or unidentified (--reserved-connections)",
+        ("protocol", "reason"),
     ),
     "upstream_limited": (
         "simmesh_proxy_upstream_limited",

@@ -115,17 +115,20 @@ def make_http_upstream(options: Options, gate: UpstreamGate) -> Upstream:
     )
 
 
+def _share(limit: int | None, workers: int) -> int | None:
+    """A node-wide limit's share of one of ``workers`` processes."""
+    return None if limit is None else math.ceil(limit / workers)
+
+
 def budget_of(options: Options) -> FdBudget:
     """This process's connection limits: ``--max-connections`` and
     ``--max-upstream-connections`` are the node's, so each worker has its share, within what
     its RLIMIT_NOFILE allows (mesh.proxy.resources)."""
-    workers = options.workers
-    share = math.ceil(options.max_connections / workers)
-    upstream = options.max_upstream_connections
+    share = math.ceil(options.max_connections / options.workers)
     budget = fd_budget(
         nofile=open_file_limit(),
         max_connections=share,
-        max_upstream=None if upstream is None else math.ceil(upstream / workers),
+        max_upstream=_share(options.max_upstream_connections, options.workers),
     )
     if budget.downstream < share:
         log.warning(
@@ -186,7 +189,13 @@ class Proxy:
             tracer=tracer,
             access_log=access_log,
             forwarder=forwarder,
-            gate=ConnectionGate(budget.downstream, self.metrics),
+            gate=ConnectionGate(
+                budget.downstream,
+                self.metrics,
+                per_source=_share(options.max_connections_per_source, options.workers),
+                reserved=_share(options.reserved_connections, options.workers),
+                identified=self._identified,
+            ),
             upstreams=upstreams,
             rng=rng,
         )
@@ -196,6 +205,17 @@ class Proxy:
         self.admin_port: int | None = None
         self._admin: Any = None
         self._listening = False
+
+    def _identified(self, ip: str) -> bool:
+        """Whether the source ``ip`` counts as one with an identity: in ACL mode, when the
+        applied config knows its identity; without ACLs identities are not used (and not in
+        the config): every source counts."""
+        snapshot = self.ctx.snapshot
+        if snapshot is None:
+            return False
+        if not snapshot.config.settings.acl:
+            return True
+        return snapshot.router.source_identity(ip) is not None
 
     @property
     def snapshot(self) -> Snapshot | None:
@@ -285,6 +305,8 @@ class Proxy:
             "limits": {  # this process's (mesh.proxy.resources)
                 "openFiles": self.budget.nofile,
                 "maxConnections": self.budget.downstream,
+                "maxConnectionsPerSource": self.ctx.gate.per_source,
+                "reservedConnections": self.ctx.gate.reserved,
                 "maxUpstreamConnections": self.budget.upstream,
                 "upstreamConnections": self.upstreams.open,
             },

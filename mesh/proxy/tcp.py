@@ -43,7 +43,7 @@ class TcpListener:
     async def open(self, host: str) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            self.ctx.gate.factory("tcp", lambda: Inbound(self)),
+            lambda: Inbound(self),
             host,
             self.port,
             reuse_address=True,
@@ -133,6 +133,9 @@ class Inbound(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer_ip = peer[0] if peer else ""
         self.peer_port = int(peer[1]) if peer else 0
+        if not self.ctx.gate.admit(self.peer_ip, "tcp"):
+            transport.abort()
+            return
         self.listener.flows.add(self)
         self.ctx.metrics.opened("tcp")
         snapshot = self.snapshot = self.ctx.snapshot
@@ -304,6 +307,7 @@ class Inbound(asyncio.Protocol):
         if self not in self.listener.flows:
             return
         self.listener.flows.discard(self)
+        self.ctx.gate.leave(self.peer_ip)
         metrics = self.ctx.metrics
         metrics.closed("tcp")
         metrics.transferred(self.service, "tcp", self.rx, self.tx)
