@@ -317,6 +317,10 @@ class Exchange:
         if life.state is State.DONE:
             response.close()
             return
+        if response.status == 101:  # no upgrade was asked for here (tunnels ask for theirs)
+            response.close()
+            self.failed(UpstreamError(Failure.RESET, "the upstream switched protocols unasked"))
+            return
         now = time.monotonic()
         fw.metrics.attempt(self.service, now - self.sent_at)
         self.response = response
