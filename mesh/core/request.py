@@ -34,6 +34,13 @@ combined value and the backend receives exactly that line. Several ``Host`` or d
 ``Content-Length`` headers are rejected. The headers the proxy sets itself
 (``X-Forwarded-For``/``-Proto``/``-Host``, ``traceparent``) and ``Expect`` (answered by the
 proxy) are not in the view matches read: a match on them never matches.
+
+Upgrades, see :func:`websocket_upgrade`: the only protocol the mesh switches a connection to
+is WebSocket. Once a connection is switched, what follows is not HTTP to the proxy, so requests
+sent through it would reach the backend without being read or decided; a request offering any
+other protocol (``h2c``, or a made-up one a backend might accept) is served as a plain request,
+its ``Upgrade`` header dropped like every hop-by-hop header (RFC 9110 section 7.8 lets a server
+ignore it).
 """
 
 from __future__ import annotations
@@ -232,6 +239,30 @@ class Request:
         return f"Request({self.method} {self.host}{self.target})"
 
 
+def offers_websocket(upgrade: str) -> bool:
+    """Whether an ``Upgrade`` header value lists the ``websocket`` protocol (ASCII
+    case-insensitive, a ``/version`` ignored)."""
+    return any(
+        token.split("/", 1)[0].strip().lower() == "websocket" for token in upgrade.split(",")
+    )
+
+
+def websocket_upgrade(items: Iterable[tuple[str, str]]) -> bool:
+    """Whether a request asks to switch its connection to WebSocket: ``Connection`` lists
+    ``upgrade`` and ``Upgrade`` lists ``websocket`` (RFC 9110 section 7.8, RFC 6455 section
+    4.1). Only then does a driver switch protocols; any other upgrade offer is ignored."""
+    connection = upgrade = False
+    for name, value in items:
+        low = name.lower()
+        if low == "connection":
+            connection = connection or any(
+                token.strip().lower() == "upgrade" for token in value.split(",")
+            )
+        elif low == "upgrade":
+            upgrade = upgrade or offers_websocket(value)
+    return connection and upgrade
+
+
 def parse_request(
     method: str, target: str, items: Iterable[tuple[str, str]], *, authority: str | None = None
 ) -> Request:
@@ -303,6 +334,8 @@ __all__ = [
     "BadRequest",
     "Request",
     "normalize_path",
+    "offers_websocket",
     "parse_request",
     "split_target",
+    "websocket_upgrade",
 ]

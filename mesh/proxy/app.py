@@ -4,7 +4,9 @@
 ``main(argv)`` runs it standalone (``python -m mesh.proxy``). ``run`` starts the proxy and its
 config source on uvloop when installed (else asyncio's loop), waits for SIGTERM or SIGINT,
 then drains: stop accepting, let in-flight requests and connections finish up to
-``--drain-timeout``, exit 0.
+``--drain-timeout``, exit 0. It first raises the soft ``RLIMIT_NOFILE`` to the hard limit (as
+nginx, HAProxy and Go programs do): the connection limits are derived from it
+(:mod:`mesh.proxy.resources`).
 
 Every option is checked before the proxy starts (:mod:`mesh.argtypes`; ``--node`` must be a
 node name, ``--bind`` must resolve, ``--upstream-ca`` must load, ``--token-file`` must hold a
@@ -30,6 +32,7 @@ from mesh.core.config import MeshConfig
 from mesh.proxy.addresses import AddressMap
 from mesh.proxy.options import Options
 from mesh.proxy.proxy import Proxy, settle_memory
+from mesh.proxy.resources import raise_open_file_limit
 from mesh.proxy.sources import ControllerSource, FileSource, read_token
 from mesh.proxy.workers import Supervisor, runner
 
@@ -114,6 +117,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="open downstream connections and UDP sessions; more are closed at once",
     )
     tuning.add_argument(
+        "--max-connections-per-source",
+        type=argtypes.integer(low=1, high=1_000_000),
+        default=None,
+        metavar="N",
+        help="open downstream connections and UDP sessions of one source IP (default: a tenth "
+        "of --max-connections, at least 100)",
+    )
+    tuning.add_argument(
+        "--reserved-connections",
+        type=argtypes.integer(low=0, high=1_000_000),
+        default=None,
+        metavar="N",
+        help="of --max-connections, kept for sources with an identity: sources without one "
+        "share the rest (default: a tenth of --max-connections)",
+    )
+    tuning.add_argument(
+        "--max-upstream-connections",
+        type=argtypes.integer(low=1, high=10_000_000),
+        default=None,
+        metavar="N",
+        help="upstream connections (pooled, h2c, WebSocket, TCP); a request that gets none "
+        "within --connect-timeout is a 503 (default: what RLIMIT_NOFILE leaves after "
+        "--max-connections)",
+    )
+    tuning.add_argument(
+        "--max-concurrent-streams",
+        type=argtypes.integer(low=1, high=10_000),
+        default=100,
+        metavar="N",
+        help="h2c streams a client may have open on one connection "
+        "(SETTINGS_MAX_CONCURRENT_STREAMS; more is a connection error)",
+    )
+    tuning.add_argument(
         "--buffer-limit",
         type=argtypes.integer(low=0, high=64 * 1024 * 1024),
         default=64 * 1024,
@@ -170,6 +206,10 @@ def options_from(args: argparse.Namespace) -> Options:
         write_timeout=args.write_timeout,
         upstream_timeout=args.upstream_timeout,
         max_connections=args.max_connections,
+        max_upstream_connections=args.max_upstream_connections,
+        max_connections_per_source=args.max_connections_per_source,
+        reserved_connections=args.reserved_connections,
+        max_concurrent_streams=args.max_concurrent_streams,
         max_response_header_size=args.max_response_header_size,
         connect_timeout=args.connect_timeout,
         drain_timeout=args.drain_timeout,
@@ -221,6 +261,13 @@ async def serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     log.info("simmesh proxy for node %s; admin on %s:%s", args.node, args.bind, proxy.admin_port)
+    budget = proxy.budget
+    log.info(
+        "limits per process: %d downstream and %d upstream connections (RLIMIT_NOFILE %d)",
+        budget.downstream,
+        budget.upstream,
+        budget.nofile,
+    )
     task = asyncio.create_task(source.run())
     try:
         await stop.wait()
@@ -276,6 +323,7 @@ def run(args: argparse.Namespace) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    raise_open_file_limit()
     try:
         with runner(no_uvloop=args.no_uvloop) as loop_runner:
             return loop_runner.run(serve(args))

@@ -3,7 +3,8 @@
 The front ends (HTTP/1.1, h2c, WebSocket tunnels, TCP, UDP) and the listeners need a handful
 of shared things: the applied config (:class:`Snapshot`, swapped whole by a reload), the
 metrics, the tracer, the access log, the :class:`~mesh.proxy.forward.Forwarder` that drives a
-request through the core, the options, the connection gate and the registry of long-lived
+request through the core, the options, the downstream connection gate, the upstream one (for
+tunnels and TCP flows; the upstream clients hold it too) and the registry of long-lived
 :class:`Flows` that a reload judges again. The :class:`~mesh.proxy.proxy.Proxy` builds one
 Context and owns it; nothing below it imports the Proxy, so the package reads from the top
 (``app`` -> ``proxy`` -> ``listeners`` -> front ends -> ``forward`` -> upstream clients) down,
@@ -23,6 +24,7 @@ from mesh.proxy.forward import Forwarder
 from mesh.proxy.limits import ConnectionGate
 from mesh.proxy.metrics import Metrics
 from mesh.proxy.options import Options
+from mesh.proxy.resources import UpstreamGate
 from mesh.proxy.snapshot import Snapshot
 from mesh.proxy.tracing import Tracer
 
@@ -44,6 +46,7 @@ class Context:
         "rng",
         "snapshot",
         "tracer",
+        "upstreams",
     )
 
     def __init__(
@@ -55,6 +58,7 @@ class Context:
         access_log: AccessLog | None,
         forwarder: Forwarder,
         gate: ConnectionGate,
+        upstreams: UpstreamGate,
         rng: random.Random,
     ) -> None:
         self.options = options
@@ -63,6 +67,7 @@ class Context:
         self.access_log = access_log
         self.forwarder = forwarder
         self.gate = gate
+        self.upstreams = upstreams
         self.rng = rng
         self.flows = Flows(metrics)
         self.snapshot: Snapshot | None = None  # swapped whole by Proxy.apply

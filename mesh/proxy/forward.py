@@ -24,7 +24,9 @@ only what must wait for the client (a body to buffer) runs as a task. A request 
 ``http`` connection whose answer fits in one read is served with no task or future at all.
 :meth:`Forwarder.exchange` is the same as a coroutine (the h2c front end uses it). A client
 that goes away mid-way calls :meth:`Exchange.abandon`: the attempt ends neutral, not the
-upstream's fault.
+upstream's fault. So does an attempt that could not get an upstream connection under
+``--max-upstream-connections`` (:class:`~mesh.proxy.resources.UpstreamLimit`): that is the
+proxy's own limit, answered 503 ``upstream-connection-limit`` and never retried.
 
 Flows (TCP, UDP, WebSocket upgrades) connect through :func:`connect_flow`, the same lifecycle
 with only connect failures retried."""
@@ -61,11 +63,13 @@ from mesh.proxy.body import Body, ClientGone
 from mesh.proxy.headers import Outgoing
 from mesh.proxy.metrics import Metrics
 from mesh.proxy.options import Options
+from mesh.proxy.resources import UpstreamLimit
 from mesh.proxy.snapshot import Snapshot
 from mesh.proxy.tracing import Span, Tracer
 from mesh.proxy.upstream import Call, Response, Upstream, UpstreamError
 
 T = TypeVar("T")
+UPSTREAM_LIMIT = "upstream-connection-limit"  # X-Simmesh-Reason of UpstreamLimit's 503
 
 
 class Inbound:
@@ -313,6 +317,10 @@ class Exchange:
         if life.state is State.DONE:
             response.close()
             return
+        if response.status == 101:  # no upgrade was asked for here (tunnels ask for theirs)
+            response.close()
+            self.failed(UpstreamError(Failure.RESET, "the upstream switched protocols unasked"))
+            return
         now = time.monotonic()
         fw.metrics.attempt(self.service, now - self.sent_at)
         self.response = response
@@ -327,6 +335,9 @@ class Exchange:
         body = self.inbound.body
         if body.client_error:
             self._client_gone(ClientGone(str(error)))
+            return
+        if isinstance(error, UpstreamLimit):
+            self._limited(error)
             return
         now = time.monotonic()
         fw.metrics.attempt(self.service, now - self.sent_at)
@@ -348,6 +359,14 @@ class Exchange:
             self.answer(408, "request-body-timeout", str(exc))
         else:
             self.answer(499, "client-gone", f"the client went away: {exc}")
+        self.front.answer(self)
+
+    def _limited(self, error: UpstreamLimit) -> None:
+        """No upstream connection could be had: 503, the attempt ends neutral."""
+        fw = self.fw
+        assert fw is not None and self.front is not None
+        self._stop()
+        fw.limited(self, error)
         self.front.answer(self)
 
     def abandon(self) -> None:
@@ -490,6 +509,12 @@ class Forwarder:
             raise
         return ex
 
+    def limited(self, ex: Exchange, error: UpstreamLimit, protocol: str = "http") -> None:
+        """Count a request (or tunnel) the upstream connection limit turned away, and set its
+        answer: 503 ``upstream-connection-limit`` (the gate logged it)."""
+        self.metrics.count("upstream_limited", ex.service, protocol)
+        ex.answer(503, UPSTREAM_LIMIT, error.detail)
+
     def broken(self, ex: Exchange, failure: Failure, detail: str) -> None:
         """The upstream broke its response before any byte reached the client: the lifecycle
         names the answer (502/504), which the front end sends instead."""
@@ -572,7 +597,8 @@ async def connect_with(
 ) -> T:
     """Start ``life`` and perform its attempts as connects, retrying where the core says.
     Returns the connection (the attempt stays open: the caller reports what came of it);
-    raises the last UpstreamError when the lifecycle answers instead (``life.answer``)."""
+    raises the last UpstreamError when the lifecycle answers instead (``life.answer``), or
+    UpstreamLimit at once (the attempt ended neutral, ``life.answer`` is None)."""
     command: Command | None = life.start()
     while True:
         if isinstance(command, Wait):
@@ -583,6 +609,9 @@ async def connect_with(
             raise UpstreamError(Failure.CONNECT, life.answer.detail if life.answer else "")
         try:
             return await connect(command.endpoint)
+        except UpstreamLimit:
+            life.handle(Abandoned(), time.monotonic())  # the proxy's limit: not the endpoint's
+            raise
         except UpstreamError as exc:
             command = life.handle(Failed(exc.failure, exc.detail), time.monotonic())
             if on_failure is not None:

@@ -4,6 +4,13 @@ h2 is sans-I/O: bytes go in with ``receive_data`` and come out of ``data_to_send
 class owns that loop's I/O half: flushing, transport backpressure (``pause_writing``), waiting
 for flow-control window, and :class:`Inbox`, the per-stream buffer of received DATA that is
 acknowledged (handing window back to the peer) only as its consumer reads it.
+
+With a ``write_timeout`` (the server side: ``--write-timeout``), :meth:`H2Protocol.send_data`
+gives up on a stream that makes no progress for that long: waiting for the peer's window it
+raises (the caller resets that stream and releases its upstream; the connection stays), and
+waiting for the transport to drain it aborts the connection (the peer reads nothing at all).
+The deadline runs from the stream's last progress, not from the last wake-up: a peer that
+opens a byte of window now and then for one stream cannot hold the others.
 """
 
 from __future__ import annotations
@@ -83,7 +90,9 @@ class Inbox:
 class H2Protocol(asyncio.Protocol):
     """The I/O half of one HTTP/2 connection (client or server side)."""
 
-    def __init__(self, *, client_side: bool, write_timeout: float | None = None) -> None:
+    def __init__(
+        self, *, client_side: bool, write_timeout: float | None = None, max_streams: int = 100
+    ) -> None:
         self._write_timeout = write_timeout  # the peer must open window / read within this
         config = h2.config.H2Configuration(client_side=client_side, header_encoding=None)
         self.h2 = h2.connection.H2Connection(config=config)
@@ -91,7 +100,7 @@ class H2Protocol(asyncio.Protocol):
         if client_side:
             values[h2.settings.SettingCodes.ENABLE_PUSH] = 0
         else:
-            values[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = 1000
+            values[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = max_streams
         self.h2.local_settings = h2.settings.Settings(client=client_side, initial_values=values)
         self.transport: asyncio.Transport | None = None
         self.closed = False
@@ -131,26 +140,29 @@ class H2Protocol(asyncio.Protocol):
         _wake_all(self._drain_waiters)
         _wake_all(self._window_waiters)
 
-    async def _wait(self, waiters: list[asyncio.Future[None]]) -> None:
+    async def _wait(self, waiters: list[asyncio.Future[None]], deadline: float | None) -> bool:
+        """Until woken (True) or ``deadline`` (loop time; None: none) passed (False)."""
         future = asyncio.get_running_loop().create_future()
         waiters.append(future)
         try:
-            async with asyncio.timeout(self._write_timeout):
+            async with asyncio.timeout_at(deadline):
                 await future
         except TimeoutError:
-            self.write_timed_out()
-            if self.transport is not None:
-                self.transport.abort()
-            raise ConnectionResetError("the peer took nothing of what was sent in time") from None
+            return False
         finally:
             if future in waiters:
                 waiters.remove(future)
+        return True
 
     def write_timed_out(self) -> None:
-        """The peer opened no window and read nothing for ``write_timeout`` (a hook)."""
+        """A stream made no progress for ``write_timeout`` (a hook)."""
 
     async def send_data(self, stream_id: int, data: bytes, *, is_gone: Callable[[], bool]) -> None:
-        """Send DATA within the peer's flow-control windows and our transport's buffer."""
+        """Send DATA within the peer's flow-control windows and our transport's buffer, each
+        wait bounded by ``write_timeout`` from the last progress (see the module docstring)."""
+        loop = asyncio.get_running_loop()
+        timeout = self._write_timeout
+        deadline = None if timeout is None else loop.time() + timeout
         view = memoryview(data)
         while view:
             if self.closed or is_gone():
@@ -159,14 +171,21 @@ class H2Protocol(asyncio.Protocol):
                 self.h2.local_flow_control_window(stream_id), self.h2.max_outbound_frame_size
             )
             if window <= 0:
-                await self._wait(self._window_waiters)
+                if not await self._wait(self._window_waiters, deadline):
+                    self.write_timed_out()
+                    raise ConnectionResetError("the peer opened no flow-control window in time")
                 continue
             size = min(window, len(view))
             self.h2.send_data(stream_id, view[:size].tobytes())
             view = view[size:]
             self.flush()
-            if self._write_paused:
-                await self._wait(self._drain_waiters)
+            if timeout is not None:
+                deadline = loop.time() + timeout
+            if self._write_paused and not await self._wait(self._drain_waiters, deadline):
+                self.write_timed_out()
+                if self.transport is not None:
+                    self.transport.abort()
+                raise ConnectionResetError("the peer took nothing of what was sent in time")
 
     def reset(self, stream_id: int, code: int = 8) -> None:
         """RST_STREAM (CANCEL by default), ignoring streams h2 already closed."""

@@ -89,7 +89,12 @@ class H2Server:
 
 class H2ServerProtocol(H2Protocol):
     def __init__(self, server: H2Server) -> None:
-        super().__init__(client_side=False, write_timeout=server.ctx.options.write_timeout)
+        options = server.ctx.options
+        super().__init__(
+            client_side=False,
+            write_timeout=options.write_timeout,
+            max_streams=options.max_concurrent_streams,
+        )
         self.server = server
         self.ctx = server.ctx
         self.peer_ip = ""
@@ -128,7 +133,9 @@ class H2ServerProtocol(H2Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             events = self.h2.receive_data(data)
-        except h2.exceptions.ProtocolError:
+        except h2.exceptions.ProtocolError as exc:
+            if isinstance(exc, h2.exceptions.TooManyStreamsError):
+                self.ctx.gate.stream_refused("max-concurrent-streams", self.peer_ip)
             self.flush()
             if self.transport is not None:
                 self.transport.close()
@@ -141,6 +148,7 @@ class H2ServerProtocol(H2Protocol):
         if isinstance(event, h2.events.RequestReceived):
             if self.retiring:
                 self.reset(event.stream_id, _REFUSED_STREAM)  # never processed: safe to retry
+                self.ctx.gate.stream_refused("draining", self.peer_ip)
                 return
             self._disarm()
             ended = event.stream_ended is not None
@@ -188,6 +196,7 @@ class H2ServerProtocol(H2Protocol):
         self._disarm()
         self.server.connections.discard(self)
         self.ctx.metrics.closed("h2c")
+        self.ctx.gate.leave(self.peer_ip)
         for stream in self.streams.values():
             stream.inbox.fail(ConnectionResetError("the client closed the connection"))
             if stream.task is not None:

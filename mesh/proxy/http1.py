@@ -31,8 +31,15 @@ cannot hold a connection, a request and its upstream forever.
 
 A client that half-closes after its request (``shutdown(SHUT_WR)``) still gets its answer;
 then the connection closes. ``Expect: 100-continue`` is answered when the body is first read,
-that is once the core allowed the request. Upgrades (WebSocket) are handed to
-:mod:`mesh.proxy.tunnel`; bytes after the upgrade request are kept for it.
+that is once the core allowed the request.
+
+Upgrades: only a WebSocket upgrade (``mesh.core.request.websocket_upgrade``) is handed to
+:mod:`mesh.proxy.tunnel`, with the bytes after it kept for the tunnel; CONNECT is answered and
+the connection closed. llhttp stops at the end of any request that offers an upgrade; when the
+offer is another protocol the request is served as a plain one (its ``Upgrade`` header is
+hop-by-hop: not forwarded) and parsing goes on with a new parser (:meth:`H1Connection._resume`),
+which first reads that request's body (llhttp skipped it) under a head that frames it the same
+way. So no request ever passes the proxy unread.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ from typing import cast
 
 import httptools
 
+from mesh.core.request import websocket_upgrade
 from mesh.proxy.body import Body, ClientGone
 from mesh.proxy.context import Context
 from mesh.proxy.forward import Exchange, Forwarder, Inbound, local_text, retry_after
@@ -143,6 +151,7 @@ class _Request(Inbound):
         headers: list[tuple[str, str]],
         body: Body,
         version: str,
+        upgrade: bool,
     ) -> None:
         self.listener = conn.server.port
         self.method = method
@@ -155,7 +164,7 @@ class _Request(Inbound):
         self.request = None
         self.version = version
         self.keep_alive = conn.parser.should_keep_alive()
-        self.upgrade = conn.parser.should_upgrade()
+        self.upgrade = upgrade  # the connection switches protocols after it: tunnel
 
 
 class H1Server:
@@ -210,6 +219,9 @@ class H1Connection(asyncio.Protocol):
         self._paused: set[str] = set()  # why reading is paused
         self._eof = False  # the client half-closed
         self._refused: bytes | None = None  # an answer to write, then close
+        self._switching = False  # the request llhttp stopped at switches protocols
+        self._framing = b""  # its body's framing, when it does not and has a body
+        self._priming = False  # a new parser reads the head that frames that body
         # serving
         self.current: _Request | None = None
         self.queue: deque[_Request] = deque()
@@ -267,10 +279,19 @@ class H1Connection(asyncio.Protocol):
             self._serve(request)
 
     def _feed(self, data: bytes) -> None:
+        while data:
+            data = self._feed_once(data)
+
+    def _feed_once(self, data: bytes) -> bytes:
+        """Parse ``data``; what is left to parse after an upgrade offer that is ignored."""
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
-            self._early = [data[exc.args[0] :]] if exc.args[0] < len(data) else []
+            rest = data[exc.args[0] :]
+            if not self._switching:
+                self._resume()
+                return rest
+            self._early = [rest] if rest else []
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if not isinstance(cause, _Refuse):
@@ -282,6 +303,16 @@ class H1Connection(asyncio.Protocol):
         else:
             if self._in_head:
                 self._check_line(data, whole=self._completed == 0)
+        return b""
+
+    def _resume(self) -> None:
+        """Go on reading HTTP after a request whose upgrade offer is ignored: a new parser,
+        first primed with a head that frames that request's body (if any) as it was framed."""
+        self.parser = httptools.HttpRequestParser(self)
+        framing, self._framing = self._framing, b""
+        if framing:
+            self._priming = True
+            self.parser.feed_data(b"POST / HTTP/1.1\r\n%b\r\n\r\n" % framing)
 
     def _check_line(self, data: bytes, *, whole: bool) -> None:
         """The header line in progress at the end of a read must stay within the limit
@@ -361,6 +392,7 @@ class H1Connection(asyncio.Protocol):
         if self in self.server.connections:
             self.server.connections.discard(self)
             self.ctx.metrics.closed("http")
+            self.ctx.gate.leave(self.peer_ip)
         gone = ClientGone(f"the client closed the connection{f': {exc!r}' if exc else ''}")
         if self._receiving is not None:
             self._receiving.fail(gone)
@@ -417,6 +449,9 @@ class H1Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        if self._priming:  # the head _resume made up: the body is the current request's
+            self._priming = False
+            return
         parser = self.parser
         version = parser.get_http_version()
         if version not in _VERSIONS:
@@ -445,9 +480,13 @@ class H1Connection(asyncio.Protocol):
         authority = None
         if target[:1] != "/" and "://" in target:
             authority, target = request_target(target)
-        request = _Request(
-            self, parser.get_method().decode("latin-1"), target, authority, headers, body, version
-        )
+        method = parser.get_method().decode("latin-1")
+        upgrade = parser.should_upgrade()
+        if upgrade:  # llhttp stops after this request: switch protocols, or go on reading?
+            upgrade = self._switching = method == "CONNECT" or websocket_upgrade(headers)
+            if not upgrade:
+                self._framing = _framing(chunked, length)
+        request = _Request(self, method, target, authority, headers, body, version, upgrade)
         if self.current is None:
             self._timing = ""  # busy: no deadline until the answer is out
             self._start(request)
@@ -460,6 +499,8 @@ class H1Connection(asyncio.Protocol):
             self._receiving.feed(body)
 
     def on_message_complete(self) -> None:
+        if self._framing:
+            return  # an ignored upgrade offer's head: its body follows (_resume)
         self._in_message = False
         self._completed += 1
         if self._receiving is not None:
@@ -738,9 +779,8 @@ class H1Connection(asyncio.Protocol):
 
     async def _upgrade(self, request: _Request) -> None:
         try:
-            upgrade = next((v for n, v in request.items if n.lower() == "upgrade"), "")
-            if upgrade:
-                await tunnel(self.ctx, self, request, upgrade=upgrade)
+            if request.method != "CONNECT":
+                await tunnel(self.ctx, self, request)  # a WebSocket upgrade
                 return
             # CONNECT: nothing after it can be parsed; answered, then closed
             fw = self.ctx.forwarder
@@ -859,6 +899,13 @@ class H1Connection(asyncio.Protocol):
         if chunked:
             return b"%bTransfer-Encoding: chunked\r\n%b\r\n" % (head, connection)
         return b"%b%b\r\n" % (head, connection)
+
+
+def _framing(chunked: bool, length: int | None) -> bytes:
+    """The framing header of a request body (b"" when it has none)."""
+    if chunked:
+        return b"Transfer-Encoding: chunked"
+    return b"Content-Length: %d" % length if length else b""
 
 
 def _closed_by_peer(transport: asyncio.BaseTransport | None) -> bool:

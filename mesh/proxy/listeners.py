@@ -8,7 +8,9 @@ run to their end). A port that cannot be bound is reported (log, metric, ``/conf
 tried again on the next reload.
 
 An HTTP listener serves HTTP/1.1 and h2c prior knowledge on one port: :class:`Sniffer` reads
-the first bytes of a connection and hands it to the HTTP/2 or the HTTP/1.1 protocol.
+the first bytes of a connection and hands it to the HTTP/2 or the HTTP/1.1 protocol. It first
+asks the connection gate (:mod:`mesh.proxy.limits`) whether the peer may connect at all; the
+protocol it hands the connection to gives the place back when the connection ends.
 """
 
 from __future__ import annotations
@@ -43,16 +45,24 @@ class Listener(Protocol):
 class Sniffer(asyncio.Protocol):
     """The first bytes of an HTTP listener's connection: HTTP/2 preface or HTTP/1.x?"""
 
-    __slots__ = ("_buffer", "_timer", "listener", "transport")
+    __slots__ = ("_buffer", "_timer", "admitted", "listener", "peer_ip", "transport")
 
     def __init__(self, listener: HttpListener) -> None:
         self.listener = listener
         self.transport: asyncio.Transport | None = None
+        self.peer_ip = ""
+        self.admitted = False
         self._buffer = b""
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self.peer_ip = peer[0] if peer else ""
+        if not self.listener.ctx.gate.admit(self.peer_ip, "http"):
+            self.transport.abort()
+            return
+        self.admitted = True
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(self.listener.header_timeout, self._timeout)
         self.listener.pending.add(self)
@@ -91,7 +101,10 @@ class Sniffer(asyncio.Protocol):
             self.listener.ctx.gate.pending -= 1
 
     def connection_lost(self, exc: Exception | None) -> None:
+        """Closed before its protocol was known (afterwards that protocol is told)."""
         self._stop()
+        if self.admitted:
+            self.listener.ctx.gate.leave(self.peer_ip)
 
     def retire(self) -> None:
         if self.transport is not None:
@@ -116,7 +129,7 @@ class HttpListener:
     async def open(self, host: str) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            self.ctx.gate.factory("http", lambda: Sniffer(self)),
+            lambda: Sniffer(self),
             host,
             self.port,
             reuse_address=True,

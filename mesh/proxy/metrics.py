@@ -115,8 +115,23 @@ COUNTERS = {
     ),
     "connections_refused": (
         "simmesh_proxy_connections_refused",
-        "Connections and UDP sessions turned away at --max-connections",
-        ("protocol",),
+        "Connections and UDP sessions turned away: reason max-connections, per-source "
+        "(--max-connections-per-source) or unidentified (--reserved-connections)",
+        ("protocol", "reason"),
+    ),
+    "upstream_limited": (
+        "simmesh_proxy_upstream_limited",
+        "Requests (503 upstream-connection-limit), tunnels and TCP flows turned away because no "
+        "upstream connection was free within --connect-timeout (--max-upstream-connections), "
+        "or the process was out of file descriptors",
+        ("service", "protocol"),
+    ),
+    "streams_refused": (
+        "simmesh_proxy_streams_refused",
+        "h2c streams refused: max-concurrent-streams (the client opened more than "
+        "--max-concurrent-streams: connection error), draining (REFUSED_STREAM while the "
+        "connection retires)",
+        ("reason",),
     ),
     "client_timeouts": (
         "simmesh_proxy_client_timeouts",
@@ -232,7 +247,7 @@ _SEVERITY = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPE
 def render_merged(exports: list[dict[str, Any]]) -> bytes:
     """One exposition for several workers: counters, histograms and gauges added up,
     breakers at their most alarming state, the config version of the first."""
-    live: dict[str, Any] = {"breakers": {}, "udp_sessions": 0}
+    live: dict[str, Any] = {"breakers": {}, "udp_sessions": 0, "upstream_connections": 0}
     merged = Metrics(lambda: live)
     for export in exports:
         for name, rows in export["counters"].items():
@@ -253,6 +268,7 @@ def render_merged(exports: list[dict[str, Any]]) -> bytes:
         live.setdefault("version", state.get("version"))
         live.setdefault("applied_at", state.get("applied_at", 0.0))
         live["udp_sessions"] += state.get("udp_sessions", 0)
+        live["upstream_connections"] += state.get("upstream_connections", 0)
         for key, (breaker_state, opens) in state["breakers"].items():
             view = live["breakers"].get(key)
             if view is None:
@@ -324,3 +340,9 @@ class _Exporter(Collector):
         sessions = GaugeMetricFamily("simmesh_proxy_udp_sessions", "Open UDP sessions")
         sessions.add_metric([], state.get("udp_sessions", 0))
         yield sessions
+        upstream = GaugeMetricFamily(
+            "simmesh_proxy_upstream_connections",
+            "Upstream connections counted against --max-upstream-connections (busy and idle)",
+        )
+        upstream.add_metric([], state.get("upstream_connections", 0))
+        yield upstream

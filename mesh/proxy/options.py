@@ -31,6 +31,10 @@ class Options:
     max_headers: int = 100  # request headers (431 beyond), and upstream response headers
     max_response_header_size: int = 64 * 1024  # upstream response headers in total (502)
     max_connections: int = 10_000  # downstream connections and UDP sessions
+    max_upstream_connections: int | None = None  # None: what RLIMIT_NOFILE leaves (resources)
+    max_connections_per_source: int | None = None  # None: a tenth of max_connections, >= 100
+    reserved_connections: int | None = None  # for sources with identity; None: a tenth
+    max_concurrent_streams: int = 100  # h2c SETTINGS_MAX_CONCURRENT_STREAMS, per connection
     upstream_ca: str | None = None
     address_map: AddressMap = field(default_factory=lambda: AddressMap([]))
     workers: int = 1  # processes sharing the listeners (SO_REUSEPORT when more than one)

@@ -38,6 +38,7 @@ from mesh.proxy.limits import ConnectionGate
 from mesh.proxy.listeners import ListenerSet
 from mesh.proxy.metrics import Metrics
 from mesh.proxy.options import Options
+from mesh.proxy.resources import FdBudget, UpstreamGate, fd_budget, open_file_limit
 from mesh.proxy.snapshot import Snapshot
 from mesh.proxy.tracing import make_tracer
 from mesh.proxy.udp import UdpListener
@@ -93,7 +94,7 @@ def settle_memory() -> None:
     gc.set_threshold(10_000, 20, 100)
 
 
-def make_http_upstream(options: Options) -> Upstream:
+def make_http_upstream(options: Options, gate: UpstreamGate) -> Upstream:
     """The HTTP/1.1 upstream client: pooled Protocols + httptools for ``http``, aiohttp for
     ``https``. ``SIMMESH_PROXY_UPSTREAM=aiohttp`` sends ``http`` through aiohttp too (to
     compare the two in benchmarks)."""
@@ -101,6 +102,7 @@ def make_http_upstream(options: Options) -> Upstream:
         connect_timeout=options.connect_timeout,
         ca_file=options.upstream_ca,
         max_headers=options.max_headers,
+        gate=gate,
     )
     if os.environ.get("SIMMESH_PROXY_UPSTREAM", "raw") == "aiohttp":
         return client
@@ -109,7 +111,45 @@ def make_http_upstream(options: Options) -> Upstream:
         fallback=client,
         max_header_bytes=options.max_response_header_size,
         max_headers=options.max_headers,
+        gate=gate,
     )
+
+
+def _share(limit: int | None, workers: int) -> int | None:
+    """A node-wide limit's share of one of ``workers`` processes."""
+    return None if limit is None else math.ceil(limit / workers)
+
+
+def budget_of(options: Options) -> FdBudget:
+    """This process's connection limits: ``--max-connections`` and
+    ``--max-upstream-connections`` are the node's, so each worker has its share, within what
+    its RLIMIT_NOFILE allows (mesh.proxy.resources)."""
+    share = math.ceil(options.max_connections / options.workers)
+    budget = fd_budget(
+        nofile=open_file_limit(),
+        max_connections=share,
+        max_upstream=_share(options.max_upstream_connections, options.workers),
+    )
+    if budget.downstream < share:
+        log.warning(
+            "RLIMIT_NOFILE %d leaves room for %d downstream and %d upstream connections: "
+            "--max-connections is lowered from %d to %d per process (raise the limit: "
+            "ulimit -n, LimitNOFILE)",
+            budget.nofile,
+            budget.downstream,
+            budget.upstream,
+            share,
+            budget.downstream,
+        )
+    elif budget.overcommitted:
+        log.warning(
+            "RLIMIT_NOFILE %d is less than --max-connections %d plus "
+            "--max-upstream-connections %d per process: connects and accepts may fail first",
+            budget.nofile,
+            budget.downstream,
+            budget.upstream,
+        )
+    return budget
 
 
 class Proxy:
@@ -121,9 +161,13 @@ class Proxy:
         self.state = EngineState()
         self.metrics = Metrics(self._live)
         rng = random.Random()
-        self.http = make_http_upstream(options)
+        self.budget = budget = budget_of(options)
+        self.upstreams = upstreams = UpstreamGate(budget.upstream, wait=options.connect_timeout)
+        self.http = make_http_upstream(options, upstreams)
         self.h2c = H2Upstream(
-            connect_timeout=options.connect_timeout, max_headers=options.max_headers
+            connect_timeout=options.connect_timeout,
+            max_headers=options.max_headers,
+            gate=upstreams,
         )
         tracer = make_tracer(f"simmesh-proxy/{options.node}")
         # With --workers, lines of several processes share stdout: each line is written whole.
@@ -145,9 +189,14 @@ class Proxy:
             tracer=tracer,
             access_log=access_log,
             forwarder=forwarder,
-            gate=ConnectionGate(  # --max-connections is the node's: each worker has its share
-                math.ceil(options.max_connections / options.workers), self.metrics
+            gate=ConnectionGate(
+                budget.downstream,
+                self.metrics,
+                per_source=_share(options.max_connections_per_source, options.workers),
+                reserved=_share(options.reserved_connections, options.workers),
+                identified=self._identified,
             ),
+            upstreams=upstreams,
             rng=rng,
         )
         self.forwarder = forwarder
@@ -156,6 +205,17 @@ class Proxy:
         self.admin_port: int | None = None
         self._admin: Any = None
         self._listening = False
+
+    def _identified(self, ip: str) -> bool:
+        """Whether the source ``ip`` counts as one with an identity: in ACL mode, when the
+        applied config knows its identity; without ACLs identities are not used (and not in
+        the config): every source counts."""
+        snapshot = self.ctx.snapshot
+        if snapshot is None:
+            return False
+        if not snapshot.config.settings.acl:
+            return True
+        return snapshot.router.source_identity(ip) is not None
 
     @property
     def snapshot(self) -> Snapshot | None:
@@ -219,6 +279,7 @@ class Proxy:
             "applied_at": snapshot.applied_at if snapshot is not None else 0.0,
             "breakers": dict(self.state.breakers),
             "udp_sessions": sessions,
+            "upstream_connections": self.upstreams.open,
         }
 
     @property
@@ -241,6 +302,14 @@ class Proxy:
             "draining": self.draining,
             "source": self.source,
             "version": None,
+            "limits": {  # this process's (mesh.proxy.resources)
+                "openFiles": self.budget.nofile,
+                "maxConnections": self.budget.downstream,
+                "maxConnectionsPerSource": self.ctx.gate.per_source,
+                "reservedConnections": self.ctx.gate.reserved,
+                "maxUpstreamConnections": self.budget.upstream,
+                "upstreamConnections": self.upstreams.open,
+            },
         }
         if snapshot is None:
             return out

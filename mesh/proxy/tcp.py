@@ -8,7 +8,9 @@ when both directions are done (or either side resets, which aborts the other).
 
 The core decides once per connection (``decide_flow``); a denied connection is closed at
 once. Connecting is bounded by ``--connect-timeout`` and retried where the core says. The
-attempt is reported to the engine when the flow ends (so least-request sees open flows).
+attempt is reported to the engine when the flow ends (so least-request sees open flows). The
+upstream connection holds a slot of the upstream gate (``--max-upstream-connections``) until
+it closes; a flow that gets none in time is closed (``simmesh_proxy_upstream_limited_total``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from mesh.core.policies import Failure
 from mesh.core.routing import Decision, Endpoint, Router
 from mesh.proxy.context import Context
 from mesh.proxy.forward import connect_flow
+from mesh.proxy.resources import Slot, UpstreamLimit
 from mesh.proxy.snapshot import Snapshot
 from mesh.proxy.upstream import UpstreamError
 
@@ -40,7 +43,7 @@ class TcpListener:
     async def open(self, host: str) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            self.ctx.gate.factory("tcp", lambda: Inbound(self)),
+            lambda: Inbound(self),
             host,
             self.port,
             reuse_address=True,
@@ -63,8 +66,9 @@ class TcpListener:
 class Outbound(asyncio.Protocol):
     """The upstream side of one flow."""
 
-    def __init__(self, flow: Inbound) -> None:
+    def __init__(self, flow: Inbound, slot: Slot) -> None:
         self.flow = flow
+        self.slot = slot  # given back when the connection closes
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -90,6 +94,7 @@ class Outbound(asyncio.Protocol):
             self.flow.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.slot.release()
         self.flow.upstream_lost(exc)
 
 
@@ -128,6 +133,9 @@ class Inbound(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer_ip = peer[0] if peer else ""
         self.peer_port = int(peer[1]) if peer else 0
+        if not self.ctx.gate.admit(self.peer_ip, "tcp"):
+            transport.abort()
+            return
         self.listener.flows.add(self)
         self.ctx.metrics.opened("tcp")
         snapshot = self.snapshot = self.ctx.snapshot
@@ -171,14 +179,17 @@ class Inbound(asyncio.Protocol):
         timeout = self.ctx.options.connect_timeout
 
         async def connect(endpoint: Endpoint) -> Outbound:
-            try:
+            async def open_(slot: Slot) -> Outbound:
                 async with asyncio.timeout(timeout):
                     _, out = await loop.create_connection(
-                        lambda: Outbound(self), endpoint.ip, endpoint.port
+                        lambda: Outbound(self, slot), endpoint.ip, endpoint.port
                     )
+                return out
+
+            try:
+                return await self.ctx.upstreams.connect(open_, where=endpoint.key)
             except (OSError, TimeoutError) as exc:
                 raise UpstreamError(Failure.CONNECT, f"{endpoint.key}: {exc!r}") from exc
-            return out
 
         def failed(exc: UpstreamError) -> None:
             self.ctx.metrics.failure(self.service, Failure.CONNECT.value)
@@ -187,6 +198,12 @@ class Inbound(asyncio.Protocol):
             peer, self.life = await connect_flow(
                 snapshot.engine, d, connect, rng=self.ctx.rng, on_failure=failed
             )
+        except UpstreamLimit:
+            self.reason = "upstream-connection-limit"
+            self.ctx.metrics.count("upstream_limited", self.service, "tcp")
+            if self.transport is not None:
+                self.transport.close()
+            return
         except UpstreamError:
             self.reason = "upstream-connect-failed"
             if self.transport is not None:
@@ -290,6 +307,7 @@ class Inbound(asyncio.Protocol):
         if self not in self.listener.flows:
             return
         self.listener.flows.discard(self)
+        self.ctx.gate.leave(self.peer_ip)
         metrics = self.ctx.metrics
         metrics.closed("tcp")
         metrics.transferred(self.service, "tcp", self.rx, self.tx)

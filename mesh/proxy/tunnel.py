@@ -1,11 +1,16 @@
-"""Upgrade requests (WebSocket and the like) passed through as raw byte streams.
+"""WebSocket upgrades passed through as raw byte streams.
 
+Only WebSocket: the front end hands over requests that ask for it
+(``mesh.core.request.websocket_upgrade``) and serves every other upgrade offer as a plain
+request, because once a connection is switched the proxy no longer reads what goes through it.
 The core decides as for any request (Host, access, limits, endpoint). The request head goes
-upstream on a connection of its own (not from the pool: it will never be reusable); if the
-upstream answers ``101 Switching Protocols`` the proxy answers 101 too, takes the client's
-connection over (:meth:`Client.take_over`) and from then on copies bytes both ways without
-looking at them: frames, masks and extensions are the endpoints' business. Any other answer
-is relayed as it is and the connection closed. Each direction applies backpressure to the
+upstream on a connection of its own (not from the pool: it will never be reusable), with
+``Connection: Upgrade`` and ``Upgrade: websocket``; if the upstream answers ``101 Switching
+Protocols`` naming ``websocket`` in its ``Upgrade`` header, the proxy answers 101 too, takes the
+client's connection over (:meth:`Client.take_over`) and from then on copies bytes both ways
+without looking at them: frames, masks and extensions are the endpoints' business. A 101 that
+names another protocol is a 502 (the upstream broke the handshake); any other answer is relayed
+as it is and the connection closed. Each direction applies backpressure to the
 other: reading from the client pauses while more than :data:`HIGH_WATER` bytes wait for the
 upstream, and the copy towards the client waits for the client to take what was written.
 
@@ -22,10 +27,12 @@ from typing import Protocol
 
 from mesh.core.lifecycle import Answer, Failed, Responded
 from mesh.core.policies import Failure
+from mesh.core.request import offers_websocket
 from mesh.core.routing import Endpoint, Router
 from mesh.proxy.context import Context
 from mesh.proxy.forward import Exchange, Inbound, connect_with
 from mesh.proxy.headers import request_headers, response_headers
+from mesh.proxy.resources import Slot, UpstreamLimit
 from mesh.proxy.upstream import UpstreamError
 
 HIGH_WATER = 1 << 20
@@ -117,8 +124,8 @@ def _parse_head(raw: bytes, limit: int = 100) -> tuple[int, str, list[tuple[str,
     return int(code), reason, headers
 
 
-async def tunnel(ctx: Context, client: Client, inbound: Inbound, *, upgrade: str) -> None:
-    """Serve one upgrade request from ``client``; the connection closes when it is over."""
+async def tunnel(ctx: Context, client: Client, inbound: Inbound) -> None:
+    """Serve one WebSocket upgrade from ``client``; the connection closes when it is over."""
     fw = ctx.forwarder
     snapshot = ctx.snapshot
     ex = fw.decide(inbound, snapshot)
@@ -130,13 +137,19 @@ async def tunnel(ctx: Context, client: Client, inbound: Inbound, *, upgrade: str
     verify = context is not None and context.check_hostname
     name = snapshot.server_name(d.cluster.service) if verify else None
     connect_timeout = ctx.options.connect_timeout
+    slots: list[Slot] = []  # the connection's place under --max-upstream-connections
 
     async def connect(endpoint: Endpoint) -> _Conn:
-        try:
+        async def open_(slot: Slot) -> _Conn:
             async with asyncio.timeout(connect_timeout):
-                return await asyncio.open_connection(
+                conn = await asyncio.open_connection(
                     endpoint.ip, endpoint.port, ssl=context, server_hostname=name
                 )
+            slots.append(slot)
+            return conn
+
+        try:
+            return await ctx.upstreams.connect(open_, where=endpoint.key)
         except (OSError, TimeoutError, ssl.SSLError) as exc:
             raise UpstreamError(Failure.CONNECT, f"connect to {endpoint.key}: {exc!r}") from exc
 
@@ -144,6 +157,10 @@ async def tunnel(ctx: Context, client: Client, inbound: Inbound, *, upgrade: str
     assert life is not None
     try:
         reader, writer = await connect_with(life, connect)
+    except UpstreamLimit as exc:
+        fw.limited(ex, exc, "websocket")
+        client.local(ex)
+        return
     except UpstreamError:
         answer = life.answer
         assert answer is not None
@@ -151,7 +168,7 @@ async def tunnel(ctx: Context, client: Client, inbound: Inbound, *, upgrade: str
         client.local(ex)
         return
     try:
-        await _exchange(ctx, client, inbound, ex, reader, writer, upgrade)
+        await _exchange(ctx, client, inbound, ex, reader, writer)
     except BaseException:
         if life.done:
             raise
@@ -159,6 +176,8 @@ async def tunnel(ctx: Context, client: Client, inbound: Inbound, *, upgrade: str
         raise
     finally:
         writer.close()
+        for slot in slots:
+            slot.release()
 
 
 async def _exchange(
@@ -168,7 +187,6 @@ async def _exchange(
     ex: Exchange,
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
-    upgrade: str,
 ) -> None:
     fw = ctx.forwarder
     life = ex.life
@@ -182,13 +200,17 @@ async def _exchange(
     )
     lines = [f"{inbound.method} {canonical.target} HTTP/1.1"]
     lines += [f"{n}: {v}" for n, v in headers]
-    lines += ["Connection: Upgrade", f"Upgrade: {upgrade}", "", ""]
+    lines += ["Connection: Upgrade", "Upgrade: websocket", "", ""]
     # Header values arrive decoded as UTF-8 with surrogate escapes: send back the same bytes.
     writer.write("\r\n".join(lines).encode("utf-8", "surrogateescape"))
     try:
         async with asyncio.timeout(life.timeout):
             raw = await reader.readuntil(b"\r\n\r\n")
         status, reason, upstream_headers = _parse_head(raw[:_HEAD_LIMIT])
+        if status == 101 and not any(
+            n.lower() == "upgrade" and offers_websocket(v) for n, v in upstream_headers
+        ):
+            raise UpstreamError(Failure.RESET, "101 without Upgrade: websocket")
     except (
         OSError,
         asyncio.IncompleteReadError,
@@ -206,7 +228,7 @@ async def _exchange(
     out = [(n, v) for n, v in response_headers(upstream_headers)]
     remaining: int | None = None
     if status == 101:
-        out += [("Connection", "Upgrade"), ("Upgrade", upgrade)]
+        out += [("Connection", "Upgrade"), ("Upgrade", "websocket")]
     else:
         out.append(("Connection", "close"))
         length = next((v for n, v in upstream_headers if n.lower() == "content-length"), "")

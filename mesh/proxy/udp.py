@@ -53,7 +53,7 @@ class UdpListener(asyncio.DatagramProtocol):
             session.send(data)
             return
         snapshot = self.ctx.snapshot
-        if snapshot is None or self.closing or self.ctx.gate.full("udp"):
+        if snapshot is None or self.closing or not self.ctx.gate.admit(addr[0], "udp"):
             return
         d = snapshot.engine.decide_flow(
             listener=self.port,
@@ -62,6 +62,7 @@ class UdpListener(asyncio.DatagramProtocol):
             rng=self.ctx.rng,
         )
         if not d.allowed:
+            self.ctx.gate.leave(addr[0])
             service = d.route.service if d.route is not None else "-"
             self.ctx.metrics.deny(service, "udp", d.reason.value)
             return
@@ -221,6 +222,7 @@ class Session(asyncio.DatagramProtocol):
     def _finish(self) -> None:
         if self.life is not None and not self.life.done:
             self.life.handle(Delivered(self.failure), time.monotonic())
+        self.ctx.gate.leave(self.client[0])
         metrics = self.ctx.metrics
         metrics.closed("udp")
         metrics.transferred(self.service, "udp", self.rx, self.tx)

@@ -11,6 +11,11 @@ above a GOAWAY's last stream id, were never processed: CONNECT. Any other reset 
 RESET. No response headers within the per-try timeout: TIMEOUT. A response header list larger
 than h2's SETTINGS_MAX_HEADER_LIST_SIZE (64 KiB, a protocol error that closes the connection)
 or with more than ``max_headers`` headers: RESET, and nothing of it is relayed.
+
+Each connection holds a slot of the :class:`~mesh.proxy.resources.UpstreamGate`
+(``--max-upstream-connections``) until it closes, however many streams it carries; when the
+gate is full, a connection without open streams is closed to make room (and one whose last
+stream ends while someone waits for a slot).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from mesh.core.policies import Failure
 from mesh.proxy.body import Body, ClientGone
 from mesh.proxy.h2common import H2Protocol, Inbox, decode, encode
 from mesh.proxy.headers import Outgoing, response_head_lines, status_line
+from mesh.proxy.resources import Slot, UpstreamGate
 from mesh.proxy.upstream import Response, TaskUpstream, UpstreamError
 
 
@@ -48,9 +54,10 @@ class _Stream:
 
 
 class H2ClientProtocol(H2Protocol):
-    def __init__(self, key: tuple[str, int]) -> None:
+    def __init__(self, key: tuple[str, int], slot: Slot) -> None:
         super().__init__(client_side=True)
         self.key = key
+        self.slot = slot  # given back when the connection closes
         self.streams: dict[int, _Stream] = {}
         self.going_away = False
 
@@ -116,6 +123,7 @@ class H2ClientProtocol(H2Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
+        self.slot.release()
         self._lost(UpstreamError(Failure.RESET, f"upstream connection lost: {exc!r}"))
 
     def open(self, headers: list[tuple[bytes, bytes]], body: Body) -> _Stream:
@@ -148,6 +156,9 @@ class H2ClientProtocol(H2Protocol):
             stream.sender.cancel()
         if self.streams.pop(stream.stream_id, None) is not None and not complete:
             self.reset(stream.stream_id)
+        if not self.streams and self.slot.contended() and self.transport is not None:
+            self.going_away = True
+            self.transport.close()  # its slot goes to whoever waits for one
 
 
 class H2Response:
@@ -202,8 +213,12 @@ class H2Response:
 
 
 class H2Upstream(TaskUpstream):
-    def __init__(self, *, connect_timeout: float, max_headers: int = 100) -> None:
+    def __init__(
+        self, *, connect_timeout: float, max_headers: int = 100, gate: UpstreamGate | None = None
+    ) -> None:
         self._max_headers = max_headers
+        self._gate = gate = gate or UpstreamGate.unlimited()
+        gate.add_reclaimer(self._reclaim)
         self._connect_timeout = connect_timeout
         self._conns: dict[tuple[str, int], list[H2ClientProtocol]] = {}
         self._connecting: dict[tuple[str, int], asyncio.Task[H2ClientProtocol]] = {}
@@ -222,11 +237,27 @@ class H2Upstream(TaskUpstream):
             task.add_done_callback(lambda _: self._connecting.pop(key, None))
         return await asyncio.shield(task)
 
+    def _reclaim(self) -> bool:
+        """Close a connection that carries no stream (the gate needs its slot)."""
+        for conns in self._conns.values():
+            for conn in conns:
+                if not conn.streams and not conn.closed and conn.transport is not None:
+                    conns.remove(conn)
+                    conn.going_away = True
+                    conn.transport.close()
+                    return True
+        return False
+
     async def _connect(self, key: tuple[str, int]) -> H2ClientProtocol:
         loop = asyncio.get_running_loop()
-        try:
+
+        async def connect(slot: Slot) -> H2ClientProtocol:
             async with asyncio.timeout(self._connect_timeout):
-                _, conn = await loop.create_connection(lambda: H2ClientProtocol(key), *key)
+                _, conn = await loop.create_connection(lambda: H2ClientProtocol(key, slot), *key)
+            return conn
+
+        try:
+            conn = await self._gate.connect(connect, where=f"{key[0]}:{key[1]}")
         except TimeoutError as exc:
             raise UpstreamError(Failure.CONNECT, f"connect to {key[0]}:{key[1]} timed out") from exc
         except OSError as exc:

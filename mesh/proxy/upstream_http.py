@@ -16,10 +16,16 @@ HTTPS upstreams are pod IPs, whose certificates rarely name them: without ``--up
 certificates are not verified (encryption without authentication, as most meshes do for
 pod-to-pod TLS they do not manage); with it, the chain is verified against that CA and the
 name checked is the service's cluster DNS name.
+
+A request holds a slot of the :class:`~mesh.proxy.resources.UpstreamGate`
+(``--max-upstream-connections``) from before it is sent until its response is released or
+closed. aiohttp's idle keep-alive connections (at most as many as were busy at once, closed
+after ``keepalive`` seconds) hold none: its pool offers no way to count them.
 """
 
 from __future__ import annotations
 
+import errno
 import ssl
 from collections.abc import Iterable
 
@@ -29,6 +35,7 @@ from yarl import URL
 from mesh.core.policies import Failure
 from mesh.proxy.body import Body
 from mesh.proxy.headers import Outgoing, response_head_lines, status_line
+from mesh.proxy.resources import Slot, UpstreamGate
 from mesh.proxy.upstream import Response, TaskUpstream, UpstreamError
 
 _SKIP = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
@@ -44,10 +51,11 @@ def client_ssl_context(ca_file: str | None) -> ssl.SSLContext:
 
 
 class HttpResponse:
-    __slots__ = ("_resp", "content_length", "reason", "status")
+    __slots__ = ("_resp", "_slot", "content_length", "reason", "status")
 
-    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+    def __init__(self, resp: aiohttp.ClientResponse, slot: Slot) -> None:
         self._resp = resp
+        self._slot = slot
         self.status = resp.status
         self.reason = resp.reason or ""
         self.content_length = resp.content_length
@@ -76,9 +84,11 @@ class HttpResponse:
 
     def release(self) -> None:
         self._resp.release()
+        self._slot.release()
 
     def close(self) -> None:
         self._resp.close()
+        self._slot.release()
 
 
 class HttpUpstream(TaskUpstream):
@@ -89,8 +99,10 @@ class HttpUpstream(TaskUpstream):
         ca_file: str | None,
         keepalive: float = 15.0,
         max_headers: int = 100,
+        gate: UpstreamGate | None = None,
     ) -> None:
         self._max_headers = max_headers
+        self._gate = gate or UpstreamGate.unlimited()
         self._connect_timeout = connect_timeout
         self._ssl = client_ssl_context(ca_file)
         self._verify = ca_file is not None
@@ -141,6 +153,7 @@ class HttpUpstream(TaskUpstream):
         tls = scheme == "https"
         url = URL(f"{'https' if tls else 'http'}://{ip}:{port}{path}", encoded=True)
         data = None if body.empty else (body.buffered or body.chunks())
+        slot = await self._gate.acquire()
         try:
             resp = await session.request(
                 method,
@@ -151,15 +164,27 @@ class HttpUpstream(TaskUpstream):
                 timeout=self._timeout(timeout),
                 server_hostname=server_name if tls and self._verify else None,
             )
-        except aiohttp.ConnectionTimeoutError as exc:
-            raise UpstreamError(Failure.CONNECT, f"connect to {ip}:{port} timed out") from exc
-        except aiohttp.ClientConnectorError as exc:
-            raise UpstreamError(Failure.CONNECT, f"connect to {ip}:{port}: {exc.os_error}") from exc
-        except (TimeoutError, aiohttp.SocketTimeoutError) as exc:
-            raise UpstreamError(Failure.TIMEOUT, f"no response from {ip}:{port} in time") from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamError(Failure.RESET, f"{ip}:{port} closed: {exc!r}") from exc
-        return HttpResponse(resp)
+        except BaseException as exc:
+            slot.release()
+            error = self._error(exc, ip, port)
+            if error is None:
+                raise
+            raise error from exc
+        return HttpResponse(resp, slot)
+
+    def _error(self, exc: BaseException, ip: str, port: int) -> UpstreamError | None:
+        """The failure kind of what aiohttp raised (None: not a failure of the attempt)."""
+        if isinstance(exc, aiohttp.ConnectionTimeoutError):
+            return UpstreamError(Failure.CONNECT, f"connect to {ip}:{port} timed out")
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            if exc.os_error.errno in (errno.EMFILE, errno.ENFILE):
+                return self._gate.refuse(f"out of file descriptors connecting to {ip}:{port}")
+            return UpstreamError(Failure.CONNECT, f"connect to {ip}:{port}: {exc.os_error}")
+        if isinstance(exc, TimeoutError | aiohttp.SocketTimeoutError):
+            return UpstreamError(Failure.TIMEOUT, f"no response from {ip}:{port} in time")
+        if isinstance(exc, aiohttp.ClientError | OSError):
+            return UpstreamError(Failure.RESET, f"{ip}:{port} closed: {exc!r}")
+        return None
 
     async def close(self) -> None:
         if self._session is not None:

@@ -30,7 +30,11 @@ llhttp. ``https`` goes to the aiohttp client given as ``fallback``.
   request is idempotent and replayable (the server never saw it); otherwise RESET.
 - **Limits**: response heads larger than ``max_header_bytes`` (``--max-response-header-size``)
   or with more than ``max_headers`` headers are RESET failures (502 once retries are spent)
-  and nothing of them is relayed.
+  and nothing of them is relayed. Every connection, busy or idle, holds a slot of the
+  :class:`~mesh.proxy.resources.UpstreamGate` (``--max-upstream-connections``) from before it
+  connects until its socket closes; when none is free the oldest idle connection of the pool,
+  whatever its endpoint, is closed to make room (:meth:`RawUpstream._reclaim`), and while
+  someone waits for a slot a finished connection closes instead of going back to the pool.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ import httptools
 from mesh.core.policies import IDEMPOTENT_METHODS, Failure
 from mesh.proxy.body import Body, ClientGone
 from mesh.proxy.headers import Outgoing, body_framing, encode_head, head_block, status_line
+from mesh.proxy.resources import Slot, UpstreamGate
 from mesh.proxy.upstream import (
     Call,
     CallbackUpstream,
@@ -72,9 +77,10 @@ class _HeadTooLarge(Exception):
 class _Conn(asyncio.Protocol):
     """One keep-alive connection; at most one request in flight."""
 
-    def __init__(self, upstream: RawUpstream, key: tuple[str, int]) -> None:
+    def __init__(self, upstream: RawUpstream, key: tuple[str, int], slot: Slot) -> None:
         self.upstream = upstream
         self.key = key
+        self.slot = slot  # given back when the socket closes
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
@@ -152,6 +158,7 @@ class _Conn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.slot.release()
         _stop(self.timer)
         self.timer = None
         if self.in_pool:
@@ -598,9 +605,12 @@ class RawUpstream(CallbackUpstream):
         keepalive: float = 15.0,
         max_header_bytes: int = 64 * 1024,
         max_headers: int = 100,
+        gate: UpstreamGate | None = None,
     ) -> None:
         self.max_header_bytes = max_header_bytes
         self.max_headers = max_headers
+        self._gate = gate = gate or UpstreamGate.unlimited()
+        gate.add_reclaimer(self._reclaim)
         self._connect_timeout = connect_timeout
         self._fallback = fallback
         self._keepalive = keepalive
@@ -621,6 +631,9 @@ class RawUpstream(CallbackUpstream):
 
     def _release(self, conn: _Conn) -> None:
         self._busy.discard(conn)
+        if self._gate.contended():
+            conn._close()  # its slot goes to whoever waits for one
+            return
         conn.in_pool = True
         conn.idle_since = conn.loop.time()
         idle = self._idle.get(conn.key)
@@ -658,12 +671,29 @@ class RawUpstream(CallbackUpstream):
         if self._idle:
             self._sweeper = loop.call_later(self._keepalive / 2, self._sweep)
 
+    def _reclaim(self) -> bool:
+        """Close the pool's oldest idle connection (the gate needs its slot)."""
+        oldest: _Conn | None = None
+        for idle in self._idle.values():
+            if idle and (oldest is None or idle[0].idle_since < oldest.idle_since):
+                oldest = idle[0]
+        if oldest is None:
+            return False
+        self._forget(oldest)
+        oldest._close()
+        return True
+
     async def _connect(self, key: tuple[str, int]) -> _Conn:
         ip, port = key
         loop = asyncio.get_running_loop()
-        try:
+
+        async def connect(slot: Slot) -> _Conn:
             async with asyncio.timeout(self._connect_timeout):
-                _, conn = await loop.create_connection(lambda: _Conn(self, key), ip, port)
+                _, conn = await loop.create_connection(lambda: _Conn(self, key, slot), ip, port)
+            return conn
+
+        try:
+            conn = await self._gate.connect(connect, where=f"{ip}:{port}")
         except TimeoutError as exc:
             raise UpstreamError(Failure.CONNECT, f"connect to {ip}:{port} timed out") from exc
         except OSError as exc:

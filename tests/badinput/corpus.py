@@ -578,6 +578,10 @@ def cli_cases() -> Iterator[Case]:
         )
     for flag, values in {
         "--max-connections": ["0", "-5", "x", "1e6"],
+        "--max-connections-per-source": ["0", "x"],
+        "--reserved-connections": ["-1", "x"],
+        "--max-upstream-connections": ["0", "-1", "x"],
+        "--max-concurrent-streams": ["0", "x", "100000"],
         "--workers": ["0", "-1", "x", "1000"],
         "--buffer-limit": ["-1", "x", "99999999999"],
         "--max-header-size": ["10", "x"],

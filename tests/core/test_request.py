@@ -11,7 +11,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mesh.core.request import BadRequest, Request, normalize_path, parse_request, split_target
+from mesh.core.request import (
+    BadRequest,
+    Request,
+    normalize_path,
+    parse_request,
+    split_target,
+    websocket_upgrade,
+)
 
 # -- paths ------------------------------------------------------------------------------------
 
@@ -295,3 +302,23 @@ def test_what_is_matched_is_what_is_forwarded(items: list[tuple[str, str]]) -> N
         forwarded.setdefault(name.lower(), []).append(value)
     assert all(len(values) == 1 for values in forwarded.values())
     assert {k: v[0] for k, v in forwarded.items()} == request.headers
+
+
+@pytest.mark.parametrize(
+    ("items", "websocket"),
+    [
+        ([("Connection", "Upgrade"), ("Upgrade", "websocket")], True),
+        ([("connection", "keep-alive, upgrade"), ("upgrade", "WebSocket")], True),
+        ([("Connection", "Upgrade"), ("Upgrade", "h2c, websocket/13")], True),
+        ([("Connection", "Upgrade"), ("Upgrade", "h2c")], False),
+        ([("Connection", "Upgrade"), ("Upgrade", "websockets")], False),
+        ([("Connection", "Upgrade"), ("Upgrade", "foo")], False),
+        ([("Upgrade", "websocket")], False),  # Connection must list it: hop-by-hop
+        ([("Connection", "upgraded"), ("Upgrade", "websocket")], False),
+        ([], False),
+    ],
+)
+def test_only_a_websocket_upgrade_switches_protocols(
+    items: list[tuple[str, str]], websocket: bool
+) -> None:
+    assert websocket_upgrade(items) is websocket
