@@ -46,7 +46,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import h2.config
@@ -284,7 +284,8 @@ class H2Load:
         if isinstance(event, h2.events.RemoteSettingsChanged):
             self.offered = self.conn.remote_settings.max_concurrent_streams
         elif isinstance(event, h2.events.ResponseReceived):
-            self.statuses[dict(event.headers)[":status"]] += 1
+            headers = cast(list[tuple[str, str]], event.headers)  # header_encoding is set
+            self.statuses[dict(headers)[":status"]] += 1
         elif isinstance(event, h2.events.StreamReset):
             self.events["RST_STREAM"] += 1
         elif isinstance(event, h2.events.ConnectionTerminated):
