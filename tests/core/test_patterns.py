@@ -254,3 +254,23 @@ def test_the_same_pattern_compiles_once() -> None:
 )
 def test_braces_both_engines_read_alike_are_accepted(pattern: str) -> None:
     patterns.check(pattern)
+
+
+# Non-literal patterns run through google-re2's binding of RE2::Match when it has one (a third
+# of the cost of its public method): both must answer alike, and without it the public one runs.
+REGEXES = ["/r/(a+)+$", "[a-z]+", "(?i)/A%", ".*", "caf.", r"\d+", "a|ab", "/(x|)$", "é+"]
+
+
+@given(st.sampled_from(REGEXES), SUBJECT, st.booleans())
+def test_the_binding_answers_what_the_public_method_answers(
+    pattern: str, subject: str, to_end: bool
+) -> None:
+    compiled = patterns._compile(pattern)
+    fast = patterns._regex(compiled, to_end=to_end)
+    assert fast(subject) is patterns._public(compiled, to_end=to_end)(subject)
+
+
+def test_without_the_binding_the_public_method_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(patterns, "_ANCHORS", None)
+    matcher = patterns._regex(patterns._compile(EVIL), to_end=False)
+    assert matcher("/r/aaa") and not matcher(evil_path(5000))
