@@ -3,14 +3,14 @@
 A proxy (short timeouts) and a small backend run on an event loop in a background thread, on
 loopback; a TrafficSplit on the service matches every request against regexes that backtrack
 catastrophically on Python's ``re`` (issue 19), so a fuzzed path or header that would stall a
-backtracking engine is a finding (the proxy must answer within seconds). Each input is sent on a new connection to the proxy's HTTP listener (inputs of even
-length are followed by a half-close, others wait for the proxy's timeouts, so complete
-requests are forwarded too), and the answer is read until the proxy closes. The proxy must
-answer every input within seconds with nothing or with HTTP/1.x responses (an h2c client gets
-HTTP/2 frames), never log an unhandled error (a traceback from a handler or a callback is a
-finding: the logging handler below fails the input), and its engine's in-flight counts must
-return to zero. The instrumented code is the proxy's and the core's Python (httptools' C
-parser, llhttp, is not instrumented, but what it hands us is).
+backtracking engine is a finding. Each input is sent on a new connection to the proxy's HTTP
+listener (inputs of even length are followed by a half-close, others wait for the proxy's
+timeouts, so complete requests are forwarded too), and the answer is read until the proxy
+closes. The proxy must answer every input within seconds with nothing or with HTTP/1.x
+responses (an h2c client gets HTTP/2 frames), never log an unhandled error (a traceback from a
+handler or a callback is a finding: the logging handler below fails the input), and its
+engine's in-flight counts must return to zero. The instrumented code is the proxy's and the
+core's Python (httptools' C parser, llhttp, is not instrumented, but what it hands us is).
 """
 
 from __future__ import annotations
