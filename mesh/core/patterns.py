@@ -161,15 +161,22 @@ def _explain(exc: Exception) -> str:
         hint = "RE2 has no backreferences"
     if hint is None and _POSSESSIVE.match(message):
         hint = "RE2 has no possessive quantifiers"
+    what, colon, fragment = message.partition(": ")  # RE2 quotes the rest of the pattern
+    message = what + colon + _short(fragment)
     return f"{message} ({hint})" if hint else message
+
+
+def _short(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _refuse_python_repeat(pattern: str) -> None:
     """``a{,3}``, ``a{01}`` and ``a{4294967296}`` are repetitions to Python's re but text to
     RE2 (and Go): a pattern written for simmesh before RE2 would silently change meaning, so
     it is refused."""
-    text = _python_repeat(pattern) if "{" in pattern else None
-    if text is not None:
+    found = _python_repeat(pattern) if "{" in pattern else None
+    if found is not None:
+        text = _short(found, 16)
         raise PatternError(
             f"{text} is text to RE2 but a repetition to Python's re: write a repetition as "
             f"{{min}}, {{min,}} or {{min,max}} with counts 0..1000 and no leading zeros, "

@@ -134,6 +134,8 @@ def test_an_evil_header_pattern_is_linear_too() -> None:
         ("/" + "[a-z]x" * 600, "compiles to 1205 RE2 instructions, more than the 1000 allowed"),
         ("(?i)" + r"\pL" * 600, "too large"),
         ("/\ud800", "not valid Unicode"),
+        ("/(" + "a" * 3000, "missing ): /(aaaaaaaa"),
+        ("/a{" + "1" * 3000 + "}", "{111111111111... is text to RE2"),
     ],
 )
 def test_what_re2_cannot_run_is_an_error_on_the_object(pattern: str, expected: str) -> None:
@@ -147,6 +149,7 @@ def test_what_re2_cannot_run_is_an_error_on_the_object(pattern: str, expected: s
     assert error.field == "spec.matches[0].pathRegex"
     assert error.message.startswith("expected an RE2 regular expression: ")
     assert expected in error.message
+    assert len(error.message) < 250  # RE2 quotes the rest of the pattern: cut short
     assert "demo/web" in state.services  # one bad object never affects others
 
 
