@@ -75,6 +75,7 @@ demo: setup
 # Benchmarks (not tests): each writes its section of BENCHMARKS.md, with the command.
 bench: setup k8s-bins haproxy
 	$(BIN)/python -m loadtests.bench_core --out BENCHMARKS.md
+	$(BIN)/python -m loadtests.bench_regex --out BENCHMARKS.md
 	$(BIN)/python -m loadtests.bench_sim --out BENCHMARKS.md
 	SIMMESH_BIN_DIR="$$(bash tools/k8s-bins.sh --print-dir)" $(BIN)/python -m loadtests.bench_proxy --benchmarks BENCHMARKS.md
 	SIMMESH_BIN_DIR="$$(bash tools/k8s-bins.sh --print-dir)" $(BIN)/python -m loadtests.bench_controller --out BENCHMARKS.md

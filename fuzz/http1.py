@@ -1,14 +1,16 @@
 """Fuzz target: the HTTP front end, request bytes over a real socket.
 
 A proxy (short timeouts) and a small backend run on an event loop in a background thread, on
-loopback. Each input is sent on a new connection to the proxy's HTTP listener (inputs of even
-length are followed by a half-close, others wait for the proxy's timeouts, so complete
-requests are forwarded too), and the answer is read until the proxy closes. The proxy must
-answer every input within seconds with nothing or with HTTP/1.x responses (an h2c client gets
-HTTP/2 frames), never log an unhandled error (a traceback from a handler or a callback is a
-finding: the logging handler below fails the input), and its engine's in-flight counts must
-return to zero. The instrumented code is the proxy's and the core's Python (httptools' C
-parser, llhttp, is not instrumented, but what it hands us is).
+loopback; a TrafficSplit on the service matches every request against regexes that backtrack
+catastrophically on Python's ``re`` (issue 19), so a fuzzed path or header that would stall a
+backtracking engine is a finding. Each input is sent on a new connection to the proxy's HTTP
+listener (inputs of even length are followed by a half-close, others wait for the proxy's
+timeouts, so complete requests are forwarded too), and the answer is read until the proxy
+closes. The proxy must answer every input within seconds with nothing or with HTTP/1.x
+responses (an h2c client gets HTTP/2 frames), never log an unhandled error (a traceback from a
+handler or a callback is a finding: the logging handler below fails the input), and its
+engine's in-flight counts must return to zero. The instrumented code is the proxy's and the
+core's Python (httptools' C parser, llhttp, is not instrumented, but what it hands us is).
 """
 
 from __future__ import annotations
@@ -24,11 +26,16 @@ import atheris
 
 with atheris.instrument_imports(include=["mesh"]):
     from mesh.proxy.proxy import Options, Proxy
-    from tests.proxy.harness import build, endpoints, free_range, service, settings
+    from tests.proxy.harness import build, endpoints, free_range, route_group, service, settings
 
 from aiohttp import web
 
 PROXY_TIMEOUT = 0.1  # header, body, keep-alive and upstream timeouts of the proxy
+# Catastrophic on a backtracking engine: /r/ + 28 a + ! took 8.6 s (seeds redos-path, -header)
+EVIL_MATCHES = [
+    {"name": "path", "pathRegex": "/r/(a+)+$"},
+    {"name": "header", "pathRegex": "/", "headers": [{"x-r": "(a|aa)+$"}]},
+]
 READ_LIMIT = 1 << 20
 
 
@@ -80,7 +87,24 @@ class Mesh:
         server = web.Server(answer)
         backend = await self.loop.create_server(server, "127.0.0.2", 0)
         target = ("127.0.0.2", int(backend.sockets[0].getsockname()[1]))
-        docs = [service("web"), *endpoints("web", [target])]
+        docs = [
+            service("web"),
+            *endpoints("web", [target]),
+            service("web-v2"),
+            *endpoints("web-v2", [target]),
+            # every request goes through the split's regexes (issue 19: they must stay linear)
+            route_group("evil", EVIL_MATCHES),
+            {
+                "apiVersion": "split.smi-spec.io/v1alpha4",
+                "kind": "TrafficSplit",
+                "metadata": {"name": "web", "namespace": "demo"},
+                "spec": {
+                    "service": "web",
+                    "backends": [{"service": "web-v2", "weight": 1}],
+                    "matches": [{"kind": "HTTPRouteGroup", "name": "evil"}],
+                },
+            },
+        ]
         options = Options(
             node="fuzz",
             bind="127.0.0.1",

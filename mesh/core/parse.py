@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from mesh.core import patterns
 from mesh.core.errors import InvalidObject, ObjectError, ObjectRef, describe
 from mesh.core.model import (
     POD_PHASES,
@@ -402,11 +403,9 @@ def _header_matches(value: Any, path: str) -> tuple[tuple[str, str], ...]:
 def _regex(value: Any, path: str) -> str:
     text = _str(value, path)
     try:
-        re.compile(text)
-    except (re.error, OverflowError) as exc:
-        raise InvalidObject(path, f"expected a regular expression: {exc}") from None
-    except RecursionError:  # its message differs between compiled and interpreted callers
-        raise InvalidObject(path, "expected a regular expression: nested too deeply") from None
+        patterns.check(text)
+    except patterns.PatternError as exc:
+        raise InvalidObject(path, f"expected an RE2 regular expression: {exc}") from None
     return text
 
 

@@ -19,12 +19,11 @@ endpoints admitted by the grants (503) -> circuit breakers (503) -> load balance
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from mesh.core import schema
+from mesh.core import patterns, schema
 from mesh.core.annotations import ServicePolicy, parse_circuit_breaker_expression
 from mesh.core.policies import (
     CircuitBreaker,
@@ -98,19 +97,19 @@ class Match:
     def __init__(self, doc: schema.Match) -> None:
         self.name = doc.name
         regex = doc.path_regex
-        self.path: Callable[[str], object] | None = re.compile(regex).match if regex else None
+        self.path: patterns.Matcher | None = patterns.prefix(regex) if regex else None
         methods = doc.methods
         self.methods: frozenset[str] | None = frozenset(methods) if methods is not None else None
-        self.headers = tuple((k.lower(), re.compile(v).fullmatch) for k, v in doc.headers)
+        self.headers = tuple((k.lower(), patterns.whole(v)) for k, v in doc.headers)
 
     def matches(self, method: str, path: str, headers: Mapping[str, str]) -> bool:
         if self.methods is not None and method not in self.methods:
             return False
-        if self.path is not None and self.path(path) is None:
+        if self.path is not None and not self.path(path):
             return False
         for name, pattern in self.headers:
             value = headers.get(name)
-            if value is None or pattern(value) is None:
+            if value is None or not pattern(value):
                 return False
         return True
 

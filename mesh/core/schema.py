@@ -23,6 +23,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from mesh.core import patterns
 from mesh.core.annotations import parse_circuit_breaker_expression
 
 API_VERSION = "simmesh.io/v1alpha1"
@@ -301,13 +302,14 @@ def _check_cluster(key: str, cluster: Cluster) -> None:
 
 
 def _check_match(match: Match, where: str) -> None:
-    patterns = [("pathRegex", match.path_regex)] if match.path_regex is not None else []
-    patterns += [(f"headers[{name}]", value) for name, value in match.headers]
-    for field, pattern in patterns:
+    regexes = [("pathRegex", match.path_regex)] if match.path_regex is not None else []
+    regexes += [(f"headers[{name}]", value) for name, value in match.headers]
+    for field, pattern in regexes:
         try:
-            re.compile(pattern)
-        except re.error as exc:
-            raise ConfigError(f"{where}.{field}", f"not a regular expression: {exc}") from None
+            patterns.check(pattern)
+        except patterns.PatternError as exc:
+            message = f"expected an RE2 regular expression: {exc}"
+            raise ConfigError(f"{where}.{field}", message) from None
 
 
 def _ip(text: str, where: str) -> None:

@@ -372,6 +372,7 @@ def config_cases(valid: dict[str, Any]) -> Iterator[Case]:
                 files={"config.json": json.dumps(doc)},
                 expect=(key,),
             )
+    yield from regex_cases(valid)
     split = copy.deepcopy(valid)
     for item in split["routes"].values():
         if item.get("split"):
@@ -398,6 +399,55 @@ def config_cases(valid: dict[str, Any]) -> Iterator[Case]:
     for name, text in texts.items():
         yield Case(f"config:{name}", "config", files={"config.json": text}, expect=("config.json",))
     yield Case("config:yaml-bomb", "config", files={"config.yaml": BOMB}, expect=("config.yaml",))
+
+
+# Patterns RE2 cannot run, or that are past the bounds of mesh/core/patterns.py.
+BAD_REGEXES = [
+    r"/(a)\1",  # backreference
+    "/(?P<x>a)(?P=x)",
+    "/(?=admin)",  # lookahead
+    "/x(?<!y)",  # lookbehind
+    "/a*+",  # possessive
+    "/(?>a)",  # atomic group
+    "/a\\Z",
+    "/a{,3}",  # a repetition to Python's re, text to RE2
+    "/a{4294967296}",
+    "/a{1001}",
+    "/" + "a" * 5000,  # longer than 4096 characters
+    "/" + "[a-z]x" * 600,  # more than 1000 instructions
+    "(",
+]
+
+
+def regex_cases(valid: dict[str, Any]) -> Iterator[Case]:
+    """Each bad pattern as an access grant's pathRegex, as a header value, and as a split
+    match (a split is added to the first split route's matches)."""
+    cluster, index = next(
+        (key, i)
+        for key, item in valid["clusters"].items()
+        for i, grant in enumerate(item.get("access") or [])
+        if grant.get("match")
+    )
+    route = next(key for key, item in valid["routes"].items() if item.get("split"))
+    for pattern in BAD_REGEXES:
+        grant = copy.deepcopy(valid)
+        grant["clusters"][cluster]["access"][index]["match"]["pathRegex"] = pattern
+        header = copy.deepcopy(valid)
+        header["clusters"][cluster]["access"][index]["match"]["headers"] = [["x-a", pattern]]
+        split = copy.deepcopy(valid)
+        match = {"name": "m", "pathRegex": pattern, "methods": None, "headers": []}
+        split["routes"][route]["split"]["matches"] = [match]
+        for what, doc, word in (
+            ("grant", grant, "pathRegex"),
+            ("header", header, "headers[x-a]"),
+            ("split", split, "split.matches[0].pathRegex"),
+        ):
+            yield Case(
+                f"config:regex-{what}={pattern[:16]}",
+                "config",
+                files={"config.json": json.dumps(doc)},
+                expect=(word, "expected an RE2 regular expression"),
+            )
 
 
 def _steps(path: str) -> list[str | int]:

@@ -273,7 +273,7 @@ CASES: list[tuple[str, Any, tuple[str, str, str], str]] = [
     ),
     (
         "hrg-regex-deep",
-        edit(HRG, "spec.matches.0.pathRegex", "(" * 1200 + ")" * 1200),
+        edit(HRG, "spec.matches.0.pathRegex", "(" * 1200 + ")" * 1199),
         ("HTTPRouteGroup", "demo", "bad"),
         "spec.matches[0].pathRegex",
     ),
