@@ -31,6 +31,11 @@ class Options:
     max_headers: int = 100  # request headers (431 beyond), and upstream response headers
     max_response_header_size: int = 64 * 1024  # upstream response headers in total (502)
     max_connections: int = 10_000  # downstream connections and UDP sessions
+    # per h2c connection, token buckets (per second, burst); overspent: GOAWAY(ENHANCE_YOUR_CALM)
+    h2_reset_rate: int = 100  # streams reset while served (rapid reset)
+    h2_reset_burst: int = 200
+    h2_control_rate: int = 100  # SETTINGS, PING, refused or malformed HEADERS
+    h2_control_burst: int = 1000
     upstream_ca: str | None = None
     address_map: AddressMap = field(default_factory=lambda: AddressMap([]))
     workers: int = 1  # processes sharing the listeners (SO_REUSEPORT when more than one)
