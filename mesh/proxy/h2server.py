@@ -10,6 +10,10 @@ cancels its request. What a stream holds (its entry in ``streams``, the in-fligh
 idle timer) is given back by its task's done-callback, which runs however the task ends, also
 when it is cancelled before it ever ran (HEADERS and RST_STREAM in one read).
 
+Requests are checked before they are routed: a ``:method`` that is not an RFC 9110 token, or a
+``:path`` with whitespace or control characters, is a malformed request (RFC 9113 8.1.1,
+8.3.1): RST_STREAM(PROTOCOL_ERROR), counted as a 400.
+
 Timeouts: after the preface the first request must open within ``--header-timeout``; a
 connection without open streams is closed (GOAWAY) after ``--keepalive-timeout``, whatever
 else (PING, SETTINGS, half-sent HEADERS) the client sends meanwhile. Request bodies are bounded
@@ -19,12 +23,12 @@ bounded by h2's SETTINGS_MAX_HEADER_LIST_SIZE (64 KiB) and by ``max_headers`` (4
 Abuse (docs/security.md#limits). Each connection has two budgets, token buckets refilled per
 second: streams reset while the proxy still serves them, by the client or by h2 for the
 client's errors (``--h2-reset-rate``/``--h2-reset-burst``: rapid reset, CVE-2023-44487), and
-frames the proxy must answer that bring no request it serves: SETTINGS and PING (free when
-response HEADERS or DATA went out since the last one, as gRPC servers count them)
-(``--h2-control-rate``/``--h2-control-burst``). A connection that overspends either gets
-GOAWAY(ENHANCE_YOUR_CALM) and is closed, counted in
-``simmesh_proxy_h2_abusive_connections_total{budget}`` and logged (once per 10 s at most). What
-one read brings is fed to h2 32 whole frames at a time, with the event loop yielded (and
+frames the proxy must answer that bring no request it serves: SETTINGS, malformed HEADERS,
+and PING (free when response HEADERS or DATA went out since the last one, as gRPC
+servers count them) (``--h2-control-rate``/``--h2-control-burst``). A connection that
+overspends either gets GOAWAY(ENHANCE_YOUR_CALM) and is closed, counted in
+``simmesh_proxy_h2_abusive_connections_total{budget}`` and logged (once per 10 s at most).
+What one read brings is fed to h2 32 whole frames at a time, with the event loop yielded (and
 reading paused) in between, so one connection's frames cannot starve the others; and while the
 client reads nothing of what the proxy writes (the transport is over its high-water mark)
 nothing more is read from it, so it cannot make the proxy queue answers; after
@@ -36,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Callable
 
@@ -43,6 +48,7 @@ import h2.events
 import h2.exceptions
 
 from mesh.core.policies import RateLimitSpec, TokenBucket
+from mesh.core.request import is_token
 from mesh.proxy.body import Body
 from mesh.proxy.context import Context
 from mesh.proxy.forward import Exchange, Inbound, local_text, retry_after
@@ -52,13 +58,25 @@ from mesh.proxy.upstream import UpstreamError
 
 log = logging.getLogger("simmesh.proxy")
 
+_PROTOCOL_ERROR = 1
 _INTERNAL_ERROR = 2
 _REFUSED_STREAM = 7
 _ENHANCE_YOUR_CALM = 11
 _FRAMES = 32  # frames fed to h2 before the event loop gets a turn (h2: 30-150 us each)
+_NOT_IN_TARGET = re.compile(r"[\x00-\x20\x7f]")  # whitespace and controls
 _LOG_EVERY = 10.0
 _LINGER = 1.0  # seconds a connection ended for abuse is read (and discarded) after GOAWAY
 Headers = list[tuple[str, str]]
+
+
+def malformed(headers: Headers) -> str | None:
+    """Why a request head is malformed beyond what h2 checks (None: it is not)."""
+    for name, value in headers:
+        if name == ":method" and not is_token(value):
+            return f"the method is not a token: {value[:40]!r}"
+        if name == ":path" and _NOT_IN_TARGET.search(value):
+            return f"whitespace or a control character in the path: {value[:80]!r}"
+    return None
 
 
 def frames_end(data: bytes, start: int, count: int, limit: int) -> int:
@@ -320,6 +338,13 @@ class H2ServerProtocol(H2Protocol):
             self.reset(stream_id, _REFUSED_STREAM)  # never processed: safe to retry
             return
         headers = decode(event.headers or [])
+        problem = malformed(headers)
+        if problem is not None:
+            log.debug("h2c client %s, stream %d: malformed: %s", self.peer_ip, stream_id, problem)
+            self.ctx.metrics.count("bad_requests", "400")
+            self.reset(stream_id, _PROTOCOL_ERROR)
+            self._spend(self._control, "control")
+            return
         self._disarm()
         self._open(stream_id, headers, ended=event.stream_ended is not None)
 
