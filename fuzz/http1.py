@@ -28,7 +28,7 @@ with atheris.instrument_imports(include=["mesh"]):
 
 from aiohttp import web
 
-PROXY_TIMEOUT = 0.1  # header, body, keep-alive and upstream timeouts of the proxy
+PROXY_TIMEOUT = 0.1  # header, body, keep-alive, write and upstream timeouts of the proxy
 READ_LIMIT = 1 << 20
 
 
@@ -88,6 +88,7 @@ class Mesh:
             header_timeout=PROXY_TIMEOUT,
             keepalive_timeout=PROXY_TIMEOUT,
             body_timeout=PROXY_TIMEOUT,
+            write_timeout=PROXY_TIMEOUT,  # (an h2c client that opens no window)
             upstream_timeout=PROXY_TIMEOUT,
             max_connections=64,
         )

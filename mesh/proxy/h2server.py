@@ -3,8 +3,8 @@
 :class:`~mesh.proxy.listeners.Sniffer` hands a connection here when it starts with the HTTP/2
 preface. Each stream is one request for the :class:`~mesh.proxy.forward.Forwarder`, run as
 its own task; its body is read from an :class:`~mesh.proxy.h2common.Inbox` (window handed
-back as the upstream consumes it) and the response is sent within the client's flow-control
-windows. Upstream trailers (gRPC's ``grpc-status``) are sent as
+back as the upstream consumes it) and every answer, relayed or the proxy's own, is sent within
+the client's flow-control windows. Upstream trailers (gRPC's ``grpc-status``) are sent as
 trailers, so gRPC works end to end when the service's scheme is h2c. A client's RST_STREAM
 cancels its request. What a stream holds (its entry in ``streams``, the in-flight count, the
 idle timer) is given back by its task's done-callback, which runs however the task ends, also
@@ -12,7 +12,9 @@ when it is cancelled before it ever ran (HEADERS and RST_STREAM in one read).
 
 Requests are checked before they are routed: a ``:method`` that is not an RFC 9110 token, or a
 ``:path`` with whitespace or control characters, is a malformed request (RFC 9113 8.1.1,
-8.3.1): RST_STREAM(PROTOCOL_ERROR), counted as a 400.
+8.3.1): RST_STREAM(PROTOCOL_ERROR), counted as a 400. Streams beyond the
+SETTINGS_MAX_CONCURRENT_STREAMS we advertised are refused (RST_STREAM(REFUSED_STREAM)); h2
+itself only ends the connection at twice that.
 
 Timeouts: after the preface the first request must open within ``--header-timeout``; a
 connection without open streams is closed (GOAWAY) after ``--keepalive-timeout``, whatever
@@ -23,8 +25,8 @@ bounded by h2's SETTINGS_MAX_HEADER_LIST_SIZE (64 KiB) and by ``max_headers`` (4
 Abuse (docs/security.md#limits). Each connection has two budgets, token buckets refilled per
 second: streams reset while the proxy still serves them, by the client or by h2 for the
 client's errors (``--h2-reset-rate``/``--h2-reset-burst``: rapid reset, CVE-2023-44487), and
-frames the proxy must answer that bring no request it serves: SETTINGS, malformed HEADERS,
-and PING (free when response HEADERS or DATA went out since the last one, as gRPC
+frames the proxy must answer that bring no request it serves: SETTINGS, refused or malformed
+HEADERS, and PING (free when response HEADERS or DATA went out since the last one, as gRPC
 servers count them) (``--h2-control-rate``/``--h2-control-burst``). A connection that
 overspends either gets GOAWAY(ENHANCE_YOUR_CALM) and is closed, counted in
 ``simmesh_proxy_h2_abusive_connections_total{budget}`` and logged (once per 10 s at most).
@@ -46,6 +48,7 @@ from collections.abc import Callable
 
 import h2.events
 import h2.exceptions
+import h2.settings
 
 from mesh.core.policies import RateLimitSpec, TokenBucket
 from mesh.core.request import is_token
@@ -179,6 +182,7 @@ class H2ServerProtocol(H2Protocol):
         self.ctx = server.ctx
         self.peer_ip = ""
         self.streams: dict[int, _Stream] = {}
+        self.max_streams = 0  # the SETTINGS_MAX_CONCURRENT_STREAMS we advertise
         self.retiring = False
         self.ending = False  # closed for abuse or a protocol error: read nothing more
         self._idle: asyncio.TimerHandle | None = None
@@ -194,11 +198,22 @@ class H2ServerProtocol(H2Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        self._relax_stream_limit()
         peer = transport.get_extra_info("peername")
         self.peer_ip = peer[0] if peer else ""
         self.server.connections.add(self)
         self.ctx.metrics.opened("h2c")
         self._arm(self.ctx.options.header_timeout, "h2c-preface")
+
+    def _relax_stream_limit(self) -> None:
+        """Keep the advertised stream limit for ourselves (REFUSED_STREAM beyond it, a stream
+        error); h2 would make the first stream over it a connection error."""
+        settings = self.h2.local_settings
+        self.max_streams = settings.max_concurrent_streams
+        codes = h2.settings.SettingCodes
+        values = {codes(code): settings[code] for code in settings}
+        values[codes.MAX_CONCURRENT_STREAMS] = 2 * self.max_streams
+        self.h2.local_settings = h2.settings.Settings(client=False, initial_values=values)
 
     # -- timers -------------------------------------------------------------------------------
 
@@ -336,6 +351,10 @@ class H2ServerProtocol(H2Protocol):
         stream_id = event.stream_id
         if self.retiring:
             self.reset(stream_id, _REFUSED_STREAM)  # never processed: safe to retry
+            return
+        if len(self.streams) >= self.max_streams:
+            self.reset(stream_id, _REFUSED_STREAM)
+            self._spend(self._control, "control")
             return
         headers = decode(event.headers or [])
         problem = malformed(headers)
@@ -478,11 +497,11 @@ class H2ServerProtocol(H2Protocol):
         if len(stream.headers) > limit + 4:  # and the four pseudo-headers
             ctx.metrics.count("bad_requests", "431")
             ex = Exchange(fw, ctx.snapshot, inbound, time.monotonic())
-            self._local(stream.stream_id, ex.answer(431, "too-many-headers", f"over {limit}"))
+            await self._local(stream.stream_id, ex.answer(431, "too-many-headers", f"over {limit}"))
             return
         ex = await fw.exchange(inbound, ctx.snapshot)
         if ex.response is None:
-            self._local(stream.stream_id, ex)
+            await self._local(stream.stream_id, ex)
             return
         await self._relay(stream.stream_id, ex)
 
@@ -498,16 +517,25 @@ class H2ServerProtocol(H2Protocol):
     def _gone(self, stream_id: int) -> Callable[[], bool]:
         return lambda: stream_id not in self.streams
 
-    def _local(self, stream_id: int, ex: Exchange) -> None:
+    async def _local(self, stream_id: int, ex: Exchange) -> None:
+        """The proxy's own answer, its body within the client's flow-control windows."""
         body = local_text(ex).encode()
         headers = [(":status", str(ex.status)), ("content-type", "text/plain; charset=utf-8")]
         headers += [("content-length", str(len(body))), ("x-simmesh-reason", ex.reason)]
         if ex.status == 429:
             headers.append(("retry-after", str(retry_after(ex))))
-        self._send_headers(stream_id, headers)
-        self.h2.send_data(stream_id, body, end_stream=True)
-        self.flush()
-        self.ctx.forwarder.complete(ex, status=ex.status, sent=len(body))
+        head = ex.inbound.method == "HEAD"
+        fw = self.ctx.forwarder
+        try:
+            self._send_headers(stream_id, headers, end_stream=head)
+            if not head:
+                await self.send_data(stream_id, body, is_gone=self._gone(stream_id))
+                self.h2.end_stream(stream_id)
+                self.flush()
+        except BaseException:
+            fw.complete(ex, status=ex.status, sent=0, client_gone=True)
+            raise
+        fw.complete(ex, status=ex.status, sent=0 if head else len(body))
 
     async def _relay(self, stream_id: int, ex: Exchange) -> None:
         fw = self.ctx.forwarder
