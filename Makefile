@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup compile lint test test-interpreted fuzz sim demo bench loadtest clean k8s-bins haproxy
+.PHONY: setup compile lint test test-interpreted fuzz sim demo bench loadtest clean k8s-bins haproxy h2spec
 .PHONY: image kind-node-image kind-up kind-down deploy undeploy test-cluster docker
 .PHONY: conformance conformance-kind
 
@@ -89,10 +89,17 @@ loadtest: setup
 haproxy:
 	command -v haproxy >/dev/null || (apt-get update -qq && apt-get install -y -qq haproxy)
 
-# kube-apiserver, etcd, CoreDNS, helm and fortio built from the Go module proxy into
+# kube-apiserver, etcd, CoreDNS, helm, fortio and h2spec built from the Go module proxy into
 # ~/.cache/simmesh/bin (versions in tools/k8s-versions.env); idempotent, about 8 minutes cold.
 k8s-bins:
 	bash tools/k8s-bins.sh
+
+# h2spec (the HTTP/2 conformance tester, built if missing) against the proxy's h2c front end
+# on loopback, with responses relayed from a backend, then answered by the proxy itself;
+# prints the failures and the summaries, exits 1 unless every case passes. docs/proxy.md.
+h2spec: setup
+	test -x "$$(bash tools/k8s-bins.sh --print-dir)/h2spec" || bash tools/k8s-bins.sh h2spec
+	$(BIN)/python -m tests.proxy.h2spec
 
 # ---------------------------------------------------------------- image and kind cluster
 # docs/install.md. Everything built goes to ~/.cache/simmesh (outside the repo). The offline

@@ -21,6 +21,7 @@ import socket
 import sys
 import threading
 import time
+from typing import Any
 
 import atheris
 
@@ -30,9 +31,9 @@ with atheris.instrument_imports(include=["mesh"]):
 
 from aiohttp import web
 
-PROXY_TIMEOUT = 0.1  # header, body, keep-alive and upstream timeouts of the proxy
+PROXY_TIMEOUT = 0.1  # header, body, keep-alive, write and upstream timeouts of the proxy
 # Catastrophic on a backtracking engine: /r/ + 28 a + ! took 8.6 s (seeds redos-path, -header)
-EVIL_MATCHES = [
+EVIL_MATCHES: list[dict[str, Any]] = [
     {"name": "path", "pathRegex": "/r/(a+)+$"},
     {"name": "header", "pathRegex": "/", "headers": [{"x-r": "(a|aa)+$"}]},
 ]
@@ -112,6 +113,7 @@ class Mesh:
             header_timeout=PROXY_TIMEOUT,
             keepalive_timeout=PROXY_TIMEOUT,
             body_timeout=PROXY_TIMEOUT,
+            write_timeout=PROXY_TIMEOUT,  # (an h2c client that opens no window)
             upstream_timeout=PROXY_TIMEOUT,
             max_connections=64,
         )

@@ -17,6 +17,7 @@ import re
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from loadtests.report import machine, write_section
@@ -59,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for count in (20, 22, 24, 26, 28, 5000, patterns.MAX_SUBJECT_LENGTH - 4):
         subject = evil(count)
-        before = show(best(lambda s=subject: old(s), 1)) if count <= args.old_max else "-"
-        after = show(best(lambda s=subject: new(s), 5))
+        before = show(best(partial(old, subject), 1)) if count <= args.old_max else "-"
+        after = show(best(partial(new, subject), 5))
         rows.append(f"| `/r/` + {count:,} `a` + `!` | {before} | {after} |")
         print(rows[-1], file=sys.stderr)
     rng = random.Random(1)
@@ -98,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---:|---:|",
     ]
     for label, before_call, after_call, subject in costs:
-        before_us = per_call(lambda b=before_call, s=subject: b(s))
-        after_us = per_call(lambda a=after_call, s=subject: a(s))
+        before_us = per_call(partial(before_call, subject))
+        after_us = per_call(partial(after_call, subject))
         lines.append(f"| {label} | {before_us:.2f} | {after_us:.2f} |")
     text_out = "\n".join(lines)
     print(text_out)

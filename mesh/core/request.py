@@ -15,6 +15,8 @@ Path (RFC 3986 section 6.2.2, with the choices below), see :func:`normalize_path
   ``/``), so no ``.``, ``..`` or empty segment is left for a backend to resolve differently;
 - characters outside RFC 3986's ``pchar`` (space, ``"``, ``<``, ``>``, ``^``, backtick,
   ``{``, ``|``, ``}``, non-ASCII as UTF-8) are percent-encoded;
+- the query may hold no whitespace, ``#`` or control character (it is sent on the request
+  line as it came);
 - rejected (400) because backends disagree on what they mean: an encoded ``/`` or ``\\``
   (``%2F``, ``%5C``), a raw ``\\``, a raw or encoded control character (NUL included), ``#``,
   a malformed escape, an escape encoded twice (``%252e``: one decoding too many makes it a
@@ -76,7 +78,8 @@ _PLAIN = re.compile(r"/[A-Za-z0-9\-_~!$&'()*+,;=:@/.]*")
 _ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
 _PARAMS = re.compile(r";|%3B")
 _DOUBLE = re.compile(r"%25[0-9A-Fa-f]{2}")  # read as an escape by a backend that decodes twice
-_BAD_QUERY = re.compile(r"[#\x00-\x1f\x7f]")
+_BAD_QUERY = re.compile(r"[#\x00-\x20\x7f]")
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 section 5.6.2
 _AUTHORITY = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-.]+):[0-9]{1,5}")
 
 
@@ -86,6 +89,11 @@ class BadRequest(ValueError):
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
         self.detail = detail
+
+
+def is_token(text: str) -> bool:
+    """Whether ``text`` is an RFC 9110 token (what a method must be)."""
+    return _TOKEN.fullmatch(text) is not None
 
 
 def normalize_path(path: str) -> str:
@@ -160,7 +168,7 @@ def split_target(method: str, target: str) -> tuple[str, str]:
     cut = target.find("?")
     path, query = (target, "") if cut < 0 else (target[:cut], target[cut:])
     if query and _BAD_QUERY.search(query):
-        raise BadRequest("the query contains '#' or a control character")
+        raise BadRequest("the query contains '#', whitespace or a control character")
     if path == "*" and method == "OPTIONS" and not query:
         return path, ""
     if method == "CONNECT" and not query and _AUTHORITY.fullmatch(path):
@@ -269,8 +277,11 @@ def parse_request(
     """The canonical form of a request; raises BadRequest (answered 400).
 
     ``authority`` (HTTP/2's ``:authority``, or the host of an absolute-form target) takes
-    precedence over a ``Host`` header, and replaces its value in what is forwarded.
+    precedence over a ``Host`` header, and replaces its value in what is forwarded. The method
+    must be a token: it is sent on a request line (``GET /admin`` is not a method).
     """
+    if not is_token(method):
+        raise BadRequest(f"the method is not a token: {_show(method)}")
     path, query = split_target(method, target)
     out: list[tuple[str, str]] = []
     headers: dict[str, str] = {}
@@ -333,6 +344,7 @@ __all__ = [
     "PROXY_SET",
     "BadRequest",
     "Request",
+    "is_token",
     "normalize_path",
     "offers_websocket",
     "parse_request",

@@ -147,7 +147,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=100,
         metavar="N",
         help="h2c streams a client may have open on one connection "
-        "(SETTINGS_MAX_CONCURRENT_STREAMS; more is a connection error)",
+        "(SETTINGS_MAX_CONCURRENT_STREAMS; streams beyond it are refused)",
+    )
+    tuning.add_argument(
+        "--h2-reset-rate",
+        type=argtypes.integer(low=1, high=1_000_000),
+        default=100,
+        metavar="N",
+        help="h2c streams a connection may reset while served, per second (token bucket)",
+    )
+    tuning.add_argument(
+        "--h2-reset-burst",
+        type=argtypes.integer(low=1, high=1_000_000),
+        default=200,
+        metavar="N",
+        help="... and at once; beyond: GOAWAY(ENHANCE_YOUR_CALM) (rapid reset)",
+    )
+    tuning.add_argument(
+        "--h2-control-rate",
+        type=argtypes.integer(low=1, high=1_000_000),
+        default=100,
+        metavar="N",
+        help="h2c SETTINGS, PING and refused HEADERS a connection may send, per second",
+    )
+    tuning.add_argument(
+        "--h2-control-burst",
+        type=argtypes.integer(low=1, high=1_000_000),
+        default=1000,
+        metavar="N",
+        help="... and at once; beyond: GOAWAY(ENHANCE_YOUR_CALM)",
     )
     tuning.add_argument(
         "--buffer-limit",
@@ -210,6 +238,10 @@ def options_from(args: argparse.Namespace) -> Options:
         max_connections_per_source=args.max_connections_per_source,
         reserved_connections=args.reserved_connections,
         max_concurrent_streams=args.max_concurrent_streams,
+        h2_reset_rate=args.h2_reset_rate,
+        h2_reset_burst=args.h2_reset_burst,
+        h2_control_rate=args.h2_control_rate,
+        h2_control_burst=args.h2_control_burst,
         max_response_header_size=args.max_response_header_size,
         connect_timeout=args.connect_timeout,
         drain_timeout=args.drain_timeout,

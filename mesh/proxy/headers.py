@@ -98,8 +98,10 @@ class Outgoing:
         framing, stream = body_framing(method, body, "content-length" in present)
         if framing:
             lines.append(framing)
-        # No line break can be in a value or the target: llhttp (HTTP/1.1) and h2 (h2c)
-        # refuse them when they read the request (request_head checks other callers' heads).
+        # No line break can be in a value, nor whitespace in the method or target: llhttp
+        # (HTTP/1.1) and h2 refuse line breaks, the core (parse_request) and the h2c front
+        # end a method that is no token and whitespace in the target (request_head checks
+        # other callers' heads).
         text = f"{method} {path} HTTP/1.1\r\n" + "\r\n".join(lines) + "\r\n\r\n"
         return text.encode("utf-8", "surrogateescape"), stream
 
@@ -116,10 +118,13 @@ def body_framing(method: str, body: Body, had_length: bool) -> tuple[str, bool]:
 
 
 def encode_head(text: str, lines: int) -> bytes:
-    """The head as bytes; a line break inside a value would make a line of its own:
-    refused."""
+    """The head as bytes; a line break inside a value would make a line of its own, and
+    whitespace in the method or target another request line: refused."""
     if text.count("\n") != lines or text.count("\r") != lines:
         raise ValueError("a line break in the request line or a header")
+    request_line = text[: text.find("\r")]
+    if request_line.count(" ") != 2 or "\t" in request_line:
+        raise ValueError(f"whitespace in the method or target: {request_line[:80]!r}")
     return text.encode("utf-8", "surrogateescape")
 
 

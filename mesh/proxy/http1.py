@@ -22,7 +22,9 @@ the connection closes; each is counted in ``simmesh_proxy_bad_requests_total``):
 line longer than ``--max-header-size`` -> 414; a header line longer than that, or more than
 ``max_headers`` headers -> 431; anything llhttp rejects (a malformed line, ``Content-Length``
 with ``Transfer-Encoding``, duplicate ``Content-Length``) -> 400; a version other than
-HTTP/1.0 and 1.1 -> 505. Timeouts: a request head not complete within ``--header-timeout``
+HTTP/1.0 and 1.1 -> 505; bytes that are not HTTP/1.x at all (no method where a request
+starts, e.g. a TLS handshake, or an HTTP/2 preface gone wrong) are not answered, the
+connection is closed. Timeouts: a request head not complete within ``--header-timeout``
 -> 408 (``client_timeouts{phase="headers"}``); an idle keep-alive connection is closed after
 ``--keepalive-timeout``; request bodies are bounded by ``--body-timeout`` (the forwarder answers
 408); a client that reads nothing of its answer for ``--write-timeout`` while the proxy has
@@ -72,6 +74,11 @@ _TCP_CLOSE = 7  # include/net/tcp_states.h
 _VERSIONS = frozenset({"1.0", "1.1"})
 _FRAMING_LENGTHS = frozenset({6, 14, 17})  # Expect, Content-Length, Transfer-Encoding
 _NO_BODY = frozenset({204, 304})
+
+
+# What llhttp says when the bytes are not HTTP/1.x: no method where a request starts, or an
+# HTTP/2 connection preface that goes wrong after "PRI * HTTP/2.0".
+_NOT_HTTP1 = frozenset({"Invalid method encountered", "Expected HTTP/2 Connection Preface"})
 
 
 class _Refuse(Exception):
@@ -299,7 +306,7 @@ class H1Connection(asyncio.Protocol):
             self.refuse(cause.status, cause.detail)
         except httptools.HttpParserError as exc:
             detail = str(exc) or "malformed request"
-            self.refuse(400, detail)
+            self.refuse(400, detail, answer=detail not in _NOT_HTTP1)
         else:
             if self._in_head:
                 self._check_line(data, whole=self._completed == 0)
@@ -592,9 +599,9 @@ class H1Connection(asyncio.Protocol):
 
     # -- answers ------------------------------------------------------------------------------
 
-    def refuse(self, status: int, detail: str) -> None:
-        """Answer ``status`` once the requests before it are answered, read nothing more,
-        close."""
+    def refuse(self, status: int, detail: str, *, answer: bool = True) -> None:
+        """Answer ``status`` (or nothing: ``answer=False``) once the requests before it are
+        answered, read nothing more, close."""
         self.ctx.metrics.count("bad_requests", str(status))
         self.pause("refused")
         body = f"{status} {HTTPStatus(status).phrase}: {detail}\n".encode(errors="replace")
@@ -606,6 +613,8 @@ class H1Connection(asyncio.Protocol):
                 body,
             )
         )
+        if not answer:
+            self._refused = b""  # (not HTTP/1.x: nothing the peer could read)
         if self.current is None and not self.queue:
             self._write_refusal()
 

@@ -133,6 +133,12 @@ COUNTERS = {
         "connection retires)",
         ("reason",),
     ),
+    "h2_abusive": (
+        "simmesh_proxy_h2_abusive_connections",
+        "h2c connections ended with GOAWAY(ENHANCE_YOUR_CALM), by the budget they overspent: "
+        "resets (streams reset while served) or control (SETTINGS, PING, refused HEADERS)",
+        ("budget",),
+    ),
     "client_timeouts": (
         "simmesh_proxy_client_timeouts",
         "Downstream connections or requests cut by a timeout, by what the client was slow at: "

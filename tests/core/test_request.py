@@ -101,6 +101,21 @@ def test_the_query_is_kept_as_sent_and_never_normalised() -> None:
     assert split_target("GET", "/x?") == ("/x", "?")
     with pytest.raises(BadRequest):
         split_target("GET", "/x?a=\x00")
+    for query in ("?a= /admin", "?a=\t", "?a b"):  # would split the request line sent on
+        with pytest.raises(BadRequest, match="whitespace"):
+            split_target("GET", "/x" + query)
+
+
+@pytest.mark.parametrize("method", ["GET /admin", "GET\t", "G ET", "", "GET\r\n", "G\u00e9T"])
+def test_a_method_must_be_a_token(method: str) -> None:
+    """HTTP/2 carries the method in a field of its own; upstream it starts a request line."""
+    with pytest.raises(BadRequest, match="not a token"):
+        parse_request(method, "/x", [])
+
+
+def test_methods_are_any_token() -> None:
+    for method in ("GET", "PROPFIND", "M-SEARCH", "X_CUSTOM!", "get"):
+        assert parse_request(method, "/x", []).method == method
 
 
 def test_asterisk_and_authority_forms_only_where_they_belong() -> None:

@@ -20,8 +20,10 @@ from urllib.parse import unquote
 import h2.config
 import h2.connection
 import h2.events
+from hyperframe.frame import HeadersFrame, RstStreamFrame
 
 from tests.core.test_request import ALPHABET, tomcat_backend
+from tests.proxy.h2attack import PROTOCOL_ERROR, RawH2, request_headers
 from tests.proxy.harness import (
     build,
     endpoints,
@@ -256,3 +258,36 @@ async def test_a_match_on_a_header_the_proxy_sets_never_matches() -> None:
         for send in (h1, h2c):
             answer = await send(port, "/x", [("x-forwarded-for", "10.0.0.1")])
             assert answer[:2] == (403, "no-matching-route")
+
+
+async def test_an_h2c_request_line_cannot_be_injected_through_method_or_path() -> None:
+    """HTTP/2 carries the method and the path as separate fields, but they go upstream on one
+    HTTP/1.1 request line: ``GET /admin`` as a method with ``:path /user/x`` matched the
+    ``/user/`` grant and was sent as ``GET /admin /user/x HTTP/1.1``. A method that is no
+    token, or whitespace in the path or query, makes a malformed request: RST_STREAM
+    (PROTOCOL_ERROR) before routing; the connection goes on."""
+    cases = [
+        ("GET /admin", "/user/x"),
+        ("GET", "/user/x /admin"),
+        ("GET", "/user/x?a= /admin"),
+        ("GET", "/user/x\t/admin"),
+        ("GET", "/user/x?\tq"),
+        ("G\tET", "/user/x"),
+    ]
+    grant = [{"name": "user", "pathRegex": "/user/.*", "methods": ["GET"]}]
+    async with mesh(grant) as port, RawH2.connect(port, source=CLIENT) as client:
+        refused = []
+        for method, path in cases:
+            refused.append(client.stream())
+            await client.send(
+                client.headers(refused[-1], request_headers(path, method=method, host=HOST))
+            )
+        good = client.stream()
+        await client.send(client.headers(good, request_headers("/user/x", host=HOST)))
+        received = client.received
+        assert await client.until(lambda: all(received.of(RstStreamFrame, s) for s in refused))
+        for stream_id in refused:
+            (reset,) = received.of(RstStreamFrame, stream_id)
+            assert reset.error_code == PROTOCOL_ERROR  # type: ignore[attr-defined]
+            assert not received.of(HeadersFrame, stream_id)
+        assert await client.until(lambda: client.response_status(good) == "200")

@@ -335,6 +335,9 @@ async def test_request_framing() -> None:
     assert head.endswith(b"Transfer-Encoding: chunked\r\n\r\n") and stream
     with pytest.raises(ValueError):
         request_head("GET", "/", [("X", "a\r\nY: b")], empty, "h")
+    for method, target in [("GET /admin", "/user/x"), ("GET", "/x?a b"), ("GET", "/x\ty")]:
+        with pytest.raises(ValueError):
+            request_head(method, target, [], empty, "h")
 
 
 def echo_app(size: int) -> web.Application:
