@@ -30,6 +30,7 @@ COMPILED: tuple[str, ...] = (
     "mesh.core.lifecycle",
     "mesh.core.model",
     "mesh.core.parse",
+    "mesh.core.patterns",
     "mesh.core.policies",
     "mesh.core.request",
     "mesh.core.routing",

@@ -61,13 +61,14 @@ REVIEWED: dict[tuple[str, str], str] = {
     ("tests/test_programs.py", "program"): "*",  # this test's dpkg check of DEBIAN
     ("loadtests/bench_proxy.py", "command"): "*",  # Processes.start: callers' commands
     ("loadtests/bench_proxy.py", "fortio"): "fortio",
+    ("tests/proxy/h2spec.py", "path"): "h2spec",  # the binary make k8s-bins builds
 }
 # "*": a helper that starts what its callers give it; the callers' own starts are checked.
 
 # On every machine of this kind before anything is installed (env: machines/polyglot.md).
 MACHINE = {PYTHON, "bash", "go", "dpkg"}
 VENV = {"simmesh", "locust"}  # make setup's virtualenv (pyproject.toml)
-K8S_BINS = {"kube-apiserver", "etcd", "coredns", "helm", "fortio", "kubectl"}
+K8S_BINS = {"kube-apiserver", "etcd", "coredns", "helm", "fortio", "h2spec", "kubectl"}
 SCRIPTS = {"docker": ("tools/kind/docker.sh", "docker.io"), "haproxy": ("Makefile", "haproxy")}
 FILES = {"tools/kind/runc-wrapper"}  # the project's own scripts
 DEBIAN = {
@@ -147,6 +148,8 @@ class _Collector(ast.NodeVisitor):
         """The expressions the program's name may come from."""
         if depth > 4:
             return [node]
+        if isinstance(node, ast.Starred):  # create_subprocess_exec(*command)
+            return self._first(node.value, depth=depth + 1)
         if isinstance(node, ast.List | ast.Tuple) and node.elts:
             first = node.elts[0]
             if isinstance(first, ast.Starred):  # [*prefix, program, ...]: unshare runs program
@@ -294,3 +297,13 @@ def test_the_package_ships_the_program(program: str) -> None:
         done = subprocess.run(["dpkg", "-S", candidate], capture_output=True, text=True)
         owners |= {line.split(":")[0] for line in done.stdout.splitlines()}
     assert DEBIAN[program] in owners, (program, real, owners)
+
+
+def test_k8s_bins_builds_every_binary_it_is_named_for() -> None:
+    script = (ROOT / "tools" / "k8s-bins.sh").read_text()
+    names = set()
+    for variable in ("ALL_NAMES", "NODE_NAMES"):
+        match = re.search(rf"^{variable}=\(([^)]*)\)", script, re.MULTILINE)
+        assert match, variable
+        names |= set(match.group(1).split())
+    assert names >= K8S_BINS, K8S_BINS - names

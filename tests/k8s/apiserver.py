@@ -701,7 +701,8 @@ class Cluster:
                 conds = {}
                 if status == 200:
                     conds = {
-                        c["type"]: c["status"] for c in cur.get("status", {}).get("conditions", [])
+                        c["type"]: c["status"]
+                        for c in (cur.get("status") or {}).get("conditions") or []
                     }
                 if conds.get("Established") == "True" and conds.get("NamesAccepted") == "True":
                     group, plural = crd["spec"]["group"], crd["spec"]["names"]["plural"]

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import aiohttp
 import h2.config
+import h2.errors
 import h2.connection
 import h2.events
 import h2.settings
@@ -65,6 +66,7 @@ class H2Load:
         self.conn = h2.connection.H2Connection(config)
         self.statuses: Counter[str] = Counter()
         self.resets = 0
+        self.reset_codes: Counter[int] = Counter()
         self.settings: dict[int, int] = {}
         self.terminated = False
 
@@ -99,6 +101,7 @@ class H2Load:
             self.statuses[dict(event.headers)[":status"]] += 1
         elif isinstance(event, h2.events.StreamReset):
             self.resets += 1
+            self.reset_codes[int(event.error_code or 0)] += 1
         elif isinstance(event, h2.events.ConnectionTerminated):
             self.terminated = True
 
@@ -150,16 +153,27 @@ async def test_the_proxy_offers_100_streams_and_refuses_a_client_that_opens_more
         load.close()
         assert load.settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] == 100
     async with mesh(max_concurrent_streams=5) as (proxy, port):
+        # One stream over the limit, sent before the SETTINGS were read: refused, safe to
+        # retry (REFUSED_STREAM), and the connection goes on serving the five others.
         load = await H2Load.open(port)
-        load.open_streams("/stall?seconds=5", 6, polite=False)  # before reading the SETTINGS
+        load.open_streams("/stall?seconds=0.2", 6, polite=False)
+        async with asyncio.timeout(5):
+            while sum(load.statuses.values()) < 5 or not load.resets:
+                assert await load.read()
+        assert load.reset_codes == {h2.errors.ErrorCodes.REFUSED_STREAM: 1}
+        assert load.statuses == {"200": 5} and not load.terminated
+        assert metric(proxy, "simmesh_proxy_streams_refused_total", reason="max-concurrent-streams")
+        lines = [r for r in caplog.records if "h2c stream refused" in r.getMessage()]
+        assert len(lines) == 1
+        load.close()
+        # Past twice the advertised limit at once: a connection error (GOAWAY).
+        load = await H2Load.open(port)
+        load.open_streams("/stall?seconds=5", 11, polite=False)
         async with asyncio.timeout(5):
             while await load.read():
                 pass
         load.close()
-        assert load.terminated  # GOAWAY: a connection error
-        assert metric(proxy, "simmesh_proxy_streams_refused_total", reason="max-concurrent-streams")
-        lines = [r for r in caplog.records if "h2c stream refused" in r.getMessage()]
-        assert len(lines) == 1
+        assert load.terminated
         async with asyncio.timeout(5):
             while proxy.inflight:
                 await asyncio.sleep(0.02)
