@@ -25,8 +25,8 @@ from pathlib import Path
 
 import aiohttp
 import h2.config
-import h2.errors
 import h2.connection
+import h2.errors
 import h2.events
 import h2.settings
 import pytest
