@@ -25,7 +25,9 @@ from typing import Any
 import simpy
 import yaml
 
+from loadtests.builds import ROOT, child_result, interpreted_tree, run_child
 from loadtests.report import machine, write_section
+from mesh.build import compiled_modules
 from sim.model import ProgressBar, Simulation
 from sim.scenario import load_scenario
 
@@ -158,6 +160,27 @@ def mesh_run(directory: Path, *, progress: bool = False) -> tuple[float, int]:
     return time.perf_counter() - start, sim.recorder.count
 
 
+def _child(args: argparse.Namespace) -> int:
+    rate = 1000.0
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.child == "short":
+            short = mesh_scenario(Path(tmp), duration=120, rate_total=rate)
+            bare_wall, bare_n = bare_loop(duration=120, rate_total=rate)
+            cb_wall, cb_n = bare_callbacks(duration=120, rate_total=rate)
+            mesh_wall, mesh_n = mesh_run(short)
+            measured = {
+                "bare": bare_n / bare_wall,
+                "callbacks": cb_n / cb_wall,
+                "mesh": mesh_n / mesh_wall,
+            }
+        else:
+            mesh_scenario(Path(tmp), duration=args.hour, rate_total=rate)
+            wall, count = mesh_run(Path(tmp), progress=True)
+            measured = {"wall": wall, "requests": count}
+    print(child_result(measured))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path)
@@ -165,66 +188,112 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--hour", type=float, default=3600.0, help="simulated seconds of the long run"
     )
-    args = parser.parse_args(argv)
-    rate = 1000.0
-    with tempfile.TemporaryDirectory() as tmp:
-        short = mesh_scenario(Path(tmp), duration=120, rate_total=rate)
-        triples = []
-        for r in range(args.repeat):
-            bare_wall, bare_n = bare_loop(duration=120, rate_total=rate)
-            cb_wall, cb_n = bare_callbacks(duration=120, rate_total=rate)
-            mesh_wall, mesh_n = mesh_run(short)
-            triples.append((bare_n / bare_wall, cb_n / cb_wall, mesh_n / mesh_wall))
-            print(
-                f"run {r + 1}/{args.repeat}: bare {bare_n / bare_wall:,.0f} req/s, bare with "
-                f"callbacks {cb_n / cb_wall:,.0f} req/s, simmesh {mesh_n / mesh_wall:,.0f} req/s",
-                file=sys.stderr,
-            )
-        bare_rate = statistics.median(t[0] for t in triples)
-        cb_rate = statistics.median(t[1] for t in triples)
-        mesh_rate = statistics.median(t[2] for t in triples)
-        ratio = statistics.median(t[2] / t[0] for t in triples)
-        cb_ratio = statistics.median(t[2] / t[1] for t in triples)
-        long_dir = Path(tmp) / "hour"
-        long_dir.mkdir()
-        mesh_scenario(long_dir, duration=args.hour, rate_total=rate)
-        hour_wall, hour_n = mesh_run(long_dir, progress=True)
-    met_rate = "**met**" if mesh_rate >= 100_000 else "**missed**"
-    met_ratio = "**met**" if ratio >= 0.5 else "**missed**"
-    met_cb = "**met**" if cb_ratio >= 0.5 else "**missed**"
-    met_hour = "**met**" if hour_wall < 60 else "**missed**"
-    text = "\n".join(
-        [
-            "## Simulator: simulated requests per wall second",
-            "",
-            "Command: `make bench` (runs `python -m loadtests.bench_sim --out BENCHMARKS.md`).",
-            f"Machine: {machine()}. Medians of {args.repeat} paired runs (bare, then simmesh).",
-            "",
-            "Scenario: 20 services (every 4th split 90/10 over two versions), 3 replicas each,",
-            "lognormal latency (median 10 ms), 0.1% errors, 1 retry, a circuit breaker per",
-            "endpoint, 1,000 requests/s in 20 Poisson streams, 120 simulated seconds. The bare",
-            "loop has the same arrival and service processes in SimPy and nothing of the mesh.",
-            "simmesh runs a request as event callbacks, not as a SimPy process, so the second bare",
-            "loop does the same: the ratio against it is the cost of the mesh alone.",
-            "",
-            "| | requests / wall s | target |",
-            "|---|---:|---|",
-            f"| bare SimPy loop, a process per request (idiomatic SimPy) | {bare_rate:,.0f} | |",
-            f"| bare SimPy loop, a callback per request (simmesh's mechanics) | {cb_rate:,.0f} | |",
-            f"| simmesh sim (every request through mesh.core) | {mesh_rate:,.0f} "
-            f"| >= 100,000: {met_rate} |",
-            f"| ratio simmesh / bare, process per request | {ratio:.2f} | >= 0.50: {met_ratio} |",
-            f"| ratio simmesh / bare, same mechanics | {cb_ratio:.2f} | >= 0.50: {met_cb} |",
-            "",
-            f"One simulated hour ({args.hour:,.0f} s) of the same 20-service mesh at 1,000 "
-            f"requests/s: {hour_n:,} requests in **{hour_wall:.1f} s** wall "
-            f"(target < 60 s: {met_hour}).",
-        ]
+    parser.add_argument(
+        "--hour-builds",
+        default="compiled",
+        help="the builds that run the long one (compiled,interpreted)",
     )
+    parser.add_argument("--child", choices=("short", "hour"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        return _child(args)
+    runs: dict[str, list[dict[str, Any]]] = {}
+    hours: dict[str, dict[str, Any]] = {}
+    with interpreted_tree() as pure:
+        trees = (
+            {"compiled": ROOT, "interpreted": pure} if compiled_modules() else {"interpreted": ROOT}
+        )
+        for r in range(args.repeat):
+            for build, tree in trees.items():
+                result = run_child(tree, "loadtests.bench_sim", ["--child", "short"])
+                runs.setdefault(build, []).append(result)
+                print(
+                    f"run {r + 1}/{args.repeat}, {build}: bare {result['bare']:,.0f} req/s, bare "
+                    f"with callbacks {result['callbacks']:,.0f} req/s, simmesh "
+                    f"{result['mesh']:,.0f} req/s",
+                    file=sys.stderr,
+                )
+        for build in args.hour_builds.split(","):
+            if build in trees:
+                print(f"one simulated hour, {build} ...", file=sys.stderr)
+                hour = ["--child", "hour", "--hour", str(args.hour)]
+                hours[build] = run_child(trees[build], "loadtests.bench_sim", hour)
+    text = _report(args, runs, hours)
     print(text)
     if args.out:
         write_section(args.out, "sim", text)
     return 0
+
+
+def _report(
+    args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]], hours: dict[str, Any]
+) -> str:
+    def median(build: str, key: str) -> float:
+        return float(statistics.median(float(r[key]) for r in runs[build]))
+
+    def ratio(build: str, key: str) -> float:
+        return float(statistics.median(float(r["mesh"]) / r[key] for r in runs[build]))
+
+    builds = list(runs)
+    lines = [
+        "## Simulator: simulated requests per wall second",
+        "",
+        "Command: `make bench` (runs `python -m loadtests.bench_sim --out BENCHMARKS.md`).",
+        f"Machine: {machine()}. Medians of {args.repeat} runs per build; each run is a child "
+        "process (bare loops, then simmesh), alternating between the compiled build "
+        f"(`{runs[builds[0]][0]['build']}`) and an interpreted copy of the same sources.",
+        "",
+        "Scenario: 20 services (every 4th split 90/10 over two versions), 3 replicas each,",
+        "lognormal latency (median 10 ms), 0.1% errors, 1 retry, a circuit breaker per",
+        "endpoint, 1,000 requests/s in 20 Poisson streams, 120 simulated seconds. The bare",
+        "loop has the same arrival and service processes in SimPy and nothing of the mesh.",
+        "simmesh runs a request as event callbacks, not as a SimPy process, so the second bare",
+        "loop does the same: the ratio against it is the cost of the mesh alone.",
+        "",
+        "| | " + " | ".join(builds) + " | target (compiled) |",
+        "|---|" + "---:|" * len(builds) + "---|",
+    ]
+
+    def row(label: str, values: list[str], target: str) -> None:
+        lines.append(f"| {label} | " + " | ".join(values) + f" | {target} |")
+
+    def verdict(ok: bool) -> str:
+        return "**met**" if ok else "**missed**"
+
+    first = builds[0]
+    row(
+        "bare SimPy loop, a process per request (idiomatic SimPy)",
+        [f"{median(b, 'bare'):,.0f}" for b in builds],
+        "",
+    )
+    row(
+        "bare SimPy loop, a callback per request (simmesh's mechanics)",
+        [f"{median(b, 'callbacks'):,.0f}" for b in builds],
+        "",
+    )
+    row(
+        "simmesh sim (every request through mesh.core), requests/s",
+        [f"{median(b, 'mesh'):,.0f}" for b in builds],
+        f">= 100,000: {verdict(median(first, 'mesh') >= 100_000)}",
+    )
+    row(
+        "ratio simmesh / bare, process per request",
+        [f"{ratio(b, 'bare'):.2f}" for b in builds],
+        f">= 0.50: {verdict(ratio(first, 'bare') >= 0.5)}",
+    )
+    row(
+        "ratio simmesh / bare, same mechanics",
+        [f"{ratio(b, 'callbacks'):.2f}" for b in builds],
+        f">= 0.50: {verdict(ratio(first, 'callbacks') >= 0.5)}",
+    )
+    lines.append("")
+    for build, hour in hours.items():
+        lines.append(
+            f"One simulated hour ({args.hour:,.0f} s) of the same 20-service mesh at 1,000 "
+            f"requests/s, {build}: {hour['requests']:,} requests in **{hour['wall']:.1f} s** "
+            f"wall (target < 60 s: {verdict(hour['wall'] < 60)})."
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
