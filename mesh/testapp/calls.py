@@ -211,7 +211,10 @@ async def _tcp(spec: CallSpec) -> dict[str, Any]:
         writer.close()
         with contextlib.suppress(ConnectionError, OSError):
             await writer.wait_closed()
-    result = {"reply": line[:BODY_PREVIEW].decode(errors="replace"), "pod": _pod_of(line)}
+    result: dict[str, Any] = {
+        "reply": line[:BODY_PREVIEW].decode(errors="replace"),
+        "pod": _pod_of(line),
+    }
     if spec.hold:
         result["echoes"] = echoes
     return result
