@@ -3,8 +3,9 @@
 ``add_arguments(parser)`` and ``run(args)`` are what ``mesh.cli`` wires as a subcommand;
 ``main(argv)`` runs it standalone (``python -m mesh.proxy``). ``run`` starts the proxy and its
 config source on uvloop when installed (else asyncio's loop), waits for SIGTERM or SIGINT,
-then drains: stop accepting, let in-flight requests and connections finish up to
-``--drain-timeout``, exit 0.
+then drains (:meth:`mesh.proxy.proxy.Proxy.drain`): keeps accepting for ``--drain-delay``,
+stops accepting, lets in-flight requests and connections finish up to ``--drain-timeout``,
+exits 0.
 
 Every option is checked before the proxy starts (:mod:`mesh.argtypes`; ``--node`` must be a
 node name, ``--bind`` must resolve, ``--upstream-ca`` must load, ``--token-file`` must hold a
@@ -64,10 +65,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--access-log", action="store_true", help="JSON access log on stdout")
     tuning = parser.add_argument_group("tuning")
     tuning.add_argument(
+        "--drain-delay",
+        type=argtypes.seconds(high=3600.0, zero=True),
+        default=0.0,
+        metavar="SECONDS",
+        help="SIGTERM: keep accepting (and ready) this long, answering with Connection: close,"
+        " before no longer accepting (Kubernetes: until kube-proxy has moved the traffic)",
+    )
+    tuning.add_argument(
         "--drain-timeout",
         type=argtypes.seconds(high=86400.0, zero=True),
         default=15.0,
         metavar="SECONDS",
+        help="then how long in-flight requests and TCP flows may take before they are cut",
     )
     tuning.add_argument("--connect-timeout", type=_TIMEOUT, default=5.0, metavar="SECONDS")
     tuning.add_argument(
@@ -172,6 +182,7 @@ def options_from(args: argparse.Namespace) -> Options:
         max_connections=args.max_connections,
         max_response_header_size=args.max_response_header_size,
         connect_timeout=args.connect_timeout,
+        drain_delay=args.drain_delay,
         drain_timeout=args.drain_timeout,
         udp_idle_timeout=args.udp_idle_timeout,
         buffer_limit=args.buffer_limit,
@@ -227,7 +238,11 @@ async def serve(args: argparse.Namespace) -> int:
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-        log.info("draining (up to %.1fs)", args.drain_timeout)
+        log.info(
+            "draining: accepting for %.1fs more, then up to %.1fs for what is in flight",
+            args.drain_delay,
+            args.drain_timeout,
+        )
         await runs.drain()
         await runs.close()
     log.info("stopped")

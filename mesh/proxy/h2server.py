@@ -12,6 +12,16 @@ connection without open streams is closed (GOAWAY) after ``--keepalive-timeout``
 else (PING, SETTINGS, half-sent HEADERS) the client sends meanwhile. Request bodies are bounded
 by ``--body-timeout`` like HTTP/1.1's (the forwarder answers 408). Request header lists are
 bounded by h2's SETTINGS_MAX_HEADER_LIST_SIZE (64 KiB) and by ``max_headers`` (431).
+
+Going away: GOAWAY is sent only once no stream is open (h2, which many clients are built on,
+accepts no frame of a connection after its GOAWAY, so one sent mid-stream would break the
+streams still being answered), with the last stream id this side processed; then FIN, and
+what the client still sends (a stream that crossed the GOAWAY, which the client knows was
+never processed from the GOAWAY's last stream id) is dropped for :data:`LINGER` seconds
+before the connection closes, so that the client reads the GOAWAY instead of a reset. While
+the proxy drains but still accepts (:meth:`H2ServerProtocol.part`) new streams are served and
+the GOAWAY waits for the first moment without one; once it no longer accepts
+(:meth:`H2ServerProtocol.retire`) new streams are refused (REFUSED_STREAM: safe to retry).
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ from mesh.proxy.upstream import UpstreamError
 
 _INTERNAL_ERROR = 2
 _REFUSED_STREAM = 7
+LINGER = 2.0  # seconds a connection still reads (and drops) after its GOAWAY and FIN
 
 
 class _InboxReader:
@@ -78,6 +89,10 @@ class H2Server:
         for conn in list(self.connections):
             conn.retire()
 
+    def part_all(self) -> None:
+        for conn in list(self.connections):
+            conn.part()
+
     def abort_all(self) -> None:
         for conn in list(self.connections):
             if conn.transport is not None:
@@ -94,7 +109,9 @@ class H2ServerProtocol(H2Protocol):
         self.ctx = server.ctx
         self.peer_ip = ""
         self.streams: dict[int, _Stream] = {}
-        self.retiring = False
+        self.retiring = False  # new streams are refused; GOAWAY once the open ones are done
+        self.parting = False  # new streams are served; GOAWAY at the first moment without one
+        self.gone = False  # GOAWAY sent: what the client sends is dropped until the close
         self._idle: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -103,6 +120,7 @@ class H2ServerProtocol(H2Protocol):
         self.peer_ip = peer[0] if peer else ""
         self.server.connections.add(self)
         self.ctx.metrics.opened("h2c")
+        self.parting = self.ctx.draining  # (a connection opened during a drain's delay)
         self._arm(self.ctx.options.header_timeout, "h2c-preface")
 
     def write_timed_out(self) -> None:
@@ -126,6 +144,8 @@ class H2ServerProtocol(H2Protocol):
         self.retire()
 
     def data_received(self, data: bytes) -> None:
+        if self.gone:
+            return
         try:
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError:
@@ -168,20 +188,38 @@ class H2ServerProtocol(H2Protocol):
             self.retire()
 
     def retire(self) -> None:
-        """Finish the open streams, refuse new ones, then GOAWAY and close.
-
-        (h2 allows no frames after its GOAWAY, so it is sent once the last stream is done.)
-        """
+        """Finish the open streams, refuse new ones, then GOAWAY and close."""
         self.retiring = True
         self._close_if_idle()
 
+    def part(self) -> None:
+        """The proxy drains but still accepts: serve what comes, GOAWAY once idle."""
+        self.parting = True
+        self._close_if_idle()
+
     def _close_if_idle(self) -> None:
-        if self.retiring and not self.streams and self.transport is not None:
-            if not self.closed:
-                with contextlib.suppress(h2.exceptions.H2Error):
-                    self.h2.close_connection()
-                self.flush()
-            self.transport.close()
+        if (self.retiring or self.parting) and not self.streams and self.transport is not None:
+            self._go_away()
+
+    def _go_away(self) -> None:
+        """GOAWAY (the last stream id processed), FIN, drop what comes, close: see the module
+        docstring."""
+        transport = self.transport
+        if transport is None or self.gone:
+            return
+        self.gone = True
+        self._disarm()
+        if self.closed:
+            transport.close()
+            return
+        with contextlib.suppress(h2.exceptions.H2Error):
+            self.h2.close_connection()
+        self.flush()
+        if transport.can_write_eof():
+            transport.write_eof()
+            asyncio.get_running_loop().call_later(LINGER, transport.close)
+        else:
+            transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
@@ -206,7 +244,7 @@ class H2ServerProtocol(H2Protocol):
             ctx.inflight -= 1
             self.streams.pop(stream.stream_id, None)
             self._close_if_idle()
-            if not self.streams and not self.closed:
+            if not self.streams and not self.closed and not self.gone:
                 self._arm(ctx.options.keepalive_timeout, "h2c-idle")
 
     def _inbound(self, stream: _Stream) -> Inbound:
