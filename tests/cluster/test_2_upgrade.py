@@ -233,14 +233,18 @@ def test_helm_upgrade_to_a_new_image_tag_loses_no_request(
         # helm upgrade --wait, simmesh prepare (a no-op), until simmesh check passes
         _script("deploy.sh", new, "--set", "acl=true")
 
-    # a longer rollout (controller and proxies): flows long enough to be open when it ends
-    outcome = under_load(
-        workloads,
-        "helm upgrade (new image tag)",
-        upgrade,
-        "app.kubernetes.io/part-of=simmesh",
-        hold=2 * HOLD,
-    )
+    try:
+        # controller and proxies roll: flows long enough to span the proxies' turn
+        outcome = under_load(
+            workloads,
+            "helm upgrade (new image tag)",
+            upgrade,
+            "app.kubernetes.io/part-of=simmesh",
+            hold=2 * HOLD,
+        )
+    finally:
+        # (the nodes keep the tag until the cluster goes; Docker's is removed: only a name)
+        subprocess.run(["docker", "rmi", new], capture_output=True, timeout=30)
     check_no_loss(outcome, hold=2 * HOLD)
     assert outcome["held"], outcome
     images = {
