@@ -15,6 +15,10 @@ subdomain, at most 253 characters), ``version`` at most 64 characters of ``[A-Za
 carry ``Authorization: Bearer <token>`` (401 otherwise): only proxies holding the token, which
 the chart keeps in a Secret, can mark nodes in sync. Polls without ``node`` are served and not
 recorded (debugging, ``curl``).
+
+While the controller stops (:meth:`~mesh.controller.controller.Controller.part`) every answer
+says ``Connection: close``, so a proxy's next poll takes a new connection, which the
+controller's Service sends to the controller that replaces this one.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import re
 import time
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -214,7 +219,14 @@ def make_app(controller: Controller, *, token: str | None = None) -> web.Applica
             body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
 
-    app = web.Application()
+    @web.middleware
+    async def closing(request: web.Request, handler: Handler) -> web.StreamResponse:
+        response = await handler(request)
+        if controller.parting:
+            response.force_close()
+        return response
+
+    app = web.Application(middlewares=[closing])
     app[METRICS] = metrics
     app.router.add_get("/api/v1/config", config)
     app.router.add_get("/api/v1/topology", topology)

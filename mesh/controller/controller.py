@@ -22,6 +22,14 @@ the cluster.
 
 Proxies report the version they applied (:meth:`report_node`); an entry expires when its proxy
 has not polled for ``node_ttl`` seconds, and at most ``max_nodes`` are kept.
+
+Stopping (SIGTERM) is in two steps, so that a controller can be replaced by a newer one
+rolled out beside it (the chart's Deployment surges): :meth:`part` at once, after which the
+controller writes nothing more to the cluster (no publish hooks: the shadow Services are the
+new controller's to keep) while still answering proxies, then :meth:`close`, which answers
+every waiting long-poll. Two controllers running side by side build the same config from the
+same objects (the version is a digest of the config, and listener ports are read back from
+the shadow Services), so a proxy may poll either.
 """
 
 from __future__ import annotations
@@ -90,6 +98,7 @@ class Controller:
         self._published = asyncio.Condition()
         self._built_changes = -1
         self.closing = False
+        self.parting = False  # stopping: no more writes to the cluster (publish hooks)
         self._hooks_pending = False
         self._hook_task: asyncio.Task[None] | None = None
 
@@ -170,12 +179,14 @@ class Controller:
     def _run_hooks(self) -> None:
         """Hooks (shadow Services, Events) run beside the rebuild loop, never in its way: a
         slow API server must not delay the next config. They always work on the latest one."""
+        if self.parting:
+            return
         self._hooks_pending = True
         if self._hook_task is None or self._hook_task.done():
             self._hook_task = asyncio.create_task(self._hook_loop())
 
     async def _hook_loop(self) -> None:
-        while self._hooks_pending and self.current is not None:
+        while self._hooks_pending and self.current is not None and not self.parting:
             self._hooks_pending = False
             current = self.current
             for hook in self.hooks:
@@ -204,6 +215,11 @@ class Controller:
                 except TimeoutError:
                     return None
         return self.current
+
+    def part(self) -> None:
+        """Stopping: write nothing more to the cluster (a hook run in progress finishes);
+        keep building and serving configs until :meth:`close`."""
+        self.parting = True
 
     async def close(self) -> None:
         """Answer every waiting long-poll now (304): shutting down must not wait for them."""

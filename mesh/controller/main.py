@@ -3,6 +3,8 @@
 Every option is checked before anything starts (one line on stderr and exit 2 for a bad one,
 see :mod:`mesh.argtypes`); a listen address that cannot be bound is reported the same way.
 The providers' tasks and the rebuild loop are supervised: one that dies makes ``/readyz`` 503.
+SIGTERM stops it: at once no more writes to the cluster, answers for ``--drain-delay`` more
+seconds (with ``Connection: close``), then every waiting long-poll is answered and it exits.
 """
 
 from __future__ import annotations
@@ -94,6 +96,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=120.0,
         metavar="SECONDS",
         help="forget a proxy that has not polled for this long (default 120)",
+    )
+    parser.add_argument(
+        "--drain-delay",
+        type=argtypes.seconds(high=3600.0, zero=True),
+        default=0.0,
+        metavar="SECONDS",
+        help="SIGTERM: keep answering proxies this long (writing nothing to the cluster) "
+        "before stopping (Kubernetes: until kube-proxy sends polls to the new controller)",
     )
     parser.add_argument(
         "--log-level", default="info", choices=("debug", "info", "warning", "error")
@@ -217,6 +227,10 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    controller.part()
+    if args.drain_delay:
+        log.info("stopping: answering proxies for %.1fs more, writing nothing", args.drain_delay)
+        await asyncio.sleep(args.drain_delay)
     log.info("stopping")
     await controller.close()
     for task in tasks:

@@ -333,10 +333,16 @@ def _proxies_row(
     if not pods:
         detail = f"no proxy pod ({PROXY_SELECTOR}) in namespace {namespace}"
         return Row("proxies", False, detail, hint)
-    expected, problems = [], []
+    expected: list[str] = []
+    problems: list[str] = []
+    # During a rollout a node has a terminating proxy beside its replacement: only the one
+    # that stays counts (the other drains, unready once it no longer accepts, and goes).
+    staying = {_node(pod) for pod in pods if not _terminating(pod)}
     for pod in pods:
         name = (pod.get("metadata") or {}).get("name", "?")
-        node = (pod.get("spec") or {}).get("nodeName")
+        node = _node(pod)
+        if _terminating(pod) and node in staying:
+            continue
         unready = "" if _ready(pod) else ", not ready"
         if not node:
             problems.append(f"pod {name} is not scheduled")
@@ -366,6 +372,15 @@ def _versions_row(
     off = len(expected) - len(on_version)
     detail = f"{off}/{len(expected)} not on version {current}: {', '.join(problems)}"
     return Row("proxies", False, detail, hint)
+
+
+def _node(pod: dict[str, Any]) -> str | None:
+    node = (pod.get("spec") or {}).get("nodeName")
+    return str(node) if node else None
+
+
+def _terminating(pod: dict[str, Any]) -> bool:
+    return bool((pod.get("metadata") or {}).get("deletionTimestamp"))
 
 
 def _ready(pod: dict[str, Any]) -> bool:

@@ -1,11 +1,12 @@
 """The admin port: health, readiness, Prometheus metrics and the applied config's summary.
 
 ``/healthz`` answers 200 while the process runs; ``/readyz`` 200 only once a config has been
-applied and while not draining (a Kubernetes readiness probe keeps new traffic away until
-then); ``/metrics`` is the proxy's registry (with ``--workers``, every worker's, added up);
-``/config`` is JSON: version, listeners (open or why not), counts, and the config source's
-state. What it serves comes from a :class:`Status`: one proxy process, or the supervisor of
-several (:mod:`mesh.proxy.workers`).
+applied and while the listeners accept, that is also during a drain's delay (a Kubernetes
+readiness probe keeps new traffic away until then, and kube-proxy uses a terminating proxy,
+while no other on its node is ready, only as long as it passes); ``/metrics`` is the proxy's
+registry (with ``--workers``, every worker's, added up); ``/config`` is JSON: version,
+listeners (open or why not), counts, and the config source's state. What it serves comes from
+a :class:`Status`: one proxy process, or the supervisor of several (:mod:`mesh.proxy.workers`).
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ def admin_app(status: Status) -> web.Application:
 
     async def readyz(request: web.Request) -> web.Response:
         if status.ready:
-            return web.Response(text=f"ready {status.version or ''}\n")
+            note = " (draining: still accepting)" if status.draining else ""
+            return web.Response(text=f"ready {status.version or ''}{note}\n")
         why = "draining" if status.draining else "no config applied yet"
         return web.Response(status=503, text=f"not ready: {why}\n")
 

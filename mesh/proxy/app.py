@@ -3,10 +3,10 @@
 ``add_arguments(parser)`` and ``run(args)`` are what ``mesh.cli`` wires as a subcommand;
 ``main(argv)`` runs it standalone (``python -m mesh.proxy``). ``run`` starts the proxy and its
 config source on uvloop when installed (else asyncio's loop), waits for SIGTERM or SIGINT,
-then drains: stop accepting, let in-flight requests and connections finish up to
-``--drain-timeout``, exit 0. It first raises the soft ``RLIMIT_NOFILE`` to the hard limit (as
-nginx, HAProxy and Go programs do): the connection limits are derived from it
-(:mod:`mesh.proxy.resources`).
+then drains (:meth:`mesh.proxy.proxy.Proxy.drain`): keeps accepting for ``--drain-delay``,
+stops accepting, lets in-flight requests and connections finish up to ``--drain-timeout``,
+exits 0. It first raises the soft ``RLIMIT_NOFILE`` to the hard limit (as nginx, HAProxy and
+Go programs do): the connection limits are derived from it (:mod:`mesh.proxy.resources`).
 
 Every option is checked before the proxy starts (:mod:`mesh.argtypes`; ``--node`` must be a
 node name, ``--bind`` must resolve, ``--upstream-ca`` must load, ``--token-file`` must hold a
@@ -67,10 +67,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--access-log", action="store_true", help="JSON access log on stdout")
     tuning = parser.add_argument_group("tuning")
     tuning.add_argument(
+        "--drain-delay",
+        type=argtypes.seconds(high=3600.0, zero=True),
+        default=0.0,
+        metavar="SECONDS",
+        help="SIGTERM: keep accepting (and ready) this long, answering with Connection: close,"
+        " before no longer accepting (Kubernetes: until kube-proxy has moved the traffic)",
+    )
+    tuning.add_argument(
         "--drain-timeout",
         type=argtypes.seconds(high=86400.0, zero=True),
         default=15.0,
         metavar="SECONDS",
+        help="then how long in-flight requests and TCP flows may take before they are cut",
     )
     tuning.add_argument("--connect-timeout", type=_TIMEOUT, default=5.0, metavar="SECONDS")
     tuning.add_argument(
@@ -244,6 +253,7 @@ def options_from(args: argparse.Namespace) -> Options:
         h2_control_burst=args.h2_control_burst,
         max_response_header_size=args.max_response_header_size,
         connect_timeout=args.connect_timeout,
+        drain_delay=args.drain_delay,
         drain_timeout=args.drain_timeout,
         udp_idle_timeout=args.udp_idle_timeout,
         buffer_limit=args.buffer_limit,
@@ -306,7 +316,11 @@ async def serve(args: argparse.Namespace) -> int:
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-        log.info("draining (up to %.1fs)", args.drain_timeout)
+        log.info(
+            "draining: accepting for %.1fs more, then up to %.1fs for what is in flight",
+            args.drain_delay,
+            args.drain_timeout,
+        )
         await runs.drain()
         await runs.close()
     log.info("stopped")

@@ -71,5 +71,5 @@ class Context:
         self.rng = rng
         self.flows = Flows(metrics)
         self.snapshot: Snapshot | None = None  # swapped whole by Proxy.apply
-        self.draining = False  # SIGTERM: finish what is in flight, accept nothing new
+        self.draining = False  # SIGTERM: send clients elsewhere, finish what is in flight
         self.inflight = 0  # HTTP requests and h2c streams being served

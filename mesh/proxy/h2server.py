@@ -22,6 +22,16 @@ else (PING, SETTINGS, half-sent HEADERS) the client sends meanwhile. Request bod
 by ``--body-timeout`` like HTTP/1.1's (the forwarder answers 408). Request header lists are
 bounded by h2's SETTINGS_MAX_HEADER_LIST_SIZE (64 KiB) and by ``max_headers`` (431).
 
+Going away: GOAWAY is sent only once no stream is open (h2, which many clients are built on,
+accepts no frame of a connection after its GOAWAY, so one sent mid-stream would break the
+streams still being answered), with the last stream id this side processed; then FIN, and
+what the client still sends (a stream that crossed the GOAWAY, which the client knows was
+never processed from the GOAWAY's last stream id) is dropped for :data:`LINGER` seconds
+before the connection closes, so that the client reads the GOAWAY instead of a reset. While
+the proxy drains but still accepts (:meth:`H2ServerProtocol.part`) new streams are served and
+the GOAWAY waits for the first moment without one; once it no longer accepts
+(:meth:`H2ServerProtocol.retire`) new streams are refused (REFUSED_STREAM: safe to retry).
+
 Abuse (docs/security.md#limits). Each connection has two budgets, token buckets refilled per
 second: streams reset while the proxy still serves them, by the client or by h2 for the
 client's errors (``--h2-reset-rate``/``--h2-reset-burst``: rapid reset, CVE-2023-44487), and
@@ -69,6 +79,7 @@ _FRAMES = 32  # frames fed to h2 before the event loop gets a turn (h2: 30-150 u
 _NOT_IN_TARGET = re.compile(r"[\x00-\x20\x7f]")  # whitespace and controls
 _LOG_EVERY = 10.0
 _LINGER = 1.0  # seconds a connection ended for abuse is read (and discarded) after GOAWAY
+LINGER = 2.0  # seconds a connection going away still reads (and drops) after GOAWAY and FIN
 Headers = list[tuple[str, str]]
 
 
@@ -142,6 +153,10 @@ class H2Server:
         for conn in list(self.connections):
             conn.retire()
 
+    def part_all(self) -> None:
+        for conn in list(self.connections):
+            conn.part()
+
     def abort_all(self) -> None:
         for conn in list(self.connections):
             if conn.transport is not None:
@@ -187,7 +202,9 @@ class H2ServerProtocol(H2Protocol):
         self.peer_ip = ""
         self.streams: dict[int, _Stream] = {}
         self.max_streams = 0  # the SETTINGS_MAX_CONCURRENT_STREAMS we advertise
-        self.retiring = False
+        self.retiring = False  # new streams are refused; GOAWAY once the open ones are done
+        self.parting = False  # new streams are served; GOAWAY at the first moment without one
+        self.gone = False  # GOAWAY sent: what the client sends is dropped until the close
         self.ending = False  # closed for abuse or a protocol error: read nothing more
         self._idle: asyncio.TimerHandle | None = None
         self._stalled: asyncio.TimerHandle | None = None
@@ -207,6 +224,7 @@ class H2ServerProtocol(H2Protocol):
         self.peer_ip = peer[0] if peer else ""
         self.server.connections.add(self)
         self.ctx.metrics.opened("h2c")
+        self.parting = self.ctx.draining  # (a connection opened during a drain's delay)
         self._arm(self.ctx.options.header_timeout, "h2c-preface")
 
     def _relax_stream_limit(self) -> None:
@@ -244,7 +262,7 @@ class H2ServerProtocol(H2Protocol):
     # -- reading, paced -----------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        if self.ending:
+        if self.ending or self.gone:
             return
         self._backlog = self._backlog[self._offset :] + data if self._backlog else data
         self._offset = 0
@@ -388,7 +406,7 @@ class H2ServerProtocol(H2Protocol):
         self.ctx.inflight -= 1
         self.streams.pop(stream.stream_id, None)
         self._close_if_idle()
-        if not self.streams and not self.retiring and not self.closed:
+        if not self.streams and not self.retiring and not self.closed and not self.gone:
             self._arm(self.ctx.options.keepalive_timeout, "h2c-idle")
 
     def _stream_reset(self, stream: _Stream) -> None:
@@ -437,22 +455,42 @@ class H2ServerProtocol(H2Protocol):
                 stream.task.cancel()
 
     def retire(self) -> None:
-        """Finish the open streams, refuse new ones, then GOAWAY and close.
-
-        (h2 allows no frames after its GOAWAY, so it is sent once the last stream is done.)
-        """
+        """Finish the open streams, refuse new ones, then GOAWAY and close."""
         self.retiring = True
+        self._close_if_idle()
+
+    def part(self) -> None:
+        """The proxy drains but still accepts: serve what comes, GOAWAY once idle."""
+        self.parting = True
         self._close_if_idle()
 
     def _close_if_idle(self) -> None:
         if self.ending:  # closing already (_end)
             return
-        if self.retiring and not self.streams and self.transport is not None:
-            if not self.closed:
-                with contextlib.suppress(h2.exceptions.H2Error):
-                    self.h2.close_connection()
-                self.flush()
-            self.transport.close()
+        if (self.retiring or self.parting) and not self.streams and self.transport is not None:
+            self._go_away()
+
+    def _go_away(self) -> None:
+        """GOAWAY (the last stream id processed), FIN, drop what comes, close: see the module
+        docstring."""
+        transport = self.transport
+        if transport is None or self.gone:
+            return
+        self.gone = True
+        self._disarm()
+        if self.closed:
+            transport.close()
+            return
+        with contextlib.suppress(h2.exceptions.H2Error):
+            self.h2.close_connection()
+        self.flush()
+        if transport.can_write_eof():
+            transport.write_eof()
+            self._paused.clear()  # read on (and drop) what still comes
+            transport.resume_reading()
+            asyncio.get_running_loop().call_later(LINGER, transport.close)
+        else:
+            transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)

@@ -15,7 +15,13 @@ The connection's two halves, and everything that moves them, are in this class:
   (pipelining) wait in ``queue`` and reading pauses until they are served, in order.
 - **serving**: idle (keep-alive timer) -> busy (one request's task) -> idle, or closed after
   the answer when the client asked for it, the request was HTTP/1.0 without keep-alive, the
-  client half-closed, the listener was removed or the proxy is draining.
+  client half-closed, the listener was removed or the answer said ``Connection: close``
+  (every answer does while the proxy drains). An answer that did not say so is never followed
+  by a close from this side while the client may be sending its next request: the connection
+  stays idle, and when it must go (listener removed, drain), :meth:`H1Connection.retire`
+  sends FIN first and reads what the client sent meanwhile for :data:`LINGER` seconds, so a
+  request that crossed the close is seen by the client as never answered on a closed
+  connection (which clients retry), not as a reset.
 
 Limits and abuse (the answer is written once the request before it, if any, is answered, then
 the connection closes; each is counted in ``simmesh_proxy_bad_requests_total``): a request
@@ -74,6 +80,7 @@ _TCP_CLOSE = 7  # include/net/tcp_states.h
 _VERSIONS = frozenset({"1.0", "1.1"})
 _FRAMING_LENGTHS = frozenset({6, 14, 17})  # Expect, Content-Length, Transfer-Encoding
 _NO_BODY = frozenset({204, 304})
+LINGER = 2.0  # seconds an idle connection closed from this side still reads after its FIN
 
 
 # What llhttp says when the bytes are not HTTP/1.x: no method where a request starts, or an
@@ -238,6 +245,7 @@ class H1Connection(asyncio.Protocol):
         self._after_drain: _Request | None = None  # answered; done once the client reads it
         self._task: asyncio.Task[None] | None = None  # relaying a long answer, or a tunnel
         self._close_after = False
+        self._said_close = False  # the current answer says Connection: close
         self._loop = asyncio.get_running_loop()
         self._tick = min(options.header_timeout, options.keepalive_timeout)
         self._timer: asyncio.TimerHandle | None = None  # the header or keep-alive deadline's
@@ -658,13 +666,30 @@ class H1Connection(asyncio.Protocol):
 
     def retire(self) -> None:
         """Stop after the current request (at once when idle): the listener was removed or the
-        proxy drains."""
+        proxy no longer accepts."""
         self._close_after = True
         if self.current is None and not self.queue:
-            self.close()
+            self._part()
+
+    def _part(self) -> None:
+        """Close an idle connection: FIN, then drop what the client still sends (a request
+        that crossed the FIN) until it closes too or :data:`LINGER` seconds have passed.
+        Closing at once would answer such a request with a reset, which may also destroy the
+        FIN the client has not read yet."""
+        transport = self.transport
+        if transport is None or self.closed:
+            return
+        if not transport.can_write_eof() or transport.get_write_buffer_size() > 0:
+            self.close()  # (which cuts a client that does not read what is left)
+            return
+        self.closed = True  # data_received drops everything from now on
+        self._stop_timer()
+        transport.write_eof()
+        self._loop.call_later(LINGER, transport.close)
 
     def closing(self) -> bool:
-        """Whether the answer being written is this connection's last."""
+        """Whether the answer about to be written is to be this connection's last (it then
+        says ``Connection: close``, and the connection closes once it is out)."""
         return self._close_after or self.server.closing or self.ctx.draining
 
     # -- serving ------------------------------------------------------------------------------
@@ -675,6 +700,7 @@ class H1Connection(asyncio.Protocol):
         a pipelined one on the next turn of the loop (not from inside the previous answer)."""
         self.current = request
         self._answering = False
+        self._said_close = False
         if self._parsing:
             self._to_serve = request
         else:
@@ -719,11 +745,13 @@ class H1Connection(asyncio.Protocol):
         reader = request.body.reader
         if not request.keep_alive or (isinstance(reader, BodyReader) and not reader.eof):
             self._close_after = True  # (an unread body cannot be skipped safely)
-        if self.closing():
+        if self._close_after or self.server.closing:
             if self._refused is not None and not self.queue:
                 self._write_refusal()
-            else:
+            elif self._said_close:
                 self.close()
+            else:
+                self._part()  # the client was not told: it may be sending its next request
             return
         if self.queue:
             self._start(self.queue.popleft())
@@ -840,6 +868,7 @@ class H1Connection(asyncio.Protocol):
 
     def _connection_header(self, request: _Request) -> bytes:
         if self.closing():
+            self._close_after = self._said_close = True  # closed once this answer is out
             return b"Connection: close\r\n"
         if request.version == "1.0":
             return b"Connection: keep-alive\r\n"

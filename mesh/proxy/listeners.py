@@ -137,6 +137,11 @@ class HttpListener:
             backlog=1024,
         )
 
+    def part(self) -> None:
+        """The proxy drains but still accepts: h2c connections get GOAWAY once idle (HTTP/1.1
+        answers say ``Connection: close`` by themselves, see ``H1Connection.closing``)."""
+        self.h2.part_all()
+
     def close(self) -> None:
         if self._server is not None:
             self._server.close()
@@ -190,6 +195,11 @@ class ListenerSet:
                 self.failed.pop(key, None)
                 self.open[key] = listener
                 log.info("opened %s listener on port %d", key[1], key[0])
+
+    def part(self) -> None:
+        for listener in self.open.values():
+            if isinstance(listener, HttpListener):
+                listener.part()
 
     def stop_accepting(self) -> None:
         for listener in self.open.values():

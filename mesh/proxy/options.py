@@ -24,7 +24,8 @@ class Options:
     write_timeout: float = 30.0  # a client that reads nothing of its response for this long
     upstream_timeout: float = 60.0  # per try, for services without simmesh.io/timeout
     connect_timeout: float = 5.0
-    drain_timeout: float = 15.0
+    drain_delay: float = 0.0  # SIGTERM: still accepting (and ready) this long, then stop
+    drain_timeout: float = 15.0  # then in-flight requests and flows may take this long
     udp_idle_timeout: float = 30.0
     buffer_limit: int = 64 * 1024
     max_header_size: int = 8190

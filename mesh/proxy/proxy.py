@@ -10,8 +10,17 @@ the config it started on. Policy state lives in one
 by names, so balancers, breakers and limiters carry over across reloads. After the swap the
 listeners are reconciled: only added ones open, only removed ones close.
 
-Draining (SIGTERM): stop accepting on every listener, let in-flight requests and open
-connections finish up to a deadline, then abort what is left.
+Draining (SIGTERM) has two phases (:meth:`Proxy.drain`). First, for ``--drain-delay``, the
+proxy still accepts and stays ready, because clients keep being sent to it until the news of
+its end has spread (in Kubernetes: until kube-proxy on the node has rewritten its rules; while
+no other proxy is ready on the node, kube-proxy keeps using this terminating one only as long
+as its readiness probe passes). Meanwhile every HTTP/1.1 answer says ``Connection: close`` and
+closes its connection, and an h2c connection gets GOAWAY once no stream is open, so clients
+move their next requests to new connections, that is to the proxy that replaces this one.
+Then the proxy stops accepting and turns unready: idle connections close (HTTP/1.1: FIN
+first, see :meth:`~mesh.proxy.http1.H1Connection.retire`), new h2c streams are refused
+(REFUSED_STREAM, safe to retry), UDP listeners close, and in-flight requests, h2c streams and
+TCP flows may finish until ``--drain-timeout``; whatever is left then is aborted.
 """
 
 from __future__ import annotations
@@ -205,6 +214,7 @@ class Proxy:
         self.admin_port: int | None = None
         self._admin: Any = None
         self._listening = False
+        self._stopped = False  # draining, and no longer accepting
 
     def _identified(self, ip: str) -> bool:
         """Whether the source ``ip`` counts as one with an identity: in ACL mode, when the
@@ -336,7 +346,8 @@ class Proxy:
 
     @property
     def ready(self) -> bool:
-        return self._listening and not self.draining
+        """A config is applied and the listeners accept (also during the drain delay)."""
+        return self._listening and not self._stopped
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -347,9 +358,16 @@ class Proxy:
                 status or self, self.options.bind, self.options.admin_port
             )
 
-    async def drain(self, timeout: float | None = None) -> bool:
-        """Stop accepting, wait for in-flight work; True when everything finished in time."""
+    async def drain(self, timeout: float | None = None, *, delay: float | None = None) -> bool:
+        """Keep accepting for ``delay`` (``--drain-delay``) while sending clients elsewhere,
+        then stop accepting and wait up to ``timeout`` (``--drain-timeout``) for in-flight
+        work; True when everything finished in time. (See the module docstring.)"""
+        delay = self.options.drain_delay if delay is None else delay
         self.ctx.draining = True
+        self.listeners.part()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        self._stopped = True
         self.listeners.stop_accepting()
         deadline = time.monotonic() + (self.options.drain_timeout if timeout is None else timeout)
         while time.monotonic() < deadline:

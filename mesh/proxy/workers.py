@@ -198,7 +198,8 @@ class Supervisor:
     async def drain(self) -> None:
         self.stopping = True
         timeout = self.options.drain_timeout
-        asks = [child.ask(("drain", timeout), timeout=timeout + 10) for child in self.children]
+        limit = self.options.drain_delay + timeout + 10
+        asks = [child.ask(("drain", timeout), timeout=limit) for child in self.children]
         results = await asyncio.gather(self.proxy.drain(), *asks, return_exceptions=True)
         for child, result in zip(self.children, results[1:], strict=True):
             if isinstance(result, BaseException):

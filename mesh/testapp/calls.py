@@ -3,7 +3,10 @@
 A ``CallSpec`` (parsed from the query string or a JSON body) names a URL and how many times to
 call it. ``http://`` sends HTTP requests (one connection pool per ``/call``), ``tcp://host:port``
 opens a connection, sends the payload (``whoami`` by default) and reads one line back,
-``udp://host:port`` sends the payload as one datagram and waits for one back. Each call gives
+``udp://host:port`` sends the payload as one datagram and waits for one back. With ``hold``
+(seconds, TCP only) a connection stays open that long after its reply, sending a line every
+:data:`HOLD_TICK` and reading its echo: a long-lived flow, for what a proxy restart does to
+one (``echoes`` counts the lines that came back; a cut flow is an error). Each call gives
 a result: ``status`` (HTTP) or ``reply`` (TCP/UDP), the mesh's ``X-Simmesh-Reason`` header,
 ``pod`` (the answering test app, from its JSON answer), ``error`` (``refused``, ``reset``,
 ``timeout``, ``dns`` or ``error``) with ``message``, and ``elapsedMs``. ``summarise`` counts
@@ -31,6 +34,8 @@ __all__ = ["CallError", "CallSpec", "run_calls", "summarise"]
 MAX_COUNT = 10_000
 MAX_CONCURRENCY = 100
 MAX_TIMEOUT = 300.0
+MAX_HOLD = 600.0
+HOLD_TICK = 0.5  # seconds between two lines of a held TCP connection
 BODY_PREVIEW = 512
 METHODS = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"}
 
@@ -52,6 +57,7 @@ class CallSpec:
     count: int = 1
     concurrency: int = 1
     timeout: float = 5.0
+    hold: float = 0.0  # TCP: seconds the connection stays open after the reply
 
 
 def _number(raw: Any, name: str, *, low: float, high: float, integer: bool) -> Any:
@@ -99,7 +105,7 @@ def _headers(raw: Any) -> tuple[tuple[str, str], ...]:
 def parse_spec(raw: Mapping[str, Any]) -> CallSpec:
     """A CallSpec from a JSON body or query parameters (``header`` repeated as Name:value)."""
     known = {"url", "method", "headers", "header", "body", "payload", "count", "concurrency"}
-    known.add("timeout")
+    known |= {"timeout", "hold"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise CallError(f"{unknown[0]}: unknown parameter (known: {', '.join(sorted(known))})")
@@ -127,7 +133,15 @@ def parse_spec(raw: Mapping[str, Any]) -> CallSpec:
         timeout=_number(
             raw.get("timeout", 5), "timeout", low=0.001, high=MAX_TIMEOUT, integer=False
         ),
+        hold=_hold(raw.get("hold", 0), scheme),
     )
+
+
+def _hold(raw: Any, scheme: str) -> float:
+    hold: float = _number(raw, "hold", low=0, high=MAX_HOLD, integer=False)
+    if hold and scheme != "tcp":
+        raise CallError(f"hold: only for tcp:// (a held connection), not {scheme}://")
+    return hold
 
 
 # --------------------------------------------------------------------------- errors
@@ -184,17 +198,45 @@ async def _http(spec: CallSpec, session: aiohttp.ClientSession) -> dict[str, Any
 
 async def _tcp(spec: CallSpec) -> dict[str, Any]:
     reader, writer = await asyncio.open_connection(spec.host, spec.port, limit=1 << 20)
+    echoes = 0
     try:
         writer.write(spec.payload + b"\n")
         await writer.drain()
         line = await reader.readline()
+        if not line:
+            raise ConnectionResetError("connection closed without a reply")
+        if spec.hold:
+            echoes = await _hold_open(reader, writer, spec.hold)
     finally:
         writer.close()
         with contextlib.suppress(ConnectionError, OSError):
             await writer.wait_closed()
-    if not line:
-        raise ConnectionResetError("connection closed without a reply")
-    return {"reply": line[:BODY_PREVIEW].decode(errors="replace"), "pod": _pod_of(line)}
+    result: dict[str, Any] = {
+        "reply": line[:BODY_PREVIEW].decode(errors="replace"),
+        "pod": _pod_of(line),
+    }
+    if spec.hold:
+        result["echoes"] = echoes
+    return result
+
+
+async def _hold_open(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seconds: float
+) -> int:
+    """Keep a TCP connection busy for ``seconds``: a line every HOLD_TICK, each echo read
+    back; the number of echoes (ConnectionResetError when the flow is cut)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    echoes = 0
+    while (left := end - loop.time()) > 0:
+        await asyncio.sleep(min(HOLD_TICK, left))
+        line = b"tick %d\n" % echoes
+        writer.write(line)
+        await writer.drain()
+        if await reader.readline() != line:
+            raise ConnectionResetError(f"held connection cut after {echoes} echoes")
+        echoes += 1
+    return echoes
 
 
 class _OneDatagram(asyncio.DatagramProtocol):
@@ -229,7 +271,7 @@ async def _one(spec: CallSpec, session: aiohttp.ClientSession | None) -> dict[st
     start = time.perf_counter()
     result: dict[str, Any] = {"status": None, "reason": None, "pod": None, "error": None}
     try:
-        async with asyncio.timeout(spec.timeout):
+        async with asyncio.timeout(spec.timeout + spec.hold):
             if session is not None:
                 result.update(await _http(spec, session))
             else:

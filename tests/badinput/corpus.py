@@ -597,6 +597,7 @@ def cli_cases() -> Iterator[Case]:
         "127.0.0.1",
     ]
     for flag in (
+        "--drain-delay",
         "--drain-timeout",
         "--connect-timeout",
         "--header-timeout",
@@ -697,6 +698,8 @@ def cli_cases() -> Iterator[Case]:
         (["--debounce", "nan"], ("--debounce",)),
         (["--debounce", "-1"], ("--debounce",)),
         (["--node-ttl", "0"], ("--node-ttl",)),
+        (["--drain-delay", "-1"], ("--drain-delay",)),
+        (["--drain-delay", "inf"], ("--drain-delay",)),
         (["--token-file", "{dir}/missing"], ("missing",)),
         (["--log-level", "loud"], ("--log-level",)),
     ):

@@ -195,3 +195,58 @@ def test_slow_publish_hooks_never_delay_the_next_config(tmp_path: Path) -> None:
         assert len(seen) <= 2
 
     run(body)
+
+
+def test_a_stopping_controller_writes_nothing_and_sends_its_proxies_elsewhere(
+    tmp_path: Path,
+) -> None:
+    """SIGTERM (``part``, then ``close`` after ``--drain-delay``): the controller that replaces
+    this one keeps the shadow Services, so no hook runs any more; the API still answers, with
+    ``Connection: close`` (a proxy's next poll goes to the new controller), and a waiting
+    long-poll is answered only at ``close``."""
+    directory = quickstart(tmp_path)
+
+    async def body() -> None:
+        controller = Controller(read_settings(directory), debounce=0.01)
+        seen: list[str] = []
+
+        async def hook(config: Any, topology: Any) -> None:
+            seen.append(config.version)
+
+        controller.hooks.append(hook)
+        FileProvider(controller, directory).scan()
+        first = await controller.rebuild()
+        await controller.hooks_idle()
+        assert seen == [first.config.version]
+        async with TestClient(TestServer(make_app(controller))) as client:
+            etag = f'"{first.config.version}"'
+            waiting = asyncio.create_task(
+                client.get("/api/v1/config", params={"wait": "10"}, headers={"If-None-Match": etag})
+            )
+            await asyncio.sleep(0.1)
+            controller.part()
+            controller.store.put(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Service",
+                    "metadata": {"name": "late", "namespace": "demo"},
+                    "spec": {"ports": [{"port": 80}]},
+                }
+            )
+            second = await controller.rebuild()  # still built and served...
+            await controller.hooks_idle()
+            assert seen == [first.config.version]  # ...but not written to the cluster
+            answer = await asyncio.wait_for(waiting, 5)
+            assert answer.status == 200 and answer.headers["Connection"] == "close"
+            assert (await answer.json())["version"] == second.config.version
+            etag = f'"{second.config.version}"'
+            waiting = asyncio.create_task(
+                client.get("/api/v1/config", params={"wait": "10"}, headers={"If-None-Match": etag})
+            )
+            await asyncio.sleep(0.2)
+            assert not waiting.done()  # a poll during the delay waits as usual
+            await controller.close()
+            answer = await asyncio.wait_for(waiting, 5)
+            assert answer.status == 304 and answer.headers["Connection"] == "close"
+
+    run(body)

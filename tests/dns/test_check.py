@@ -69,11 +69,16 @@ def ready_cluster(kube: FakeKube | None = None) -> FakeKube:
     return kube
 
 
-def proxy_pod(name: str, node: str | None, *, ready: bool = True) -> dict[str, Any]:
+def proxy_pod(
+    name: str, node: str | None, *, ready: bool = True, terminating: bool = False
+) -> dict[str, Any]:
     """A pod of the chart's proxy DaemonSet, as the API server lists it."""
     condition = {"type": "Ready", "status": "True" if ready else "False"}
+    metadata: dict[str, Any] = {"name": name, "labels": {"app.kubernetes.io/name": "simmesh-proxy"}}
+    if terminating:
+        metadata["deletionTimestamp"] = "2026-12-01T00:00:00Z"
     return {
-        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "simmesh-proxy"}},
+        "metadata": metadata,
         "spec": {"nodeName": node} if node else {},
         "status": {"conditions": [condition]},
     }
@@ -232,6 +237,20 @@ def test_every_proxy_pod_must_have_reported(
     row = rows(kube, healthy_controller())["proxies"]
     assert not row.ok
     assert row.detail.startswith(detail), row.detail
+
+
+def test_a_terminating_proxy_beside_its_replacement_is_not_waited_for() -> None:
+    """A rolling update surges: the old proxy drains (unready once it stops accepting) while
+    the new one on the same node serves."""
+    kube = ready_cluster()
+    kube.put(PODS, proxy_pod("simmesh-proxy-old", "n1", ready=False, terminating=True))
+    assert rows(kube, healthy_controller())["proxies"].ok
+    # the only proxy of its node, terminating and not ready: that node has none
+    kube = ready_cluster()
+    kube.objects.pop(f"{PODS}/simmesh-proxy-n1")
+    kube.put(PODS, proxy_pod("simmesh-proxy-old", "n1", ready=False, terminating=True))
+    row = rows(kube, healthy_controller())["proxies"]
+    assert not row.ok and "n1's pod simmesh-proxy-old is not ready" in row.detail, row.detail
 
 
 def test_proxies_are_the_proxy_pods_when_the_api_server_answers() -> None:

@@ -281,7 +281,13 @@ def test_acl_and_watched_namespaces(
 def test_controller_deployment(default_docs: list[dict[str, Any]]) -> None:
     deployment = one(default_docs, "Deployment", "simmesh-controller")
     assert deployment["spec"]["replicas"] == 1
+    # replaced by surging: the new controller is ready before the old one stops
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
     pod = deployment["spec"]["template"]
+    assert pod["spec"]["terminationGracePeriodSeconds"] == 30
     assert pod["spec"]["serviceAccountName"] == "simmesh-controller"
     assert pod["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
     c = container(default_docs, "Deployment", "simmesh-controller")
@@ -314,6 +320,7 @@ def test_controller_deployment(default_docs: list[dict[str, Any]]) -> None:
         {"name": "token", "secret": {"secretName": "simmesh-proxy-token"}},
     ]
     assert cmd[cmd.index("--token-file") + 1] == "/var/run/simmesh/token/token"
+    assert cmd[cmd.index("--drain-delay") + 1] == "3"
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
     service = one(default_docs, "Service", "simmesh-controller")
     assert service["spec"]["type"] == "ClusterIP"
@@ -325,7 +332,14 @@ def test_proxy_daemonset(default_docs: list[dict[str, Any]]) -> None:
     from mesh.cli import build_parser
 
     daemonset = one(default_docs, "DaemonSet", "simmesh-proxy")
+    # upgrades surge: a node's new proxy is ready before the old one stops (no host ports)
+    assert daemonset["spec"]["updateStrategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
     pod = daemonset["spec"]["template"]
+    assert pod["spec"]["terminationGracePeriodSeconds"] == 60
+    assert not pod["spec"].get("hostNetwork")
     # the controller's shadow Services select exactly this label
     assert PROXY_SELECTOR == {"app.kubernetes.io/name": "simmesh-proxy"}
     assert PROXY_SELECTOR.items() <= pod["metadata"]["labels"].items()
@@ -355,6 +369,9 @@ def test_proxy_daemonset(default_docs: list[dict[str, Any]]) -> None:
         "info",
         1,
     )
+    # SIGTERM: 5 s still accepting, then 50 s for in-flight work, 5 s before SIGKILL
+    assert (args.drain_delay, args.drain_timeout) == (5.0, 50.0)
+    assert not any("hostPort" in p for p in c["ports"])
     env = {e["name"]: e for e in c["env"]}
     assert env["NODE_NAME"]["valueFrom"] == {
         "fieldRef": {"apiVersion": "v1", "fieldPath": "spec.nodeName"}
@@ -363,6 +380,7 @@ def test_proxy_daemonset(default_docs: list[dict[str, Any]]) -> None:
     ports = {p["containerPort"] for p in c["ports"] if p["name"].startswith("http-")}
     assert ports == set(range(5000, 5010))
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
+    assert c["readinessProbe"]["periodSeconds"] == 2
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
     assert c["resources"]["requests"] == {"cpu": "100m", "memory": "128Mi"}
     assert "nodeSelector" not in pod["spec"] and "tolerations" not in pod["spec"]
@@ -378,6 +396,10 @@ def test_proxy_values(helm: Helm) -> None:
         "proxy.nodeSelector.mesh=enabled",
         "proxy.tolerations[0].operator=Exists",
         "proxy.resources.limits.cpu=2",
+        "proxy.drainDelaySeconds=10",
+        "proxy.terminationGracePeriodSeconds=120",
+        "proxy.maxSurge=25%",
+        "controller.drainDelaySeconds=0",
         "metrics.prometheusAnnotations=false",
     )
     pod = one(docs, "DaemonSet", "simmesh-proxy")["spec"]["template"]
@@ -391,12 +413,19 @@ def test_proxy_values(helm: Helm) -> None:
     assert pod["spec"]["nodeSelector"] == {"mesh": "enabled"}
     assert pod["spec"]["tolerations"] == [{"operator": "Exists"}]
     assert c["resources"]["limits"]["cpu"] == 2
+    assert pod["spec"]["terminationGracePeriodSeconds"] == 120
+    assert c["command"][c["command"].index("--drain-delay") + 1] == "10"
+    assert c["command"][c["command"].index("--drain-timeout") + 1] == "105"
+    strategy = one(docs, "DaemonSet", "simmesh-proxy")["spec"]["updateStrategy"]
+    assert strategy["rollingUpdate"] == {"maxSurge": "25%", "maxUnavailable": 0}
     assert "annotations" not in pod["metadata"]
     controller_pod = one(docs, "Deployment", "simmesh-controller")["spec"]["template"]
     assert not any(
         k.startswith("prometheus.io/") for k in controller_pod["metadata"]["annotations"]
     )
     assert controller_pod["spec"]["containers"][0]["image"] == "ghcr.io/simmesh/simmesh:0.1.0"
+    command = controller_pod["spec"]["containers"][0]["command"]
+    assert command[command.index("--drain-delay") + 1] == "0"
 
 
 def test_rbac(default_docs: list[dict[str, Any]]) -> None:
@@ -462,6 +491,10 @@ def test_kubedns_coredns_serves_the_mesh_block(helm: Helm) -> None:
         "controller.logLevel=verbose",
         "proxy.image.pullPolicy=Sometimes",
         "tracing.otlpEndpoint=jaeger:4318",
+        "proxy.drainDelaySeconds=-1",
+        "proxy.maxSurge=0",
+        "proxy.maxSurge=150%",
+        "controller.terminationGracePeriodSeconds=5",
     ],
 )
 def test_schema_rejects(helm: Helm, value: str) -> None:
@@ -476,9 +509,15 @@ def test_schema_rejects(helm: Helm, value: str) -> None:
         (("ports.tcp.start=5005",), "ports.http [5000, 5010) overlaps ports.tcp"),
         (("ports.http.start=9895",), "ports.http contains 9901"),
         (("ports.udp.start=65000", "ports.udp.size=1000"), "ports.udp: 65000 + 1000"),
+        (
+            ("proxy.drainDelaySeconds=30", "proxy.terminationGracePeriodSeconds=35"),
+            "proxy.terminationGracePeriodSeconds (35) must be at least",
+        ),
     ],
 )
-def test_port_ranges_must_not_collide(helm: Helm, values: tuple[str, ...], message: str) -> None:
+def test_values_that_cannot_work_are_refused(
+    helm: Helm, values: tuple[str, ...], message: str
+) -> None:
     done = helm.template(*values, check=False)
     assert done.returncode != 0
     assert message in done.stderr, done.stderr

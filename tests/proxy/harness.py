@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import random
 import socket
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import replace
 from typing import Any, cast
 
@@ -294,6 +294,15 @@ async def running_proxy(config: MeshConfig | None = None, **overrides: Any) -> A
     finally:
         await proxy.drain(0.5)
         await proxy.close()
+
+
+async def until(check: Callable[[], object], seconds: float = 3.0) -> bool:
+    """Whether ``check()`` turned true within ``seconds`` (polled every 50 ms)."""
+    for _ in range(int(seconds / 0.05)):
+        if check():
+            return True
+        await asyncio.sleep(0.05)
+    return bool(check())
 
 
 def url(port: int, path: str = "/") -> str:

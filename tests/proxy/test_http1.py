@@ -26,6 +26,7 @@ from tests.proxy.harness import (
     service,
     session,
     settings,
+    until,
     url,
 )
 
@@ -70,14 +71,6 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, st
 
 def settled(proxy: Proxy) -> bool:
     return proxy.inflight == 0 and all(n == 0 for n in proxy.state.inflight.values())
-
-
-async def until(check: object, seconds: float = 3.0) -> bool:
-    for _ in range(int(seconds / 0.05)):
-        if callable(check) and check():
-            return True
-        await asyncio.sleep(0.05)
-    return bool(callable(check) and check())
 
 
 async def test_pipelined_requests_are_answered_in_order() -> None:

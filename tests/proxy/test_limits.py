@@ -30,6 +30,7 @@ from tests.proxy.harness import (
     service,
     session,
     settings,
+    until,
     url,
 )
 
@@ -100,7 +101,7 @@ async def test_h2c_preface_only_is_closed() -> None:
         assert asyncio.get_running_loop().time() - started < 3
         writer.close()
         assert metric(proxy, "simmesh_proxy_client_timeouts_total", phase="h2c-preface") == 1
-        assert proxy.listeners.active() == 0
+        assert await until(lambda: proxy.listeners.active() == 0)  # it saw our close
 
 
 async def test_half_a_preface_is_closed() -> None:

@@ -99,7 +99,9 @@ async def test_cli_file_reload_access_log_and_sigterm_drain(tmp_path: Path) -> N
         config = build([service("web"), *endpoints("web", targets)], settings(http=http))
         renamed = build([service("api"), *endpoints("api", targets)], settings(http=http))
         async with (
-            proxy_process(config, tmp_path, "--access-log", "--drain-timeout", "5") as (
+            proxy_process(
+                config, tmp_path, "--access-log", "--drain-delay", "0.5", "--drain-timeout", "5"
+            ) as (
                 process,
                 admin,
                 path,
@@ -121,6 +123,9 @@ async def test_cli_file_reload_access_log_and_sigterm_drain(tmp_path: Path) -> N
             )
             await asyncio.sleep(0.3)
             process.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.1)
+            async with client.get(f"http://{LOCAL}:{admin}/readyz") as ready:
+                assert ready.status == 200  # the drain delay: still accepting, still ready
             resp = await slow
             assert resp.status == 200 and await resp.text() == "late"
             resp.release()

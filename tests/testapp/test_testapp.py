@@ -429,6 +429,8 @@ def _key() -> Any:
         ({"url": "http://x/", "method": "FETCH"}, "method: expected one of"),
         ({"url": "http://x/", "header": ["novalue"]}, "header: expected Name:value"),
         ({"url": "http://x/", "colour": "red"}, "colour: unknown parameter"),
+        ({"url": "http://x/", "hold": "5"}, "hold: only for tcp://"),
+        ({"url": "tcp://x:1", "hold": "-1"}, "hold: expected 0..600"),
     ],
 )
 def test_bad_call_specs_name_the_parameter(raw: dict[str, Any], message: str) -> None:
@@ -499,6 +501,39 @@ async def test_call_over_tcp_and_udp_names_the_answering_pod() -> None:
         params = {"url": f"tcp://{HOST}:{target.ports['tcp']}", "payload": "ping"}
         _, body, _ = await fetch("GET", url(caller, "/call"), params=params)
         assert (body["results"][0]["reply"], body["results"][0]["pod"]) == ("ping\n", None)
+
+
+async def test_call_holds_a_tcp_connection_open_and_counts_its_echoes() -> None:
+    async with running("pod-a") as caller, running("pod-b") as target:
+        params = {"url": f"tcp://{HOST}:{target.ports['tcp']}", "hold": "1.2", "count": "2"}
+        start = time.monotonic()
+        _, body, _ = await fetch("GET", url(caller, "/call"), params=params)
+        elapsed = time.monotonic() - start
+        _, seen, _ = await fetch("GET", url(target, "/calls"))
+    assert body["summary"]["pods"] == {"pod-b": 2} and not body["summary"]["errors"], body
+    assert [r["echoes"] for r in body["results"]] == [3, 3]  # a line every 0.5 s for 1.2 s
+    assert 1.2 <= elapsed < 4
+    assert [c["method"] for c in seen["calls"]] == ["TCP", "TCP"]  # one connection each
+
+
+async def test_a_held_tcp_connection_cut_midway_is_an_error() -> None:
+    async def cut_after_reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readline()
+        writer.write(b"hello\n")
+        await reader.readline()  # the first tick
+        writer.close()
+
+    server = await asyncio.start_server(cut_after_reply, HOST, 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with running("pod-a") as caller:
+            params = {"url": f"tcp://{HOST}:{port}", "hold": "3"}
+            _, body, _ = await fetch("GET", url(caller, "/call"), params=params)
+    finally:
+        server.close()
+        await server.wait_closed()
+    result = body["results"][0]
+    assert result["error"] == "reset" and "cut after 0 echoes" in result["message"], result
 
 
 async def test_call_over_udp_to_a_closed_port_is_refused() -> None:
