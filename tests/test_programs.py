@@ -49,15 +49,11 @@ REVIEWED: dict[tuple[str, str], str] = {
     ("conformance/adapter.py", "str(beside)"): "simmesh",  # beside the interpreter
     ("tests/cluster/egress.py", "command"): "docker",  # docker exec on a kind node
     ("tests/cluster/kube.py", "self.kubectl"): "kubectl",
-    ("tests/cluster/test_1_cluster.py", "Path(sys.executable).parent / 'simmesh'"): "simmesh",
     ("tests/cluster/test_4_undeploy.py", "helm"): "helm",
     ("tests/cluster/test_4_undeploy.py", "_helm()"): "helm",
     ("tests/k8s/apiserver.py", "self.argv"): "*",  # each server's binary, from SIMMESH_BIN_DIR
     ("tests/k8s/test_dns_coredns.py", "self.binary"): "coredns",
     ("tests/k8s/test_helm.py", "self.binary"): "helm",
-    ("tests/kind/test_runc_wrapper.py", "ROOT / 'tools' / 'kind' / 'runc-wrapper'"): (
-        "tools/kind/runc-wrapper"
-    ),
     ("tests/test_programs.py", "program"): "*",  # this test's dpkg check of DEBIAN
     ("loadtests/bench_proxy.py", "command"): "*",  # Processes.start: callers' commands
     ("loadtests/bench_proxy.py", "fortio"): "fortio",
@@ -70,7 +66,7 @@ MACHINE = {PYTHON, "bash", "go", "dpkg"}
 VENV = {"simmesh", "locust"}  # make setup's virtualenv (pyproject.toml)
 K8S_BINS = {"kube-apiserver", "etcd", "coredns", "helm", "fortio", "h2spec", "kubectl"}
 SCRIPTS = {"docker": ("tools/kind/docker.sh", "docker.io"), "haproxy": ("Makefile", "haproxy")}
-FILES = {"tools/kind/runc-wrapper"}  # the project's own scripts
+FILES = {"runc-wrapper"}  # the project's own scripts (tools/kind/runc-wrapper)
 DEBIAN = {
     "curl": "curl",
     "true": "coreutils",
@@ -106,6 +102,8 @@ def _files() -> Iterator[Path]:
 def _program(node: ast.expr) -> str | None:
     if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value:
         return Path(shlex.split(node.value)[0]).name
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):  # a directory / "name"
+        return _program(node.right)
     text = ast.unparse(node)
     if text in ("sys.executable", "self.python", "python", "PYTHON"):
         return PYTHON
