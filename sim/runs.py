@@ -22,6 +22,7 @@ import multiprocessing
 import os
 import re
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -174,10 +175,14 @@ def _serial(
 def _in_processes(
     source: Source, units: Sequence[Unit], workers: int, deadline: float | None, done: Done | None
 ) -> list[dict[str, Any] | None]:
-    # forkserver: workers forked from a clean server that has imported the simulator once
-    # (no threads or state of this process inherited, and no import per worker).
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["sim.runs"])
+    # Workers forked from this process when it has no other thread (fast: the simulator is
+    # imported already); else from a clean fork server that imports it once (forking a
+    # process with threads can copy a lock some thread holds).
+    if threading.active_count() == 1:
+        context = multiprocessing.get_context("fork")
+    else:
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["sim.runs"])
     out: list[dict[str, Any] | None] = [None] * len(units)
     pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context)
     try:
@@ -232,7 +237,7 @@ def _on_dask(
         timeout = None if deadline is None else max(0.0, deadline - time.time()) + 1.0
         finished = 0
         try:
-            for future in distributed.as_completed(futures, timeout=timeout):
+            for future in distributed.as_completed(futures, loop=client.loop, timeout=timeout):
                 out[index[future.key]] = future.result()
                 finished += 1
                 if done is not None:

@@ -179,7 +179,7 @@ def whatif(
         actions=tuple(change.actions(base.docs)),
         before=before,
         after=after,
-        slos=tuple(slo_outcomes(before, after, len(numbers))),
+        slos=tuple(slo_outcomes([s.name for s in base.slos], before, after, len(numbers))),
         comparison=compare(before, after),
         warnings=tuple(new_errors(before, after)),
         budget=budget_seconds,
@@ -191,15 +191,19 @@ def whatif(
 
 
 def slo_outcomes(
-    before: Sequence[dict[str, Any] | None], after: Sequence[dict[str, Any] | None], seeds: int
+    names: Sequence[str],
+    before: Sequence[dict[str, Any] | None],
+    after: Sequence[dict[str, Any] | None],
+    seeds: int,
 ) -> list[SloOutcome]:
+    """The scenario's SLOs (``names``) over the runs that finished."""
     done_before = [r for r in before if r is not None]
     done_after = [r for r in after if r is not None]
-    template = (done_before or done_after or [{"slos": []}])[0]["slos"]
+    template = (done_before or done_after or [None])[0]
     out = []
-    for i, slo in enumerate(template):
+    for i, name in enumerate(names):
         checks = []
-        for j, check in enumerate(slo["checks"]):
+        for j, check in enumerate(template["slos"][i]["checks"] if template else []):
             checks.append(
                 {
                     "what": check["what"],
@@ -210,7 +214,7 @@ def slo_outcomes(
             )
         out.append(
             SloOutcome(
-                name=slo["name"],
+                name=name,
                 seeds=seeds,
                 passes_before=sum(r["slos"][i]["ok"] for r in done_before),
                 runs_before=len(done_before),
