@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import multiprocessing
+import multiprocessing.context
 import os
 import re
 import tempfile
@@ -178,11 +179,13 @@ def _in_processes(
     # Workers forked from this process when it has no other thread (fast: the simulator is
     # imported already); else from a clean fork server that imports it once (forking a
     # process with threads can copy a lock some thread holds).
+    context: multiprocessing.context.BaseContext
     if threading.active_count() == 1:
         context = multiprocessing.get_context("fork")
     else:
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["sim.runs"])
+        server = multiprocessing.get_context("forkserver")
+        server.set_forkserver_preload(["sim.runs"])
+        context = server
     out: list[dict[str, Any] | None] = [None] * len(units)
     pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context)
     try:

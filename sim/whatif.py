@@ -199,7 +199,7 @@ def slo_outcomes(
     """The scenario's SLOs (``names``) over the runs that finished."""
     done_before = [r for r in before if r is not None]
     done_after = [r for r in after if r is not None]
-    template = (done_before or done_after or [None])[0]
+    template = next(iter(done_before or done_after), None)
     out = []
     for i, name in enumerate(names):
         checks = []
