@@ -225,6 +225,12 @@ LAZY: dict[str, tuple[str, str, str, str]] = {
         "run",
         "simulate a scenario: SLO verdicts, results.json, plots, report.html",
     ),
+    "whatif": (
+        "sim.whatif_cli",
+        "add_arguments",
+        "run",
+        "simulate a scenario before and after a change over seeds: would it break an SLO?",
+    ),
     "up": (
         "mesh.local.up",
         "add_arguments",
@@ -276,6 +282,8 @@ EXTRAS = {
     "simpy": "sim",
     "matplotlib": "sim",
     "numpy": "sim",
+    "dask": "sim",
+    "distributed": "sim",
     "opentelemetry": "tracing",
     "locust": "load",
     "gevent": "load",

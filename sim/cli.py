@@ -2,8 +2,12 @@
 
 A run whose estimated cost (:func:`sim.scenario.estimate`) exceeds ``--max-requests`` or
 ``--max-memory`` is refused before it starts, unless ``--force``. Output goes under the chosen
-directory only: the default ``out/sim/<name>`` uses the scenario's validated name, and sweep
-variants are named by their value with anything but letters, digits and ``._=-`` replaced.
+directory only: the default ``out/sim/<name>`` uses the scenario's validated name.
+
+``--sweep PATH=V1,V2`` (repeated: a grid) with ``--seeds N`` runs every (point, seed) on local
+worker processes (``--workers``, default every core) or a Dask cluster (``--scheduler``) and
+reports each point's means with 95% intervals (sim/sweep.py); every point is checked before
+any runs. ``--seeds N`` alone is a sweep of one point: the scenario over N seeds.
 """
 
 from __future__ import annotations
@@ -52,6 +56,42 @@ def _seconds(text: str) -> float:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dir", help="scenario directory (manifests + scenario.yaml)")
+    add_run_arguments(parser)
+    parser.add_argument(
+        "--sweep",
+        action="append",
+        default=[],
+        metavar="PATH=V1,V2,...",
+        help="run one variant per value; repeated: every combination (a grid)",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=_count,
+        default=1,
+        metavar="N",
+        help="run each variant with N seeds from the scenario's (default 1): means and 95%% "
+        "intervals",
+    )
+    add_parallel_arguments(parser)
+
+
+def add_parallel_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--workers",
+        type=_count,
+        default=None,
+        metavar="N",
+        help="local worker processes (default: one per core; 1: in this process)",
+    )
+    parser.add_argument(
+        "--scheduler",
+        metavar="tcp://HOST:PORT",
+        help="run on this Dask cluster instead of local processes",
+    )
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of every simulating command: edits, budget, output."""
     parser.add_argument("--seed", type=int, help="override the scenario's seed")
     parser.add_argument("--duration", type=_seconds, help="override the simulated seconds")
     parser.add_argument(
@@ -65,9 +105,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--profile", metavar="NAME|FILE", help="cost profile (sim/profiles; default: local)"
     )
-    parser.add_argument("--sweep", metavar="PATH=V1,V2,...", help="run one variant per value")
-    parser.add_argument("--out", type=Path, help="output directory (default out/sim/<name>)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--out", type=Path, help="output directory (default out/<command>/<name>)")
+    parser.add_argument("--quiet", action="store_true", help="no progress")
     parser.add_argument(
         "--max-requests",
         type=_count,
@@ -87,7 +126,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _sets(args: argparse.Namespace) -> list[str]:
+def sets(args: argparse.Namespace) -> list[str]:
     sets = list(args.sets)
     if args.seed is not None:
         sets.append(f"seed={args.seed}")
@@ -116,34 +155,63 @@ def check_budget(scenario: Scenario, args: argparse.Namespace) -> None:
         )
 
 
-def output_dir(args: argparse.Namespace, scenario: Scenario) -> Path:
+def output_dir(args: argparse.Namespace, scenario: Scenario, command: str = "sim") -> Path:
     if args.out is not None:
         return Path(args.out)
-    base = Path("out") / "sim"
+    base = Path("out") / command
     out = base / scenario.name
     if base.resolve() not in out.resolve().parents:  # the name is validated; belt and braces
         raise ScenarioError(f"{scenario.name!r}: not usable as a directory name")
     return out
 
 
-def variant_dir(out: Path, path: str, value: str) -> Path:
-    """``out/<path>=<value>`` with anything that could leave ``out`` replaced."""
-    name = re.sub(r"[^A-Za-z0-9._=-]", "_", f"{path}={value}")[:200]
-    return out / ("_" + name if name.startswith(".") else name)
+def workers(args: argparse.Namespace) -> int:
+    from sim.runs import cores
+
+    return int(args.workers) if args.workers is not None else cores()
+
+
+class RunProgress:
+    """Runs finished so far, on stderr: a line that updates itself on a terminal, else a line
+    at every tenth (the runs of a what-if or a sweep finish in any order)."""
+
+    def __init__(self, label: str, stream: Any, *, quiet: bool = False) -> None:
+        self.label = label
+        self.stream = stream
+        self.quiet = quiet
+        self.start = time.monotonic()
+        self.last = -1
+
+    def __call__(self, finished: int, total: int) -> None:
+        if self.quiet:
+            return
+        tenth = finished * 10 // total
+        tty = self.stream.isatty()
+        if not tty and tenth == self.last:
+            return
+        self.last = tenth
+        text = f"{self.label}: {finished}/{total} runs, {time.monotonic() - self.start:.1f} s"
+        self.stream.write(
+            ("\r" + text + ("\n" if finished == total else "")) if tty else text + "\n"
+        )
+        self.stream.flush()
 
 
 def run(args: argparse.Namespace) -> int:
     from sim.model import ProgressBar, run_scenario
     from sim.report import slos_ok, write_reports
+    from sim.runs import RunError
 
     directory = Path(args.dir)
     try:
-        base = load_scenario(directory, _sets(args))
+        base = load_scenario(directory, sets(args))
         out = output_dir(args, base)
-        if args.sweep:
-            return _sweep(args, directory, out)
+        if args.sweep or args.seeds > 1:
+            return _sweep(args, directory, base, out)
+        if args.scheduler is not None:
+            raise ScenarioError("--scheduler: runs a sweep (--sweep or --seeds)")
         check_budget(base, args)
-    except ScenarioError as exc:
+    except (ScenarioError, RunError) as exc:
         print(f"simmesh: error: {exc}", file=sys.stderr)
         return 2
     start = time.monotonic()
@@ -155,31 +223,34 @@ def run(args: argparse.Namespace) -> int:
     return 0 if slos_ok(results) else 1
 
 
-def _sweep(args: argparse.Namespace, directory: Path, out: Path) -> int:
-    from sim.model import ProgressBar, run_scenario
-    from sim.report import plot_sweep, slos_ok, sweep_table, write_output, write_reports
+def _sweep(args: argparse.Namespace, directory: Path, base: Scenario, out: Path) -> int:
+    from sim.report import plot_sweep, results_json, sweep_table, write_output
+    from sim.runs import Source, check_scheduler
+    from sim.sweep import Axis, grid, point_sets, sweep
 
-    path, sep, values = args.sweep.partition("=")
-    if not sep or not values:
-        raise ScenarioError("--sweep: expected PATH=V1,V2,...")
-    scenarios: list[tuple[str, Scenario]] = []
-    for value in values.split(","):  # every variant is checked before any runs
+    axes = [Axis.parse(text) for text in args.sweep]
+    points = grid(axes)
+    for point in points:  # every variant is checked before any runs
+        assignments = point_sets(axes, point)
         try:
-            scenario = load_scenario(directory, [*_sets(args), f"{path}={value}"])
-            check_budget(scenario, args)
+            check_budget(load_scenario(directory, [*sets(args), *assignments]), args)
         except ScenarioError as exc:
-            raise ScenarioError(f"{path}={value}: {exc}") from None
-        scenarios.append((value, scenario))
-    rows: list[tuple[str, dict[str, Any]]] = []
-    for value, scenario in scenarios:
-        progress = None if args.quiet else ProgressBar(f"{path}={value}", sys.stderr)
-        results = run_scenario(scenario, progress)
-        write_reports(results, variant_dir(out, path, value))
-        rows.append((value, results))
-    table = sweep_table(path, rows)
+            raise ScenarioError(f"{' '.join(assignments)}: {exc}") from None
+    if args.scheduler is not None:
+        check_scheduler(args.scheduler)
+    seeds = [base.seed + i for i in range(args.seeds)]
+    count = workers(args)
+    where = args.scheduler or f"{count} worker{'s' * (count > 1)}"
+    progress = RunProgress(f"sweep {base.name} ({where})", sys.stderr, quiet=args.quiet)
+    result = sweep(
+        Source.of(base), axes, seeds, workers=count, scheduler=args.scheduler, done=progress
+    )
+    data = result.to_json()
+    table = sweep_table(data)
     out.mkdir(parents=True, exist_ok=True)
-    plot_sweep(path, rows, out)
+    write_output(out / "sweep.json", results_json(data))
+    plot_sweep(data, out)
     write_output(out / "sweep.txt", table + "\n")
     print(table)
-    print(f"\nwrote {out}/sweep.png, {out}/sweep.txt and one report per value")
-    return 0 if all(slos_ok(r) for _, r in rows) else 1
+    print(f"\nwrote {out}/sweep.json, {out}/sweep.png and {out}/sweep.txt")
+    return 0 if result.ok else 1

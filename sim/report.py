@@ -15,6 +15,7 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -159,7 +160,7 @@ def slos_ok(results: dict[str, Any]) -> bool:
 # Plots
 
 
-def _mark_events(ax: Any, results: dict[str, Any]) -> None:
+def mark_events(ax: Any, results: dict[str, Any]) -> None:
     seen = set()
     for event in results["events"]:
         label = f"{event['action']}{' end' if event['undo'] else ''}"
@@ -194,7 +195,7 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
             color=line.get_color(),
             label=f"{name} p50",
         )
-    _mark_events(ax, results)
+    mark_events(ax, results)
     ax.set(
         title=f"{results['scenario']}: latency of successful requests",
         xlabel="time (s)",
@@ -212,7 +213,7 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
             where="post",
             label=name,
         )
-    _mark_events(ax, results)
+    mark_events(ax, results)
     ax.set(
         title=f"{results['scenario']}: success rate",
         xlabel="time (s)",
@@ -233,7 +234,7 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
                     where="post",
                     label=f"{name} -> {backend}",
                 )
-        _mark_events(ax, results)
+        mark_events(ax, results)
         ax.set(
             title=f"{results['scenario']}: backend shares",
             xlabel="time (s)",
@@ -316,21 +317,50 @@ def write_reports(results: dict[str, Any], out: Path, *, wall: float | None = No
 # Sweeps
 
 
-def sweep_table(path: str, rows: list[tuple[str, dict[str, Any]]]) -> str:
-    header = [path, "requests", "success", "p50", "p99", "retries", "SLOs"]
+def _plus(value: dict[str, Any] | None, show: Callable[[float], str]) -> str:
+    """``mean ±half`` of an interval (just the mean for one seed)."""
+    if value is None:
+        return "-"
+    if value["high"] is None:
+        return show(value["mean"])
+    return f"{show(value['mean'])} ±{show(value['high'] - value['mean'])}"
+
+
+def _number(value: float) -> str:
+    return f"{value:.1f}".removesuffix(".0")
+
+
+def _verdicts(point: dict[str, Any]) -> str:
+    """Each SLO: PASS in every seed, FAIL in none, or the count of seeds it passed."""
+    words = []
+    for slo in point["slos"]:
+        if slo["passes"] == slo["runs"]:
+            words.append("PASS")
+        elif slo["passes"] == 0:
+            words.append("FAIL")
+        else:
+            words.append(f"{slo['passes']}/{slo['runs']}")
+    return " ".join(words) or "-"
+
+
+def sweep_table(sweep: dict[str, Any]) -> str:
+    """One row per grid point: means across seeds with their 95% intervals (+/- half)."""
+    paths = [a["path"] for a in sweep["axes"]]
+    header = [*paths, "requests", "success", "p50", "p99", "retries", "SLOs passed", "SLOs"]
     table = [header]
-    for value, results in rows:
-        o = results["overall"]
-        verdicts = " ".join("PASS" if s["ok"] else "FAIL" for s in results["slos"]) or "-"
+    for point in sweep["points"]:
+        slos = len(point["slos"])
+        passed = point["slosPassed"]
         table.append(
             [
-                value,
-                f"{o['requests']:,}",
-                _pct(o["successRate"]),
-                _ms(o["latency"]["p50"]),
-                _ms(o["latency"]["p99"]),
-                f"{o['retries']:,}",
-                verdicts,
+                *(point["values"][p] for p in paths),
+                f"{point['requests']['mean']:,.0f}",
+                _plus(point["successRate"], _pct),
+                _plus(point["p50"], _ms),
+                _plus(point["p99"], _ms),
+                f"{point['retries']['mean']:,.0f}",
+                f"{_plus(passed, _number)} of {slos}",
+                _verdicts(point),
             ]
         )
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
@@ -338,31 +368,60 @@ def sweep_table(path: str, rows: list[tuple[str, dict[str, Any]]]) -> str:
     for i, row in enumerate(table):
         lines.append(
             "  ".join(
-                c.ljust(w) if j == 0 else c.rjust(w)
+                c.ljust(w) if j < len(paths) or j == len(row) - 1 else c.rjust(w)
                 for j, (c, w) in enumerate(zip(row, widths, strict=True))
-            )
+            ).rstrip()
         )
         if i == 0:
             lines.append("  ".join("-" * w for w in widths))
+    seeds = sweep["seeds"]
+    if len(seeds) > 1:
+        lines.append(
+            f"\nmeans over {len(seeds)} seeds ({seeds[0]}..{seeds[-1]}) ± the half width of the "
+            "95% t interval; SLOs: PASS in every seed, FAIL in none, or the seeds passed"
+        )
     return "\n".join(lines)
 
 
-def plot_sweep(path: str, rows: list[tuple[str, dict[str, Any]]], out: Path) -> Path:
-    labels = [v for v, _ in rows]
-    success = [100 * (r["overall"]["successRate"] or 0) for _, r in rows]
-    p99 = [1000 * (r["overall"]["latency"]["p99"] or float("nan")) for _, r in rows]
-    load = [r["overall"]["requests"] + r["overall"]["retries"] for _, r in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
-    axes[0].bar(
-        labels,
-        success,
-        color=["#2a7" if all(s["ok"] for s in r["slos"]) else "#c33" for _, r in rows],
-    )
-    axes[0].set(title="success rate (green: SLOs met)", ylabel="%", xlabel=path)
-    axes[1].plot(labels, p99, marker="o")
-    axes[1].set(title="p99 latency", ylabel="ms", xlabel=path)
-    axes[2].bar(labels, load)
-    axes[2].set(title="attempts sent (requests + retries)", xlabel=path)
-    for ax in axes:
+def plot_sweep(sweep: dict[str, Any], out: Path) -> Path:
+    """One panel per metric (success, p50, p99, SLOs passed): the first path's values along
+    x, one line per combination of the other paths' values, 95% intervals as error bars."""
+    axes_ = sweep["axes"]
+    first = axes_[0] if axes_ else {"path": "scenario", "values": [sweep["scenario"]]}
+    xs = list(range(len(first["values"])))
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for point in sweep["points"]:
+        label = ", ".join(f"{a['path']}={point['values'][a['path']]}" for a in axes_[1:])
+        groups.setdefault(label, []).append(point)
+    panels = [
+        ("successRate", "success rate", "%", 100.0),
+        ("p50", "p50 latency", "ms", 1000.0),
+        ("p99", "p99 latency", "ms", 1000.0),
+        ("slosPassed", "SLOs passed", "of " + str(len(sweep["points"][0]["slos"])), 1.0),
+    ]
+    fig, axes = plt.subplots(1, 4, figsize=(15, 4))
+    for ax, (key, title, unit, scale) in zip(axes, panels, strict=True):
+        for label, points in groups.items():
+            means, errors = [], []
+            for point in points:
+                value = point[key]
+                means.append(float("nan") if value is None else value["mean"] * scale)
+                half = (
+                    None
+                    if value is None or value["high"] is None
+                    else value["high"] - value["mean"]
+                )
+                errors.append(0.0 if half is None else half * scale)
+            ax.errorbar(xs, means, yerr=errors, marker="o", capsize=3, label=label or None)
+        ax.set(title=title, ylabel=unit, xlabel=first["path"])
+        ax.set_xticks(xs, first["values"])
         ax.tick_params(axis="x", labelsize=8)
+    if len(groups) > 1:
+        axes[0].legend(fontsize=7)
+    seeds = len(sweep["seeds"])
+    fig.suptitle(
+        f"{sweep['scenario']}: {len(sweep['points'])} points x {seeds} seed{'s' * (seeds > 1)}"
+        + (" (95% intervals)" if seeds > 1 else ""),
+        fontsize=10,
+    )
     return save_figure(fig, out / "sweep.png")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -264,11 +265,29 @@ def _is_plain_number(value: Any) -> bool:
 # Loading
 
 
+Edit = Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class SloFile:
+    """SLOs kept apart from the scenario (``simmesh whatif --slos``): they replace its own."""
+
+    name: str  # how errors name the file
+    slos: Any  # the ``slos:`` list as read
+
+
 def load_scenario(
-    directory: Path, sets: list[str] | tuple[str, ...] = (), *, scale: float = 1.0
+    directory: Path,
+    sets: list[str] | tuple[str, ...] = (),
+    *,
+    scale: float = 1.0,
+    edit: Edit | None = None,
+    slos: SloFile | None = None,
 ) -> Scenario:
     """The scenario of ``directory`` with ``--set`` edits applied; ``scale`` shortens (or
-    stretches) its time line: duration, traffic start and stop, events and SLO windows."""
+    stretches) its time line: duration, traffic start and stop, events and SLO windows.
+    ``edit`` changes its objects (after ``policies``, before the generated pods and slices:
+    sim/whatif.py applies a change with it); ``slos`` replaces its SLOs."""
     path = directory / "scenario.yaml"
     if not directory.is_dir():
         raise ScenarioError(f"{directory}: not a directory")
@@ -280,6 +299,20 @@ def load_scenario(
         raise ScenarioError(str(exc)) from None
     if not isinstance(raw, dict):
         raise ScenarioError(f"{path}: expected a mapping at the top")
+    return scenario_from(directory, raw, sets, scale=scale, edit=edit, slos=slos)
+
+
+def scenario_from(
+    directory: Path,
+    raw: dict[str, Any],
+    sets: list[str] | tuple[str, ...] = (),
+    *,
+    scale: float = 1.0,
+    edit: Edit | None = None,
+    slos: SloFile | None = None,
+) -> Scenario:
+    """:func:`load_scenario` with scenario.yaml given as a mapping (left as it is): the
+    manifests and mesh.yaml are still read from ``directory``."""
     raw = copy.deepcopy(raw)
     for assignment in sets:
         apply_set(raw, assignment)
@@ -292,7 +325,8 @@ def load_scenario(
         raise ScenarioError(str(exc)) from None
     if manifests.problems:
         raise ScenarioError("; ".join(manifests.problems))
-    return _Validator(path, directory, raw, manifests.docs, settings).scenario()
+    path = directory / "scenario.yaml"
+    return _Validator(path, directory, raw, manifests.docs, settings, edit, slos).scenario()
 
 
 class _Validator:
@@ -303,12 +337,16 @@ class _Validator:
         raw: dict[str, Any],
         docs: list[dict[str, Any]],
         settings: Settings,
+        edit: Edit | None = None,
+        slos: SloFile | None = None,
     ) -> None:
         self.path = path
         self.directory = directory
         self.raw = raw
         self.docs = docs
         self.settings = settings
+        self.edit = edit
+        self.slo_file = slos
 
     def fail(self, where: str, message: str) -> ScenarioError:
         return ScenarioError(f"{self.path.name}: {where}: {message}")
@@ -353,6 +391,8 @@ class _Validator:
             settings = self.override_settings(raw["settings"])
         workloads = self.workloads(raw.get("workloads"), nodes)
         docs = self.with_policies(self.docs, raw.get("policies"))
+        if self.edit is not None:
+            docs = self.edit(docs)
         docs = docs + generated_objects(docs, workloads)
         traffic = [
             self.traffic(t, f"traffic[{i}]", nodes, workloads, duration)
@@ -369,10 +409,7 @@ class _Validator:
             for i, e in enumerate(self.seq(raw.get("timeline"), "timeline"))
         ]
         timeline.sort(key=lambda e: e.at)
-        slos = [
-            self.slo(s, f"slos[{i}]", names)
-            for i, s in enumerate(self.seq(raw.get("slos"), "slos"))
-        ]
+        slos = self.slos(raw.get("slos"), names)
         scenario = Scenario(
             directory=self.directory,
             name=self.name(raw.get("name")),
@@ -762,6 +799,22 @@ class _Validator:
             self.mapping(body.get("annotations"), f"{where}.annotations")
         return Event(at, str(action), body)
 
+    def slos(self, value: Any, traffic_names: list[str]) -> list[Slo]:
+        """The scenario's SLOs, or those of an SLO file (its errors name that file)."""
+        if self.slo_file is None:
+            return [
+                self.slo(s, f"slos[{i}]", traffic_names)
+                for i, s in enumerate(self.seq(value, "slos"))
+            ]
+        try:
+            items = self.seq(self.slo_file.slos, "slos")
+            slos = [self.slo(s, f"slos[{i}]", traffic_names) for i, s in enumerate(items)]
+            self.raw["slos"] = copy.deepcopy(items)  # the scenario's raw mapping says it all
+            return slos
+        except ScenarioError as exc:
+            text = str(exc).removeprefix(f"{self.path.name}: ")
+            raise ScenarioError(f"{self.slo_file.name}: {text}") from None
+
     def slo(self, value: Any, where: str, traffic_names: list[str]) -> Slo:
         body = self.mapping(value, where)
         known = {"name", "service", "traffic", "successRate", "latency", "share", "from", "until"}
@@ -974,10 +1027,12 @@ def with_event_objects(docs: list[dict[str, Any]], event: Event) -> list[dict[st
                 docs.remove(old)
     elif event.action == "set-split":
         split = _find(docs, "TrafficSplit", params["split"])
-        assert split is not None
         weights = params.get("weights") or {}
-        for backend in split["spec"]["backends"]:
-            if backend["service"] in weights:
+        # The split may be gone (deleted on the timeline or by a what-if change), or be a
+        # replacement of a different shape: then there is nothing to set.
+        backends = ((split or {}).get("spec") or {}).get("backends")
+        for backend in backends if isinstance(backends, list) else []:
+            if isinstance(backend, dict) and backend.get("service") in weights:
                 backend["weight"] = int(weights[backend["service"]])
     elif event.action == "set-policy":
         service = _find(docs, "Service", params["service"])
