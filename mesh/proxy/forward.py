@@ -406,7 +406,8 @@ class _Resolve:
         if not self.future.done():
             self.future.set_result(None)
 
-    deliver = answer
+    def deliver(self, ex: Exchange) -> None:
+        self.answer(ex)
 
 
 def local_text(ex: Exchange) -> str:

@@ -310,8 +310,8 @@ class _Exporter(Collector):
             "Open downstream connections (http, h2c, tcp) and UDP sessions",
             labels=["protocol"],
         )
-        for protocol, value in sorted(m.active.items()):
-            active.add_metric([protocol], value)
+        for protocol, count in sorted(m.active.items()):
+            active.add_metric([protocol], count)
         yield active
         yield from self._live_families()
 

@@ -117,7 +117,7 @@ class OtelTracer:
         self._provider = TracerProvider(resource=resource)
         self._provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
         self._tracer = self._provider.get_tracer("simmesh.proxy")
-        self._trace = trace
+        self._in_context: Any = trace.set_span_in_context  # (a module is no native attribute)
         self._propagator = TraceContextTextMapPropagator()
         self._server_kind = trace.SpanKind.SERVER
 
@@ -129,7 +129,7 @@ class OtelTracer:
             f"{method} {service}", context=context, kind=self._server_kind, attributes=attributes
         )
         out: dict[str, str] = {}
-        self._propagator.inject(out, context=self._trace.set_span_in_context(span))
+        self._propagator.inject(out, context=self._in_context(span))
         trace_id = f"{span.get_span_context().trace_id:032x}"
         return OtelSpan(span, trace_id, out["traceparent"])
 

@@ -20,6 +20,8 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol
 
+from mypy_extensions import mypyc_attr
+
 from mesh.core.policies import Failure
 from mesh.proxy.body import Body
 from mesh.proxy.headers import Outgoing
@@ -132,6 +134,7 @@ class _TaskCall:
         self.task.cancel()
 
 
+@mypyc_attr(native_class=False)  # a mixin: ``send`` is the subclass's method
 class TaskUpstream:
     """``start`` for a client written as ``async def send``."""
 
@@ -141,6 +144,7 @@ class TaskUpstream:
         return _TaskCall(self.send(**request), handler)
 
 
+@mypyc_attr(native_class=False)  # a mixin: ``start`` is the subclass's method
 class CallbackUpstream:
     """``send`` for a client written as ``start`` (callbacks): the mirror of TaskUpstream."""
 
