@@ -27,6 +27,7 @@ COMPILED: tuple[str, ...] = (
     "mesh.core.distributions",
     "mesh.core.errors",
     "mesh.core.explain",
+    "mesh.core.fields",
     "mesh.core.lifecycle",
     "mesh.core.model",
     "mesh.core.parse",
