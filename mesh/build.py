@@ -28,6 +28,8 @@ COMPILED: tuple[str, ...] = (
     "mesh.core.errors",
     "mesh.core.explain",
     "mesh.core.fields",
+    "mesh.core.gamma",
+    "mesh.core.gateway",
     "mesh.core.lifecycle",
     "mesh.core.model",
     "mesh.core.parse",

@@ -6,6 +6,7 @@ or raises :class:`~mesh.core.errors.InvalidObject` with the field path and what 
 object never prevents the others from being read.
 
 SMI versions: access v1alpha1-3, specs v1alpha1-4, split v1alpha1-4 (see shared/SMI.md).
+Gateway API HTTPRoute (v1, v1beta1) and GRPCRoute (v1) are read by :mod:`mesh.core.gateway`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from mesh.core import patterns
+from mesh.core import gateway, patterns
 from mesh.core.errors import InvalidObject, ObjectError, describe
 from mesh.core.fields import (
     DNS_1035_LABEL,
@@ -28,16 +29,17 @@ from mesh.core.fields import (
     ip_address,
     mapping,
     object_meta,
-    object_ref,
     optional_name,
     port_number,
     seq,
     string,
     string_map,
 )
+from mesh.core.fields import object_ref as object_ref  # re-exported
 from mesh.core.model import (
     POD_PHASES,
     EndpointSlice,
+    GatewayRoute,
     HTTPMatch,
     HTTPRouteGroup,
     Identity,
@@ -71,6 +73,7 @@ SUPPORTED_VERSIONS: dict[str, tuple[str, ...]] = {
     "TCPRoute": tuple(_SPECS + v for v in ("v1alpha1", "v1alpha2", "v1alpha3", "v1alpha4")),
     "UDPRoute": (_SPECS + "v1alpha4",),
     "TrafficSplit": tuple(_SPLIT + v for v in ("v1alpha1", "v1alpha2", "v1alpha3", "v1alpha4")),
+    **gateway.VERSIONS,
     "Service": ("v1",),
     "EndpointSlice": ("discovery.k8s.io/v1",),
     "Pod": ("v1",),
@@ -96,7 +99,8 @@ def parse_service(doc: Mapping[str, Any]) -> Service:
             f"expected ClusterIP, NodePort, LoadBalancer or ExternalName, got {describe(kind)}",
         )
     cluster_ip = string(spec.get("clusterIP"), "spec.clusterIP", required=False) or None
-    if cluster_ip == "None":
+    headless = cluster_ip == "None"
+    if headless:
         cluster_ip = None
     ports = []
     for i, raw in enumerate(seq(spec.get("ports"), "spec.ports")):
@@ -114,7 +118,8 @@ def parse_service(doc: Mapping[str, Any]) -> Service:
         if protocol not in ("TCP", "UDP", "SCTP"):
             raise InvalidObject(f"{path}.protocol", f"expected TCP, UDP or SCTP, got {protocol!r}")
         port_name = string(item.get("name"), f"{path}.name", required=False)
-        ports.append(ServicePort(port_name, port, target, protocol))
+        app = string(item.get("appProtocol"), f"{path}.appProtocol", required=False) or None
+        ports.append(ServicePort(port_name, port, target, protocol, app))
     if len({p.port for p in ports}) != len(ports):
         raise InvalidObject("spec.ports", "port numbers must be unique")
     return Service(
@@ -125,6 +130,7 @@ def parse_service(doc: Mapping[str, Any]) -> Service:
         ports=tuple(ports),
         annotations=string_map(meta.get("annotations"), "metadata.annotations"),
         selector=string_map(spec.get("selector"), "spec.selector"),
+        headless=headless,
     )
 
 
@@ -435,6 +441,8 @@ PARSERS: dict[str, Any] = {
     "TCPRoute": parse_port_route,
     "UDPRoute": parse_port_route,
     "TrafficSplit": parse_traffic_split,
+    "HTTPRoute": gateway.parse_gateway_route,
+    "GRPCRoute": gateway.parse_gateway_route,
 }
 
 
@@ -451,6 +459,8 @@ class ClusterState:
     tcp_routes: dict[str, PortRoute] = field(default_factory=dict)
     udp_routes: dict[str, PortRoute] = field(default_factory=dict)
     traffic_splits: dict[str, TrafficSplit] = field(default_factory=dict)
+    http_routes: dict[str, GatewayRoute] = field(default_factory=dict)
+    grpc_routes: dict[str, GatewayRoute] = field(default_factory=dict)
     errors: list[ObjectError] = field(default_factory=list)
 
     def add(self, value: Any) -> None:
@@ -461,6 +471,8 @@ class ClusterState:
     def _table(self, value: Any) -> dict[str, Any]:
         if isinstance(value, PortRoute):
             return self.tcp_routes if value.kind == "TCPRoute" else self.udp_routes
+        if isinstance(value, GatewayRoute):
+            return self.http_routes if value.kind == "HTTPRoute" else self.grpc_routes
         tables: dict[type, dict[str, Any]] = {
             Service: self.services,
             EndpointSlice: self.endpoint_slices,
@@ -482,6 +494,9 @@ def parse_object(doc: Any) -> Any:
     if parser is None:
         return None
     version = doc.get("apiVersion")
+    gateway_kind = isinstance(version, str) and version.startswith(gateway.GROUP + "/")
+    if gateway_kind and kind not in gateway.VERSIONS:
+        return None  # Gateway API's TCPRoute or UDPRoute (not SMI's): not read
     if version not in SUPPORTED_VERSIONS[str(kind)]:
         expected = ", ".join(SUPPORTED_VERSIONS[str(kind)])
         raise InvalidObject("apiVersion", f"expected one of {expected}, got {describe(version)}")
