@@ -60,10 +60,7 @@ class Mirrors:
             if len(self.tasks) >= self.limit:
                 self.metrics.count("mirrors", service, "dropped")
                 continue
-            copy = Body(None, 0, chunked=False)
-            if body.buffered is not None:
-                copy = Body(None, len(body.buffered), chunked=False)
-                copy.buffered = body.buffered
+            # An empty or buffered body is read afresh by every attempt: shared as it is.
             attempt = self._one(
                 shot,
                 service=service,
@@ -71,7 +68,7 @@ class Mirrors:
                 authority=authority,
                 target=target,
                 headers=headers,
-                body=copy,
+                body=body,
                 timeout=timeout,
                 server_name=server_name,
             )
