@@ -256,14 +256,19 @@ def _timeouts(value: Any, path: str) -> tuple[float | None, float | None]:
     return request, backend
 
 
+YEAR = 86400.0 * 365  # the longest timeout a MeshConfig holds; GEP-2257 allows 99999h
+
+
 def duration(value: Any, path: str) -> float:
-    """A Gateway API duration (GEP-2257): ``10s``, ``500ms``, ``1h30m``; ``0s`` is zero."""
+    """A Gateway API duration (GEP-2257): ``10s``, ``500ms``, ``1h30m``; ``0s`` is zero. One
+    longer than a year is a year: no request waits that long."""
     raw = text(value, path)
     if not _DURATION.fullmatch(raw):
         raise InvalidObject(
             path, f"expected a duration such as 10s, 500ms or 1h30m (GEP-2257), got {describe(raw)}"
         )
-    return sum(int(m.group(1)) * _UNITS[m.group(2)] for m in _DURATION_PART.finditer(raw))
+    seconds = sum(int(m.group(1)) * _UNITS[m.group(2)] for m in _DURATION_PART.finditer(raw))
+    return min(seconds, YEAR)
 
 
 # -- matches -----------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from mesh.core.gamma import (
     redirect_location,
     rewrite,
 )
+from mesh.core.gateway import YEAR
 from mesh.core.policies import (
     CircuitBreaker,
     CircuitBreakerSpec,
@@ -382,7 +383,7 @@ class Rule:
         return f"{self.kind} {self.route} rule {self.index}{name}"
 
 
-_NO_LIMIT = 86400.0 * 365  # timeouts.backendRequest 0s: the longest per-try timeout there is
+_NO_LIMIT = YEAR  # timeouts.backendRequest 0s: the longest per-try timeout there is
 
 
 def _rule_policy(

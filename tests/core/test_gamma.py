@@ -791,6 +791,15 @@ def test_rule_timeouts_become_the_requests_policy() -> None:
     assert (c.timeout, c.request_timeout) == (2.0, None)
 
 
+def test_timeouts_longer_than_a_year_read_as_a_year() -> None:
+    """Found by fuzzing: GEP-2257 allows 99999h, the MeshConfig's bound is a year."""
+    route = http_route(
+        "r", [parent("web")], [to(backend_ref("web-v1"), timeouts={"request": "99999h"})]
+    )
+    config = compile_docs([*base(), route])
+    assert ask(Client(config)).policy.request_timeout == 86400.0 * 365
+
+
 def test_unsupported_filters_answer_500_and_are_reported() -> None:
     cors = {"type": "CORS", "cors": {"allowOrigins": ["https://x"]}}
     config = compile_docs(
