@@ -140,19 +140,19 @@ def _all(wanted: Sequence[ValueMatcher], found: dict[str, str]) -> bool:
 class Edits:
     """A RequestHeaderModifier or ResponseHeaderModifier."""
 
-    __slots__ = ("add", "remove", "set", "touched")
+    __slots__ = ("add", "adding", "remove", "set", "setting", "touched")
 
     def __init__(self, doc: schema.HeaderEdit) -> None:
         self.set = tuple((name, value) for name, value in doc.set)
         self.add = tuple((name, value) for name, value in doc.add)
         self.remove = frozenset(name.lower() for name in doc.remove)
-        names = [n.lower() for n, _ in self.set] + [n.lower() for n, _ in self.add]
-        self.touched = frozenset(names) | self.remove
+        self.setting = {name.lower(): (name, value) for name, value in self.set}
+        self.adding = {name.lower(): value for name, value in self.add}
+        self.touched = frozenset(self.setting) | frozenset(self.adding) | self.remove
 
     def apply(self, items: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
         """Header lines after the edits, in their order; new ones at the end."""
-        setting = {name.lower(): (name, value) for name, value in self.set}
-        adding = {name.lower(): value for name, value in self.add}
+        setting, adding = self.setting, self.adding
         out: list[tuple[str, str]] = []
         placed: set[str] = set()
         for name, value in items:
