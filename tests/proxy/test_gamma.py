@@ -245,13 +245,14 @@ async def test_weights_choose_per_request() -> None:
         assert {b: seen.count(b) for b in set(seen)} == {"b1": 15, "b2": 5}
 
 
-async def test_a_rule_timeout_answers_504() -> None:
+@pytest.mark.parametrize("proto", PROTOCOLS)
+async def test_a_rule_timeout_answers_504(proto: str) -> None:
     rules = [
         {"backendRefs": [ref("web-v1")], "timeouts": {"request": "2s", "backendRequest": "300ms"}}
     ]
     async with mesh(rules) as (port, _):
         started = time.monotonic()
-        status, _, _ = await fetch("http1", port, "/stall?seconds=5")
+        status, _, _ = await fetch(proto, port, "/stall?seconds=5")
         assert status == 504 and time.monotonic() - started < 2.0
 
 
