@@ -176,8 +176,7 @@ OBJECT_ERRORS = {
         "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, "
         "namespace: demo}\nspec: {parentRefs: [{group: '', kind: Service, name: web}], rules: "
         "[{matches: [{path: {type: RegularExpression, value: '/(a+)\\1'}}]}]}\n",
-        "HTTPRoute demo/r: spec.rules[0].matches[0].path.value: expected an RE2 regular "
-        "expression",
+        "HTTPRoute demo/r: spec.rules[0].matches[0].path.value: expected an RE2 regular expression",
     ),
     "route-redirect-and-backends": (
         "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, "
