@@ -272,7 +272,7 @@ class Exchange:
             target=request.target,
             headers=headers,
             body=self.inbound.body,
-            timeout=d.policy.timeout or fw.upstream_timeout,
+            timeout=min(d.policy.timeout or fw.upstream_timeout, fw.upstream_timeout),
             server_name=snapshot.server_name(d.mirrors[0].cluster.service)
             if https and snapshot is not None
             else None,

@@ -7,12 +7,13 @@ empty or buffered whole, see below), in a task of its own: it never delays the m
 and its outcome never reaches the client. Its response is read to the end and discarded.
 
 Bounded: at most ``limit`` copies are in flight per process (``--max-mirrors``); beyond, the
-copy is dropped. A request whose body is streamed (over ``--buffer-limit``, or without a
-length) is not mirrored: copying it would mean holding it or slowing the main request to the
-mirror's pace. Each outcome is counted in ``simmesh_proxy_mirrors_total{service,result}``:
-``sent`` (any answer), ``failed`` (connect error, reset, timeout), ``dropped`` (over the
-limit), ``streamed`` (not copied: a streamed body). Mirrors never touch the in-flight counts
-or circuit breakers of the endpoints they go to.
+copy is dropped. A copy waits for its answer no longer than the request's per-try timeout, and
+never longer than ``--upstream-timeout``. A request whose body is streamed (over
+``--buffer-limit``, or without a length) is not mirrored: copying it would mean holding it or
+slowing the main request to the mirror's pace. Each outcome is counted in
+``simmesh_proxy_mirrors_total{service,result}``: ``sent`` (any answer), ``failed`` (connect
+error, reset, timeout), ``dropped`` (over the limit), ``streamed`` (not copied: a streamed
+body). Mirrors never touch the in-flight counts or circuit breakers of the endpoints they go to.
 """
 
 from __future__ import annotations
