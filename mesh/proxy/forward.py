@@ -42,6 +42,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from http import HTTPStatus
 from typing import Any, Protocol, TypeVar
 
+from mesh.core.gamma import Edits
 from mesh.core.lifecycle import (
     Abandoned,
     Answer,
@@ -62,6 +63,7 @@ from mesh.proxy.accesslog import AccessLog
 from mesh.proxy.body import Body, ClientGone
 from mesh.proxy.headers import Outgoing
 from mesh.proxy.metrics import Metrics
+from mesh.proxy.mirror import Mirrors
 from mesh.proxy.options import Options
 from mesh.proxy.resources import UpstreamLimit
 from mesh.proxy.snapshot import Snapshot
@@ -70,6 +72,7 @@ from mesh.proxy.upstream import Call, Response, Upstream, UpstreamError
 
 T = TypeVar("T")
 UPSTREAM_LIMIT = "upstream-connection-limit"  # X-Simmesh-Reason of UpstreamLimit's 503
+_REDIRECT = Reason.REDIRECT.value
 
 
 class Inbound:
@@ -197,6 +200,15 @@ class Exchange:
         return self.life.endpoint if self.life is not None else None
 
     @property
+    def sent(self) -> Request | None:
+        """The request that goes upstream: the canonical one, as a GAMMA route's filters
+        left it (headers edited, URL rewritten)."""
+        d = self.decision
+        if d is not None and d.request is not None:
+            return d.request
+        return self.inbound.request
+
+    @property
     def tries(self) -> int:
         return self.life.tries if self.life is not None else 0
 
@@ -226,10 +238,10 @@ class Exchange:
         fw, life, d = self.fw, self.life, self.decision
         assert fw is not None and life is not None and d is not None and d.cluster is not None
         inbound = self.inbound
-        request = inbound.request
+        request = self.sent
         assert request is not None
         life.replayable = inbound.body.replayable
-        scheme = d.cluster.scheme
+        scheme = d.scheme
         h2 = scheme == "h2c"
         self.upstream = fw.h2c if h2 else fw.http
         span = self.span = fw.tracer.start(
@@ -244,6 +256,27 @@ class Exchange:
         if scheme == "https" and self.snapshot is not None:
             self.server_name = self.snapshot.server_name(d.cluster.service)
         self._perform(life.start())
+        if d.mirrors:
+            self._mirror(fw, request)
+
+    def _mirror(self, fw: Forwarder, request: Request) -> None:
+        d, headers = self.decision, self.headers
+        assert d is not None and headers is not None
+        snapshot = self.snapshot
+        https = any(shot.scheme == "https" for shot in d.mirrors)
+        fw.mirrors.send(
+            d.mirrors,
+            service=self.service,
+            method=self.inbound.method,
+            authority=request.host,
+            target=request.target,
+            headers=headers,
+            body=self.inbound.body,
+            timeout=min(d.policy.timeout or fw.upstream_timeout, fw.upstream_timeout),
+            server_name=snapshot.server_name(d.mirrors[0].cluster.service)
+            if https and snapshot is not None
+            else None,
+        )
 
     def _perform(self, command: Command | None) -> None:
         """Perform the lifecycle's commands until one has to wait for something."""
@@ -284,13 +317,13 @@ class Exchange:
         assert upstream is not None and d is not None and d.cluster is not None
         assert headers is not None
         inbound = self.inbound
-        request = inbound.request
+        request = self.sent
         assert request is not None
         endpoint = command.endpoint
         self.sent_at = time.monotonic()
         self.call = upstream.start(
             self,
-            scheme=d.cluster.scheme,
+            scheme=d.scheme,
             ip=endpoint.ip,
             port=endpoint.port,
             method=inbound.method,
@@ -424,6 +457,26 @@ def retry_after(ex: Exchange) -> int:
     return max(1, math.ceil(ex.retry_after))
 
 
+def local_headers(ex: Exchange) -> list[tuple[str, str]]:
+    """The headers of the proxy's own answer, framing and ``Connection`` aside: the reason,
+    Retry-After on a 429, and a redirect's Location (with its rule's response header edits)."""
+    headers = [("Content-Type", "text/plain; charset=utf-8"), ("X-Simmesh-Reason", ex.reason)]
+    if ex.status == 429:
+        headers.append(("Retry-After", str(retry_after(ex))))
+    d = ex.decision
+    if d is not None and d.location is not None and ex.reason == _REDIRECT:
+        headers.append(("Location", d.location))
+        for edits in d.response_edits:
+            headers = edits.apply(headers)
+    return headers
+
+
+def response_edits(ex: Exchange) -> tuple[Edits, ...]:
+    """The response header edits of the GAMMA rule (and backendRef) that routed the request."""
+    d = ex.decision
+    return d.response_edits if d is not None else ()
+
+
 class Forwarder:
     """Drives requests through the core with the upstream clients; shared by the front ends."""
 
@@ -449,6 +502,7 @@ class Forwarder:
         self.buffer_limit = options.buffer_limit
         self._body_timeout = options.body_timeout
         self.upstream_timeout = options.upstream_timeout  # when the service sets none
+        self.mirrors = Mirrors(http=http, h2c=h2c, metrics=metrics, limit=options.max_mirrors)
 
     def decide(self, inbound: Inbound, snapshot: Snapshot | None) -> Exchange:
         """The core's verdict on ``snapshot`` (the config the request started on); a denied
@@ -473,7 +527,8 @@ class Forwarder:
             rng=self.rng,
         )
         if not d.allowed:
-            self.metrics.deny(ex.service, "http", d.reason.value)
+            if d.reason is not Reason.REDIRECT:
+                self.metrics.deny(ex.service, "http", d.reason.value)
             ex.retry_after = d.retry_after
             return ex.answer(d.status or 503, d.reason.value, d.detail)
         ex.life = Lifecycle(

@@ -86,6 +86,12 @@ COUNTERS = {
         "Requests and flows the core denied (403, 404, 503), by reason",
         ("service", "protocol", "reason"),
     ),
+    "mirrors": (
+        "simmesh_proxy_mirrors",
+        "RequestMirror copies: sent (answered), failed, dropped (over --max-mirrors), "
+        "streamed (a streamed body is not copied)",
+        ("service", "result"),
+    ),
     "rate_limited": (
         "simmesh_proxy_rate_limited",
         "Requests and flows refused with 429",
