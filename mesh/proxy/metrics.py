@@ -28,6 +28,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from mesh import __version__
+from mesh.build import describe
 from mesh.core.policies import CircuitState
 
 _METHODS = frozenset(["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"])
@@ -323,6 +325,13 @@ class _Exporter(Collector):
 
     def _live_families(self) -> Iterator[Metric]:
         state = self._live()
+        build = GaugeMetricFamily(
+            "simmesh_proxy_build_info",
+            "The running simmesh (value 1): its version and build (compiled or interpreted)",
+            labels=["version", "build"],
+        )
+        build.add_metric([__version__, describe()], 1)
+        yield build
         info = GaugeMetricFamily(
             "simmesh_proxy_config_info", "The applied MeshConfig (value 1)", labels=["version"]
         )
