@@ -63,7 +63,9 @@ def _load(fortio: str, url: str, requests: int) -> None:
     subprocess.run([*command, "-H", f"Host: {HOST}", url], check=True, capture_output=True)
 
 
-def profile(checkout: Path, requests: int, work: Path) -> tuple[int, list[tuple[int, str]]]:
+def profile(
+    checkout: Path, requests: int, work: Path, keep: Path | None = None
+) -> tuple[int, list[tuple[int, str]]]:
     """(instructions per request, [(inclusive instructions, function)] of simmesh's own)."""
     fortio = fortio_binary()
     procs = Processes()
@@ -90,6 +92,8 @@ def profile(checkout: Path, requests: int, work: Path) -> tuple[int, list[tuple[
         dump = _wait_dump(out)
     finally:
         procs.stop_all()
+    if keep is not None:
+        shutil.copyfile(dump, keep)
     return _read(dump, requests)
 
 
@@ -130,13 +134,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--dump", type=Path, help="keep callgrind's dump here (callgrind_annotate)")
     args = parser.parse_args(argv)
     for tool in ("valgrind", "callgrind_control", "callgrind_annotate"):
         if shutil.which(tool) is None:
             print(f"profile_proxy: {tool} is missing (apt-get install valgrind)", file=sys.stderr)
             return 2
     with tempfile.TemporaryDirectory(prefix="simmesh-profile-") as tmp:
-        per_request, ours = profile(args.checkout, args.requests, Path(tmp))
+        per_request, ours = profile(args.checkout, args.requests, Path(tmp), args.dump)
     print(f"{per_request:,} instructions per request ({args.requests:,} requests)")
     for count, name in ours[: args.top]:
         share = count * 100 / (per_request * args.requests)
