@@ -68,7 +68,7 @@ from mesh.proxy.options import Options
 from mesh.proxy.resources import UpstreamLimit
 from mesh.proxy.snapshot import Snapshot
 from mesh.proxy.tracing import Span, Tracer
-from mesh.proxy.upstream import Call, Response, Upstream, UpstreamError
+from mesh.proxy.upstream import Call, Response, Upstream, UpstreamError, UpstreamRequest
 
 T = TypeVar("T")
 UPSTREAM_LIMIT = "upstream-connection-limit"  # X-Simmesh-Reason of UpstreamLimit's 503
@@ -245,10 +245,7 @@ class Exchange:
         h2 = scheme == "h2c"
         self.upstream = fw.h2c if h2 else fw.http
         span = self.span = fw.tracer.start(
-            request.replaced.get("traceparent"),
-            method=inbound.method,
-            service=self.service,
-            host=request.host,
+            request.replaced.get("traceparent"), inbound.method, self.service, request.host
         )
         self.headers = Outgoing(
             request, peer=inbound.peer, proto=inbound.proto, traceparent=span.traceparent
@@ -323,16 +320,18 @@ class Exchange:
         self.sent_at = time.monotonic()
         self.call = upstream.start(
             self,
-            scheme=d.scheme,
-            ip=endpoint.ip,
-            port=endpoint.port,
-            method=inbound.method,
-            authority=request.host,
-            path=request.target,
-            headers=headers,
-            body=inbound.body,
-            timeout=command.timeout,
-            server_name=self.server_name,
+            UpstreamRequest(
+                d.scheme,
+                endpoint.ip,
+                endpoint.port,
+                inbound.method,
+                request.host,
+                request.target,
+                headers,
+                inbound.body,
+                command.timeout,
+                self.server_name,
+            ),
         )
 
     def _resume(self) -> None:
@@ -610,7 +609,7 @@ class Forwarder:
         self.metrics.request(service, code, ex.inbound.method, elapsed)
         self.metrics.transferred(service, "http", ex.inbound.body.received, sent)
         if ex.span is not None:
-            ex.span.end(status=code, error=failure.value if failure is not None else None)
+            ex.span.end(code, failure.value if failure is not None else None)
         log = self.access_log
         if log is not None:
             log.write(self._record(ex, code, sent, elapsed, failure))

@@ -25,7 +25,7 @@ from mesh.core.routing import MirrorShot
 from mesh.proxy.body import Body
 from mesh.proxy.headers import Outgoing
 from mesh.proxy.metrics import Metrics
-from mesh.proxy.upstream import Upstream, UpstreamError
+from mesh.proxy.upstream import Upstream, UpstreamError, UpstreamRequest
 
 log = logging.getLogger("simmesh.proxy")
 
@@ -95,16 +95,18 @@ class Mirrors:
         try:
             async with asyncio.timeout(timeout):
                 response = await upstream.send(
-                    scheme=shot.scheme,
-                    ip=endpoint.ip,
-                    port=endpoint.port,
-                    method=method,
-                    authority=authority,
-                    path=target,
-                    headers=headers,
-                    body=body,
-                    timeout=timeout,
-                    server_name=server_name,
+                    UpstreamRequest(
+                        shot.scheme,
+                        endpoint.ip,
+                        endpoint.port,
+                        method,
+                        authority,
+                        target,
+                        headers,
+                        body,
+                        timeout,
+                        server_name,
+                    )
                 )
                 try:
                     while await response.read():

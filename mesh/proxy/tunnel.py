@@ -193,7 +193,7 @@ async def _exchange(
     canonical = ex.sent
     assert canonical is not None and life is not None
     span = ex.span = fw.tracer.start(
-        canonical.replaced.get("traceparent"), method=inbound.method, service=ex.service, host=""
+        canonical.replaced.get("traceparent"), inbound.method, ex.service, ""
     )
     headers = request_headers(
         canonical, peer=inbound.peer, proto=inbound.proto, traceparent=span.traceparent, h2=False

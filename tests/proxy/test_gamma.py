@@ -19,6 +19,7 @@ from aiohttp import TCPConnector, web
 
 from mesh.core.model import Settings
 from mesh.proxy.body import Body
+from mesh.proxy.upstream import UpstreamRequest
 from mesh.proxy.upstream_h2 import H2Upstream
 from tests.proxy.harness import (
     LOCAL,
@@ -89,17 +90,19 @@ async def fetch(
     client = H2Upstream(connect_timeout=2.0)
     try:
         resp = await client.send(
-            scheme="h2c",
-            ip=LOCAL,
-            port=port,
-            method=method,
-            authority=HOST,
-            path=path,
-            headers=[(k.lower(), v) for k, v in (headers or {}).items()]
-            + ([("content-length", str(len(data)))] if data else []),
-            body=Body(BytesReader(data) if data else None, len(data), chunked=False),
-            timeout=10.0,
-            server_name=None,
+            UpstreamRequest(
+                scheme="h2c",
+                ip=LOCAL,
+                port=port,
+                method=method,
+                authority=HOST,
+                path=path,
+                headers=[(k.lower(), v) for k, v in (headers or {}).items()]
+                + ([("content-length", str(len(data)))] if data else []),
+                body=Body(BytesReader(data) if data else None, len(data), chunked=False),
+                timeout=10.0,
+                server_name=None,
+            )
         )
         chunks = []
         while chunk := await resp.read():
@@ -396,16 +399,18 @@ async def test_grpc_route_over_h2c_to_h2c_backends_per_stream() -> None:
                 answers = []
                 for _ in range(4):  # one h2c connection, a choice per stream
                     resp = await client.send(
-                        scheme="h2c",
-                        ip=LOCAL,
-                        port=http,
-                        method="POST",
-                        authority="echo.demo.mesh",
-                        path="/grpc.testing.TestService/UnaryCall",
-                        headers=[("content-type", "application/grpc"), ("te", "trailers")],
-                        body=Body(BytesReader(b"\x00\x00\x00\x00\x00"), 5, chunked=False),
-                        timeout=5.0,
-                        server_name=None,
+                        UpstreamRequest(
+                            scheme="h2c",
+                            ip=LOCAL,
+                            port=http,
+                            method="POST",
+                            authority="echo.demo.mesh",
+                            path="/grpc.testing.TestService/UnaryCall",
+                            headers=[("content-type", "application/grpc"), ("te", "trailers")],
+                            body=Body(BytesReader(b"\x00\x00\x00\x00\x00"), 5, chunked=False),
+                            timeout=5.0,
+                            server_name=None,
+                        )
                     )
                     while await resp.read():
                         pass
@@ -415,16 +420,18 @@ async def test_grpc_route_over_h2c_to_h2c_backends_per_stream() -> None:
                 messages = sorted(trailers["grpc-message"] for _, trailers in answers)
                 assert messages == ["one ok", "one ok", "two ok", "two ok"]
                 resp = await client.send(
-                    scheme="h2c",
-                    ip=LOCAL,
-                    port=http,
-                    method="POST",
-                    authority="echo.demo.mesh",
-                    path="/other.Service/Call",
-                    headers=[("content-type", "application/grpc")],
-                    body=Body(None, 0, chunked=False),
-                    timeout=5.0,
-                    server_name=None,
+                    UpstreamRequest(
+                        scheme="h2c",
+                        ip=LOCAL,
+                        port=http,
+                        method="POST",
+                        authority="echo.demo.mesh",
+                        path="/other.Service/Call",
+                        headers=[("content-type", "application/grpc")],
+                        body=Body(None, 0, chunked=False),
+                        timeout=5.0,
+                        server_name=None,
+                    )
                 )
                 assert resp.status == 404  # gRPC clients read it as UNIMPLEMENTED
                 resp.close()
