@@ -4,9 +4,13 @@ A node proxy may hold the certificate of a ServiceAccount only while a live pod 
 (scheduled on the node, Pending or Running, on the pod network) runs on the proxy's own node,
 as Istio's CA does for ztunnel. The decision is a pure function of the request (the node the
 proxy proved it runs on, the identity it asks for, optionally the pod it asks for) and the pods
-the controller's store holds; the controller supplies both. A request that names a pod UID is
-refused unless that very pod is one of the live ones: a pod deleted and recreated under the
-same name has a new UID, and a request made for the old one is stale.
+the controller's store holds; the controller supplies both.
+
+"Live" is the core's rule (:attr:`mesh.core.model.Pod.holds_identity`), which also lists each
+node's identities in the MeshConfig (``settings.mtls.nodes``): a proxy asks for exactly what it
+may get. A request that names a pod UID is refused unless that very pod is one of the live
+ones: a pod deleted and recreated under the same name has a new UID, and a request made for
+the old one is stale.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 
-LIVE_PHASES = frozenset({"Pending", "Running"})
+from mesh.core.model import LIVE_PHASES
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,12 +94,3 @@ def authorize(request: NodeRequest, pods: Iterable[LivePod]) -> Decision:
         f"pod {pod.namespace}/{pod.name} runs on node {request.node}",
         f"{pod.namespace}/{pod.name}",
     )
-
-
-def node_identities(pods: Iterable[LivePod]) -> dict[str, list[str]]:
-    """The identities (``namespace/serviceaccount``) each node's proxy may hold, sorted."""
-    by_node: dict[str, set[str]] = {}
-    for pod in pods:
-        if pod.live and pod.node is not None:
-            by_node.setdefault(pod.node, set()).add(f"{pod.namespace}/{pod.service_account}")
-    return {node: sorted(ids) for node, ids in sorted(by_node.items())}

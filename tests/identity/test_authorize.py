@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mesh.identity.authorize import LivePod, NodeRequest, Verdict, authorize, node_identities
+from mesh.identity.authorize import LivePod, NodeRequest, Verdict, authorize
 
 WEB_A = LivePod("shop", "web-1", "uid-1", "web", "node-a", "Running")
 WEB_B = LivePod("shop", "web-2", "uid-2", "web", "node-b", "Running")
@@ -55,9 +55,27 @@ def test_unscheduled_and_host_network_pods_grant_nothing() -> None:
     assert not authorize(NodeRequest("node-a", "shop", "web"), [unscheduled, host]).allowed
 
 
-def test_node_identities_lists_what_each_proxy_may_hold() -> None:
-    done = LivePod("shop", "old", "uid-0", "batch", "node-a", "Succeeded")
-    assert node_identities([WEB_A, WEB_B, DB_B, done]) == {
+def test_the_config_lists_each_node_s_identities_by_the_same_rule() -> None:
+    """settings.mtls.nodes in the MeshConfig (what proxies ask for) uses the authorizer's
+    notion of a live pod: what a proxy asks for, it gets."""
+    from mesh.core.model import MtlsMode, Pod, Settings
+    from mesh.core.topology import node_identities
+
+    pods = [
+        Pod("shop", "web-1", "web", ("10.0.0.1",), "node-a", "Running"),
+        Pod("shop", "web-2", "web", ("10.0.0.2",), "node-b", "Running"),
+        Pod("shop", "db-1", "db", (), "node-b", "Pending"),
+        Pod("shop", "old", "batch", (), "node-a", "Succeeded"),
+        Pod("shop", "host", "agent", ("192.168.0.1",), "node-a", "Running", host_network=True),
+        Pod("kube-system", "dns", "coredns", ("10.0.0.9",), "node-a", "Running"),
+    ]
+    settings = Settings(mtls=MtlsMode.PERMISSIVE)
+    assert node_identities(pods, settings) == {
         "node-a": ["shop/web"],
         "node-b": ["shop/db", "shop/web"],
     }
+    for pod in pods:
+        live = LivePod(
+            pod.namespace, pod.name, "u", pod.service_account, pod.node, pod.phase, pod.host_network
+        )
+        assert live.live == pod.holds_identity
