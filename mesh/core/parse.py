@@ -564,7 +564,14 @@ def parse_settings(raw: Any) -> Settings:
             "defaultTrafficType", f"expected http, tcp or udp, got {traffic!r}"
         ) from None
 
-    mode = string(doc.get("mtls"), "mtls", required=False, default="off")
+    raw_mode = doc.get("mtls")
+    if isinstance(raw_mode, bool):  # YAML 1.1 reads a bare off as false, on as true
+        if raw_mode:
+            raise InvalidObject(
+                "mtls", "expected off, permissive or strict, got true (a bare YAML on)"
+            )
+        raw_mode = "off"
+    mode = string(raw_mode, "mtls", required=False, default="off")
     try:
         mtls = MtlsMode(mode)
     except ValueError:

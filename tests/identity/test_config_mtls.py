@@ -59,3 +59,6 @@ def test_mesh_yaml_reads_mtls_and_trust_domain() -> None:
     assert settings.mtls is MtlsMode.STRICT and settings.trust_domain == "prod.example"
     with pytest.raises(InvalidObject, match="mtls: expected off, permissive or strict"):
         parse_settings({"mtls": "on"})
+    assert parse_settings({"mtls": False}).mtls is MtlsMode.OFF  # a bare YAML off
+    with pytest.raises(InvalidObject, match="a bare YAML on"):
+        parse_settings({"mtls": True})
