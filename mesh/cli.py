@@ -231,6 +231,12 @@ LAZY: dict[str, tuple[str, str, str, str]] = {
         "run",
         "simulate a scenario before and after a change over seeds: would it break an SLO?",
     ),
+    "snapshot": (
+        "mesh.snapshot.cli",
+        "add_arguments",
+        "run",
+        "a scenario directory from the live mesh: its objects, traffic and latencies measured",
+    ),
     "up": (
         "mesh.local.up",
         "add_arguments",

@@ -200,7 +200,7 @@ HISTOGRAMS = {
     "backend": (
         "simmesh_proxy_backend_response_seconds",
         "Per backend (the Service a request was sent to, after splits): http, from sending an "
-        "attempt to its response headers; tcp, a flow from connect to close",
+        "attempt to its response headers; tcp, a flow from its upstream connect to its close",
         ("backend",),
     ),
 }

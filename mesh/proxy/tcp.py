@@ -115,7 +115,7 @@ class Inbound(asyncio.Protocol):
         self.source: str | None = None  # the client's identity
         self.endpoint: Endpoint | None = None  # set while the engine attempt is open
         self.endpoint_key: str | None = None
-        self.started = time.monotonic()
+        self.started = self.connected = time.monotonic()
         self.life: Lifecycle | None = None  # the connected attempt, ended with the flow
         self.rx = 0
         self.tx = 0
@@ -215,6 +215,7 @@ class Inbound(asyncio.Protocol):
         assert endpoint is not None
         self.peer, self.endpoint, self.endpoint_key = peer, endpoint, endpoint.key
         self.reason = "forwarded"
+        self.connected = time.monotonic()
         if peer.transport is not None:
             for data in self.early:
                 peer.transport.write(data)
@@ -317,7 +318,7 @@ class Inbound(asyncio.Protocol):
         if d is not None:
             metrics.called(self.service, "tcp", self.source, self._code(d))
             if self.reason == "forwarded" and d.cluster is not None:
-                metrics.served(d.cluster.service, time.monotonic() - self.started)
+                metrics.served(d.cluster.service, time.monotonic() - self.connected)
         log = self.ctx.access_log
         if log is not None:
             log.write(self._record())
