@@ -251,10 +251,10 @@ LAZY: dict[str, tuple[str, str, str, str]] = {
     ),
     "proxy": ("mesh.proxy.app", "add_arguments", "run", "run a node proxy"),
     "controller": (
-        "mesh.controller.main",
+        "mesh.gate.controller",
         "add_arguments",
         "run",
-        "run the controller (Kubernetes or a manifests directory)",
+        "run the controller (Kubernetes or a manifests directory), with the admission gate",
     ),
     "prepare": (
         "mesh.dns.cli",
