@@ -77,6 +77,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="how often the proxies' traffic is measured (default 60)",
     )
+    gate.add_argument(
+        "--gate-history",
+        type=argtypes.seconds(low=1.0, high=86400.0),
+        default=300.0,
+        metavar="SECONDS",
+        help="the traffic of this many seconds of measurements is simulated (default 300)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -106,5 +113,6 @@ def run(args: argparse.Namespace) -> int:
         seeds=args.gate_seeds,
         duration=args.gate_duration,
         window=args.gate_window,
+        history=args.gate_history,
     )
     return controller.run(args, extensions=[GateExtension(options)])

@@ -163,6 +163,7 @@ class Verdict:
     reason: str = ""  # SKIPPED, UNDECIDED, FAILED: why; BREAKS: what each broken SLO says
     broken: tuple[str, ...] = ()  # a line per broken SLO
     notes: tuple[str, ...] = field(default=())  # warnings to pass on (objects the mesh rejects)
+    details: dict[str, Any] = field(default_factory=dict)  # what was simulated, for the record
 
 
 def broken_line(slo: Mapping[str, Any]) -> str:

@@ -39,6 +39,7 @@ from mesh.gate import job, review
 from mesh.gate.measure import Measurer, scrape_direct
 from mesh.gate.worker import READY
 from mesh.snapshot.cluster import ProxyPod, proxy_pods
+from mesh.snapshot.model import CALLS
 
 log = logging.getLogger("simmesh.gate")
 OVERHEAD = 1.0  # seconds of a review spent outside the simulation (ConfigMap, job, answer)
@@ -55,6 +56,7 @@ class Options:
     seeds: int
     duration: float  # simulated seconds
     window: float  # measurement interval
+    history: float = 300.0  # seconds of windows simulated together (mesh/gate/measure.py)
 
 
 class Workers:
@@ -255,6 +257,8 @@ class Gate:
             "message": message,
             "warnings": warnings,
             "seconds": round(seconds, 3),
+            "reason": verdict.reason,
+            **verdict.details,
         }
         self.recent.append(entry)
         log.info(
@@ -286,11 +290,17 @@ class Gate:
 def _window(window: job.Window | None) -> dict[str, Any] | None:
     if window is None:
         return None
+    services: dict[str, float] = {}
+    for table in window.per_node.values():
+        for labels, value in table.get(CALLS, {}).items():
+            service = dict(labels).get("service", "-")
+            services[service] = services.get(service, 0.0) + value
     return {
         "seconds": round(window.seconds, 3),
         "endedAt": round(window.ended, 3),
         "ageSeconds": round(time.time() - window.ended, 3),
         "requests": window.requests,
+        "services": dict(sorted(services.items())),
         "nodes": sorted(window.per_node),
     }
 
@@ -302,14 +312,19 @@ def interpret(answer: dict[str, Any] | None, budget: float) -> review.Verdict:
     if "error" in answer:
         return review.Verdict(review.Outcome.FAILED, str(answer["error"]))
     notes = tuple(f"the mesh would reject {w}" for w in answer.get("warnings") or [])
+    details = {
+        "slos": answer.get("slos") or [],  # name: passes/runs before -> after
+        "traffic": answer.get("sources") or [],
+        "runs": f"{answer.get('runs', 0)} of {answer.get('of', 0)}",
+    }
     verdict = answer.get("verdict")
     if verdict == "breaks":
         broken = tuple(review.broken_line(s) for s in answer.get("broken") or [])
-        return review.Verdict(review.Outcome.BREAKS, broken=broken, notes=notes)
+        return review.Verdict(review.Outcome.BREAKS, broken=broken, notes=notes, details=details)
     if verdict == "safe":
-        return review.Verdict(review.Outcome.SAFE, notes=notes)
+        return review.Verdict(review.Outcome.SAFE, notes=notes, details=details)
     runs = f"{answer.get('runs', 0)} of {answer.get('of', 0)} simulated runs in {budget:g} s"
-    return review.Verdict(review.Outcome.UNDECIDED, runs, notes=notes)
+    return review.Verdict(review.Outcome.UNDECIDED, runs, notes=notes, details=details)
 
 
 # --------------------------------------------------------------------------------- serving
@@ -368,7 +383,9 @@ class GateExtension:
             async def scraper(pod: ProxyPod) -> Any:
                 return await scrape_direct(session, pod)
 
-            measurer = Measurer(lister, scraper, interval=self.options.window)
+            measurer = Measurer(
+                lister, scraper, interval=self.options.window, history=self.options.history
+            )
             self.tasks.append(asyncio.create_task(measurer.run(), name="gate measurements"))
         metrics = GateMetrics(app[METRICS].registry)
         gate = self.gate = Gate(

@@ -53,6 +53,11 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     return {
         "verdict": result.verdict.value,
         "broken": [s.to_json() for s in result.broken],
+        "slos": [
+            f"{s.name}: {s.passes_before}/{s.runs_before} -> {s.passes_after}/{s.runs_after}"
+            for s in result.slos
+        ],
+        "sources": [f"{t.name}: {t.rate:g}/s" for t in base.traffic],
         "warnings": list(result.warnings),
         "runs": sum(r is not None for r in (*result.before, *result.after)),
         "of": 2 * len(result.seeds),

@@ -39,9 +39,9 @@ from mesh.core.policies import CircuitState
 
 _METHODS = frozenset(["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"])
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
-# Per-backend response times, from which a snapshot makes the workloads' latency distributions:
-# steps of 1.25-1.5x, so a percentile read by interpolating within a bucket is off by a few
-# percent at most.
+# Request durations and per-backend response times, from which a snapshot reads what was
+# observed and makes the workloads' latency distributions: steps of 1.25-1.5x, so a percentile
+# read by interpolating within a bucket is off by a few percent at most.
 FINE_BUCKETS = (
     0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.0125, 0.015, 0.02,
     0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10,
@@ -204,7 +204,7 @@ HISTOGRAMS = {
         ("backend",),
     ),
 }
-BOUNDS = {"backend": FINE_BUCKETS}  # histograms not on BUCKETS
+BOUNDS = {"backend": FINE_BUCKETS, "duration": FINE_BUCKETS}  # histograms not on BUCKETS
 
 
 class Metrics:
@@ -256,7 +256,7 @@ class Metrics:
         key = (service, status, method)
         requests = self._requests
         requests[key] = requests.get(key, 0.0) + 1.0
-        self._observe(self._duration, (service,), seconds)
+        self._observe(self._duration, (service,), seconds, FINE_BUCKETS)
         who = source or UNKNOWN
         callers = self._callers.get(service)
         if callers is None or who not in callers:

@@ -169,7 +169,14 @@ async def _take(args: argparse.Namespace, kube: ApiKube) -> int:
             "(nothing written)"
         )
     snap.observed["window"].update(
-        {"from": _time(since), "until": _time(until), "source": source, "server": kube.server}
+        {
+            "from": _time(since),
+            "until": _time(until),
+            "fromEpoch": round(since, 3),
+            "untilEpoch": round(until, 3),
+            "source": source,
+            "server": kube.server,
+        }
     )
     snap.observed["warnings"] = warnings
     files = write.write(

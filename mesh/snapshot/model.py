@@ -13,10 +13,12 @@ scenario.yaml and the observed numbers (snapshot.json), in the simulator's terms
   the manifests, so ``replicas`` only says how many there are). Latency: the backend's
   response times (``simmesh_proxy_backend_response_seconds``, TCP: flow durations) as an
   empirical distribution, the percentiles :data:`LEVELS` read from the histogram as
-  Prometheus's ``histogram_quantile`` reads them; errorRate: its 5xx per attempt. A pod that
-  backs several Services behaves as the one with the fewest endpoints (sim/placement.py), so
-  that Service gets the measurement of every Service its pods served when it has none of its
-  own (``b`` measured, ``b-v1`` simulated).
+  Prometheus's ``histogram_quantile`` reads them; errorRate: its 5xx per attempt. The simulator
+  gives a pod one behaviour, the workload of its Service with the fewest endpoints
+  (sim/placement.py), so that Service gets, when it has no measurement of its own, those of
+  the Services of its traffic type that share its pods (``b`` measured, ``b-v1`` simulated),
+  else those of any that share them. A pod that serves HTTP and TCP behaves for both as its
+  own Service's type measured (the HTTP latency, with the test app's ``b`` and ``b-tcp``).
 - **proxyLatency**: what the proxies add to a request, on average: the request durations less
   the attempts' response times, per attempt. The machinery is otherwise free (profile
   ``ideal``): the proxies measured what the pods and the network cost.
@@ -36,6 +38,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from mesh.core.annotations import mesh_annotations
 from mesh.core.model import Settings
 from mesh.snapshot.exposition import Hist, Table, add, histograms, rows
 
@@ -182,6 +185,21 @@ def traffic(
 # --------------------------------------------------------------------------------- workloads
 
 
+def traffic_types(docs: Sequence[Mapping[str, Any]], settings: Settings) -> dict[str, str]:
+    """Service -> its traffic type (http, tcp or udp), as the mesh reads its annotations."""
+    out = {}
+    for doc in docs:
+        if doc.get("kind") != "Service":
+            continue
+        meta = doc.get("metadata") or {}
+        raw = meta.get("annotations") or {}
+        pairs = tuple((str(k), str(v)) for k, v in raw.items()) if isinstance(raw, Mapping) else ()
+        found = mesh_annotations(pairs).get("traffic-type")
+        kind = found[1] if found is not None else settings.default_traffic_type.value
+        out[f"{meta.get('namespace') or 'default'}/{meta.get('name')}"] = kind
+    return out
+
+
 def _ready_ips(docs: Sequence[Mapping[str, Any]]) -> dict[str, set[str]]:
     """Service -> the addresses of its ready endpoints (from the EndpointSlices)."""
     services = set(_service_ports(docs))
@@ -218,21 +236,29 @@ def latency_spec(hist: Hist) -> dict[str, Any] | None:
 
 
 def workloads(
-    docs: Sequence[Mapping[str, Any]], backends: Mapping[str, Hist], errors: Mapping[str, float]
+    docs: Sequence[Mapping[str, Any]],
+    backends: Mapping[str, Hist],
+    errors: Mapping[str, float],
+    settings: Settings,
 ) -> dict[str, dict[str, Any]]:
     """scenario.yaml's workloads: every Service with ready endpoints, behaving as measured."""
     ready = _ready_ips(docs)
+    kinds = traffic_types(docs, settings)
     out = {}
     for service, ips in sorted(ready.items()):
         if not ips:
             continue
         hist, failed = backends.get(service, Hist()), errors.get(service, 0.0)
         if hist.count <= 0:  # its pods were measured through the Services that share them
-            hist, failed = Hist(), 0.0
-            for other, other_ips in sorted(ready.items()):
-                if other != service and ips & other_ips and backends.get(other, Hist()).count:
-                    hist = hist.merged(backends[other])
-                    failed += errors.get(other, 0.0)
+            sharing = [
+                other
+                for other, other_ips in sorted(ready.items())
+                if other != service and ips & other_ips and backends.get(other, Hist()).count
+            ]
+            alike = [o for o in sharing if kinds.get(o) == kinds.get(service)]
+            for other in alike or sharing:
+                hist = hist.merged(backends[other])
+                failed += errors.get(other, 0.0)
         body: dict[str, Any] = {"replicas": len(ips)}
         spec = latency_spec(hist)
         if spec is not None:
@@ -326,7 +352,7 @@ def snapshot(
         "nodes": sorted(nodes) or ["node-a"],
         "profile": "ideal",
         "proxyLatency": proxy_latency(total),
-        "workloads": workloads(docs, backends, errors),
+        "workloads": workloads(docs, backends, errors, settings),
         "traffic": sources,
     }
     seen = observed(found, total, backends, errors)

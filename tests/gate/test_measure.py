@@ -3,6 +3,10 @@ the proxies' latest window with traffic (mesh/gate/measure.py)."""
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
+
 from mesh.controller.store import Store
 from mesh.gate.measure import Measurer
 from mesh.snapshot import exposition
@@ -44,9 +48,33 @@ async def test_windows_are_differences_and_the_latest_with_traffic_stays() -> No
     measurer = Measurer(lister, scraper, interval=60)
     assert await measurer.tick() is None
     busy = await measurer.tick()
-    assert busy is not None and measurer.latest is busy
+    assert busy is not None and measurer.latest == busy
     assert busy.requests == measurer.latest.requests > 30 * world.WEB_RATE
     assert set(busy.per_node) == {"node-a", "node-b"}
     quiet = await measurer.tick()  # nothing moved: a window without traffic
     assert quiet is not None and quiet.requests == 0
-    assert measurer.last is quiet and measurer.latest is busy
+    assert measurer.last is quiet  # the gate simulates both together: the busy one counts
+    assert measurer.latest is not None and measurer.latest.requests == busy.requests
+    assert measurer.latest.seconds == pytest.approx(busy.seconds + quiet.seconds)
+
+
+async def test_windows_older_than_the_history_are_left_out() -> None:
+    texts, _ = world.metrics(30)
+    busy = {pod.name: texts[pod.node] for pod in PODS}
+    scrapes = iter([{p.name: world.empty_metrics() for p in PODS}, busy, busy, busy])
+
+    async def lister() -> tuple[ProxyPod, ...]:
+        return PODS
+
+    current: dict[str, str] = {}
+
+    async def scraper(pod: ProxyPod) -> exposition.Table | None:
+        return exposition.parse(current[pod.name])
+
+    measurer = Measurer(lister, scraper, interval=0.01, history=0.01)
+    for _ in range(4):
+        current.update(next(scrapes))
+        await measurer.tick()
+        await asyncio.sleep(0.05)
+    assert len(measurer.windows) == 1  # only the last: older ones fell out of the history
+    assert measurer.latest is not None and measurer.latest.requests > 0  # the last with traffic

@@ -154,6 +154,15 @@ def test_a_pod_of_several_services_behaves_as_measured_through_any(tmp_path: Pat
     per_node, _ = window_tables(10)
     total = exposition.add(per_node.values())
     backends = exposition.histograms(total, model.BACKEND, "backend")
-    loads = model.workloads(docs, backends, {})
+    loads = model.workloads(docs, backends, {}, Settings())
     assert loads["shop/web-v1"]["latency"] == loads["shop/web"]["latency"]
     assert loads["shop/web-v1"]["replicas"] == 1
+    # a TCP Service on the same pods does not lend its flows to an HTTP one
+    tcp = world.service("web-tcp", 9000, tcp=True)
+    docs += [
+        objects.strip(tcp),
+        objects.strip(world.endpoint_slice("web-tcp", 9000, [("10.244.1.10", "node-a")])),
+    ]
+    flows = exposition.Hist(list(backends["shop/db"].bounds), list(backends["shop/db"].counts), 1.0)
+    loads = model.workloads(docs, {**backends, "shop/web-tcp": flows}, {}, Settings())
+    assert loads["shop/web-v1"]["latency"] == loads["shop/web"]["latency"]
