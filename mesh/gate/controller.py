@@ -10,6 +10,7 @@ serving certificate (``--gate-cert-dir`` with tls.crt and tls.key: the chart's S
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -99,6 +100,12 @@ def run(args: argparse.Namespace) -> int:
         missing = [n for n in ("tls.crt", "tls.key") if not (args.gate_cert_dir / n).is_file()]
         if missing:
             problem = f"--gate-cert-dir {args.gate_cert_dir}: no {', '.join(missing)}"
+    missing_packages = [p for p in ("simpy", "numpy") if importlib.util.find_spec(p) is None]
+    if problem is None and missing_packages:
+        problem = (
+            f"--gate-mode {mode.value} simulates: it needs {' and '.join(missing_packages)} "
+            "(pip install 'simmesh[gate]')"
+        )
     if problem is not None:
         print(f"simmesh controller: error: {problem}", file=sys.stderr)
         return 2
