@@ -407,7 +407,11 @@ class GateExtension:
         self.runner = web.AppRunner(webhook_app(gate), access_log=None, shutdown_timeout=2.0)
         await self.runner.setup()
         host, port = self.options.listen
-        await web.TCPSite(self.runner, host, port, ssl_context=context).start()
+        try:
+            await web.TCPSite(self.runner, host, port, ssl_context=context).start()
+        except OSError:
+            await self.stop()  # the controller stops only the extensions that started
+            raise
         log.info(
             "admission gate (%s) on https://%s:%d/validate, SLOs from ConfigMap %s",
             self.options.mode.value,
