@@ -20,13 +20,19 @@ __all__ = ["COMPILED", "compiled_modules", "describe"]
 
 # The hot paths: every decision of the core, the simulator's model, the proxy's request path.
 # Not mesh.core.schema: its msgspec Structs take class keywords (frozen, rename) that a
-# compiled class loses.
+# compiled class loses. Not mesh.proxy.body: mypyc has no async generators. Not the proxy's
+# start-up (app, proxy, workers, admin, sources): run once, not per request. Not
+# mesh.proxy.options and .addresses: the Options pickled to each worker, which compiled
+# classes refuse.
 COMPILED: tuple[str, ...] = (
     "mesh.core.annotations",
     "mesh.core.config",
     "mesh.core.distributions",
     "mesh.core.errors",
     "mesh.core.explain",
+    "mesh.core.fields",
+    "mesh.core.gamma",
+    "mesh.core.gateway",
     "mesh.core.lifecycle",
     "mesh.core.model",
     "mesh.core.parse",
@@ -36,6 +42,28 @@ COMPILED: tuple[str, ...] = (
     "mesh.core.routing",
     "mesh.core.shadow",
     "mesh.core.topology",
+    "mesh.proxy.accesslog",
+    "mesh.proxy.context",
+    "mesh.proxy.flows",
+    "mesh.proxy.forward",
+    "mesh.proxy.h2common",
+    "mesh.proxy.h2server",
+    "mesh.proxy.headers",
+    "mesh.proxy.http1",
+    "mesh.proxy.limits",
+    "mesh.proxy.listeners",
+    "mesh.proxy.metrics",
+    "mesh.proxy.mirror",
+    "mesh.proxy.resources",
+    "mesh.proxy.snapshot",
+    "mesh.proxy.tcp",
+    "mesh.proxy.tracing",
+    "mesh.proxy.tunnel",
+    "mesh.proxy.udp",
+    "mesh.proxy.upstream",
+    "mesh.proxy.upstream_h2",
+    "mesh.proxy.upstream_http",
+    "mesh.proxy.upstream_raw",
     "sim.distributions",
     "sim.metrics",
     "sim.model",

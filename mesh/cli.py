@@ -140,6 +140,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
 def _explain_text(result: dict[str, Any]) -> str:
     lines = []
     verdict = "ALLOWED" if result["allowed"] else f"DENIED ({result['status']})"
+    if result["reasonCode"] == "redirect":
+        verdict = f"REDIRECTED ({result['status']})"
     lines.append(f"{verdict}: {result['reason']}")
     route = result["route"]
     lines.append(
@@ -153,6 +155,9 @@ def _explain_text(result: dict[str, Any]) -> str:
         lines.append(f"  rule:     {result['rule']}")
     if result.get("split"):
         lines.append(f"  split:    {result['split']}")
+    gamma = result.get("gamma")
+    if gamma is not None:
+        lines += _gamma_text(gamma)
     for backend in result["backends"]:
         mark = "ok" if backend["allowed"] else f"denied: {backend['reason']}"
         lines.append(f"  backend:  {backend['service']} weight {backend['weight']} ({mark})")
@@ -168,6 +173,21 @@ def _explain_text(result: dict[str, Any]) -> str:
     for error in result["errors"]:
         lines.append(f"  warning:  {error}")
     return "\n".join(lines)
+
+
+def _gamma_text(gamma: dict[str, Any]) -> list[str]:
+    lines = [f"  routes:   {gamma['table']}"]
+    if gamma.get("rule") is not None:
+        name = f" ({gamma['rule']['name']})" if gamma["rule"]["name"] else ""
+        lines.append(
+            f"  matched:  {gamma['route']} rule {gamma['rule']['index']}{name}: {gamma['match']}"
+        )
+        lines += [f"  filter:   {text}" for text in gamma["filters"]]
+    if gamma.get("location"):
+        lines.append(f"  location: {gamma['location']}")
+    if gamma.get("backend"):
+        lines.append(f"  chosen:   {gamma['backend']}")
+    return lines
 
 
 class _Version(argparse.Action):

@@ -1,12 +1,14 @@
 """The SimPy driver of mesh.core.
 
 Every request of a scenario asks the core's :class:`~mesh.core.routing.Engine` of its node's
-proxy for a decision (split, access, rate limit, circuit breakers, load balancing), then
+proxy for a decision (GAMMA routes and their filters, split, access, rate limit, circuit
+breakers, load balancing; a redirect or a 404 is the proxy's own answer), then
 performs the core's :class:`~mesh.core.lifecycle.Lifecycle` with simulated pods: each ``Send``
 is an attempt whose outcome comes from the pod's behaviour after simulated time, each ``Wait``
 a simulated backoff, and the lifecycle decides retries, timeouts and the final answer exactly
 as it does for the real proxy (tests/test_parity.py). Requests are event callbacks, not SimPy
-processes (a process per request would double the events).
+processes (a process per request would double the events). A RequestMirror's copies load
+their pods as the first attempt leaves; their outcomes are discarded.
 
 Endpoints are pods: each has ``capacity`` concurrent slots (FIFO; an attempt takes the slot that
 frees first, so queueing delay grows with load) and a latency distribution and error rate that
@@ -49,7 +51,7 @@ from mesh.core.lifecycle import (
 from mesh.core.parse import parse_objects
 from mesh.core.policies import Failure, Outcome
 from mesh.core.request import Request
-from mesh.core.routing import Decision, Engine, Reason, Route, Router
+from mesh.core.routing import Decision, Engine, MirrorShot, Reason, Route, Router
 from mesh.core.topology import build_topology
 from sim.metrics import Recorder, RunFacts
 from sim.outages import InFlight, Outage, connect_failure_delay, cut
@@ -231,7 +233,7 @@ class Simulation:
         _Flight(self, stream, kind, done, engine, decision, now, ready).begin()
 
     def _attempt(
-        self, ip: str, timeout: float | None, *, sent: float, node: str, flight: _Flight
+        self, ip: str, timeout: float | None, *, sent: float, node: str, flight: _Flight | None
     ) -> Outcome:
         """One attempt to the pod at ``ip``, leaving the proxy of ``node`` at ``sent``: its
         outcome, whose latency is how long from now until the proxy has it. The pod's slot
@@ -283,11 +285,17 @@ class Simulation:
         wake = wakes[int(resources.random() * 512)] if wakes else 0.0
         back = finish + resources.half_app + wake + hop + self.proxy_latency
         failed = behaviour.error_rate > 0 and rng.random() < behaviour.error_rate
-        if self.outages:
+        if self.outages and flight is not None:
             self._in_flight(pod, InFlight(flight, flight.epoch, sent, back, timeout, node))
         if timeout is not None and back - sent > timeout:
             return Outcome(None, Failure.TIMEOUT, sent + timeout - now)
         return Outcome(500 if failed else 200, None, back - now)
+
+    def _mirror(self, shots: tuple[MirrorShot, ...], *, sent: float, node: str) -> None:
+        """RequestMirror copies: they load their pods like any request (a slot, service
+        time); their outcomes are discarded, as the proxy discards their answers."""
+        for shot in shots:
+            self._attempt(shot.endpoint.ip, None, sent=sent, node=node, flight=None)
 
     def _in_flight(self, pod: Pod, attempt: InFlight) -> None:
         flights = pod.flights
@@ -443,7 +451,7 @@ class Simulation:
 
 
 _OUTAGES = {"endpoint-down": True, "endpoint-up": False, "node-down": True, "node-up": False}
-_POLICY = {"apply", "delete", "set-split", "set-policy"}
+_POLICY = {"apply", "delete", "set-split", "set-weights", "set-policy"}
 
 
 class _Flight(Lifecycle):
@@ -510,6 +518,8 @@ class _Flight(Lifecycle):
         outcome = sim._attempt(
             command.endpoint.ip, command.timeout, sent=sent, node=node, flight=self
         )
+        if command.attempt == 1 and self.decision.mirrors:
+            sim._mirror(self.decision.mirrors, sent=sent, node=node)
         self.expect(outcome)
 
     def expect(self, outcome: Outcome) -> None:

@@ -131,6 +131,7 @@ ACTIONS = {
     "apply",
     "delete",
     "set-split",
+    "set-weights",
     "set-policy",
 }
 # Upper bounds of scenario values: beyond them a run is a mistake, not a simulation. What a
@@ -794,6 +795,8 @@ class _Validator:
             weights = self.mapping(body.get("weights"), f"{where}.weights")
             for k, v in weights.items():
                 self.number(v, f"{where}.weights.{k}", integer=True)
+        if action == "set-weights":
+            self._set_weights(body, where)
         if action == "set-policy":
             self.service_key(body.get("service"), f"{where}.service")
             self.mapping(body.get("annotations"), f"{where}.annotations")
@@ -814,6 +817,28 @@ class _Validator:
         except ScenarioError as exc:
             text = str(exc).removeprefix(f"{self.path.name}: ")
             raise ScenarioError(f"{self.slo_file.name}: {text}") from None
+
+    def _set_weights(self, body: dict[str, Any], where: str) -> None:
+        """``{route: ns/name, rule: name or index (optional), weights: {backend: w}}``: the
+        weights of an HTTPRoute's or GRPCRoute's backendRefs, by the referenced Service name."""
+        key = self.service_key(body.get("route"), f"{where}.route")
+        route = _route_doc(self.docs, key)
+        if route is None:
+            raise self.fail(f"{where}.route", f"no HTTPRoute or GRPCRoute {key} in the manifests")
+        weights = self.mapping(body.get("weights"), f"{where}.weights")
+        if not weights:
+            raise self.fail(f"{where}.weights", "expected backend names and their weights")
+        for k, v in weights.items():
+            self.number(v, f"{where}.weights.{k}", integer=True)
+        rules = _weighted_rules(route, body.get("rule"))
+        if rules is None:
+            raise self.fail(f"{where}.rule", f"no rule {body.get('rule')!r} in {key}")
+        names = {
+            b.get("name") for r in rules for b in r.get("backendRefs") or [] if isinstance(b, dict)
+        }
+        for name in weights:
+            if name not in names:
+                raise self.fail(f"{where}.weights.{name}", f"no backendRef {name!r} in {key}")
 
     def slo(self, value: Any, where: str, traffic_names: list[str]) -> Slo:
         body = self.mapping(value, where)
@@ -893,6 +918,23 @@ def _find(docs: list[dict[str, Any]], kind: str, key: str) -> dict[str, Any] | N
         ):
             return doc
     return None
+
+
+def _route_doc(docs: list[dict[str, Any]], key: str) -> dict[str, Any] | None:
+    return _find(docs, "HTTPRoute", key) or _find(docs, "GRPCRoute", key)
+
+
+def _weighted_rules(route: dict[str, Any], rule: Any) -> list[dict[str, Any]] | None:
+    """The rules ``set-weights`` changes: the one named (or at that index), else every rule."""
+    spec = route.get("spec")
+    found = spec.get("rules") if isinstance(spec, dict) else None
+    rules = [r for r in found if isinstance(r, dict)] if isinstance(found, list) else []
+    if rule is None:
+        return rules
+    if isinstance(rule, int) and not isinstance(rule, bool):
+        return [rules[rule]] if 0 <= rule < len(rules) else None
+    chosen = [r for r in rules if r.get("name") == rule]
+    return chosen or None
 
 
 def _service_doc(service: str, port: int, target_port: int) -> dict[str, Any]:
@@ -1009,7 +1051,8 @@ def _target(port: dict[str, Any]) -> int:
 
 
 def with_event_objects(docs: list[dict[str, Any]], event: Event) -> list[dict[str, Any]]:
-    """The manifests after a policy event (apply, delete, set-split, set-policy)."""
+    """The manifests after a policy event (apply, delete, set-split, set-weights,
+    set-policy)."""
     docs = copy.deepcopy(docs)
     params = event.params
     if event.action == "apply":
@@ -1034,6 +1077,14 @@ def with_event_objects(docs: list[dict[str, Any]], event: Event) -> list[dict[st
         for backend in backends if isinstance(backends, list) else []:
             if isinstance(backend, dict) and backend.get("service") in weights:
                 backend["weight"] = int(weights[backend["service"]])
+    elif event.action == "set-weights":
+        route = _route_doc(docs, params["route"])
+        assert route is not None
+        weights = params.get("weights") or {}
+        for rule in _weighted_rules(route, params.get("rule")) or []:
+            for backend in rule.get("backendRefs") or []:
+                if backend.get("name") in weights:
+                    backend["weight"] = int(weights[backend["name"]])
     elif event.action == "set-policy":
         service = _find(docs, "Service", params["service"])
         if service is not None:

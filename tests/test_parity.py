@@ -228,6 +228,35 @@ def test_a_split_sends_its_shares_and_retries_within_the_backend(tmp_path: Path)
     assert firsts.count(IPS[2]) == 2 and IPS[0] not in firsts
 
 
+def test_an_httproute_weights_its_backends_with_the_rules_timeouts(tmp_path: Path) -> None:
+    """GAMMA: an HTTPRoute on web (weights 3:1, the rule's per-try timeout of 150ms, the
+    Service's retry annotation) decides alike in the proxy and the simulator."""
+    route = {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": {"name": "rollout", "namespace": "demo"},
+        "spec": {
+            "parentRefs": [{"group": "", "kind": "Service", "name": "web", "port": 80}],
+            "rules": [
+                {
+                    "matches": [{"path": {"type": "PathPrefix", "value": "/x"}}],
+                    "backendRefs": [
+                        {"name": "web-v1", "port": 80, "weight": 3},
+                        {"name": "web-v2", "port": 80, "weight": 1},
+                    ],
+                    "timeouts": {"request": "2s", "backendRequest": "150ms"},
+                }
+            ],
+        },
+    }
+    script: Script = {IPS[0]: [200], IPS[1]: ["stall", 200, 503, 200], IPS[2]: [200, "reset"]}
+    services = {"web": [IPS[0]], "web-v1": [IPS[1]], "web-v2": [IPS[2]]}
+    trace = check(tmp_path, services, script, 8, {"simmesh.io/retry-attempts": "1"}, [route])
+    firsts = [attempts[0][0].split(":")[0] for _, attempts in trace]
+    assert firsts.count(IPS[2]) == 2 and IPS[0] not in firsts
+    assert any(outcome == "timeout" for _, attempts in trace for _e, outcome in attempts)
+
+
 def test_a_rate_limit_answers_429_without_an_attempt(tmp_path: Path) -> None:
     notes = {"simmesh.io/ratelimit-average": "1", "simmesh.io/ratelimit-burst": "3"}
     trace = check(tmp_path, {"web": IPS[:1]}, {IPS[0]: []}, 6, notes, duration=0.5)

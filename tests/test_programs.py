@@ -57,6 +57,7 @@ REVIEWED: dict[tuple[str, str], str] = {
     ("tests/test_programs.py", "program"): "*",  # this test's dpkg check of DEBIAN
     ("loadtests/bench_proxy.py", "command"): "*",  # Processes.start: callers' commands
     ("loadtests/bench_proxy.py", "fortio"): "fortio",
+    ("loadtests/profile_proxy.py", "fortio"): "fortio",
     ("tests/proxy/h2spec.py", "path"): "h2spec",  # the binary make k8s-bins builds
 }
 # "*": a helper that starts what its callers give it; the callers' own starts are checked.
@@ -65,7 +66,13 @@ REVIEWED: dict[tuple[str, str], str] = {
 MACHINE = {PYTHON, "bash", "go", "dpkg"}
 VENV = {"simmesh", "locust"}  # make setup's virtualenv (pyproject.toml)
 K8S_BINS = {"kube-apiserver", "etcd", "coredns", "helm", "fortio", "h2spec", "kubectl"}
-SCRIPTS = {"docker": ("tools/kind/docker.sh", "docker.io"), "haproxy": ("Makefile", "haproxy")}
+SCRIPTS = {
+    "docker": ("tools/kind/docker.sh", "docker.io"),
+    "haproxy": ("Makefile", "haproxy"),  # make bench
+    "valgrind": ("Makefile", "valgrind"),  # make profile
+    "callgrind_control": ("Makefile", "valgrind"),
+    "callgrind_annotate": ("Makefile", "valgrind"),
+}
 FILES = {"runc-wrapper"}  # the project's own scripts (tools/kind/runc-wrapper)
 DEBIAN = {
     "curl": "curl",

@@ -4,7 +4,7 @@
   ``If-None-Match: "V"``) the answer waits up to ``?wait=`` seconds (default 30) for a different
   version and is ``304 Not Modified`` if none comes. ``?node=NAME`` records that the proxy on
   NAME has applied version V (what ``/api/v1/nodes`` and ``simmesh check`` report).
-- ``GET /api/v1/topology``: services, endpoints, splits, grants, per-object errors.
+- ``GET /api/v1/topology``: services, endpoints, splits, GAMMA routes, grants, object errors.
 - ``GET /api/v1/nodes``: each proxy, the version it applied, and when it was last seen.
 - ``/healthz``, ``/readyz`` (ready after the first build while every watcher runs),
   ``/metrics`` (Prometheus).

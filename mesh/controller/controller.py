@@ -289,6 +289,13 @@ class Controller:
                 }
                 for key, s in sorted(topology.splits.items())
             },
+            "routes": {  # GAMMA: the routes attached to each Service port, per caller scope
+                f"{service}:{port}": {
+                    scope or "producer": [f"{r.kind} {r.key}" for r in routes]
+                    for scope, routes in sorted(scopes.items())
+                }
+                for (service, port), scopes in sorted(topology.routes.items())
+            },
             "grants": [
                 {
                     "target": g.target,

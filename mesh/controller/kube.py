@@ -1,10 +1,14 @@
 """The Kubernetes provider: list+watch into the store, shadow Services and Events out.
 
-One task per resource (Services, EndpointSlices, Pods and each SMI kind at its served version)
-runs list -> watch from the list's resourceVersion -> on ``410 Gone`` relist -> on any failure
-(an error answer included) reconnect with exponential backoff. The controller builds no config
-until every kind was listed once. Responses are read raw (``_preload_content=False``), so the
-store holds exactly the JSON the API server sent, as the manifests directory holds YAML.
+One task per resource (Services, EndpointSlices, Pods, each SMI kind at its served version, and
+Gateway API's HTTPRoute and GRPCRoute) runs list -> watch from the list's resourceVersion -> on
+``410 Gone`` relist -> on any failure (an error answer included) reconnect with exponential
+backoff. HTTPRoute and GRPCRoute are optional: while their CRDs are not installed the API server
+answers 404 (403 when an older ClusterRole lacks them), which reads as none of them (the config
+is built without them) and is listed again every ``CRD_RECHECK`` seconds, so installing Gateway
+API later needs no restart. The controller builds no config until every kind was listed once.
+Responses are read raw (``_preload_content=False``), so the store holds exactly the JSON the API
+server sent, as the manifests directory holds YAML.
 
 Publishing a config reconciles the shadow Services (create, patch, delete) and turns new
 per-object errors into Kubernetes Events on the offending objects.
@@ -49,6 +53,10 @@ class Resource:
     api_version: str
     lister: Callable[..., Awaitable[Any]]
     namespaced: bool = True
+    optional: bool = False  # its CRD may not be installed: a 404 reads as none of them
+
+
+CRD_RECHECK = 30.0  # seconds between lists of an optional kind whose CRD is not installed
 
 
 def resources(api: client.ApiClient) -> list[Resource]:
@@ -93,6 +101,19 @@ def resources(api: client.ApiClient) -> list[Resource]:
             "split.smi-spec.io/v1alpha4",
             crd("split.smi-spec.io", "v1alpha4", "trafficsplits"),
         ),
+        # Gateway API for mesh (GAMMA): only when Gateway API's CRDs are installed
+        Resource(
+            "HTTPRoute",
+            "gateway.networking.k8s.io/v1",
+            crd("gateway.networking.k8s.io", "v1", "httproutes"),
+            optional=True,
+        ),
+        Resource(
+            "GRPCRoute",
+            "gateway.networking.k8s.io/v1",
+            crd("gateway.networking.k8s.io", "v1", "grpcroutes"),
+            optional=True,
+        ),
     ]
 
 
@@ -134,6 +155,8 @@ class KubeProvider:
         self.settings = controller.settings
         self.backoff_max = backoff_max
         self.synced: set[str] = set()
+        self.absent: set[str] = set()  # optional kinds whose CRD is not installed
+        self.crd_recheck = CRD_RECHECK
         self.watch_restarts = 0
         self.relists = 0
         self.events = EventReporter(api, controller)
@@ -171,6 +194,10 @@ class KubeProvider:
                 if exc.status == 410:
                     version = None
                     continue
+                if exc.status in (403, 404) and resource.optional:
+                    version = None
+                    await self._absent(resource, forbidden=exc.status == 403)
+                    continue
                 log.warning(
                     "%s: API error %s; retrying in %.1fs", resource.kind, exc.status, backoff
                 )
@@ -184,6 +211,34 @@ class KubeProvider:
                 await asyncio.sleep(backoff * (0.5 + random.random()))
                 backoff = min(self.backoff_max, backoff * 2)
 
+    async def _absent(self, resource: Resource, *, forbidden: bool) -> None:
+        """An optional kind whose CRD is not installed (404), or that the controller may not
+        read (403: an older ClusterRole): there are none of them, the config is built without
+        them (an optional kind never holds the mesh back), and the list is tried again every
+        CRD_RECHECK s."""
+        if resource.kind not in self.absent:
+            if forbidden:
+                log.warning(
+                    "%s: the controller may not list %s (its ClusterRole lacks it): read as "
+                    "none; listing again every %gs",
+                    resource.kind,
+                    resource.api_version,
+                    self.crd_recheck,
+                )
+            else:
+                log.info(
+                    "%s: not served by the API server (%s not installed); listing again every %gs",
+                    resource.kind,
+                    resource.api_version,
+                    self.crd_recheck,
+                )
+            self.absent.add(resource.kind)
+        self.controller.store.replace_kind([resource.kind], [])
+        self.synced.add(resource.kind)
+        self.controller.pending_sync.discard(resource.kind)
+        self.controller.poke()
+        await asyncio.sleep(self.crd_recheck)
+
     async def _list(self, resource: Resource) -> str:
         response = await resource.lister(_preload_content=False)
         await _ok(response, f"list {resource.kind}")
@@ -195,6 +250,9 @@ class KubeProvider:
             if self._keep(item):
                 docs.append(item)
         self.controller.store.replace_kind([resource.kind], docs)
+        if resource.kind in self.absent:
+            log.info("%s: served now; listed and watched", resource.kind)
+            self.absent.discard(resource.kind)
         self.synced.add(resource.kind)
         self.controller.pending_sync.discard(resource.kind)
         self.controller.poke()

@@ -65,6 +65,7 @@ class ServiceOptions:
     traffic_type: TrafficType
     scheme: Scheme
     policy: ServicePolicy
+    scheme_set: bool = False  # the scheme annotation was given (it wins over appProtocol)
 
 
 def mesh_annotations(annotations: tuple[tuple[str, str], ...]) -> dict[str, tuple[str, str]]:
@@ -227,7 +228,8 @@ def service_options(
             return None
 
     traffic = read("traffic-type", _choice(TrafficType)) or default_traffic_type
-    scheme = read("scheme", _choice(Scheme)) or Scheme.HTTP
+    chosen = read("scheme", _choice(Scheme))
+    scheme = chosen or Scheme.HTTP
     attempts = read("retry-attempts", lambda t: _positive_int(t, allow_zero=True))
     non_idempotent = read("retry-non-idempotent", _boolean)
     backoff = read("retry-backoff", parse_duration)
@@ -288,7 +290,10 @@ def service_options(
         rate_limit=rate_limit,
         load_balancer=str(balancer),
     )
-    return ServiceOptions(TrafficType(str(traffic)), Scheme(str(scheme)), policy), errors
+    options = ServiceOptions(
+        TrafficType(str(traffic)), Scheme(str(scheme)), policy, chosen is not None
+    )
+    return options, errors
 
 
 def _percent(text: str) -> float:

@@ -8,7 +8,11 @@ compile it, without sharing Python objects:
   listener, routed by Host); TCP and UDP get one listener per (service, port) from their pools.
 - ``hosts``: per HTTP listener, every Host a client may send (``svc.ns.<zone>``,
   ``svc.ns.svc.<cluster domain>``, the ClusterIP; each with or without the port) -> route key.
-- ``routes``: per (service, port): protocol, scheme, policies, the cluster and the split.
+- ``routes``: per (service, port): protocol, scheme, policies, the cluster and the split, and
+  the GAMMA routes (HTTPRoute, GRPCRoute) attached to that Service port: the producer routes'
+  table and one table per namespace of consumer routes, each with its matches in precedence
+  order. Keyed by the parent Service and port, never by a Host: a listener that receives a
+  Service's traffic by its ClusterIP can use the same tables.
 - ``clusters``: per (service, port): ready endpoints with their identities, and in ACL mode the
   grants that admit traffic to them.
 
@@ -26,11 +30,30 @@ import msgspec
 from mesh.core import schema
 from mesh.core.annotations import ServicePolicy
 from mesh.core.errors import ObjectError, ObjectRef
-from mesh.core.model import HTTPMatch, PortRange, Settings, TrafficType
+from mesh.core.gamma import match_rank
+from mesh.core.model import (
+    HeaderEdits,
+    HTTPMatch,
+    PathModifier,
+    PortRange,
+    RouteFilters,
+    RouteMatch,
+    Settings,
+    TrafficType,
+    ValueMatch,
+)
 from mesh.core.schema import API_VERSION, MeshConfig
 
 __all__ = ["API_VERSION", "MeshConfig", "assign_ports", "build_config", "config_version"]
-from mesh.core.topology import Grant, Topology, TopoPort, TopoService
+from mesh.core.topology import (
+    Grant,
+    TopoFilters,
+    Topology,
+    TopoPort,
+    TopoRoute,
+    TopoRule,
+    TopoService,
+)
 
 
 def route_key(service: TopoService, port: TopoPort) -> str:
@@ -99,11 +122,19 @@ def build_config(
         hosts=hosts,
         routes=routes,
         clusters=clusters,
-        identities=dict(sorted(topology.identities.items())) if settings.acl else {},
+        identities=dict(sorted(topology.identities.items()))
+        if _identified(topology, settings)
+        else {},
         errors=[_problem(e) for e in sorted(set(errors))],
         version="",
     )
     return msgspec.structs.replace(config, version=config_version(config))
+
+
+def _identified(topology: Topology, settings: Settings) -> bool:
+    """Whether proxies need the callers' identities: for access control, and for consumer
+    routes, which apply to callers of their namespace only."""
+    return settings.acl or any(scope for scopes in topology.routes.values() for scope in scopes)
 
 
 def config_version(config: MeshConfig) -> str:
@@ -171,12 +202,17 @@ def _hosts(service: TopoService, port: TopoPort, settings: Settings) -> list[str
     return hosts
 
 
+def _scheme(port: TopoPort) -> str:
+    return port.scheme or "http"
+
+
 def _route(
     service: TopoService, port: TopoPort, topology: Topology, listener: int | None
 ) -> schema.Route:
     split = topology.splits.get(service.key)
+    scopes = topology.routes.get((service.key, port.port), {})
     doc = None
-    if split is not None:
+    if split is not None and not scopes.get(""):  # producer routes decide: no split
         missing = set(split.missing_ports)
         backends = [
             schema.SplitBackend(service=key, weight=weight, cluster=f"{key}:{port.port}")
@@ -193,12 +229,136 @@ def _route(
         service=service.key,
         port=port.port,
         protocol=service.options.traffic_type.value,
-        scheme=service.options.scheme.value,
+        scheme=_scheme(port),  # type: ignore[arg-type]
         listener=listener,
         cluster=route_key(service, port),
         policy=policy_doc(service.options.policy),
         split=doc,
+        gamma=_gamma(scopes) if scopes else None,
     )
+
+
+# -- GAMMA ---------------------------------------------------------------------------------------
+
+
+def _gamma(scopes: Mapping[str, list[TopoRoute]]) -> schema.Gamma:
+    producer = scopes.get("")
+    return schema.Gamma(
+        producer=_table(producer) if producer else None,
+        consumers={scope: _table(routes) for scope, routes in sorted(scopes.items()) if scope},
+    )
+
+
+def _table(routes: list[TopoRoute]) -> schema.RouteTable:
+    """Every match of the routes, in precedence order (mesh.core.gamma.match_rank, then the
+    oldest route, the route first by namespace/name, the rule and match order): the same
+    routes give the same table whatever order they were read in."""
+    ordered = sorted(routes, key=lambda r: (r.created or "~", r.key))
+    rules: list[schema.Rule] = []
+    entries: list[tuple[tuple[int, ...], schema.RuleMatch]] = []
+    for order, route in enumerate(ordered):
+        for rule in route.rules:
+            index = len(rules)
+            rules.append(_rule_doc(route, rule))
+            for position, match in enumerate(rule.rule.matches):
+                rank = (*match_rank(match), order, rule.index, position)
+                entries.append((rank, _match_doc(index, match)))
+    entries.sort(key=lambda entry: entry[0])
+    return schema.RouteTable(
+        kind=ordered[0].kind,  # type: ignore[arg-type]
+        routes=[r.key for r in ordered],
+        rules=rules,
+        matches=[doc for _, doc in entries],
+    )
+
+
+def _match_doc(rule: int, match: RouteMatch) -> schema.RuleMatch:
+    return schema.RuleMatch(
+        rule=rule,
+        path_type=match.path_type,  # type: ignore[arg-type]
+        path=match.path,
+        method=match.method,
+        headers=[_value_doc(v) for v in match.headers],
+        query=[_value_doc(v) for v in match.query],
+    )
+
+
+def _value_doc(match: ValueMatch) -> schema.ValueMatch:
+    return schema.ValueMatch(name=match.name, value=match.value, regex=match.regex)
+
+
+def _rule_doc(route: TopoRoute, rule: TopoRule) -> schema.Rule:
+    matches = rule.rule.matches
+    one_prefix = len(matches) == 1 and matches[0].path_type == "PathPrefix"
+    return schema.Rule(
+        route=route.key,
+        index=rule.index,
+        name=rule.rule.name,
+        prefix=matches[0].path if one_prefix and route.kind == "HTTPRoute" else None,
+        filters=_filters_doc(rule.filters),
+        backends=[
+            schema.RuleBackend(
+                service=b.service,
+                port=b.port,
+                weight=b.weight,
+                cluster=b.cluster,
+                scheme=b.scheme,  # type: ignore[arg-type]
+                invalid=b.invalid,
+                filters=_filters_doc(b.filters),
+            )
+            for b in rule.backends
+        ],
+        request_timeout=rule.rule.request_timeout,
+        backend_timeout=rule.rule.backend_timeout,
+    )
+
+
+def _filters_doc(resolved: TopoFilters) -> schema.Filters | None:
+    f = resolved.filters
+    if f == _NO_FILTERS and not resolved.mirrors:
+        return None
+    return schema.Filters(
+        request_headers=_edit_doc(f.request_headers),
+        response_headers=_edit_doc(f.response_headers),
+        redirect=None
+        if f.redirect is None
+        else schema.Redirect(
+            scheme=f.redirect.scheme,  # type: ignore[arg-type]
+            hostname=f.redirect.hostname,
+            path=_path_doc(f.redirect.path),
+            port=f.redirect.port,
+            status=f.redirect.status,  # type: ignore[arg-type]
+        ),
+        rewrite=None
+        if f.rewrite is None
+        else schema.Rewrite(hostname=f.rewrite.hostname, path=_path_doc(f.rewrite.path)),
+        mirrors=[
+            schema.Mirror(
+                service=m.service,
+                cluster=m.cluster,
+                scheme=m.scheme,  # type: ignore[arg-type]
+                numerator=m.numerator,
+                denominator=m.denominator,
+            )
+            for m in resolved.mirrors
+        ],
+        unsupported=f.unsupported,
+    )
+
+
+_NO_FILTERS = RouteFilters()
+
+
+def _edit_doc(edits: HeaderEdits | None) -> schema.HeaderEdit | None:
+    if edits is None:
+        return None
+    return schema.HeaderEdit(set=list(edits.set), add=list(edits.add), remove=list(edits.remove))
+
+
+def _path_doc(change: PathModifier | None) -> schema.PathChange | None:
+    if change is None:
+        return None
+    return schema.PathChange(type=change.type, value=change.value)  # type: ignore[arg-type]
 
 
 def _cluster(
@@ -209,7 +369,7 @@ def _cluster(
         service=service.key,
         port=port.port,
         protocol=service.options.traffic_type.value,
-        scheme=service.options.scheme.value,
+        scheme=_scheme(port),  # type: ignore[arg-type]
         endpoints=[
             schema.Endpoint(ip=e.ip, port=e.port, node=e.node, identity=e.identity)
             for e in port.endpoints

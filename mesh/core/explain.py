@@ -3,7 +3,10 @@
 The answer is computed with the same :class:`~mesh.core.routing.Router` and
 :class:`~mesh.core.routing.Engine` the proxy and the simulator use: the plan lists every backend
 the request may reach after splits, with the access verdict for each; one fresh engine decision
-shows the endpoint a first request would get.
+shows the endpoint a first request would get. For a Service port with GAMMA routes, it names
+the route table that applies to the caller, the rule and match that picked the request, the
+filters it applies (the request as each backend receives it), a redirect's Location, and each
+backendRef with its weight and verdict.
 """
 
 from __future__ import annotations
@@ -13,8 +16,22 @@ from typing import Any
 
 import msgspec
 
-from mesh.core.request import BadRequest, parse_request
-from mesh.core.routing import STATUS, Access, Cluster, Decision, Engine, Reason, Route, Router
+from mesh.core.annotations import ServicePolicy
+from mesh.core.gamma import EXACT, PREFIX, REGEX, Matcher
+from mesh.core.request import BadRequest, Request, parse_request
+from mesh.core.routing import (
+    STATUS,
+    Access,
+    Cluster,
+    Decision,
+    Engine,
+    Reason,
+    Route,
+    Router,
+    RouteTable,
+    Rule,
+    RuleBackend,
+)
 
 
 class _FirstRng:
@@ -46,6 +63,11 @@ def explain_http(
         request = parse_request(method, path, items, authority=authority)
     except BadRequest as exc:
         return _bad_request(route, source, exc, sent)
+    table = route.gamma.table(source) if route.gamma is not None else None
+    if table is not None:
+        result = _explain_rules(router, route, table, request, source)
+        result["request"] = sent | {"target": request.target, "headers": request.headers}
+        return result
     split_applies = route.split is not None and route.split.applies(
         method, request.path, request.headers
     )
@@ -60,6 +82,110 @@ def explain_http(
         _refused(result, decision)
     result["request"] = sent | {"target": request.target, "headers": request.headers}
     return result
+
+
+def _explain_rules(
+    router: Router, route: Route, table: RouteTable, request: Request, source: str | None
+) -> dict[str, Any]:
+    """A request to a Service port with GAMMA routes: the rule that matched, its filters, each
+    backendRef with its weight and access verdict (on the request as its filters send it), and
+    what a first request gets from a fresh engine (the first weighted pick)."""
+    assert route.listener is not None
+    decision = Engine(router).decide_http(
+        listener=route.listener, request=request, source=source, now=0.0, rng=_FirstRng()
+    )
+    found = table.find(request)
+    gamma: dict[str, Any] = {"table": table.describe(), "routes": list(table.routes)}
+    backends: list[dict[str, Any]] = []
+    if found is not None:
+        rule, matcher = found
+        gamma.update(
+            route=f"{rule.kind} {rule.route}",
+            rule={"index": rule.index, "name": rule.name},
+            match=describe_match(matcher),
+            filters=rule.filters.describe(),
+            location=decision.location,
+        )
+        if rule.filters.redirect is None and rule.filters.unsupported is None:
+            backends = [_rule_backend(router, rule, b, request, source) for b in rule.backends]
+    weighted = [b for b in backends if b["weight"] > 0]
+    denied = [b for b in weighted if not b["allowed"]]
+    allowed = decision.allowed and not denied
+    status: int | None
+    if decision.allowed and denied:
+        reason_code, reason = (
+            denied[0]["reasonCode"],
+            "; ".join(f"{b['service']}: {b['reason']}" for b in denied),
+        )
+        status = STATUS[Reason(reason_code)]
+    else:
+        reason_code = decision.reason.value
+        status = decision.status
+        reason = decision.detail
+        if allowed and found is not None:
+            reason = f"{found[0].describe()} matched; " + "; ".join(
+                f"{b['service']}: {b['reason']}" for b in weighted
+            )
+    chosen = decision.cluster
+    gamma["backend"] = f"{chosen.service}:{chosen.port}" if chosen is not None else None
+    return {
+        "allowed": allowed,
+        "status": None if allowed else status,
+        "reasonCode": reason_code,
+        "reason": reason,
+        "rule": next((b["rule"] for b in weighted if b["rule"]), None),
+        "source": source,
+        "route": _route_doc(route),
+        "split": None,
+        "gamma": gamma,
+        "backends": backends,
+        "policy": _policy(route, decision.policy if decision.matched is not None else None),
+        "endpoint": _endpoint(decision.endpoint) if allowed else None,
+    }
+
+
+def _rule_backend(
+    router: Router, rule: Rule, backend: RuleBackend, request: Request, source: str | None
+) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "service": backend.describe(),
+        "weight": backend.weight,
+        "filters": backend.filters.describe() if backend.filters is not None else [],
+    }
+    if backend.cluster is None:
+        status = 503 if rule.grpc else 500
+        return out | {
+            "allowed": False,
+            "reasonCode": Reason.INVALID_BACKEND.value,
+            "reason": f"invalid ({status}): {backend.invalid}",
+            "rule": None,
+            "endpoints": [],
+        }
+    sent = rule.filters.apply(request, rule.prefix)
+    if backend.filters is not None:
+        sent = backend.filters.apply(sent, rule.prefix)
+    access = router.access(backend.cluster, source, sent)
+    return out | {
+        "allowed": access.allowed,
+        "reasonCode": access.reason.value,
+        "reason": access.detail,
+        "rule": access.rule,
+        "endpoints": [f"{e.ip}:{e.port}" for e in access.endpoints],
+        "sent": {"target": sent.target, "host": sent.host},
+        "scheme": backend.scheme or backend.cluster.scheme,
+    }
+
+
+def describe_match(matcher: Matcher) -> str:
+    """A match in words: ``PathPrefix /api, method GET, header x-a = 1``."""
+    kinds = {EXACT: "Exact", REGEX: "RegularExpression", PREFIX: "PathPrefix"}
+    path = matcher.path if matcher.kind != PREFIX else (matcher.path or "/")
+    parts = [f"{kinds[matcher.kind]} {path}"]
+    if matcher.method is not None:
+        parts.append(f"method {matcher.method}")
+    for what, found in (("header", matcher.headers), ("query", matcher.query)):
+        parts += [f"{what} {name} {'~' if regex else '='} {value}" for name, value, regex in found]
+    return ", ".join(parts)
 
 
 def _bad_request(
@@ -141,13 +267,7 @@ def _summarise(
         "reason": reason,
         "rule": rules[0] if rules else None,
         "source": source,
-        "route": {
-            "service": route.service,
-            "port": route.port,
-            "protocol": route.protocol,
-            "listener": route.listener,
-            "scheme": route.scheme,
-        },
+        "route": _route_doc(route),
         "split": route.split.name if route.split is not None and split_applies else None,
         "backends": [
             {
@@ -165,8 +285,21 @@ def _summarise(
     }
 
 
-def _policy(route: Route) -> dict[str, Any]:
+def _route_doc(route: Route) -> dict[str, Any]:
+    return {
+        "service": route.service,
+        "port": route.port,
+        "protocol": route.protocol,
+        "listener": route.listener,
+        "scheme": route.scheme,
+    }
+
+
+def _policy(route: Route, rule: ServicePolicy | None = None) -> dict[str, Any]:
     out: dict[str, Any] = msgspec.to_builtins(route.doc.policy)
+    if rule is not None:  # a GAMMA rule's timeouts
+        out["timeout"] = rule.timeout
+        out["requestTimeout"] = rule.request_timeout
     breaker = route.cluster.breaker
     out["circuitBreaker"] = breaker.expression if breaker is not None else None
     out["loadBalancer"] = route.cluster.load_balancer

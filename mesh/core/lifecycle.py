@@ -148,8 +148,9 @@ class LifecycleError(RuntimeError):
 @mypyc_attr(allow_interpreted_subclasses=True)  # the simulator's flights are lifecycles
 class Lifecycle:
     # What most requests never change is a class default (no slots): building a lifecycle is
-    # part of every request's cost in the proxy and in the simulator.
-    state: State = _IDLE
+    # part of every request's cost in the proxy and in the simulator. (The state is set in
+    # __init__: an Enum member is no default mypyc can compile.)
+    state: State
     tries = 0  # attempts sent
     endpoint: Endpoint | None = None  # the attempt in progress or delivered
     pending: Endpoint | None = None  # the next attempt, while backing off
@@ -173,6 +174,7 @@ class Lifecycle:
     ) -> None:
         """``default_timeout``: the per-try timeout of services that set none (the proxy's
         ``--upstream-timeout``)."""
+        self.state = _IDLE
         self.engine = engine
         self.decision = decision
         self.method = method

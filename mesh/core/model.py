@@ -28,6 +28,7 @@ class ServicePort:
     port: int
     target_port: int | str
     protocol: str = "TCP"
+    app_protocol: str | None = None  # spec.ports[].appProtocol, as written
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +40,7 @@ class Service:
     ports: tuple[ServicePort, ...]
     annotations: tuple[tuple[str, str], ...] = ()
     selector: tuple[tuple[str, str], ...] = ()
+    headless: bool = False  # clusterIP: None
 
     @property
     def key(self) -> str:
@@ -171,6 +173,138 @@ class TrafficSplit:
     service: str
     backends: tuple[SplitBackend, ...]
     matches: tuple[tuple[str, str], ...] = ()  # (kind, name) of route groups
+
+
+# -- Gateway API routes with a Service parent (GAMMA; mesh.core.gateway reads them) ----------------
+
+
+@dataclass(frozen=True, slots=True)
+class ParentRef:
+    """A route's parentRef to a Service: ``port`` None and ``section`` None attach it to every
+    port; ``section`` is a port's name (sectionName)."""
+
+    namespace: str
+    name: str
+    port: int | None
+    section: str | None
+    index: int  # position in spec.parentRefs, for errors
+
+
+@dataclass(frozen=True, slots=True)
+class ValueMatch:
+    """A header (name lower-cased) or query parameter (name as written) match."""
+
+    name: str
+    value: str
+    regex: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMatch:
+    """One match of a rule: every condition holds (AND). gRPC matches are read into a path
+    match too (``/service/method``), and keep their service and method for precedence."""
+
+    path_type: str  # Exact, PathPrefix or RegularExpression
+    path: str
+    method: str | None = None
+    headers: tuple[ValueMatch, ...] = ()
+    query: tuple[ValueMatch, ...] = ()
+    grpc: tuple[str, str, bool] | None = None  # (service, method, regex) of a GRPCRoute match
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderEdits:
+    """RequestHeaderModifier or ResponseHeaderModifier: names as written, one action each."""
+
+    set: tuple[tuple[str, str], ...] = ()
+    add: tuple[tuple[str, str], ...] = ()
+    remove: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PathModifier:
+    type: str  # ReplaceFullPath or ReplacePrefixMatch
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class RedirectFilter:
+    scheme: str | None
+    hostname: str | None
+    path: PathModifier | None
+    port: int | None
+    status: int
+
+
+@dataclass(frozen=True, slots=True)
+class RewriteFilter:
+    hostname: str | None
+    path: PathModifier | None
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectReference:
+    """A backendRef's target (group "" is the core group)."""
+
+    group: str
+    kind: str
+    namespace: str
+    name: str
+    port: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorFilter:
+    backend: ObjectReference
+    numerator: int  # the share of requests mirrored: numerator / denominator
+    denominator: int
+    path: str  # field path, for errors
+
+
+@dataclass(frozen=True, slots=True)
+class RouteFilters:
+    request_headers: HeaderEdits | None = None
+    response_headers: HeaderEdits | None = None
+    redirect: RedirectFilter | None = None
+    rewrite: RewriteFilter | None = None
+    mirrors: tuple[MirrorFilter, ...] = ()
+    unsupported: str | None = None  # a filter simmesh does not perform: its requests get 500
+
+
+@dataclass(frozen=True, slots=True)
+class RouteBackend:
+    ref: ObjectReference
+    weight: int
+    filters: RouteFilters
+    path: str  # field path, for errors
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRule:
+    name: str | None
+    matches: tuple[RouteMatch, ...]
+    filters: RouteFilters
+    backends: tuple[RouteBackend, ...]
+    request_timeout: float | None = None  # timeouts.request; 0.0: disabled
+    backend_timeout: float | None = None  # timeouts.backendRequest; 0.0: disabled
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayRoute:
+    """An HTTPRoute or GRPCRoute. Only its Service parents are kept (mesh routes); ``notes``
+    are problems that leave the route in use (a field simmesh does not read)."""
+
+    kind: str  # HTTPRoute or GRPCRoute
+    namespace: str
+    name: str
+    created: str  # creationTimestamp in UTC, sortable; "" when the object has none
+    parents: tuple[ParentRef, ...]
+    rules: tuple[RouteRule, ...]
+    notes: tuple[tuple[str, str], ...] = ()  # (field, message)
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
 
 
 @dataclass(frozen=True, slots=True)

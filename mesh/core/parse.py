@@ -6,6 +6,7 @@ or raises :class:`~mesh.core.errors.InvalidObject` with the field path and what 
 object never prevents the others from being read.
 
 SMI versions: access v1alpha1-3, specs v1alpha1-4, split v1alpha1-4 (see shared/SMI.md).
+Gateway API HTTPRoute (v1, v1beta1) and GRPCRoute (v1) are read by :mod:`mesh.core.gateway`.
 """
 
 from __future__ import annotations
@@ -16,11 +17,29 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from mesh.core import patterns
-from mesh.core.errors import InvalidObject, ObjectError, ObjectRef, describe
+from mesh.core import gateway, patterns
+from mesh.core.errors import InvalidObject, ObjectError, describe
+from mesh.core.fields import (
+    DNS_1035_LABEL,
+    boolean,
+    dns_label,
+    dns_name,
+    domain,
+    integer,
+    ip_address,
+    mapping,
+    object_meta,
+    optional_name,
+    port_number,
+    seq,
+    string,
+    string_map,
+)
+from mesh.core.fields import object_ref as object_ref  # re-exported
 from mesh.core.model import (
     POD_PHASES,
     EndpointSlice,
+    GatewayRoute,
     HTTPMatch,
     HTTPRouteGroup,
     Identity,
@@ -54,182 +73,53 @@ SUPPORTED_VERSIONS: dict[str, tuple[str, ...]] = {
     "TCPRoute": tuple(_SPECS + v for v in ("v1alpha1", "v1alpha2", "v1alpha3", "v1alpha4")),
     "UDPRoute": (_SPECS + "v1alpha4",),
     "TrafficSplit": tuple(_SPLIT + v for v in ("v1alpha1", "v1alpha2", "v1alpha3", "v1alpha4")),
+    **gateway.VERSIONS,
     "Service": ("v1",),
     "EndpointSlice": ("discovery.k8s.io/v1",),
     "Pod": ("v1",),
     "Node": ("v1",),
 }
-_DNS_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
-_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
-_DNS_1035_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
-
-
-# ---------------------------------------------------------------------------------------------
-# Field access with paths
-
-
-def _mapping(value: Any, path: str) -> Mapping[str, Any]:
-    if type(value) is dict:
-        return value
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise InvalidObject(path, f"expected an object, got {describe(value)}")
-    return value
-
-
-def _list(value: Any, path: str) -> list[Any]:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise InvalidObject(path, f"expected a list, got {describe(value)}")
-    return value
-
-
-def _str(value: Any, path: str, *, required: bool = True, default: str = "") -> str:
-    if type(value) is str and value:
-        return value
-    if value is None or value == "":
-        if required:
-            raise InvalidObject(path, "required, expected a non-empty string")
-        return default
-    if not isinstance(value, str):
-        raise InvalidObject(path, f"expected a string, got {describe(value)}")
-    return value
-
-
-def _int(value: Any, path: str, *, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidObject(path, f"expected an integer in {low}..{high}, got {describe(value)}")
-    if not low <= value <= high:
-        raise InvalidObject(path, f"expected an integer in {low}..{high}, got {value}")
-    return value
-
-
-def _port(value: Any, path: str) -> int:
-    return _int(value, path, low=1, high=65535)
-
-
-def _ip(value: str, family: str, path: str) -> None:
-    """An IPv4 or IPv6 address, as the slice's addressType says."""
-    try:
-        address = ipaddress.ip_address(value)
-    except ValueError:
-        raise InvalidObject(path, f"expected an {family} address, got {value[:60]!r}") from None
-    if address.version != (4 if family == "IPv4" else 6):
-        raise InvalidObject(path, f"expected an {family} address, got {value!r}")
-
-
-def _bool(value: Any, path: str, default: bool) -> bool:
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise InvalidObject(path, f"expected true or false, got {describe(value)}")
-    return value
-
-
-def _name(value: Any, path: str) -> str:
-    text = _str(value, path)
-    if len(text) > 253 or not _DNS_NAME.fullmatch(text):
-        raise InvalidObject(path, f"expected a DNS-1123 name, got {describe(text)}")
-    return text
-
-
-def _label(value: Any, path: str, *, required: bool = True) -> str:
-    """A DNS-1123 label (a namespace's name): at most 63 of a-z, 0-9 and '-'."""
-    text = _str(value, path, required=required)
-    if (text or required) and (len(text) > 63 or not _DNS_LABEL.fullmatch(text)):
-        raise InvalidObject(path, f"expected a DNS-1123 label, got {describe(text)}")
-    return text
-
-
-def _domain(value: Any, path: str, default: str) -> str:
-    """A DNS zone (``mesh``, ``cluster.local``); one trailing dot is allowed."""
-    text = _str(value, path, required=False, default=default)
-    zone = text[:-1] if text.endswith(".") else text
-    if len(zone) > 253 or not all(
-        len(label) <= 63 and _DNS_LABEL.fullmatch(label) for label in zone.split(".")
-    ):
-        raise InvalidObject(path, f"expected a DNS domain like {default}, got {describe(text)}")
-    return zone
-
-
-def _optional_name(value: Any, path: str) -> str | None:
-    if value is None or value == "":
-        return None
-    return _name(value, path)
-
-
-def _string_map(value: Any, path: str) -> tuple[tuple[str, str], ...]:
-    items = _mapping(value, path)
-    out = []
-    for key, item in items.items():
-        if not isinstance(item, str):
-            raise InvalidObject(f"{path}.{key}", f"expected a string, got {describe(item)}")
-        out.append((str(key), item))
-    return tuple(sorted(out))
-
-
-def object_ref(doc: Any) -> ObjectRef:
-    """Best-effort reference to an object, even a malformed one, for error messages."""
-    if not isinstance(doc, Mapping):
-        return ObjectRef("<unknown>", "", "<not an object>")
-    kind = doc.get("kind") if isinstance(doc.get("kind"), str) else "<unknown>"
-    raw_meta = doc.get("metadata")
-    meta: Mapping[str, Any] = raw_meta if isinstance(raw_meta, Mapping) else {}
-    name = (meta.get("name") if isinstance(meta.get("name"), str) else "") or "<unnamed>"
-    if kind == "Node":
-        return ObjectRef(str(kind), "", str(name))
-    namespace = meta.get("namespace") if isinstance(meta.get("namespace"), str) else "default"
-    return ObjectRef(str(kind), str(namespace or "default"), str(name))
-
-
-def _meta(doc: Mapping[str, Any]) -> tuple[str, str]:
-    meta = _mapping(doc.get("metadata"), "metadata")
-    name = _name(meta.get("name"), "metadata.name")
-    namespace = _label(meta.get("namespace"), "metadata.namespace", required=False)
-    return (namespace or "default"), name
-
-
 # ---------------------------------------------------------------------------------------------
 # Kubernetes core objects
 
 
 def parse_service(doc: Mapping[str, Any]) -> Service:
-    namespace, name = _meta(doc)
-    if len(name) > 63 or not _DNS_1035_LABEL.fullmatch(name):
+    namespace, name = object_meta(doc)
+    if len(name) > 63 or not DNS_1035_LABEL.fullmatch(name):
         # the apiserver's rule for Services; a dot would also make <svc>.<ns>.mesh ambiguous
         raise InvalidObject(
             "metadata.name", f"expected a DNS-1035 label (a Service name), got {describe(name)}"
         )
-    meta = _mapping(doc.get("metadata"), "metadata")
-    spec = _mapping(doc.get("spec"), "spec")
-    kind = _str(spec.get("type"), "spec.type", required=False, default="ClusterIP")
+    meta = mapping(doc.get("metadata"), "metadata")
+    spec = mapping(doc.get("spec"), "spec")
+    kind = string(spec.get("type"), "spec.type", required=False, default="ClusterIP")
     if kind not in ("ClusterIP", "NodePort", "LoadBalancer", "ExternalName"):
         raise InvalidObject(
             "spec.type",
             f"expected ClusterIP, NodePort, LoadBalancer or ExternalName, got {describe(kind)}",
         )
-    cluster_ip = _str(spec.get("clusterIP"), "spec.clusterIP", required=False) or None
-    if cluster_ip == "None":
+    cluster_ip = string(spec.get("clusterIP"), "spec.clusterIP", required=False) or None
+    headless = cluster_ip == "None"
+    if headless:
         cluster_ip = None
     ports = []
-    for i, raw in enumerate(_list(spec.get("ports"), "spec.ports")):
+    for i, raw in enumerate(seq(spec.get("ports"), "spec.ports")):
         path = f"spec.ports[{i}]"
-        item = _mapping(raw, path)
-        port = _port(item.get("port"), f"{path}.port")
+        item = mapping(raw, path)
+        port = port_number(item.get("port"), f"{path}.port")
         target = item.get("targetPort", port)
         if isinstance(target, str) and not target.isdecimal():
-            _str(target, f"{path}.targetPort")
+            string(target, f"{path}.targetPort")
         elif isinstance(target, str):
-            target = _port(int(target), f"{path}.targetPort")
+            target = port_number(int(target), f"{path}.targetPort")
         else:
-            target = _port(target, f"{path}.targetPort")
-        protocol = _str(item.get("protocol"), f"{path}.protocol", required=False, default="TCP")
+            target = port_number(target, f"{path}.targetPort")
+        protocol = string(item.get("protocol"), f"{path}.protocol", required=False, default="TCP")
         if protocol not in ("TCP", "UDP", "SCTP"):
             raise InvalidObject(f"{path}.protocol", f"expected TCP, UDP or SCTP, got {protocol!r}")
-        port_name = _str(item.get("name"), f"{path}.name", required=False)
-        ports.append(ServicePort(port_name, port, target, protocol))
+        port_name = string(item.get("name"), f"{path}.name", required=False)
+        app = string(item.get("appProtocol"), f"{path}.appProtocol", required=False) or None
+        ports.append(ServicePort(port_name, port, target, protocol, app))
     if len({p.port for p in ports}) != len(ports):
         raise InvalidObject("spec.ports", "port numbers must be unique")
     return Service(
@@ -238,63 +128,64 @@ def parse_service(doc: Mapping[str, Any]) -> Service:
         type=kind,
         cluster_ip=cluster_ip,
         ports=tuple(ports),
-        annotations=_string_map(meta.get("annotations"), "metadata.annotations"),
-        selector=_string_map(spec.get("selector"), "spec.selector"),
+        annotations=string_map(meta.get("annotations"), "metadata.annotations"),
+        selector=string_map(spec.get("selector"), "spec.selector"),
+        headless=headless,
     )
 
 
 def parse_endpoint_slice(doc: Mapping[str, Any]) -> EndpointSlice:
-    namespace, name = _meta(doc)
-    labels = _mapping(_mapping(doc.get("metadata"), "metadata").get("labels"), "metadata.labels")
-    service = _name(
+    namespace, name = object_meta(doc)
+    labels = mapping(mapping(doc.get("metadata"), "metadata").get("labels"), "metadata.labels")
+    service = dns_name(
         labels.get("kubernetes.io/service-name"), "metadata.labels[kubernetes.io/service-name]"
     )
-    address_type = _str(doc.get("addressType"), "addressType", required=False, default="IPv4")
+    address_type = string(doc.get("addressType"), "addressType", required=False, default="IPv4")
     if address_type not in ("IPv4", "IPv6", "FQDN"):
         raise InvalidObject("addressType", f"expected IPv4, IPv6 or FQDN, got {address_type!r}")
     ports = []
-    for i, raw in enumerate(_list(doc.get("ports"), "ports")):
-        item = _mapping(raw, f"ports[{i}]")
+    for i, raw in enumerate(seq(doc.get("ports"), "ports")):
+        item = mapping(raw, f"ports[{i}]")
         ports.append(
             SlicePort(
-                _str(item.get("name"), f"ports[{i}].name", required=False),
-                _port(item.get("port"), f"ports[{i}].port"),
-                _str(item.get("protocol"), f"ports[{i}].protocol", required=False, default="TCP"),
+                string(item.get("name"), f"ports[{i}].name", required=False),
+                port_number(item.get("port"), f"ports[{i}].port"),
+                string(item.get("protocol"), f"ports[{i}].protocol", required=False, default="TCP"),
             )
         )
     endpoints = []
-    for i, raw in enumerate(_list(doc.get("endpoints"), "endpoints")):
+    for i, raw in enumerate(seq(doc.get("endpoints"), "endpoints")):
         path = f"endpoints[{i}]"
-        item = _mapping(raw, path)
+        item = mapping(raw, path)
         addresses = tuple(
-            _str(a, f"{path}.addresses[{j}]")
-            for j, a in enumerate(_list(item.get("addresses"), f"{path}.addresses"))
+            string(a, f"{path}.addresses[{j}]")
+            for j, a in enumerate(seq(item.get("addresses"), f"{path}.addresses"))
         )
         if not addresses:
             raise InvalidObject(f"{path}.addresses", "expected at least one address")
         if address_type != "FQDN":
             for j, address in enumerate(addresses):
-                _ip(address, address_type, f"{path}.addresses[{j}]")
-        conditions = _mapping(item.get("conditions"), f"{path}.conditions")
-        ready = _bool(conditions.get("ready"), f"{path}.conditions.ready", True)
-        ref = _mapping(item.get("targetRef"), f"{path}.targetRef")
+                ip_address(address, address_type, f"{path}.addresses[{j}]")
+        conditions = mapping(item.get("conditions"), f"{path}.conditions")
+        ready = boolean(conditions.get("ready"), f"{path}.conditions.ready", True)
+        ref = mapping(item.get("targetRef"), f"{path}.targetRef")
         pod = None
         if ref.get("kind", "Pod") == "Pod" and ref.get("name") is not None:
-            pod = _name(ref.get("name"), f"{path}.targetRef.name")
-        node = _optional_name(item.get("nodeName"), f"{path}.nodeName")
+            pod = dns_name(ref.get("name"), f"{path}.targetRef.name")
+        node = optional_name(item.get("nodeName"), f"{path}.nodeName")
         if address_type != "FQDN":
             endpoints.append(SliceEndpoint(addresses, ready, node, pod))
     return EndpointSlice(namespace, name, service, tuple(ports), tuple(endpoints))
 
 
 def parse_pod(doc: Mapping[str, Any]) -> Pod:
-    namespace, name = _meta(doc)
-    spec = _mapping(doc.get("spec"), "spec")
-    status = _mapping(doc.get("status"), "status")
-    account = _optional_name(spec.get("serviceAccountName"), "spec.serviceAccountName") or "default"
-    ips = [_str(status.get("podIP"), "status.podIP", required=False)]
-    for i, raw in enumerate(_list(status.get("podIPs"), "status.podIPs")):
-        ips.append(_str(_mapping(raw, f"status.podIPs[{i}]").get("ip"), f"status.podIPs[{i}].ip"))
+    namespace, name = object_meta(doc)
+    spec = mapping(doc.get("spec"), "spec")
+    status = mapping(doc.get("status"), "status")
+    account = optional_name(spec.get("serviceAccountName"), "spec.serviceAccountName") or "default"
+    ips = [string(status.get("podIP"), "status.podIP", required=False)]
+    for i, raw in enumerate(seq(status.get("podIPs"), "status.podIPs")):
+        ips.append(string(mapping(raw, f"status.podIPs[{i}]").get("ip"), f"status.podIPs[{i}].ip"))
     unique: tuple[str, ...] = ()
     for i, ip in enumerate(ips):
         if ip and ip not in unique:
@@ -304,25 +195,25 @@ def parse_pod(doc: Mapping[str, Any]) -> Pod:
                 where = "status.podIP" if i == 0 else f"status.podIPs[{i - 1}].ip"
                 raise InvalidObject(where, f"expected an IP address, got {ip[:60]!r}") from None
             unique += (ip,)
-    node = _optional_name(spec.get("nodeName"), "spec.nodeName")
-    phase = _str(status.get("phase"), "status.phase", required=False, default="Running")
+    node = optional_name(spec.get("nodeName"), "spec.nodeName")
+    phase = string(status.get("phase"), "status.phase", required=False, default="Running")
     if phase not in POD_PHASES:
         raise InvalidObject(
             "status.phase",
             f"expected one of {', '.join(sorted(POD_PHASES))}, got {describe(phase)}",
         )
-    host_network = _bool(spec.get("hostNetwork"), "spec.hostNetwork", False)
+    host_network = boolean(spec.get("hostNetwork"), "spec.hostNetwork", False)
     return Pod(namespace, name, account, unique, node, phase, host_network)
 
 
 def parse_node(doc: Mapping[str, Any]) -> Node:
-    meta = _mapping(doc.get("metadata"), "metadata")
-    name = _name(meta.get("name"), "metadata.name")
-    status = _mapping(doc.get("status"), "status")
+    meta = mapping(doc.get("metadata"), "metadata")
+    name = dns_name(meta.get("name"), "metadata.name")
+    status = mapping(doc.get("status"), "status")
     addresses = []
-    for i, raw in enumerate(_list(status.get("addresses"), "status.addresses")):
+    for i, raw in enumerate(seq(status.get("addresses"), "status.addresses")):
         path = f"status.addresses[{i}]"
-        addresses.append(_str(_mapping(raw, path).get("address"), f"{path}.address"))
+        addresses.append(string(mapping(raw, path).get("address"), f"{path}.address"))
     return Node(name, tuple(addresses))
 
 
@@ -331,12 +222,12 @@ def parse_node(doc: Mapping[str, Any]) -> Node:
 
 
 def _identity(raw: Any, path: str, default_namespace: str) -> Identity:
-    item = _mapping(raw, path)
-    kind = _str(item.get("kind"), f"{path}.kind", required=False, default="ServiceAccount")
+    item = mapping(raw, path)
+    kind = string(item.get("kind"), f"{path}.kind", required=False, default="ServiceAccount")
     if kind != "ServiceAccount":
         raise InvalidObject(f"{path}.kind", f"expected ServiceAccount, got {describe(kind)}")
-    name = _name(item.get("name"), f"{path}.name")
-    namespace = _label(item.get("namespace"), f"{path}.namespace", required=False)
+    name = dns_name(item.get("name"), f"{path}.name")
+    namespace = dns_label(item.get("namespace"), f"{path}.namespace", required=False)
     return Identity(namespace or default_namespace, name)
 
 
@@ -349,25 +240,25 @@ def _v1alpha1_layout(doc: Mapping[str, Any], top_level_key: str) -> bool:
 
 
 def parse_traffic_target(doc: Mapping[str, Any]) -> TrafficTarget:
-    namespace, name = _meta(doc)
+    namespace, name = object_meta(doc)
     if _v1alpha1_layout(doc, "destination"):
         body, prefix, rules_key = doc, "", "specs"
     else:
-        body, prefix, rules_key = _mapping(doc.get("spec"), "spec"), "spec.", "rules"
+        body, prefix, rules_key = mapping(doc.get("spec"), "spec"), "spec.", "rules"
     if body.get("destination") is None:
         raise InvalidObject(f"{prefix}destination", "required, expected a ServiceAccount")
     destination = _identity(body.get("destination"), f"{prefix}destination", namespace)
     sources = tuple(
         _identity(raw, f"{prefix}sources[{i}]", namespace)
-        for i, raw in enumerate(_list(body.get("sources"), f"{prefix}sources"))
+        for i, raw in enumerate(seq(body.get("sources"), f"{prefix}sources"))
     )
     if not sources:
         raise InvalidObject(f"{prefix}sources", "expected at least one source ServiceAccount")
     rules = []
-    for i, raw in enumerate(_list(body.get(rules_key), f"{prefix}{rules_key}")):
+    for i, raw in enumerate(seq(body.get(rules_key), f"{prefix}{rules_key}")):
         path = f"{prefix}{rules_key}[{i}]"
-        item = _mapping(raw, path)
-        kind = _str(item.get("kind"), f"{path}.kind")
+        item = mapping(raw, path)
+        kind = string(item.get("kind"), f"{path}.kind")
         if kind not in ROUTE_KINDS:
             raise InvalidObject(
                 f"{path}.kind",
@@ -376,10 +267,10 @@ def parse_traffic_target(doc: Mapping[str, Any]) -> TrafficTarget:
         matches = None
         if item.get("matches") is not None:
             matches = tuple(
-                _str(m, f"{path}.matches[{j}]")
-                for j, m in enumerate(_list(item.get("matches"), f"{path}.matches"))
+                string(m, f"{path}.matches[{j}]")
+                for j, m in enumerate(seq(item.get("matches"), f"{path}.matches"))
             )
-        rules.append(TrafficRule(kind, _name(item.get("name"), f"{path}.name"), matches))
+        rules.append(TrafficRule(kind, dns_name(item.get("name"), f"{path}.name"), matches))
     if not rules:
         raise InvalidObject(
             f"{prefix}{rules_key}",
@@ -392,16 +283,16 @@ def _header_matches(value: Any, path: str) -> tuple[tuple[str, str], ...]:
     pairs: list[tuple[str, str]] = []
     if isinstance(value, list):
         for i, raw in enumerate(value):
-            for key, regex in _mapping(raw, f"{path}[{i}]").items():
+            for key, regex in mapping(raw, f"{path}[{i}]").items():
                 pairs.append((str(key), _regex(regex, f"{path}[{i}].{key}")))
     else:
-        for key, regex in _mapping(value, path).items():
+        for key, regex in mapping(value, path).items():
             pairs.append((str(key), _regex(regex, f"{path}.{key}")))
     return tuple((k.lower(), v) for k, v in pairs)
 
 
 def _regex(value: Any, path: str) -> str:
-    text = _str(value, path)
+    text = string(value, path)
     try:
         patterns.check(text)
     except patterns.PatternError as exc:
@@ -410,23 +301,23 @@ def _regex(value: Any, path: str) -> str:
 
 
 def parse_http_route_group(doc: Mapping[str, Any]) -> HTTPRouteGroup:
-    namespace, name = _meta(doc)
+    namespace, name = object_meta(doc)
     if _v1alpha1_layout(doc, "matches"):
         raw_matches, prefix = doc.get("matches"), ""
     else:
-        raw_matches, prefix = _mapping(doc.get("spec"), "spec").get("matches"), "spec."
+        raw_matches, prefix = mapping(doc.get("spec"), "spec").get("matches"), "spec."
     matches = []
-    for i, raw in enumerate(_list(raw_matches, f"{prefix}matches")):
+    for i, raw in enumerate(seq(raw_matches, f"{prefix}matches")):
         path = f"{prefix}matches[{i}]"
-        item = _mapping(raw, path)
+        item = mapping(raw, path)
         path_regex = None
         if item.get("pathRegex") not in (None, ""):
             path_regex = _regex(item.get("pathRegex"), f"{path}.pathRegex")
         methods: frozenset[str] | None = None
         if item.get("methods") is not None:
             listed = [
-                _str(m, f"{path}.methods[{j}]").upper()
-                for j, m in enumerate(_list(item.get("methods"), f"{path}.methods"))
+                string(m, f"{path}.methods[{j}]").upper()
+                for j, m in enumerate(seq(item.get("methods"), f"{path}.methods"))
             ]
             for j, method in enumerate(listed):
                 if method != "*" and method not in HTTP_METHODS:
@@ -438,7 +329,7 @@ def parse_http_route_group(doc: Mapping[str, Any]) -> HTTPRouteGroup:
             methods = None if ("*" in listed or not listed) else frozenset(listed)
         headers = _header_matches(item.get("headers"), f"{path}.headers")
         matches.append(
-            HTTPMatch(_str(item.get("name"), f"{path}.name"), path_regex, methods, headers)
+            HTTPMatch(string(item.get("name"), f"{path}.name"), path_regex, methods, headers)
         )
     names = [m.name for m in matches]
     if len(set(names)) != len(names):
@@ -447,20 +338,20 @@ def parse_http_route_group(doc: Mapping[str, Any]) -> HTTPRouteGroup:
 
 
 def parse_port_route(doc: Mapping[str, Any]) -> PortRoute:
-    namespace, name = _meta(doc)
+    namespace, name = object_meta(doc)
     kind = str(doc.get("kind"))
-    spec = _mapping(doc.get("spec"), "spec")
+    spec = mapping(doc.get("spec"), "spec")
     raw = spec.get("matches")
     items = raw if isinstance(raw, list) else ([] if raw is None else [raw])
     matches = []
     for i, item in enumerate(items):
         path = f"spec.matches[{i}]" if isinstance(raw, list) else "spec.matches"
-        body = _mapping(item, path)
+        body = mapping(item, path)
         ports = tuple(
-            _port(p, f"{path}.ports[{j}]")
-            for j, p in enumerate(_list(body.get("ports"), f"{path}.ports"))
+            port_number(p, f"{path}.ports[{j}]")
+            for j, p in enumerate(seq(body.get("ports"), f"{path}.ports"))
         )
-        matches.append(PortMatch(_str(body.get("name"), f"{path}.name", required=False), ports))
+        matches.append(PortMatch(string(body.get("name"), f"{path}.name", required=False), ports))
     if not matches:
         matches.append(PortMatch("", ()))
     return PortRoute(kind, namespace, name, tuple(matches))
@@ -503,11 +394,11 @@ def parse_quantity_milli(value: Any, path: str) -> int:
 
 
 def parse_traffic_split(doc: Mapping[str, Any]) -> TrafficSplit:
-    namespace, name = _meta(doc)
+    namespace, name = object_meta(doc)
     version = str(doc.get("apiVersion", ""))
-    spec = _mapping(doc.get("spec"), "spec")
-    service = _name(spec.get("service"), "spec.service")
-    raw_backends = _list(spec.get("backends"), "spec.backends")
+    spec = mapping(doc.get("spec"), "spec")
+    service = dns_name(spec.get("service"), "spec.service")
+    raw_backends = seq(spec.get("backends"), "spec.backends")
     # v1alpha1 weights are quantities. Read through the storage version v1alpha4 (the CRDs
     # convert nothing) they are still the strings the user wrote, so there a string weight
     # means quantities throughout; v1alpha2 and v1alpha3 take integers only.
@@ -518,25 +409,25 @@ def parse_traffic_split(doc: Mapping[str, Any]) -> TrafficSplit:
     backends = []
     for i, raw in enumerate(raw_backends):
         path = f"spec.backends[{i}]"
-        item = _mapping(raw, path)
-        backend = _name(item.get("service"), f"{path}.service")
+        item = mapping(raw, path)
+        backend = dns_name(item.get("service"), f"{path}.service")
         if quantities:
             weight = parse_quantity_milli(item.get("weight"), f"{path}.weight")
         else:
-            weight = _int(item.get("weight"), f"{path}.weight", low=0, high=2**31 - 1)
+            weight = integer(item.get("weight"), f"{path}.weight", low=0, high=2**31 - 1)
         backends.append(SplitBackend(backend, weight))
     if not backends:
         raise InvalidObject("spec.backends", "expected at least one backend")
     if len({b.service for b in backends}) != len(backends):
         raise InvalidObject("spec.backends", "each backend service may appear only once")
     matches = []
-    for i, raw in enumerate(_list(spec.get("matches"), "spec.matches")):
+    for i, raw in enumerate(seq(spec.get("matches"), "spec.matches")):
         path = f"spec.matches[{i}]"
-        item = _mapping(raw, path)
-        kind = _str(item.get("kind"), f"{path}.kind", required=False, default="HTTPRouteGroup")
+        item = mapping(raw, path)
+        kind = string(item.get("kind"), f"{path}.kind", required=False, default="HTTPRouteGroup")
         if kind != "HTTPRouteGroup":
             raise InvalidObject(f"{path}.kind", f"expected HTTPRouteGroup, got {describe(kind)}")
-        matches.append((kind, _name(item.get("name"), f"{path}.name")))
+        matches.append((kind, dns_name(item.get("name"), f"{path}.name")))
     return TrafficSplit(namespace, name, service, tuple(backends), tuple(matches))
 
 
@@ -550,6 +441,8 @@ PARSERS: dict[str, Any] = {
     "TCPRoute": parse_port_route,
     "UDPRoute": parse_port_route,
     "TrafficSplit": parse_traffic_split,
+    "HTTPRoute": gateway.parse_gateway_route,
+    "GRPCRoute": gateway.parse_gateway_route,
 }
 
 
@@ -566,6 +459,8 @@ class ClusterState:
     tcp_routes: dict[str, PortRoute] = field(default_factory=dict)
     udp_routes: dict[str, PortRoute] = field(default_factory=dict)
     traffic_splits: dict[str, TrafficSplit] = field(default_factory=dict)
+    http_routes: dict[str, GatewayRoute] = field(default_factory=dict)
+    grpc_routes: dict[str, GatewayRoute] = field(default_factory=dict)
     errors: list[ObjectError] = field(default_factory=list)
 
     def add(self, value: Any) -> None:
@@ -576,6 +471,8 @@ class ClusterState:
     def _table(self, value: Any) -> dict[str, Any]:
         if isinstance(value, PortRoute):
             return self.tcp_routes if value.kind == "TCPRoute" else self.udp_routes
+        if isinstance(value, GatewayRoute):
+            return self.http_routes if value.kind == "HTTPRoute" else self.grpc_routes
         tables: dict[type, dict[str, Any]] = {
             Service: self.services,
             EndpointSlice: self.endpoint_slices,
@@ -597,6 +494,9 @@ def parse_object(doc: Any) -> Any:
     if parser is None:
         return None
     version = doc.get("apiVersion")
+    gateway_kind = isinstance(version, str) and version.startswith(gateway.GROUP + "/")
+    if gateway_kind and kind not in gateway.VERSIONS:
+        return None  # Gateway API's TCPRoute or UDPRoute (not SMI's): not read
     if version not in SUPPORTED_VERSIONS[str(kind)]:
         expected = ", ".join(SUPPORTED_VERSIONS[str(kind)])
         raise InvalidObject("apiVersion", f"expected one of {expected}, got {describe(version)}")
@@ -622,16 +522,16 @@ def parse_objects(docs: Iterable[Any], state: ClusterState | None = None) -> Clu
 
 
 def _port_range(raw: Any, path: str, default: PortRange) -> PortRange:
-    item = _mapping(raw, path)
+    item = mapping(raw, path)
     start = item.get("start", default.start)
     size = item.get("size", default.size)
-    first = _port(start, f"{path}.start")
-    return PortRange(first, _int(size, f"{path}.size", low=1, high=min(10000, 65536 - first)))
+    first = port_number(start, f"{path}.start")
+    return PortRange(first, integer(size, f"{path}.size", low=1, high=min(10000, 65536 - first)))
 
 
 def parse_settings(raw: Any) -> Settings:
     """Settings from a mesh.yaml mapping; unknown keys are errors (typos should not pass)."""
-    doc = _mapping(raw, "")
+    doc = mapping(raw, "")
     known = {
         "zone",
         "clusterDomain",
@@ -651,7 +551,7 @@ def parse_settings(raw: Any) -> Settings:
                 str(key), f"unknown setting; expected one of {', '.join(sorted(known))}"
             )
     base = Settings()
-    traffic = _str(
+    traffic = string(
         doc.get("defaultTrafficType"), "defaultTrafficType", required=False, default="http"
     )
     try:
@@ -662,15 +562,15 @@ def parse_settings(raw: Any) -> Settings:
         ) from None
 
     def names(key: str) -> tuple[str, ...]:
-        return tuple(_label(v, f"{key}[{i}]") for i, v in enumerate(_list(doc.get(key), key)))
+        return tuple(dns_label(v, f"{key}[{i}]") for i, v in enumerate(seq(doc.get(key), key)))
 
     return Settings(
-        zone=_domain(doc.get("zone"), "zone", base.zone),
-        cluster_domain=_domain(doc.get("clusterDomain"), "clusterDomain", base.cluster_domain),
-        mesh_namespace=_label(doc.get("meshNamespace"), "meshNamespace", required=False)
+        zone=domain(doc.get("zone"), "zone", base.zone),
+        cluster_domain=domain(doc.get("clusterDomain"), "clusterDomain", base.cluster_domain),
+        mesh_namespace=dns_label(doc.get("meshNamespace"), "meshNamespace", required=False)
         or base.mesh_namespace,
         default_traffic_type=traffic_type,
-        acl=_bool(doc.get("acl"), "acl", base.acl),
+        acl=boolean(doc.get("acl"), "acl", base.acl),
         watch_namespaces=names("watchNamespaces"),
         ignore_namespaces=names("ignoreNamespaces"),
         access_admin_namespaces=names("accessAdminNamespaces"),

@@ -186,6 +186,7 @@ class Request:
     """
 
     __slots__ = (
+        "forwarded_host",
         "headers",
         "host",
         "items",
@@ -212,6 +213,7 @@ class Request:
         self.path = path
         self.query = query
         self.host = host
+        self.forwarded_host = host  # the Host the client sent (a rewrite changes ``host``)
         self.headers = headers
         self.items = items
         self.replaced = replaced if replaced is not None else {}

@@ -12,9 +12,13 @@ outcome back here (:meth:`Engine.finish`) and asks where to retry (:meth:`Engine
 
 Requests are decided in their canonical form (:mod:`mesh.core.request`).
 
-Order of checks for a request: listener and Host (404) -> split (weighted backend choice for the
-requests its matches select) -> access control in ACL mode (403) -> rate limit (429) -> ready
-endpoints admitted by the grants (503) -> circuit breakers (503) -> load balancer.
+Order of checks for a request: listener and Host (404) -> GAMMA routes attached to the Service
+port (the caller's consumer table, else the producer table): the first match in precedence
+order picks a rule (none: 404), whose redirect is answered (3xx), whose backendRef is chosen by
+weight (none usable: 500) and whose filters give the request that goes on -> else the split
+(weighted backend choice for the requests its matches select) -> access control in ACL mode on
+the chosen backend and the request as it goes on (403) -> rate limit (429) -> ready endpoints
+admitted by the grants (503) -> circuit breakers (503) -> load balancer.
 """
 
 from __future__ import annotations
@@ -25,6 +29,15 @@ from enum import StrEnum
 
 from mesh.core import patterns, schema
 from mesh.core.annotations import ServicePolicy, parse_circuit_breaker_expression
+from mesh.core.gamma import (
+    Edits,
+    Matcher,
+    edit_request,
+    query_params,
+    redirect_location,
+    rewrite,
+)
+from mesh.core.gateway import YEAR
 from mesh.core.policies import (
     CircuitBreaker,
     CircuitBreakerSpec,
@@ -55,6 +68,11 @@ class Reason(StrEnum):
     NO_ENDPOINTS = "no-ready-endpoints"
     CIRCUIT_OPEN = "circuit-open"
     RATE_LIMITED = "rate-limited"
+    NO_MATCHING_RULE = "no-matching-rule"  # GAMMA routes are attached; none of their rules
+    INVALID_BACKEND = "invalid-backend"  # the backendRef chosen does not resolve
+    NO_BACKEND = "no-backend"  # the rule has no backendRef with a positive weight
+    UNSUPPORTED_FILTER = "unsupported-filter"
+    REDIRECT = "redirect"  # a RequestRedirect: the proxy answers 3xx with a Location
 
 
 STATUS = {
@@ -67,6 +85,11 @@ STATUS = {
     Reason.NO_ENDPOINTS: 503,
     Reason.CIRCUIT_OPEN: 503,
     Reason.RATE_LIMITED: 429,
+    Reason.NO_MATCHING_RULE: 404,
+    Reason.INVALID_BACKEND: 500,
+    Reason.NO_BACKEND: 500,
+    Reason.UNSUPPORTED_FILTER: 500,
+    Reason.REDIRECT: 302,  # the filter's statusCode, set on the decision
 }
 
 
@@ -243,10 +266,224 @@ class Split:
         return any(m.matches(method, path, headers) for m in self.matches)
 
 
+# -- GAMMA routes, compiled -----------------------------------------------------------------------
+
+
+class Mirror:
+    """A RequestMirror's target."""
+
+    __slots__ = ("cluster", "denominator", "numerator", "scheme", "service")
+
+    def __init__(self, doc: schema.Mirror, clusters: Mapping[str, Cluster]) -> None:
+        self.service = doc.service
+        self.cluster = clusters[doc.cluster]
+        self.scheme: str = doc.scheme
+        self.numerator = doc.numerator
+        self.denominator = doc.denominator
+
+
+class FilterSet:
+    """The filters of a rule or of a backendRef."""
+
+    __slots__ = ("mirrors", "redirect", "request", "response", "rewrite", "unsupported")
+
+    def __init__(self, doc: schema.Filters | None, clusters: Mapping[str, Cluster]) -> None:
+        self.request = Edits(doc.request_headers) if doc and doc.request_headers else None
+        self.response = Edits(doc.response_headers) if doc and doc.response_headers else None
+        self.redirect = doc.redirect if doc is not None else None
+        self.rewrite = doc.rewrite if doc is not None else None
+        self.mirrors = tuple(Mirror(m, clusters) for m in doc.mirrors) if doc is not None else ()
+        self.unsupported = doc.unsupported if doc is not None else None
+
+    def apply(self, request: Request, prefix: str) -> Request:
+        """The request as these filters send it on: headers edited, then URL rewritten."""
+        if self.request is not None:
+            request = edit_request(request, self.request)
+        if self.rewrite is not None:
+            request = rewrite(request, self.rewrite, prefix)
+        return request
+
+    def describe(self) -> list[str]:
+        out = self.request.describe("request") if self.request is not None else []
+        if self.response is not None:
+            out += self.response.describe("response")
+        if self.rewrite is not None:
+            change = self.rewrite.path
+            if self.rewrite.hostname is not None:
+                out.append(f"URLRewrite hostname {self.rewrite.hostname}")
+            if change is not None:
+                out.append(f"URLRewrite path {change.type} {change.value!r}")
+        if self.redirect is not None:
+            out.append(f"RequestRedirect {self.redirect.status}")
+        out += [
+            f"RequestMirror to {m.cluster.key} ({m.numerator}/{m.denominator})"
+            for m in self.mirrors
+        ]
+        if self.unsupported is not None:
+            out.append(self.unsupported)
+        return out
+
+
+class RuleBackend:
+    __slots__ = ("cluster", "filters", "invalid", "port", "scheme", "service", "weight")
+
+    def __init__(self, doc: schema.RuleBackend, clusters: Mapping[str, Cluster]) -> None:
+        self.service = doc.service
+        self.port = doc.port
+        self.weight = doc.weight
+        self.cluster = clusters[doc.cluster] if doc.cluster is not None else None
+        self.scheme: str | None = doc.scheme
+        self.invalid = doc.invalid
+        self.filters = FilterSet(doc.filters, clusters) if doc.filters is not None else None
+
+    def describe(self) -> str:
+        return f"{self.service}:{self.port}" if self.port is not None else self.service
+
+
+class Rule:
+    """One rule of an HTTPRoute or GRPCRoute, with the policy its requests run under (the
+    parent Service's, with the rule's timeouts)."""
+
+    __slots__ = (
+        "backends",
+        "balancer",
+        "filters",
+        "grpc",
+        "index",
+        "kind",
+        "name",
+        "policy",
+        "prefix",
+        "route",
+        "weights",
+    )
+
+    def __init__(
+        self,
+        doc: schema.Rule,
+        kind: str,
+        balancer: str,
+        clusters: Mapping[str, Cluster],
+        policy: ServicePolicy,
+    ) -> None:
+        self.route = doc.route
+        self.kind = kind
+        self.grpc = kind == "GRPCRoute"
+        self.index = doc.index
+        self.name = doc.name
+        self.prefix = doc.prefix or "/"
+        self.filters = FilterSet(doc.filters, clusters)
+        self.backends = tuple(RuleBackend(b, clusters) for b in doc.backends)
+        self.weights = tuple(b.weight for b in self.backends)
+        self.balancer = balancer
+        self.policy = _rule_policy(policy, doc.request_timeout, doc.backend_timeout)
+
+    def describe(self) -> str:
+        name = f" ({self.name})" if self.name else ""
+        return f"{self.kind} {self.route} rule {self.index}{name}"
+
+
+_NO_LIMIT = YEAR  # timeouts.backendRequest 0s: the longest per-try timeout there is
+
+
+def _rule_policy(
+    policy: ServicePolicy, request_timeout: float | None, backend_timeout: float | None
+) -> ServicePolicy:
+    if request_timeout is None and backend_timeout is None:
+        return policy
+    timeout, overall = policy.timeout, policy.request_timeout
+    if request_timeout is not None:
+        overall = request_timeout or None
+    if backend_timeout is not None:
+        timeout = backend_timeout or _NO_LIMIT
+    return ServicePolicy(
+        retry=policy.retry,
+        timeout=timeout,
+        request_timeout=overall,
+        circuit_breaker=policy.circuit_breaker,
+        rate_limit=policy.rate_limit,
+        load_balancer=policy.load_balancer,
+    )
+
+
+class RouteTable:
+    """The rules of the routes that govern a Service port for some callers, and their
+    matches in precedence order: the first match that holds picks the rule."""
+
+    __slots__ = ("kind", "matchers", "routes", "rules", "scope")
+
+    def __init__(
+        self,
+        key: str,
+        scope: str,
+        doc: schema.RouteTable,
+        clusters: Mapping[str, Cluster],
+        policy: ServicePolicy,
+    ) -> None:
+        self.kind: str = doc.kind
+        self.scope = scope
+        self.routes = tuple(doc.routes)
+        self.rules = tuple(
+            Rule(r, doc.kind, f"{key}|{scope}|{r.route}|{r.index}", clusters, policy)
+            for r in doc.rules
+        )
+        self.matchers = tuple(Matcher(m) for m in doc.matches)
+
+    def find(self, request: Request) -> tuple[Rule, Matcher] | None:
+        query: dict[str, str] | None = None
+        for matcher in self.matchers:
+            if matcher.query and query is None:
+                query = query_params(request.query)
+            if matcher.matches(request, query):
+                return self.rules[matcher.rule], matcher
+        return None
+
+    def describe(self) -> str:
+        who = "producer" if not self.scope else f"consumer (callers in {self.scope})"
+        return f"{self.kind}s {', '.join(self.routes)} ({who})"
+
+
+class GammaRoutes:
+    """The GAMMA routes of a Service port: the producer table for every caller, and the
+    consumer table of the caller's namespace, which takes precedence for its callers."""
+
+    __slots__ = ("consumers", "producer")
+
+    def __init__(
+        self, key: str, doc: schema.Gamma, clusters: Mapping[str, Cluster], policy: ServicePolicy
+    ) -> None:
+        self.producer = (
+            RouteTable(key, "", doc.producer, clusters, policy) if doc.producer else None
+        )
+        self.consumers = {
+            ns: RouteTable(key, ns, table, clusters, policy) for ns, table in doc.consumers.items()
+        }
+
+    def table(self, source: str | None) -> RouteTable | None:
+        """The table for a caller of identity ``source`` (``namespace/serviceaccount``)."""
+        if self.consumers and source is not None:
+            found = self.consumers.get(source.partition("/")[0])
+            if found is not None:
+                return found
+        return self.producer
+
+
+class MirrorShot:
+    """A copy of the request to send to ``endpoint`` and forget: its answer is discarded."""
+
+    __slots__ = ("cluster", "endpoint", "scheme")
+
+    def __init__(self, cluster: Cluster, endpoint: Endpoint, scheme: str) -> None:
+        self.cluster = cluster
+        self.endpoint = endpoint
+        self.scheme = scheme
+
+
 class Route:
     __slots__ = (
         "cluster",
         "doc",
+        "gamma",
         "key",
         "listener",
         "policy",
@@ -268,6 +505,9 @@ class Route:
         self.cluster = clusters[doc.cluster]
         self.split = Split(doc.split, clusters) if doc.split is not None else None
         self.policy = _policy(doc.policy, self.cluster.breaker)
+        self.gamma: GammaRoutes | None = None
+        if doc.gamma is not None:
+            self.gamma = GammaRoutes(key, doc.gamma, clusters, self.policy)
 
 
 def _policy(doc: schema.Policy, breaker: CircuitBreakerSpec | None) -> ServicePolicy:
@@ -487,11 +727,17 @@ class Decision:
         "cluster",
         "detail",
         "endpoint",
+        "location",
+        "matched",
+        "mirrors",
         "policy",
         "reason",
+        "request",
+        "response_edits",
         "retry_after",
         "route",
         "rule",
+        "scheme",
         "status",
     )
 
@@ -514,6 +760,14 @@ class Decision:
         self.candidates: tuple[Endpoint, ...] = ()
         self.policy = route.policy if route is not None else ServicePolicy()
         self.retry_after = 0.0
+        self.scheme: str = cluster.scheme if cluster is not None else "http"
+        # GAMMA routes: the rule that matched, the request as its filters send it on (None:
+        # unchanged), response header edits in order, copies to mirror, a redirect's Location
+        self.matched: Rule | None = None
+        self.request: Request | None = None
+        self.response_edits: tuple[Edits, ...] = ()
+        self.mirrors: tuple[MirrorShot, ...] = ()
+        self.location: str | None = None
 
     def __repr__(self) -> str:
         return f"Decision({self.reason}, status={self.status}, endpoint={self.endpoint})"
@@ -555,12 +809,114 @@ class Engine:
             if listener not in self.router.hosts:
                 return Decision(Reason.UNKNOWN_LISTENER, f"no HTTP listener on port {listener}")
             return Decision(Reason.UNKNOWN_HOST, f"no meshed service answers to Host {host!r}")
+        gamma = route.gamma
+        if gamma is not None:
+            table = gamma.table(source)
+            if table is not None:
+                return self._decide_rules(route, table, request, source, now, rng)
         cluster = route.cluster
         split = route.split
         if split is not None and split.applies(request.method, request.path, request.headers):
             cluster = split.clusters[self._split_pick(route.key, split)]
         access = self.router.access(cluster, source, request)
         return self._admit(route, cluster, access, now, rng)
+
+    def _decide_rules(
+        self,
+        route: Route,
+        table: RouteTable,
+        request: Request,
+        source: str | None,
+        now: float,
+        rng: Rng,
+    ) -> Decision:
+        """A request to a Service port with GAMMA routes: the first match in precedence order
+        picks the rule (none: 404); its filters and a weighted backendRef decide the rest."""
+        found = table.find(request)
+        if found is None:
+            return Decision(
+                Reason.NO_MATCHING_RULE,
+                f"no rule of the {table.describe()} matches {request.method} {request.path}",
+                route,
+            )
+        rule = found[0]
+        filters = rule.filters
+        if filters.unsupported is not None:
+            return self._refuse(route, rule, Reason.UNSUPPORTED_FILTER, filters.unsupported)
+        if filters.redirect is not None:
+            return self._redirect(route, rule, filters, request)
+        if not any(w > 0 for w in rule.weights):
+            why = "no backendRef with a positive weight"
+            return self._refuse(route, rule, Reason.NO_BACKEND, why)
+        backend = rule.backends[self._weighted_pick(rule.balancer, rule.weights)]
+        extra = backend.filters
+        if backend.cluster is None:
+            why = f"backendRef {backend.describe()}: {backend.invalid}"
+            return self._refuse(route, rule, Reason.INVALID_BACKEND, why)
+        if extra is not None and extra.unsupported is not None:
+            return self._refuse(route, rule, Reason.UNSUPPORTED_FILTER, extra.unsupported)
+        if extra is not None and extra.redirect is not None:
+            return self._redirect(route, rule, extra, request)
+        sent = filters.apply(request, rule.prefix)
+        if extra is not None:
+            sent = extra.apply(sent, rule.prefix)
+        cluster = backend.cluster
+        decision = self._admit(route, cluster, self.router.access(cluster, source, sent), now, rng)
+        decision.matched = rule
+        decision.policy = rule.policy
+        if sent is not request:
+            decision.request = sent
+        if backend.scheme is not None:
+            decision.scheme = backend.scheme
+        edits = [f.response for f in (filters, extra) if f is not None and f.response is not None]
+        if edits:
+            decision.response_edits = tuple(edits)
+        if decision.allowed and (filters.mirrors or (extra is not None and extra.mirrors)):
+            mirrors = filters.mirrors + (extra.mirrors if extra is not None else ())
+            decision.mirrors = self._mirror(mirrors, source, sent, rng)
+        return decision
+
+    def _refuse(self, route: Route, rule: Rule, reason: Reason, why: str) -> Decision:
+        decision = Decision(reason, f"{rule.describe()}: {why}", route)
+        decision.matched = rule
+        if rule.grpc and reason is not Reason.NO_MATCHING_RULE:
+            decision.status = 503  # a GRPCRoute's clients get UNAVAILABLE (gRPC's 503)
+        return decision
+
+    def _redirect(self, route: Route, rule: Rule, filters: FilterSet, request: Request) -> Decision:
+        redirect = filters.redirect
+        assert redirect is not None
+        location = redirect_location(request, redirect, port=route.port, prefix=rule.prefix)
+        decision = Decision(Reason.REDIRECT, f"{rule.describe()}: redirected to {location}", route)
+        decision.status = redirect.status
+        decision.location = location
+        decision.matched = rule
+        if filters.response is not None:
+            decision.response_edits = (filters.response,)
+        return decision
+
+    def _mirror(
+        self, mirrors: tuple[Mirror, ...], source: str | None, request: Request, rng: Rng
+    ) -> tuple[MirrorShot, ...]:
+        """The copies to send: each mirror's share of requests, to one endpoint its access
+        control admits (none: no copy), chosen round robin; never counted as in flight."""
+        shots = []
+        for mirror in mirrors:
+            share = mirror.numerator
+            if share < mirror.denominator and (
+                share == 0 or rng.random() * mirror.denominator >= share
+            ):
+                continue
+            access = self.router.access(mirror.cluster, source, request)
+            if not access.allowed or not access.endpoints:
+                continue
+            key = "mirror:" + mirror.cluster.key
+            robin = self.state.round_robin.get(key)
+            if robin is None:
+                robin = self.state.round_robin[key] = RoundRobin()
+            endpoint = access.endpoints[robin.pick(len(access.endpoints), rng)]
+            shots.append(MirrorShot(mirror.cluster, endpoint, mirror.scheme))
+        return tuple(shots)
 
     def decide_flow(self, *, listener: int, source: str | None, now: float, rng: Rng) -> Decision:
         route = self.router.flows.get(listener)
@@ -572,9 +928,12 @@ class Engine:
         return self._admit(route, cluster, self.router.access(cluster, source), now, rng)
 
     def _split_pick(self, key: str, split: Split) -> int:
+        return self._weighted_pick(key, split.weights)
+
+    def _weighted_pick(self, key: str, weights: tuple[int, ...]) -> int:
         balancer = self.state.splits.get(key)
-        if balancer is None or balancer.weights != split.weights:
-            balancer = self.state.splits[key] = SmoothWeightedRoundRobin(split.weights)
+        if balancer is None or balancer.weights != weights:
+            balancer = self.state.splits[key] = SmoothWeightedRoundRobin(weights)
         return balancer.pick()
 
     def _admit(

@@ -135,6 +135,111 @@ class Split(_Doc, frozen=True, kw_only=True):
     matches: list[Match]
 
 
+# -- GAMMA routes (Gateway API HTTPRoute and GRPCRoute with a Service parent) ---------------------
+
+
+class HeaderEdit(_Doc, frozen=True, kw_only=True):
+    """A RequestHeaderModifier or ResponseHeaderModifier."""
+
+    set: list[tuple[str, str]] = []
+    add: list[tuple[str, str]] = []
+    remove: list[str] = []
+
+
+class PathChange(_Doc, frozen=True, kw_only=True):
+    type: Literal["ReplaceFullPath", "ReplacePrefixMatch"]
+    value: str
+
+
+class Redirect(_Doc, frozen=True, kw_only=True):
+    scheme: Literal["http", "https"] | None = None
+    hostname: str | None = None
+    path: PathChange | None = None
+    port: Port | None = None
+    status: Literal[301, 302, 303, 307, 308]
+
+
+class Rewrite(_Doc, frozen=True, kw_only=True):
+    hostname: str | None = None
+    path: PathChange | None = None
+
+
+class Mirror(_Doc, frozen=True, kw_only=True):
+    """A RequestMirror: a copy of numerator/denominator of the requests to ``cluster``."""
+
+    service: Name
+    cluster: Name
+    scheme: Scheme
+    numerator: Count
+    denominator: Annotated[int, msgspec.Meta(ge=1, le=2**31)]
+
+
+class Filters(_Doc, frozen=True, kw_only=True):
+    request_headers: HeaderEdit | None = None
+    response_headers: HeaderEdit | None = None
+    redirect: Redirect | None = None
+    rewrite: Rewrite | None = None
+    mirrors: list[Mirror] = []
+    unsupported: str | None = None  # a filter simmesh does not perform: the rule answers 500
+
+
+class RuleBackend(_Doc, frozen=True, kw_only=True):
+    """A backendRef: ``cluster`` when it resolves, else ``invalid`` says why (its share of the
+    requests gets 500, or 503 for a GRPCRoute)."""
+
+    service: Name
+    port: Port | None
+    weight: Count
+    cluster: Name | None = None
+    scheme: Scheme | None = None  # the cluster's own when None
+    invalid: str | None = None
+    filters: Filters | None = None
+
+
+class Rule(_Doc, frozen=True, kw_only=True):
+    route: Name  # namespace/name
+    index: Count  # position in the route's rules
+    name: str | None = None
+    prefix: str | None = None  # the rule's one PathPrefix match, for ReplacePrefixMatch
+    filters: Filters | None = None
+    backends: list[RuleBackend] = []
+    request_timeout: Seconds | None = None  # 0: no request timeout
+    backend_timeout: Seconds | None = None  # 0: no per-try timeout
+
+
+class ValueMatch(_Doc, frozen=True, kw_only=True):
+    name: str
+    value: str
+    regex: bool = False
+
+
+class RuleMatch(_Doc, frozen=True, kw_only=True):
+    rule: Count  # index into the table's rules
+    path_type: Literal["Exact", "PathPrefix", "RegularExpression"]
+    path: str
+    method: str | None = None
+    headers: list[ValueMatch] = []
+    query: list[ValueMatch] = []
+
+
+class RouteTable(_Doc, frozen=True, kw_only=True):
+    """The routes of one kind that govern a Service port for a set of callers; ``matches`` are
+    in precedence order (mesh.core.gamma): the first that holds picks the rule."""
+
+    kind: Literal["HTTPRoute", "GRPCRoute"]
+    routes: list[str]  # namespace/name, oldest first
+    rules: list[Rule]
+    matches: list[RuleMatch]
+
+
+class Gamma(_Doc, frozen=True, kw_only=True):
+    """GAMMA routes attached to a Service port: the producer routes (in the Service's
+    namespace) for every caller, and per namespace the consumer routes for its callers."""
+
+    producer: RouteTable | None = None
+    consumers: dict[str, RouteTable] = {}
+
+
 class Route(_Doc, frozen=True, kw_only=True):
     """What a client reaches by calling a (service, port)."""
 
@@ -146,6 +251,7 @@ class Route(_Doc, frozen=True, kw_only=True):
     cluster: Name
     policy: Policy
     split: Split | None
+    gamma: Gamma | None = None
 
 
 class Problem(_Doc, frozen=True, kw_only=True):
@@ -204,6 +310,8 @@ class ConfigError(ValueError):
 
 
 _DECODER = msgspec.json.Decoder(MeshConfig)
+_BAD_HEADER = re.compile(r"[^!#$%&'*+\-.^_`|~0-9A-Za-z]")  # not an RFC 9110 token character
+_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _ENCODER = msgspec.json.Encoder(order="sorted")
 _AT = re.compile(r"^(.*) - at `\$(.*)`$")
 
@@ -275,6 +383,11 @@ def _check_route(config: MeshConfig, key: str, route: Route) -> None:
     where = f"routes[{key}]"
     if route.cluster not in config.clusters:
         raise ConfigError(f"{where}.cluster", f"no cluster {route.cluster!r}")
+    if route.gamma is not None:
+        if route.gamma.producer is not None:
+            _check_table(config, route.gamma.producer, f"{where}.gamma.producer")
+        for namespace, table in route.gamma.consumers.items():
+            _check_table(config, table, f"{where}.gamma.consumers[{namespace}]")
     split = route.split
     if split is None:
         return
@@ -285,6 +398,66 @@ def _check_route(config: MeshConfig, key: str, route: Route) -> None:
         raise ConfigError(f"{where}.split.backends", "expected a backend with a positive weight")
     for i, match in enumerate(split.matches):
         _check_match(match, f"{where}.split.matches[{i}]")
+
+
+def _check_table(config: MeshConfig, table: RouteTable, where: str) -> None:
+    for i, rule in enumerate(table.rules):
+        at = f"{where}.rules[{i}]"
+        _check_filters(config, rule.filters, f"{at}.filters")
+        for j, backend in enumerate(rule.backends):
+            if backend.cluster is not None and backend.cluster not in config.clusters:
+                raise ConfigError(f"{at}.backends[{j}].cluster", "no such cluster")
+            if backend.cluster is None and backend.invalid is None:
+                raise ConfigError(f"{at}.backends[{j}]", "expected a cluster or why it is invalid")
+            _check_filters(config, backend.filters, f"{at}.backends[{j}].filters")
+        wants = [rule.filters, *(b.filters for b in rule.backends)]
+        if rule.prefix is None and any(_replaces_prefix(f) for f in wants):
+            raise ConfigError(f"{at}.prefix", "ReplacePrefixMatch needs the rule's PathPrefix")
+    for i, match in enumerate(table.matches):
+        at = f"{where}.matches[{i}]"
+        if match.rule >= len(table.rules):
+            raise ConfigError(f"{at}.rule", f"no rule {match.rule}")
+        regexes = [("path", match.path)] if match.path_type == "RegularExpression" else []
+        regexes += [(f"headers[{v.name}]", v.value) for v in match.headers if v.regex]
+        regexes += [(f"query[{v.name}]", v.value) for v in match.query if v.regex]
+        for field, pattern in regexes:
+            _check_pattern(pattern, f"{at}.{field}")
+
+
+def _check_filters(config: MeshConfig, filters: Filters | None, where: str) -> None:
+    if filters is None:
+        return
+    for i, mirror in enumerate(filters.mirrors):
+        if mirror.cluster not in config.clusters:
+            raise ConfigError(f"{where}.mirrors[{i}].cluster", "no such cluster")
+        if mirror.numerator > mirror.denominator:
+            raise ConfigError(f"{where}.mirrors[{i}]", "numerator over denominator")
+    for name, edit in (
+        ("requestHeaders", filters.request_headers),
+        ("responseHeaders", filters.response_headers),
+    ):
+        if edit is None:
+            continue
+        for field, value in [*edit.set, *edit.add]:
+            if _BAD_HEADER.search(field) or _BAD_VALUE.search(value):
+                raise ConfigError(f"{where}.{name}", f"a header line that breaks HTTP: {field!r}")
+
+
+def _replaces_prefix(filters: Filters | None) -> bool:
+    if filters is None:
+        return False
+    changes = (filters.rewrite, filters.redirect)
+    return any(
+        c is not None and c.path is not None and c.path.type == "ReplacePrefixMatch"
+        for c in changes
+    )
+
+
+def _check_pattern(pattern: str, where: str) -> None:
+    try:
+        patterns.check(pattern)
+    except patterns.PatternError as exc:
+        raise ConfigError(where, f"expected an RE2 regular expression: {exc}") from None
 
 
 def _check_cluster(key: str, cluster: Cluster) -> None:
@@ -305,11 +478,7 @@ def _check_match(match: Match, where: str) -> None:
     regexes = [("pathRegex", match.path_regex)] if match.path_regex is not None else []
     regexes += [(f"headers[{name}]", value) for name, value in match.headers]
     for field, pattern in regexes:
-        try:
-            patterns.check(pattern)
-        except patterns.PatternError as exc:
-            message = f"expected an RE2 regular expression: {exc}"
-            raise ConfigError(f"{where}.{field}", message) from None
+        _check_pattern(pattern, f"{where}.{field}")
 
 
 def _ip(text: str, where: str) -> None:
@@ -326,17 +495,29 @@ __all__ = [
     "ConfigError",
     "ConfigSettings",
     "Endpoint",
+    "Filters",
+    "Gamma",
     "Grant",
+    "HeaderEdit",
     "Listener",
     "Match",
     "MeshConfig",
+    "Mirror",
+    "PathChange",
     "Policy",
     "Problem",
     "RateLimit",
+    "Redirect",
     "Retry",
+    "Rewrite",
     "Route",
+    "RouteTable",
+    "Rule",
+    "RuleBackend",
+    "RuleMatch",
     "Split",
     "SplitBackend",
+    "ValueMatch",
     "check",
     "convert",
     "decode",

@@ -15,12 +15,18 @@ from mesh.core.annotations import ServiceOptions, service_options
 from mesh.core.errors import ObjectError, ObjectRef
 from mesh.core.model import (
     EndpointSlice,
+    GatewayRoute,
     HTTPMatch,
+    ObjectReference,
+    ParentRef,
+    RouteFilters,
+    RouteRule,
     Service,
     ServicePort,
     Settings,
     TrafficSplit,
     TrafficTarget,
+    TrafficType,
 )
 from mesh.core.parse import ClusterState
 
@@ -39,6 +45,7 @@ class TopoPort:
     port: int
     target_port: int | str
     endpoints: tuple[TopoEndpoint, ...]
+    scheme: str | None = None  # chosen for this port: the scheme annotation, else appProtocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +55,7 @@ class TopoService:
     cluster_ip: str | None
     options: ServiceOptions
     ports: tuple[TopoPort, ...]
+    headless: bool = False
 
     @property
     def key(self) -> str:
@@ -80,12 +88,71 @@ class TopoSplit:
     missing_ports: tuple[tuple[str, int], ...] = ()  # (backend key, root port) not exposed
 
 
+@dataclass(frozen=True, slots=True)
+class TopoMirror:
+    service: str  # namespace/name
+    cluster: str  # route key of the mirror backend's port
+    scheme: str
+    numerator: int
+    denominator: int
+
+
+@dataclass(frozen=True, slots=True)
+class TopoFilters:
+    """A rule's or backendRef's filters, with their mirror backends resolved."""
+
+    filters: RouteFilters
+    mirrors: tuple[TopoMirror, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TopoBackend:
+    """A backendRef: ``cluster`` when it resolves to a meshed Service port, else ``invalid``."""
+
+    service: str  # namespace/name, as referenced
+    port: int | None
+    weight: int
+    cluster: str | None
+    scheme: str | None  # set when the route kind chooses it (GRPCRoute: h2c)
+    invalid: str | None
+    filters: TopoFilters
+
+
+@dataclass(frozen=True, slots=True)
+class TopoRule:
+    index: int
+    rule: RouteRule
+    filters: TopoFilters
+    backends: tuple[TopoBackend, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TopoRoute:
+    """An HTTPRoute or GRPCRoute with its references resolved."""
+
+    kind: str
+    namespace: str
+    name: str
+    created: str
+    rules: tuple[TopoRule, ...]
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+# (service key, port) -> scope ("" for the producer routes, else the consumers' namespace) ->
+# the routes that govern it, of one kind (a GRPCRoute set wins over HTTPRoutes)
+Attachments = dict[tuple[str, int], dict[str, list[TopoRoute]]]
+
+
 @dataclass(slots=True)
 class Topology:
     services: dict[str, TopoService] = field(default_factory=dict)
     grants: list[Grant] = field(default_factory=list)
     splits: dict[str, TopoSplit] = field(default_factory=dict)
     identities: dict[str, str] = field(default_factory=dict)  # pod IP -> identity
+    routes: Attachments = field(default_factory=dict)  # GAMMA
     errors: list[ObjectError] = field(default_factory=list)
 
 
@@ -111,6 +178,8 @@ def build_topology(state: ClusterState, settings: Settings) -> Topology:
             if built_split is not None:
                 topology.splits[built_split.root] = built_split
     _report_nested_splits(topology)
+    _attach_routes(state, settings, topology)
+    _report_shadowed_splits(topology)
     return topology
 
 
@@ -120,6 +189,19 @@ def _meshed(service: Service, settings: Settings) -> bool:
     if service.namespace == "default" and service.name == "kubernetes":
         return False
     return settings.watches(service.namespace)
+
+
+# appProtocol values that choose how the proxy speaks to a port (KEP-3726 and common names);
+# others (tcp, mysql, ...) choose nothing. The scheme annotation wins over appProtocol.
+APP_PROTOCOLS = {
+    "http": "http",
+    "https": "https",
+    "h2c": "h2c",
+    "kubernetes.io/h2c": "h2c",
+    "grpc": "h2c",
+    "kubernetes.io/ws": "http",
+    "kubernetes.io/wss": "https",
+}
 
 
 def _pod_index(
@@ -188,10 +270,15 @@ def _service(
             p.port,
             p.target_port,
             _endpoints(service, p, slices, pods_by_name, topology.identities),
+            options.scheme.value
+            if options.scheme_set
+            else APP_PROTOCOLS.get((p.app_protocol or "").lower()),
         )
         for p in service.ports
     )
-    return TopoService(service.namespace, service.name, service.cluster_ip, options, ports)
+    return TopoService(
+        service.namespace, service.name, service.cluster_ip, options, ports, service.headless
+    )
 
 
 def _endpoints(
@@ -418,10 +505,224 @@ def _report_nested_splits(topology: Topology) -> None:
             )
 
 
+# -- GAMMA: HTTPRoutes and GRPCRoutes attached to Service ports ----------------------------------
+
+
+def _attach_routes(state: ClusterState, settings: Settings, topology: Topology) -> None:
+    """Resolve every route's backends, then attach it to the Service ports its parentRefs name
+    (GEP-1294): for every caller when the route is in the Service's namespace (a producer
+    route), for callers of the route's namespace only otherwise (a consumer route)."""
+    attached: dict[tuple[str, int], dict[str, dict[str, tuple[TopoRoute, int]]]] = {}
+    for table in (state.grpc_routes, state.http_routes):
+        for key in sorted(table):
+            route = table[key]
+            if not settings.watches(route.namespace) or not route.parents:
+                continue
+            ref = ObjectRef(route.kind, route.namespace, route.name)
+            topology.errors.extend(ObjectError(ref, f, m) for f, m in route.notes)
+            resolved = _resolve_route(route, topology, ref)
+            for parent in route.parents:
+                for number in _parent_ports(parent, route, topology, ref):
+                    scope = "" if parent.namespace == route.namespace else route.namespace
+                    place = (f"{parent.namespace}/{parent.name}", number)
+                    by_scope = attached.setdefault(place, {}).setdefault(scope, {})
+                    by_scope.setdefault(f"{route.kind}:{route.key}", (resolved, parent.index))
+    for place in sorted(attached):
+        for scope in sorted(attached[place]):
+            routes = attached[place][scope]
+            grpc = [r for k, (r, _) in sorted(routes.items()) if r.kind == "GRPCRoute"]
+            chosen = grpc or [r for _, (r, _) in sorted(routes.items())]
+            topology.routes.setdefault(place, {})[scope] = chosen
+            if grpc:
+                _report_conflicts(place, routes, grpc, topology.errors)
+
+
+def _parent_ports(
+    parent: ParentRef, route: GatewayRoute, topology: Topology, ref: ObjectRef
+) -> list[int]:
+    """The ports of the parent Service this parentRef attaches the route to."""
+    key = f"{parent.namespace}/{parent.name}"
+    where = f"spec.parentRefs[{parent.index}]"
+    service = topology.services.get(key)
+    problem = None
+    if service is None:
+        problem = f"Service {key} not found or not meshed; the route is not attached to it"
+    elif service.options.traffic_type is not TrafficType.HTTP:
+        problem = (
+            f"Service {key} has traffic type {service.options.traffic_type}; {route.kind}s "
+            "attach to HTTP Services only"
+        )
+    elif service.headless:
+        problem = f"Service {key} is headless: it has no frontend for a route (GEP-1294)"
+    if service is None or problem is not None:
+        topology.errors.append(ObjectError(ref, where, problem or ""))
+        return []
+    ports = [
+        p.port
+        for p in service.ports
+        if (parent.port is None or p.port == parent.port)
+        and (parent.section is None or p.name == parent.section)
+    ]
+    if not ports:
+        wanted = " ".join(
+            w
+            for w in (
+                f"port {parent.port}" if parent.port is not None else "",
+                f"named {parent.section!r}" if parent.section is not None else "",
+            )
+            if w
+        )
+        topology.errors.append(
+            ObjectError(ref, where, f"Service {key} has no port {wanted}; not attached")
+        )
+    return ports
+
+
+def _resolve_route(route: GatewayRoute, topology: Topology, ref: ObjectRef) -> TopoRoute:
+    rules = []
+    for i, rule in enumerate(route.rules):
+        filters = _resolve_filters(rule.filters, route, topology, ref)
+        backends = tuple(
+            _resolve_backend(b.ref, b.weight, b.path, route, topology, ref) for b in rule.backends
+        )
+        backends = tuple(
+            TopoBackend(
+                b.service,
+                b.port,
+                b.weight,
+                b.cluster,
+                b.scheme,
+                b.invalid,
+                _resolve_filters(rb.filters, route, topology, ref),
+            )
+            for b, rb in zip(backends, rule.backends, strict=True)
+        )
+        if rule.filters.unsupported is not None:
+            topology.errors.append(
+                ObjectError(
+                    ref,
+                    f"spec.rules[{i}].filters",
+                    rule.filters.unsupported + ": its requests get 500",
+                )
+            )
+        rules.append(TopoRule(i, rule, filters, backends))
+    return TopoRoute(route.kind, route.namespace, route.name, route.created, tuple(rules))
+
+
+def _resolve_filters(
+    filters: RouteFilters, route: GatewayRoute, topology: Topology, ref: ObjectRef
+) -> TopoFilters:
+    mirrors = []
+    for mirror in filters.mirrors:
+        found = _resolve_backend(
+            mirror.backend, 1, mirror.path + ".backendRef", route, topology, ref
+        )
+        if found.cluster is None:
+            continue  # reported; a mirror that does not resolve is left out
+        scheme = found.scheme or _cluster_scheme(topology, found.cluster)
+        mirrors.append(
+            TopoMirror(found.service, found.cluster, scheme, mirror.numerator, mirror.denominator)
+        )
+    return TopoFilters(filters, tuple(mirrors))
+
+
+def _cluster_scheme(topology: Topology, cluster: str) -> str:
+    service_key, _, number = cluster.rpartition(":")
+    port = topology.services[service_key].port(int(number))
+    return (port.scheme if port is not None else None) or "http"
+
+
+def _resolve_backend(
+    target: ObjectReference,
+    weight: int,
+    path: str,
+    route: GatewayRoute,
+    topology: Topology,
+    ref: ObjectRef,
+) -> TopoBackend:
+    """A backendRef (or a mirror's): to a meshed HTTP Service port, in any namespace (no
+    ReferenceGrant for mesh routes, GEP-1294). One that does not resolve is kept with why:
+    its share of the requests is answered 500 (503 for a GRPCRoute), never sent elsewhere."""
+    key = f"{target.namespace}/{target.name}"
+    service = topology.services.get(key)
+    problem = None
+    if target.group not in ("", "core") or target.kind != "Service":
+        group = target.group or "core"
+        problem = f"backends of kind {target.kind} ({group}) are not supported, only Services"
+    elif target.port is None:
+        problem = "a backendRef to a Service needs a port"
+    elif service is None:
+        problem = f"Service {key} not found or not meshed"
+    elif service.options.traffic_type is not TrafficType.HTTP:
+        problem = f"Service {key} has traffic type {service.options.traffic_type}, not http"
+    elif service.port(target.port) is None:
+        problem = f"Service {key} has no port {target.port}"
+    if problem is not None or service is None or target.port is None:
+        status = 503 if route.kind == "GRPCRoute" else 500
+        share = "it gets no requests" if weight == 0 else f"its share of requests gets {status}"
+        topology.errors.append(ObjectError(ref, path, f"{problem}; {share}"))
+        return TopoBackend(
+            key, target.port, weight, None, None, problem, TopoFilters(RouteFilters())
+        )
+    port = service.port(target.port)
+    assert port is not None
+    scheme = None
+    if route.kind == "GRPCRoute" and port.scheme is None:
+        scheme = "h2c"  # gRPC is HTTP/2: without a scheme or appProtocol the route kind decides
+    cluster = f"{key}:{port.port}"
+    return TopoBackend(key, port.port, weight, cluster, scheme, None, TopoFilters(RouteFilters()))
+
+
+def _report_conflicts(
+    place: tuple[str, int],
+    routes: dict[str, tuple[TopoRoute, int]],
+    grpc: list[TopoRoute],
+    errors: list[ObjectError],
+) -> None:
+    service, number = place
+    winner = grpc[0].key
+    for route, index in routes.values():
+        if route.kind == "HTTPRoute":
+            errors.append(
+                ObjectError(
+                    ObjectRef(route.kind, route.namespace, route.name),
+                    f"spec.parentRefs[{index}]",
+                    f"Conflicted: GRPCRoute {winner} is attached to Service {service} port "
+                    f"{number} for the same callers, and a GRPCRoute wins over an HTTPRoute "
+                    "(GEP-1294); this route is not used on that port",
+                )
+            )
+
+
+def _report_shadowed_splits(topology: Topology) -> None:
+    """A TrafficSplit on a Service port with producer routes is never used there: the routes
+    decide for every caller (consumer routes for their own callers only)."""
+    for root, split in sorted(topology.splits.items()):
+        service = topology.services[root]
+        for port in service.ports:
+            routes = topology.routes.get((root, port.port), {}).get("")
+            if routes:
+                names = ", ".join(f"{r.kind} {r.key}" for r in routes)
+                topology.errors.append(
+                    ObjectError(
+                        ObjectRef("TrafficSplit", split.namespace, split.name),
+                        "spec.service",
+                        f"Service {root} port {port.port} has {names} attached: the route decides "
+                        "there and this split is not used on that port",
+                    )
+                )
+
+
 __all__ = [
+    "APP_PROTOCOLS",
     "Grant",
+    "TopoBackend",
     "TopoEndpoint",
+    "TopoFilters",
+    "TopoMirror",
     "TopoPort",
+    "TopoRoute",
+    "TopoRule",
     "TopoService",
     "TopoSplit",
     "Topology",

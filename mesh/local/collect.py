@@ -75,7 +75,17 @@ class _Backends:
             ip = self.names[pod].ip
         if ip is None:
             return None
-        clusters = route.split.clusters if route.split is not None else (route.cluster,)
+        clusters = list(route.split.clusters) if route.split is not None else [route.cluster]
+        if route.gamma is not None:  # the backendRefs of GAMMA routes on the port
+            tables = [route.gamma.producer, *route.gamma.consumers.values()]
+            clusters += [
+                b.cluster
+                for table in tables
+                if table is not None
+                for rule in table.rules
+                for b in rule.backends
+                if b.cluster is not None
+            ]
         for cluster in clusters:
             if any(e.ip == ip for e in cluster.endpoints):
                 return cluster.service

@@ -15,9 +15,9 @@ timeline in real time from ``t0``:
   already made the scenario say so);
 - ``latency-spike``/``error-burst``: ``PUT /behaviour`` on the pods (latencyFactor,
   latencyAdd, errorRate), with the simulator's rule for a replica's own fault;
-- ``apply``/``delete``/``set-split``/``set-policy``: the manifests file is rewritten (as the
-  simulator rewrites its objects) and the controller picks it up; when every proxy applied
-  the new version is recorded.
+- ``apply``/``delete``/``set-split``/``set-weights``/``set-policy``: the manifests file is
+  rewritten (as the simulator rewrites its objects) and the controller picks it up; when every
+  proxy applied the new version is recorded.
 
 It ends when the load ends (or, without load, on SIGINT/SIGTERM or after ``options.hold``
 seconds), scrapes each proxy's /metrics and /config, stops everything it started (also on

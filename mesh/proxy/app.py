@@ -159,6 +159,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(SETTINGS_MAX_CONCURRENT_STREAMS; streams beyond it are refused)",
     )
     tuning.add_argument(
+        "--max-mirrors",
+        type=argtypes.integer(low=0, high=100_000),
+        default=64,
+        metavar="N",
+        help="RequestMirror copies in flight (per process); more are dropped (default 64)",
+    )
+    tuning.add_argument(
         "--h2-reset-rate",
         type=argtypes.integer(low=1, high=1_000_000),
         default=100,
@@ -247,6 +254,7 @@ def options_from(args: argparse.Namespace) -> Options:
         max_connections_per_source=args.max_connections_per_source,
         reserved_connections=args.reserved_connections,
         max_concurrent_streams=args.max_concurrent_streams,
+        max_mirrors=args.max_mirrors,
         h2_reset_rate=args.h2_reset_rate,
         h2_reset_burst=args.h2_reset_burst,
         h2_control_rate=args.h2_control_rate,

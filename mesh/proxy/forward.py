@@ -42,6 +42,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from http import HTTPStatus
 from typing import Any, Protocol, TypeVar
 
+from mesh.core.gamma import Edits
 from mesh.core.lifecycle import (
     Abandoned,
     Answer,
@@ -62,14 +63,16 @@ from mesh.proxy.accesslog import AccessLog
 from mesh.proxy.body import Body, ClientGone
 from mesh.proxy.headers import Outgoing
 from mesh.proxy.metrics import Metrics
+from mesh.proxy.mirror import Mirrors
 from mesh.proxy.options import Options
 from mesh.proxy.resources import UpstreamLimit
 from mesh.proxy.snapshot import Snapshot
 from mesh.proxy.tracing import Span, Tracer
-from mesh.proxy.upstream import Call, Response, Upstream, UpstreamError
+from mesh.proxy.upstream import Call, Response, Upstream, UpstreamError, UpstreamRequest
 
 T = TypeVar("T")
 UPSTREAM_LIMIT = "upstream-connection-limit"  # X-Simmesh-Reason of UpstreamLimit's 503
+_REDIRECT = Reason.REDIRECT.value
 
 
 class Inbound:
@@ -199,6 +202,15 @@ class Exchange:
         return self.life.endpoint if self.life is not None else None
 
     @property
+    def sent(self) -> Request | None:
+        """The request that goes upstream: the canonical one, as a GAMMA route's filters
+        left it (headers edited, URL rewritten)."""
+        d = self.decision
+        if d is not None and d.request is not None:
+            return d.request
+        return self.inbound.request
+
+    @property
     def tries(self) -> int:
         return self.life.tries if self.life is not None else 0
 
@@ -228,17 +240,14 @@ class Exchange:
         fw, life, d = self.fw, self.life, self.decision
         assert fw is not None and life is not None and d is not None and d.cluster is not None
         inbound = self.inbound
-        request = inbound.request
+        request = self.sent
         assert request is not None
         life.replayable = inbound.body.replayable
-        scheme = d.cluster.scheme
+        scheme = d.scheme
         h2 = scheme == "h2c"
         self.upstream = fw.h2c if h2 else fw.http
         span = self.span = fw.tracer.start(
-            request.replaced.get("traceparent"),
-            method=inbound.method,
-            service=self.service,
-            host=request.host,
+            request.replaced.get("traceparent"), inbound.method, self.service, request.host
         )
         self.headers = Outgoing(
             request, peer=inbound.peer, proto=inbound.proto, traceparent=span.traceparent
@@ -246,6 +255,27 @@ class Exchange:
         if scheme == "https" and self.snapshot is not None:
             self.server_name = self.snapshot.server_name(d.cluster.service)
         self._perform(life.start())
+        if d.mirrors:
+            self._mirror(fw, request)
+
+    def _mirror(self, fw: Forwarder, request: Request) -> None:
+        d, headers = self.decision, self.headers
+        assert d is not None and headers is not None
+        snapshot = self.snapshot
+        https = any(shot.scheme == "https" for shot in d.mirrors)
+        fw.mirrors.send(
+            d.mirrors,
+            service=self.service,
+            method=self.inbound.method,
+            authority=request.host,
+            target=request.target,
+            headers=headers,
+            body=self.inbound.body,
+            timeout=min(d.policy.timeout or fw.upstream_timeout, fw.upstream_timeout),
+            server_name=snapshot.server_name(d.mirrors[0].cluster.service)
+            if https and snapshot is not None
+            else None,
+        )
 
     def _perform(self, command: Command | None) -> None:
         """Perform the lifecycle's commands until one has to wait for something."""
@@ -286,22 +316,24 @@ class Exchange:
         assert upstream is not None and d is not None and d.cluster is not None
         assert headers is not None
         inbound = self.inbound
-        request = inbound.request
+        request = self.sent
         assert request is not None
         endpoint = command.endpoint
         self.sent_at = time.monotonic()
         self.call = upstream.start(
             self,
-            scheme=d.cluster.scheme,
-            ip=endpoint.ip,
-            port=endpoint.port,
-            method=inbound.method,
-            authority=request.host,
-            path=request.target,
-            headers=headers,
-            body=inbound.body,
-            timeout=command.timeout,
-            server_name=self.server_name,
+            UpstreamRequest(
+                d.scheme,
+                endpoint.ip,
+                endpoint.port,
+                inbound.method,
+                request.host,
+                request.target,
+                headers,
+                inbound.body,
+                command.timeout,
+                self.server_name,
+            ),
         )
 
     def _resume(self) -> None:
@@ -414,7 +446,8 @@ class _Resolve:
         if not self.future.done():
             self.future.set_result(None)
 
-    deliver = answer
+    def deliver(self, ex: Exchange) -> None:
+        self.answer(ex)
 
 
 def local_text(ex: Exchange) -> str:
@@ -429,6 +462,26 @@ def local_text(ex: Exchange) -> str:
 def retry_after(ex: Exchange) -> int:
     """Whole seconds for the Retry-After header of a 429."""
     return max(1, math.ceil(ex.retry_after))
+
+
+def local_headers(ex: Exchange) -> list[tuple[str, str]]:
+    """The headers of the proxy's own answer, framing and ``Connection`` aside: the reason,
+    Retry-After on a 429, and a redirect's Location (with its rule's response header edits)."""
+    headers = [("Content-Type", "text/plain; charset=utf-8"), ("X-Simmesh-Reason", ex.reason)]
+    if ex.status == 429:
+        headers.append(("Retry-After", str(retry_after(ex))))
+    d = ex.decision
+    if d is not None and d.location is not None and ex.reason == _REDIRECT:
+        headers.append(("Location", d.location))
+        for edits in d.response_edits:
+            headers = edits.apply(headers)
+    return headers
+
+
+def response_edits(ex: Exchange) -> tuple[Edits, ...]:
+    """The response header edits of the GAMMA rule (and backendRef) that routed the request."""
+    d = ex.decision
+    return d.response_edits if d is not None else ()
 
 
 class Forwarder:
@@ -456,6 +509,7 @@ class Forwarder:
         self.buffer_limit = options.buffer_limit
         self._body_timeout = options.body_timeout
         self.upstream_timeout = options.upstream_timeout  # when the service sets none
+        self.mirrors = Mirrors(http=http, h2c=h2c, metrics=metrics, limit=options.max_mirrors)
 
     def decide(self, inbound: Inbound, snapshot: Snapshot | None) -> Exchange:
         """The core's verdict on ``snapshot`` (the config the request started on); a denied
@@ -481,7 +535,8 @@ class Forwarder:
             rng=self.rng,
         )
         if not d.allowed:
-            self.metrics.deny(ex.service, "http", d.reason.value)
+            if d.reason is not Reason.REDIRECT:
+                self.metrics.deny(ex.service, "http", d.reason.value)
             ex.retry_after = d.retry_after
             return ex.answer(d.status or 503, d.reason.value, d.detail)
         ex.life = Lifecycle(
@@ -571,7 +626,7 @@ class Forwarder:
         )
         self.metrics.transferred(service, "http", ex.inbound.body.received, sent)
         if ex.span is not None:
-            ex.span.end(status=code, error=failure.value if failure is not None else None)
+            ex.span.end(code, failure.value if failure is not None else None)
         log = self.access_log
         if log is not None:
             log.write(self._record(ex, code, sent, elapsed, failure))

@@ -64,7 +64,7 @@ from mesh.core.policies import RateLimitSpec, TokenBucket
 from mesh.core.request import is_token
 from mesh.proxy.body import Body
 from mesh.proxy.context import Context
-from mesh.proxy.forward import Exchange, Inbound, local_text, retry_after
+from mesh.proxy.forward import Exchange, Inbound, local_headers, local_text, response_edits
 from mesh.proxy.h2common import PREFACE, H2Protocol, Inbox, decode, encode
 from mesh.proxy.headers import response_headers
 from mesh.proxy.upstream import UpstreamError
@@ -567,10 +567,8 @@ class H2ServerProtocol(H2Protocol):
     async def _local(self, stream_id: int, ex: Exchange) -> None:
         """The proxy's own answer, its body within the client's flow-control windows."""
         body = local_text(ex).encode()
-        headers = [(":status", str(ex.status)), ("content-type", "text/plain; charset=utf-8")]
-        headers += [("content-length", str(len(body))), ("x-simmesh-reason", ex.reason)]
-        if ex.status == 429:
-            headers.append(("retry-after", str(retry_after(ex))))
+        headers = [(":status", str(ex.status)), ("content-length", str(len(body)))]
+        headers += [(name.lower(), value) for name, value in local_headers(ex)]
         head = ex.inbound.method == "HEAD"
         fw = self.ctx.forwarder
         try:
@@ -589,7 +587,10 @@ class H2ServerProtocol(H2Protocol):
         upstream = ex.response
         assert upstream is not None
         status = upstream.status
-        headers = [(":status", str(status)), *response_headers(upstream.header_items(), lower=True)]
+        found = response_headers(upstream.header_items())
+        for edits in response_edits(ex):
+            found = edits.apply(found)
+        headers = [(":status", str(status)), *((n.lower(), v) for n, v in found)]
         sent = 0
         gone = self._gone(stream_id)
         try:

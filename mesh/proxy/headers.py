@@ -11,9 +11,10 @@ upstream the proxy appends the client to ``X-Forwarded-For``, sets ``X-Forwarded
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from http import HTTPStatus
 
+from mesh.core.gamma import Edits
 from mesh.core.request import HOP_BY_HOP, PROXY_SET, Request
 from mesh.proxy.body import Body
 
@@ -48,7 +49,7 @@ def request_headers(
         out.append((low if h2 else name, value))
     forwarded_for = request.replaced.get("x-forwarded-for")
     xff = f"{forwarded_for}, {peer}" if forwarded_for else peer
-    host = request.host
+    host = request.forwarded_host
     if h2:
         if request.te_trailers:
             out.append(("te", "trailers"))
@@ -93,7 +94,7 @@ class Outgoing:
         xff = f"{forwarded_for}, {self.peer}" if forwarded_for else self.peer
         lines.append(
             f"X-Forwarded-For: {xff}\r\nX-Forwarded-Proto: {self.proto}\r\n"
-            f"X-Forwarded-Host: {request.host}\r\ntraceparent: {self.traceparent}"
+            f"X-Forwarded-Host: {request.forwarded_host}\r\ntraceparent: {self.traceparent}"
         )
         framing, stream = body_framing(method, body, "content-length" in present)
         if framing:
@@ -169,6 +170,16 @@ def response_head_lines(items: Items) -> list[bytes]:
         f"{name}: {value}\r\n".encode("utf-8", "surrogateescape")
         for name, value in response_headers(items)
     ]
+
+
+def edited_head(status: int, items: Items, edits: Sequence[Edits]) -> bytes:
+    """The status line and header lines for an HTTP/1.1 client of a response whose headers a
+    GAMMA rule edits (ResponseHeaderModifier), hop-by-hop headers left out."""
+    pairs = response_headers(items)
+    for change in edits:
+        pairs = change.apply(pairs)
+    lines = [f"{name}: {value}\r\n".encode("utf-8", "surrogateescape") for name, value in pairs]
+    return status_line(status) + b"".join(lines)
 
 
 def response_headers(items: Items, *, lower: bool = False) -> list[tuple[str, str]]:

@@ -64,8 +64,15 @@ import httptools
 from mesh.core.request import websocket_upgrade
 from mesh.proxy.body import Body, ClientGone
 from mesh.proxy.context import Context
-from mesh.proxy.forward import Exchange, Forwarder, Inbound, local_text, retry_after
-from mesh.proxy.headers import status_line
+from mesh.proxy.forward import (
+    Exchange,
+    Forwarder,
+    Inbound,
+    local_headers,
+    local_text,
+    response_edits,
+)
+from mesh.proxy.headers import edited_head, status_line
 from mesh.proxy.tunnel import Sink, tunnel
 from mesh.proxy.upstream import Response, UpstreamError
 
@@ -795,7 +802,7 @@ class H1Connection(asyncio.Protocol):
         if data is None:  # more to come: relayed as it arrives
             self._task = self._loop.create_task(self._relay(ex, request))
             return
-        self.write(self._response_head(upstream, request, chunked=False) + data)
+        self.write(self._response_head(upstream, request, ex, chunked=False) + data)
         upstream.release()
         ex.fw.complete(ex, status=status, sent=len(data))  # type: ignore[union-attr]
         self._finish(request)
@@ -851,14 +858,11 @@ class H1Connection(asyncio.Protocol):
         request = self.current
         assert request is not None
         body = local_text(ex).encode(errors="replace")
-        lines = [
-            status_line(ex.status),
-            b"Content-Type: text/plain; charset=utf-8\r\n",
-            b"Content-Length: %d\r\nX-Simmesh-Reason: %s\r\n"
-            % (len(body), ex.reason.encode("latin-1", "replace")),
+        lines = [status_line(ex.status), b"Content-Length: %d\r\n" % len(body)]
+        lines += [
+            f"{name}: {value}\r\n".encode("utf-8", "surrogateescape")
+            for name, value in local_headers(ex)
         ]
-        if ex.status == 429:
-            lines.append(b"Retry-After: %d\r\n" % retry_after(ex))
         lines.append(self._connection_header(request))
         lines.append(b"\r\n")
         if request.method != "HEAD":
@@ -894,11 +898,11 @@ class H1Connection(asyncio.Protocol):
                 data = b"".join(parts)
                 if bodyless:
                     data = b""
-                head = self._response_head(upstream, request, chunked=False)
+                head = self._response_head(upstream, request, ex, chunked=False)
                 self.write(head + data if data else head)
                 sent = len(data)
             else:
-                self.write(self._response_head(upstream, request, chunked=chunked))
+                self.write(self._response_head(upstream, request, ex, chunked=chunked))
                 started = True
                 while chunk := await upstream.read():
                     if chunked:
@@ -931,8 +935,14 @@ class H1Connection(asyncio.Protocol):
             raise
         fw.complete(ex, status=status, sent=sent)
 
-    def _response_head(self, upstream: Response, request: _Request, *, chunked: bool) -> bytes:
-        head = upstream.http1_head()
+    def _response_head(
+        self, upstream: Response, request: _Request, ex: Exchange, *, chunked: bool
+    ) -> bytes:
+        edits = response_edits(ex)
+        if edits:
+            head = edited_head(upstream.status, upstream.header_items(), edits)
+        else:
+            head = upstream.http1_head()
         connection = self._connection_header(request)
         if chunked:
             return b"%bTransfer-Encoding: chunked\r\n%b\r\n" % (head, connection)

@@ -35,14 +35,20 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from mesh import __version__
+from mesh.build import describe
 from mesh.core.policies import CircuitState
 
 _METHODS = frozenset(["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"])
-BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+# Typed as variable-length tuples: one Python object each (compiled, a fixed-length tuple of
+# floats would be unboxed and boxed again, every float, at every bisect).
+BUCKETS: tuple[float, ...] = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+)  # fmt: skip
 # Request durations and per-backend response times, from which a snapshot reads what was
 # observed and makes the workloads' latency distributions: steps of 1.25-1.5x, so a percentile
 # read by interpolating within a bucket is off by a few percent at most.
-FINE_BUCKETS = (
+FINE_BUCKETS: tuple[float, ...] = (
     0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.0125, 0.015, 0.02,
     0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10,
     30, 60,
@@ -105,6 +111,12 @@ COUNTERS = {
         "simmesh_proxy_denied",
         "Requests and flows the core denied (403, 404, 503), by reason",
         ("service", "protocol", "reason"),
+    ),
+    "mirrors": (
+        "simmesh_proxy_mirrors",
+        "RequestMirror copies: sent (answered), failed, dropped (over --max-mirrors), "
+        "streamed (a streamed body is not copied)",
+        ("service", "result"),
     ),
     "rate_limited": (
         "simmesh_proxy_rate_limited",
@@ -429,13 +441,20 @@ class _Exporter(Collector):
             "Open downstream connections (http, h2c, tcp) and UDP sessions",
             labels=["protocol"],
         )
-        for protocol, value in sorted(m.active.items()):
-            active.add_metric([protocol], value)
+        for protocol, count in sorted(m.active.items()):
+            active.add_metric([protocol], count)
         yield active
         yield from self._live_families()
 
     def _live_families(self) -> Iterator[Metric]:
         state = self._live()
+        build = GaugeMetricFamily(
+            "simmesh_proxy_build_info",
+            "The running simmesh (value 1): its version and build (compiled or interpreted)",
+            labels=["version", "build"],
+        )
+        build.add_metric([__version__, describe()], 1)
+        yield build
         info = GaugeMetricFamily(
             "simmesh_proxy_config_info", "The applied MeshConfig (value 1)", labels=["version"]
         )

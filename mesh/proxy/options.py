@@ -36,6 +36,7 @@ class Options:
     max_connections_per_source: int | None = None  # None: a tenth of max_connections, >= 100
     reserved_connections: int | None = None  # for sources with identity; None: a tenth
     max_concurrent_streams: int = 100  # h2c SETTINGS_MAX_CONCURRENT_STREAMS, per connection
+    max_mirrors: int = 64  # RequestMirror copies in flight; more are dropped
     # per h2c connection, token buckets (per second, burst); overspent: GOAWAY(ENHANCE_YOUR_CALM)
     h2_reset_rate: int = 100  # streams reset while served (rapid reset)
     h2_reset_burst: int = 200

@@ -383,6 +383,7 @@ class Proxy:
 
     async def close(self) -> None:
         self.listeners.abort()
+        await self.forwarder.mirrors.close()
         await self.http.close()
         await self.h2c.close()
         if self._admin is not None:

@@ -47,11 +47,13 @@ class Span(Protocol):
     trace_id: str
     traceparent: str
 
-    def end(self, *, status: int | None, error: str | None = None) -> None: ...
+    def end(self, status: int | None, error: str | None = None, /) -> None: ...
 
 
 class Tracer(Protocol):
-    def start(self, incoming: str | None, *, method: str, service: str, host: str) -> Span:
+    # Positional parameters: the forwarder calls these once a request, through a Protocol
+    # (a Python call, which parses keyword arguments at every call).
+    def start(self, incoming: str | None, method: str, service: str, host: str, /) -> Span:
         """A span for one proxied request (``incoming``: the request's traceparent)."""
         ...
 
@@ -65,14 +67,14 @@ class W3CSpan:
         self.trace_id = trace_id
         self.traceparent = traceparent
 
-    def end(self, *, status: int | None, error: str | None = None) -> None:
+    def end(self, status: int | None, error: str | None = None, /) -> None:
         return None
 
 
 class W3CTracer:
     """Propagation only: ids, no export."""
 
-    def start(self, incoming: str | None, *, method: str, service: str, host: str) -> Span:
+    def start(self, incoming: str | None, method: str, service: str, host: str, /) -> Span:
         if incoming is None:  # a new trace: both ids from one draw (hot path)
             ids = f"{_ids.getrandbits(192):048x}"
             trace_id, span_id = ids[:32], ids[32:]
@@ -94,7 +96,7 @@ class OtelSpan:
         self.trace_id = trace_id
         self.traceparent = traceparent
 
-    def end(self, *, status: int | None, error: str | None = None) -> None:
+    def end(self, status: int | None, error: str | None = None, /) -> None:
         if status is not None:
             self._span.set_attribute("http.response.status_code", status)
         if error is not None:
@@ -117,11 +119,11 @@ class OtelTracer:
         self._provider = TracerProvider(resource=resource)
         self._provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
         self._tracer = self._provider.get_tracer("simmesh.proxy")
-        self._trace = trace
+        self._in_context: Any = trace.set_span_in_context  # (a module is no native attribute)
         self._propagator = TraceContextTextMapPropagator()
         self._server_kind = trace.SpanKind.SERVER
 
-    def start(self, incoming: str | None, *, method: str, service: str, host: str) -> Span:
+    def start(self, incoming: str | None, method: str, service: str, host: str, /) -> Span:
         carrier = {"traceparent": incoming} if incoming else {}
         context = self._propagator.extract(carrier)
         attributes = {"http.request.method": method, "server.address": host} if host else {}
@@ -129,7 +131,7 @@ class OtelTracer:
             f"{method} {service}", context=context, kind=self._server_kind, attributes=attributes
         )
         out: dict[str, str] = {}
-        self._propagator.inject(out, context=self._trace.set_span_in_context(span))
+        self._propagator.inject(out, context=self._in_context(span))
         trace_id = f"{span.get_span_context().trace_id:032x}"
         return OtelSpan(span, trace_id, out["traceparent"])
 

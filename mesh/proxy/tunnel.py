@@ -30,7 +30,7 @@ from mesh.core.policies import Failure
 from mesh.core.request import offers_websocket
 from mesh.core.routing import Endpoint, Router
 from mesh.proxy.context import Context
-from mesh.proxy.forward import Exchange, Inbound, connect_with
+from mesh.proxy.forward import Exchange, Inbound, connect_with, response_edits
 from mesh.proxy.headers import request_headers, response_headers
 from mesh.proxy.resources import Slot, UpstreamLimit
 from mesh.proxy.upstream import UpstreamError
@@ -133,7 +133,7 @@ async def tunnel(ctx: Context, client: Client, inbound: Inbound) -> None:
     if ex.status or d is None or d.cluster is None or snapshot is None:
         client.local(ex)
         return
-    context = fw.upstream_ssl if d.cluster.scheme == "https" else None
+    context = fw.upstream_ssl if d.scheme == "https" else None
     verify = context is not None and context.check_hostname
     name = snapshot.server_name(d.cluster.service) if verify else None
     connect_timeout = ctx.options.connect_timeout
@@ -190,10 +190,10 @@ async def _exchange(
 ) -> None:
     fw = ctx.forwarder
     life = ex.life
-    canonical = inbound.request
+    canonical = ex.sent
     assert canonical is not None and life is not None
     span = ex.span = fw.tracer.start(
-        canonical.replaced.get("traceparent"), method=inbound.method, service=ex.service, host=""
+        canonical.replaced.get("traceparent"), inbound.method, ex.service, ""
     )
     headers = request_headers(
         canonical, peer=inbound.peer, proto=inbound.proto, traceparent=span.traceparent, h2=False
@@ -225,7 +225,9 @@ async def _exchange(
         client.local(ex)
         return
     life.handle(Responded(status), time.monotonic())
-    out = [(n, v) for n, v in response_headers(upstream_headers)]
+    out = response_headers(upstream_headers)
+    for edits in response_edits(ex):
+        out = edits.apply(out)
     remaining: int | None = None
     if status == 101:
         out += [("Connection", "Upgrade"), ("Upgrade", "websocket")]
@@ -289,7 +291,7 @@ class _Tunnel:
             cluster=d.cluster.key,
             endpoint=endpoint,
             source_ip=self.inbound.peer,
-            request=self.inbound.request,
+            request=self.ex.sent,
         )
 
     def revoke(self) -> None:

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Protocol
+from typing import Protocol, final
+
+from mypy_extensions import mypyc_attr
 
 from mesh.core.policies import Failure
 from mesh.proxy.body import Body
@@ -71,26 +73,26 @@ class Call(Protocol):
     def cancel(self) -> None: ...
 
 
-class Upstream(Protocol):
-    def start(
-        self,
-        handler: Handler,
-        *,
-        scheme: str,
-        ip: str,
-        port: int,
-        method: str,
-        authority: str,
-        path: str,
-        headers: Outgoing | list[tuple[str, str]],
-        body: Body,
-        timeout: float | None,
-        server_name: str | None,
-    ) -> Call: ...
+@final
+class UpstreamRequest:
+    """One upstream attempt's request, as every upstream client takes it: built once per
+    attempt by the forwarder (positional arguments: a compiled caller passes them natively)."""
 
-    async def send(
+    __slots__ = (
+        "authority",
+        "body",
+        "headers",
+        "ip",
+        "method",
+        "path",
+        "port",
+        "scheme",
+        "server_name",
+        "timeout",
+    )
+
+    def __init__(
         self,
-        *,
         scheme: str,
         ip: str,
         port: int,
@@ -101,7 +103,23 @@ class Upstream(Protocol):
         body: Body,
         timeout: float | None,
         server_name: str | None,
-    ) -> Response: ...
+    ) -> None:
+        self.scheme = scheme
+        self.ip = ip
+        self.port = port
+        self.method = method
+        self.authority = authority
+        self.path = path
+        self.headers = headers
+        self.body = body
+        self.timeout = timeout  # per try; None: none
+        self.server_name = server_name  # https: the name the certificate must carry
+
+
+class Upstream(Protocol):
+    def start(self, handler: Handler, request: UpstreamRequest) -> Call: ...
+
+    async def send(self, request: UpstreamRequest) -> Response: ...
 
     async def close(self) -> None: ...
 
@@ -132,23 +150,25 @@ class _TaskCall:
         self.task.cancel()
 
 
+@mypyc_attr(native_class=False)  # a mixin: ``send`` is the subclass's method
 class TaskUpstream:
     """``start`` for a client written as ``async def send``."""
 
-    send: Callable[..., Awaitable[Response]]
+    send: Callable[[UpstreamRequest], Awaitable[Response]]
 
-    def start(self, handler: Handler, **request: Any) -> Call:
-        return _TaskCall(self.send(**request), handler)
+    def start(self, handler: Handler, request: UpstreamRequest) -> Call:
+        return _TaskCall(self.send(request), handler)
 
 
+@mypyc_attr(native_class=False)  # a mixin: ``start`` is the subclass's method
 class CallbackUpstream:
     """``send`` for a client written as ``start`` (callbacks): the mirror of TaskUpstream."""
 
-    start: Callable[..., Call]
+    start: Callable[[Handler, UpstreamRequest], Call]
 
-    async def send(self, **request: Any) -> Response:
+    async def send(self, request: UpstreamRequest) -> Response:
         waiter = Waiter()
-        call = self.start(waiter, **request)
+        call = self.start(waiter, request)
         try:
             return await waiter.future
         except asyncio.CancelledError:

@@ -32,7 +32,7 @@ from mesh.proxy.body import Body, ClientGone
 from mesh.proxy.h2common import H2Protocol, Inbox, decode, encode
 from mesh.proxy.headers import Outgoing, response_head_lines, status_line
 from mesh.proxy.resources import Slot, UpstreamGate
-from mesh.proxy.upstream import Response, TaskUpstream, UpstreamError
+from mesh.proxy.upstream import Response, TaskUpstream, UpstreamError, UpstreamRequest
 
 
 class _Stream:
@@ -265,20 +265,15 @@ class H2Upstream(TaskUpstream):
         self._conns.setdefault(key, []).append(conn)
         return conn
 
-    async def send(
-        self,
-        *,
-        scheme: str,
-        ip: str,
-        port: int,
-        method: str,
-        authority: str,
-        path: str,
-        headers: Outgoing | list[tuple[str, str]],
-        body: Body,
-        timeout: float | None,
-        server_name: str | None,
-    ) -> Response:
+    async def send(self, request: UpstreamRequest) -> Response:
+        ip, port, method, authority, path = (
+            request.ip,
+            request.port,
+            request.method,
+            request.authority,
+            request.path,
+        )
+        headers, body, timeout = request.headers, request.body, request.timeout
         conn = await self._connection(ip, port)
         pseudo = [(":method", method), (":scheme", "http"), (":authority", authority)]
         pseudo.append((":path", path))

@@ -33,10 +33,9 @@ import aiohttp
 from yarl import URL
 
 from mesh.core.policies import Failure
-from mesh.proxy.body import Body
 from mesh.proxy.headers import Outgoing, response_head_lines, status_line
 from mesh.proxy.resources import Slot, UpstreamGate
-from mesh.proxy.upstream import Response, TaskUpstream, UpstreamError
+from mesh.proxy.upstream import Response, TaskUpstream, UpstreamError, UpstreamRequest
 
 _SKIP = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 
@@ -135,20 +134,20 @@ class HttpUpstream(TaskUpstream):
             )
         return timeout
 
-    async def send(
-        self,
-        *,
-        scheme: str,
-        ip: str,
-        port: int,
-        method: str,
-        authority: str,
-        path: str,
-        headers: Outgoing | list[tuple[str, str]],
-        body: Body,
-        timeout: float | None,
-        server_name: str | None,
-    ) -> Response:
+    async def send(self, request: UpstreamRequest) -> Response:
+        scheme, ip, port, path, body = (
+            request.scheme,
+            request.ip,
+            request.port,
+            request.path,
+            request.body,
+        )
+        method, headers, timeout, server_name = (
+            request.method,
+            request.headers,
+            request.timeout,
+            request.server_name,
+        )
         session = self._session or self._open()
         tls = scheme == "https"
         url = URL(f"{'https' if tls else 'http'}://{ip}:{port}{path}", encoded=True)

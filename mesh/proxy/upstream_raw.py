@@ -59,6 +59,7 @@ from mesh.proxy.upstream import (
     Response,
     Upstream,
     UpstreamError,
+    UpstreamRequest,
 )
 
 HIGH_WATER = 256 * 1024  # response bytes queued before reading from the upstream pauses
@@ -702,39 +703,23 @@ class RawUpstream(CallbackUpstream):
 
     # -- Upstream -----------------------------------------------------------------------------
 
-    def start(
-        self,
-        handler: Handler,
-        *,
-        scheme: str,
-        ip: str,
-        port: int,
-        method: str,
-        authority: str,
-        path: str,
-        headers: Outgoing | list[tuple[str, str]],
-        body: Body,
-        timeout: float | None,
-        server_name: str | None,
-    ) -> Call:
-        if scheme != "http":
-            return self._fallback.start(
-                handler,
-                scheme=scheme,
-                ip=ip,
-                port=port,
-                method=method,
-                authority=authority,
-                path=path,
-                headers=headers,
-                body=body,
-                timeout=timeout,
-                server_name=server_name,
-            )
+    def start(self, handler: Handler, request: UpstreamRequest) -> Call:
+        if request.scheme != "http":
+            return self._fallback.start(handler, request)
+        ip, port, method, path, body = (
+            request.ip,
+            request.port,
+            request.method,
+            request.path,
+            request.body,
+        )
+        headers, timeout = request.headers, request.timeout
         if isinstance(headers, Outgoing):
             head, stream = headers.http1_head(method, path, body)
         else:
-            head, stream = request_head(method, path, headers, body, authority or f"{ip}:{port}")
+            head, stream = request_head(
+                method, path, headers, body, request.authority or f"{ip}:{port}"
+            )
         attempt = _Attempt(self, handler, (ip, port), head, body, stream, timeout, method)
         conn = self._acquire(attempt.key)
         if conn is None:

@@ -824,11 +824,77 @@ def cli_cases() -> Iterator[Case]:
     )
 
 
+# A GAMMA route on the quickstart's backend: its compiled tables are what gamma_cases break.
+GAMMA_ROUTE = """\
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: backend, namespace: demo}
+spec:
+  parentRefs: [{group: "", kind: Service, name: backend, port: 80}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /api}, headers: [{name: x-a, value: "1"}]}]
+    filters:
+    - {type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: X-B, value: "2"}]}}
+    - {type: URLRewrite, urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /v2}}}
+    - {type: RequestMirror, requestMirror: {backendRef: {name: backend-v2, port: 80}}}
+    backendRefs: [{name: backend-v1, port: 80, weight: 3}, {name: backend-v2, port: 80}]
+    timeouts: {request: 5s}
+  - matches: [{path: {type: Exact, value: /old}}]
+    filters: [{type: RequestRedirect, requestRedirect: {hostname: example.org}}]
+"""
+
+
+def gamma_cases(valid: dict[str, Any]) -> Iterator[Case]:
+    """A config file whose GAMMA tables are broken: each is one line naming the field."""
+    table = "routes.demo/backend:80.gamma.producer"
+    rule = f"{table}.rules[0]"
+    fields: dict[str, list[Any]] = {
+        f"{table}.kind": ["TCPRoute"],
+        f"{table}.matches[0].rule": [99, -1],
+        f"{table}.matches[0].pathType": ["Glob"],
+        f"{table}.matches[0]": [{"rule": 0, "pathType": "RegularExpression", "path": r"/(a)\1"}],
+        f"{table}.matches[0].headers": [[{"name": "x", "value": "(", "regex": True}]],
+        f"{rule}.backends[0].cluster": ["demo/nope:80"],
+        f"{rule}.backends[0].weight": [-1],
+        f"{rule}.requestTimeout": [-1, "5s"],
+        f"{rule}.prefix": [None],
+        f"{rule}.filters.mirrors[0].cluster": ["demo/nope:80"],
+        f"{rule}.filters.mirrors[0].numerator": [200],
+        f"{rule}.filters.requestHeaders.set": [[["X-B", "1\r\nEvil: yes"]], [["Bad Name", "1"]]],
+        f"{table}.rules[1].filters.redirect.status": [304],
+        f"{table}.rules[1].filters.redirect.port": [70000],
+    }
+    for path, values in fields.items():
+        for value in values:
+            doc = copy.deepcopy(valid)
+            node: Any = doc
+            steps = _steps(path)
+            for step in steps[:-1]:
+                node = node[step]
+            node[steps[-1]] = value
+            last = str(steps[-1])
+            word = {"set": "requestHeaders", "numerator": "mirrors[0]", "0": "path"}
+            yield Case(
+                f"config:gamma:{path.removeprefix(table + '.')}={str(value)[:16]}",
+                "config",
+                files={"config.json": json.dumps(doc)},
+                expect=(word.get(last, last),),
+            )
+
+
 def all_cases() -> list[Case]:
+    import tempfile
+
     from mesh.cli import compile_dir
 
     valid = json.loads(compile_dir(QUICKSTART, acl=True, strict=True).to_json())
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, text in quickstart_files().items():
+            (Path(tmp) / name).write_text(str(text))
+        (Path(tmp) / "route.yaml").write_text(GAMMA_ROUTE)
+        gamma = json.loads(compile_dir(Path(tmp), acl=True).to_json())
     cases = [*scenario_cases(), *manifest_cases(), *config_cases(valid), *cli_cases()]
+    cases += gamma_cases(gamma)
     seen: dict[str, int] = {}
     for case in cases:  # ids are truncated values: number the ones that collide
         seen[case.id] = seen.get(case.id, 0) + 1

@@ -164,6 +164,34 @@ OBJECT_ERRORS = {
         "spec: {ports: [{port: 80}]}\n",
         "Service demo/web: metadata.annotations[simmesh.io/circuit-breaker]: expected a number",
     ),
+    "route-header-injection": (
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, "
+        "namespace: demo}\nspec: {parentRefs: [{group: '', kind: Service, name: web}], rules: "
+        "[{filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: X-A, "
+        'value: "a\\r\\nX-Admin: true"}]}}]}]}\n',
+        "HTTPRoute demo/r: spec.rules[0].filters[0].requestHeaderModifier.set[0].value: a "
+        "header value may not hold a line break",
+    ),
+    "route-backreference": (
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, "
+        "namespace: demo}\nspec: {parentRefs: [{group: '', kind: Service, name: web}], rules: "
+        "[{matches: [{path: {type: RegularExpression, value: '/(a+)\\1'}}]}]}\n",
+        "HTTPRoute demo/r: spec.rules[0].matches[0].path.value: expected an RE2 regular expression",
+    ),
+    "route-redirect-and-backends": (
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, "
+        "namespace: demo}\nspec: {parentRefs: [{group: '', kind: Service, name: web}], rules: "
+        "[{filters: [{type: RequestRedirect, requestRedirect: {statusCode: 301}}], backendRefs: "
+        "[{name: web, port: 80}]}]}\n",
+        "HTTPRoute demo/r: spec.rules[0].filters: a RequestRedirect filter may not be used "
+        "together with backendRefs",
+    ),
+    "grpcroute-no-method": (
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {name: g, "
+        "namespace: demo}\nspec: {parentRefs: [{group: '', kind: Service, name: web}], rules: "
+        "[{matches: [{method: {type: Exact}}]}]}\n",
+        "GRPCRoute demo/g: spec.rules[0].matches[0].method: one or both of service and method",
+    ),
     "slice-address": (
         "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: s, namespace: "
         "demo, labels: {kubernetes.io/service-name: web}}\naddressType: IPv4\n"

@@ -166,3 +166,86 @@ def test_no_config_is_built_before_every_kind_was_listed(
             await asyncio.gather(*tasks, return_exceptions=True)
 
     asyncio.run(body())
+
+
+NOT_FOUND = {
+    "kind": "Status",
+    "apiVersion": "v1",
+    "metadata": {},
+    "status": "Failure",
+    "message": "the server could not find the requested resource",
+    "reason": "NotFound",
+    "code": 404,
+}
+
+
+def test_an_optional_kind_without_its_crd_reads_as_none_and_is_listed_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """HTTPRoute and GRPCRoute (GAMMA) are watched only when Gateway API's CRDs are installed:
+    a 404 on the list does not hold the config back, and once the CRD is there its routes are
+    read without a restart."""
+    from mesh.controller import kube as kube_module
+
+    service = {
+        "kind": "Service",
+        "apiVersion": "v1",
+        "metadata": {"name": "web", "namespace": "shop", "resourceVersion": "3"},
+        "spec": {"ports": [{"port": 80}], "selector": {"app": "web"}},
+    }
+    route = {
+        "kind": "HTTPRoute",
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "metadata": {"name": "r", "namespace": "shop", "resourceVersion": "4"},
+        "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "web"}]},
+    }
+    installed = asyncio.Event()
+    lists = {"HTTPRoute": 0}
+
+    async def services(watch: bool = False, **kwargs: Any) -> FakeResponse:
+        if watch:
+            return BlockingWatch()
+        return FakeResponse(200, [{"items": [service], "metadata": {"resourceVersion": "9"}}])
+
+    async def routes(watch: bool = False, **kwargs: Any) -> FakeResponse:
+        if watch:
+            return BlockingWatch()
+        lists["HTTPRoute"] += 1
+        if not installed.is_set():
+            return FakeResponse(404, [NOT_FOUND])
+        return FakeResponse(200, [{"items": [route], "metadata": {"resourceVersion": "9"}}])
+
+    monkeypatch.setattr(
+        kube_module,
+        "resources",
+        lambda api: [
+            Resource("Service", "v1", services),
+            Resource("HTTPRoute", route["apiVersion"], routes, optional=True),
+        ],
+    )
+
+    async def body() -> None:
+        controller = Controller(Settings(), debounce=0.01, max_delay=0.05)
+        provider = KubeProvider(None, controller)  # type: ignore[arg-type]
+        provider.crd_recheck = 0.05
+        tasks = [asyncio.create_task(provider.run()), asyncio.create_task(controller.run())]
+        try:
+            for _ in range(100):
+                if controller.current is not None:
+                    break
+                await asyncio.sleep(0.02)
+            assert controller.current is not None and provider.absent == {"HTTPRoute"}
+            assert not controller.current.topology.routes
+            installed.set()
+            for _ in range(200):
+                if controller.current.topology.routes:
+                    break
+                await asyncio.sleep(0.02)
+            assert ("shop/web", 80) in controller.current.topology.routes
+            assert provider.absent == set() and lists["HTTPRoute"] >= 2
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    asyncio.run(body())

@@ -248,6 +248,88 @@ def traffic_split(
     }
 
 
+GATEWAY = "gateway.networking.k8s.io/"
+
+
+def parent(
+    name: str, *, ns: str | None = None, port: int | None = None, section: str | None = None
+) -> dict[str, Any]:
+    """A parentRef to a Service (GAMMA)."""
+    out: dict[str, Any] = {"group": "", "kind": "Service", "name": name}
+    if ns is not None:
+        out["namespace"] = ns
+    if port is not None:
+        out["port"] = port
+    if section is not None:
+        out["sectionName"] = section
+    return out
+
+
+def backend_ref(
+    name: str,
+    port: int | None = 80,
+    *,
+    weight: int | None = None,
+    ns: str | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": name, **extra}
+    if port is not None:
+        out["port"] = port
+    if weight is not None:
+        out["weight"] = weight
+    if ns is not None:
+        out["namespace"] = ns
+    return out
+
+
+def http_route(
+    name: str,
+    parents: Sequence[dict[str, Any]],
+    rules: Sequence[dict[str, Any]] | None,
+    *,
+    ns: str = NS,
+    created: str | None = None,
+    kind: str = "HTTPRoute",
+    version: str = "v1",
+) -> dict[str, Any]:
+    """An HTTPRoute (or GRPCRoute with ``kind``); ``rules`` None leaves the CRD's default."""
+    extra = {"creationTimestamp": created} if created is not None else {}
+    spec: dict[str, Any] = {"parentRefs": list(parents)}
+    if rules is not None:
+        spec["rules"] = list(rules)
+    return {
+        "apiVersion": GATEWAY + version,
+        "kind": kind,
+        "metadata": meta(name, ns, **extra),
+        "spec": spec,
+    }
+
+
+def grpc_route(
+    name: str,
+    parents: Sequence[dict[str, Any]],
+    rules: Sequence[dict[str, Any]],
+    *,
+    ns: str = NS,
+    created: str | None = None,
+) -> dict[str, Any]:
+    return http_route(name, parents, rules, ns=ns, created=created, kind="GRPCRoute")
+
+
+def prefix(value: str, **extra: Any) -> dict[str, Any]:
+    """An HTTPRoute match on a PathPrefix (and ``headers``, ``queryParams``, ``method``)."""
+    return {"path": {"type": "PathPrefix", "value": value}, **extra}
+
+
+def exact(value: str, **extra: Any) -> dict[str, Any]:
+    return {"path": {"type": "Exact", "value": value}, **extra}
+
+
+def header(name: str, value: str, kind: str = "Exact") -> dict[str, Any]:
+    return {"type": kind, "name": name, "value": value}
+
+
 # ---------------------------------------------------------------------------------------------
 # Running the core
 

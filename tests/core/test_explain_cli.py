@@ -13,8 +13,12 @@ import yaml
 from mesh.cli import main
 from tests.core.builders import (
     app,
+    backend_ref,
     http_match,
+    http_route,
+    parent,
     port_route,
+    prefix,
     route_group,
     rule,
     traffic_split,
@@ -380,3 +384,88 @@ def test_no_ready_endpoint_is_503_in_both_modes(
         )
     text = explain_text(capsys, directory, "--url", "http://web.demo.mesh/")
     assert text.startswith("DENIED (503): ")
+
+
+# -- GAMMA routes ---------------------------------------------------------------------------------
+
+
+def gamma_world() -> list[dict[str, Any]]:
+    edit = {"set": [{"name": "X-Canary", "value": "1"}]}
+    rewrite = {"path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/api/v2"}}
+    route = http_route(
+        "backend-routes",
+        [parent("backend", port=80)],
+        [
+            {
+                "name": "canary",
+                "matches": [prefix("/api/next")],
+                "filters": [
+                    {"type": "RequestHeaderModifier", "requestHeaderModifier": edit},
+                    {"type": "URLRewrite", "urlRewrite": rewrite},
+                ],
+                "backendRefs": [
+                    backend_ref("backend", weight=3),
+                    backend_ref("backend-v2", weight=1),
+                    backend_ref("gone", weight=1),
+                ],
+            },
+            {
+                "matches": [prefix("/old")],
+                "filters": [
+                    {"type": "RequestRedirect", "requestRedirect": {"hostname": "new.example"}}
+                ],
+            },
+            {"matches": [prefix("/api")], "backendRefs": [backend_ref("backend")]},
+        ],
+    )
+    return [*world(), route]
+
+
+def test_gamma_names_the_route_rule_filters_and_backends(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    directory = write(tmp_path / "gamma", gamma_world())
+    answer = explain(capsys, directory, "--url", "http://backend.demo.mesh/api/next/x?y=1")
+    gamma = answer["gamma"]
+    assert gamma["route"] == "HTTPRoute demo/backend-routes"
+    assert gamma["rule"] == {"index": 0, "name": "canary"}
+    assert gamma["match"] == "PathPrefix /api/next"
+    assert gamma["filters"] == [
+        "request set X-Canary: 1",
+        "URLRewrite path ReplacePrefixMatch '/api/v2'",
+    ]
+    assert gamma["backend"] == "demo/backend:80"
+    backends = {b["service"]: b for b in answer["backends"]}
+    assert backends["demo/backend:80"]["sent"] == {
+        "target": "/api/v2/x?y=1",
+        "host": "backend.demo.mesh",
+    }
+    assert backends["demo/gone:80"]["reasonCode"] == "invalid-backend"
+    assert not answer["allowed"] and answer["status"] == 500  # a fifth of requests get 500
+    assert answer["endpoint"] is None
+
+
+def test_gamma_redirect_and_no_rule(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    directory = write(tmp_path / "gamma", gamma_world())
+    answer = explain(capsys, directory, "--url", "http://backend.demo.mesh/old/page")
+    assert (answer["status"], answer["reasonCode"]) == (302, "redirect")
+    assert answer["gamma"]["location"] == "http://new.example/old/page"
+    text = explain_text(capsys, directory, "--url", "http://backend.demo.mesh/old/page")
+    assert text.startswith("REDIRECTED (302)")
+    assert "  location: http://new.example/old/page" in text
+    lost = explain(capsys, directory, "--url", "http://backend.demo.mesh/elsewhere")
+    assert (lost["status"], lost["reasonCode"]) == (404, "no-matching-rule")
+
+
+def test_gamma_in_acl_mode_checks_the_chosen_backends(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    directory = write(tmp_path / "gamma", gamma_world(), {"acl": True})
+    args = ["--from", "demo/frontend", "-H", "X-User: ann"]
+    answer = explain(capsys, directory, *args, "--url", "http://backend.demo.mesh/api/items")
+    assert answer["allowed"] and answer["gamma"]["rule"]["index"] == 2
+    assert answer["rule"] == (
+        "TrafficTarget demo/frontend-to-backend (HTTPRouteGroup backend-routes match 'api')"
+    )
+    text = explain_text(capsys, directory, *args, "--url", "http://backend.demo.mesh/api/items")
+    assert "  matched:  HTTPRoute demo/backend-routes rule 2: PathPrefix /api" in text

@@ -30,6 +30,9 @@ EXPECTED_CASES = {
     "split",
     "split-matches",
     "annotations",
+    "gamma-http",
+    "gamma-consumer",
+    "gamma-grpc",
 }
 
 

@@ -353,3 +353,74 @@ def test_controller_recovers_after_apiserver_restart(
     # ...and picks up changes made after it came back.
     service(apiserver, "ctl-d", "after")
     wait_for(lambda: "ctl-d/after:80" in ctl.config()["routes"], timeout=60, what="after")
+
+
+def _route_crd(kind: str, plural: str) -> dict[str, Any]:
+    """A minimal CRD for a Gateway API route kind (the schema is not the point here)."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": f"{plural}.gateway.networking.k8s.io",
+            # a *.k8s.io group: the API server asks for the approval Gateway API's CRDs carry
+            "annotations": {
+                "api-approved.kubernetes.io": "https://github.com/kubernetes-sigs/gateway-api/pull/3328"
+            },
+        },
+        "spec": {
+            "group": "gateway.networking.k8s.io",
+            "scope": "Namespaced",
+            "names": {"kind": kind, "plural": plural, "listKind": f"{kind}List"},
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "x-kubernetes-preserve-unknown-fields": True,
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+def test_gamma_routes_are_read_once_their_crds_are_installed(
+    apiserver: harness.Cluster, run_controller: Any
+) -> None:
+    """Every test above ran without Gateway API's CRDs (the list is a 404 and the controller
+    builds its config all the same); with them, an HTTPRoute on a Service is in the config.
+    (Last in this file: the CRDs stay installed for the rest of the session.)"""
+    apiserver.install_crds(
+        [_route_crd("HTTPRoute", "httproutes"), _route_crd("GRPCRoute", "grpcroutes")]
+    )
+    namespace(apiserver, "ctl-g")
+    service(apiserver, "ctl-g", "web")
+    service(apiserver, "ctl-g", "web-v2")
+    apiserver.create(
+        "/apis/gateway.networking.k8s.io/v1/namespaces/ctl-g/httproutes",
+        {
+            "apiVersion": "gateway.networking.k8s.io/v1",
+            "kind": "HTTPRoute",
+            "metadata": {"name": "canary"},
+            "spec": {
+                "parentRefs": [{"group": "", "kind": "Service", "name": "web", "port": 80}],
+                "rules": [{"backendRefs": [{"name": "web-v2", "port": 80}]}],
+            },
+        },
+    )
+    ctl = run_controller("mesh-g", ["ctl-g"])
+
+    def attached() -> dict[str, Any] | None:
+        gamma = ctl.config()["routes"].get("ctl-g/web:80", {}).get("gamma")
+        return gamma if isinstance(gamma, dict) else None
+
+    gamma = wait_for(attached, what="the HTTPRoute in the config")
+    assert gamma["producer"]["routes"] == ["ctl-g/canary"]
+    topology = http_json(f"{ctl.url}/api/v1/topology")
+    assert topology["routes"] == {"ctl-g/web:80": {"producer": ["HTTPRoute ctl-g/canary"]}}
+    apiserver.delete("/apis/gateway.networking.k8s.io/v1/namespaces/ctl-g/httproutes/canary")
+    wait_for(lambda: "gamma" not in ctl.config()["routes"]["ctl-g/web:80"], what="route gone")

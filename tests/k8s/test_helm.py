@@ -54,7 +54,11 @@ SMI_KINDS = {
     ("split.smi-spec.io", "trafficsplits"),
 }
 CLUSTER_READS = {("", "services"), ("discovery.k8s.io", "endpointslices"), ("", "pods")}
-CLUSTER_READS |= {("", "namespaces"), *SMI_KINDS}
+GAMMA_KINDS = {
+    ("gateway.networking.k8s.io", "httproutes"),
+    ("gateway.networking.k8s.io", "grpcroutes"),
+}
+CLUSTER_READS |= {("", "namespaces"), *SMI_KINDS, *GAMMA_KINDS}
 
 
 def _kube_version() -> str:
@@ -439,6 +443,9 @@ def test_rbac(default_docs: list[dict[str, Any]]) -> None:
     assert not allows(cluster_rules, "", "namespaces", "create")
     assert not any(allows(cluster_rules, "", "services", v) for v in ("create", "delete"))
     assert not allows(cluster_rules, "", "secrets", "get")
+    for group, resource in GAMMA_KINDS:  # read-only: route status is not written yet
+        assert not allows(cluster_rules, group, resource, "update")
+        assert not allows(cluster_rules, group, f"{resource}/status", "patch")
 
     role_rules = one(default_docs, "Role", "simmesh-controller")["rules"]
     no_wildcards(role_rules)

@@ -8,6 +8,8 @@ import json
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from mesh import __version__
+from mesh.build import describe
 from tests.proxy.harness import (
     LOCAL,
     backends,
@@ -92,6 +94,8 @@ async def test_metrics_cover_requests_connections_and_policies() -> None:
         (("code", "200"), ("method", "POST"), ("service", "demo/web")),
     )
     assert samples[key] == 2
+    (info,) = [labels for name, labels in samples if name == "simmesh_proxy_build_info"]
+    assert dict(info) == {"version": __version__, "build": describe()}
     assert (
         samples[
             (

@@ -11,6 +11,7 @@ from h2.settings import SettingCodes
 from hyperframe.frame import DataFrame, HeadersFrame, PingFrame, RstStreamFrame, SettingsFrame
 
 from mesh.proxy.body import Body
+from mesh.proxy.upstream import UpstreamRequest
 from mesh.proxy.upstream_h2 import H2Upstream
 from tests.proxy.h2attack import REFUSED_STREAM, RawH2, request_headers
 from tests.proxy.harness import (
@@ -46,16 +47,18 @@ async def h2_request(
     host: str = "web.demo.mesh",
 ) -> tuple[int, dict[str, str], bytes, dict[str, str]]:
     resp = await client.send(
-        scheme="h2c",
-        ip=LOCAL,
-        port=port,
-        method=method,
-        authority=host,
-        path=path,
-        headers=headers or [],
-        body=body(data),
-        timeout=5.0,
-        server_name=None,
+        UpstreamRequest(
+            scheme="h2c",
+            ip=LOCAL,
+            port=port,
+            method=method,
+            authority=host,
+            path=path,
+            headers=headers or [],
+            body=body(data),
+            timeout=5.0,
+            server_name=None,
+        )
     )
     chunks = []
     while chunk := await resp.read():

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from mesh.core.policies import Failure
 from mesh.proxy.body import Body
-from mesh.proxy.upstream import Response, UpstreamError
+from mesh.proxy.upstream import Response, UpstreamError, UpstreamRequest
 from mesh.proxy.upstream_http import HttpUpstream
 from mesh.proxy.upstream_raw import RawUpstream, request_head
 from tests.proxy.harness import serve_app
@@ -98,16 +98,18 @@ async def send(
     timeout: float | None = 5.0,
 ) -> Response:
     return await upstream.send(
-        scheme="http",
-        ip=IP,
-        port=port,
-        method=method,
-        authority="web.demo",
-        path=path,
-        headers=[("Host", "web.demo"), ("X-Test", "1")],
-        body=body or Body(None, None, chunked=False),
-        timeout=timeout,
-        server_name=None,
+        UpstreamRequest(
+            scheme="http",
+            ip=IP,
+            port=port,
+            method=method,
+            authority="web.demo",
+            path=path,
+            headers=[("Host", "web.demo"), ("X-Test", "1")],
+            body=body or Body(None, None, chunked=False),
+            timeout=timeout,
+            server_name=None,
+        )
     )
 
 

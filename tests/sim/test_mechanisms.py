@@ -274,6 +274,67 @@ def test_policy_changes_apply_after_the_config_delay(tmp_path: Path) -> None:
     assert min(v2) == pytest.approx(10.5, abs=0.02)
 
 
+def test_route_weights_change_after_the_config_delay_and_mirrors_load_their_pods(
+    tmp_path: Path,
+) -> None:
+    """set-weights on an HTTPRoute (GAMMA) applies like set-split; a RequestMirror's copies
+    reach the mirror's pod (its own requests), and never the client's results."""
+    route = {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": {"name": "r", "namespace": "m"},
+        "spec": {
+            "parentRefs": [{"group": "", "kind": "Service", "name": "server"}],
+            "rules": [
+                {
+                    "name": "main",
+                    "filters": [
+                        {
+                            "type": "RequestMirror",
+                            "requestMirror": {"backendRef": {"name": "shadow", "port": 80}},
+                        }
+                    ],
+                    "backendRefs": [
+                        {"name": "server-v1", "port": 80, "weight": 100},
+                        {"name": "server-v2", "port": 80, "weight": 0},
+                    ],
+                }
+            ],
+        },
+    }
+    (tmp_path / "scenario").mkdir()
+    (tmp_path / "scenario" / "route.yaml").write_text(yaml.safe_dump(route))
+    event = {
+        "at": 10,
+        "action": "set-weights",
+        "route": "m/r",
+        "rule": "main",
+        "weights": {"server-v1": 0, "server-v2": 100},
+    }
+    _, sim = run(
+        tmp_path,
+        profile={"configDelay": 0.5},
+        workloads={
+            "m/server-v1": {"replicas": 1},
+            "m/server-v2": {"replicas": 1},
+            "m/server": {"replicas": 0},
+            "m/shadow": {"replicas": 1, "capacity": 1, "latency": 0.004},
+            "m/client": {"replicas": 1},
+        },
+        traffic={"rate": 200},
+        timeline=[event],
+        duration=12.0,
+    )
+    rec, names = sim.recorder, {v: k for k, v in sim.recorder.names.items()}
+    v1 = [s for s, b in zip(rec.start, rec.backend, strict=True) if names[b] == "m/server-v1"]
+    v2 = [s for s, b in zip(rec.start, rec.backend, strict=True) if names[b] == "m/server-v2"]
+    assert max(v1) == pytest.approx(10.5, abs=0.02)
+    assert min(v2) == pytest.approx(10.5, abs=0.02)
+    assert "m/shadow" not in {names[b] for b in rec.backend}
+    shadow = next(p for p in sim.pods.values() if p.behaviour.workload.service == "m/shadow")
+    assert shadow.slots is not None and max(shadow.slots) > 11.0  # busy to the end
+
+
 def test_profiles_are_checked_with_one_line_errors(tmp_path: Path) -> None:
     (tmp_path / "bad.yaml").write_text("proxy: {request: -1}\n")
     with pytest.raises(ProfileError, match=r"proxy\.request: expected seconds >= 0"):

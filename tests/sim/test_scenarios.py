@@ -68,6 +68,10 @@ def write(tmp: Path, text: str) -> Path:
             GOOD + "timeline: [{at: 5, action: latency-spike, service: ns/api, until: 2}]\n",
             "timeline[0].until",
         ),
+        (
+            GOOD + "timeline: [{at: 5, action: set-weights, route: ns/nope, weights: {a: 1}}]\n",
+            "timeline[0].route",
+        ),
         (GOOD + "slos: [{name: x}]\n", "slos[0]"),
         (GOOD + "slos: [{latency: {q99: 1}}]\n", "slos[0].latency.q99"),
         (GOOD + "slos: [{traffic: nope, successRate: 1}]\n", "slos[0].traffic"),
@@ -116,6 +120,7 @@ def simmesh(*args: str) -> subprocess.CompletedProcess[str]:
     ("name", "code"),
     [
         ("canary", 0),
+        ("gamma-canary", 0),
         ("retry-storm", 1),
         ("circuit-breaker", 0),
         ("rate-limit", 0),
@@ -129,7 +134,7 @@ def test_library_scenarios_run_with_their_verdicts(tmp_path: Path, name: str, co
     assert "SLOs:" in result.stdout
     for produced in ("results.json", "report.html", "latency.png", "success.png"):
         assert (tmp_path / produced).stat().st_size > 1000
-    if name == "canary":
+    if name in ("canary", "gamma-canary"):
         assert (tmp_path / "shares.png").exists()
         assert "data:image/png;base64" in (tmp_path / "report.html").read_text()
 
