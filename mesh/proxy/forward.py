@@ -357,12 +357,8 @@ class Exchange:
             return
         now = time.monotonic()
         cluster = self.decision.cluster if self.decision is not None else None
-        fw.metrics.attempt(
-            self.service,
-            now - self.sent_at,
-            backend=cluster.service if cluster is not None else None,
-            status=response.status,
-        )
+        backend = cluster.service if cluster is not None else None
+        fw.metrics.attempt(self.service, now - self.sent_at, backend, response.status)
         self.response = response
         self._perform(life.responded(response.status, now))
 
@@ -615,16 +611,18 @@ class Forwarder:
         elapsed = time.monotonic() - ex.started
         service = ex.service
         code = 499 if client_gone else status
-        request = ex.inbound.request
-        self.metrics.request(
+        inbound = ex.inbound
+        request = inbound.request
+        self.metrics.http(
             service,
             code,
-            ex.inbound.method,
+            inbound.method,
             elapsed,
-            source=ex.source,
-            path=request.path if request is not None and ex.decision is not None else None,
+            ex.source,
+            request.path if request is not None and ex.decision is not None else None,
+            inbound.body.received,
+            sent,
         )
-        self.metrics.transferred(service, "http", ex.inbound.body.received, sent)
         if ex.span is not None:
             ex.span.end(code, failure.value if failure is not None else None)
         log = self.access_log

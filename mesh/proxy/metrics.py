@@ -21,7 +21,6 @@ per service in one process, the ones after that counted as ``other``.
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -72,7 +71,17 @@ class Histogram:
         self.sum = 0.0
 
     def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1
+        # bisect_left written out: compiled, a loop of native compares, where calling
+        # bisect.bisect_left (a module global, then a call) was most of an observation.
+        bounds = self.bounds
+        lo, hi = 0, len(bounds)
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if bounds[mid] < value:
+                lo = mid + 1
+            else:
+                hi = mid
+        self.counts[lo] += 1
         self.sum += value
 
     def cumulative(self) -> list[tuple[str, float]]:
@@ -82,6 +91,46 @@ class Histogram:
             total += count
             out.append((bound, float(total)))
         return out
+
+
+class _Served:
+    """What HTTP requests with the same raw labels added up to since the last fold."""
+
+    __slots__ = ("count", "duration", "rx", "tx")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.rx = 0
+        self.tx = 0
+        self.duration = Histogram(FINE_BUCKETS)
+
+
+class _Tried:
+    """Attempts of one service to one backend since the last fold."""
+
+    __slots__ = ("backend", "errors", "upstream")
+
+    def __init__(self) -> None:
+        self.upstream = Histogram(BUCKETS)
+        self.backend = Histogram(FINE_BUCKETS)
+        self.errors = 0
+
+
+def _merge(into: dict[Labels, Histogram], key: Labels, other: Histogram) -> None:
+    histogram = into.get(key)
+    if histogram is None:
+        histogram = into[key] = Histogram(other.bounds)
+    counts = histogram.counts
+    for i, count in enumerate(other.counts):
+        if count:
+            counts[i] += count
+    histogram.sum += other.sum
+
+
+# Raw rows kept between folds at most (a fold runs at each scrape, and when this many are held).
+MAX_ROWS = 1024
+# HTTP status codes as label values, made once.
+_STATUS = {code: str(code) for code in range(100, 600)}
 
 
 # (name, help, label names) of the counters; the Metrics attribute is the name's last part.
@@ -220,24 +269,42 @@ BOUNDS = {"backend": FINE_BUCKETS, "duration": FINE_BUCKETS}  # histograms not o
 
 
 class Metrics:
+    """The proxy's tables. An HTTP request costs one dictionary lookup on the request path:
+    :meth:`http` and :meth:`attempt` add to a row per raw label set, and a fold (at each
+    scrape or export, or when :data:`MAX_ROWS` rows are held) turns the rows into the labelled
+    counters and histograms, bounding the caller and path labels on the way."""
+
     def __init__(self, live: LiveState) -> None:
-        self.counters: dict[str, dict[Labels, float]] = {key: {} for key in COUNTERS}
-        self.histograms: dict[str, dict[Labels, Histogram]] = {key: {} for key in HISTOGRAMS}
+        self._counters: dict[str, dict[Labels, float]] = {key: {} for key in COUNTERS}
+        self._histograms: dict[str, dict[Labels, Histogram]] = {key: {} for key in HISTOGRAMS}
+        self._served: dict[tuple[str, int, str, str | None, str | None], _Served] = {}
+        self._tried: dict[tuple[str, str | None], _Tried] = {}
         self.active: dict[str, int] = {}
         self.registry = CollectorRegistry()
         self.registry.register(_Exporter(self, live))
-        self._requests = self.counters["requests"]
-        self._duration = self.histograms["duration"]
-        self._upstream = self.histograms["upstream"]
-        self._backend = self.histograms["backend"]
-        self._bytes = self.counters["bytes"]
-        self._calls = self.counters["calls"]
-        self._paths = self.counters["paths"]
+        self._requests = self._counters["requests"]
+        self._duration = self._histograms["duration"]
+        self._upstream = self._histograms["upstream"]
+        self._backend = self._histograms["backend"]
+        self._bytes = self._counters["bytes"]
+        self._calls = self._counters["calls"]
+        self._paths = self._counters["paths"]
         self._callers: dict[str, set[str]] = {}  # service -> caller identities with a label
         self._mixes: dict[str, set[tuple[str, str]]] = {}  # service -> (method, path) labelled
 
+    @property
+    def counters(self) -> dict[str, dict[Labels, float]]:
+        """The counters by name (the rows folded in first)."""
+        self.fold()
+        return self._counters
+
+    @property
+    def histograms(self) -> dict[str, dict[Labels, Histogram]]:
+        self.fold()
+        return self._histograms
+
     def count(self, name: str, *labels: str, value: float = 1.0) -> None:
-        table = self.counters[name]
+        table = self._counters[name]
         table[labels] = table.get(labels, 0.0) + value
 
     def _observe(
@@ -252,6 +319,30 @@ class Metrics:
             histogram = table[key] = Histogram(bounds)
         histogram.observe(value)
 
+    def http(
+        self,
+        service: str,
+        code: int,
+        method: str,
+        seconds: float,
+        source: str | None,
+        path: str | None,
+        rx: int,
+        tx: int,
+    ) -> None:
+        """An answered HTTP request (``source``: the caller's identity; with ``path``, no
+        query, it counts in the path mix; ``rx``/``tx``: body bytes from and to the client)."""
+        key = (service, code, method, source, path)
+        row = self._served.get(key)
+        if row is None:
+            if len(self._served) >= MAX_ROWS:
+                self.fold()
+            row = self._served[key] = _Served()
+        row.count += 1
+        row.rx += rx
+        row.tx += tx
+        row.duration.observe(seconds)
+
     def request(
         self,
         service: str,
@@ -262,27 +353,50 @@ class Metrics:
         source: str | None = None,
         path: str | None = None,
     ) -> None:
-        """An answered HTTP request; with ``path`` (no query) it counts in the path mix."""
-        method = method if method in _METHODS else "OTHER"
-        status = str(code)
-        key = (service, status, method)
-        requests = self._requests
-        requests[key] = requests.get(key, 0.0) + 1.0
-        self._observe(self._duration, (service,), seconds, FINE_BUCKETS)
-        who = source or UNKNOWN
-        callers = self._callers.get(service)
-        if callers is None or who not in callers:
-            who = self._caller(service, who)
-        calls = self._calls
-        call = (service, "http", who, status)
-        calls[call] = calls.get(call, 0.0) + 1.0
-        if path is not None:
-            mix = self._mixes.get(service)
-            if mix is None or (method, path) not in mix:
-                path = self._path(service, method, path)
-            paths = self._paths
-            key = (service, method, path)
-            paths[key] = paths.get(key, 0.0) + 1.0
+        """An answered HTTP request, no bytes counted."""
+        self.http(service, code, method, seconds, source, path, 0, 0)
+
+    def fold(self) -> None:
+        """The rows into the labelled tables (labels from traffic bounded here)."""
+        served, tried = self._served, self._tried
+        if served:
+            self._served = {}
+            requests, calls, paths, sent = self._requests, self._calls, self._paths, self._bytes
+            for (service, code, method, source, path), row in served.items():
+                n = float(row.count)
+                status = _STATUS.get(code) or str(code)
+                method = method if method in _METHODS else "OTHER"
+                key: Labels = (service, status, method)
+                requests[key] = requests.get(key, 0.0) + n
+                who = source or UNKNOWN
+                callers = self._callers.get(service)
+                if callers is None or who not in callers:
+                    who = self._caller(service, who)
+                key = (service, "http", who, status)
+                calls[key] = calls.get(key, 0.0) + n
+                if path is not None:
+                    mix = self._mixes.get(service)
+                    if mix is None or (method, path) not in mix:
+                        path = self._path(service, method, path)
+                    key = (service, method, path)
+                    paths[key] = paths.get(key, 0.0) + n
+                if row.rx:
+                    key = (service, "http", "rx")
+                    sent[key] = sent.get(key, 0.0) + row.rx
+                if row.tx:
+                    key = (service, "http", "tx")
+                    sent[key] = sent.get(key, 0.0) + row.tx
+                _merge(self._duration, (service,), row.duration)
+        if tried:
+            self._tried = {}
+            errors = self._counters["backend_errors"]
+            for (service, backend), attempts in tried.items():
+                _merge(self._upstream, (service,), attempts.upstream)
+                if backend is not None:
+                    _merge(self._backend, (backend,), attempts.backend)
+                    if attempts.errors:
+                        key = (backend,)
+                        errors[key] = errors.get(key, 0.0) + attempts.errors
 
     def called(self, service: str, protocol: str, source: str | None, code: int) -> None:
         """One flow (or request) from ``source`` (an identity; None: unknown) to ``service``."""
@@ -310,13 +424,21 @@ class Metrics:
         return path
 
     def attempt(
-        self, service: str, seconds: float, *, backend: str | None = None, status: int = 0
+        self, service: str, seconds: float, backend: str | None = None, status: int = 0
     ) -> None:
-        self._observe(self._upstream, (service,), seconds)
+        """An attempt's response headers (or failure) after ``seconds``; ``backend``: the
+        Service it went to, after splits."""
+        key = (service, backend)
+        row = self._tried.get(key)
+        if row is None:
+            if len(self._tried) >= MAX_ROWS:
+                self.fold()
+            row = self._tried[key] = _Tried()
+        row.upstream.observe(seconds)
         if backend is not None:
-            self._observe(self._backend, (backend,), seconds, FINE_BUCKETS)
+            row.backend.observe(seconds)
             if status >= 500:
-                self.count("backend_errors", backend)
+                row.errors += 1
 
     def served(self, backend: str, seconds: float) -> None:
         """A flow's duration (tcp) of ``backend``."""

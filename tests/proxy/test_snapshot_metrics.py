@@ -7,7 +7,14 @@ import asyncio
 
 import aiohttp
 
-from mesh.proxy.metrics import FINE_BUCKETS, MAX_CALLERS, MAX_PATHS, Metrics, render_merged
+from mesh.proxy.metrics import (
+    FINE_BUCKETS,
+    MAX_CALLERS,
+    MAX_PATHS,
+    MAX_ROWS,
+    Metrics,
+    render_merged,
+)
 from tests.proxy.harness import (
     LOCAL,
     backends,
@@ -125,3 +132,49 @@ def test_workers_merge_the_fine_histograms() -> None:
     bucket = "simmesh_proxy_backend_response_seconds_bucket"
     assert metric_value(text, bucket, backend="demo/web-v1", le="0.005") == 1
     assert metric_value(text, "simmesh_proxy_backend_errors_total", backend="demo/web-v1") == 1
+
+
+def test_rows_fold_into_the_same_tables_and_stay_bounded() -> None:
+    """Requests add to raw rows between scrapes: folded at any time, the tables are what
+    counting each request would give, and a flood of distinct labels holds at most MAX_ROWS
+    rows before it is folded (into the bounded labels)."""
+    metrics = Metrics(lambda: {})
+    for i in range(3 * MAX_ROWS):
+        metrics.http("demo/web", 200, "GET", 0.003, None, f"/flood/{i}", 10, 1000)
+        assert len(metrics._served) <= MAX_ROWS
+        if i == 100:
+            assert metrics.counters["requests"][("demo/web", "200", "GET")] == 101  # a scrape
+    metrics.http("demo/web", 503, "BREW", 0.2, "ns/sa", None, 0, 0)
+    requests = metrics.counters["requests"]
+    assert requests[("demo/web", "200", "GET")] == 3 * MAX_ROWS
+    assert requests[("demo/web", "503", "OTHER")] == 1
+    assert metrics.counters["bytes"][("demo/web", "http", "tx")] == 3 * MAX_ROWS * 1000
+    assert metrics.counters["bytes"][("demo/web", "http", "rx")] == 3 * MAX_ROWS * 10
+    paths = metrics.counters["paths"]
+    assert len(paths) == MAX_PATHS + 1
+    assert paths[("demo/web", "GET", "other")] == 3 * MAX_ROWS - MAX_PATHS
+    duration = metrics.histograms["duration"][("demo/web",)]
+    assert sum(duration.counts) == 3 * MAX_ROWS + 1
+    assert abs(duration.sum - (3 * MAX_ROWS * 0.003 + 0.2)) < 1e-6
+    assert not metrics._served  # everything folded
+
+
+def test_a_histogram_files_each_value_where_bisect_left_does() -> None:
+    """Prometheus buckets are upper bounds (le): a value equal to a bound counts in it."""
+    import bisect
+
+    from mesh.proxy.metrics import BUCKETS, Histogram
+
+    for bounds in (BUCKETS, FINE_BUCKETS):
+        values = [
+            0.0,
+            1e-9,
+            100.0,
+            *bounds,
+            *(b * 0.999 for b in bounds),
+            *(b * 1.001 for b in bounds),
+        ]
+        for value in values:
+            histogram = Histogram(bounds)
+            histogram.observe(value)
+            assert histogram.counts.index(1) == bisect.bisect_left(bounds, value), value
