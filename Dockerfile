@@ -1,4 +1,7 @@
 # simmesh: the controller, the node proxy and the test app in one slim, non-root image.
+# Extras: tracing (the proxy's spans) and gate (simpy and numpy: the controller's admission
+# gate simulates changes; no matplotlib, no Dask: the gate draws no plots; numpy's own tests
+# are left out).
 #
 # Build it with `make image` (tools/kind/image.sh): the Python packages come as wheels that
 # the host prepares in build/wheels (pip wheel/download), so this build needs no network. The
@@ -12,7 +15,9 @@ COPY build/wheels /wheels
 RUN python3 -m venv --without-pip /opt/simmesh \
     && pip_wheel=$(ls /wheels/pip-*.whl) \
     && /opt/simmesh/bin/python3 "$pip_wheel/pip" install --no-cache-dir --no-index \
-        --find-links /wheels --disable-pip-version-check 'simmesh[tracing]' \
+        --find-links /wheels --disable-pip-version-check 'simmesh[tracing,gate]' \
+    && find /opt/simmesh/lib -path '*/site-packages/numpy/*' -type d -name tests -prune \
+        -exec rm -rf {} + \
     && /opt/simmesh/bin/simmesh --version
 
 FROM ${BASE_IMAGE}

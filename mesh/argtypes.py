@@ -53,6 +53,27 @@ def seconds(
     return parse
 
 
+_DURATION = re.compile(r"([0-9]{1,9}(?:\.[0-9]{1,6})?)(ms|s|m|h)?")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def duration(*, low: float = 1.0, high: float = 86400.0) -> Callable[[str], float]:
+    """A time span as ``90``, ``90s``, ``5m``, ``1h`` or ``500ms``, in seconds in
+    ``[low, high]``."""
+
+    def parse(text: str) -> float:
+        expected = f"a duration such as 30s, 5m or 1h, from {low:g} s to {high:g} s"
+        match = _DURATION.fullmatch(text.strip())
+        if match is None:
+            raise _bad(expected, text)
+        value = float(match.group(1)) * _UNITS[match.group(2)]
+        if not low <= value <= high:
+            raise _bad(expected, text)
+        return value
+
+    return parse
+
+
 def integer(*, low: int, high: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         if not re.fullmatch(r"[0-9]{1,12}", text.strip()) or not low <= int(text) <= high:

@@ -251,6 +251,12 @@ LAZY: dict[str, tuple[str, str, str, str]] = {
         "run",
         "simulate a scenario before and after a change over seeds: would it break an SLO?",
     ),
+    "snapshot": (
+        "mesh.snapshot.cli",
+        "add_arguments",
+        "run",
+        "a scenario directory from the live mesh: its objects, traffic and latencies measured",
+    ),
     "up": (
         "mesh.local.up",
         "add_arguments",
@@ -265,10 +271,10 @@ LAZY: dict[str, tuple[str, str, str, str]] = {
     ),
     "proxy": ("mesh.proxy.app", "add_arguments", "run", "run a node proxy"),
     "controller": (
-        "mesh.controller.main",
+        "mesh.gate.controller",
         "add_arguments",
         "run",
-        "run the controller (Kubernetes or a manifests directory)",
+        "run the controller (Kubernetes or a manifests directory), with the admission gate",
     ),
     "prepare": (
         "mesh.dns.cli",

@@ -1,6 +1,7 @@
 """Reading a manifests directory: every ``*.yaml``/``*.yml``/``*.json`` file (recursively, in
 sorted order), multi-document files and ``List`` kinds; ``mesh.yaml`` holds the settings and
-``scenario.yaml`` belongs to the simulator, so neither is read as manifests.
+``scenario.yaml`` belongs to the simulator, and ``snapshot.json`` holds what ``simmesh
+snapshot`` observed (mesh/snapshot/write.py), so none of them is read as manifests.
 
 A file that is not valid YAML, breaks a limit of :mod:`mesh.documents` (size, nesting, alias
 expansion, NaN), or holds a document that is not a Kubernetes object, is a problem naming the
@@ -19,7 +20,7 @@ from mesh.core.model import Settings
 from mesh.core.parse import ClusterState, parse_objects, parse_settings
 from mesh.documents import DocumentError, read_yaml, read_yaml_all
 
-SPECIAL = ("mesh.yaml", "scenario.yaml")
+SPECIAL = ("mesh.yaml", "scenario.yaml", "snapshot.json")
 
 
 class ManifestError(Exception):

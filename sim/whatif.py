@@ -1,12 +1,12 @@
 """What-if: a scenario as it is and with a proposed change, over several seeds, compared.
 
-:func:`whatif` is the library function behind ``simmesh whatif`` (and, later, the admission
-gate): it runs the scenario before and after the change (sim/change.py) with the same seeds,
-``seed, seed + 1, ...`` from the scenario's seed, so ``simmesh sim DIR --seed S`` reproduces
-any one run. Each seed's pair shares its random numbers as far as the change lets it, and the
-comparison is paired: for every service, backend and traffic source, the success rate, p50,
-p99 and backend shares before and after (means across seeds) and the difference with its 95%
-Student t interval over the per-seed differences (sim/stats.py).
+:func:`whatif` is the library function behind ``simmesh whatif`` and the admission gate
+(mesh/gate): it runs the scenario before and after the change (sim/change.py) with the same
+seeds, ``seed, seed + 1, ...`` from the scenario's seed, so ``simmesh sim DIR --seed S``
+reproduces any one run. Each seed's pair shares its random numbers as far as the change lets
+it, and the comparison is paired: for every service, backend and traffic source, the success
+rate, p50, p99 and backend shares before and after (means across seeds) and the difference
+with its 95% Student t interval over the per-seed differences (sim/stats.py).
 
 SLO verdicts across seeds follow a majority rule: an SLO *holds* when it passes in more than
 half of the seeds (3 of 5; 2 of 4 is not enough), and the change *breaks* it when it held

@@ -15,9 +15,10 @@ import contextlib
 import logging
 import signal
 import sys
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
@@ -46,6 +47,18 @@ def _account(text: str) -> str:
     if not slash:
         raise argparse.ArgumentTypeError(f"expected NAMESPACE/NAME, got {text!r}")
     return f"{argtypes.dns_label(namespace)}/{argtypes.dns_subdomain(name)}"
+
+
+class Extension(Protocol):
+    """Something served beside the controller (the admission gate, mesh/gate): prepared with
+    the controller before any object arrives, started with its API application (routes may
+    still be added) and its Kubernetes client (None with the file provider), stopped last."""
+
+    def prepare(self, controller: Controller) -> None: ...
+
+    async def start(self, controller: Controller, app: web.Application, api: Any) -> None: ...
+
+    async def stop(self) -> None: ...
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -241,7 +254,7 @@ async def _start_ca(
     return authority
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, *, extensions: Sequence[Extension] = ()) -> int:
     host, port = args.listen
     problem = argtypes.resolvable(host, "--listen")
     if problem is not None:
@@ -262,7 +275,16 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(serve(args, settings, host or "127.0.0.1", port, token=token))
+            asyncio.run(
+                serve(
+                    args,
+                    settings,
+                    host or "127.0.0.1",
+                    port,
+                    token=token,
+                    extensions=extensions,
+                )
+            )
     except OSError as exc:  # the listen address cannot be bound
         print(f"simmesh controller: error: --listen {host}:{port}: {exc}", file=sys.stderr)
         return 2
@@ -270,9 +292,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def serve(
-    args: argparse.Namespace, settings: Settings, host: str, port: int, *, token: str | None
+    args: argparse.Namespace,
+    settings: Settings,
+    host: str,
+    port: int,
+    *,
+    token: str | None,
+    extensions: Sequence[Extension] = (),
 ) -> None:
     controller = Controller(settings, debounce=args.debounce, node_ttl=args.node_ttl)
+    for extension in extensions:
+        extension.prepare(controller)
     tasks: list[asyncio.Task[None]] = []
     api_client = None
     if args.manifests is not None:
@@ -303,12 +333,19 @@ async def serve(
     tasks.append(asyncio.create_task(controller.run(), name="rebuild loop"))
     for task in tasks:
         controller.supervise(task, task.get_name())
-    runner = web.AppRunner(make_app(controller, token=token), access_log=None, shutdown_timeout=2.0)
-    await runner.setup()
+    app = make_app(controller, token=token)
+    started: list[Extension] = []
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
     try:
+        for extension in extensions:
+            await extension.start(controller, app, api_client)
+            started.append(extension)
+        await runner.setup()
         await web.TCPSite(runner, host, port).start()
     except OSError:
         controller.closing = True
+        for extension in started:
+            await extension.stop()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -334,5 +371,7 @@ async def serve(
         with contextlib.suppress(asyncio.CancelledError):
             await task
     await runner.cleanup()
+    for extension in started:
+        await extension.stop()
     if api_client is not None:
         await api_client.close()

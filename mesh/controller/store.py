@@ -9,6 +9,10 @@ tells whether a put changes anything, and the object's apiVersion and uid are ke
 A rebuild reads a :class:`~mesh.core.parse.ClusterState` snapshot (:meth:`Store.snapshot`), so
 one malformed object only ever costs that object. ``changes`` counts mutations, for the
 level-triggered rebuild loop.
+
+With :meth:`Store.keep_documents` (the admission gate, mesh/gate) the store also keeps each
+object as the mesh reads it (mesh/snapshot/objects.py: status, managed fields and a Pod's
+containers left out), so the gate can simulate a change against the objects as they are.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 
 from mesh.core.errors import InvalidObject, ObjectError
 from mesh.core.parse import ClusterState, object_ref, parse_object
+from mesh.snapshot.objects import strip
 
 Key = tuple[str, str, str]  # kind, namespace, name
 
@@ -52,12 +57,21 @@ class Store:
     def __init__(self) -> None:
         self.entries: dict[Key, Entry] = {}
         self.changes = 0
+        self.documents: dict[Key, dict[str, Any]] | None = None  # see keep_documents
+
+    def keep_documents(self) -> None:
+        """From now on keep every object (stripped) beside its parsed value."""
+        if self.documents is None:
+            self.documents = {}
 
     def put(self, doc: Mapping[str, Any]) -> Key:
         key = key_of(doc)
         mark = fingerprint(doc)
         old = self.entries.get(key)
         if old is not None and old.fingerprint == mark:
+            kept = old.value is not None or old.error is not None
+            if self.documents is not None and kept and key not in self.documents:
+                self.documents[key] = strip(doc)
             return key
         try:
             value = parse_object(doc)
@@ -73,11 +87,16 @@ class Store:
             str(doc.get("apiVersion", "")),
             uid if isinstance(uid, str) else None,
         )
+        if self.documents is not None and (value is not None or error is not None):
+            self.documents[key] = strip(doc)  # rejected ones too: the simulator rejects them
         self.changes += 1
         return key
 
     def delete(self, doc: Mapping[str, Any]) -> None:
-        if self.entries.pop(key_of(doc), None) is not None:
+        key = key_of(doc)
+        if self.documents is not None:
+            self.documents.pop(key, None)
+        if self.entries.pop(key, None) is not None:
             self.changes += 1
 
     def replace_kind(self, kinds: Iterable[str], docs: Iterable[Mapping[str, Any]]) -> None:
@@ -86,6 +105,8 @@ class Store:
         seen = {self.put(doc) for doc in docs}
         for key in [k for k in self.entries if k[0] in wanted and k not in seen]:
             del self.entries[key]
+            if self.documents is not None:
+                self.documents.pop(key, None)
             self.changes += 1
 
     def counts(self) -> dict[str, int]:

@@ -151,6 +151,7 @@ class Exchange:
         "sent_at",
         "server_name",
         "snapshot",
+        "source",
         "span",
         "started",
         "status",
@@ -167,6 +168,7 @@ class Exchange:
         self.inbound = inbound
         self.started = started
         self.decision: Decision | None = None
+        self.source: str | None = None  # the caller's identity, for the metrics
         self.life: Lifecycle | None = None
         self.span: Span | None = None
         self.response: Response | None = None
@@ -354,7 +356,9 @@ class Exchange:
             self.failed(UpstreamError(Failure.RESET, "the upstream switched protocols unasked"))
             return
         now = time.monotonic()
-        fw.metrics.attempt(self.service, now - self.sent_at)
+        cluster = self.decision.cluster if self.decision is not None else None
+        backend = cluster.service if cluster is not None else None
+        fw.metrics.attempt(self.service, now - self.sent_at, backend, response.status)
         self.response = response
         self._perform(life.responded(response.status, now))
 
@@ -518,10 +522,11 @@ class Forwarder:
             return ex.answer(400, Reason.BAD_REQUEST.value, exc.detail)
         if snapshot is None:
             return ex.answer(503, "no-config", "the proxy has not received a config yet")
+        source = ex.source = snapshot.router.source_identity(inbound.peer)
         d = ex.decision = snapshot.engine.decide_http(
             listener=inbound.listener,
             request=request,
-            source=snapshot.router.source_identity(inbound.peer),
+            source=source,
             now=now,
             rng=self.rng,
         )
@@ -606,8 +611,18 @@ class Forwarder:
         elapsed = time.monotonic() - ex.started
         service = ex.service
         code = 499 if client_gone else status
-        self.metrics.request(service, code, ex.inbound.method, elapsed)
-        self.metrics.transferred(service, "http", ex.inbound.body.received, sent)
+        inbound = ex.inbound
+        request = inbound.request
+        self.metrics.http(
+            service,
+            code,
+            inbound.method,
+            elapsed,
+            ex.source,
+            request.path if request is not None and ex.decision is not None else None,
+            inbound.body.received,
+            sent,
+        )
         if ex.span is not None:
             ex.span.end(code, failure.value if failure is not None else None)
         log = self.access_log

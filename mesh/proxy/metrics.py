@@ -10,11 +10,17 @@ version, open UDP sessions.
 With ``--workers`` each process keeps its own tables; :meth:`Metrics.export` turns them (and
 the live state) into plain data and :func:`render_merged` adds every worker's up into one
 exposition for the supervisor's ``/metrics``.
+
+What ``simmesh snapshot`` and the admission gate read (docs/snapshot.md): requests and flows
+per destination service and *caller identity* (``calls``), the method and path mix
+(``paths``), and per-backend response times on finer buckets with the backends' 5xx
+(``backend``, ``backend_errors``). Labels that come from traffic are bounded: at most
+:data:`MAX_CALLERS` caller identities per service and :data:`MAX_PATHS` (method, path) pairs
+per service in one process, the ones after that counted as ``other``.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -33,24 +39,23 @@ from mesh.build import describe
 from mesh.core.policies import CircuitState
 
 _METHODS = frozenset(["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"])
-# Typed as a variable-length tuple: one Python object (compiled, a fixed-length tuple of floats
-# would be unboxed and boxed again, 14 floats, at every bisect).
+# Typed as variable-length tuples: one Python object each (compiled, a fixed-length tuple of
+# floats would be unboxed and boxed again, every float, at every bisect).
 BUCKETS: tuple[float, ...] = (
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1,
-    2.5,
-    5,
-    10,
-)
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+)  # fmt: skip
+# Request durations and per-backend response times, from which a snapshot reads what was
+# observed and makes the workloads' latency distributions: steps of 1.25-1.5x, so a percentile
+# read by interpolating within a bucket is off by a few percent at most.
+FINE_BUCKETS: tuple[float, ...] = (
+    0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.0125, 0.015, 0.02,
+    0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10,
+    30, 60,
+)  # fmt: skip
+MAX_CALLERS = 32  # caller identities per destination service, then "other"
+MAX_PATHS = 16  # (method, path) pairs per service, then path "other"
+UNKNOWN = "unknown"  # a caller without an identity (its address is no pod's)
+OTHER = "other"
 CIRCUIT_VALUES = {CircuitState.CLOSED: 0, CircuitState.OPEN: 1, CircuitState.HALF_OPEN: 2}
 
 LiveState = Callable[[], dict[str, Any]]
@@ -58,23 +63,74 @@ Labels = tuple[str, ...]
 
 
 class Histogram:
-    __slots__ = ("counts", "sum")
+    __slots__ = ("bounds", "counts", "sum")
 
-    def __init__(self) -> None:
-        self.counts = [0] * (len(BUCKETS) + 1)  # the last one is +Inf
+    def __init__(self, bounds: tuple[float, ...] = BUCKETS) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
         self.sum = 0.0
 
     def observe(self, value: float) -> None:
-        self.counts[bisect_left(BUCKETS, value)] += 1
+        # bisect_left written out: compiled, a loop of native compares, where calling
+        # bisect.bisect_left (a module global, then a call) was most of an observation.
+        bounds = self.bounds
+        lo, hi = 0, len(bounds)
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if bounds[mid] < value:
+                lo = mid + 1
+            else:
+                hi = mid
+        self.counts[lo] += 1
         self.sum += value
 
     def cumulative(self) -> list[tuple[str, float]]:
         out = []
         total = 0
-        for bound, count in zip((*map(str, BUCKETS), "+Inf"), self.counts, strict=True):
+        for bound, count in zip((*map(str, self.bounds), "+Inf"), self.counts, strict=True):
             total += count
             out.append((bound, float(total)))
         return out
+
+
+class _Served:
+    """What HTTP requests with the same raw labels added up to since the last fold."""
+
+    __slots__ = ("count", "duration", "rx", "tx")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.rx = 0
+        self.tx = 0
+        self.duration = Histogram(FINE_BUCKETS)
+
+
+class _Tried:
+    """Attempts of one service to one backend since the last fold."""
+
+    __slots__ = ("backend", "errors", "upstream")
+
+    def __init__(self) -> None:
+        self.upstream = Histogram(BUCKETS)
+        self.backend = Histogram(FINE_BUCKETS)
+        self.errors = 0
+
+
+def _merge(into: dict[Labels, Histogram], key: Labels, other: Histogram) -> None:
+    histogram = into.get(key)
+    if histogram is None:
+        histogram = into[key] = Histogram(other.bounds)
+    counts = histogram.counts
+    for i, count in enumerate(other.counts):
+        if count:
+            counts[i] += count
+    histogram.sum += other.sum
+
+
+# Raw rows kept between folds at most (a fold runs at each scrape, and when this many are held).
+MAX_ROWS = 1024
+# HTTP status codes as label values, made once.
+_STATUS = {code: str(code) for code in range(100, 600)}
 
 
 # (name, help, label names) of the counters; the Metrics attribute is the name's last part.
@@ -170,6 +226,26 @@ COUNTERS = {
         "headers, body, h2c-preface (first request after the preface), h2c-idle",
         ("phase",),
     ),
+    "calls": (
+        "simmesh_proxy_calls",
+        f"Requests (http) and flows (tcp when they end, udp when they start) by destination "
+        f"service, caller identity (namespace/serviceaccount; {UNKNOWN} without one; at most "
+        f"{MAX_CALLERS} per service, the rest {OTHER}) and code (HTTP status; flows: 200 "
+        f"connected, else the proxy's 403, 404, 429, 502, 503)",
+        ("service", "protocol", "source", "code"),
+    ),
+    "paths": (
+        "simmesh_proxy_http_paths",
+        f"HTTP requests by service, method and path without the query (at most {MAX_PATHS} "
+        f"pairs per service, the rest path {OTHER})",
+        ("service", "method", "path"),
+    ),
+    "backend_errors": (
+        "simmesh_proxy_backend_errors",
+        "Attempts the backend (the Service a request was sent to, after splits) answered "
+        "with a 5xx",
+        ("backend",),
+    ),
 }
 HISTOGRAMS = {
     "duration": (
@@ -182,39 +258,191 @@ HISTOGRAMS = {
         "Time from sending an attempt upstream to its response headers",
         ("service",),
     ),
+    "backend": (
+        "simmesh_proxy_backend_response_seconds",
+        "Per backend (the Service a request was sent to, after splits): http, from sending an "
+        "attempt to its response headers; tcp, a flow from its upstream connect to its close",
+        ("backend",),
+    ),
 }
+BOUNDS = {"backend": FINE_BUCKETS, "duration": FINE_BUCKETS}  # histograms not on BUCKETS
 
 
 class Metrics:
+    """The proxy's tables. An HTTP request costs one dictionary lookup on the request path:
+    :meth:`http` and :meth:`attempt` add to a row per raw label set, and a fold (at each
+    scrape or export, or when :data:`MAX_ROWS` rows are held) turns the rows into the labelled
+    counters and histograms, bounding the caller and path labels on the way."""
+
     def __init__(self, live: LiveState) -> None:
-        self.counters: dict[str, dict[Labels, float]] = {key: {} for key in COUNTERS}
-        self.histograms: dict[str, dict[Labels, Histogram]] = {key: {} for key in HISTOGRAMS}
+        self._counters: dict[str, dict[Labels, float]] = {key: {} for key in COUNTERS}
+        self._histograms: dict[str, dict[Labels, Histogram]] = {key: {} for key in HISTOGRAMS}
+        self._served: dict[tuple[str, int, str, str | None, str | None], _Served] = {}
+        self._tried: dict[tuple[str, str | None], _Tried] = {}
         self.active: dict[str, int] = {}
         self.registry = CollectorRegistry()
         self.registry.register(_Exporter(self, live))
-        self._requests = self.counters["requests"]
-        self._duration = self.histograms["duration"]
-        self._upstream = self.histograms["upstream"]
-        self._bytes = self.counters["bytes"]
+        self._requests = self._counters["requests"]
+        self._duration = self._histograms["duration"]
+        self._upstream = self._histograms["upstream"]
+        self._backend = self._histograms["backend"]
+        self._bytes = self._counters["bytes"]
+        self._calls = self._counters["calls"]
+        self._paths = self._counters["paths"]
+        self._callers: dict[str, set[str]] = {}  # service -> caller identities with a label
+        self._mixes: dict[str, set[tuple[str, str]]] = {}  # service -> (method, path) labelled
+
+    @property
+    def counters(self) -> dict[str, dict[Labels, float]]:
+        """The counters by name (the rows folded in first)."""
+        self.fold()
+        return self._counters
+
+    @property
+    def histograms(self) -> dict[str, dict[Labels, Histogram]]:
+        self.fold()
+        return self._histograms
 
     def count(self, name: str, *labels: str, value: float = 1.0) -> None:
-        table = self.counters[name]
+        table = self._counters[name]
         table[labels] = table.get(labels, 0.0) + value
 
-    def _observe(self, table: dict[Labels, Histogram], key: Labels, value: float) -> None:
+    def _observe(
+        self,
+        table: dict[Labels, Histogram],
+        key: Labels,
+        value: float,
+        bounds: tuple[float, ...] = BUCKETS,
+    ) -> None:
         histogram = table.get(key)
         if histogram is None:
-            histogram = table[key] = Histogram()
+            histogram = table[key] = Histogram(bounds)
         histogram.observe(value)
 
-    def request(self, service: str, code: int, method: str, seconds: float) -> None:
-        key = (service, str(code), method if method in _METHODS else "OTHER")
-        requests = self._requests
-        requests[key] = requests.get(key, 0.0) + 1.0
-        self._observe(self._duration, (service,), seconds)
+    def http(
+        self,
+        service: str,
+        code: int,
+        method: str,
+        seconds: float,
+        source: str | None,
+        path: str | None,
+        rx: int,
+        tx: int,
+    ) -> None:
+        """An answered HTTP request (``source``: the caller's identity; with ``path``, no
+        query, it counts in the path mix; ``rx``/``tx``: body bytes from and to the client)."""
+        key = (service, code, method, source, path)
+        row = self._served.get(key)
+        if row is None:
+            if len(self._served) >= MAX_ROWS:
+                self.fold()
+            row = self._served[key] = _Served()
+        row.count += 1
+        row.rx += rx
+        row.tx += tx
+        row.duration.observe(seconds)
 
-    def attempt(self, service: str, seconds: float) -> None:
-        self._observe(self._upstream, (service,), seconds)
+    def request(
+        self,
+        service: str,
+        code: int,
+        method: str,
+        seconds: float,
+        *,
+        source: str | None = None,
+        path: str | None = None,
+    ) -> None:
+        """An answered HTTP request, no bytes counted."""
+        self.http(service, code, method, seconds, source, path, 0, 0)
+
+    def fold(self) -> None:
+        """The rows into the labelled tables (labels from traffic bounded here)."""
+        served, tried = self._served, self._tried
+        if served:
+            self._served = {}
+            requests, calls, paths, sent = self._requests, self._calls, self._paths, self._bytes
+            for (service, code, method, source, path), row in served.items():
+                n = float(row.count)
+                status = _STATUS.get(code) or str(code)
+                method = method if method in _METHODS else "OTHER"
+                key: Labels = (service, status, method)
+                requests[key] = requests.get(key, 0.0) + n
+                who = source or UNKNOWN
+                callers = self._callers.get(service)
+                if callers is None or who not in callers:
+                    who = self._caller(service, who)
+                key = (service, "http", who, status)
+                calls[key] = calls.get(key, 0.0) + n
+                if path is not None:
+                    mix = self._mixes.get(service)
+                    if mix is None or (method, path) not in mix:
+                        path = self._path(service, method, path)
+                    key = (service, method, path)
+                    paths[key] = paths.get(key, 0.0) + n
+                if row.rx:
+                    key = (service, "http", "rx")
+                    sent[key] = sent.get(key, 0.0) + row.rx
+                if row.tx:
+                    key = (service, "http", "tx")
+                    sent[key] = sent.get(key, 0.0) + row.tx
+                _merge(self._duration, (service,), row.duration)
+        if tried:
+            self._tried = {}
+            errors = self._counters["backend_errors"]
+            for (service, backend), attempts in tried.items():
+                _merge(self._upstream, (service,), attempts.upstream)
+                if backend is not None:
+                    _merge(self._backend, (backend,), attempts.backend)
+                    if attempts.errors:
+                        key = (backend,)
+                        errors[key] = errors.get(key, 0.0) + attempts.errors
+
+    def called(self, service: str, protocol: str, source: str | None, code: int) -> None:
+        """One flow (or request) from ``source`` (an identity; None: unknown) to ``service``."""
+        who = source or UNKNOWN
+        callers = self._callers.get(service)
+        if callers is None or who not in callers:
+            who = self._caller(service, who)
+        key = (service, protocol, who, str(code))
+        calls = self._calls
+        calls[key] = calls.get(key, 0.0) + 1.0
+
+    def _caller(self, service: str, who: str) -> str:
+        """The label of a caller not labelled yet: itself while the service has room."""
+        callers = self._callers.setdefault(service, set())
+        if len(callers) >= MAX_CALLERS:
+            return OTHER
+        callers.add(who)
+        return who
+
+    def _path(self, service: str, method: str, path: str) -> str:
+        mix = self._mixes.setdefault(service, set())
+        if len(mix) >= MAX_PATHS:
+            return OTHER
+        mix.add((method, path))
+        return path
+
+    def attempt(
+        self, service: str, seconds: float, backend: str | None = None, status: int = 0
+    ) -> None:
+        """An attempt's response headers (or failure) after ``seconds``; ``backend``: the
+        Service it went to, after splits."""
+        key = (service, backend)
+        row = self._tried.get(key)
+        if row is None:
+            if len(self._tried) >= MAX_ROWS:
+                self.fold()
+            row = self._tried[key] = _Tried()
+        row.upstream.observe(seconds)
+        if backend is not None:
+            row.backend.observe(seconds)
+            if status >= 500:
+                row.errors += 1
+
+    def served(self, backend: str, seconds: float) -> None:
+        """A flow's duration (tcp) of ``backend``."""
+        self._observe(self._backend, (backend,), seconds, FINE_BUCKETS)
 
     def transferred(self, service: str, protocol: str, rx: int, tx: int) -> None:
         table = self._bytes
@@ -290,7 +518,7 @@ def render_merged(exports: list[dict[str, Any]]) -> bytes:
             for labels, counts, total in rows:
                 histogram = hist_table.get(labels)
                 if histogram is None:
-                    histogram = hist_table[labels] = Histogram()
+                    histogram = hist_table[labels] = Histogram(BOUNDS.get(name, BUCKETS))
                 histogram.counts = [a + b for a, b in zip(histogram.counts, counts, strict=True)]
                 histogram.sum += total
         for protocol, value in export["active"].items():

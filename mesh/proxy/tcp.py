@@ -112,9 +112,10 @@ class Inbound(asyncio.Protocol):
         self.peer_port = 0
         self.snapshot: Snapshot | None = None
         self.decision: Decision | None = None
+        self.source: str | None = None  # the client's identity
         self.endpoint: Endpoint | None = None  # set while the engine attempt is open
         self.endpoint_key: str | None = None
-        self.started = time.monotonic()
+        self.started = self.connected = time.monotonic()
         self.life: Lifecycle | None = None  # the connected attempt, ended with the flow
         self.rx = 0
         self.tx = 0
@@ -143,9 +144,10 @@ class Inbound(asyncio.Protocol):
             self.reason = "no-config"
             transport.close()
             return
+        source = self.source = snapshot.router.source_identity(self.peer_ip)
         d = self.decision = snapshot.engine.decide_flow(
             listener=self.listener.port,
-            source=snapshot.router.source_identity(self.peer_ip),
+            source=source,
             now=time.monotonic(),
             rng=self.ctx.rng,
         )
@@ -213,6 +215,7 @@ class Inbound(asyncio.Protocol):
         assert endpoint is not None
         self.peer, self.endpoint, self.endpoint_key = peer, endpoint, endpoint.key
         self.reason = "forwarded"
+        self.connected = time.monotonic()
         if peer.transport is not None:
             for data in self.early:
                 peer.transport.write(data)
@@ -311,9 +314,24 @@ class Inbound(asyncio.Protocol):
         metrics = self.ctx.metrics
         metrics.closed("tcp")
         metrics.transferred(self.service, "tcp", self.rx, self.tx)
+        d = self.decision
+        if d is not None:
+            metrics.called(self.service, "tcp", self.source, self._code(d))
+            if self.reason == "forwarded" and d.cluster is not None:
+                metrics.served(d.cluster.service, time.monotonic() - self.connected)
         log = self.ctx.access_log
         if log is not None:
             log.write(self._record())
+
+    def _code(self, d: Decision) -> int:
+        """The flow as the simulator records one: 200 connected, else the proxy's status."""
+        if not d.allowed:
+            return d.status or 503
+        if self.reason in ("forwarded", "revoked"):
+            return 200
+        if self.reason == "upstream-connection-limit":
+            return 503
+        return 502 if self.reason == "upstream-connect-failed" else 499
 
     def _record(self) -> dict[str, Any]:
         return {

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+from collections.abc import Callable
 from typing import Any, Protocol
 
 log = logging.getLogger("simmesh.proxy")
@@ -74,9 +75,13 @@ class W3CSpan:
 class W3CTracer:
     """Propagation only: ids, no export."""
 
+    def __init__(self) -> None:
+        self._bits: Callable[[int], int] = _ids.getrandbits  # bound once, not looked up per call
+
     def start(self, incoming: str | None, method: str, service: str, host: str, /) -> Span:
-        if incoming is None:  # a new trace: both ids from one draw (hot path)
-            ids = f"{_ids.getrandbits(192):048x}"
+        if incoming is None:  # a new trace: both ids from one draw (hot path; bytes.hex is
+            # a third of format(n, "048x")'s cost)
+            ids = self._bits(192).to_bytes(24, "big").hex()
             trace_id, span_id = ids[:32], ids[32:]
             if trace_id != _ZERO_TRACE and span_id != _ZERO_SPAN:
                 return W3CSpan(trace_id, f"00-{trace_id}-{span_id}-01")

@@ -55,17 +55,17 @@ class UdpListener(asyncio.DatagramProtocol):
         snapshot = self.ctx.snapshot
         if snapshot is None or self.closing or not self.ctx.gate.admit(addr[0], "udp"):
             return
+        source = snapshot.router.source_identity(addr[0])
         d = snapshot.engine.decide_flow(
-            listener=self.port,
-            source=snapshot.router.source_identity(addr[0]),
-            now=time.monotonic(),
-            rng=self.ctx.rng,
+            listener=self.port, source=source, now=time.monotonic(), rng=self.ctx.rng
         )
+        service = d.route.service if d.route is not None else "-"
         if not d.allowed:
             self.ctx.gate.leave(addr[0])
-            service = d.route.service if d.route is not None else "-"
             self.ctx.metrics.deny(service, "udp", d.reason.value)
+            self.ctx.metrics.called(service, "udp", source, d.status or 503)
             return
+        self.ctx.metrics.called(service, "udp", source, 200)
         session = self.sessions[addr] = Session(self, addr, snapshot, d)
         session.start(data)
 

@@ -772,6 +772,84 @@ def cli_cases() -> Iterator[Case]:
         expect=("--controller",),
     )
 
+    # the admission gate's options (mesh/gate/controller.py): checked before anything starts
+    for argv, words in (
+        (["--gate-mode", "on"], ("--gate-mode",)),
+        (["--gate-mode", "enforce"], ("--gate-mode",)),  # with --manifests: no cluster to gate
+        (["--gate-budget", "0"], ("--gate-budget",)),
+        (["--gate-budget", "60"], ("--gate-budget",)),
+        (["--gate-budget", "nan"], ("--gate-budget",)),
+        (["--gate-seeds", "0"], ("--gate-seeds",)),
+        (["--gate-duration", "-5"], ("--gate-duration",)),
+        (["--gate-window", "inf"], ("--gate-window",)),
+        (["--gate-history", "0"], ("--gate-history",)),
+        (["--gate-listen", "host:port"], ("--gate-listen",)),
+        (["--gate-cert-dir", "{dir}/missing"], ("--gate-cert-dir",)),
+        (["--gate-slos-configmap", "Bad_Name"], ("--gate-slos-configmap",)),
+    ):
+        yield Case(
+            f"controller:{' '.join(argv)[:30]}", "cli", [*controller, *argv], qs, expect=words
+        )
+    gated = ["controller", "--kubeconfig", "{dir}/kubeconfig", "--listen", "127.0.0.1:0"]
+    for argv, words in (
+        (["--gate-mode", "warn"], ("--gate-cert-dir",)),
+        (["--gate-mode", "warn", "--gate-cert-dir", "{dir}"], ("tls.crt", "tls.key")),
+    ):
+        yield Case(
+            f"controller:{' '.join(argv)[:30]}",
+            "cli",
+            [*gated, *argv],
+            {"kubeconfig": "apiVersion: v1\nkind: Config\n"},
+            expect=words,
+        )
+
+    # simmesh snapshot: everything that can be wrong before the cluster is asked anything
+    snapshot = ["snapshot", "--kubeconfig", "{dir}/kubeconfig", "--out", "{dir}/snap"]
+    for value in ("0s", "-1m", "5 minutes", "1y", "8d", "nan", "", "1e9s", "0.5s"):
+        yield Case(
+            f"snapshot:--window={value}",
+            "cli",
+            [*snapshot, "--window", value],
+            {},
+            expect=("--window",),
+        )
+    for argv, words in (
+        (["--namespace", "Sim_Mesh"], ("--namespace",)),
+        (["--prometheus", "prometheus:9090"], ("--prometheus",)),
+        (["--prometheus", "ftp://p"], ("--prometheus",)),
+        (["--slo-margin", "-0.5"], ("--slo-margin",)),
+        (["--slo-margin", "inf"], ("--slo-margin",)),
+        (["--duration", "0"], ("--duration",)),
+        (["--timeout", "nan"], ("--timeout",)),
+        (["--name", "../escape"], ("--name",)),
+        (["--propose-slos", "{dir}/snap/slos.yaml"], ("--propose-slos",)),
+        (["--propose-slos", "{dir}"], ("--propose-slos",)),
+        (["--bogus"], ()),
+    ):
+        yield Case(f"snapshot:{' '.join(argv)[:30]}", "cli", [*snapshot, *argv], {}, expect=words)
+    yield Case(
+        "snapshot:--out-not-empty",
+        "cli",
+        ["snapshot", "--out", "{dir}"],
+        {"x.yaml": "{}"},
+        expect=("--out",),
+    )
+    yield Case(
+        "snapshot:--out-a-file",
+        "cli",
+        ["snapshot", "--out", "{dir}/x.yaml"],
+        {"x.yaml": "{}"},
+        expect=("--out",),
+    )
+    yield Case("snapshot:no-out", "cli", ["snapshot"], {}, expect=("--out",))
+    yield Case(
+        "snapshot:kubeconfig-missing",
+        "cli",
+        ["snapshot", "--kubeconfig", "{dir}/nope", "--out", "{dir}/snap"],
+        {},
+        expect=("kubeconfig",),
+    )
+
 
 # A GAMMA route on the quickstart's backend: its compiled tables are what gamma_cases break.
 GAMMA_ROUTE = """\

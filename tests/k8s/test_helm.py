@@ -612,6 +612,10 @@ def test_kubedns_coredns_serves_the_mesh_block(helm: Helm) -> None:
         "proxy.maxSurge=0",
         "proxy.maxSurge=150%",
         "controller.terminationGracePeriodSeconds=5",
+        "gate.mode=on",
+        "gate.failurePolicy=Never",
+        "gate.timeoutSeconds=31",
+        "gate.slosConfigMap=Bad_Name",
     ],
 )
 def test_schema_rejects(helm: Helm, value: str) -> None:
@@ -638,6 +642,98 @@ def test_values_that_cannot_work_are_refused(
     done = helm.template(*values, check=False)
     assert done.returncode != 0
     assert message in done.stderr, done.stderr
+
+
+def test_the_gate_is_off_by_default(default_docs: list[dict[str, Any]]) -> None:
+    assert not [d for d in default_docs if "gate" in d["metadata"]["name"]]
+    assert (
+        "--gate-mode" not in container(default_docs, "Deployment", "simmesh-controller")["command"]
+    )
+
+
+def test_the_gate(helm: Helm, tmp_path: Path) -> None:
+    from cryptography import x509
+
+    docs = helm.render(
+        "gate.mode=enforce",
+        "gate.budgetSeconds=4",
+        "gate.timeoutSeconds=9",
+        "gate.slosConfigMap=shop-slos",
+        "ignoreNamespaces={legacy}",
+        "watchNamespaces={shop}",
+    )
+    webhook = one(docs, "ValidatingWebhookConfiguration", "simmesh-gate")["webhooks"][0]
+    assert (webhook["failurePolicy"], webhook["timeoutSeconds"], webhook["sideEffects"]) == (
+        "Ignore",
+        9,
+        "None",
+    )
+    assert webhook["clientConfig"]["service"] == {
+        "name": "simmesh-controller",
+        "namespace": "simmesh",
+        "path": "/validate",
+        "port": 443,
+    }
+    selector = webhook["namespaceSelector"]["matchExpressions"]
+    assert selector[0]["values"] == ["kube-system", "simmesh", "legacy"]
+    assert selector[1] == {
+        "key": "kubernetes.io/metadata.name",
+        "operator": "In",
+        "values": ["shop"],
+    }
+    resources = {
+        (g, r) for rule in webhook["rules"] for g in rule["apiGroups"] for r in rule["resources"]
+    }
+    assert resources == SMI_KINDS | {("", "services")}
+    secret = one(docs, "Secret", "simmesh-gate-tls")
+    assert webhook["clientConfig"]["caBundle"] == secret["data"]["ca.crt"]
+    cert = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["tls.crt"]))
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "simmesh-controller.simmesh.svc" in names.get_values_for_type(x509.DNSName)
+    ca = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["ca.crt"]))
+    cert.verify_directly_issued_by(ca)
+    # the controller serves it, reads the ConfigMap named and nothing else of ConfigMaps
+    c = container(docs, "Deployment", "simmesh-controller")
+    assert {"name": "webhook", "containerPort": 9443, "protocol": "TCP"} in c["ports"]
+    assert {"name": "gate-tls", "mountPath": "/var/run/simmesh/gate", "readOnly": True} in c[
+        "volumeMounts"
+    ]
+    command = [str(tmp_path) if a == "/var/run/simmesh/gate" else a for a in c["command"]]
+    (tmp_path / "mesh.yaml").write_text("{}")
+    command = [str(tmp_path / "mesh.yaml") if a == "/etc/simmesh/mesh.yaml" else a for a in command]
+    from mesh.cli import build_parser
+
+    args = build_parser(command[1:]).parse_args(command[1:])
+    assert (args.gate_mode, args.gate_budget, args.gate_slos_configmap) == (
+        "enforce",
+        4.0,
+        "shop-slos",
+    )
+    rules = one(docs, "Role", "simmesh-controller")["rules"]
+    assert {
+        "apiGroups": [""],
+        "resources": ["configmaps"],
+        "resourceNames": ["shop-slos"],
+        "verbs": ["get"],
+    } in rules
+    service = one(docs, "Service", "simmesh-controller")
+    assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [
+        (9000, "api"),
+        (443, "webhook"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (("gate.mode=warn", "gate.budgetSeconds=8"), "gate.timeoutSeconds (10) must be at least"),
+    ],
+)
+def test_gate_values_that_cannot_work_are_refused(
+    helm: Helm, values: tuple[str, ...], message: str
+) -> None:
+    done = helm.template(*values, check=False)
+    assert done.returncode != 0 and message in done.stderr, done.stderr
 
 
 # --------------------------------------------------------------------------- the apiserver
@@ -682,9 +778,10 @@ def test_apiserver_accepts_every_object(helm: Helm, apiserver: k8s_harness.Clust
         "tracing.otlpEndpoint=http://otel:4318",
         "proxy.tolerations[0].operator=Exists",
         "imagePullSecrets[0].name=ghcr",
+        "gate.mode=warn",
         namespace=ns,
     )
-    assert len(docs) == 17
+    assert len(docs) == 19
     discovery = Discovery(apiserver)
     for doc in docs:
         path = discovery.collection(doc)

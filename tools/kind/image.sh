@@ -4,7 +4,7 @@
 #   tools/kind/image.sh [IMAGE]        default simmesh/simmesh:dev; prints the image name
 #
 # 1. Wheels on the host: simmesh itself (pip wheel) and its runtime dependencies plus the
-#    `tracing` extra, downloaded for CPython 3.11 on manylinux x86_64 (pip download, from PyPI;
+#    `tracing` and `gate` extras, downloaded for CPython 3.11 on manylinux x86_64 (pip download, from PyPI;
 #    cached in $SIMMESH_CACHE/image/deps-<hash of pyproject.toml>), into build/wheels.
 # 2. The base: offline (see tools/kind/lib.sh), a Debian bookworm python3 rootfs made by
 #    debootstrap (tools/kind/rootfs.sh python) and `docker import`ed as simmesh.local/python;
@@ -23,6 +23,16 @@ PIP_TARGET=(--only-binary=:all: --python-version 3.11 --implementation cp --abi 
 for v in $(seq 36 -1 5); do PIP_TARGET+=(--platform "manylinux_2_${v}_x86_64"); done
 PIP_TARGET+=(--platform manylinux2014_x86_64 --platform manylinux2010_x86_64 --platform manylinux1_x86_64)
 
+# requirements PYPROJECT EXTRA...: the package's runtime requirements and those of the extras.
+requirements() {
+    "$PYTHON" - "$@" <<'PY'
+import sys, tomllib
+project = tomllib.load(open(sys.argv[1], "rb"))["project"]
+extras = project.get("optional-dependencies", {})
+print("\n".join(project["dependencies"] + [r for e in sys.argv[2:] for r in extras[e]]))
+PY
+}
+
 wheels() {
     local hash deps
     hash=$(sha256sum <"$ROOT/pyproject.toml" | cut -c1-12)
@@ -34,9 +44,11 @@ wheels() {
     if [ ! -f "$deps/.complete" ]; then
         rm -rf "$deps" && mkdir -p "$deps"
         log "downloading the runtime wheels for cp311 manylinux (pip download)"
+        # by requirement, not through simmesh's own wheel: compiled by mypyc, that one is
+        # tagged linux_x86_64, which pip download refuses for the manylinux platforms
+        requirements "$ROOT/pyproject.toml" tracing gate >"$deps.requirements"
         "$PYTHON" -m pip download -q --disable-pip-version-check "${PIP_TARGET[@]}" -d "$deps" \
-            "${self}[tracing]" pip >"$deps.log" 2>&1 || { cat "$deps.log" >&2; die "pip download failed"; }
-        rm -f "$deps"/simmesh-*.whl
+            -r "$deps.requirements" pip >"$deps.log" 2>&1 || { cat "$deps.log" >&2; die "pip download failed"; }
         touch "$deps/.complete"
     fi
     cp "$deps"/*.whl "$WHEELS"/
