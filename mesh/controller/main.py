@@ -18,14 +18,17 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
 from mesh import argtypes
 from mesh.controller.api import make_app
 from mesh.controller.controller import Controller
-from mesh.core.model import Settings
+
+if TYPE_CHECKING:
+    from mesh.controller.identity import KubeCA
+from mesh.core.model import MtlsMode, Settings
 from mesh.documents import DocumentError, read_bytes
 from mesh.manifests import ManifestError, read_settings
 
@@ -37,6 +40,13 @@ def _kubeconfig(text: str) -> str:
 
 
 log = logging.getLogger("simmesh.controller")
+
+
+def _account(text: str) -> str:
+    namespace, slash, name = text.partition("/")
+    if not slash:
+        raise argparse.ArgumentTypeError(f"expected NAMESPACE/NAME, got {text!r}")
+    return f"{argtypes.dns_label(namespace)}/{argtypes.dns_subdomain(name)}"
 
 
 class Extension(Protocol):
@@ -122,6 +132,52 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--log-level", default="info", choices=("debug", "info", "warning", "error")
     )
+    identity = parser.add_argument_group("workload identities (mTLS, issue 17)")
+    identity.add_argument(
+        "--mtls",
+        choices=("off", "permissive", "strict"),
+        help="not off: run the CA (Kubernetes provider) and list each node's identities in the "
+        "config (default: mesh.yaml's mtls, else off)",
+    )
+    identity.add_argument(
+        "--trust-domain", type=argtypes.domain, help="SPIFFE trust domain (default cluster.local)"
+    )
+    identity.add_argument(
+        "--cert-lifetime",
+        type=argtypes.seconds(low=60.0, high=30 * 86400.0, zero=True),
+        default=86400.0,
+        metavar="SECONDS",
+        help="lifetime of workload certificates (default 86400: 24 h)",
+    )
+    identity.add_argument(
+        "--ca-overlap",
+        type=argtypes.seconds(low=60.0, high=365 * 86400.0, zero=True),
+        default=2 * 86400.0,
+        metavar="SECONDS",
+        help="how long a replaced root stays trusted (at least --cert-lifetime; default 172800)",
+    )
+    identity.add_argument(
+        "--ca-secret",
+        type=argtypes.dns_subdomain,
+        default="simmesh-ca",
+        metavar="NAME",
+        help="Secret (mesh namespace) holding the root's tls.crt and tls.key: brought by you, "
+        "or generated on first start (default simmesh-ca)",
+    )
+    identity.add_argument(
+        "--proxy-service-account",
+        type=_account,
+        metavar="NAMESPACE/NAME",
+        help="the node proxies' ServiceAccount, the only requester the CA answers "
+        "(default: <mesh namespace>/simmesh-proxy)",
+    )
+    identity.add_argument(
+        "--ca-check-interval",
+        type=argtypes.seconds(low=1.0, high=3600.0, zero=True),
+        default=30.0,
+        metavar="SECONDS",
+        help="how often the root's Secret is checked for a new root (rotation)",
+    )
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -148,6 +204,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
         changes["watch_namespaces"] = tuple(args.watch_namespace)
     if args.ignore_namespace:
         changes["ignore_namespaces"] = tuple(args.ignore_namespace)
+    if args.mtls:
+        changes["mtls"] = MtlsMode(args.mtls)
+    if args.trust_domain:
+        changes["trust_domain"] = args.trust_domain
     return replace(settings, **changes)  # type: ignore[arg-type]
 
 
@@ -171,6 +231,29 @@ def read_token(path: str | None) -> str | None:
     return token
 
 
+async def _start_ca(
+    api: Any, controller: Controller, settings: Settings, args: argparse.Namespace
+) -> KubeCA:
+    """The CA: its root loaded or generated and the trust bundle published before any CSR."""
+    from datetime import timedelta
+
+    from mesh.controller.identity import CaOptions, KubeCA
+
+    account = args.proxy_service_account or f"{settings.mesh_namespace}/simmesh-proxy"
+    namespace, _, name = account.partition("/")
+    options = CaOptions(
+        trust_domain=settings.trust_domain,
+        proxy_users=frozenset({f"system:serviceaccount:{namespace}:{name}"}),
+        lifetime=timedelta(seconds=args.cert_lifetime),
+        overlap=timedelta(seconds=args.ca_overlap),
+        secret=args.ca_secret,
+        check_interval=args.ca_check_interval,
+    )
+    authority = KubeCA(api, controller.store, namespace=settings.mesh_namespace, options=options)
+    await authority.start()
+    return authority
+
+
 def run(args: argparse.Namespace, *, extensions: Sequence[Extension] = ()) -> int:
     host, port = args.listen
     problem = argtypes.resolvable(host, "--listen")
@@ -178,6 +261,14 @@ def run(args: argparse.Namespace, *, extensions: Sequence[Extension] = ()) -> in
         print(f"simmesh controller: error: {problem}", file=sys.stderr)
         return 2
     settings = settings_from(args)
+    if args.ca_overlap < args.cert_lifetime:
+        print(
+            f"simmesh controller: error: --ca-overlap {args.ca_overlap:g}: expected at least "
+            f"--cert-lifetime ({args.cert_lifetime:g} s), or certificates of a replaced root "
+            "stop verifying before they expire",
+            file=sys.stderr,
+        )
+        return 2
     token = read_token(args.token_file)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -236,6 +327,9 @@ async def serve(
         controller.hooks.append(kube.reconcile_shadows)
         controller.hooks.append(kube.report_errors)
         tasks.append(asyncio.create_task(kube.run(), name="Kubernetes watches"))
+        if settings.mtls is not MtlsMode.OFF:
+            authority = await _start_ca(api_client, controller, settings, args)
+            tasks.append(asyncio.create_task(authority.run(), name="CA (CSR watch)"))
     tasks.append(asyncio.create_task(controller.run(), name="rebuild loop"))
     for task in tasks:
         controller.supervise(task, task.get_name())

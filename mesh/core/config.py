@@ -34,6 +34,7 @@ from mesh.core.gamma import match_rank
 from mesh.core.model import (
     HeaderEdits,
     HTTPMatch,
+    MtlsMode,
     PathModifier,
     PortRange,
     RouteFilters,
@@ -117,6 +118,7 @@ def build_config(
             cluster_domain=settings.cluster_domain,
             mesh_namespace=settings.mesh_namespace,
             acl=settings.acl,
+            mtls=_mtls(topology, settings),
         ),
         listeners=listeners,
         hosts=hosts,
@@ -129,6 +131,16 @@ def build_config(
         version="",
     )
     return msgspec.structs.replace(config, version=config_version(config))
+
+
+def _mtls(topology: Topology, settings: Settings) -> schema.Mtls | None:
+    if settings.mtls is MtlsMode.OFF:
+        return None
+    return schema.Mtls(
+        mode=settings.mtls.value,  # type: ignore[arg-type]  # permissive or strict
+        trust_domain=settings.trust_domain,
+        nodes={node: list(ids) for node, ids in topology.node_identities.items()},
+    )
 
 
 def _identified(topology: Topology, settings: Settings) -> bool:

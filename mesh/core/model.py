@@ -72,6 +72,9 @@ class EndpointSlice:
 
 
 POD_PHASES = frozenset({"Pending", "Running", "Succeeded", "Failed", "Unknown"})
+# Phases of a pod that is (or is about to be) running on its node: its node's proxy may hold
+# its ServiceAccount's certificate (mesh.identity.authorize).
+LIVE_PHASES = frozenset({"Pending", "Running"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +90,11 @@ class Pod:
     @property
     def running(self) -> bool:
         return self.phase == "Running"
+
+    @property
+    def holds_identity(self) -> bool:
+        """Scheduled, not finished, on the pod network: its node's proxy speaks for it."""
+        return self.node is not None and self.phase in LIVE_PHASES and not self.host_network
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,6 +315,12 @@ class GatewayRoute:
         return f"{self.namespace}/{self.name}"
 
 
+class MtlsMode(StrEnum):
+    OFF = "off"
+    PERMISSIVE = "permissive"
+    STRICT = "strict"
+
+
 @dataclass(frozen=True, slots=True)
 class PortRange:
     start: int
@@ -328,6 +342,10 @@ class Settings:
     # TrafficTargets in these namespaces may grant access to ServiceAccounts of any namespace;
     # elsewhere only to the TrafficTarget's own namespace.
     access_admin_namespaces: tuple[str, ...] = ()
+    # workload certificates (issue 17): off, or permissive/strict (the controller's CA signs
+    # SPIFFE IDs of trust_domain and proxies hold those of their node's pods)
+    mtls: MtlsMode = MtlsMode.OFF
+    trust_domain: str = "cluster.local"
     http_ports: PortRange = field(default_factory=lambda: PortRange(5000, 10))
     tcp_ports: PortRange = field(default_factory=lambda: PortRange(10000, 1000))
     udp_ports: PortRange = field(default_factory=lambda: PortRange(15000, 1000))

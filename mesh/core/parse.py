@@ -43,6 +43,7 @@ from mesh.core.model import (
     HTTPMatch,
     HTTPRouteGroup,
     Identity,
+    MtlsMode,
     Node,
     Pod,
     PortMatch,
@@ -544,6 +545,8 @@ def parse_settings(raw: Any) -> Settings:
         "httpPorts",
         "tcpPorts",
         "udpPorts",
+        "mtls",
+        "trustDomain",
     }
     for key in doc:
         if key not in known:
@@ -561,6 +564,19 @@ def parse_settings(raw: Any) -> Settings:
             "defaultTrafficType", f"expected http, tcp or udp, got {traffic!r}"
         ) from None
 
+    raw_mode = doc.get("mtls")
+    if isinstance(raw_mode, bool):  # YAML 1.1 reads a bare off as false, on as true
+        if raw_mode:
+            raise InvalidObject(
+                "mtls", "expected off, permissive or strict, got true (a bare YAML on)"
+            )
+        raw_mode = "off"
+    mode = string(raw_mode, "mtls", required=False, default="off")
+    try:
+        mtls = MtlsMode(mode)
+    except ValueError:
+        raise InvalidObject("mtls", f"expected off, permissive or strict, got {mode!r}") from None
+
     def names(key: str) -> tuple[str, ...]:
         return tuple(dns_label(v, f"{key}[{i}]") for i, v in enumerate(seq(doc.get(key), key)))
 
@@ -577,4 +593,6 @@ def parse_settings(raw: Any) -> Settings:
         http_ports=_port_range(doc.get("httpPorts"), "httpPorts", base.http_ports),
         tcp_ports=_port_range(doc.get("tcpPorts"), "tcpPorts", base.tcp_ports),
         udp_ports=_port_range(doc.get("udpPorts"), "udpPorts", base.udp_ports),
+        mtls=mtls,
+        trust_domain=domain(doc.get("trustDomain"), "trustDomain", base.trust_domain),
     )

@@ -43,11 +43,21 @@ class _Doc(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_defau
     """Fields with a default are left out of the JSON when they have it."""
 
 
+class Mtls(_Doc, frozen=True, kw_only=True):
+    """Workload certificates (issue 17). ``nodes``: node -> the identities
+    (namespace/serviceaccount) of its live pods, which its proxy holds certificates for."""
+
+    mode: Literal["permissive", "strict"]
+    trust_domain: Name
+    nodes: dict[str, list[str]] = {}
+
+
 class ConfigSettings(_Doc, frozen=True, kw_only=True):
     zone: Name
     cluster_domain: Name
     mesh_namespace: Name
     acl: bool
+    mtls: Mtls | None = None  # left out (None) when mTLS is off
 
 
 class Listener(_Doc, frozen=True, kw_only=True):
@@ -377,6 +387,14 @@ def check(config: MeshConfig) -> None:
         _ip(ip, f"identities[{ip}]")
         if identity.count("/") != 1:
             raise ConfigError(f"identities[{ip}]", f"expected namespace/name, got {identity!r}")
+    mtls = config.settings.mtls
+    for node, identities in (mtls.nodes if mtls is not None else {}).items():
+        for i, identity in enumerate(identities):
+            if identity.count("/") != 1 or identity.startswith("/") or identity.endswith("/"):
+                raise ConfigError(
+                    f"settings.mtls.nodes[{node}][{i}]",
+                    f"expected namespace/serviceaccount, got {identity!r}",
+                )
 
 
 def _check_route(config: MeshConfig, key: str, route: Route) -> None:

@@ -9,6 +9,7 @@ with an error naming it, and everything else is built as usual.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from mesh.core.annotations import ServiceOptions, service_options
@@ -19,6 +20,7 @@ from mesh.core.model import (
     HTTPMatch,
     ObjectReference,
     ParentRef,
+    Pod,
     RouteFilters,
     RouteRule,
     Service,
@@ -153,12 +155,15 @@ class Topology:
     splits: dict[str, TopoSplit] = field(default_factory=dict)
     identities: dict[str, str] = field(default_factory=dict)  # pod IP -> identity
     routes: Attachments = field(default_factory=dict)  # GAMMA
+    # node -> identities of its live pods: the certificates its proxy may hold (mTLS)
+    node_identities: dict[str, list[str]] = field(default_factory=dict)
     errors: list[ObjectError] = field(default_factory=list)
 
 
 def build_topology(state: ClusterState, settings: Settings) -> Topology:
     topology = Topology(errors=list(state.errors))
     pods_by_name, topology.identities = _pod_index(state, topology.errors)
+    topology.node_identities = node_identities(state.pods.values(), settings)
     slices = _slices_by_service(state)
     for key in sorted(state.services):
         service = state.services[key]
@@ -202,6 +207,16 @@ APP_PROTOCOLS = {
     "kubernetes.io/ws": "http",
     "kubernetes.io/wss": "https",
 }
+
+
+def node_identities(pods: Iterable[Pod], settings: Settings) -> dict[str, list[str]]:
+    """The identities (namespace/serviceaccount) each node's proxy may hold certificates
+    for: those of its live pods in watched namespaces, sorted."""
+    by_node: dict[str, set[str]] = {}
+    for pod in pods:
+        if pod.holds_identity and pod.node is not None and settings.watches(pod.namespace):
+            by_node.setdefault(pod.node, set()).add(f"{pod.namespace}/{pod.service_account}")
+    return {node: sorted(ids) for node, ids in sorted(by_node.items())}
 
 
 def _pod_index(

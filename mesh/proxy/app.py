@@ -30,6 +30,8 @@ from typing import Any
 from mesh import argtypes
 from mesh.core.config import MeshConfig
 from mesh.proxy.addresses import AddressMap
+from mesh.proxy.certs import CertificateManager, CertificateMetrics
+from mesh.proxy.kubecsr import KubeCsrSource
 from mesh.proxy.options import Options
 from mesh.proxy.proxy import Proxy, settle_memory
 from mesh.proxy.resources import raise_open_file_limit
@@ -39,6 +41,16 @@ from mesh.proxy.workers import Supervisor, runner
 _TIMEOUT = argtypes.seconds(high=86400.0)
 
 log = logging.getLogger("simmesh.proxy")
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.1 <= value <= 0.9:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0.1, 0.9], got {text!r}")
+    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,6 +63,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="controller base URL (long-poll)",
     )
     parser.add_argument("--node", required=True, help="this proxy's node name")
+    identity = parser.add_argument_group("workload certificates (mTLS, issue 17)")
+    identity.add_argument(
+        "--certificates",
+        choices=("off", "kubernetes"),
+        default="off",
+        help="kubernetes: when the config turns mTLS on, hold a certificate per ServiceAccount "
+        "with a pod on this node, from the controller's CA through the CSR API (in-cluster "
+        "ServiceAccount token)",
+    )
+    identity.add_argument(
+        "--certificate-dir",
+        type=argtypes.existing_dir,
+        metavar="DIR",
+        help="write keys and certificates here (mode 0600; use a memory-backed volume); "
+        "default: in memory only",
+    )
+    identity.add_argument(
+        "--mesh-namespace",
+        type=argtypes.dns_label,
+        default="simmesh",
+        metavar="NS",
+        help="where the trust bundle ConfigMap is (default simmesh)",
+    )
+    identity.add_argument(
+        "--renew-fraction",
+        type=_fraction,
+        default=0.5,
+        metavar="FRACTION",
+        help="renew a certificate at this fraction of its lifetime (default 0.5)",
+    )
     parser.add_argument("--bind", default="0.0.0.0", metavar="ADDRESS", help="listen address")
     parser.add_argument(
         "--token-file",
@@ -285,7 +327,11 @@ async def serve(args: argparse.Namespace) -> int:
         await runs.close()
         raise StartError(f"--admin-port {args.admin_port} on {args.bind}: {exc}") from None
 
+    certificates = _certificates(args, proxy)
+
     async def apply(config: MeshConfig) -> bool:
+        if certificates is not None:
+            certificates.want_config(config.settings.mtls)
         changed = await runs.apply(config)
         if changed:
             settle_memory()
@@ -319,11 +365,15 @@ async def serve(args: argparse.Namespace) -> int:
         budget.nofile,
     )
     task = asyncio.create_task(source.run())
+    tasks = [task]
+    if certificates is not None:
+        tasks.append(asyncio.create_task(certificates.run(), name="certificates"))
     try:
         await stop.wait()
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        for each in tasks:
+            each.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         log.info(
             "draining: accepting for %.1fs more, then up to %.1fs for what is in flight",
             args.drain_delay,
@@ -333,6 +383,21 @@ async def serve(args: argparse.Namespace) -> int:
         await runs.close()
     log.info("stopped")
     return 0
+
+
+def _certificates(args: argparse.Namespace, proxy: Proxy) -> CertificateManager | None:
+    """The certificate manager (--certificates kubernetes), its metrics on /metrics."""
+    if args.certificates == "off":
+        return None
+    source = KubeCsrSource.in_cluster(namespace=args.mesh_namespace, node=args.node)
+    manager = CertificateManager(
+        source,
+        node=args.node,
+        renew_fraction=args.renew_fraction,
+        key_dir=Path(args.certificate_dir) if args.certificate_dir else None,
+    )
+    proxy.metrics.registry.register(CertificateMetrics(manager))
+    return manager
 
 
 class StartError(Exception):

@@ -639,6 +639,11 @@ def cli_cases() -> Iterator[Case]:
         "--max-response-header-size": ["10", "x"],
         "--controller": ["ftp://x", "http://x:70000", "controller:9000", "http://"],
         "--address-map": ["nope", "10.0.0.0/8=nope"],
+        # workload certificates (issue 17)
+        "--certificates": ["on", "vault"],
+        "--renew-fraction": ["0", "1", "nan", "x", "0.95"],
+        "--mesh-namespace": ["Mesh_NS"],
+        "--certificate-dir": ["{dir}/missing"],
     }.items():
         for value in values:
             argv = [*proxy, flag, value]
@@ -702,9 +707,31 @@ def cli_cases() -> Iterator[Case]:
         (["--drain-delay", "inf"], ("--drain-delay",)),
         (["--token-file", "{dir}/missing"], ("missing",)),
         (["--log-level", "loud"], ("--log-level",)),
+        # workload identities (issue 17)
+        (["--mtls", "on"], ("--mtls",)),
+        (["--trust-domain", "bad domain"], ("--trust-domain",)),
+        (["--cert-lifetime", "10"], ("--cert-lifetime",)),
+        (["--cert-lifetime", "nan"], ("--cert-lifetime",)),
+        (["--ca-overlap", "3600"], ("--ca-overlap", "--cert-lifetime")),
+        (["--ca-secret", "Bad/Name"], ("--ca-secret",)),
+        (["--proxy-service-account", "simmesh-proxy"], ("--proxy-service-account",)),
+        (["--proxy-service-account", "a/B_C"], ("--proxy-service-account",)),
+        (["--ca-check-interval", "0"], ("--ca-check-interval",)),
     ):
         yield Case(
             f"controller:{' '.join(argv)[:30]}", "cli", [*controller, *argv], qs, expect=words
+        )
+    for setting, words in (
+        ("mtls: on\n", ("mtls", "off, permissive or strict")),  # YAML's on is true
+        ("mtls: sometimes\n", ("mtls",)),
+        ("trustDomain: 'not a domain'\n", ("trustDomain",)),
+    ):
+        yield Case(
+            f"controller:mesh.yaml-{setting[:16]}",
+            "cli",
+            controller,
+            {**qs, "mesh.yaml": setting},
+            expect=words,
         )
     for special in (BOMB, DEEP_YAML, b"\x00\x01binary\xff"):
         files = {**qs, "mesh.yaml": special}

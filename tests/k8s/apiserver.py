@@ -542,6 +542,9 @@ class Cluster:
             # 127.0.0.1 may not be written into the `kubernetes` Endpoints; no reconciler
             "--endpoint-reconciler-type=none",
             "--profiling=false",
+            # ClusterTrustBundle (beta, off by default): where the mesh CA publishes its roots
+            "--runtime-config=certificates.k8s.io/v1beta1/clustertrustbundles=true",
+            "--feature-gates=ClusterTrustBundle=true",
             "--v=1",
         ]
 

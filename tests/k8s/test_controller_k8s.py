@@ -43,8 +43,16 @@ def wait_for(check: Callable[[], Any], timeout: float = 20.0, what: str = "condi
 
 
 class ControllerProcess:
-    def __init__(self, cluster: harness.Cluster, mesh_ns: str, watch: list[str], log: Path) -> None:
+    def __init__(
+        self,
+        cluster: harness.Cluster,
+        mesh_ns: str,
+        watch: list[str],
+        log: Path,
+        extra: tuple[str, ...] = (),
+    ) -> None:
         self.cluster = cluster
+        self.extra = extra
         self.mesh_ns = mesh_ns
         self.watch = watch
         self.log = log
@@ -69,6 +77,7 @@ class ControllerProcess:
         ]
         for ns in self.watch:
             argv += ["--watch-namespace", ns]
+        argv += self.extra
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env={**os.environ}

@@ -465,6 +465,116 @@ def test_rbac(default_docs: list[dict[str, Any]]) -> None:
     assert proxy_sa["automountServiceAccountToken"] is False
 
 
+IDENTITY_OBJECTS = {
+    ("ClusterRole", "simmesh-controller-ca"),
+    ("ClusterRoleBinding", "simmesh-controller-ca"),
+    ("Role", "simmesh-controller-ca"),
+    ("RoleBinding", "simmesh-controller-ca"),
+    ("ClusterRole", "simmesh-proxy"),
+    ("ClusterRoleBinding", "simmesh-proxy"),
+    ("Role", "simmesh-proxy"),
+    ("RoleBinding", "simmesh-proxy"),
+}
+
+
+def test_mtls_off_renders_no_identity_objects(default_docs: list[dict[str, Any]]) -> None:
+    rendered = {(d["kind"], d["metadata"]["name"]) for d in default_docs}
+    assert not IDENTITY_OBJECTS & rendered
+    assert settings_of(default_docs).mtls.value == "off"
+    cmd = container(default_docs, "DaemonSet", "simmesh-proxy")["command"]
+    assert "--certificates" not in cmd
+
+
+@pytest.mark.parametrize("mode", ["permissive", "strict"])
+def test_mtls_renders_the_ca_its_rbac_and_the_proxies_certificates(
+    helm: Helm, mode: str, tmp_path: Path
+) -> None:
+    from mesh.cli import build_parser
+    from mesh.controller.main import settings_from
+
+    docs = helm.render(f"mtls={mode}", "trustDomain=prod.example")
+    rendered = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    assert rendered >= IDENTITY_OBJECTS
+    settings = settings_of(docs)
+    assert settings.mtls.value == mode and settings.trust_domain == "prod.example"
+    # the commands parse with the programs' own parsers
+    (tmp_path / "mesh.yaml").write_text(
+        one(docs, "ConfigMap", "simmesh-settings")["data"]["mesh.yaml"]
+    )
+    local = {
+        "/etc/simmesh/mesh.yaml": str(tmp_path / "mesh.yaml"),
+        "/var/run/simmesh/certs": str(tmp_path),
+    }
+    cmd = [local.get(a, a) for a in container(docs, "Deployment", "simmesh-controller")["command"]]
+    args = build_parser(cmd[1:]).parse_args(cmd[1:])
+    assert settings_from(args).mtls.value == mode
+    assert args.ca_secret == "simmesh-ca" and args.cert_lifetime == 86400.0
+    assert args.ca_overlap >= args.cert_lifetime
+    assert args.proxy_service_account == "simmesh/simmesh-proxy"
+    proxy = one(docs, "DaemonSet", "simmesh-proxy")["spec"]["template"]["spec"]
+    assert proxy["automountServiceAccountToken"] is True
+    cmd = [local.get(a, a) for a in proxy["containers"][0]["command"]]
+    args = build_parser(cmd[1:]).parse_args(cmd[1:])
+    assert args.certificates == "kubernetes" and args.mesh_namespace == "simmesh"
+    certs = next(v for v in proxy["volumes"] if v["name"] == "certs")
+    assert certs["emptyDir"]["medium"] == "Memory"  # keys never on the node's disk
+    # RBAC: exactly the CSR verbs, approve/sign only for our signer
+    ca_rules = one(docs, "ClusterRole", "simmesh-controller-ca")["rules"]
+    no_wildcards(ca_rules)
+    group = "certificates.k8s.io"
+    for verb in ("get", "list", "watch"):
+        assert allows(ca_rules, group, "certificatesigningrequests", verb)
+    assert allows(ca_rules, group, "certificatesigningrequests/approval", "update")
+    assert allows(ca_rules, group, "certificatesigningrequests/status", "update")
+    signers = [r for r in ca_rules if "signers" in r["resources"]]
+    assert signers == [
+        {
+            "apiGroups": [group],
+            "resources": ["signers"],
+            "resourceNames": ["simmesh.io/workload"],
+            "verbs": ["approve", "sign", "attest"],
+        }
+    ]
+    assert not allows(ca_rules, group, "certificatesigningrequests", "create")
+    proxy_rules = one(docs, "ClusterRole", "simmesh-proxy")["rules"]
+    assert proxy_rules == [
+        {
+            "apiGroups": [group],
+            "resources": ["certificatesigningrequests"],
+            "verbs": ["create", "get"],
+        }
+    ]
+    role = one(docs, "Role", "simmesh-proxy")["rules"]
+    assert role == [
+        {
+            "apiGroups": [""],
+            "resources": ["configmaps"],
+            "resourceNames": ["simmesh-trust-bundle"],
+            "verbs": ["get"],
+        }
+    ]
+
+
+def test_mtls_objects_are_accepted_by_the_apiserver(
+    helm: Helm, apiserver: k8s_harness.Cluster
+) -> None:
+    docs = helm.render("mtls=strict")
+    status, out = apiserver.request("POST", "/api/v1/namespaces", {"metadata": {"name": "simmesh"}})
+    assert status in (201, 409), out
+    for doc in docs:
+        if (doc["kind"], doc["metadata"]["name"]) not in IDENTITY_OBJECTS:
+            continue
+        api = doc["apiVersion"]
+        plural = doc["kind"].lower() + "s"
+        base = f"/apis/{api}"
+        if doc["kind"] in ("Role", "RoleBinding"):
+            base += "/namespaces/simmesh"
+        status, out = apiserver.request(
+            "POST", f"{base}/{plural}", doc, query={"dryRun": "All", "fieldValidation": "Strict"}
+        )
+        assert status in (200, 201), (doc["kind"], doc["metadata"]["name"], out)
+
+
 def test_kubedns_coredns_serves_the_mesh_block(helm: Helm) -> None:
     from mesh.dns.corefile import DnsSettings, server_block
 

@@ -56,6 +56,12 @@ the proxy's admin port is 9901. TCP and UDP ranges may overlap (different protoc
 {{- end -}}
 {{- end -}}
 
+{{/* The mTLS mode as a string: off, permissive or strict (a bare YAML off is false). */}}
+{{- define "simmesh.mtls" -}}
+{{- $mode := .Values.mtls | toString -}}
+{{- if or (eq $mode "false") (eq $mode "") -}}off{{- else -}}{{ $mode }}{{- end -}}
+{{- end -}}
+
 {{/* mesh.yaml: the keys mesh.core.parse.parse_settings accepts, nothing else. */}}
 {{- define "simmesh.settings" -}}
 zone: {{ trimAll "." .Values.zone | quote }}
@@ -75,6 +81,8 @@ tcpPorts:
 udpPorts:
   start: {{ .Values.ports.udp.start | int }}
   size: {{ .Values.ports.udp.size | int }}
+mtls: {{ include "simmesh.mtls" . | quote }}
+trustDomain: {{ .Values.trustDomain | default "cluster.local" | quote }}
 {{- end -}}
 
 {{- define "simmesh.prometheusAnnotations" -}}
