@@ -59,7 +59,7 @@ from mesh.core.lifecycle import (
 from mesh.core.policies import Failure
 from mesh.core.request import BadRequest, Request, parse_request
 from mesh.core.routing import Decision, Endpoint, Engine, Reason
-from mesh.core.schema import host_port
+from mesh.core.schema import HeaderEdit, host_port
 from mesh.proxy.accesslog import AccessLog
 from mesh.proxy.body import Body, ClientGone
 from mesh.proxy.headers import Outgoing
@@ -532,10 +532,21 @@ def local_headers(ex: Exchange) -> list[tuple[str, str]]:
     return headers
 
 
+# A pod's answer relayed back through a tunnel loses any X-Simmesh-Reason of its own: the
+# source proxy reads that header from the destination proxy as the reason it could not reach
+# the pod (a connect failure, a reset, a timeout: mesh.proxy.upstream_raw), and a workload must
+# not be able to make its own 5xx look like one (retried as if never delivered).
+_POD_REASON = Edits(HeaderEdit(remove=["X-Simmesh-Reason"]))
+
+
 def response_edits(ex: Exchange) -> tuple[Edits, ...]:
-    """The response header edits of the GAMMA rule (and backendRef) that routed the request."""
+    """The response header edits of the GAMMA rule (and backendRef) that routed the request,
+    and, for a request out of a tunnel, the removal of the pod's X-Simmesh-Reason."""
     d = ex.decision
-    return d.response_edits if d is not None else ()
+    edits = d.response_edits if d is not None else ()
+    if ex.inbound.tunnel is not None:
+        return (*edits, _POD_REASON)
+    return edits
 
 
 class Forwarder:

@@ -255,3 +255,15 @@ async def test_strict_mode_never_sends_a_callers_request_across_nodes_in_the_cle
             assert status == expected, mode
             sent = metric(net.a, "simmesh_proxy_plaintext_requests_total", direction="sent")
             assert sent == (1 if mode is MtlsMode.PERMISSIVE else 0)
+
+
+async def test_a_pod_cannot_pass_its_own_failure_off_as_the_tunnel_s(tmp_path: Path) -> None:
+    """The source proxy reads X-Simmesh-Reason from the destination proxy (it could not reach
+    the pod); the same header from the pod itself is dropped on the way back, so the pod's 502
+    reaches the client as the pod's answer, not as a connect failure of the proxy."""
+    async with two_nodes(tmp_path) as net:
+        path = "/status/502?reason=upstream-connect-failed"
+        status, headers, body = await _get(net, "far.demo.mesh", path)
+        assert status == 502 and body == b"far0 says 502", body
+        assert "X-Simmesh-Reason" not in headers
+        assert headers["X-Backend"] == "far0"
