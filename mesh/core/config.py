@@ -140,13 +140,19 @@ def _mtls(topology: Topology, settings: Settings) -> schema.Mtls | None:
         mode=settings.mtls.value,  # type: ignore[arg-type]  # permissive or strict
         trust_domain=settings.trust_domain,
         nodes={node: list(ids) for node, ids in topology.node_identities.items()},
+        pods=dict(topology.pod_nodes),
     )
 
 
 def _identified(topology: Topology, settings: Settings) -> bool:
-    """Whether proxies need the callers' identities: for access control, and for consumer
-    routes, which apply to callers of their namespace only."""
-    return settings.acl or any(scope for scopes in topology.routes.values() for scope in scopes)
+    """Whether proxies need the callers' identities: for access control, for consumer
+    routes, which apply to callers of their namespace only, and with mTLS (the certificate a
+    proxy presents for a caller is its identity's)."""
+    return (
+        settings.acl
+        or settings.mtls is not MtlsMode.OFF
+        or any(scope for scopes in topology.routes.values() for scope in scopes)
+    )
 
 
 def config_version(config: MeshConfig) -> str:

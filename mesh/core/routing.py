@@ -54,7 +54,7 @@ from mesh.core.policies import (
     retry_verdict,
 )
 from mesh.core.request import Request
-from mesh.core.schema import MeshConfig
+from mesh.core.schema import MeshConfig, host_port
 
 
 class Reason(StrEnum):
@@ -73,6 +73,11 @@ class Reason(StrEnum):
     NO_BACKEND = "no-backend"  # the rule has no backendRef with a positive weight
     UNSUPPORTED_FILTER = "unsupported-filter"
     REDIRECT = "redirect"  # a RequestRedirect: the proxy answers 3xx with a Location
+    # mTLS (issue 17): a plaintext request from a pod of another node in strict mode; on a
+    # tunnel, a target that is no endpoint of the cluster named, or not a pod of this node
+    PLAINTEXT_REFUSED = "plaintext-refused"
+    UNKNOWN_TARGET = "unknown-target"
+    NOT_LOCAL_TARGET = "not-local-target"
 
 
 STATUS = {
@@ -90,6 +95,9 @@ STATUS = {
     Reason.NO_BACKEND: 500,
     Reason.UNSUPPORTED_FILTER: 500,
     Reason.REDIRECT: 302,  # the filter's statusCode, set on the decision
+    Reason.PLAINTEXT_REFUSED: 403,
+    Reason.UNKNOWN_TARGET: 404,
+    Reason.NOT_LOCAL_TARGET: 403,
 }
 
 
@@ -584,6 +592,20 @@ class Router:
         self.listeners: tuple[tuple[int, str], ...] = tuple(
             (item.port, item.protocol) for item in config.listeners
         )
+        mtls = config.settings.mtls
+        self.mtls: str = mtls.mode if mtls is not None else "off"
+        self.trust_domain = mtls.trust_domain if mtls is not None else ""
+        self.pod_nodes: dict[str, str] = dict(mtls.pods) if mtls is not None else {}
+        self.proxies: dict[str, tuple[str, int]] = (
+            {node: host_port(address) for node, address in mtls.proxies.items()}
+            if mtls is not None
+            else {}
+        )
+        self.cluster_routes: dict[str, Route] = {}  # the route a cluster serves (metrics)
+        for route in self.routes.values():
+            self.cluster_routes.setdefault(route.cluster.key, route)
+            for each in route.split.clusters if route.split is not None else ():
+                self.cluster_routes.setdefault(each.key, route)
 
     # -- lookups ---------------------------------------------------------------------------
 
@@ -621,6 +643,29 @@ class Router:
 
     def source_identity(self, ip: str) -> str | None:
         return self.identities.get(ip)
+
+    def caller(self, ip: str, node: str) -> Caller:
+        """Who a plaintext request from ``ip`` on ``node``'s proxy is judged as. Without mTLS,
+        the source-IP map. With mTLS the address proves an identity only on the caller's own
+        node (the path from a pod to its node's proxy): a pod of another node that sends
+        plaintext bypassed its own proxy (or forged the address). Permissive: still judged
+        by the map, and reported; strict: refused (403 ``plaintext-refused``)."""
+        identity = self.identities.get(ip)
+        if self.mtls == "off" or identity is None:
+            return Caller(identity, False)
+        where = self.pod_nodes.get(ip)
+        if where is None or where == node:
+            return Caller(identity, False)
+        if self.mtls == "strict":
+            return Caller(None, True, Reason.PLAINTEXT_REFUSED)
+        return Caller(identity, True)
+
+    def tunnel_peer(self, node: str | None, local: str) -> tuple[str, int] | None:
+        """The tunnel address of ``node``'s proxy when a request to a pod there crosses
+        nodes over mTLS (None: same node, no node known, or mTLS off)."""
+        if self.mtls == "off" or node is None or node == local:
+            return None
+        return self.proxies.get(node)
 
     # -- access ----------------------------------------------------------------------------
 
@@ -712,6 +757,18 @@ class Router:
         if source is None:
             return False
         return any(g.admits(source, request) for g in group.grants)
+
+
+class Caller:
+    """A plaintext caller as :meth:`Router.caller` judges it: the identity to authorise
+    (None: none), whether it is a pod of another node, and the refusal when strict."""
+
+    __slots__ = ("identity", "refused", "remote")
+
+    def __init__(self, identity: str | None, remote: bool, refused: Reason | None = None) -> None:
+        self.identity = identity
+        self.remote = remote
+        self.refused = refused
 
 
 # ---------------------------------------------------------------------------------------------
@@ -917,6 +974,57 @@ class Engine:
             endpoint = access.endpoints[robin.pick(len(access.endpoints), rng)]
             shots.append(MirrorShot(mirror.cluster, endpoint, mirror.scheme))
         return tuple(shots)
+
+    def decide_tunnel(
+        self,
+        *,
+        cluster: str,
+        ip: str,
+        port: int,
+        node: str,
+        source: str | None,
+        request: Request | None,
+    ) -> Decision:
+        """The destination side of an mTLS tunnel: may ``source`` (the identity the peer's
+        certificate proves) reach the pod ``ip:port`` of ``cluster`` that the source proxy
+        chose? Only a pod of this ``node``, only as the grants admit. The source proxy made
+        the routing decision (split, balancing, retries, rate limit): this one delivers to
+        that pod once, with no retries of its own."""
+        compiled = self.router.clusters.get(cluster)
+        if compiled is None:
+            return Decision(Reason.UNKNOWN_TARGET, f"no cluster {cluster!r} in this config")
+        endpoint = next((e for e in compiled.endpoints if e.ip == ip and e.port == port), None)
+        route = self.router.cluster_routes.get(cluster)
+        if endpoint is None:
+            return Decision(
+                Reason.UNKNOWN_TARGET,
+                f"{ip}:{port} is not a ready endpoint of {compiled.service}:{compiled.port}",
+                route,
+                compiled,
+            )
+        if endpoint.node != node:
+            return Decision(
+                Reason.NOT_LOCAL_TARGET,
+                f"{ip}:{port} is a pod of node {endpoint.node}, not of {node}",
+                route,
+                compiled,
+            )
+        access = self.router.access(compiled, source, request)
+        if not access.allowed:
+            return Decision(access.reason, access.detail, route, compiled)
+        if endpoint not in access.endpoints:
+            return Decision(
+                Reason.NOT_GRANTED,
+                f"no TrafficTarget grants {source} access to {endpoint.identity} "
+                f"on port {endpoint.port}",
+                route,
+                compiled,
+            )
+        decision = Decision(Reason.ALLOWED, access.detail, route, compiled, access.rule)
+        decision.policy = ServicePolicy()  # one attempt: the source proxy retries
+        decision.endpoint = endpoint
+        decision.candidates = (endpoint,)
+        return decision
 
     def decide_flow(self, *, listener: int, source: str | None, now: float, rng: Rng) -> Decision:
         route = self.router.flows.get(listener)

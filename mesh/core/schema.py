@@ -44,12 +44,16 @@ class _Doc(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_defau
 
 
 class Mtls(_Doc, frozen=True, kw_only=True):
-    """Workload certificates (issue 17). ``nodes``: node -> the identities
-    (namespace/serviceaccount) of its live pods, which its proxy holds certificates for."""
+    """Workload certificates and tunnels (issue 17). ``nodes``: node -> the identities
+    (namespace/serviceaccount) of its live pods, which its proxy holds certificates for;
+    ``pods``: pod IP -> node, for the IPs with an identity (a caller on the proxy's own node);
+    ``proxies``: node -> ``host:port`` of its proxy's mTLS tunnel port."""
 
     mode: Literal["permissive", "strict"]
     trust_domain: Name
     nodes: dict[str, list[str]] = {}
+    pods: dict[str, str] = {}
+    proxies: dict[str, str] = {}
 
 
 class ConfigSettings(_Doc, frozen=True, kw_only=True):
@@ -395,6 +399,10 @@ def check(config: MeshConfig) -> None:
                     f"settings.mtls.nodes[{node}][{i}]",
                     f"expected namespace/serviceaccount, got {identity!r}",
                 )
+    for ip in mtls.pods if mtls is not None else {}:
+        _ip(ip, f"settings.mtls.pods[{ip}]")
+    for node, address in (mtls.proxies if mtls is not None else {}).items():
+        _host_port(address, f"settings.mtls.proxies[{node}]")
 
 
 def _check_route(config: MeshConfig, key: str, route: Route) -> None:
@@ -506,6 +514,26 @@ def _ip(text: str, where: str) -> None:
         raise ConfigError(where, f"expected an IP address, got {text[:60]!r}") from None
 
 
+def host_port(text: str) -> tuple[str, int]:
+    """``ip:port`` (``[ip6]:port``) as (ip, port); ValueError naming what is wrong."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"expected IP:PORT with a port in 1..65535, got {text[:60]!r}")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"expected IP:PORT with an IP address, got {text[:60]!r}") from None
+    return host, int(port_text)
+
+
+def _host_port(text: str, where: str) -> None:
+    try:
+        host_port(text)
+    except ValueError as exc:
+        raise ConfigError(where, str(exc)) from None
+
+
 __all__ = [
     "API_VERSION",
     "CircuitBreaker",
@@ -540,4 +568,5 @@ __all__ = [
     "convert",
     "decode",
     "encode",
+    "host_port",
 ]

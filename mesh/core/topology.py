@@ -157,6 +157,8 @@ class Topology:
     routes: Attachments = field(default_factory=dict)  # GAMMA
     # node -> identities of its live pods: the certificates its proxy may hold (mTLS)
     node_identities: dict[str, list[str]] = field(default_factory=dict)
+    # pod IP -> node, for the IPs with an identity: which callers are on a proxy's own node
+    pod_nodes: dict[str, str] = field(default_factory=dict)
     errors: list[ObjectError] = field(default_factory=list)
 
 
@@ -164,6 +166,7 @@ def build_topology(state: ClusterState, settings: Settings) -> Topology:
     topology = Topology(errors=list(state.errors))
     pods_by_name, topology.identities = _pod_index(state, topology.errors)
     topology.node_identities = node_identities(state.pods.values(), settings)
+    topology.pod_nodes = pod_nodes(state.pods.values(), topology.identities)
     slices = _slices_by_service(state)
     for key in sorted(state.services):
         service = state.services[key]
@@ -217,6 +220,17 @@ def node_identities(pods: Iterable[Pod], settings: Settings) -> dict[str, list[s
         if pod.holds_identity and pod.node is not None and settings.watches(pod.namespace):
             by_node.setdefault(pod.node, set()).add(f"{pod.namespace}/{pod.service_account}")
     return {node: sorted(ids) for node, ids in sorted(by_node.items())}
+
+
+def pod_nodes(pods: Iterable[Pod], identities: dict[str, str]) -> dict[str, str]:
+    """The node of each pod IP that has an identity (running, pod network, unambiguous)."""
+    nodes: dict[str, str] = {}
+    for pod in pods:
+        if pod.running and not pod.host_network and pod.node is not None:
+            for ip in pod.ips:
+                if ip in identities:
+                    nodes[ip] = pod.node
+    return dict(sorted(nodes.items()))
 
 
 def _pod_index(

@@ -23,6 +23,7 @@ import os
 import signal
 import ssl
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="simmesh",
         metavar="NS",
         help="where the trust bundle ConfigMap is (default simmesh)",
+    )
+    identity.add_argument(
+        "--tunnel-port",
+        type=argtypes.integer(low=1, high=65535),
+        default=15008,
+        metavar="PORT",
+        help="mTLS tunnel port other nodes' proxies connect to while the config has mTLS on "
+        "(default 15008)",
     )
     identity.add_argument(
         "--renew-fraction",
@@ -310,6 +319,7 @@ def options_from(args: argparse.Namespace) -> Options:
         max_header_size=args.max_header_size,
         upstream_ca=args.upstream_ca,
         address_map=AddressMap.parse(args.address_map),
+        tunnel_port=args.tunnel_port,
         workers=args.workers,
     )
 
@@ -390,14 +400,30 @@ def _certificates(args: argparse.Namespace, proxy: Proxy) -> CertificateManager 
     if args.certificates == "off":
         return None
     source = KubeCsrSource.in_cluster(namespace=args.mesh_namespace, node=args.node)
+    # the tunnels' TLS contexts load files: without --certificate-dir, a private directory
+    # on a memory-backed file system where there is one
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    key_dir = args.certificate_dir or tempfile.mkdtemp(prefix="simmesh-certs-", dir=shm)
     manager = CertificateManager(
         source,
         node=args.node,
         renew_fraction=args.renew_fraction,
-        key_dir=Path(args.certificate_dir) if args.certificate_dir else None,
+        key_dir=Path(key_dir),
     )
+    manager.changed = lambda held: _load(proxy, held)
     proxy.metrics.registry.register(CertificateMetrics(manager))
     return manager
+
+
+def _load(proxy: Proxy, manager: CertificateManager) -> None:
+    """The certificates held now, for the tunnels."""
+    assert manager.key_dir is not None
+    files = {name: manager.paths(name) for name in manager.held}
+    proxy.load_certificates(
+        trust_domain=manager.trust_domain,
+        roots=manager.key_dir / "roots.pem",
+        held={name: pair for name, pair in files.items() if pair is not None},
+    )
 
 
 class StartError(Exception):

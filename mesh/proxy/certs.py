@@ -115,6 +115,8 @@ class CertificateManager:
         self._retry_at: dict[str, datetime] = {}
         self._backoff: dict[str, float] = {}
         self._wake = asyncio.Event()
+        self.generation = 0  # bumped whenever what is held changes
+        self.changed: Callable[[CertificateManager], None] | None = None  # told after a step
 
     # -- what the config says -----------------------------------------------------------------
 
@@ -136,7 +138,14 @@ class CertificateManager:
     # -- one step -----------------------------------------------------------------------------
 
     async def step(self) -> None:
-        """Drop what no local pod needs, then request or renew what is due."""
+        """Drop what no local pod needs, then request or renew what is due; tell ``changed``
+        when what is held changed (the tunnels load the new files)."""
+        before = self.generation
+        await self._step()
+        if self.generation != before and self.changed is not None:
+            self.changed(self)
+
+    async def _step(self) -> None:
         now = self.now()
         for name in sorted(set(self.held) - self.wanted):
             self._drop(name)
@@ -197,6 +206,7 @@ class CertificateManager:
         self._retry_at.pop(name, None)
         self._backoff.pop(name, None)
         self.counters.issued += 1
+        self.generation += 1
         if renewal:
             self.counters.renewals += 1
         self._write(name)
@@ -238,6 +248,7 @@ class CertificateManager:
 
     def _drop(self, name: str) -> None:
         self.held.pop(name, None)
+        self.generation += 1
         self.counters.dropped += 1
         if self.key_dir is not None:
             for suffix in (".key", ".crt"):

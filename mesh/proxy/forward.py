@@ -59,16 +59,25 @@ from mesh.core.lifecycle import (
 from mesh.core.policies import Failure
 from mesh.core.request import BadRequest, Request, parse_request
 from mesh.core.routing import Decision, Endpoint, Engine, Reason
+from mesh.core.schema import HeaderEdit, host_port
 from mesh.proxy.accesslog import AccessLog
 from mesh.proxy.body import Body, ClientGone
 from mesh.proxy.headers import Outgoing
 from mesh.proxy.metrics import Metrics
 from mesh.proxy.mirror import Mirrors
+from mesh.proxy.mtls import CLUSTER, TARGET, TunnelTls
 from mesh.proxy.options import Options
 from mesh.proxy.resources import UpstreamLimit
 from mesh.proxy.snapshot import Snapshot
 from mesh.proxy.tracing import Span, Tracer
-from mesh.proxy.upstream import Call, Response, Upstream, UpstreamError, UpstreamRequest
+from mesh.proxy.upstream import (
+    Call,
+    Response,
+    TunnelHop,
+    Upstream,
+    UpstreamError,
+    UpstreamRequest,
+)
 
 T = TypeVar("T")
 UPSTREAM_LIMIT = "upstream-connection-limit"  # X-Simmesh-Reason of UpstreamLimit's 503
@@ -89,6 +98,7 @@ class Inbound:
         "proto",
         "request",
         "target",
+        "tunnel",
     )
 
     def __init__(
@@ -102,6 +112,7 @@ class Inbound:
         body: Body,
         authority: str | None = None,
         proto: str = "http",
+        tunnel: str | None = None,
     ) -> None:
         self.listener = listener
         self.method = method
@@ -112,6 +123,7 @@ class Inbound:
         self.body = body
         self.proto = proto
         self.request: Request | None = None
+        self.tunnel = tunnel  # through an mTLS tunnel: the identity the peer's certificate proves
 
     @property
     def host(self) -> str:
@@ -320,6 +332,21 @@ class Exchange:
         assert request is not None
         endpoint = command.endpoint
         self.sent_at = time.monotonic()
+        hop: TunnelHop | None = None
+        tls = self.fw.tunnels if self.fw is not None else None
+        if tls is not None and self.snapshot is not None and d.scheme != "h2c":
+            planned = tls.hop(
+                self.snapshot.router, endpoint=endpoint, source=self.source, cluster=d.cluster.key
+            )
+            if isinstance(planned, str):
+                if self.snapshot.router.mtls == "strict":
+                    why = f"strict mTLS: {endpoint.key} is on node {endpoint.node}: {planned}"
+                    self.failed(UpstreamError(Failure.CONNECT, why))
+                    return
+                tls.metrics.count("plaintext", "sent")  # permissive: across nodes in the clear
+            else:
+                hop = planned
+                upstream = self.fw.http if self.fw is not None else upstream
         self.call = upstream.start(
             self,
             UpstreamRequest(
@@ -333,6 +360,7 @@ class Exchange:
                 inbound.body,
                 command.timeout,
                 self.server_name,
+                hop,
             ),
         )
 
@@ -446,6 +474,36 @@ class _Resolve:
         self.answer(ex)
 
 
+def _tunnel_lines(
+    items: Iterable[tuple[str, str]],
+) -> tuple[str | None, str | None, list[tuple[str, str]]]:
+    """The tunnel's target and cluster lines (None unless exactly one of each), and the
+    other header lines, which go on to the pod."""
+    targets: list[str] = []
+    clusters: list[str] = []
+    rest: list[tuple[str, str]] = []
+    for name, value in items:
+        low = name.lower()
+        if low == TARGET:
+            targets.append(value)
+        elif low == CLUSTER:
+            clusters.append(value)
+        else:
+            rest.append((name, value))
+    target = targets[0] if len(targets) == 1 else None
+    cluster = clusters[0] if len(clusters) == 1 else None
+    return target, cluster, rest
+
+
+def _target(text: str | None) -> tuple[str, int] | None:
+    if text is None:
+        return None
+    try:
+        return host_port(text.strip())
+    except ValueError:
+        return None
+
+
 def local_text(ex: Exchange) -> str:
     """The body of the proxy's own answers: ``<status> <phrase>: <reason>: <detail>``."""
     try:
@@ -474,10 +532,21 @@ def local_headers(ex: Exchange) -> list[tuple[str, str]]:
     return headers
 
 
+# A pod's answer relayed back through a tunnel loses any X-Simmesh-Reason of its own: the
+# source proxy reads that header from the destination proxy as the reason it could not reach
+# the pod (a connect failure, a reset, a timeout: mesh.proxy.upstream_raw), and a workload must
+# not be able to make its own 5xx look like one (retried as if never delivered).
+_POD_REASON = Edits(HeaderEdit(remove=["X-Simmesh-Reason"]))
+
+
 def response_edits(ex: Exchange) -> tuple[Edits, ...]:
-    """The response header edits of the GAMMA rule (and backendRef) that routed the request."""
+    """The response header edits of the GAMMA rule (and backendRef) that routed the request,
+    and, for a request out of a tunnel, the removal of the pod's X-Simmesh-Reason."""
     d = ex.decision
-    return d.response_edits if d is not None else ()
+    edits = d.response_edits if d is not None else ()
+    if ex.inbound.tunnel is not None:
+        return (*edits, _POD_REASON)
+    return edits
 
 
 class Forwarder:
@@ -494,8 +563,11 @@ class Forwarder:
         h2c: Upstream,
         upstream_ssl: ssl.SSLContext,
         rng: random.Random,
+        tunnels: TunnelTls | None = None,
     ) -> None:
         self.metrics = metrics
+        self.node = options.node
+        self.tunnels = tunnels  # mTLS to other nodes' proxies (None: never)
         self.upstream_ssl = upstream_ssl  # for tunnels to https upstreams
         self.tracer = tracer
         self.access_log = access_log
@@ -513,6 +585,8 @@ class Forwarder:
         not started yet."""
         now = time.monotonic()
         ex = Exchange(self, snapshot, inbound, now)
+        if inbound.tunnel is not None:
+            return self._decide_tunneled(ex, snapshot, now)
         try:
             request = inbound.request = parse_request(
                 inbound.method, inbound.target, inbound.items, authority=inbound.authority
@@ -522,7 +596,22 @@ class Forwarder:
             return ex.answer(400, Reason.BAD_REQUEST.value, exc.detail)
         if snapshot is None:
             return ex.answer(503, "no-config", "the proxy has not received a config yet")
-        source = ex.source = snapshot.router.source_identity(inbound.peer)
+        router = snapshot.router
+        if router.mtls == "off":
+            source = ex.source = router.source_identity(inbound.peer)
+        else:
+            caller = router.caller(inbound.peer, self.node)
+            source = ex.source = caller.identity
+            if caller.remote:
+                self.metrics.count("plaintext", "received")
+            if caller.refused is not None:
+                self.metrics.deny("-", "http", caller.refused.value)
+                return ex.answer(
+                    403,
+                    caller.refused.value,
+                    f"strict mTLS: {inbound.peer} is a pod of another node; its proxy must "
+                    "tunnel the request",
+                )
         d = ex.decision = snapshot.engine.decide_http(
             listener=inbound.listener,
             request=request,
@@ -530,6 +619,11 @@ class Forwarder:
             now=now,
             rng=self.rng,
         )
+        return self._judged(ex, snapshot, d, now)
+
+    def _judged(self, ex: Exchange, snapshot: Snapshot, d: Decision, now: float) -> Exchange:
+        """A decision made: answered when denied, else given its lifecycle."""
+        inbound = ex.inbound
         if not d.allowed:
             if d.reason is not Reason.REDIRECT:
                 self.metrics.deny(ex.service, "http", d.reason.value)
@@ -545,6 +639,38 @@ class Forwarder:
             default_timeout=self.upstream_timeout,
         )
         return ex
+
+    def _decide_tunneled(self, ex: Exchange, snapshot: Snapshot | None, now: float) -> Exchange:
+        """A request out of an mTLS tunnel (mesh.proxy.inbound): the caller is the identity
+        its certificate proves, the target the pod the source proxy named, which the core
+        admits only when it is a pod of this node and the grants let that identity reach it."""
+        inbound = ex.inbound
+        target, cluster, items = _tunnel_lines(inbound.items)
+        inbound.items = items
+        try:
+            request = inbound.request = parse_request(
+                inbound.method, inbound.target, items, authority=inbound.authority
+            )
+        except BadRequest as exc:
+            self.metrics.count("bad_requests", "400")
+            return ex.answer(400, Reason.BAD_REQUEST.value, exc.detail)
+        address = _target(target)
+        if address is None or cluster is None:
+            self.metrics.count("bad_requests", "400")
+            detail = "a tunneled request needs one Simmesh-Target (IP:PORT) and one Simmesh-Cluster"
+            return ex.answer(400, Reason.BAD_REQUEST.value, detail)
+        if snapshot is None:
+            return ex.answer(503, "no-config", "the proxy has not received a config yet")
+        source = ex.source = inbound.tunnel
+        d = ex.decision = snapshot.engine.decide_tunnel(
+            cluster=cluster,
+            ip=address[0],
+            port=address[1],
+            node=self.node,
+            source=source,
+            request=request,
+        )
+        return self._judged(ex, snapshot, d, now)
 
     def start(self, inbound: Inbound, snapshot: Snapshot | None, front: Front) -> Exchange:
         """Decide on the request and start performing its lifecycle; the exchange ends with

@@ -56,6 +56,7 @@ import asyncio
 import logging
 import socket
 from collections import deque
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import cast
 
@@ -183,6 +184,7 @@ class _Request(Inbound):
         self.body = body
         self.proto = "http"
         self.request = None
+        self.tunnel = conn.peer_identity
         self.version = version
         self.keep_alive = conn.parser.should_keep_alive()
         self.upgrade = upgrade  # the connection switches protocols after it: tunnel
@@ -225,6 +227,10 @@ class H1Connection(asyncio.Protocol):
         self._max_headers = options.max_headers
         self.transport: asyncio.Transport | None = None
         self.peer_ip = ""
+        # from an mTLS tunnel (mesh.proxy.inbound): the identity the peer's certificate
+        # proves, and who is told when the connection ends
+        self.peer_identity: str | None = None
+        self.on_close: Callable[[], None] | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.closed = False
         # reading
@@ -407,6 +413,9 @@ class H1Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.on_close is not None:
+            self.on_close()
+            self.on_close = None
         self._stop_timer()
         if self._probe_timer is not None:
             self._probe_timer.cancel()

@@ -240,6 +240,26 @@ COUNTERS = {
         f"pairs per service, the rest path {OTHER})",
         ("service", "method", "path"),
     ),
+    "tunnel_handshakes": (
+        "simmesh_proxy_tunnel_handshakes",
+        "mTLS tunnel connections established, by side (client: to another node's proxy, "
+        "server: from one)",
+        ("side",),
+    ),
+    "tunnel_handshake_failures": (
+        "simmesh_proxy_tunnel_handshake_failures",
+        "mTLS tunnel handshakes that failed, by side and reason (not-tls, "
+        "untrusted-certificate, no-client-certificate, tls-version, unknown-identity, "
+        "bad-identity, trust-domain, wrong-identity, timeout, closed, handshake, ...)",
+        ("side", "reason"),
+    ),
+    "plaintext": (
+        "simmesh_proxy_plaintext_requests",
+        "With mTLS on: received, plaintext requests from pods of other nodes (permissive "
+        "judges them by address, strict refuses them); sent, requests to pods of other "
+        "nodes sent in the clear (permissive, when no tunnel could be used)",
+        ("direction",),
+    ),
     "backend_errors": (
         "simmesh_proxy_backend_errors",
         "Attempts the backend (the Service a request was sent to, after splits) answered "
@@ -612,3 +632,18 @@ class _Exporter(Collector):
         )
         upstream.add_metric([], state.get("upstream_connections", 0))
         yield upstream
+        tunnels = GaugeMetricFamily(
+            "simmesh_proxy_tunnels_open",
+            "Open mTLS tunnel connections, by side (client, server)",
+            labels=["side"],
+        )
+        for side, count in sorted(state.get("tunnels", {}).items()):
+            tunnels.add_metric([side], count)
+        yield tunnels
+        age = GaugeMetricFamily(
+            "simmesh_proxy_tunnel_certificate_age_seconds",
+            "Age of the oldest certificate the tunnels use (absent when none is held)",
+        )
+        if state.get("certificate_age") is not None:
+            age.add_metric([], state["certificate_age"])
+        yield age

@@ -44,5 +44,6 @@ class Options:
     h2_control_burst: int = 1000
     upstream_ca: str | None = None
     address_map: AddressMap = field(default_factory=lambda: AddressMap([]))
+    tunnel_port: int = 15008  # mTLS from other nodes' proxies (0: any free port, for tests)
     workers: int = 1  # processes sharing the listeners (SO_REUSEPORT when more than one)
     worker: int = 0  # this process's index among them

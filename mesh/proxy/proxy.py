@@ -32,6 +32,8 @@ import math
 import os
 import random
 import time
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, TextIO
 
 import msgspec
@@ -43,9 +45,11 @@ from mesh.proxy.admin import Status, start_admin
 from mesh.proxy.context import Context
 from mesh.proxy.flows import Flow
 from mesh.proxy.forward import Forwarder
+from mesh.proxy.inbound import TunnelServer
 from mesh.proxy.limits import ConnectionGate
 from mesh.proxy.listeners import ListenerSet
 from mesh.proxy.metrics import Metrics
+from mesh.proxy.mtls import TunnelTls
 from mesh.proxy.options import Options
 from mesh.proxy.resources import FdBudget, UpstreamGate, fd_budget, open_file_limit
 from mesh.proxy.snapshot import Snapshot
@@ -103,7 +107,9 @@ def settle_memory() -> None:
     gc.set_threshold(10_000, 20, 100)
 
 
-def make_http_upstream(options: Options, gate: UpstreamGate) -> Upstream:
+def make_http_upstream(
+    options: Options, gate: UpstreamGate, tunnels: TunnelTls | None = None
+) -> Upstream:
     """The HTTP/1.1 upstream client: pooled Protocols + httptools for ``http``, aiohttp for
     ``https``. ``SIMMESH_PROXY_UPSTREAM=aiohttp`` sends ``http`` through aiohttp too (to
     compare the two in benchmarks)."""
@@ -121,6 +127,7 @@ def make_http_upstream(options: Options, gate: UpstreamGate) -> Upstream:
         max_header_bytes=options.max_response_header_size,
         max_headers=options.max_headers,
         gate=gate,
+        tunnels=tunnels,
     )
 
 
@@ -172,7 +179,8 @@ class Proxy:
         rng = random.Random()
         self.budget = budget = budget_of(options)
         self.upstreams = upstreams = UpstreamGate(budget.upstream, wait=options.connect_timeout)
-        self.http = make_http_upstream(options, upstreams)
+        self.tls = TunnelTls(self.metrics, node=options.node, port=options.tunnel_port)
+        self.http = make_http_upstream(options, upstreams, self.tls)
         self.h2c = H2Upstream(
             connect_timeout=options.connect_timeout,
             max_headers=options.max_headers,
@@ -191,6 +199,7 @@ class Proxy:
             h2c=self.h2c,
             upstream_ssl=client_ssl_context(options.upstream_ca),
             rng=rng,
+            tunnels=self.tls,
         )
         self.ctx = Context(
             options=options,
@@ -210,6 +219,7 @@ class Proxy:
         )
         self.forwarder = forwarder
         self.listeners = ListenerSet(self.ctx)
+        self.tunnel: TunnelServer | None = None  # the tunnel port, while mTLS is on
         self.source: dict[str, Any] = {}
         self.admin_port: int | None = None
         self._admin: Any = None
@@ -253,9 +263,39 @@ class Proxy:
         self.metrics.count("reloads")
         self.revoke(router)
         await self.listeners.reconcile(router.listeners)
+        await self._reconcile_tunnel()
         self._listening = True  # ready only once the first config's listeners are open
         log.info("applied config %s (%d listeners)", config.version, len(router.listeners))
         return True
+
+    def load_certificates(
+        self, *, trust_domain: str, roots: Path, held: Mapping[str, tuple[Path, Path]]
+    ) -> None:
+        """The certificates this proxy holds now (identity -> certificate and key files) and
+        the trust bundle: new tunnels, both ways, use them (see mesh.proxy.mtls)."""
+        if held:
+            self.tls.load(trust_domain=trust_domain, roots=roots, held=held)
+        else:
+            self.tls.clear()
+
+    async def _reconcile_tunnel(self) -> None:
+        """The tunnel port is open while the config has mTLS on."""
+        snapshot = self.snapshot
+        wanted = snapshot is not None and snapshot.router.mtls != "off" and not self._stopped
+        if wanted and self.tunnel is None:
+            server = TunnelServer(self.ctx, self.tls)
+            try:
+                await server.open(self.options.bind)
+            except OSError as exc:
+                self.metrics.count("listener_errors", "tunnel")
+                log.error("cannot open the tunnel port %d: %s", self.tls.port, exc)
+                return
+            self.tls.port = server.port
+            self.tunnel = server
+            log.info("opened the mTLS tunnel port %d", server.port)
+        elif not wanted and self.tunnel is not None:
+            self.tunnel.close()
+            self.tunnel = None
 
     def revoke(self, router: Router) -> int:
         """End the flows ``router``'s config no longer admits (the core judges each)."""
@@ -290,6 +330,8 @@ class Proxy:
             "breakers": dict(self.state.breakers),
             "udp_sessions": sessions,
             "upstream_connections": self.upstreams.open,
+            "tunnels": dict(self.tls.open),
+            "certificate_age": self.tls.certificate_age(),
         }
 
     @property
@@ -369,9 +411,12 @@ class Proxy:
             await asyncio.sleep(delay)
         self._stopped = True
         self.listeners.stop_accepting()
+        if self.tunnel is not None:
+            self.tunnel.close()
         deadline = time.monotonic() + (self.options.drain_timeout if timeout is None else timeout)
         while time.monotonic() < deadline:
-            if self.inflight == 0 and self.listeners.active() == 0:
+            tunneled = self.tunnel.active() if self.tunnel is not None else 0
+            if self.inflight == 0 and self.listeners.active() + tunneled == 0:
                 return True
             await asyncio.sleep(0.05)
         log.warning(
@@ -383,6 +428,10 @@ class Proxy:
 
     async def close(self) -> None:
         self.listeners.abort()
+        if self.tunnel is not None:
+            self.tunnel.close()
+            self.tunnel.abort()
+            self.tunnel = None
         await self.forwarder.mirrors.close()
         await self.http.close()
         await self.h2c.close()

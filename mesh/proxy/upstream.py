@@ -17,6 +17,7 @@ written as coroutines (``https`` through aiohttp, ``h2c``) get ``start`` from
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol, final
 
@@ -89,6 +90,7 @@ class UpstreamRequest:
         "scheme",
         "server_name",
         "timeout",
+        "tunnel",
     )
 
     def __init__(
@@ -103,6 +105,7 @@ class UpstreamRequest:
         body: Body,
         timeout: float | None,
         server_name: str | None,
+        tunnel: TunnelHop | None = None,
     ) -> None:
         self.scheme = scheme
         self.ip = ip
@@ -114,6 +117,35 @@ class UpstreamRequest:
         self.body = body
         self.timeout = timeout  # per try; None: none
         self.server_name = server_name  # https: the name the certificate must carry
+        self.tunnel = tunnel  # to a pod of another node: through its proxy, over mTLS
+
+
+@final
+class TunnelHop:
+    """How an attempt reaches a pod of another node: that node's proxy at ``host:port``,
+    over TLS with ``context`` (the caller's certificate), asking by ``server_name`` (SNI)
+    for the certificate of ``expect`` (the pod's identity), with ``head`` (the target's
+    header lines) added to the request; ``pool`` keys the pooled connections."""
+
+    __slots__ = ("context", "expect", "head", "host", "pool", "port", "server_name")
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        context: ssl.SSLContext,
+        server_name: str,
+        expect: str,
+        head: bytes,
+        pool: str,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.context = context
+        self.server_name = server_name
+        self.expect = expect
+        self.head = head
+        self.pool = pool
 
 
 class Upstream(Protocol):

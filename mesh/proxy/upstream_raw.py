@@ -42,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from typing import cast
@@ -51,19 +52,36 @@ import httptools
 from mesh.core.policies import IDEMPOTENT_METHODS, Failure
 from mesh.proxy.body import Body, ClientGone
 from mesh.proxy.headers import Outgoing, body_framing, encode_head, head_block, status_line
+from mesh.proxy.mtls import PeerRefused, TunnelTls, expect_identity, failure_reason
 from mesh.proxy.resources import Slot, UpstreamGate
 from mesh.proxy.upstream import (
     Call,
     CallbackUpstream,
     Handler,
     Response,
+    TunnelHop,
     Upstream,
     UpstreamError,
     UpstreamRequest,
 )
 
+Key = tuple[str, int, str]  # ip, port; for a tunnel, its pool (identities), else ""
 HIGH_WATER = 256 * 1024  # response bytes queued before reading from the upstream pauses
 _FRAMING = frozenset({"content-length", "transfer-encoding"})
+
+
+_TUNNEL_FAILURES = {
+    "upstream-connect-failed": Failure.CONNECT,
+    "upstream-reset": Failure.RESET,
+    "upstream-timeout": Failure.TIMEOUT,
+}
+
+
+def _reason_of(response: Response) -> str:
+    for name, value in response.header_items():
+        if name.lower() == "x-simmesh-reason":
+            return value
+    return ""
 
 
 def _stop(handle: asyncio.TimerHandle | None) -> None:
@@ -78,10 +96,12 @@ class _HeadTooLarge(Exception):
 class _Conn(asyncio.Protocol):
     """One keep-alive connection; at most one request in flight."""
 
-    def __init__(self, upstream: RawUpstream, key: tuple[str, int], slot: Slot) -> None:
+    def __init__(self, upstream: RawUpstream, key: Key, slot: Slot) -> None:
         self.upstream = upstream
         self.key = key
         self.slot = slot  # given back when the socket closes
+        self.tunnel = bool(key[2])  # an mTLS tunnel to another node's proxy
+        self.counted = False  # its handshake was counted (an open tunnel)
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
@@ -160,6 +180,9 @@ class _Conn(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.slot.release()
+        if self.counted and self.upstream.tunnels is not None:
+            self.counted = False
+            self.upstream.tunnels.closed("client")
         _stop(self.timer)
         self.timer = None
         if self.in_pool:
@@ -507,6 +530,7 @@ class _Attempt:
         "conn",
         "handler",
         "head",
+        "hop",
         "key",
         "method",
         "retried",
@@ -521,14 +545,16 @@ class _Attempt:
         self,
         upstream: RawUpstream,
         handler: Handler,
-        key: tuple[str, int],
+        key: Key,
         head: bytes,
         body: Body,
         stream: bool,
         timeout: float | None,
         method: str,
+        hop: TunnelHop | None,
     ) -> None:
         self.upstream = upstream
+        self.hop = hop
         self.handler = handler
         self.key = key
         self.head = head
@@ -554,7 +580,7 @@ class _Attempt:
 
     async def _connect(self) -> None:
         try:
-            conn = await self.upstream._connect(self.key)
+            conn = await self.upstream._connect(self.key, self.hop)
         except UpstreamError as exc:
             if not self.cancelled:
                 self.handler.failed(exc)
@@ -566,6 +592,14 @@ class _Attempt:
 
     def responded(self, response: Response) -> None:
         self.conn = None
+        if self.hop is not None and response.status >= 502:
+            failure = _TUNNEL_FAILURES.get(_reason_of(response))
+            if failure is not None:  # the destination proxy could not reach its pod
+                response.whole()
+                response.release()
+                where = f"via {self.hop.host}:{self.hop.port}"
+                self.handler.failed(UpstreamError(failure, f"{where}: {failure.value}"))
+                return
         self.handler.responded(response)
 
     def conn_failed(self, conn: _Conn, error: UpstreamError) -> None:
@@ -607,7 +641,9 @@ class RawUpstream(CallbackUpstream):
         max_header_bytes: int = 64 * 1024,
         max_headers: int = 100,
         gate: UpstreamGate | None = None,
+        tunnels: TunnelTls | None = None,
     ) -> None:
+        self.tunnels = tunnels
         self.max_header_bytes = max_header_bytes
         self.max_headers = max_headers
         self._gate = gate = gate or UpstreamGate.unlimited()
@@ -615,13 +651,13 @@ class RawUpstream(CallbackUpstream):
         self._connect_timeout = connect_timeout
         self._fallback = fallback
         self._keepalive = keepalive
-        self._idle: dict[tuple[str, int], list[_Conn]] = {}
+        self._idle: dict[Key, list[_Conn]] = {}
         self._busy: set[_Conn] = set()
         self._sweeper: asyncio.TimerHandle | None = None
 
     # -- pool ---------------------------------------------------------------------------------
 
-    def _acquire(self, key: tuple[str, int]) -> _Conn | None:
+    def _acquire(self, key: Key) -> _Conn | None:
         idle = self._idle.get(key)
         while idle:
             conn = idle.pop()
@@ -684,8 +720,8 @@ class RawUpstream(CallbackUpstream):
         oldest._close()
         return True
 
-    async def _connect(self, key: tuple[str, int]) -> _Conn:
-        ip, port = key
+    async def _connect(self, key: Key, hop: TunnelHop | None = None) -> _Conn:
+        ip, port, _ = key
         loop = asyncio.get_running_loop()
 
         async def connect(slot: Slot) -> _Conn:
@@ -693,6 +729,8 @@ class RawUpstream(CallbackUpstream):
                 _, conn = await loop.create_connection(lambda: _Conn(self, key, slot), ip, port)
             return conn
 
+        if hop is not None:
+            return await self._tunnel(key, hop)
         try:
             conn = await self._gate.connect(connect, where=f"{ip}:{port}")
         except TimeoutError as exc:
@@ -701,9 +739,53 @@ class RawUpstream(CallbackUpstream):
             raise UpstreamError(Failure.CONNECT, f"connect to {ip}:{port}: {exc}") from exc
         return conn
 
+    async def _tunnel(self, key: Key, hop: TunnelHop) -> _Conn:
+        """A new mTLS connection to another node's proxy that proved ``hop.expect``."""
+        loop = asyncio.get_running_loop()
+        tls = self.tunnels
+        assert tls is not None
+        where = f"tunnel {hop.host}:{hop.port} ({hop.expect})"
+
+        async def connect(slot: Slot) -> _Conn:
+            async with asyncio.timeout(self._connect_timeout):
+                _, conn = await loop.create_connection(
+                    lambda: _Conn(self, key, slot),
+                    hop.host,
+                    hop.port,
+                    ssl=hop.context,
+                    server_hostname=hop.server_name,
+                    ssl_handshake_timeout=self._connect_timeout,
+                )
+            return conn
+
+        try:
+            conn = await self._gate.connect(connect, where=where)
+        except UpstreamError:
+            raise
+        except (OSError, TimeoutError) as exc:
+            reason = failure_reason(exc)
+            if isinstance(exc, ssl.SSLError) or reason == "timeout":
+                tls.failed("client", reason)
+            raise UpstreamError(Failure.CONNECT, f"{where}: {reason}: {exc}") from exc
+        transport = conn.transport
+        try:
+            expect_identity(
+                tls, transport.get_extra_info("ssl_object") if transport else None, hop.expect
+            )
+        except PeerRefused as exc:
+            tls.failed("client", exc.reason)
+            conn._abort()
+            raise UpstreamError(Failure.CONNECT, f"{where}: {exc}") from None
+        tls.handshake("client")
+        conn.counted = True
+        return conn
+
     # -- Upstream -----------------------------------------------------------------------------
 
     def start(self, handler: Handler, request: UpstreamRequest) -> Call:
+        hop = request.tunnel
+        if hop is not None:
+            return self._start_tunnel(handler, request, hop)
         if request.scheme != "http":
             return self._fallback.start(handler, request)
         ip, port, method, path, body = (
@@ -720,8 +802,27 @@ class RawUpstream(CallbackUpstream):
             head, stream = request_head(
                 method, path, headers, body, request.authority or f"{ip}:{port}"
             )
-        attempt = _Attempt(self, handler, (ip, port), head, body, stream, timeout, method)
+        attempt = _Attempt(self, handler, (ip, port, ""), head, body, stream, timeout, method, None)
         conn = self._acquire(attempt.key)
+        if conn is None:
+            attempt.connect()
+        else:
+            attempt.begin(conn, reused=True)
+        return attempt
+
+    def _start_tunnel(self, handler: Handler, request: UpstreamRequest, hop: TunnelHop) -> Call:
+        """The request as the pod would get it, with the target's lines, on a pooled mTLS
+        connection to the pod's node's proxy (whatever the cluster's scheme: that proxy
+        delivers with it)."""
+        method, path, body, headers = request.method, request.path, request.body, request.headers
+        if isinstance(headers, Outgoing):
+            head, stream = headers.http1_head(method, path, body)
+        else:
+            head, stream = request_head(method, path, headers, body, request.authority)
+        head = head[:-2] + hop.head + b"\r\n"
+        key = (hop.host, hop.port, hop.pool)
+        attempt = _Attempt(self, handler, key, head, body, stream, request.timeout, method, hop)
+        conn = self._acquire(key)
         if conn is None:
             attempt.connect()
         else:

@@ -332,6 +332,15 @@ def config_cases(valid: dict[str, Any]) -> Iterator[Case]:
             },
         ],
         "settings.acl": ["yes"],
+        # mTLS tunnels (issue 17): where each node's proxy takes tunnels, pod IP -> node
+        "settings.mtls": [
+            {"mode": "strict", "trustDomain": "cluster.local", "proxies": {"b": "10.0.0.1"}},
+            {"mode": "strict", "trustDomain": "cluster.local", "proxies": {"b": "10.0.0.1:0"}},
+            {"mode": "strict", "trustDomain": "cluster.local", "proxies": {"b": "node-b:15008"}},
+            {"mode": "strict", "trustDomain": "cluster.local", "proxies": {"b": 15008}},
+            {"mode": "strict", "trustDomain": "cluster.local", "pods": {"not-an-ip": "b"}},
+            {"mode": "on", "trustDomain": "cluster.local"},
+        ],
         "apiVersion": ["v1"],
         "version": [7, "x" * 100],
         "hosts": [{"not-a-port": {}}, {"70000": {}}],
@@ -644,6 +653,7 @@ def cli_cases() -> Iterator[Case]:
         "--renew-fraction": ["0", "1", "nan", "x", "0.95"],
         "--mesh-namespace": ["Mesh_NS"],
         "--certificate-dir": ["{dir}/missing"],
+        "--tunnel-port": ["0", "70000", "x", "-1"],
     }.items():
         for value in values:
             argv = [*proxy, flag, value]

@@ -41,14 +41,16 @@ def test_on_lists_each_node_s_identities_and_the_trust_domain() -> None:
         mode="permissive",
         trust_domain="prod.example",
         nodes={"node-a": ["shop/web"], "node-b": ["shop/web"]},
+        pods={"10.0.0.1": "node-a", "10.0.0.2": "node-b"},  # where each caller runs (tunnels)
     )
+    assert on.identities == {"10.0.0.1": "shop/web", "10.0.0.2": "shop/web"}  # not only in ACL
     again = schema.decode(schema.encode(on))
     assert again.settings.mtls == on.settings.mtls
 
 
 def test_a_bad_identity_in_the_node_table_is_a_config_error() -> None:
     on = config(Settings(mtls=MtlsMode.STRICT))
-    text = schema.encode(on).replace(b'"shop/web"', b'"shopweb"', 1)
+    text = schema.encode(on).replace(b'"node-a":["shop/web"]', b'"node-a":["shopweb"]', 1)
     with pytest.raises(schema.ConfigError) as info:
         schema.decode(text)
     assert info.value.path.startswith("settings.mtls.nodes[")

@@ -218,3 +218,23 @@ def test_roots_of_the_bundle_are_kept_in_order() -> None:
     old = ca.fingerprint(fake.authority.retired[0].certificate)
     assert manager.state()["roots"] == [second.fingerprint, old]
     assert manager.held["shop/web"].certificate.issuer == second.certificate.subject
+
+
+def test_the_tunnels_are_told_when_what_is_held_changes(tmp_path: Path) -> None:
+    """Obtained, renewed and dropped certificates reach the tunnels (``changed``); a step that
+    changes nothing does not reload them."""
+    clock, fake, manager = setup(tmp_path)
+    told: list[list[str]] = []
+    manager.changed = lambda m: told.append(sorted(m.held))
+    fake.allowed = {"shop/web", "shop/db"}
+    manager.want(["shop/web", "shop/db"])
+    step(manager)
+    assert told == [["shop/db", "shop/web"]]
+    step(manager)
+    assert len(told) == 1
+    manager.want(["shop/db"])
+    step(manager)
+    assert told[-1] == ["shop/db"]
+    clock.now += timedelta(hours=13)  # past half of the 24 h lifetime: renewed
+    step(manager)
+    assert len(told) == 3 and manager.counters.renewals == 1

@@ -213,7 +213,10 @@ def backend_app(name: str) -> web.Application:
 
     async def status(request: web.Request) -> web.Response:
         code = int(request.match_info["code"])
-        return web.Response(status=code, text=f"{name} says {code}", headers={"X-Backend": name})
+        headers = {"X-Backend": name}
+        if "reason" in request.query:  # a workload posing as a proxy (the mTLS tests)
+            headers["X-Simmesh-Reason"] = request.query["reason"]
+        return web.Response(status=code, text=f"{name} says {code}", headers=headers)
 
     async def stall(request: web.Request) -> web.Response:
         await asyncio.sleep(float(request.query.get("seconds", "30")))

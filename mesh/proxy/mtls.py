@@ -1,0 +1,268 @@
+"""Mutual TLS between node proxies: the TLS material, the hop to another node, the peer's identity.
+
+A request whose endpoint is a pod of another node travels from this proxy to that node's proxy
+over mutual TLS 1.3 on the tunnel port (``--tunnel-port``, 15008 as Istio's HBONE), and is
+delivered there to the pod (:mod:`mesh.proxy.inbound`). What travels is the HTTP/1.1 request
+the proxy would have sent the pod, with two header lines the destination takes off again:
+``Simmesh-Target: <pod ip>:<port>`` and ``Simmesh-Cluster: <cluster key>``; connections are
+kept alive and pooled (:mod:`mesh.proxy.upstream_raw`), one pool per (destination node,
+calling identity, destination identity), so a handshake is paid once per pool connection,
+not per request.
+
+- **Client certificate**: the *calling* workload's (the source-IP identity of the local pod
+  that called, one certificate per local ServiceAccount): the destination learns the caller
+  from the certificate's URI SAN, never from an address or a header.
+- **Server certificate**: the destination workload's, chosen by SNI (a digest of its SPIFFE
+  ID, :func:`sni_name`): the source checks that the peer proved the identity the config
+  gives the endpoint, so a proxy of another node cannot pose as the pod's.
+- **Verification**: chain against the trust bundle (both roots during a rotation), TLS 1.3
+  only, exactly one URI SAN, a ServiceAccount's SPIFFE ID of this trust domain
+  (:meth:`TunnelTls.peer_identity`).
+
+:class:`TunnelTls` holds the contexts (rebuilt whole by :meth:`TunnelTls.load` at each
+certificate change: new connections use the new certificates, open ones keep the session they
+authenticated) and counts handshakes, failures by reason and open tunnels for ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ssl
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, cast
+
+from cryptography import x509
+
+from mesh.core.routing import Endpoint, Router
+from mesh.identity.ca import CLOCK_SKEW
+from mesh.identity.spiffe import IdentityError, parse, spiffe_id
+from mesh.proxy.metrics import Metrics
+from mesh.proxy.upstream import TunnelHop
+
+TUNNEL_PORT = 15008
+ALPN = "simmesh-tunnel/1"
+TARGET = "simmesh-target"  # header names, lower case: the destination takes them off
+CLUSTER = "simmesh-cluster"
+_SNI_SUFFIX = ".id.simmesh.invalid"
+
+# ssl.SSLError reasons -> bounded metric labels
+_REASONS = {
+    "WRONG_VERSION_NUMBER": "not-tls",
+    "HTTP_REQUEST": "not-tls",
+    "UNEXPECTED_EOF_WHILE_READING": "closed",
+    "CERTIFICATE_VERIFY_FAILED": "untrusted-certificate",
+    "TLSV1_ALERT_UNKNOWN_CA": "untrusted-certificate",
+    "SSLV3_ALERT_BAD_CERTIFICATE": "untrusted-certificate",
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED": "no-client-certificate",
+    "PEER_DID_NOT_RETURN_A_CERTIFICATE": "no-client-certificate",
+    "UNSUPPORTED_PROTOCOL": "tls-version",
+    "TLSV1_ALERT_PROTOCOL_VERSION": "tls-version",
+    "TLSV1_UNRECOGNIZED_NAME": "unknown-identity",
+    "TLSV1_ALERT_UNRECOGNIZED_NAME": "unknown-identity",
+}
+
+
+def sni_name(identity: str) -> str:
+    """The SNI that asks a destination proxy for ``identity``'s certificate."""
+    return hashlib.sha256(identity.encode()).hexdigest()[:32] + _SNI_SUFFIX
+
+
+def failure_reason(exc: BaseException) -> str:
+    """A bounded label for why a handshake failed."""
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, ssl.SSLError):
+        return _REASONS.get(str(exc.reason), "handshake")
+    if isinstance(exc, ConnectionError):
+        return "closed"
+    return "other"
+
+
+class PeerRefused(Exception):
+    """The peer's certificate does not prove an acceptable identity; ``reason`` is the label."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+class _Material:
+    __slots__ = ("certificate", "client", "key", "not_before", "server")
+
+    def __init__(self, certificate: Path, key: Path, not_before: datetime) -> None:
+        self.certificate = certificate
+        self.key = key
+        self.not_before = not_before
+        self.client: ssl.SSLContext | None = None
+        self.server: ssl.SSLContext | None = None
+
+
+class TunnelTls:
+    """The certificates this proxy tunnels with, and the tunnels' counters."""
+
+    def __init__(self, metrics: Metrics, *, node: str, port: int = TUNNEL_PORT) -> None:
+        self.metrics = metrics
+        self.node = node
+        self.port = port
+        self.trust_domain = ""
+        self.roots: Path | None = None
+        self._held: dict[str, _Material] = {}
+        self._by_sni: dict[str, ssl.SSLContext] = {}
+        self.server: ssl.SSLContext | None = None
+        self.open = {"client": 0, "server": 0}
+        self.loads = 0
+
+    # -- material -----------------------------------------------------------------------------
+
+    def load(
+        self, *, trust_domain: str, roots: Path, held: Mapping[str, tuple[Path, Path]]
+    ) -> None:
+        """Take the certificates held now (identity -> certificate and key files) and the
+        roots file; contexts are built again (a certificate may have been renewed)."""
+        material = {}
+        for identity, (cert_file, key_file) in sorted(held.items()):
+            first = x509.load_pem_x509_certificates(cert_file.read_bytes())[0]
+            item = _Material(cert_file, key_file, first.not_valid_before_utc + CLOCK_SKEW)
+            item.client = self._context(ssl.PROTOCOL_TLS_CLIENT, roots, item)
+            item.server = self._context(ssl.PROTOCOL_TLS_SERVER, roots, item)
+            material[identity] = item
+        server = self._context(ssl.PROTOCOL_TLS_SERVER, roots, None)
+        server.sni_callback = self._sni
+        self.trust_domain = trust_domain
+        self.roots = roots
+        self._by_sni = {
+            sni_name(identity): item.server
+            for identity, item in material.items()
+            if item.server is not None
+        }
+        self._held = material
+        self.server = server
+        self.loads += 1
+
+    def clear(self) -> None:
+        self._held = {}
+        self._by_sni = {}
+        self.server = None
+        self.trust_domain = ""
+
+    @staticmethod
+    def _context(protocol: int, roots: Path, item: _Material | None) -> ssl.SSLContext:
+        context = ssl.SSLContext(protocol)
+        context.minimum_version = ssl.TLSVersion.TLSv1_3
+        if protocol == ssl.PROTOCOL_TLS_CLIENT:
+            context.check_hostname = False  # the peer's SPIFFE ID is checked instead
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(cafile=str(roots))
+        context.set_alpn_protocols([ALPN])
+        if item is not None:
+            context.load_cert_chain(str(item.certificate), str(item.key))
+        return context
+
+    def _sni(self, sock: ssl.SSLObject | ssl.SSLSocket, name: str | None, _: Any) -> int | None:
+        context = self._by_sni.get(name or "")
+        if context is None:
+            return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
+        sock.context = context
+        return None
+
+    def holds(self, identity: str) -> bool:
+        return identity in self._held
+
+    @property
+    def identities(self) -> list[str]:
+        return sorted(self._held)
+
+    def certificate_age(self, now: datetime | None = None) -> float | None:
+        """Seconds since the oldest certificate held was issued (None: none held)."""
+        if not self._held:
+            return None
+        now = now or datetime.now(UTC)
+        oldest = min(item.not_before for item in self._held.values())
+        return max(0.0, (now - oldest).total_seconds())
+
+    # -- the hop ------------------------------------------------------------------------------
+
+    def hop(
+        self, router: Router, *, endpoint: Endpoint, source: str | None, cluster: str
+    ) -> TunnelHop | str | None:
+        """How an attempt to ``endpoint`` travels: None when it stays plaintext (same node,
+        mTLS off), a :class:`TunnelHop` to the endpoint's node, or why it cannot tunnel."""
+        if router.mtls == "off" or endpoint.node is None or endpoint.node == self.node:
+            return None
+        address = router.proxies.get(endpoint.node)
+        if address is None:
+            return f"no tunnel address for node {endpoint.node}"
+        if source is None:
+            return "the caller has no identity to present"
+        item = self._held.get(source)
+        if item is None or item.client is None:
+            return f"this proxy holds no certificate for the caller {source}"
+        if endpoint.identity is None:
+            return f"the identity of {endpoint.key} is not known"
+        extra = f"Simmesh-Target: {endpoint.key}\r\nSimmesh-Cluster: {cluster}\r\n".encode()
+        return TunnelHop(
+            address[0],
+            address[1],
+            item.client,
+            sni_name(endpoint.identity),
+            endpoint.identity,
+            extra,
+            f"{source} {endpoint.identity}",
+        )
+
+    # -- the peer -----------------------------------------------------------------------------
+
+    def peer_identity(self, ssl_object: ssl.SSLObject | None) -> str:
+        """The identity (``namespace/serviceaccount``) the peer's verified certificate
+        proves; PeerRefused otherwise."""
+        if ssl_object is None:
+            raise PeerRefused("not-tls", "the connection is not TLS")
+        if ssl_object.version() != "TLSv1.3":
+            raise PeerRefused("tls-version", f"{ssl_object.version()}, expected TLSv1.3")
+        cert = ssl_object.getpeercert()
+        if not cert:
+            raise PeerRefused("no-client-certificate", "the peer presented no certificate")
+        sans = cast(tuple[tuple[str, str], ...], cert.get("subjectAltName", ()))
+        uris = [value for kind, value in sans if kind == "URI"]
+        if len(uris) != 1:
+            raise PeerRefused("bad-identity", f"expected one URI SAN, got {len(uris)}")
+        try:
+            peer = parse(str(uris[0]), "certificate URI SAN")
+        except IdentityError as exc:
+            raise PeerRefused("bad-identity", str(exc)) from None
+        if peer.trust_domain != self.trust_domain:
+            raise PeerRefused(
+                "trust-domain", f"{peer.uri} is not of trust domain {self.trust_domain}"
+            )
+        return peer.identity
+
+    # -- counters -----------------------------------------------------------------------------
+
+    def handshake(self, side: str) -> None:
+        self.metrics.count("tunnel_handshakes", side)
+        self.open[side] += 1
+
+    def failed(self, side: str, reason: str) -> None:
+        self.metrics.count("tunnel_handshake_failures", side, reason)
+
+    def closed(self, side: str) -> None:
+        self.open[side] -= 1
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "tunnels": dict(self.open),
+            "certificate_age": self.certificate_age(),
+            "identities": self.identities,
+        }
+
+
+def expect_identity(tls: TunnelTls, ssl_object: ssl.SSLObject | None, expected: str) -> None:
+    """The destination proved ``expected`` (its certificate for the endpoint's identity)."""
+    got = tls.peer_identity(ssl_object)
+    if got != expected:
+        raise PeerRefused("wrong-identity", f"the peer proved {got}, expected {expected}")
+
+
+__all__ = ["ALPN", "CLUSTER", "TARGET", "TUNNEL_PORT", "PeerRefused", "TunnelTls", "spiffe_id"]

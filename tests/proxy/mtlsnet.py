@@ -1,0 +1,297 @@
+"""Two nodes on loopback with mTLS between their proxies (certificates from mesh.identity's CA).
+
+Node ``node-a``: proxy on 127.0.0.1, the client pod ``demo/client`` at 127.0.1.1 and the pod
+``demo/local`` (service ``near``) at 127.0.3.1. Node ``node-b``: proxy on 127.0.0.2 and the pod
+``demo/server`` (service ``far``) at 127.0.2.1. Pod addresses are real loopback addresses, so a
+test client binds 127.0.1.1 to be the client pod. A :class:`Tap` can sit between the proxies
+and keep every byte that passes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+
+from mesh.core.model import MtlsMode, Settings
+from mesh.core.schema import MeshConfig
+from mesh.identity import ca
+from mesh.identity.spiffe import spiffe_id
+from mesh.proxy.mtls import sni_name
+from mesh.proxy.proxy import Proxy
+from tests.proxy.harness import backends, build, free_port, free_range, running_proxy, service
+
+CLIENT_IP = "127.0.1.1"
+FAR_IP = "127.0.2.1"  # demo/server on node-b
+NEAR_IP = "127.0.3.1"  # demo/local on node-a
+TRUST = "cluster.local"
+
+
+class Authority:
+    """A CA of ``trust_domain`` that writes certificate and key files into ``directory``."""
+
+    def __init__(self, directory: Path, trust_domain: str = TRUST) -> None:
+        self.directory = directory
+        self.trust_domain = trust_domain
+        self.now = datetime.now(UTC)
+        self.signer = ca.generate_root(trust_domain=trust_domain, now=self.now)
+        self.roots = directory / f"roots-{id(self)}.pem"
+        self.roots.write_bytes(ca.cert_pem(self.signer.certificate))
+
+    def issue(
+        self, identity: str, *, lifetime: timedelta = timedelta(hours=1), uri: str | None = None
+    ) -> tuple[Path, Path]:
+        """Files of a certificate for ``identity`` (or with the URI SAN ``uri``, as the CA
+        itself would never sign)."""
+        key = ca.new_key()
+        if uri is None:
+            csr = ca.check_csr(
+                ca.make_csr(key, spiffe_id(self.trust_domain, identity)),
+                trust_domain=self.trust_domain,
+            )
+            certificate = ca.sign(self.signer, csr, now=datetime.now(UTC), lifetime=lifetime)
+        else:
+            certificate = self._forge(key, uri)
+        base = self.directory / f"{identity.replace('/', '_')}-{id(certificate)}"
+        cert_file, key_file = base.with_suffix(".crt"), base.with_suffix(".key")
+        cert_file.write_bytes(ca.cert_pem(certificate))
+        key_file.write_bytes(ca.key_pem(key))
+        key_file.chmod(0o600)
+        return cert_file, key_file
+
+    def _forge(self, key: ca.PrivateKey, uri: str) -> x509.Certificate:
+        now = datetime.now(UTC)
+        return (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([]))
+            .issuer_name(self.signer.certificate.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=5))
+            .not_valid_after(now + timedelta(hours=1))
+            .add_extension(
+                x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]), critical=True
+            )
+            .sign(self.signer.key, hashes.SHA256())
+        )
+
+    def client_context(self, identity: str, **issue: Any) -> ssl.SSLContext:
+        """What a proxy holding ``identity`` would tunnel with (for rogue clients)."""
+        cert, key = self.issue(identity, **issue)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.load_verify_locations(cafile=str(self.roots))
+        context.load_cert_chain(str(cert), str(key))
+        return context
+
+
+def _pod(name: str, ip: str, account: str, node: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "demo", "labels": {"app": name}},
+        "spec": {"serviceAccountName": account, "nodeName": node},
+        "status": {"podIP": ip, "phase": "Running"},
+    }
+
+
+def _slice(service_name: str, ip: str, port: int, pod: str, node: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": f"{service_name}-0",
+            "namespace": "demo",
+            "labels": {"kubernetes.io/service-name": service_name},
+        },
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+        "endpoints": [
+            {
+                "addresses": [ip],
+                "conditions": {"ready": True},
+                "nodeName": node,
+                "targetRef": {"kind": "Pod", "name": pod},
+            }
+        ],
+    }
+
+
+def grant(source: str, destination: str = "server") -> list[dict[str, Any]]:
+    """A TrafficTarget letting ServiceAccount ``source`` reach ``destination`` (any path)."""
+    return [
+        {
+            "apiVersion": "specs.smi-spec.io/v1alpha4",
+            "kind": "HTTPRouteGroup",
+            "metadata": {"name": "all", "namespace": "demo"},
+            "spec": {"matches": [{"name": "all", "pathRegex": "/.*"}]},
+        },
+        {
+            "apiVersion": "access.smi-spec.io/v1alpha3",
+            "kind": "TrafficTarget",
+            "metadata": {"name": f"{source}-{destination}", "namespace": "demo"},
+            "spec": {
+                "destination": {"kind": "ServiceAccount", "name": destination, "namespace": "demo"},
+                "sources": [{"kind": "ServiceAccount", "name": source, "namespace": "demo"}],
+                "rules": [{"kind": "HTTPRouteGroup", "name": "all", "matches": ["all"]}],
+            },
+        },
+    ]
+
+
+@dataclass
+class Net:
+    config: MeshConfig
+    a: Proxy
+    b: Proxy
+    http: int  # the HTTP listener port (both proxies)
+    far: int  # the far and near backends' ports
+    near: int
+    authority: Authority
+    tunnel_b: int  # node-b's tunnel port (the real one, behind any tap)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def url(self, host: str, path: str = "/", proxy: str = "127.0.0.1") -> str:
+        return f"http://{proxy}:{self.http}{path}"
+
+
+@contextlib.asynccontextmanager
+async def two_nodes(
+    tmp: Path,
+    *,
+    mode: MtlsMode = MtlsMode.STRICT,
+    acl: bool = False,
+    objects: Iterable[dict[str, Any]] = (),
+    tap: bool = False,
+    held_a: dict[str, tuple[Path, Path]] | None = None,
+    held_b: dict[str, tuple[Path, Path]] | None = None,
+    authority: Authority | None = None,
+) -> AsyncIterator[Net]:
+    authority = authority or Authority(tmp)
+    http = free_range(1)
+    tunnel_a, tunnel_b = free_port(), free_port()
+    async with contextlib.AsyncExitStack() as stack:
+        [(_, far)] = await stack.enter_async_context(backends(FAR_IP, name="far"))
+        [(_, near)] = await stack.enter_async_context(backends(NEAR_IP, name="near"))
+        docs = [
+            service("far"),
+            service("near"),
+            _pod("client", CLIENT_IP, "client", "node-a"),
+            _pod("far", FAR_IP, "server", "node-b"),
+            _pod("near", NEAR_IP, "local", "node-a"),
+            _slice("far", FAR_IP, far, "far", "node-b"),
+            _slice("near", NEAR_IP, near, "near", "node-a"),
+            *objects,
+        ]
+        settings = Settings(acl=acl, mtls=mode, trust_domain=authority.trust_domain)
+        from mesh.core.model import PortRange
+
+        settings = replace(settings, http_ports=PortRange(http, 1))
+        config = build(docs, settings)
+        b_address = tunnel_b
+        taps: list[Tap] = []
+        if tap:
+            relay = Tap("127.0.0.2", tunnel_b)
+            b_address = await relay.start()
+            stack.push_async_callback(relay.stop)
+            taps.append(relay)
+        assert config.settings.mtls is not None
+        mtls = msgspec.structs.replace(
+            config.settings.mtls,
+            proxies={"node-a": f"127.0.0.1:{tunnel_a}", "node-b": f"127.0.0.2:{b_address}"},
+        )
+        config = msgspec.structs.replace(
+            config, settings=msgspec.structs.replace(config.settings, mtls=mtls)
+        )
+        a = await stack.enter_async_context(
+            running_proxy(None, node="node-a", bind="127.0.0.1", tunnel_port=tunnel_a)
+        )
+        b = await stack.enter_async_context(
+            running_proxy(None, node="node-b", bind="127.0.0.2", tunnel_port=tunnel_b)
+        )
+        a.load_certificates(
+            trust_domain=authority.trust_domain,
+            roots=authority.roots,
+            held=held_a if held_a is not None else {"demo/client": authority.issue("demo/client")},
+        )
+        b.load_certificates(
+            trust_domain=authority.trust_domain,
+            roots=authority.roots,
+            held=held_b if held_b is not None else {"demo/server": authority.issue("demo/server")},
+        )
+        await a.apply(config)
+        await b.apply(config)
+        net = Net(config, a, b, http, far, near, authority, tunnel_b)
+        net.extra["taps"] = taps
+        yield net
+
+
+class Tap:
+    """A TCP relay that keeps what passes from the client side to ``host:port``."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.seen = bytearray()
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.2", 0)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(self.host, self.port)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, keep: bool) -> None:
+            with contextlib.suppress(ConnectionError):
+                while data := await src.read(65536):
+                    if keep:
+                        self.seen.extend(data)
+                    dst.write(data)
+                    await dst.drain()
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+
+async def tunnel_request(
+    port: int,
+    context: ssl.SSLContext,
+    *,
+    identity: str = "demo/server",
+    target: str,
+    cluster: str,
+    path: str = "/hello",
+    extra: str = "",
+    host: str = "127.0.0.2",
+) -> bytes:
+    """One request straight to a tunnel port, as a (possibly rogue) source proxy sends it;
+    what came back (b"" when the connection was refused)."""
+    reader, writer = await asyncio.open_connection(
+        host, port, ssl=context, server_hostname=sni_name(identity)
+    )
+    head = (
+        f"GET {path} HTTP/1.1\r\nHost: far.demo.mesh\r\nSimmesh-Target: {target}\r\n"
+        f"Simmesh-Cluster: {cluster}\r\n{extra}Connection: close\r\n\r\n"
+    )
+    try:
+        writer.write(head.encode())
+        return await asyncio.wait_for(reader.read(-1), 5)
+    except (ConnectionError, ssl.SSLError):
+        return b""
+    finally:
+        writer.close()
