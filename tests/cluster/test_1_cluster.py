@@ -100,12 +100,15 @@ def test_pods_run_as_non_root_with_a_read_only_root(kube: k.Kube, mesh: Mesh) ->
 
 
 def test_image_carries_only_the_runtime(image: str) -> None:
+    """The runtime and the admission gate's simulator (simpy, numpy: the gate extra), and none
+    of the tools: no plotting, load generator, test runner, type checker, Dask or pip."""
     probe = (
         "import importlib.util as u, os; "
-        "extra = [m for m in ('simpy', 'matplotlib', 'locust', 'pytest', 'mypy', 'pip') "
+        "extra = [m for m in ('matplotlib', 'locust', 'pytest', 'mypy', 'dask', 'pip') "
         "if u.find_spec(m)]; "
         "need = [m for m in ('aiohttp', 'kubernetes_asyncio', 'uvloop', 'opentelemetry.sdk', "
-        "'mesh.testapp') if not u.find_spec(m)]; print(os.getuid(), extra, need)"
+        "'mesh.testapp', 'simpy', 'numpy', 'mesh.gate', 'sim.model') if not u.find_spec(m)]; "
+        "print(os.getuid(), extra, need)"
     )
     done = subprocess.run(
         ["docker", "run", "--rm", "--entrypoint", "python3", image, "-c", probe],
