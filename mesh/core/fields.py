@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from mesh.core.errors import InvalidObject, ObjectRef, describe
@@ -28,6 +28,13 @@ def mapping(value: Any, path: str) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         raise InvalidObject(path, f"expected an object, got {describe(value)}")
     return value
+
+
+def entries(value: Any, path: str) -> Iterable[tuple[object, Any]]:
+    """The (key, value) pairs of an object, its keys as they are: YAML makes a bare ``on``,
+    ``off``, ``yes``, ``no`` or a number a key that is no string, and a compiled loop over a
+    ``Mapping[str, Any]`` would fail on it with a TypeError instead of the caller's error."""
+    return mapping(value, path).items()
 
 
 def seq(value: Any, path: str) -> list[Any]:
@@ -113,9 +120,8 @@ def optional_name(value: Any, path: str) -> str | None:
 
 
 def string_map(value: Any, path: str) -> tuple[tuple[str, str], ...]:
-    items = mapping(value, path)
     out = []
-    for key, item in items.items():
+    for key, item in entries(value, path):
         if not isinstance(item, str):
             raise InvalidObject(f"{path}.{key}", f"expected a string, got {describe(item)}")
         out.append((str(key), item))

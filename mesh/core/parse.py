@@ -25,6 +25,7 @@ from mesh.core.fields import (
     dns_label,
     dns_name,
     domain,
+    entries,
     integer,
     ip_address,
     mapping,
@@ -284,10 +285,10 @@ def _header_matches(value: Any, path: str) -> tuple[tuple[str, str], ...]:
     pairs: list[tuple[str, str]] = []
     if isinstance(value, list):
         for i, raw in enumerate(value):
-            for key, regex in mapping(raw, f"{path}[{i}]").items():
+            for key, regex in entries(raw, f"{path}[{i}]"):
                 pairs.append((str(key), _regex(regex, f"{path}[{i}].{key}")))
     else:
-        for key, regex in mapping(value, path).items():
+        for key, regex in entries(value, path):
             pairs.append((str(key), _regex(regex, f"{path}.{key}")))
     return tuple((k.lower(), v) for k, v in pairs)
 
@@ -548,7 +549,7 @@ def parse_settings(raw: Any) -> Settings:
         "mtls",
         "trustDomain",
     }
-    for key in doc:
+    for key, _ in entries(doc, ""):  # a bare YAML on: a key that is no string, unknown
         if key not in known:
             raise InvalidObject(
                 str(key), f"unknown setting; expected one of {', '.join(sorted(known))}"

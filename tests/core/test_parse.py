@@ -520,6 +520,8 @@ def test_settings_every_key() -> None:
         ({"tcpPorts": {"size": 0}}, "tcpPorts.size"),
         ({"watchNamespaces": "a"}, "watchNamespaces"),
         ([], ""),
+        ({False: "tM"}, "False"),  # `no: tM`: YAML's bare no is a boolean key (found fuzzing)
+        ({1: "x"}, "1"),
     ],
 )
 def test_settings_errors(raw: Any, field: str) -> None:
@@ -568,3 +570,29 @@ def test_a_newer_object_with_a_spec_is_not_read_as_v1alpha1() -> None:
     doc = traffic_target("tt", dest="b", sources=["a"], rules=[rule("TCPRoute", "r")])
     doc["destination"] = {"kind": "ServiceAccount", "name": "other"}  # stray top-level field
     assert parse_one(doc).destination == Identity("demo", "b")
+
+
+def test_keys_that_yaml_reads_as_booleans_or_numbers_are_errors_or_strings() -> None:
+    """A bare ``on``/``no`` or a number as a key (labels, header matches) is read as its text,
+    as the interpreted parser always did; compiled, a loop over ``Mapping[str, Any]`` raised
+    TypeError on it instead (the manifest fuzzer found it in mesh.yaml)."""
+    docs = [
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "web", "namespace": "demo", "annotations": {True: "x"}},
+            "spec": {"ports": [{"port": 80}], "selector": {7: "y"}},
+        },
+        {
+            "apiVersion": "specs.smi-spec.io/v1alpha4",
+            "kind": "HTTPRouteGroup",
+            "metadata": {"name": "g", "namespace": "demo"},
+            "spec": {"matches": [{"name": "m", "headers": [{1: "a.*", False: "b"}]}]},
+        },
+    ]
+    state = parse_objects(docs)
+    assert not state.errors, state.errors
+    service = state.services["demo/web"]
+    assert service.annotations == (("True", "x"),) and service.selector == (("7", "y"),)
+    group = state.http_route_groups["demo/g"]
+    assert dict(group.matches[0].headers) == {"1": "a.*", "false": "b"}
