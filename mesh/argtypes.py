@@ -139,6 +139,22 @@ def is_dns_subdomain(text: str) -> bool:
     )
 
 
+_CONTROLLER_PATH = re.compile(r"[A-Za-z0-9/\-._~%!$&'()*+,;=:]+")
+
+
+def controller_name(text: str) -> str:
+    """A Gateway API controller name, DOMAIN/PATH (``simmesh.io/mesh-controller``)."""
+    domain_part, slash, path = text.partition("/")
+    if (
+        not slash
+        or len(text) > 253
+        or not is_dns_subdomain(domain_part)
+        or not _CONTROLLER_PATH.fullmatch(path)
+    ):
+        raise _bad("a controller name DOMAIN/PATH such as simmesh.io/mesh-controller", text)
+    return text
+
+
 def domain(text: str) -> str:
     """A DNS zone or cluster domain (``mesh``, ``cluster.local``); a trailing dot is dropped."""
     return dns_subdomain(text.rstrip("."))

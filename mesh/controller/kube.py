@@ -24,7 +24,7 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 from kubernetes_asyncio import client
@@ -57,6 +57,15 @@ class Resource:
 
 
 CRD_RECHECK = 30.0  # seconds between lists of an optional kind whose CRD is not installed
+
+
+class Observer(Protocol):
+    """Sees the watched objects as they arrive, beside the store (the route status writer
+    keeps the routes' current status from them)."""
+
+    def listed(self, kind: str, docs: list[dict[str, Any]]) -> None: ...
+
+    def observe(self, kind: str, event: str, doc: dict[str, Any]) -> None: ...
 
 
 def resources(api: client.ApiClient) -> list[Resource]:
@@ -160,6 +169,7 @@ class KubeProvider:
         self.watch_restarts = 0
         self.relists = 0
         self.events = EventReporter(api, controller)
+        self.observers: list[Observer] = []
 
     def _keep(self, doc: dict[str, Any]) -> bool:
         namespace = (doc.get("metadata") or {}).get("namespace") or ""
@@ -234,6 +244,8 @@ class KubeProvider:
                 )
             self.absent.add(resource.kind)
         self.controller.store.replace_kind([resource.kind], [])
+        for observer in self.observers:
+            observer.listed(resource.kind, [])
         self.synced.add(resource.kind)
         self.controller.pending_sync.discard(resource.kind)
         self.controller.poke()
@@ -250,6 +262,8 @@ class KubeProvider:
             if self._keep(item):
                 docs.append(item)
         self.controller.store.replace_kind([resource.kind], docs)
+        for observer in self.observers:
+            observer.listed(resource.kind, docs)
         if resource.kind in self.absent:
             log.info("%s: served now; listed and watched", resource.kind)
             self.absent.discard(resource.kind)
@@ -291,6 +305,8 @@ class KubeProvider:
                     store.delete(obj)
                 else:
                     store.put(obj)
+                for observer in self.observers:
+                    observer.observe(resource.kind, kind, obj)
                 self.controller.poke()
         finally:
             response.release()

@@ -29,6 +29,7 @@ from mesh.controller.controller import Controller
 if TYPE_CHECKING:
     from mesh.controller.identity import KubeCA
 from mesh.core.model import MtlsMode, Settings
+from mesh.core.status import CONTROLLER_NAME
 from mesh.documents import DocumentError, read_bytes
 from mesh.manifests import ManifestError, read_settings
 
@@ -131,6 +132,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--log-level", default="info", choices=("debug", "info", "warning", "error")
+    )
+    parser.add_argument(
+        "--route-status-controller-name",
+        type=argtypes.controller_name,
+        default=CONTROLLER_NAME,
+        metavar="DOMAIN/PATH",
+        help="the controllerName of the status the controller writes on HTTPRoutes and "
+        f"GRPCRoutes with a Service parent (default {CONTROLLER_NAME})",
+    )
+    parser.add_argument(
+        "--no-route-status",
+        action="store_true",
+        help="write no status on HTTPRoutes and GRPCRoutes (another controller does)",
     )
     identity = parser.add_argument_group("workload identities (mTLS, issue 17)")
     identity.add_argument(
@@ -305,6 +319,7 @@ async def serve(
         extension.prepare(controller)
     tasks: list[asyncio.Task[None]] = []
     api_client = None
+    status_writer = None
     if args.manifests is not None:
         from mesh.controller.files import FileProvider
 
@@ -326,6 +341,13 @@ async def serve(
         await kube.load_port_assignments()
         controller.hooks.append(kube.reconcile_shadows)
         controller.hooks.append(kube.report_errors)
+        if not args.no_route_status:
+            from mesh.controller.status import RouteStatusWriter
+
+            status_writer = RouteStatusWriter(
+                api_client, controller, controller_name=args.route_status_controller_name
+            )
+            kube.observers.append(status_writer)
         tasks.append(asyncio.create_task(kube.run(), name="Kubernetes watches"))
         if settings.mtls is not MtlsMode.OFF:
             authority = await _start_ca(api_client, controller, settings, args)
@@ -365,6 +387,8 @@ async def serve(
         await asyncio.sleep(args.drain_delay)
     log.info("stopping")
     await controller.close()
+    if status_writer is not None:
+        await status_writer.close()
     for task in tasks:
         task.cancel()
     for task in tasks:

@@ -132,7 +132,17 @@ def parse_gateway_route(doc: Mapping[str, Any]) -> GatewayRoute:
                 raise InvalidObject(f"spec.rules[{i}].name", f"{rule.name!r} is not unique")
             names.add(rule.name)
         rules.append(rule)
-    return GatewayRoute(kind, namespace, name, created, parents, tuple(rules), tuple(notes))
+    return GatewayRoute(
+        kind, namespace, name, created, parents, tuple(rules), tuple(notes), _generation(meta)
+    )
+
+
+def _generation(meta: Mapping[str, Any]) -> int:
+    """metadata.generation (set by the API server; 0 in a manifest without it)."""
+    value = meta.get("generation")
+    if value is None:
+        return 0
+    return integer(value, "metadata.generation", low=0, high=2**63 - 1)
 
 
 def _created(value: Any) -> str:
@@ -185,7 +195,9 @@ def _parents(value: Any, namespace: str) -> tuple[ParentRef, ...]:
         key = (parent_ns or namespace, name, port, section)
         if key not in seen:
             seen.add(key)
-            out.append(ParentRef(parent_ns or namespace, name, port, section, i))
+            out.append(
+                ParentRef(parent_ns or namespace, name, port, section, i, group, bool(parent_ns))
+            )
     return tuple(out)
 
 

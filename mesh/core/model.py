@@ -196,6 +196,8 @@ class ParentRef:
     port: int | None
     section: str | None
     index: int  # position in spec.parentRefs, for errors
+    group: str = ""  # as written ("" or "core"): the route's status echoes the parentRef
+    namespace_given: bool = False  # the parentRef names its namespace (else the route's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,6 +311,7 @@ class GatewayRoute:
     parents: tuple[ParentRef, ...]
     rules: tuple[RouteRule, ...]
     notes: tuple[tuple[str, str], ...] = ()  # (field, message)
+    generation: int = 0  # metadata.generation: the status's observedGeneration
 
     @property
     def key(self) -> str:

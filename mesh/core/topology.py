@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
 
 from mesh.core.annotations import ServiceOptions, service_options
 from mesh.core.errors import ObjectError, ObjectRef
@@ -128,6 +129,41 @@ class TopoRule:
     backends: tuple[TopoBackend, ...]
 
 
+class Detached(StrEnum):
+    """Why a parentRef attaches its route to no port of the Service it names."""
+
+    NO_SERVICE = "no-service"  # no such Service, or not meshed
+    NO_PORT = "no-port"  # the Service has no port of that number or name
+    NOT_HTTP = "not-http"  # the Service's traffic type is tcp or udp
+    HEADLESS = "headless"  # no frontend to route on (GEP-1294)
+
+
+class Unresolved(StrEnum):
+    """Why a backendRef (or a mirror's) resolves to no Service port."""
+
+    KIND = "kind"  # not a Service
+    NO_PORT = "no-port"  # a Service without a port in the reference
+    NOT_FOUND = "not-found"  # no such Service, or not meshed, or no such port
+    NOT_HTTP = "not-http"  # the Service's traffic type is tcp or udp
+
+
+@dataclass(frozen=True, slots=True)
+class TopoParent:
+    """One Service parentRef of a route: the ports it attaches the route to, or why none."""
+
+    ref: ParentRef
+    ports: tuple[int, ...]
+    detached: Detached | None = None
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class UnresolvedRef:
+    path: str  # field path of the reference
+    reason: Unresolved
+    message: str
+
+
 @dataclass(frozen=True, slots=True)
 class TopoRoute:
     """An HTTPRoute or GRPCRoute with its references resolved."""
@@ -137,6 +173,9 @@ class TopoRoute:
     name: str
     created: str
     rules: tuple[TopoRule, ...]
+    generation: int = 0
+    parents: tuple[TopoParent, ...] = ()
+    unresolved: tuple[UnresolvedRef, ...] = ()  # backendRefs and mirrors that did not resolve
 
     @property
     def key(self) -> str:
@@ -155,6 +194,9 @@ class Topology:
     splits: dict[str, TopoSplit] = field(default_factory=dict)
     identities: dict[str, str] = field(default_factory=dict)  # pod IP -> identity
     routes: Attachments = field(default_factory=dict)  # GAMMA
+    # every route with a Service parent in a watched namespace, attached or not, by
+    # (kind, namespace, name): what its status is decided from (mesh.core.status)
+    gateway_routes: dict[tuple[str, str, str], TopoRoute] = field(default_factory=dict)
     # node -> identities of its live pods: the certificates its proxy may hold (mTLS)
     node_identities: dict[str, list[str]] = field(default_factory=dict)
     # pod IP -> node, for the IPs with an identity: which callers are on a proxy's own node
@@ -549,13 +591,17 @@ def _attach_routes(state: ClusterState, settings: Settings, topology: Topology) 
                 continue
             ref = ObjectRef(route.kind, route.namespace, route.name)
             topology.errors.extend(ObjectError(ref, f, m) for f, m in route.notes)
-            resolved = _resolve_route(route, topology, ref)
-            for parent in route.parents:
-                for number in _parent_ports(parent, route, topology, ref):
-                    scope = "" if parent.namespace == route.namespace else route.namespace
-                    place = (f"{parent.namespace}/{parent.name}", number)
+            unresolved: list[UnresolvedRef] = []
+            resolved = _resolve_route(route, topology, ref, unresolved)
+            parents = tuple(_parent(parent, route, topology, ref) for parent in route.parents)
+            resolved = replace(resolved, parents=parents, unresolved=tuple(unresolved))
+            topology.gateway_routes[(route.kind, route.namespace, route.name)] = resolved
+            for parent in parents:
+                for number in parent.ports:
+                    scope = "" if parent.ref.namespace == route.namespace else route.namespace
+                    place = (f"{parent.ref.namespace}/{parent.ref.name}", number)
                     by_scope = attached.setdefault(place, {}).setdefault(scope, {})
-                    by_scope.setdefault(f"{route.kind}:{route.key}", (resolved, parent.index))
+                    by_scope.setdefault(f"{route.kind}:{route.key}", (resolved, parent.ref.index))
     for place in sorted(attached):
         for scope in sorted(attached[place]):
             routes = attached[place][scope]
@@ -566,26 +612,30 @@ def _attach_routes(state: ClusterState, settings: Settings, topology: Topology) 
                 _report_conflicts(place, routes, grpc, topology.errors)
 
 
-def _parent_ports(
+def _parent(
     parent: ParentRef, route: GatewayRoute, topology: Topology, ref: ObjectRef
-) -> list[int]:
-    """The ports of the parent Service this parentRef attaches the route to."""
+) -> TopoParent:
+    """The ports of the parent Service this parentRef attaches the route to, or why none."""
     key = f"{parent.namespace}/{parent.name}"
     where = f"spec.parentRefs[{parent.index}]"
     service = topology.services.get(key)
     problem = None
+    detached = None
     if service is None:
         problem = f"Service {key} not found or not meshed; the route is not attached to it"
+        detached = Detached.NO_SERVICE
     elif service.options.traffic_type is not TrafficType.HTTP:
         problem = (
             f"Service {key} has traffic type {service.options.traffic_type}; {route.kind}s "
             "attach to HTTP Services only"
         )
+        detached = Detached.NOT_HTTP
     elif service.headless:
         problem = f"Service {key} is headless: it has no frontend for a route (GEP-1294)"
+        detached = Detached.HEADLESS
     if service is None or problem is not None:
         topology.errors.append(ObjectError(ref, where, problem or ""))
-        return []
+        return TopoParent(parent, (), detached, problem or "")
     ports = [
         p.port
         for p in service.ports
@@ -601,18 +651,21 @@ def _parent_ports(
             )
             if w
         )
-        topology.errors.append(
-            ObjectError(ref, where, f"Service {key} has no port {wanted}; not attached")
-        )
-    return ports
+        problem = f"Service {key} has no port {wanted}; not attached"
+        topology.errors.append(ObjectError(ref, where, problem))
+        return TopoParent(parent, (), Detached.NO_PORT, problem)
+    return TopoParent(parent, tuple(ports))
 
 
-def _resolve_route(route: GatewayRoute, topology: Topology, ref: ObjectRef) -> TopoRoute:
+def _resolve_route(
+    route: GatewayRoute, topology: Topology, ref: ObjectRef, unresolved: list[UnresolvedRef]
+) -> TopoRoute:
     rules = []
     for i, rule in enumerate(route.rules):
-        filters = _resolve_filters(rule.filters, route, topology, ref)
+        filters = _resolve_filters(rule.filters, route, topology, ref, unresolved)
         backends = tuple(
-            _resolve_backend(b.ref, b.weight, b.path, route, topology, ref) for b in rule.backends
+            _resolve_backend(b.ref, b.weight, b.path, route, topology, ref, unresolved)
+            for b in rule.backends
         )
         backends = tuple(
             TopoBackend(
@@ -622,7 +675,7 @@ def _resolve_route(route: GatewayRoute, topology: Topology, ref: ObjectRef) -> T
                 b.cluster,
                 b.scheme,
                 b.invalid,
-                _resolve_filters(rb.filters, route, topology, ref),
+                _resolve_filters(rb.filters, route, topology, ref, unresolved),
             )
             for b, rb in zip(backends, rule.backends, strict=True)
         )
@@ -635,16 +688,22 @@ def _resolve_route(route: GatewayRoute, topology: Topology, ref: ObjectRef) -> T
                 )
             )
         rules.append(TopoRule(i, rule, filters, backends))
-    return TopoRoute(route.kind, route.namespace, route.name, route.created, tuple(rules))
+    return TopoRoute(
+        route.kind, route.namespace, route.name, route.created, tuple(rules), route.generation
+    )
 
 
 def _resolve_filters(
-    filters: RouteFilters, route: GatewayRoute, topology: Topology, ref: ObjectRef
+    filters: RouteFilters,
+    route: GatewayRoute,
+    topology: Topology,
+    ref: ObjectRef,
+    unresolved: list[UnresolvedRef],
 ) -> TopoFilters:
     mirrors = []
     for mirror in filters.mirrors:
         found = _resolve_backend(
-            mirror.backend, 1, mirror.path + ".backendRef", route, topology, ref
+            mirror.backend, 1, mirror.path + ".backendRef", route, topology, ref, unresolved
         )
         if found.cluster is None:
             continue  # reported; a mirror that does not resolve is left out
@@ -668,6 +727,7 @@ def _resolve_backend(
     route: GatewayRoute,
     topology: Topology,
     ref: ObjectRef,
+    unresolved: list[UnresolvedRef],
 ) -> TopoBackend:
     """A backendRef (or a mirror's): to a meshed HTTP Service port, in any namespace (no
     ReferenceGrant for mesh routes, GEP-1294). One that does not resolve is kept with why:
@@ -675,21 +735,26 @@ def _resolve_backend(
     key = f"{target.namespace}/{target.name}"
     service = topology.services.get(key)
     problem = None
+    reason = Unresolved.NOT_FOUND
     if target.group not in ("", "core") or target.kind != "Service":
         group = target.group or "core"
         problem = f"backends of kind {target.kind} ({group}) are not supported, only Services"
+        reason = Unresolved.KIND
     elif target.port is None:
         problem = "a backendRef to a Service needs a port"
+        reason = Unresolved.NO_PORT
     elif service is None:
         problem = f"Service {key} not found or not meshed"
     elif service.options.traffic_type is not TrafficType.HTTP:
         problem = f"Service {key} has traffic type {service.options.traffic_type}, not http"
+        reason = Unresolved.NOT_HTTP
     elif service.port(target.port) is None:
         problem = f"Service {key} has no port {target.port}"
     if problem is not None or service is None or target.port is None:
         status = 503 if route.kind == "GRPCRoute" else 500
         share = "it gets no requests" if weight == 0 else f"its share of requests gets {status}"
         topology.errors.append(ObjectError(ref, path, f"{problem}; {share}"))
+        unresolved.append(UnresolvedRef(path, reason, problem or ""))
         return TopoBackend(
             key, target.port, weight, None, None, problem, TopoFilters(RouteFilters())
         )
@@ -744,16 +809,20 @@ def _report_shadowed_splits(topology: Topology) -> None:
 
 __all__ = [
     "APP_PROTOCOLS",
+    "Detached",
     "Grant",
     "TopoBackend",
     "TopoEndpoint",
     "TopoFilters",
     "TopoMirror",
+    "TopoParent",
     "TopoPort",
     "TopoRoute",
     "TopoRule",
     "TopoService",
     "TopoSplit",
     "Topology",
+    "Unresolved",
+    "UnresolvedRef",
     "build_topology",
 ]

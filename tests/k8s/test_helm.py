@@ -325,6 +325,8 @@ def test_controller_deployment(default_docs: list[dict[str, Any]]) -> None:
     ]
     assert cmd[cmd.index("--token-file") + 1] == "/var/run/simmesh/token/token"
     assert cmd[cmd.index("--drain-delay") + 1] == "3"
+    assert cmd[cmd.index("--route-status-controller-name") + 1] == "simmesh.io/mesh-controller"
+    assert "--no-route-status" not in cmd
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
     service = one(default_docs, "Service", "simmesh-controller")
     assert service["spec"]["type"] == "ClusterIP"
@@ -443,9 +445,11 @@ def test_rbac(default_docs: list[dict[str, Any]]) -> None:
     assert not allows(cluster_rules, "", "namespaces", "create")
     assert not any(allows(cluster_rules, "", "services", v) for v in ("create", "delete"))
     assert not allows(cluster_rules, "", "secrets", "get")
-    for group, resource in GAMMA_KINDS:  # read-only: route status is not written yet
+    for group, resource in GAMMA_KINDS:  # the routes are read; only their status is written
         assert not allows(cluster_rules, group, resource, "update")
-        assert not allows(cluster_rules, group, f"{resource}/status", "patch")
+        assert not allows(cluster_rules, group, resource, "patch")
+        for verb in ("get", "update", "patch"):
+            assert allows(cluster_rules, group, f"{resource}/status", verb), (resource, verb)
 
     role_rules = one(default_docs, "Role", "simmesh-controller")["rules"]
     no_wildcards(role_rules)
@@ -616,6 +620,10 @@ def test_kubedns_coredns_serves_the_mesh_block(helm: Helm) -> None:
         "gate.failurePolicy=Never",
         "gate.timeoutSeconds=31",
         "gate.slosConfigMap=Bad_Name",
+        "gatewayAPI.installCRDs=maybe",
+        "gatewayAPI.controllerName=no-path",
+        "gatewayAPI.controllerName=Example.com/x",
+        "gatewayAPI.routeStatuss=true",
     ],
 )
 def test_schema_rejects(helm: Helm, value: str) -> None:
@@ -642,6 +650,57 @@ def test_values_that_cannot_work_are_refused(
     done = helm.template(*values, check=False)
     assert done.returncode != 0
     assert message in done.stderr, done.stderr
+
+
+# --------------------------------------------------------------------------- Gateway API
+
+GATEWAY_CRDS = CHART / "files" / "gateway-api"
+
+
+def gateway_crds(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {
+        d["metadata"]["name"]: d
+        for d in docs
+        if d["kind"] == "CustomResourceDefinition" and "gateway.networking" in d["metadata"]["name"]
+    }
+
+
+def test_gateway_api_crds_are_not_installed_by_default(
+    default_docs: list[dict[str, Any]],
+) -> None:
+    assert gateway_crds(default_docs) == {}
+
+
+def test_gateway_api_crds_with_the_value(helm: Helm) -> None:
+    crds = gateway_crds(helm.render("gatewayAPI.installCRDs=true"))
+    assert sorted(crds) == [
+        "grpcroutes.gateway.networking.k8s.io",
+        "httproutes.gateway.networking.k8s.io",
+    ]
+    for name, crd in crds.items():
+        vendored = yaml.safe_load(
+            (GATEWAY_CRDS / f"gateway.networking.k8s.io_{name.split('.')[0]}.yaml").read_text()
+        )
+        annotations = crd["metadata"]["annotations"]
+        assert annotations.pop("helm.sh/resource-policy") == "keep"  # never deleted by helm
+        assert crd == vendored  # as vendored, not re-rendered
+        assert annotations["gateway.networking.k8s.io/bundle-version"] == "v1.6.3"
+        assert annotations["gateway.networking.k8s.io/channel"] == "standard"
+        assert crd["spec"]["versions"][0]["subresources"] == {"status": {}}
+
+
+def test_route_status_can_be_turned_off(helm: Helm, tmp_path: Path) -> None:
+    docs = helm.render("gatewayAPI.routeStatus=false")
+    cmd = container(docs, "Deployment", "simmesh-controller")["command"]
+    assert "--no-route-status" in cmd and "--route-status-controller-name" not in cmd
+    rules = one(docs, "ClusterRole", "simmesh-controller")["rules"]
+    for group, resource in GAMMA_KINDS:
+        assert allows(rules, group, resource, "watch")
+        assert not allows(rules, group, f"{resource}/status", "patch")
+    named = helm.render("gatewayAPI.controllerName=example.com/mesh")
+    cmd = container(named, "Deployment", "simmesh-controller")["command"]
+    assert cmd[cmd.index("--route-status-controller-name") + 1] == "example.com/mesh"
+    controller_settings(cmd, "{}", tmp_path)  # the controller's parser takes the option
 
 
 def test_the_gate_is_off_by_default(default_docs: list[dict[str, Any]]) -> None:
@@ -822,6 +881,48 @@ def test_helm_install_dry_run_server(helm: Helm, apiserver: k8s_harness.Cluster)
     assert {d["kind"] for d in rendered} >= {"Deployment", "DaemonSet", "ConfigMap"}
     status, _ = apiserver.request("GET", f"/api/v1/namespaces/{ns}")
     assert status == 404
+
+
+def test_gateway_api_crds_apply_server_side(helm: Helm, apiserver: k8s_harness.Cluster) -> None:
+    """The vendored CRDs as the chart renders them are valid CRDs for the API server (server-side
+    apply, dry run: httproutes is too large for kubectl's client-side last-applied annotation)."""
+    for name, crd in gateway_crds(helm.render("gatewayAPI.installCRDs=true")).items():
+        out = apiserver.call(
+            "PATCH",
+            f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}",
+            crd,
+            content_type="application/apply-patch+yaml",
+            query={"dryRun": "All", "fieldManager": "simmesh-test", "force": "true"},
+        )
+        assert out["metadata"]["name"] == name
+        assert out["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+
+
+def test_gateway_api_crds_of_another_owner_are_left_alone(
+    helm: Helm, apiserver: k8s_harness.Cluster
+) -> None:
+    """With installCRDs, a CRD that exists and is not the release's is not rendered (helm
+    would refuse to install over it): Gateway API installed by hand stays as it is."""
+    vendored = [yaml.safe_load(p.read_text()) for p in sorted(GATEWAY_CRDS.glob("*.yaml"))]
+    apiserver.install_crds(vendored)
+    ns = f"helm-gw-{uuid.uuid4().hex[:6]}"
+    done = helm.run(
+        "install",
+        "simmesh",
+        str(CHART),
+        "-n",
+        ns,
+        "--create-namespace",
+        "--dry-run=server",
+        "--set",
+        "gatewayAPI.installCRDs=true",
+        "--kubeconfig",
+        apiserver.kubeconfig,
+    )
+    manifest = done.stdout.split("MANIFEST:", 1)[1].split("NOTES:", 1)[0]
+    rendered = [d for d in yaml.safe_load_all(manifest) if d]
+    assert {d["kind"] for d in rendered} >= {"Deployment", "ClusterRole"}
+    assert gateway_crds(rendered) == {}
 
 
 def token_kubeconfig(cluster: k8s_harness.Cluster, ns: str, account: str, path: Path) -> str:
