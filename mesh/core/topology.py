@@ -255,8 +255,9 @@ def is_node_proxy(pod: ProxyPod, settings: Settings) -> bool:
 def tunnel_addresses(pods: Iterable[ProxyPod], settings: Settings) -> dict[str, str]:
     """Each node's proxy tunnel, ``ip:port`` (``[ip6]:port``), from the proxies' own pods:
     Ready, scheduled, with an IP and a container port named ``tunnel``. Two proxies on one
-    node (a rolling update surges): the one not terminating, then the newest, then the
-    greatest name, so every rebuild picks the same one."""
+    node (a rolling update surges): the one not terminating, then the oldest (it has been
+    serving and holds its certificates; the new one takes over when the old one is told to
+    stop), then the smallest name, so every rebuild picks the same one."""
     best: dict[str, ProxyPod] = {}
     for pod in pods:
         if not is_node_proxy(pod, settings) or not pod.ready:
@@ -264,7 +265,7 @@ def tunnel_addresses(pods: Iterable[ProxyPod], settings: Settings) -> dict[str, 
         if pod.node is None or pod.ip is None or pod.tunnel_port is None:
             continue
         current = best.get(pod.node)
-        if current is None or _proxy_rank(pod) > _proxy_rank(current):
+        if current is None or _proxy_order(pod) < _proxy_order(current):
             best[pod.node] = pod
     return {
         node: _address(pod.ip, pod.tunnel_port)
@@ -273,8 +274,8 @@ def tunnel_addresses(pods: Iterable[ProxyPod], settings: Settings) -> dict[str, 
     }
 
 
-def _proxy_rank(pod: ProxyPod) -> tuple[bool, str, str]:
-    return (not pod.terminating, pod.created, pod.name)
+def _proxy_order(pod: ProxyPod) -> tuple[bool, str, str]:
+    return (pod.terminating, pod.created, pod.name)
 
 
 def _address(ip: str, port: int) -> str:

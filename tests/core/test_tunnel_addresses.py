@@ -119,8 +119,8 @@ def test_a_proxy_that_cannot_take_tunnels_is_not_published(doc: dict[str, Any]) 
 def test_a_look_alike_is_not_taken_for_a_proxy(doc: dict[str, Any]) -> None:
     """Namespace, ServiceAccount and label must all be the proxies': a pod labelled like a
     proxy in another namespace, or running as another account, would otherwise receive
-    (and could refuse) every tunnel to its node, newer than the real proxy as it would be."""
-    doc["metadata"]["creationTimestamp"] = "2030-01-01T00:00:00Z"  # newer than the real one
+    (and could refuse) every tunnel to its node, older than the real proxy as it is here."""
+    doc["metadata"]["creationTimestamp"] = "2020-01-01T00:00:00Z"  # older than the real one
     doc["status"]["podIP"] = "10.66.6.6"
     real = proxy("simmesh-proxy-abcde", ip="10.0.0.1")
     assert addresses(doc) == {}
@@ -152,11 +152,11 @@ SURGE = {
     ("pair", "chosen"),
     [
         (("old", "new-not-ready"), "10.0.0.1"),  # the new one is not ready yet: the old stays
-        (("old", "new"), "10.0.0.2"),  # both ready: the newer (what the update leaves)
+        (("old", "new"), "10.0.0.1"),  # both ready: the old one until it is told to stop
         (("old-terminating", "new"), "10.0.0.2"),  # the old one was told to stop
-        (("old", "new-terminating"), "10.0.0.1"),  # not terminating wins over newer
+        (("old", "new-terminating"), "10.0.0.1"),  # a new one deleted during the update
         (("old-terminating", "new-not-ready"), "10.0.0.1"),  # still ready, still accepting
-        (("old-terminating", "new-terminating"), "10.0.0.2"),
+        (("old-terminating", "new-terminating"), "10.0.0.1"),
     ],
     ids=lambda v: "+".join(v) if isinstance(v, tuple) else v,
 )
@@ -171,7 +171,7 @@ def test_two_proxies_on_one_node_give_one_address_whatever_the_order(
 def test_equal_creation_times_are_ordered_by_name() -> None:
     a = proxy("p-a", ip="10.0.0.1")
     b = proxy("p-b", ip="10.0.0.2")
-    assert addresses(a, b) == addresses(b, a) == {"node-a": "10.0.0.2:15008"}
+    assert addresses(a, b) == addresses(b, a) == {"node-a": "10.0.0.1:15008"}
 
 
 # -- in the config --------------------------------------------------------------------------

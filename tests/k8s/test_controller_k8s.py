@@ -444,7 +444,7 @@ def test_proxy_tunnel_addresses_follow_the_proxy_pods(
     becomes({"node-a": "10.244.1.5:15008", "node-b": "10.244.2.5:15008"}, "node-b ready")
 
     # look-alikes: labelled like a proxy in an app namespace (even with an account of the same
-    # name), or in the mesh namespace under another account; Ready, on node-a, newer
+    # name), or in the mesh namespace under another account; Ready, on node-a
     proxy_pod(apiserver, app, "simmesh-proxy-zz", "node-a", "10.244.1.66")
     proxy_pod(apiserver, mesh, "simmesh-proxy-zz", "node-a", "10.244.1.67", account="default")
     version = ctl.config()["version"]
@@ -459,14 +459,17 @@ def test_proxy_tunnel_addresses_follow_the_proxy_pods(
     assert "10.244.1.5" not in identities  # and a proxy is no workload
     apiserver.delete(sentinel, query={"gracePeriodSeconds": "0"})  # gone at once: DELETED
 
-    # a rolling update surges on node-a: the new proxy, once Ready, takes over; the old one,
-    # terminating (no kubelet: it stays so), is not taken back
+    # a rolling update surges on node-a: the old proxy serves until it is told to stop, then
+    # the new one (Ready) takes over; the old one, terminating (no kubelet: it stays so), is
+    # taken back only while no other proxy on its node is ready
     a2 = proxy_pod(apiserver, mesh, "simmesh-proxy-a2", "node-a", "10.244.1.9", ready=False)
     becomes({"node-a": "10.244.1.5:15008", "node-b": "10.244.2.5:15008"}, "node-c gone")
     set_ready(apiserver, a2, "10.244.1.9", True)
-    becomes({"node-a": "10.244.1.9:15008", "node-b": "10.244.2.5:15008"}, "the new proxy")
+    version = ctl.config()["version"]
     apiserver.delete(a1)
     assert apiserver.get(a1)["metadata"].get("deletionTimestamp")
+    becomes({"node-a": "10.244.1.9:15008", "node-b": "10.244.2.5:15008"}, "the new proxy")
+    assert ctl.config()["version"] != version
     set_ready(apiserver, a2, "10.244.1.9", False)  # the new one fails its probe
     becomes({"node-a": "10.244.1.5:15008", "node-b": "10.244.2.5:15008"}, "terminating but ready")
     apiserver.delete(a1, query={"gracePeriodSeconds": "0"})
