@@ -684,6 +684,7 @@ def test_schema_rejects(helm: Helm, value: str) -> None:
         (("mtls=strict", "proxy.tunnelPort=5003"), "proxy.tunnelPort 5003 is in ports.http"),
         (("mtls=permissive", "proxy.tunnelPort=10500"), "proxy.tunnelPort 10500 is in ports.tcp"),
         (("mtls=strict", "proxy.tunnelPort=9901"), "proxy.tunnelPort 9901 is the proxy's admin"),
+        (("mtls=permissive", "proxy.workers=2"), "proxy.workers 2 with mtls permissive"),
     ],
 )
 def test_values_that_cannot_work_are_refused(
