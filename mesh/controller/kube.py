@@ -10,6 +10,11 @@ API later needs no restart. The controller builds no config until every kind was
 Responses are read raw (``_preload_content=False``), so the store holds exactly the JSON the API
 server sent, as the manifests directory holds YAML.
 
+With mTLS on, one more task lists and watches the node proxies' own pods (the proxies'
+ServiceAccount's namespace, narrowed by their label), stored as kind ``ProxyPod`` beside the
+workloads' Pods, never among them: their tunnel addresses (``settings.mtls.proxies``, chosen by
+mesh.core.topology.tunnel_addresses) change the config like any other object.
+
 Publishing a config reconciles the shadow Services (create, patch, delete) and turns new
 per-object errors into Kubernetes Events on the offending objects.
 """
@@ -33,6 +38,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from mesh.controller.controller import Controller
 from mesh.core.config import MeshConfig
 from mesh.core.errors import ObjectError, ObjectRef
+from mesh.core.model import PROXY_NAME, PROXY_NAME_LABEL, MtlsMode, Settings
 from mesh.core.shadow import (
     SHADOW_LABEL,
     assignments_from_shadows,
@@ -54,11 +60,16 @@ class Resource:
     lister: Callable[..., Awaitable[Any]]
     namespaced: bool = True
     optional: bool = False  # its CRD may not be installed: a 404 reads as none of them
+    # stored as this kind, whatever the namespace (ProxyPod: the proxies' namespace is never
+    # a watched one, and its pods are not the mesh's workloads)
+    own_kind: bool = False
 
 
 CRD_RECHECK = 30.0  # seconds between lists of an optional kind whose CRD is not installed
+PROXY_SELECTOR = f"{PROXY_NAME_LABEL}={PROXY_NAME}"  # narrows the list; the core decides
 
 
+<<<<<<< HEAD
 class Observer(Protocol):
     """Sees the watched objects as they arrive, beside the store (the route status writer
     keeps the routes' current status from them)."""
@@ -69,6 +80,9 @@ class Observer(Protocol):
 
 
 def resources(api: client.ApiClient) -> list[Resource]:
+=======
+def resources(api: client.ApiClient, settings: Settings | None = None) -> list[Resource]:
+>>>>>>> tunnel-addresses
     core = client.CoreV1Api(api)
     discovery = client.DiscoveryV1Api(api)
     custom = client.CustomObjectsApi(api)
@@ -79,6 +93,15 @@ def resources(api: client.ApiClient) -> list[Resource]:
 
         return call
 
+    extra: list[Resource] = []
+    if settings is not None and settings.mtls is not MtlsMode.OFF:
+        # the node proxies' own pods: their tunnel addresses (settings.mtls.proxies)
+        namespace, _ = settings.proxy_account
+
+        def proxy_pods(**kwargs: Any) -> Awaitable[Any]:
+            return core.list_namespaced_pod(namespace, label_selector=PROXY_SELECTOR, **kwargs)
+
+        extra.append(Resource("ProxyPod", "v1", proxy_pods, own_kind=True))
     return [
         Resource("Service", "v1", core.list_service_for_all_namespaces),
         Resource(
@@ -123,6 +146,7 @@ def resources(api: client.ApiClient) -> list[Resource]:
             crd("gateway.networking.k8s.io", "v1", "grpcroutes"),
             optional=True,
         ),
+        *extra,
     ]
 
 
@@ -171,12 +195,15 @@ class KubeProvider:
         self.events = EventReporter(api, controller)
         self.observers: list[Observer] = []
 
-    def _keep(self, doc: dict[str, Any]) -> bool:
+    def _keep(self, doc: dict[str, Any], resource: Resource) -> bool:
+        if resource.own_kind:
+            doc["kind"] = resource.kind  # a Pod read as ProxyPod (namespaced list: kept)
+            return True
         namespace = (doc.get("metadata") or {}).get("namespace") or ""
         return self.settings.watches(namespace)
 
     async def run(self) -> None:
-        watched = resources(self.api)
+        watched = resources(self.api, self.settings)
         self.controller.pending_sync.update(r.kind for r in watched)  # no config before all
         tasks = [asyncio.create_task(self._loop(r), name=f"watch-{r.kind}") for r in watched]
         try:
@@ -259,7 +286,7 @@ class KubeProvider:
         for item in data.get("items") or []:
             item.setdefault("kind", resource.kind)
             item.setdefault("apiVersion", resource.api_version)
-            if self._keep(item):
+            if self._keep(item, resource):
                 docs.append(item)
         self.controller.store.replace_kind([resource.kind], docs)
         for observer in self.observers:
@@ -299,7 +326,7 @@ class KubeProvider:
                     raise ValueError(f"watch: not an event: {line[:200]!r}")
                 obj.setdefault("kind", resource.kind)
                 obj.setdefault("apiVersion", resource.api_version)
-                if not self._keep(obj):
+                if not self._keep(obj, resource):
                     continue
                 if kind == "DELETED":
                     store.delete(obj)

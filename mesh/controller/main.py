@@ -182,7 +182,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--proxy-service-account",
         type=_account,
         metavar="NAMESPACE/NAME",
-        help="the node proxies' ServiceAccount, the only requester the CA answers "
+        help="the node proxies' ServiceAccount, the only requester the CA answers; its pods "
+        "labelled app.kubernetes.io/name=simmesh-proxy give the tunnel addresses "
         "(default: <mesh namespace>/simmesh-proxy)",
     )
     identity.add_argument(
@@ -222,6 +223,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         changes["mtls"] = MtlsMode(args.mtls)
     if args.trust_domain:
         changes["trust_domain"] = args.trust_domain
+    if args.proxy_service_account:
+        changes["proxy_service_account"] = args.proxy_service_account
     return replace(settings, **changes)  # type: ignore[arg-type]
 
 
@@ -253,8 +256,7 @@ async def _start_ca(
 
     from mesh.controller.identity import CaOptions, KubeCA
 
-    account = args.proxy_service_account or f"{settings.mesh_namespace}/simmesh-proxy"
-    namespace, _, name = account.partition("/")
+    namespace, name = settings.proxy_account
     options = CaOptions(
         trust_domain=settings.trust_domain,
         proxy_users=frozenset({f"system:serviceaccount:{namespace}:{name}"}),

@@ -141,6 +141,7 @@ def _mtls(topology: Topology, settings: Settings) -> schema.Mtls | None:
         trust_domain=settings.trust_domain,
         nodes={node: list(ids) for node, ids in topology.node_identities.items()},
         pods=dict(topology.pod_nodes),
+        proxies=dict(topology.proxies),
     )
 
 

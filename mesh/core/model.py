@@ -97,6 +97,30 @@ class Pod:
         return self.node is not None and self.phase in LIVE_PHASES and not self.host_network
 
 
+# The node proxies' pods, as the chart labels them (the shadow Services select the same label).
+PROXY_NAME_LABEL = "app.kubernetes.io/name"
+PROXY_NAME = "simmesh-proxy"
+TUNNEL_PORT_NAME = "tunnel"  # the proxy container's port of the mTLS tunnel
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyPod:
+    """A pod of the proxies' namespace that may be a node proxy: what says whether it is one
+    (namespace, label, ServiceAccount) and where its mTLS tunnel listens. Read only with mTLS
+    on (store kind ``ProxyPod``; mesh.core.topology.tunnel_addresses decides)."""
+
+    namespace: str
+    name: str
+    service_account: str
+    app_name: str | None  # the label app.kubernetes.io/name
+    node: str | None  # spec.nodeName
+    ip: str | None  # status.podIP
+    tunnel_port: int | None  # the containerPort named "tunnel"
+    ready: bool  # condition Ready is True, phase Running
+    terminating: bool  # metadata.deletionTimestamp set
+    created: str = ""  # metadata.creationTimestamp (RFC 3339 in UTC: sorts by time)
+
+
 @dataclass(frozen=True, slots=True)
 class Node:
     name: str
@@ -352,6 +376,18 @@ class Settings:
     http_ports: PortRange = field(default_factory=lambda: PortRange(5000, 10))
     tcp_ports: PortRange = field(default_factory=lambda: PortRange(10000, 1000))
     udp_ports: PortRange = field(default_factory=lambda: PortRange(15000, 1000))
+    # the node proxies' ServiceAccount, NAMESPACE/NAME ("": <mesh namespace>/simmesh-proxy):
+    # the only requester the CA answers, and whose pods give the tunnel addresses. Not a
+    # mesh.yaml key: the controller's --proxy-service-account.
+    proxy_service_account: str = ""
+
+    @property
+    def proxy_account(self) -> tuple[str, str]:
+        """The node proxies' ServiceAccount as (namespace, name)."""
+        if not self.proxy_service_account:
+            return (self.mesh_namespace, PROXY_NAME)
+        namespace, _, name = self.proxy_service_account.partition("/")
+        return (namespace, name)
 
     def watches(self, namespace: str) -> bool:
         if namespace == "kube-system" or namespace in self.ignore_namespaces:

@@ -39,6 +39,8 @@ from mesh.core.fields import (
 from mesh.core.fields import object_ref as object_ref  # re-exported
 from mesh.core.model import (
     POD_PHASES,
+    PROXY_NAME_LABEL,
+    TUNNEL_PORT_NAME,
     EndpointSlice,
     GatewayRoute,
     HTTPMatch,
@@ -50,6 +52,7 @@ from mesh.core.model import (
     PortMatch,
     PortRange,
     PortRoute,
+    ProxyPod,
     Service,
     ServicePort,
     Settings,
@@ -79,6 +82,7 @@ SUPPORTED_VERSIONS: dict[str, tuple[str, ...]] = {
     "Service": ("v1",),
     "EndpointSlice": ("discovery.k8s.io/v1",),
     "Pod": ("v1",),
+    "ProxyPod": ("v1",),  # a Pod of the proxies' namespace, stored under its own kind
     "Node": ("v1",),
 }
 # ---------------------------------------------------------------------------------------------
@@ -206,6 +210,53 @@ def parse_pod(doc: Mapping[str, Any]) -> Pod:
         )
     host_network = boolean(spec.get("hostNetwork"), "spec.hostNetwork", False)
     return Pod(namespace, name, account, unique, node, phase, host_network)
+
+
+def parse_proxy_pod(doc: Mapping[str, Any]) -> ProxyPod:
+    """A Pod of the node proxies' namespace (the controller reads them with mTLS on, as kind
+    ``ProxyPod``): whether it may be a proxy and where its tunnel listens. Which pods count is
+    mesh.core.topology.tunnel_addresses' decision, not this one's."""
+    namespace, name = object_meta(doc)
+    meta = mapping(doc.get("metadata"), "metadata")
+    spec = mapping(doc.get("spec"), "spec")
+    status = mapping(doc.get("status"), "status")
+    account = optional_name(spec.get("serviceAccountName"), "spec.serviceAccountName") or "default"
+    labels = dict(string_map(meta.get("labels"), "metadata.labels"))
+    ip = string(status.get("podIP"), "status.podIP", required=False) or None
+    if ip is not None:
+        try:
+            ipaddress.ip_address(ip)
+        except ValueError:
+            raise InvalidObject(
+                "status.podIP", f"expected an IP address, got {ip[:60]!r}"
+            ) from None
+    tunnel: int | None = None
+    for i, raw in enumerate(seq(spec.get("containers"), "spec.containers")):
+        container = mapping(raw, f"spec.containers[{i}]")
+        for j, raw_port in enumerate(seq(container.get("ports"), f"spec.containers[{i}].ports")):
+            path = f"spec.containers[{i}].ports[{j}]"
+            port = mapping(raw_port, path)
+            if port.get("name") == TUNNEL_PORT_NAME and tunnel is None:
+                tunnel = port_number(port.get("containerPort"), f"{path}.containerPort")
+    ready = False
+    for i, raw in enumerate(seq(status.get("conditions"), "status.conditions")):
+        condition = mapping(raw, f"status.conditions[{i}]")
+        if condition.get("type") == "Ready":
+            ready = condition.get("status") == "True"
+    phase = string(status.get("phase"), "status.phase", required=False, default="Pending")
+    created = string(meta.get("creationTimestamp"), "metadata.creationTimestamp", required=False)
+    return ProxyPod(
+        namespace=namespace,
+        name=name,
+        service_account=account,
+        app_name=labels.get(PROXY_NAME_LABEL),
+        node=optional_name(spec.get("nodeName"), "spec.nodeName"),
+        ip=ip,
+        tunnel_port=tunnel,
+        ready=ready and phase == "Running",
+        terminating=meta.get("deletionTimestamp") is not None,
+        created=created,
+    )
 
 
 def parse_node(doc: Mapping[str, Any]) -> Node:
@@ -437,6 +488,7 @@ PARSERS: dict[str, Any] = {
     "Service": parse_service,
     "EndpointSlice": parse_endpoint_slice,
     "Pod": parse_pod,
+    "ProxyPod": parse_proxy_pod,
     "Node": parse_node,
     "TrafficTarget": parse_traffic_target,
     "HTTPRouteGroup": parse_http_route_group,
@@ -455,6 +507,7 @@ class ClusterState:
     services: dict[str, Service] = field(default_factory=dict)
     endpoint_slices: dict[str, EndpointSlice] = field(default_factory=dict)
     pods: dict[str, Pod] = field(default_factory=dict)
+    proxy_pods: dict[str, ProxyPod] = field(default_factory=dict)  # read with mTLS on only
     nodes: dict[str, Node] = field(default_factory=dict)
     traffic_targets: dict[str, TrafficTarget] = field(default_factory=dict)
     http_route_groups: dict[str, HTTPRouteGroup] = field(default_factory=dict)
@@ -479,6 +532,7 @@ class ClusterState:
             Service: self.services,
             EndpointSlice: self.endpoint_slices,
             Pod: self.pods,
+            ProxyPod: self.proxy_pods,
             Node: self.nodes,
             TrafficTarget: self.traffic_targets,
             HTTPRouteGroup: self.http_route_groups,

@@ -16,12 +16,15 @@ from enum import StrEnum
 from mesh.core.annotations import ServiceOptions, service_options
 from mesh.core.errors import ObjectError, ObjectRef
 from mesh.core.model import (
+    PROXY_NAME,
     EndpointSlice,
     GatewayRoute,
     HTTPMatch,
+    MtlsMode,
     ObjectReference,
     ParentRef,
     Pod,
+    ProxyPod,
     RouteFilters,
     RouteRule,
     Service,
@@ -201,6 +204,9 @@ class Topology:
     node_identities: dict[str, list[str]] = field(default_factory=dict)
     # pod IP -> node, for the IPs with an identity: which callers are on a proxy's own node
     pod_nodes: dict[str, str] = field(default_factory=dict)
+    # node -> "ip:port" of its proxy's mTLS tunnel (mTLS on only): where the other nodes'
+    # proxies send its pods' requests
+    proxies: dict[str, str] = field(default_factory=dict)
     errors: list[ObjectError] = field(default_factory=list)
 
 
@@ -209,6 +215,8 @@ def build_topology(state: ClusterState, settings: Settings) -> Topology:
     pods_by_name, topology.identities = _pod_index(state, topology.errors)
     topology.node_identities = node_identities(state.pods.values(), settings)
     topology.pod_nodes = pod_nodes(state.pods.values(), topology.identities)
+    if settings.mtls is not MtlsMode.OFF:
+        topology.proxies = tunnel_addresses(state.proxy_pods.values(), settings)
     slices = _slices_by_service(state)
     for key in sorted(state.services):
         service = state.services[key]
@@ -273,6 +281,47 @@ def pod_nodes(pods: Iterable[Pod], identities: dict[str, str]) -> dict[str, str]
                 if ip in identities:
                     nodes[ip] = pod.node
     return dict(sorted(nodes.items()))
+
+
+def is_node_proxy(pod: ProxyPod, settings: Settings) -> bool:
+    """A pod of the node proxies: in their ServiceAccount's namespace (the mesh namespace with
+    the chart), running as that ServiceAccount, labelled app.kubernetes.io/name=simmesh-proxy.
+    A look-alike elsewhere, or under another ServiceAccount, is not one: creating pods that
+    run as the proxies' ServiceAccount is already what a proxy may do (the CA answers it)."""
+    namespace, account = settings.proxy_account
+    return (
+        pod.namespace == namespace and pod.service_account == account and pod.app_name == PROXY_NAME
+    )
+
+
+def tunnel_addresses(pods: Iterable[ProxyPod], settings: Settings) -> dict[str, str]:
+    """Each node's proxy tunnel, ``ip:port`` (``[ip6]:port``), from the proxies' own pods:
+    Ready, scheduled, with an IP and a container port named ``tunnel``. Two proxies on one
+    node (a rolling update surges): the one not terminating, then the oldest (it has been
+    serving and holds its certificates; the new one takes over when the old one is told to
+    stop), then the smallest name, so every rebuild picks the same one."""
+    best: dict[str, ProxyPod] = {}
+    for pod in pods:
+        if not is_node_proxy(pod, settings) or not pod.ready:
+            continue
+        if pod.node is None or pod.ip is None or pod.tunnel_port is None:
+            continue
+        current = best.get(pod.node)
+        if current is None or _proxy_order(pod) < _proxy_order(current):
+            best[pod.node] = pod
+    return {
+        node: _address(pod.ip, pod.tunnel_port)
+        for node, pod in sorted(best.items())
+        if pod.ip is not None and pod.tunnel_port is not None
+    }
+
+
+def _proxy_order(pod: ProxyPod) -> tuple[bool, str, str]:
+    return (pod.terminating, pod.created, pod.name)
+
+
+def _address(ip: str, port: int) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
 def _pod_index(

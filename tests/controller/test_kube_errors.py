@@ -142,7 +142,10 @@ def test_no_config_is_built_before_every_kind_was_listed(
     monkeypatch.setattr(
         kube_module,
         "resources",
-        lambda api: [lister("Service", [service], None), lister("UDPRoute", [], slow_list)],
+        lambda api, settings: [
+            lister("Service", [service], None),
+            lister("UDPRoute", [], slow_list),
+        ],
     )
 
     async def body() -> None:
@@ -218,7 +221,7 @@ def test_an_optional_kind_without_its_crd_reads_as_none_and_is_listed_again(
     monkeypatch.setattr(
         kube_module,
         "resources",
-        lambda api: [
+        lambda api, settings: [
             Resource("Service", "v1", services),
             Resource("HTTPRoute", route["apiVersion"], routes, optional=True),
         ],

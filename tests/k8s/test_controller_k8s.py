@@ -112,8 +112,9 @@ def run_controller(
 ) -> Iterator[Callable[..., ControllerProcess]]:
     started: list[ControllerProcess] = []
 
-    def start(mesh_ns: str, watch: list[str]) -> ControllerProcess:
-        proc = ControllerProcess(apiserver, mesh_ns, watch, tmp_path / "controller.log").start()
+    def start(mesh_ns: str, watch: list[str], extra: tuple[str, ...] = ()) -> ControllerProcess:
+        log = tmp_path / "controller.log"
+        proc = ControllerProcess(apiserver, mesh_ns, watch, log, extra).start()
         started.append(proc)
         return proc
 
@@ -362,6 +363,117 @@ def test_controller_recovers_after_apiserver_restart(
     # ...and picks up changes made after it came back.
     service(apiserver, "ctl-d", "after")
     wait_for(lambda: "ctl-d/after:80" in ctl.config()["routes"], timeout=60, what="after")
+
+
+def proxy_pod(
+    cluster: harness.Cluster,
+    ns: str,
+    name: str,
+    node: str,
+    ip: str,
+    *,
+    account: str = "simmesh-proxy",
+    ready: bool = True,
+) -> str:
+    """A node proxy's pod as the chart's DaemonSet makes it (label, ServiceAccount, a port
+    named tunnel), scheduled on ``node``, Running with ``ip`` and Ready as told (no kubelet
+    runs here: the test writes the status)."""
+    if not _exists(cluster, f"/api/v1/namespaces/{ns}/serviceaccounts/{account}"):
+        cluster.create(f"/api/v1/namespaces/{ns}/serviceaccounts", {"metadata": {"name": account}})
+    path = f"/api/v1/namespaces/{ns}/pods"
+    cluster.create(
+        path,
+        {
+            "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "simmesh-proxy"}},
+            "spec": {
+                "serviceAccountName": account,
+                "nodeName": node,
+                "containers": [
+                    {
+                        "name": "proxy",
+                        "image": "example.invalid/simmesh",
+                        "ports": [{"name": "tunnel", "containerPort": 15008}],
+                    }
+                ],
+            },
+        },
+    )
+    set_ready(cluster, f"{path}/{name}", ip, ready)
+    return f"{path}/{name}"
+
+
+def set_ready(cluster: harness.Cluster, path: str, ip: str, ready: bool) -> None:
+    condition = {"type": "Ready", "status": "True" if ready else "False"}
+    cluster.merge_patch(
+        f"{path}/status",
+        {
+            "status": {
+                "phase": "Running",
+                "podIP": ip,
+                "podIPs": [{"ip": ip}],
+                "conditions": [condition],
+            }
+        },
+    )
+
+
+def test_proxy_tunnel_addresses_follow_the_proxy_pods(
+    apiserver: harness.Cluster, run_controller: Any
+) -> None:
+    """With mTLS on, the controller publishes each node's Ready proxy pod (the mesh namespace,
+    the proxies' ServiceAccount and label) as ``settings.mtls.proxies``, and follows it as the
+    pods are created, become unready, surge, terminate and go; look-alikes are never taken."""
+    mesh, app = "mesh-t", "ctl-t"
+    namespace(apiserver, mesh)
+    namespace(apiserver, app)
+    ctl = run_controller(mesh, [app], ("--mtls", "permissive"))
+
+    def proxies() -> dict[str, str]:
+        mtls = ctl.config()["settings"].get("mtls") or {}
+        assert mtls.get("mode") == "permissive"
+        return mtls.get("proxies") or {}  # type: ignore[no-any-return]
+
+    def becomes(expected: dict[str, str], what: str) -> None:
+        wait_for(lambda: proxies() == expected, what=f"{what}: {expected}")
+
+    assert proxies() == {}
+    a1 = proxy_pod(apiserver, mesh, "simmesh-proxy-a1", "node-a", "10.244.1.5")
+    proxy_pod(apiserver, mesh, "simmesh-proxy-b1", "node-b", "10.244.2.5", ready=False)
+    becomes({"node-a": "10.244.1.5:15008"}, "node-a's ready proxy, not node-b's unready one")
+    set_ready(apiserver, f"/api/v1/namespaces/{mesh}/pods/simmesh-proxy-b1", "10.244.2.5", True)
+    becomes({"node-a": "10.244.1.5:15008", "node-b": "10.244.2.5:15008"}, "node-b ready")
+
+    # look-alikes: labelled like a proxy in an app namespace (even with an account of the same
+    # name), or in the mesh namespace under another account; Ready, on node-a
+    proxy_pod(apiserver, app, "simmesh-proxy-zz", "node-a", "10.244.1.66")
+    proxy_pod(apiserver, mesh, "simmesh-proxy-zz", "node-a", "10.244.1.67", account="default")
+    version = ctl.config()["version"]
+    sentinel = proxy_pod(apiserver, mesh, "simmesh-proxy-c1", "node-c", "10.244.3.5")
+    becomes(
+        {"node-a": "10.244.1.5:15008", "node-b": "10.244.2.5:15008", "node-c": "10.244.3.5:15008"},
+        "node-c (after the look-alikes: their events came first)",
+    )
+    assert ctl.config()["version"] != version
+    identities = ctl.config()["identities"]
+    assert identities["10.244.1.66"] == "ctl-t/simmesh-proxy"  # a workload, not a proxy
+    assert "10.244.1.5" not in identities  # and a proxy is no workload
+    apiserver.delete(sentinel, query={"gracePeriodSeconds": "0"})  # gone at once: DELETED
+
+    # a rolling update surges on node-a: the old proxy serves until it is told to stop, then
+    # the new one (Ready) takes over; the old one, terminating (no kubelet: it stays so), is
+    # taken back only while no other proxy on its node is ready
+    a2 = proxy_pod(apiserver, mesh, "simmesh-proxy-a2", "node-a", "10.244.1.9", ready=False)
+    becomes({"node-a": "10.244.1.5:15008", "node-b": "10.244.2.5:15008"}, "node-c gone")
+    set_ready(apiserver, a2, "10.244.1.9", True)
+    version = ctl.config()["version"]
+    apiserver.delete(a1)
+    assert apiserver.get(a1)["metadata"].get("deletionTimestamp")
+    becomes({"node-a": "10.244.1.9:15008", "node-b": "10.244.2.5:15008"}, "the new proxy")
+    assert ctl.config()["version"] != version
+    set_ready(apiserver, a2, "10.244.1.9", False)  # the new one fails its probe
+    becomes({"node-a": "10.244.1.5:15008", "node-b": "10.244.2.5:15008"}, "terminating but ready")
+    apiserver.delete(a1, query={"gracePeriodSeconds": "0"})
+    becomes({"node-b": "10.244.2.5:15008"}, "no ready proxy on node-a")
 
 
 def _route_crd(kind: str, plural: str) -> dict[str, Any]:

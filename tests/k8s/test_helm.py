@@ -485,8 +485,10 @@ def test_mtls_off_renders_no_identity_objects(default_docs: list[dict[str, Any]]
     rendered = {(d["kind"], d["metadata"]["name"]) for d in default_docs}
     assert not IDENTITY_OBJECTS & rendered
     assert settings_of(default_docs).mtls.value == "off"
-    cmd = container(default_docs, "DaemonSet", "simmesh-proxy")["command"]
-    assert "--certificates" not in cmd
+    proxy = container(default_docs, "DaemonSet", "simmesh-proxy")
+    assert "--certificates" not in proxy["command"]
+    assert "--tunnel-port" not in proxy["command"]
+    assert not [p for p in proxy["ports"] if p["name"] == "tunnel"]
 
 
 @pytest.mark.parametrize("mode", ["permissive", "strict"])
@@ -520,6 +522,10 @@ def test_mtls_renders_the_ca_its_rbac_and_the_proxies_certificates(
     cmd = [local.get(a, a) for a in proxy["containers"][0]["command"]]
     args = build_parser(cmd[1:]).parse_args(cmd[1:])
     assert args.certificates == "kubernetes" and args.mesh_namespace == "simmesh"
+    # the tunnel: the proxy listens where its pod says, which is what the controller publishes
+    assert args.tunnel_port == 15008
+    tunnel = [p for p in proxy["containers"][0]["ports"] if p["name"] == "tunnel"]
+    assert tunnel == [{"name": "tunnel", "containerPort": 15008, "protocol": "TCP"}]
     certs = next(v for v in proxy["volumes"] if v["name"] == "certs")
     assert certs["emptyDir"]["medium"] == "Memory"  # keys never on the node's disk
     # RBAC: exactly the CSR verbs, approve/sign only for our signer
@@ -557,6 +563,45 @@ def test_mtls_renders_the_ca_its_rbac_and_the_proxies_certificates(
             "verbs": ["get"],
         }
     ]
+
+
+@pytest.mark.parametrize("mode", ["permissive", "strict"])
+def test_the_controller_takes_the_rendered_proxies_for_proxies(
+    helm: Helm, mode: str, tmp_path: Path
+) -> None:
+    """A proxy pod as the DaemonSet makes it (its labels, ServiceAccount, namespace and port
+    named tunnel), once scheduled and Ready, gives its node's tunnel address to the controller
+    run with the rendered command and settings; the same pod outside the release's namespace
+    does not."""
+    from mesh.core.parse import parse_proxy_pod
+    from mesh.core.topology import tunnel_addresses
+
+    docs = helm.render(f"mtls={mode}", "proxy.tunnelPort=16008", namespace="mesh-sys")
+    settings = controller_settings(
+        container(docs, "Deployment", "simmesh-controller")["command"],
+        one(docs, "ConfigMap", "simmesh-settings")["data"]["mesh.yaml"],
+        tmp_path,
+    )
+    template = one(docs, "DaemonSet", "simmesh-proxy")["spec"]["template"]
+    cmd = template["spec"]["containers"][0]["command"]
+    assert cmd[cmd.index("--tunnel-port") + 1] == "16008"
+
+    def scheduled(namespace: str) -> dict[str, Any]:
+        return {
+            "apiVersion": "v1",
+            "kind": "ProxyPod",
+            "metadata": {**template["metadata"], "name": "simmesh-proxy-x", "namespace": namespace},
+            "spec": {**template["spec"], "nodeName": "node-a"},
+            "status": {
+                "phase": "Running",
+                "podIP": "10.0.0.7",
+                "conditions": [{"type": "Ready", "status": "True"}],
+            },
+        }
+
+    found = tunnel_addresses([parse_proxy_pod(scheduled("mesh-sys"))], settings)
+    assert found == {"node-a": "10.0.0.7:16008"}
+    assert tunnel_addresses([parse_proxy_pod(scheduled("default"))], settings) == {}
 
 
 def test_mtls_objects_are_accepted_by_the_apiserver(
@@ -624,6 +669,8 @@ def test_kubedns_coredns_serves_the_mesh_block(helm: Helm) -> None:
         "gatewayAPI.controllerName=no-path",
         "gatewayAPI.controllerName=Example.com/x",
         "gatewayAPI.routeStatuss=true",
+        "proxy.tunnelPort=0",
+        "proxy.tunnelPort=65536",
     ],
 )
 def test_schema_rejects(helm: Helm, value: str) -> None:
@@ -642,6 +689,10 @@ def test_schema_rejects(helm: Helm, value: str) -> None:
             ("proxy.drainDelaySeconds=30", "proxy.terminationGracePeriodSeconds=35"),
             "proxy.terminationGracePeriodSeconds (35) must be at least",
         ),
+        (("mtls=strict", "proxy.tunnelPort=5003"), "proxy.tunnelPort 5003 is in ports.http"),
+        (("mtls=permissive", "proxy.tunnelPort=10500"), "proxy.tunnelPort 10500 is in ports.tcp"),
+        (("mtls=strict", "proxy.tunnelPort=9901"), "proxy.tunnelPort 9901 is the proxy's admin"),
+        (("mtls=permissive", "proxy.workers=2"), "proxy.workers 2 with mtls permissive"),
     ],
 )
 def test_values_that_cannot_work_are_refused(

@@ -33,7 +33,8 @@ http://simmesh-controller.{{ .Release.Namespace }}.svc.{{ trimAll "." .Values.cl
 {{- end -}}
 
 {{/* Refuse port ranges that collide: HTTP and TCP listeners share the TCP port space, and
-the proxy's admin port is 9901. TCP and UDP ranges may overlap (different protocols). */}}
+the proxy's admin port is 9901, and with mTLS its tunnel port (TCP) is neither. TCP and UDP
+ranges may overlap (different protocols). */}}
 {{- define "simmesh.checkPorts" -}}
 {{- $http := .Values.ports.http -}}
 {{- $tcp := .Values.ports.tcp -}}
@@ -52,6 +53,17 @@ the proxy's admin port is 9901. TCP and UDP ranges may overlap (different protoc
 {{- range $name, $r := dict "http" $http "tcp" $tcp -}}
 {{- if and (le (int $r.start) 9901) (gt (add $r.start $r.size | int) 9901) -}}
 {{- fail (printf "ports.%s contains 9901, the proxy's admin port" $name) -}}
+{{- end -}}
+{{- end -}}
+{{- if ne (include "simmesh.mtls" .) "off" -}}
+{{- $tunnel := .Values.proxy.tunnelPort | default 15008 | int -}}
+{{- if eq $tunnel 9901 -}}
+{{- fail "proxy.tunnelPort 9901 is the proxy's admin port" -}}
+{{- end -}}
+{{- range $name, $r := dict "http" $http "tcp" $tcp -}}
+{{- if and (le (int $r.start) $tunnel) (gt (add $r.start $r.size | int) $tunnel) -}}
+{{- fail (printf "proxy.tunnelPort %d is in ports.%s [%v, %v)" $tunnel $name $r.start (add $r.start $r.size)) -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
