@@ -69,7 +69,6 @@ CRD_RECHECK = 30.0  # seconds between lists of an optional kind whose CRD is not
 PROXY_SELECTOR = f"{PROXY_NAME_LABEL}={PROXY_NAME}"  # narrows the list; the core decides
 
 
-<<<<<<< HEAD
 class Observer(Protocol):
     """Sees the watched objects as they arrive, beside the store (the route status writer
     keeps the routes' current status from them)."""
@@ -79,10 +78,7 @@ class Observer(Protocol):
     def observe(self, kind: str, event: str, doc: dict[str, Any]) -> None: ...
 
 
-def resources(api: client.ApiClient) -> list[Resource]:
-=======
 def resources(api: client.ApiClient, settings: Settings | None = None) -> list[Resource]:
->>>>>>> tunnel-addresses
     core = client.CoreV1Api(api)
     discovery = client.DiscoveryV1Api(api)
     custom = client.CustomObjectsApi(api)
