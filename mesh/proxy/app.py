@@ -26,18 +26,19 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mesh import argtypes
 from mesh.core.config import MeshConfig
 from mesh.proxy.addresses import AddressMap
-from mesh.proxy.certs import CertificateManager, CertificateMetrics
-from mesh.proxy.kubecsr import KubeCsrSource
 from mesh.proxy.options import Options
 from mesh.proxy.proxy import Proxy, settle_memory
 from mesh.proxy.resources import raise_open_file_limit
 from mesh.proxy.sources import ControllerSource, FileSource, read_token
 from mesh.proxy.workers import Supervisor, runner
+
+if TYPE_CHECKING:
+    from mesh.proxy.certs import CertificateManager
 
 _TIMEOUT = argtypes.seconds(high=86400.0)
 
@@ -399,6 +400,10 @@ def _certificates(args: argparse.Namespace, proxy: Proxy) -> CertificateManager 
     """The certificate manager (--certificates kubernetes), its metrics on /metrics."""
     if args.certificates == "off":
         return None
+    # imported only here: cryptography and the CSR client cost a proxy without mTLS 10 MB
+    from mesh.proxy.certs import CertificateManager, CertificateMetrics
+    from mesh.proxy.kubecsr import KubeCsrSource
+
     source = KubeCsrSource.in_cluster(namespace=args.mesh_namespace, node=args.node)
     # the tunnels' TLS contexts load files: without --certificate-dir, a private directory
     # on a memory-backed file system where there is one

@@ -33,10 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
-from cryptography import x509
-
 from mesh.core.routing import Endpoint, Router
-from mesh.identity.ca import CLOCK_SKEW
 from mesh.identity.spiffe import IdentityError, parse, spiffe_id
 from mesh.proxy.metrics import Metrics
 from mesh.proxy.upstream import TunnelHop
@@ -121,6 +118,12 @@ class TunnelTls:
     ) -> None:
         """Take the certificates held now (identity -> certificate and key files) and the
         roots file; contexts are built again (a certificate may have been renewed)."""
+        # cryptography (8-9 MB resident) only once there are certificates: a proxy with mTLS
+        # off never imports it
+        from cryptography import x509
+
+        from mesh.identity.ca import CLOCK_SKEW
+
         material = {}
         for identity, (cert_file, key_file) in sorted(held.items()):
             first = x509.load_pem_x509_certificates(cert_file.read_bytes())[0]
