@@ -198,6 +198,29 @@ def _mean_series(runs: list[dict[str, Any]], service: str, pick: Any) -> list[fl
     return out
 
 
+def _overlay(
+    ax: Any,
+    t: list[float],
+    sides: tuple[tuple[list[dict[str, Any]], str, str], ...],
+    name: str,
+    label: str,
+    pick: Any,
+    scale: float,
+    *,
+    step: bool,
+) -> None:
+    """One line per side (before solid, after dashed) of ``name``'s mean series, one colour."""
+    color = None
+    for runs, style, side in sides:
+        values = _mean_series(runs, name, pick)
+        if values:
+            draw = ax.step if step else ax.plot
+            extra = {"where": "post"} if step else {}
+            scaled = [v * scale for v in values]
+            line = draw(t, scaled, linestyle=style, color=color, label=f"{label} {side}", **extra)
+            color = line[0].get_color()
+
+
 def plot(result: WhatIf, out: Path) -> list[Path]:
     before = [r for r in result.before if r is not None]
     after = [r for r in result.after if r is not None]
@@ -208,23 +231,13 @@ def plot(result: WhatIf, out: Path) -> list[Path]:
     services = sorted(
         set(first["timeseries"]["services"]) | set(after[0]["timeseries"]["services"])
     )
+    sides = ((before, "-", "before"), (after, "--", "after"))
     files = []
     title = f"{result.scenario}: before (solid) and after (dashed) the change"
 
     fig, ax = plt.subplots(figsize=(9, 4.5))
     for name in services:
-        color = None
-        for runs, style, side in ((before, "-", "before"), (after, "--", "after")):
-            values = _mean_series(runs, name, lambda s: s["p99"])
-            if values:
-                line = ax.plot(
-                    t,
-                    [v * 1000 for v in values],
-                    linestyle=style,
-                    color=color,
-                    label=f"{name} p99 {side}",
-                )[0]
-                color = line.get_color()
+        _overlay(ax, t, sides, name, f"{name} p99", lambda s: s["p99"], 1000, step=False)
     mark_events(ax, first)
     ax.set(title=f"{title}: p99 latency", xlabel="time (s)", ylabel="latency (ms)")
     ax.set_yscale("log")
@@ -233,19 +246,7 @@ def plot(result: WhatIf, out: Path) -> list[Path]:
 
     fig, ax = plt.subplots(figsize=(9, 4.5))
     for name in services:
-        color = None
-        for runs, style, side in ((before, "-", "before"), (after, "--", "after")):
-            values = _mean_series(runs, name, lambda s: s["successRate"])
-            if values:
-                line = ax.step(
-                    t,
-                    [100 * v for v in values],
-                    where="post",
-                    linestyle=style,
-                    color=color,
-                    label=f"{name} {side}",
-                )[0]
-                color = line.get_color()
+        _overlay(ax, t, sides, name, name, lambda s: s["successRate"], 100, step=True)
     mark_events(ax, first)
     ax.set(
         title=f"{result.scenario}: success rate",
@@ -256,43 +257,25 @@ def plot(result: WhatIf, out: Path) -> list[Path]:
     ax.legend(fontsize=7, loc="lower left")
     files.append(save_figure(fig, out / "success.png"))
 
-    split = [
-        (name, backend)
-        for name in services
-        for backend in sorted(
+    split = []
+    for name in services:
+        backends = sorted(
             {
                 b
                 for r in before + after
                 for b in r["timeseries"]["services"].get(name, {}).get("shares", {})
             }
         )
-        if len(
-            {
-                b
-                for r in before + after
-                for b in r["timeseries"]["services"].get(name, {}).get("shares", {})
-            }
-        )
-        > 1
-    ]
+        if len(backends) > 1:
+            split += [(name, backend) for backend in backends]
     if split:
         fig, ax = plt.subplots(figsize=(9, 4.5))
         for name, backend in split:
-            color = None
-            for runs, style, side in ((before, "-", "before"), (after, "--", "after")):
-                values = _mean_series(
-                    runs, name, lambda s, b=backend: s["shares"].get(b, [None] * len(t))
-                )
-                if values:
-                    line = ax.step(
-                        t,
-                        [100 * v for v in values],
-                        where="post",
-                        linestyle=style,
-                        color=color,
-                        label=f"{name} -> {backend} {side}",
-                    )[0]
-                    color = line.get_color()
+
+            def share(s: dict[str, Any], b: str = backend) -> Any:
+                return s["shares"].get(b, [None] * len(t))
+
+            _overlay(ax, t, sides, name, f"{name} -> {backend}", share, 100, step=True)
         mark_events(ax, first)
         ax.set(
             title=f"{result.scenario}: backend shares",

@@ -585,6 +585,24 @@ def _port_range(raw: Any, path: str, default: PortRange) -> PortRange:
     return PortRange(first, integer(size, f"{path}.size", low=1, high=min(10000, 65536 - first)))
 
 
+def settings_doc(settings: Settings) -> dict[str, Any]:
+    """The settings as mesh.yaml: what :func:`parse_settings` reads back (the local mesh's
+    file provider, a snapshot, the admission gate's scenario)."""
+    return {
+        "zone": settings.zone,
+        "clusterDomain": settings.cluster_domain,
+        "meshNamespace": settings.mesh_namespace,
+        "defaultTrafficType": settings.default_traffic_type.value,
+        "acl": settings.acl,
+        "watchNamespaces": list(settings.watch_namespaces),
+        "ignoreNamespaces": list(settings.ignore_namespaces),
+        "accessAdminNamespaces": list(settings.access_admin_namespaces),
+        "httpPorts": {"start": settings.http_ports.start, "size": settings.http_ports.size},
+        "tcpPorts": {"start": settings.tcp_ports.start, "size": settings.tcp_ports.size},
+        "udpPorts": {"start": settings.udp_ports.start, "size": settings.udp_ports.size},
+    }
+
+
 def parse_settings(raw: Any) -> Settings:
     """Settings from a mesh.yaml mapping; unknown keys are errors (typos should not pass)."""
     doc = mapping(raw, "")

@@ -20,11 +20,12 @@ from typing import Any
 import yaml
 
 from mesh.core.model import Settings
+from mesh.core.parse import settings_doc
 from mesh.documents import DocumentError, load_yaml
 from mesh.gate.review import Change
 from mesh.snapshot import model
 from mesh.snapshot.exposition import Table
-from mesh.snapshot.objects import key, settings_doc
+from mesh.snapshot.objects import key
 
 SLOS_KEY, TRAFFIC_KEY = "slos.yaml", "traffic.yaml"
 NOT_REPLACED = ("name", "seed", "duration", "slos", "timeline")  # the gate sets these

@@ -28,8 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from mesh.core.config import MeshConfig, build_config
-from mesh.core.model import Settings
-from mesh.core.parse import parse_objects
+from mesh.core.parse import parse_objects, settings_doc
 from mesh.core.routing import Router
 from mesh.core.topology import build_topology
 from sim.placement import pod_owners
@@ -154,23 +153,6 @@ def compile_config(scenario: Scenario) -> MeshConfig:
     return build_config(build_topology(parse_objects(scenario.docs), settings), settings)
 
 
-def settings_mapping(settings: Settings) -> dict[str, Any]:
-    """Settings as mesh.yaml (what the controller's file provider reads)."""
-    return {
-        "zone": settings.zone,
-        "clusterDomain": settings.cluster_domain,
-        "meshNamespace": settings.mesh_namespace,
-        "defaultTrafficType": settings.default_traffic_type.value,
-        "acl": settings.acl,
-        "watchNamespaces": list(settings.watch_namespaces),
-        "ignoreNamespaces": list(settings.ignore_namespaces),
-        "accessAdminNamespaces": list(settings.access_admin_namespaces),
-        "httpPorts": {"start": settings.http_ports.start, "size": settings.http_ports.size},
-        "tcpPorts": {"start": settings.tcp_ports.start, "size": settings.tcp_ports.size},
-        "udpPorts": {"start": settings.udp_ports.start, "size": settings.udp_ports.size},
-    }
-
-
 def make_plan(
     scenario: Scenario,
     *,
@@ -198,7 +180,7 @@ def make_plan(
         controller=f"{addressing.controller()}:{controller_port}",
         connect_timeout=scenario.connect_timeout,
         docs=scenario.docs,
-        settings=settings_mapping(scenario.settings),
+        settings=settings_doc(scenario.settings),
         timeline=timeline,
         isolation=isolation,
         config_version=config.version,

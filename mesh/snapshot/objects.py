@@ -16,8 +16,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mesh.core.model import Settings
-
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 
 
@@ -119,20 +117,3 @@ def key(doc: Mapping[str, Any]) -> tuple[str, str, str]:
     meta = doc.get("metadata") if isinstance(doc.get("metadata"), Mapping) else {}
     assert isinstance(meta, Mapping)
     return (str(doc.get("kind")), str(meta.get("namespace") or ""), str(meta.get("name") or ""))
-
-
-def settings_doc(settings: Settings) -> dict[str, Any]:
-    """The settings as mesh.yaml (what mesh.core.parse.parse_settings reads back)."""
-    return {
-        "zone": settings.zone,
-        "clusterDomain": settings.cluster_domain,
-        "meshNamespace": settings.mesh_namespace,
-        "defaultTrafficType": settings.default_traffic_type.value,
-        "acl": settings.acl,
-        "watchNamespaces": list(settings.watch_namespaces),
-        "ignoreNamespaces": list(settings.ignore_namespaces),
-        "accessAdminNamespaces": list(settings.access_admin_namespaces),
-        "httpPorts": {"start": settings.http_ports.start, "size": settings.http_ports.size},
-        "tcpPorts": {"start": settings.tcp_ports.start, "size": settings.tcp_ports.size},
-        "udpPorts": {"start": settings.udp_ports.start, "size": settings.udp_ports.size},
-    }

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from mesh.core.model import Settings
-from mesh.core.parse import parse_settings
+from mesh.core.parse import parse_settings, settings_doc
 from mesh.manifests import read_manifests
 from mesh.proxy.metrics import Metrics
 from mesh.snapshot import exposition, model, objects, slos, write
@@ -37,8 +37,8 @@ def test_strip_keeps_what_the_mesh_reads_and_nothing_else() -> None:
 
 def test_settings_round_trip() -> None:
     settings = parse_settings({"acl": True, "zone": "m", "watchNamespaces": ["shop"]})
-    assert parse_settings(objects.settings_doc(settings)) == settings
-    assert parse_settings(objects.settings_doc(Settings())) == Settings()
+    assert parse_settings(settings_doc(settings)) == settings
+    assert parse_settings(settings_doc(Settings())) == Settings()
 
 
 def test_difference_counts_a_reset_counter_from_zero() -> None:
