@@ -10,10 +10,11 @@ API later needs no restart. The controller builds no config until every kind was
 Responses are read raw (``_preload_content=False``), so the store holds exactly the JSON the API
 server sent, as the manifests directory holds YAML.
 
-With mTLS on, one more task lists and watches the node proxies' own pods (the proxies'
-ServiceAccount's namespace, narrowed by their label), stored as kind ``ProxyPod`` beside the
-workloads' Pods, never among them: their tunnel addresses (``settings.mtls.proxies``, chosen by
-mesh.core.topology.tunnel_addresses) change the config like any other object.
+With mTLS or GAMMA capture on, one more task lists and watches the node proxies' own pods (the
+proxies' ServiceAccount's namespace, narrowed by their label), stored as kind ``ProxyPod``
+beside the workloads' Pods, never among them: their tunnel addresses (``settings.mtls.proxies``,
+chosen by mesh.core.topology.tunnel_addresses) and pod IPs (``settings.capture.proxies``, where
+the capture agents redirect to) change the config like any other object.
 
 Publishing a config reconciles the shadow Services (create, patch, delete) and turns new
 per-object errors into Kubernetes Events on the offending objects.
@@ -90,8 +91,9 @@ def resources(api: client.ApiClient, settings: Settings | None = None) -> list[R
         return call
 
     extra: list[Resource] = []
-    if settings is not None and settings.mtls is not MtlsMode.OFF:
-        # the node proxies' own pods: their tunnel addresses (settings.mtls.proxies)
+    if settings is not None and (settings.mtls is not MtlsMode.OFF or settings.capture):
+        # the node proxies' own pods: their tunnel addresses (settings.mtls.proxies) and
+        # their IPs (settings.capture.proxies)
         namespace, _ = settings.proxy_account
 
         def proxy_pods(**kwargs: Any) -> Awaitable[Any]:

@@ -16,8 +16,11 @@ compile it, without sharing Python objects:
 - ``clusters``: per (service, port): ready endpoints with their identities, and in ACL mode the
   grants that admit traffic to them.
 
+- ``settings.capture`` (the ``capture`` setting, GAMMA): per Service port with GAMMA routes and
+  a ClusterIP, a capture listener of its own (mesh.core.capture), and each node's proxy pod IP.
+
 TCP and UDP listener assignments are stable: given the previous assignment, a service that did
-not change keeps its port. The same topology gives byte-identical JSON.
+not change keeps its port (capture listeners too, see mesh.core.capture). The same topology gives byte-identical JSON.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import msgspec
 
 from mesh.core import schema
 from mesh.core.annotations import ServicePolicy
+from mesh.core.capture import assign_capture_ports
 from mesh.core.errors import ObjectError, ObjectRef
 from mesh.core.gamma import match_rank
 from mesh.core.model import (
@@ -112,6 +116,7 @@ def build_config(
                 )
             )
     listeners.sort(key=lambda item: item.port)
+    capture = _capture(topology, settings, routes, previous, errors) if settings.capture else None
     config = MeshConfig(
         settings=schema.ConfigSettings(
             zone=settings.zone,
@@ -119,6 +124,7 @@ def build_config(
             mesh_namespace=settings.mesh_namespace,
             acl=settings.acl,
             mtls=_mtls(topology, settings),
+            capture=capture,
         ),
         listeners=listeners,
         hosts=hosts,
@@ -142,6 +148,45 @@ def _mtls(topology: Topology, settings: Settings) -> schema.Mtls | None:
         nodes={node: list(ids) for node, ids in topology.node_identities.items()},
         pods=dict(topology.pod_nodes),
         proxies=dict(topology.proxies),
+    )
+
+
+def _capture(
+    topology: Topology,
+    settings: Settings,
+    routes: Mapping[str, schema.Route],
+    previous: Mapping[str, int],
+    errors: list[ObjectError],
+) -> schema.Capture:
+    """The Service ports with GAMMA routes whose Service has a ClusterIP (mesh.core.capture):
+    each gets a capture listener, kept from the previous config when it can be."""
+    wanted: dict[str, str] = {}  # route key -> ClusterIP
+    for key, route in routes.items():
+        ip = topology.services[route.service].cluster_ip
+        if route.gamma is not None and route.protocol == "http" and ip:
+            wanted[key] = ip
+    assigned, overflow = assign_capture_ports(list(wanted), settings.capture_ports, previous)
+    pool = settings.capture_ports
+    for key in overflow:
+        namespace, _, rest = key.partition("/")
+        name, _, number = rest.rpartition(":")
+        errors.append(
+            ObjectError(
+                ObjectRef("Service", namespace, name),
+                "spec.ports",
+                f"no free capture listener left in {pool.start}..{pool.start + pool.size - 1} "
+                f"for port {number}: its ClusterIP traffic is not captured, so its GAMMA "
+                "routes do not apply to it; raise the capturePorts size",
+            )
+        )
+    return schema.Capture(
+        listeners=[
+            schema.CaptureListener(
+                port=number, route=key, ip=wanted[key], service_port=routes[key].port
+            )
+            for key, number in sorted(assigned.items(), key=lambda item: item[1])
+        ],
+        proxies=dict(topology.capture_proxies),
     )
 
 

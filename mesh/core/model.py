@@ -376,6 +376,11 @@ class Settings:
     http_ports: PortRange = field(default_factory=lambda: PortRange(5000, 10))
     tcp_ports: PortRange = field(default_factory=lambda: PortRange(10000, 1000))
     udp_ports: PortRange = field(default_factory=lambda: PortRange(15000, 1000))
+    # GAMMA capture (issue 16): traffic from local pods to the ClusterIP:port of a Service
+    # that is the parent of a GAMMA route is redirected by the node's capture agent to a
+    # listener of the node proxy dedicated to that Service port, from this range
+    capture: bool = False
+    capture_ports: PortRange = field(default_factory=lambda: PortRange(12000, 1000))
     # the node proxies' ServiceAccount, NAMESPACE/NAME ("": <mesh namespace>/simmesh-proxy):
     # the only requester the CA answers, and whose pods give the tunnel addresses. Not a
     # mesh.yaml key: the controller's --proxy-service-account.

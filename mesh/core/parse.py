@@ -585,6 +585,10 @@ def _port_range(raw: Any, path: str, default: PortRange) -> PortRange:
     return PortRange(first, integer(size, f"{path}.size", low=1, high=min(10000, 65536 - first)))
 
 
+def _span(ports: PortRange) -> str:
+    return f"{ports.start}..{ports.start + ports.size - 1}"
+
+
 def settings_doc(settings: Settings) -> dict[str, Any]:
     """The settings as mesh.yaml: what :func:`parse_settings` reads back (the local mesh's
     file provider, a snapshot, the admission gate's scenario)."""
@@ -600,6 +604,11 @@ def settings_doc(settings: Settings) -> dict[str, Any]:
         "httpPorts": {"start": settings.http_ports.start, "size": settings.http_ports.size},
         "tcpPorts": {"start": settings.tcp_ports.start, "size": settings.tcp_ports.size},
         "udpPorts": {"start": settings.udp_ports.start, "size": settings.udp_ports.size},
+        "capture": settings.capture,
+        "capturePorts": {
+            "start": settings.capture_ports.start,
+            "size": settings.capture_ports.size,
+        },
     }
 
 
@@ -618,6 +627,8 @@ def parse_settings(raw: Any) -> Settings:
         "httpPorts",
         "tcpPorts",
         "udpPorts",
+        "capture",
+        "capturePorts",
         "mtls",
         "trustDomain",
     }
@@ -653,6 +664,16 @@ def parse_settings(raw: Any) -> Settings:
     def names(key: str) -> tuple[str, ...]:
         return tuple(dns_label(v, f"{key}[{i}]") for i, v in enumerate(seq(doc.get(key), key)))
 
+    http_ports = _port_range(doc.get("httpPorts"), "httpPorts", base.http_ports)
+    tcp_ports = _port_range(doc.get("tcpPorts"), "tcpPorts", base.tcp_ports)
+    capture_ports = _port_range(doc.get("capturePorts"), "capturePorts", base.capture_ports)
+    for name, other in (("httpPorts", http_ports), ("tcpPorts", tcp_ports)):
+        # capture listeners are TCP sockets of the proxy beside these (UDP ports do not clash)
+        if set(capture_ports.ports()) & set(other.ports()):
+            raise InvalidObject(
+                "capturePorts",
+                f"{_span(capture_ports)} overlaps {name} {_span(other)}; choose a free range",
+            )
     return Settings(
         zone=domain(doc.get("zone"), "zone", base.zone),
         cluster_domain=domain(doc.get("clusterDomain"), "clusterDomain", base.cluster_domain),
@@ -663,9 +684,11 @@ def parse_settings(raw: Any) -> Settings:
         watch_namespaces=names("watchNamespaces"),
         ignore_namespaces=names("ignoreNamespaces"),
         access_admin_namespaces=names("accessAdminNamespaces"),
-        http_ports=_port_range(doc.get("httpPorts"), "httpPorts", base.http_ports),
-        tcp_ports=_port_range(doc.get("tcpPorts"), "tcpPorts", base.tcp_ports),
+        http_ports=http_ports,
+        tcp_ports=tcp_ports,
         udp_ports=_port_range(doc.get("udpPorts"), "udpPorts", base.udp_ports),
+        capture=boolean(doc.get("capture"), "capture", base.capture),
+        capture_ports=capture_ports,
         mtls=mtls,
         trust_domain=domain(doc.get("trustDomain"), "trustDomain", base.trust_domain),
     )

@@ -589,8 +589,18 @@ class Router:
             for item in config.listeners
             if item.protocol != "http" and item.route is not None
         }
+        # GAMMA capture listeners: each stands for one Service port, whatever the Host says
+        capture = config.settings.capture
+        self.captured: dict[int, Route] = {
+            item.port: self.routes[item.route]
+            for item in (capture.listeners if capture is not None else ())
+            if item.route in self.routes
+        }
         self.listeners: tuple[tuple[int, str], ...] = tuple(
-            (item.port, item.protocol) for item in config.listeners
+            sorted(
+                [(item.port, item.protocol) for item in config.listeners]
+                + [(port, "http") for port in self.captured]
+            )
         )
         mtls = config.settings.mtls
         self.mtls: str = mtls.mode if mtls is not None else "off"
@@ -610,9 +620,12 @@ class Router:
     # -- lookups ---------------------------------------------------------------------------
 
     def route_http(self, listener: int, host: str) -> Route | None:
+        """The route of a request on an HTTP listener: by Host on the shared listeners; on a
+        capture listener, the Service port it stands for (the Host is not read: clients send
+        short names, or on purpose another Service's, GAMMA matches the destination)."""
         table = self.hosts.get(listener)
         if table is None:
-            return None
+            return self.captured.get(listener)
         route = table.get(host)
         if route is None:
             route = table.get(_norm_host(host))
@@ -863,7 +876,7 @@ class Engine:
         host = request.host
         route = self.router.route_http(listener, host)
         if route is None:
-            if listener not in self.router.hosts:
+            if listener not in self.router.hosts:  # (a capture listener always has a route)
                 return Decision(Reason.UNKNOWN_LISTENER, f"no HTTP listener on port {listener}")
             return Decision(Reason.UNKNOWN_HOST, f"no meshed service answers to Host {host!r}")
         gamma = route.gamma

@@ -56,12 +56,33 @@ class Mtls(_Doc, frozen=True, kw_only=True):
     proxies: dict[str, str] = {}
 
 
+class CaptureListener(_Doc, frozen=True, kw_only=True):
+    """A GAMMA parent's Service port captured at its ClusterIP (issue 16): the node's capture
+    agent redirects TCP to ``ip:servicePort`` from the node's pods to its proxy's listener
+    ``port``, and the proxy routes what arrives there as a request to ``route`` (that Service
+    port), whatever its Host says."""
+
+    port: Port  # the proxy's capture listener
+    route: Name  # namespace/name:port, a key of routes
+    ip: Name  # the Service's ClusterIP
+    service_port: Port  # the Service port the clients call (routes[route].port)
+
+
+class Capture(_Doc, frozen=True, kw_only=True):
+    """GAMMA capture (the ``capture`` setting): the captured Service ports and, per node, the
+    IP of its proxy pod (where its agent redirects to; a node without one captures nothing)."""
+
+    listeners: list[CaptureListener] = []
+    proxies: dict[str, str] = {}  # node -> proxy pod IP
+
+
 class ConfigSettings(_Doc, frozen=True, kw_only=True):
     zone: Name
     cluster_domain: Name
     mesh_namespace: Name
     acl: bool
     mtls: Mtls | None = None  # left out (None) when mTLS is off
+    capture: Capture | None = None  # left out (None) when GAMMA capture is off
 
 
 class Listener(_Doc, frozen=True, kw_only=True):
@@ -306,12 +327,17 @@ class MeshConfig(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
         return decode(text)
 
     def port_assignments(self) -> dict[str, int]:
-        """The TCP/UDP listener of each ``protocol:ns/name:port``, for stable reassignment."""
-        return {
+        """The TCP/UDP listener of each ``protocol:ns/name:port`` and the capture listener of
+        each ``capture:ns/name:port``, for stable reassignment."""
+        ports = {
             f"{item.protocol}:{item.route}": item.port
             for item in self.listeners
             if item.protocol != "http"
         }
+        capture = self.settings.capture
+        for each in capture.listeners if capture is not None else ():
+            ports[f"capture:{each.route}"] = each.port
+        return ports
 
 
 class ConfigError(ValueError):
@@ -403,6 +429,27 @@ def check(config: MeshConfig) -> None:
         _ip(ip, f"settings.mtls.pods[{ip}]")
     for node, address in (mtls.proxies if mtls is not None else {}).items():
         _host_port(address, f"settings.mtls.proxies[{node}]")
+    if config.settings.capture is not None:
+        _check_capture(config, config.settings.capture)
+
+
+def _check_capture(config: MeshConfig, capture: Capture) -> None:
+    taken = {item.port for item in config.listeners}
+    for i, each in enumerate(capture.listeners):
+        where = f"settings.capture.listeners[{i}]"
+        if each.port in taken:
+            raise ConfigError(f"{where}.port", f"port {each.port} is already a listener's")
+        taken.add(each.port)
+        route = config.routes.get(each.route)
+        if route is None:
+            raise ConfigError(f"{where}.route", f"no route {each.route!r}")
+        if route.protocol != "http":
+            raise ConfigError(f"{where}.route", f"expected an HTTP route, got {route.protocol}")
+        if route.port != each.service_port:
+            raise ConfigError(f"{where}.servicePort", f"expected the route's port {route.port}")
+        _ip(each.ip, f"{where}.ip")
+    for node, ip in capture.proxies.items():
+        _ip(ip, f"settings.capture.proxies[{node}]")
 
 
 def _check_route(config: MeshConfig, key: str, route: Route) -> None:
@@ -536,6 +583,8 @@ def _host_port(text: str, where: str) -> None:
 
 __all__ = [
     "API_VERSION",
+    "Capture",
+    "CaptureListener",
     "CircuitBreaker",
     "Cluster",
     "ConfigError",

@@ -207,6 +207,9 @@ class Topology:
     # node -> "ip:port" of its proxy's mTLS tunnel (mTLS on only): where the other nodes'
     # proxies send its pods' requests
     proxies: dict[str, str] = field(default_factory=dict)
+    # node -> its proxy pod's IP (GAMMA capture on only): where the node's capture agent
+    # redirects the ClusterIP traffic of GAMMA parents, and whose own packets it leaves alone
+    capture_proxies: dict[str, str] = field(default_factory=dict)
     errors: list[ObjectError] = field(default_factory=list)
 
 
@@ -217,6 +220,8 @@ def build_topology(state: ClusterState, settings: Settings) -> Topology:
     topology.pod_nodes = pod_nodes(state.pods.values(), topology.identities)
     if settings.mtls is not MtlsMode.OFF:
         topology.proxies = tunnel_addresses(state.proxy_pods.values(), settings)
+    if settings.capture:
+        topology.capture_proxies = proxy_ips(state.proxy_pods.values(), settings)
     slices = _slices_by_service(state)
     for key in sorted(state.services):
         service = state.services[key]
@@ -294,25 +299,43 @@ def is_node_proxy(pod: ProxyPod, settings: Settings) -> bool:
     )
 
 
-def tunnel_addresses(pods: Iterable[ProxyPod], settings: Settings) -> dict[str, str]:
-    """Each node's proxy tunnel, ``ip:port`` (``[ip6]:port``), from the proxies' own pods:
-    Ready, scheduled, with an IP and a container port named ``tunnel``. Two proxies on one
-    node (a rolling update surges): the one not terminating, then the oldest (it has been
-    serving and holds its certificates; the new one takes over when the old one is told to
-    stop), then the smallest name, so every rebuild picks the same one."""
+def node_proxies(
+    pods: Iterable[ProxyPod], settings: Settings, *, tunnel: bool
+) -> dict[str, ProxyPod]:
+    """Each node's proxy pod: Ready, scheduled, with an IP (and with ``tunnel``, a container
+    port named ``tunnel``). Two proxies on one node (a rolling update surges): the one not
+    terminating, then the oldest (it has been serving and holds its certificates; the new one
+    takes over when the old one is told to stop), then the smallest name, so every rebuild
+    picks the same one."""
     best: dict[str, ProxyPod] = {}
     for pod in pods:
         if not is_node_proxy(pod, settings) or not pod.ready:
             continue
-        if pod.node is None or pod.ip is None or pod.tunnel_port is None:
+        if pod.node is None or pod.ip is None or (tunnel and pod.tunnel_port is None):
             continue
         current = best.get(pod.node)
         if current is None or _proxy_order(pod) < _proxy_order(current):
             best[pod.node] = pod
+    return dict(sorted(best.items()))
+
+
+def tunnel_addresses(pods: Iterable[ProxyPod], settings: Settings) -> dict[str, str]:
+    """Each node's proxy tunnel, ``ip:port`` (``[ip6]:port``), of :func:`node_proxies`."""
     return {
         node: _address(pod.ip, pod.tunnel_port)
-        for node, pod in sorted(best.items())
+        for node, pod in node_proxies(pods, settings, tunnel=True).items()
         if pod.ip is not None and pod.tunnel_port is not None
+    }
+
+
+def proxy_ips(pods: Iterable[ProxyPod], settings: Settings) -> dict[str, str]:
+    """Each node's proxy pod IP (:func:`node_proxies`), for the capture agents. A node whose
+    proxy is not Ready has none, so its agent captures nothing (traffic then goes straight to
+    the Service, unrouted, rather than to a proxy that cannot answer)."""
+    return {
+        node: pod.ip
+        for node, pod in node_proxies(pods, settings, tunnel=False).items()
+        if pod.ip is not None
     }
 
 

@@ -27,7 +27,7 @@ def as_api(doc: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def test_the_proxy_pods_are_read_only_with_mtls_on() -> None:
+def test_the_proxy_pods_are_read_only_with_mtls_or_capture_on() -> None:
     async def kinds(settings: Settings) -> list[str]:
         api = client.ApiClient()
         try:
@@ -39,6 +39,7 @@ def test_the_proxy_pods_are_read_only_with_mtls_on() -> None:
     on = asyncio.run(kinds(PERMISSIVE))
     assert on.count("ProxyPod") == 1 and on.count("Pod") == 1
     assert "ProxyPod" in asyncio.run(kinds(Settings(mtls=MtlsMode.STRICT)))
+    assert asyncio.run(kinds(Settings(capture=True))).count("ProxyPod") == 1  # GAMMA capture
 
 
 def test_they_are_listed_in_the_proxies_namespace_by_their_label(
