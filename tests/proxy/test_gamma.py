@@ -72,6 +72,7 @@ async def fetch(
     headers: dict[str, str] | None = None,
     data: bytes = b"",
     local: str = LOCAL,
+    host: str = HOST,
 ) -> Answer:
     """One request through the proxy: (status, headers lower-cased, body)."""
     if proto == "http1":
@@ -81,7 +82,7 @@ async def fetch(
             client.request(
                 method,
                 url(port, path),
-                headers={"Host": HOST, **(headers or {})},
+                headers={"Host": host, **(headers or {})},
                 data=data or None,
                 allow_redirects=False,
             ) as resp,
@@ -95,7 +96,7 @@ async def fetch(
                 ip=LOCAL,
                 port=port,
                 method=method,
-                authority=HOST,
+                authority=host,
                 path=path,
                 headers=[(k.lower(), v) for k, v in (headers or {}).items()]
                 + ([("content-length", str(len(data)))] if data else []),
