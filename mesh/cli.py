@@ -270,6 +270,12 @@ LAZY: dict[str, tuple[str, str, str, str]] = {
         "simulate a scenario and run it for real under Locust: both side by side",
     ),
     "proxy": ("mesh.proxy.app", "add_arguments", "run", "run a node proxy"),
+    "capture": (
+        "mesh.proxy.capture",
+        "add_arguments",
+        "run",
+        "run a node's GAMMA capture agent: ClusterIP traffic of route parents to the proxy (nft)",
+    ),
     "controller": (
         "mesh.gate.controller",
         "add_arguments",

@@ -59,6 +59,8 @@ REVIEWED: dict[tuple[str, str], str] = {
     ("loadtests/bench_proxy.py", "fortio"): "fortio",
     ("loadtests/profile_proxy.py", "fortio"): "fortio",
     ("tests/proxy/h2spec.py", "path"): "h2spec",  # the binary make k8s-bins builds
+    ("mesh/proxy/capture.py", "nft"): "nft",  # --nft, default nft
+    ("tests/proxy/test_capture_agent.py", "argv"): "*",  # sh(): ip, nft, ip netns exec ...
 }
 # "*": a helper that starts what its callers give it; the callers' own starts are checked.
 
@@ -79,6 +81,7 @@ DEBIAN = {
     "true": "coreutils",
     "ip": "iproute2",
     "iptables": "iptables",
+    "nft": "nftables",
     "openssl": "openssl",
     "unshare": "util-linux",
     "nsenter": "util-linux",

@@ -20,7 +20,8 @@ compile it, without sharing Python objects:
   a ClusterIP, a capture listener of its own (mesh.core.capture), and each node's proxy pod IP.
 
 TCP and UDP listener assignments are stable: given the previous assignment, a service that did
-not change keeps its port (capture listeners too, see mesh.core.capture). The same topology gives byte-identical JSON.
+not change keeps its port (capture listeners too, see mesh.core.capture). The same topology
+gives byte-identical JSON.
 """
 
 from __future__ import annotations
