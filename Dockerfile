@@ -25,6 +25,11 @@ LABEL org.opencontainers.image.title="simmesh" \
       org.opencontainers.image.description="sidecar-free, simulation-first service mesh: controller, node proxy, test app" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=build /opt/simmesh /opt/simmesh
+# nft, for `simmesh capture` (the chart's GAMMA capture agents). The offline base (the python
+# rootfs of tools/kind/rootfs.sh) has it already; the public slim image gets it from Debian.
+RUN command -v nft >/dev/null || { apt-get update -qq \
+        && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nftables \
+        && rm -rf /var/lib/apt/lists/*; }
 ENV PATH=/opt/simmesh/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1

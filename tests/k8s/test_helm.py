@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 import yaml
 
-from mesh.core.model import Settings
+from mesh.core.model import PortRange, Settings
 from mesh.core.parse import parse_settings
 from mesh.core.shadow import PROXY_SELECTOR, SHADOW_LABEL, shadow_name
 
@@ -752,6 +752,66 @@ def test_route_status_can_be_turned_off(helm: Helm, tmp_path: Path) -> None:
     cmd = container(named, "Deployment", "simmesh-controller")["command"]
     assert cmd[cmd.index("--route-status-controller-name") + 1] == "example.com/mesh"
     controller_settings(cmd, "{}", tmp_path)  # the controller's parser takes the option
+
+
+def test_capture_is_off_by_default(default_docs: list[dict[str, Any]]) -> None:
+    assert not [d for d in default_docs if "capture" in d["metadata"]["name"]]
+    assert settings_of(default_docs).capture is False
+
+
+def test_capture_agents_with_the_value(helm: Helm, tmp_path: Path) -> None:
+    docs = helm.render(
+        "gatewayAPI.capture.enabled=true",
+        "ports.capture.start=30000",
+        "ports.capture.size=20",
+        namespace="mesh-system",
+    )
+    settings = settings_of(docs)
+    assert settings.capture is True and settings.capture_ports == PortRange(30000, 20)
+    daemonset = one(docs, "DaemonSet", "simmesh-capture")
+    pod = daemonset["spec"]["template"]["spec"]
+    assert pod["hostNetwork"] is True and pod["dnsPolicy"] == "ClusterFirstWithHostNet"
+    assert pod["automountServiceAccountToken"] is False  # no API access at all
+    assert pod["tolerations"] == [{"operator": "Exists"}]  # every node
+    agent = container(docs, "DaemonSet", "simmesh-capture")
+    security = agent["securityContext"]
+    assert security["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN"]}
+    assert security["privileged"] is False and security["allowPrivilegeEscalation"] is False
+    assert security["readOnlyRootFilesystem"] is True
+    assert "hostPort" not in str(docs)
+    command = agent["command"]
+    assert command[:2] == ["simmesh", "capture"]
+    url = "http://simmesh-controller.mesh-system.svc.cluster.local:9000"
+    assert command[command.index("--controller") + 1] == url
+    assert command[command.index("--node") + 1] == "$(NODE_NAME)"
+    assert {
+        "name": "NODE_NAME",
+        "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "spec.nodeName"}},
+    } in agent["env"]
+    from mesh.cli import build_parser  # the agent's own parser takes the command
+
+    args = build_parser(command[1:]).parse_args(command[1:])
+    assert args.controller == url and args.node == "$(NODE_NAME)"
+    # no role of its own: its ServiceAccount is bound to nothing
+    bound = [d for d in docs if d["kind"] in ("RoleBinding", "ClusterRoleBinding")]
+    assert not [b for b in bound if any(s["name"] == "simmesh-capture" for s in b["subjects"])]
+    one(docs, "ServiceAccount", "simmesh-capture")
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (("ports.capture.start=5005",), "ports.capture [5005, 6005) overlaps ports.http"),
+        (("ports.capture.start=10900", "ports.capture.size=10"), "overlaps ports.tcp"),
+        (("ports.capture.start=9900", "ports.capture.size=5"), "ports.capture contains 9901"),
+    ],
+)
+def test_capture_ports_that_collide_are_refused(
+    helm: Helm, values: tuple[str, ...], message: str
+) -> None:
+    done = helm.template("gatewayAPI.capture.enabled=true", *values, check=False)
+    assert done.returncode != 0
+    assert message in done.stderr, done.stderr
 
 
 def test_the_gate_is_off_by_default(default_docs: list[dict[str, Any]]) -> None:

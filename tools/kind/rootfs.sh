@@ -6,7 +6,7 @@
 #   tools/kind/rootfs.sh NAME      build it unless cached; print the tarball's path
 #
 # NAME: node    systemd, containerd, runc, the CNI plugins, iptables ... (the kind node image)
-#       python  python3 only (the base of the simmesh image: `make image` offline)
+#       python  python3 and nftables (the base of the simmesh image: `make image` offline)
 #       netbase iptables and conntrack (the base of the kube-proxy image)
 # Downloaded .debs are kept in $SIMMESH_CACHE/kind/debs, so a rebuild needs no download.
 set -euo pipefail
@@ -20,7 +20,7 @@ packages() {
         node) echo systemd conntrack iptables nftables iproute2 ethtool util-linux mount kmod \
             libseccomp2 pigz bash ca-certificates curl jq procps socat containerd runc \
             containernetworking-plugins ;;
-        python) echo python3 ;;
+        python) echo python3 nftables ;;  # nft: the GAMMA capture agent (simmesh capture)
         netbase) echo iptables conntrack ;;
         *) die "unknown rootfs $1 (node, python or netbase)" ;;
     esac

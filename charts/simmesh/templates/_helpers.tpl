@@ -34,11 +34,22 @@ http://simmesh-controller.{{ .Release.Namespace }}.svc.{{ trimAll "." .Values.cl
 
 {{/* Refuse port ranges that collide: HTTP and TCP listeners share the TCP port space, and
 the proxy's admin port is 9901, and with mTLS its tunnel port (TCP) is neither. TCP and UDP
-ranges may overlap (different protocols). */}}
+ranges may overlap (different protocols). The capture listeners (TCP) overlap neither HTTP nor
+TCP listeners. */}}
 {{- define "simmesh.checkPorts" -}}
 {{- $http := .Values.ports.http -}}
 {{- $tcp := .Values.ports.tcp -}}
 {{- $udp := .Values.ports.udp -}}
+{{- $capture := .Values.ports.capture | default (dict "start" 12000 "size" 1000) -}}
+{{- $captureEnd := add $capture.start $capture.size | int -}}
+{{- if gt $captureEnd 65536 -}}
+{{- fail (printf "ports.capture: %v + %v ports go past 65535" $capture.start $capture.size) -}}
+{{- end -}}
+{{- range $name, $r := dict "http" $http "tcp" $tcp -}}
+{{- if and (lt (int $capture.start) (add $r.start $r.size | int)) (lt (int $r.start) $captureEnd) -}}
+{{- fail (printf "ports.capture [%v, %v) overlaps ports.%s [%v, %v)" $capture.start $captureEnd $name $r.start (add $r.start $r.size)) -}}
+{{- end -}}
+{{- end -}}
 {{- $httpEnd := add $http.start $http.size | int -}}
 {{- $tcpEnd := add $tcp.start $tcp.size | int -}}
 {{- $udpEnd := add $udp.start $udp.size | int -}}
@@ -50,7 +61,7 @@ ranges may overlap (different protocols). */}}
 {{- if and (lt (int $http.start) $tcpEnd) (lt (int $tcp.start) $httpEnd) -}}
 {{- fail (printf "ports.http [%v, %v) overlaps ports.tcp [%v, %v)" $http.start $httpEnd $tcp.start $tcpEnd) -}}
 {{- end -}}
-{{- range $name, $r := dict "http" $http "tcp" $tcp -}}
+{{- range $name, $r := dict "http" $http "tcp" $tcp "capture" $capture -}}
 {{- if and (le (int $r.start) 9901) (gt (add $r.start $r.size | int) 9901) -}}
 {{- fail (printf "ports.%s contains 9901, the proxy's admin port" $name) -}}
 {{- end -}}
@@ -60,7 +71,7 @@ ranges may overlap (different protocols). */}}
 {{- if eq $tunnel 9901 -}}
 {{- fail "proxy.tunnelPort 9901 is the proxy's admin port" -}}
 {{- end -}}
-{{- range $name, $r := dict "http" $http "tcp" $tcp -}}
+{{- range $name, $r := dict "http" $http "tcp" $tcp "capture" $capture -}}
 {{- if and (le (int $r.start) $tunnel) (gt (add $r.start $r.size | int) $tunnel) -}}
 {{- fail (printf "proxy.tunnelPort %d is in ports.%s [%v, %v)" $tunnel $name $r.start (add $r.start $r.size)) -}}
 {{- end -}}
@@ -93,6 +104,10 @@ tcpPorts:
 udpPorts:
   start: {{ .Values.ports.udp.start | int }}
   size: {{ .Values.ports.udp.size | int }}
+capture: {{ .Values.gatewayAPI.capture.enabled | default false }}
+capturePorts:
+  start: {{ (.Values.ports.capture | default dict).start | default 12000 | int }}
+  size: {{ (.Values.ports.capture | default dict).size | default 1000 | int }}
 mtls: {{ include "simmesh.mtls" . | quote }}
 trustDomain: {{ .Values.trustDomain | default "cluster.local" | quote }}
 {{- end -}}
