@@ -104,18 +104,8 @@ def build_config(
             routes[rkey] = msgspec.structs.replace(routes[rkey], listener=number)
             listeners.append(schema.Listener(port=number, protocol=proto, route=rkey))  # type: ignore[arg-type]
         for rkey in overflow:
-            namespace, _, rest = rkey.partition("/")
-            name, _, number_text = rest.rpartition(":")
             del routes[rkey]
-            last = pool.start + pool.size - 1
-            errors.append(
-                ObjectError(
-                    ObjectRef("Service", namespace, name),
-                    "spec.ports",
-                    f"no free {proto.upper()} listener left in {pool.start}..{last} for port "
-                    f"{number_text}; raise the {proto}Ports size",
-                )
-            )
+            errors.append(_pool_full(rkey, pool, f"{proto.upper()} listener", f"{proto}Ports"))
     listeners.sort(key=lambda item: item.port)
     capture = _capture(topology, settings, routes, previous, errors) if settings.capture else None
     config = MeshConfig(
@@ -167,18 +157,10 @@ def _capture(
         if route.gamma is not None and route.protocol == "http" and ip:
             wanted[key] = ip
     assigned, overflow = assign_capture_ports(list(wanted), settings.capture_ports, previous)
-    pool = settings.capture_ports
     for key in overflow:
-        namespace, _, rest = key.partition("/")
-        name, _, number = rest.rpartition(":")
+        why = "its ClusterIP traffic is not captured, so its GAMMA routes do not apply to it"
         errors.append(
-            ObjectError(
-                ObjectRef("Service", namespace, name),
-                "spec.ports",
-                f"no free capture listener left in {pool.start}..{pool.start + pool.size - 1} "
-                f"for port {number}: its ClusterIP traffic is not captured, so its GAMMA "
-                "routes do not apply to it; raise the capturePorts size",
-            )
+            _pool_full(key, settings.capture_ports, "capture listener", "capturePorts", why)
         )
     return schema.Capture(
         listeners=[
@@ -188,6 +170,20 @@ def _capture(
             for key, number in sorted(assigned.items(), key=lambda item: item[1])
         ],
         proxies=dict(topology.capture_proxies),
+    )
+
+
+def _pool_full(key: str, pool: PortRange, what: str, setting: str, why: str = "") -> ObjectError:
+    """The error on the Service of ``key`` (ns/name:port) when ``pool`` has no port left."""
+    namespace, _, rest = key.partition("/")
+    name, _, number = rest.rpartition(":")
+    last = pool.start + pool.size - 1
+    because = f": {why}" if why else ""
+    return ObjectError(
+        ObjectRef("Service", namespace, name),
+        "spec.ports",
+        f"no free {what} left in {pool.start}..{last} for port {number}{because}; "
+        f"raise the {setting} size",
     )
 
 

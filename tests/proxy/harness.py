@@ -408,6 +408,35 @@ async def h2_backend(host: str, name: str = "h2") -> AsyncIterator[tuple[str, in
         await server.wait_closed()
 
 
+async def grpc_call(
+    client: Any, port: int, authority: str, path: str = "/grpc.testing.TestService/UnaryCall"
+) -> tuple[int, dict[str, str]]:
+    """One unary gRPC-style call over ``client`` (an H2Upstream: its connection is reused):
+    (status, trailers)."""
+    from mesh.proxy.body import Body
+    from mesh.proxy.upstream import UpstreamRequest
+
+    resp = await client.send(
+        UpstreamRequest(
+            scheme="h2c",
+            ip=LOCAL,
+            port=port,
+            method="POST",
+            authority=authority,
+            path=path,
+            headers=[("content-type", "application/grpc"), ("te", "trailers")],
+            body=Body(BytesReader(b"\x00\x00\x00\x00\x00"), 5, chunked=False),
+            timeout=5.0,
+            server_name=None,
+        )
+    )
+    while await resp.read():
+        pass
+    answer = resp.status, dict(resp.trailers() or [])
+    resp.release()
+    return answer
+
+
 class BytesReader:
     def __init__(self, data: bytes, chunk: int = 16384) -> None:
         self._data = memoryview(data)

@@ -20,18 +20,20 @@ import pytest
 from mesh.core.model import PortRange
 from mesh.core.schema import MeshConfig
 from mesh.proxy.proxy import Proxy
+from mesh.proxy.upstream_h2 import H2Upstream
 from tests.proxy.harness import (
     LOCAL,
     backends,
     build,
     endpoints,
     free_range,
-    pod,
+    grpc_call,
+    h2_backend,
     running_proxy,
     service,
     settings,
 )
-from tests.proxy.test_gamma import PROTOCOLS, echoed, fetch, ref, route
+from tests.proxy.test_gamma import CALLERS, PROTOCOLS, consumer_route, echoed, fetch, ref, route
 
 SET_HEADER = {
     "type": "ResponseHeaderModifier",
@@ -96,17 +98,8 @@ async def test_a_capture_listener_routes_by_its_service_not_by_host(proto: str) 
 
 
 async def test_a_consumer_route_applies_to_its_namespace_only_on_the_capture_listener() -> None:
-    consumer = route(
-        [{"filters": [SET_HEADER], "backendRefs": [ref("web-v2", namespace="demo")]}],
-        name="mine",
-        ns="caller",
-        namespace="demo",
-    )
-    callers = [
-        pod("client", "127.0.0.7", "client", namespace="caller"),
-        pod("local", "127.0.0.8", "local"),
-    ]
-    async with mesh(consumer, *callers) as (_, config, _proxy):
+    consumer = consumer_route(filters=[SET_HEADER])
+    async with mesh(consumer, *CALLERS) as (_, config, _proxy):
         port = capture_port(config, "demo/web:80")
         status, headers, body = await fetch("http1", port, host="web.demo", local="127.0.0.7")
         assert echoed((status, headers, body))["backend"] == "b2"
@@ -127,3 +120,36 @@ async def test_capture_listeners_open_and_close_with_the_config() -> None:
         assert (port, "http") not in proxy.listeners.open
         with pytest.raises(OSError):
             await fetch("http1", port, host="x")
+
+
+async def test_a_grpc_route_on_a_capture_listener_chooses_per_stream_over_one_connection() -> None:
+    """MeshGRPCRouteWeight through capture: `grpc://echo:7070` sends :authority `echo:7070`
+    (a short name the shared listeners could not route), all calls on one h2c connection."""
+    grpc_route = {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "GRPCRoute",
+        "metadata": {"name": "g", "namespace": "demo"},
+        "spec": {
+            "parentRefs": [{"group": "", "kind": "Service", "name": "echo", "port": 7070}],
+            "rules": [{"backendRefs": [ref("one", 1), ref("two", 1)]}],
+        },
+    }
+    async with h2_backend("127.0.0.2", "one") as first, h2_backend("127.0.0.3", "two") as second:
+        docs = [service("echo", ports=[("grpc", 7070)], cluster_ip="10.96.0.20")]
+        docs += [*endpoints("echo", [first], port_name="grpc")]
+        for name, target in (("one", first), ("two", second)):
+            docs += [service(name, cluster_ip=None), *endpoints(name, [target])]
+        world = Mesh(free_range(1), docs)
+        config = world.config(grpc_route)
+        port = capture_port(config, "demo/echo:7070")
+        async with running_proxy(config):
+            client = H2Upstream(connect_timeout=2.0)
+            try:
+                messages = []
+                for _ in range(4):  # one h2c connection, a choice per stream
+                    status, trailers = await grpc_call(client, port, "echo:7070")
+                    assert status == 200
+                    messages.append(trailers["grpc-message"])
+                assert sorted(messages) == ["one ok", "one ok", "two ok", "two ok"]
+            finally:
+                await client.close()

@@ -28,6 +28,7 @@ from tests.proxy.harness import (
     build,
     endpoints,
     free_range,
+    grpc_call,
     h2_backend,
     metric,
     pod,
@@ -340,18 +341,22 @@ async def test_mirrors_in_flight_are_bounded() -> None:
 # -- consumers -------------------------------------------------------------------------------
 
 
+def consumer_route(**rule: Any) -> dict[str, Any]:
+    """A consumer route of namespace caller on demo/web, sending to web-v2."""
+    rules = [{"backendRefs": [ref("web-v2", namespace="demo")], **rule}]
+    return route(rules, name="mine", ns="caller", namespace="demo")
+
+
+# a caller in the consumer route's namespace (127.0.0.7), one in the Service's (127.0.0.8)
+CALLERS = [
+    pod("client", "127.0.0.7", "client", namespace="caller"),
+    pod("local", "127.0.0.8", "local"),
+]
+
+
 async def test_a_consumer_route_governs_its_namespaces_callers_only() -> None:
-    consumer = route(
-        [{"backendRefs": [ref("web-v2", namespace="demo")]}],
-        name="mine",
-        ns="caller",
-        namespace="demo",
-    )
-    callers = [
-        pod("client", "127.0.0.7", "client", namespace="caller"),
-        pod("local", "127.0.0.8", "local"),
-    ]
-    async with mesh([{"backendRefs": [ref("web-v1")]}], consumer, *callers) as (port, _):
+    consumer = consumer_route()
+    async with mesh([{"backendRefs": [ref("web-v1")]}], consumer, *CALLERS) as (port, _):
         assert echoed(await fetch("http1", port, local="127.0.0.7"))["backend"] == "b2"
         assert echoed(await fetch("http1", port, local="127.0.0.8"))["backend"] == "b1"
         assert echoed(await fetch("http1", port))["backend"] == "b1"  # no identity: producer
@@ -399,43 +404,12 @@ async def test_grpc_route_over_h2c_to_h2c_backends_per_stream() -> None:
             try:
                 answers = []
                 for _ in range(4):  # one h2c connection, a choice per stream
-                    resp = await client.send(
-                        UpstreamRequest(
-                            scheme="h2c",
-                            ip=LOCAL,
-                            port=http,
-                            method="POST",
-                            authority="echo.demo.mesh",
-                            path="/grpc.testing.TestService/UnaryCall",
-                            headers=[("content-type", "application/grpc"), ("te", "trailers")],
-                            body=Body(BytesReader(b"\x00\x00\x00\x00\x00"), 5, chunked=False),
-                            timeout=5.0,
-                            server_name=None,
-                        )
-                    )
-                    while await resp.read():
-                        pass
-                    answers.append((resp.status, dict(resp.trailers() or [])))
-                    resp.release()
+                    answers.append(await grpc_call(client, http, "echo.demo.mesh"))
                 assert [status for status, _ in answers] == [200] * 4
                 messages = sorted(trailers["grpc-message"] for _, trailers in answers)
                 assert messages == ["one ok", "one ok", "two ok", "two ok"]
-                resp = await client.send(
-                    UpstreamRequest(
-                        scheme="h2c",
-                        ip=LOCAL,
-                        port=http,
-                        method="POST",
-                        authority="echo.demo.mesh",
-                        path="/other.Service/Call",
-                        headers=[("content-type", "application/grpc")],
-                        body=Body(None, 0, chunked=False),
-                        timeout=5.0,
-                        server_name=None,
-                    )
-                )
-                assert resp.status == 404  # gRPC clients read it as UNIMPLEMENTED
-                resp.close()
+                status, _ = await grpc_call(client, http, "echo.demo.mesh", "/other.Service/Call")
+                assert status == 404  # gRPC clients read it as UNIMPLEMENTED
             finally:
                 await client.close()
 
