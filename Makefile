@@ -7,7 +7,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: setup compile lint test test-interpreted fuzz sim demo bench loadtest clean k8s-bins haproxy h2spec profile
 .PHONY: image kind-node-image kind-up kind-down deploy undeploy test-cluster docker
-.PHONY: conformance conformance-kind
+.PHONY: conformance conformance-kind gateway-bins
 
 setup: $(VENV)/.installed compile
 
@@ -170,3 +170,10 @@ conformance-kind: setup k8s-bins image kind-up
 	KUBECONFIG=$(KIND_KUBECONFIG) $(BIN)/python -m conformance -k default-mode --out out/conformance/default $(CONFORMANCE_ARGS)
 	SIMMESH_IMAGE=$(IMAGE) $(BIN)/pytest tests/conformance/cluster -v
 	bash tools/kind/undeploy.sh
+
+# ---------------------------------------------------------------- Gateway API (GAMMA) conformance
+# docs/gamma-conformance-notes.md. The official suite (conformance/gateway, a Go test module) and
+# Istio's echo app it runs in its pods, built from the Go module proxy into ~/.cache/simmesh/bin
+# (tools/gateway/build.sh: idempotent; cold about 7 + 4 minutes on a shared 2-core machine).
+gateway-bins:
+	bash tools/gateway/build.sh
