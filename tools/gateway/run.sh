@@ -8,7 +8,7 @@
 # 2. builds the echo image under the name the suite's manifests use and loads it into every
 #    node (imagePullPolicy IfNotPresent: a loaded image is never pulled);
 # 3. deploys simmesh with the chart's Gateway API CRDs (gatewayAPI.installCRDs, the same
-#    bundle version as the suite, which checks it) and GAMMA capture on (gamma.capture.enabled:
+#    bundle version as the suite, which checks it) and GAMMA capture on (gatewayAPI.capture.enabled:
 #    the suite calls Services by their cluster names, so their ClusterIPs must reach the proxy);
 # 4. runs the suite with the supported features below, writing the upstream ConformanceReport
 #    to out/conformance/gateway/report.yaml and its log beside it;
@@ -63,7 +63,7 @@ undeploy() { [ "${GATEWAY_KEEP:-}" = 1 ] || bash "$ROOT/tools/kind/undeploy.sh";
 trap undeploy EXIT
 # shellcheck disable=SC2086 # GATEWAY_VALUES is a list of helm flags
 step "simmesh with the Gateway API CRDs and GAMMA capture" bash "$ROOT/tools/kind/deploy.sh" \
-    "$IMAGE" ${GATEWAY_VALUES:---set gatewayAPI.installCRDs=true --set gamma.capture.enabled=true} "$@"
+    "$IMAGE" ${GATEWAY_VALUES:---set gatewayAPI.installCRDs=true --set gatewayAPI.capture.enabled=true} "$@"
 
 mkdir -p "$OUT"
 version=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo dev)
