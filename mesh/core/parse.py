@@ -600,6 +600,8 @@ def settings_doc(settings: Settings) -> dict[str, Any]:
         "httpPorts": {"start": settings.http_ports.start, "size": settings.http_ports.size},
         "tcpPorts": {"start": settings.tcp_ports.start, "size": settings.tcp_ports.size},
         "udpPorts": {"start": settings.udp_ports.start, "size": settings.udp_ports.size},
+        "mtls": settings.mtls.value,
+        "trustDomain": settings.trust_domain,
     }
 
 
