@@ -22,8 +22,10 @@ import ssl
 from typing import cast
 
 from mesh.proxy.context import Context
+from mesh.proxy.h2server import H2Server
 from mesh.proxy.http1 import H1Server
-from mesh.proxy.mtls import PeerRefused, TunnelTls, failure_reason
+from mesh.proxy.mtls import ALPN_H2, ALPN_STREAM, PeerRefused, TunnelTls, failure_reason
+from mesh.proxy.streamserver import StreamServer
 
 log = logging.getLogger("simmesh.proxy.tunnel")
 
@@ -81,9 +83,18 @@ class _Accept(asyncio.Protocol):
             secured.abort()
             return
         tls.handshake("server")
-        conn = server.h1.connection()
-        conn.peer_identity = identity
-        conn.on_close = server.closed
+        ssl_object = secured.get_extra_info("ssl_object")
+        alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
+        conn: asyncio.Protocol
+        if alpn == ALPN_STREAM:
+            conn = StreamServer(
+                server.ctx, identity, self.peer_ip, server.port, server.streams, server.closed
+            )
+        else:
+            front = server.h2.connection() if alpn == ALPN_H2 else server.h1.connection()
+            front.peer_identity = identity
+            front.on_close = server.closed
+            conn = front
         secured.set_protocol(conn)
         conn.connection_made(secured)
         for data in self.early:
@@ -120,6 +131,8 @@ class TunnelServer:
         self.tls = tls
         self.port = tls.port
         self.h1 = H1Server(ctx, tls.port)
+        self.h2 = H2Server(ctx, tls.port)
+        self.streams: set[StreamServer] = set()
         self.pending: set[_Accept] = set()
         self._server: asyncio.Server | None = None
         self._warned: dict[str, float] = {}
@@ -151,12 +164,16 @@ class TunnelServer:
             self._server.close()
             self._server = None
         self.h1.retire_all()
+        self.h2.retire_all()
         for accept in list(self.pending):
             if accept.transport is not None:
                 accept.transport.abort()
 
     def active(self) -> int:
-        return self.h1.active()
+        return self.h1.active() + self.h2.active() + len(self.streams)
 
     def abort(self) -> None:
         self.h1.abort_all()
+        self.h2.abort_all()
+        for stream in list(self.streams):
+            stream.abort()

@@ -52,7 +52,13 @@ import httptools
 from mesh.core.policies import IDEMPOTENT_METHODS, Failure
 from mesh.proxy.body import Body, ClientGone
 from mesh.proxy.headers import Outgoing, body_framing, encode_head, head_block, status_line
-from mesh.proxy.mtls import PeerRefused, TunnelTls, expect_identity, failure_reason
+from mesh.proxy.mtls import (
+    PeerRefused,
+    TunnelTls,
+    expect_identity,
+    failure_reason,
+    tunnel_failure,
+)
 from mesh.proxy.resources import Slot, UpstreamGate
 from mesh.proxy.upstream import (
     Call,
@@ -68,20 +74,6 @@ from mesh.proxy.upstream import (
 Key = tuple[str, int, str]  # ip, port; for a tunnel, its pool (identities), else ""
 HIGH_WATER = 256 * 1024  # response bytes queued before reading from the upstream pauses
 _FRAMING = frozenset({"content-length", "transfer-encoding"})
-
-
-_TUNNEL_FAILURES = {
-    "upstream-connect-failed": Failure.CONNECT,
-    "upstream-reset": Failure.RESET,
-    "upstream-timeout": Failure.TIMEOUT,
-}
-
-
-def _reason_of(response: Response) -> str:
-    for name, value in response.header_items():
-        if name.lower() == "x-simmesh-reason":
-            return value
-    return ""
 
 
 def _stop(handle: asyncio.TimerHandle | None) -> None:
@@ -593,7 +585,7 @@ class _Attempt:
     def responded(self, response: Response) -> None:
         self.conn = None
         if self.hop is not None and response.status >= 502:
-            failure = _TUNNEL_FAILURES.get(_reason_of(response))
+            failure = tunnel_failure(response.status, response.header_items())
             if failure is not None:  # the destination proxy could not reach its pod
                 response.whole()
                 response.release()
