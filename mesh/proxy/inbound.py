@@ -6,9 +6,12 @@ verified against the trust bundle, this node's certificate chosen by SNI), so ev
 handshake is seen here and counted by reason (plaintext, an untrusted or missing client
 certificate, an old TLS version...). Once the peer's certificate proves a workload identity
 of the trust domain (:meth:`~mesh.proxy.mtls.TunnelTls.peer_identity`), the connection is
-handed to the HTTP/1.1 front end (:class:`~mesh.proxy.http1.H1Connection`) with that identity:
-every request on it is decided by the core's ``Engine.decide_tunnel`` (the target must be a
-pod of this node the identity is granted) and delivered to the pod, plaintext, on the node.
+handed, with that identity, to what its ALPN protocol names: the HTTP/1.1 front end
+(:class:`~mesh.proxy.http1.H1Connection`, ``simmesh-tunnel/1`` or none), the h2 front end
+(``simmesh-h2/1``) or the stream server (:mod:`mesh.proxy.streamserver`,
+``simmesh-stream/1``, TCP flows). Every request, stream or flow on it is decided by the
+core's ``Engine.decide_tunnel`` (the target must be a pod of this node the identity is
+granted) and delivered to the pod, plaintext, on the node.
 
 The tunnel port is opened while the config has mTLS on and this proxy holds certificates;
 it never speaks plaintext, in permissive mode either.
@@ -165,12 +168,14 @@ class TunnelServer:
             self._server = None
         self.h1.retire_all()
         self.h2.retire_all()
+        for stream in list(self.streams):
+            stream.retire()
         for accept in list(self.pending):
             if accept.transport is not None:
                 accept.transport.abort()
 
     def active(self) -> int:
-        return self.h1.active() + self.h2.active() + len(self.streams)
+        return self.h1.active() + self.h2.active() + sum(s.busy for s in self.streams)
 
     def abort(self) -> None:
         self.h1.abort_all()

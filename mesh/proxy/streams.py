@@ -390,8 +390,10 @@ class StreamPool:
         return False
 
     def close(self) -> None:
+        """The proxy stops: idle connections are dropped at once (a TLS close would need
+        the event loop for its close_notify)."""
         for idle in self._idle.values():
             for conn in idle:
                 if conn.transport is not None:
-                    conn.transport.close()
+                    conn.transport.abort()
         self._idle.clear()

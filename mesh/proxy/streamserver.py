@@ -94,6 +94,7 @@ class StreamServer(asyncio.Protocol):
         self.state = "idle"  # idle, connecting, open (a flow), closed
         self.pod: _Pod | None = None
         self.task: asyncio.Task[None] | None = None
+        self.retiring = False  # the proxy stops: close once no flow is open
         self._reset_flow()
 
     def _reset_flow(self) -> None:
@@ -266,6 +267,19 @@ class StreamServer(asyncio.Protocol):
         if self.life is not None and not self.life.done:
             self.life.handle(Delivered(self.failure), time.monotonic())
         self._count(closed=True)
+        if self.retiring and self.transport is not None:
+            self.transport.close()
+
+    def retire(self) -> None:
+        """The proxy stops accepting: an idle connection closes now, a busy one after its
+        flow (the source proxy opens its next flow elsewhere or anew)."""
+        self.retiring = True
+        if self.state == "idle" and self.transport is not None:
+            self.transport.abort()  # at a frame boundary: nothing is lost
+
+    @property
+    def busy(self) -> bool:
+        return self.state in ("connecting", "open")
 
     # -- the tunnel connection ----------------------------------------------------------------
 

@@ -142,6 +142,26 @@ async def test_the_pods_reset_reaches_the_client_and_the_tunnel_is_not_reused(
         assert metric(net.a, "simmesh_proxy_tunnel_handshakes_total", side="client") == 2
 
 
+async def test_a_draining_destination_closes_idle_stream_tunnels_and_waits_for_busy_ones(
+    tmp_path: Path,
+) -> None:
+    async with two_nodes(tmp_path, flows=True) as net:
+        reader, writer = await _flow(net)  # one busy
+        writer.write(b"ping")
+        assert await asyncio.wait_for(reader.readexactly(4), 5) == b"ping"
+        assert await _echo_and_half_close(net) == b"total %d\n" % (4 + 4 + BULK)  # one idle
+        assert net.b.tunnel is not None and len(net.b.tunnel.streams) == 2
+        draining = asyncio.create_task(net.b.drain(timeout=5, delay=0))
+        assert await until(lambda: len(net.b.tunnel.streams) == 1)  # the idle one closed
+        assert not draining.done()  # the busy flow goes on
+        writer.write(b"pong")
+        assert await asyncio.wait_for(reader.readexactly(4), 5) == b"pong"
+        writer.write_eof()
+        assert (await asyncio.wait_for(reader.read(), 5)).endswith(b"total 8\n")
+        writer.close()
+        assert await asyncio.wait_for(draining, 5)  # drained once the flow ended
+
+
 async def test_tcp_acl_on_the_certificate_identity(tmp_path: Path) -> None:
     """ACL mode: demo/client is granted the TCP port, demo/intruder is not. node-b judges the
     identity of the client certificate, whatever node-a decided."""
@@ -287,10 +307,11 @@ async def _h2(
         ids.append(stream)
         headers = [(":method", "POST"), (":scheme", "http"), (":authority", host)]
         headers += [(":path", path), ("content-type", "application/grpc"), ("te", "trailers")]
-        conn.send_headers(stream, headers)
+        conn.send_headers(stream, headers, end_stream=not body)
         for at in range(0, len(body), 16384):  # within the connection's first window
             conn.send_data(stream, body[at : at + 16384])
-        conn.end_stream(stream)
+        if body:
+            conn.end_stream(stream)
     writer.write(conn.data_to_send())
     results: dict[int, list[Any]] = {i: [{}, bytearray(), {}] for i in ids}
     open_ = set(ids)
@@ -356,6 +377,23 @@ async def test_an_http1_client_reaches_an_h2c_pod_through_the_tunnel(tmp_path: P
         assert "simmesh-cluster" not in echoed["headers"]
         assert CLIENT_IP in echoed["headers"]["x-forwarded-for"]
         assert metric(net.b, "simmesh_proxy_tunnel_handshakes_total", side="server") == 1
+
+
+async def test_an_h2c_pod_the_destination_cannot_reach_is_a_connect_failure_at_the_source(
+    tmp_path: Path,
+) -> None:
+    """node-b answers 502 upstream-connect-failed: node-a records a connect failure (which
+    its retry rules may retry elsewhere) rather than relaying a pod's answer. (No request
+    body: one that went out already makes the failure a reset, by the core's rules.)"""
+    objects = [
+        service("deadgrpc", annotations={"simmesh.io/scheme": "h2c"}),
+        _slice("deadgrpc", FAR_IP, free_port(), "far", "node-b"),
+    ]
+    async with two_nodes(tmp_path, flows=True, objects=objects) as net:
+        [(headers, _, _)] = await _h2(net.http, [("/grpc/Echo", b"")], host="deadgrpc.demo.mesh")
+        assert headers[":status"] == "502"
+        assert headers["x-simmesh-reason"] == "upstream-connect-failed"
+        assert metric(net.a, "simmesh_proxy_upstream_failures_total", failure="connect") >= 1
 
 
 async def test_h2c_through_the_tunnel_is_authorised_on_the_certificate(tmp_path: Path) -> None:
