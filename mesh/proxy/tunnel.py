@@ -32,8 +32,9 @@ from mesh.core.routing import Endpoint, Router
 from mesh.proxy.context import Context
 from mesh.proxy.forward import Exchange, Inbound, connect_with, response_edits
 from mesh.proxy.headers import request_headers, response_headers
+from mesh.proxy.mtls import PeerRefused, expect_identity, failure_reason
 from mesh.proxy.resources import Slot, UpstreamLimit
-from mesh.proxy.upstream import UpstreamError
+from mesh.proxy.upstream import TunnelHop, UpstreamError
 
 HIGH_WATER = 1 << 20
 _HEAD_LIMIT = 64 * 1024
@@ -138,8 +139,21 @@ async def tunnel(ctx: Context, client: Client, inbound: Inbound) -> None:
     name = snapshot.server_name(d.cluster.service) if verify else None
     connect_timeout = ctx.options.connect_timeout
     slots: list[Slot] = []  # the connection's place under --max-upstream-connections
+    hops: list[TunnelHop] = []  # the attempt that connected went through an mTLS tunnel
+    tls = fw.tunnels if snapshot.router.mtls != "off" else None
 
     async def connect(endpoint: Endpoint) -> _Conn:
+        hop = None
+        if tls is not None:
+            hop = tls.plan(
+                snapshot.router,
+                endpoint=endpoint,
+                source=ex.source,
+                cluster=d.cluster.key if d.cluster is not None else "",
+            )
+        if hop is not None:
+            return await _through(ctx, hop, slots, hops)
+
         async def open_(slot: Slot) -> _Conn:
             async with asyncio.timeout(connect_timeout):
                 conn = await asyncio.open_connection(
@@ -168,7 +182,8 @@ async def tunnel(ctx: Context, client: Client, inbound: Inbound) -> None:
         client.local(ex)
         return
     try:
-        await _exchange(ctx, client, inbound, ex, reader, writer)
+        extra = hops[-1].head if hops else b""
+        await _exchange(ctx, client, inbound, ex, reader, writer, extra)
     except BaseException:
         if life.done:
             raise
@@ -178,6 +193,46 @@ async def tunnel(ctx: Context, client: Client, inbound: Inbound) -> None:
         writer.close()
         for slot in slots:
             slot.release()
+        if hops and tls is not None:
+            tls.closed("client")
+
+
+async def _through(ctx: Context, hop: TunnelHop, slots: list[Slot], hops: list[TunnelHop]) -> _Conn:
+    """A connection of its own through an mTLS tunnel (HTTP/1.1, ``simmesh-tunnel/1``) to the
+    pod's node's proxy, which proved the pod's identity; that proxy performs the upgrade."""
+    tls = ctx.forwarder.tunnels
+    assert tls is not None
+    timeout = ctx.options.connect_timeout
+    where = f"tunnel {hop.host}:{hop.port} ({hop.expect})"
+
+    async def open_(slot: Slot) -> _Conn:
+        async with asyncio.timeout(timeout):
+            conn = await asyncio.open_connection(
+                hop.host,
+                hop.port,
+                ssl=hop.context,
+                server_hostname=hop.server_name,
+                ssl_handshake_timeout=timeout,
+            )
+        slots.append(slot)
+        return conn
+
+    try:
+        reader, writer = await ctx.upstreams.connect(open_, where=where)
+    except (OSError, TimeoutError) as exc:
+        reason = failure_reason(exc)
+        if isinstance(exc, ssl.SSLError) or reason == "timeout":
+            tls.failed("client", reason)
+        raise UpstreamError(Failure.CONNECT, f"{where}: {reason}: {exc}") from exc
+    try:
+        expect_identity(tls, writer.get_extra_info("ssl_object"), hop.expect)
+    except PeerRefused as exc:
+        tls.failed("client", exc.reason)
+        writer.transport.abort()
+        raise UpstreamError(Failure.CONNECT, f"{where}: {exc}") from None
+    tls.handshake("client")
+    hops.append(hop)
+    return reader, writer
 
 
 async def _exchange(
@@ -187,7 +242,9 @@ async def _exchange(
     ex: Exchange,
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
+    extra: bytes = b"",
 ) -> None:
+    """``extra``: header lines for the proxy at the other end of an mTLS tunnel."""
     fw = ctx.forwarder
     life = ex.life
     canonical = ex.sent
@@ -202,7 +259,8 @@ async def _exchange(
     lines += [f"{n}: {v}" for n, v in headers]
     lines += ["Connection: Upgrade", "Upgrade: websocket", "", ""]
     # Header values arrive decoded as UTF-8 with surrogate escapes: send back the same bytes.
-    writer.write("\r\n".join(lines).encode("utf-8", "surrogateescape"))
+    upgrade = "\r\n".join(lines).encode("utf-8", "surrogateescape")
+    writer.write(upgrade[:-2] + extra + b"\r\n" if extra else upgrade)
     try:
         async with asyncio.timeout(life.timeout):
             raw = await reader.readuntil(b"\r\n\r\n")

@@ -438,3 +438,58 @@ async def _rogue_h2(net: Net, context: ssl.SSLContext) -> str:
             writer.write(conn.data_to_send())
     finally:
         writer.close()
+
+
+# -- WebSocket ---------------------------------------------------------------------------------
+
+
+async def test_a_websocket_to_another_node_goes_through_the_tunnel(tmp_path: Path) -> None:
+    """The upgrade goes on a tunnel connection of its own to node-b's proxy, which authorises
+    the certificate's identity, upgrades with the pod and relays the frames."""
+    import aiohttp
+
+    from tests.proxy.harness import session
+    from tests.proxy.mtlsnet import grant
+
+    async with two_nodes(tmp_path, acl=True, objects=grant("client"), tap=True) as net:
+        connector = aiohttp.TCPConnector(local_addr=(CLIENT_IP, 0))
+        async with (
+            session(connector=connector) as http,
+            http.ws_connect(net.url("far", "/ws"), headers={"Host": "far.demo.mesh"}) as ws,
+        ):
+            for text in ("hello", "x" * 100_000):
+                await ws.send_str(text)
+                assert (await ws.receive(timeout=5)).data == f"far0:{text}"
+            assert metric(net.a, "simmesh_proxy_tunnels_open", side="client") == 1
+        tap = net.extra["taps"][0]
+        assert tap.seen[:1] == b"\x16" and b"hello" not in tap.seen and b"/ws" not in tap.seen
+        assert metric(net.a, "simmesh_proxy_tunnel_handshakes_total", side="client") == 1
+        assert await until(lambda: metric(net.a, "simmesh_proxy_tunnels_open", side="client") == 0)
+        # node-b authorised and counted the caller of the certificate
+        calls = {"service": "demo/far", "source": "demo/client", "code": "101"}
+        assert await until(
+            lambda: metric(net.b, "simmesh_proxy_calls_total", protocol="http", **calls) == 1
+        )
+
+
+async def test_strict_mode_never_upgrades_across_nodes_in_the_clear(tmp_path: Path) -> None:
+    import aiohttp
+
+    from tests.proxy.harness import session
+
+    for mode, expected in ((MtlsMode.STRICT, 502), (MtlsMode.PERMISSIVE, 101)):
+        async with two_nodes(tmp_path, mode=mode, held_a={}) as net:
+            connector = aiohttp.TCPConnector(local_addr=(CLIENT_IP, 0))
+            async with session(connector=connector) as http:
+                try:
+                    async with http.ws_connect(
+                        net.url("far", "/ws"), headers={"Host": "far.demo.mesh"}
+                    ) as ws:
+                        await ws.send_str("hi")
+                        assert (await ws.receive(timeout=5)).data == "far0:hi"
+                        status = 101
+                except aiohttp.WSServerHandshakeError as exc:
+                    status = exc.status
+            assert status == expected, mode
+            sent = metric(net.a, "simmesh_proxy_plaintext_requests_total", direction="sent")
+            assert sent == (1 if mode is MtlsMode.PERMISSIVE else 0)
