@@ -15,6 +15,10 @@ payload:
 - ``DATA``: bytes of the flow, in the direction of the frame.
 - ``EOF``: the sender's direction is done (a TCP half-close); the other direction goes on.
 
+A UDP session travels the same way, its ``OPEN`` adding ``Simmesh-Protocol: udp``: each
+``DATA`` frame is one datagram (boundaries kept), and the session's end is an ``EOF`` from the
+source, after which the connection is closed, not pooled (sessions are long-lived).
+
 A reset (of the client, the pod or either proxy) aborts the tunnel connection, which the other
 side passes on as a reset. Why frames, not the TLS stream's own end: TLS has no half-close that
 asyncio can send (an SSL transport cannot ``write_eof``), and frames also let a connection
@@ -51,6 +55,7 @@ HEADER = struct.Struct("!BI")
 MAX_FRAME = 1 << 20  # a larger length is a protocol error
 MAX_OPEN = 4096  # an OPEN or REPLY payload
 CALLER = "simmesh-caller"
+PROTOCOL = "simmesh-protocol"  # "udp" for a UDP session; absent for a TCP flow
 _KEEPALIVE = 60.0  # an idle pooled stream connection is closed after this
 _MAX_IDLE = 16  # idle connections kept per pool key
 
@@ -219,7 +224,12 @@ class FramedTransport(asyncio.Transport):
         return transport
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self._closing or self._conn.sent_eof or not data:
+        if data:
+            self.send_frame(data)
+
+    def send_frame(self, data: bytes | bytearray | memoryview) -> None:
+        """One DATA frame (a datagram of a UDP session: empty ones too)."""
+        if self._closing or self._conn.sent_eof:
             return
         self._tls().write(b"".join((HEADER.pack(DATA, len(data)), data)))
 
@@ -266,6 +276,51 @@ class FramedTransport(asyncio.Transport):
         return self._tls().get_extra_info(name, default)
 
 
+class TunnelDatagrams(asyncio.DatagramTransport):
+    """What a UDP session sends to: each datagram a DATA frame of its tunnel connection."""
+
+    def __init__(self, framed: FramedTransport) -> None:
+        super().__init__()
+        self._framed = framed
+
+    def sendto(self, data: bytes | bytearray | memoryview, addr: Any = None) -> None:
+        self._framed.send_frame(data)
+
+    def close(self) -> None:
+        self._framed.close()  # EOF, then the connection closes
+
+    def abort(self) -> None:
+        self._framed.abort()
+
+    def is_closing(self) -> bool:
+        return self._framed.is_closing()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._framed.get_extra_info(name, default)
+
+
+class DatagramSide(asyncio.Protocol):
+    """A UDP session's end of a tunnel connection: DATA frames in are datagrams from
+    ``peer`` (the pod); the session gets a :class:`TunnelDatagrams` as its transport."""
+
+    def __init__(self, session: asyncio.DatagramProtocol, peer: tuple[str, int]) -> None:
+        self.session = session
+        self.peer = peer
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.session.connection_made(TunnelDatagrams(cast(FramedTransport, transport)))
+
+    def data_received(self, data: bytes) -> None:
+        self.session.datagram_received(data, self.peer)
+
+    def eof_received(self) -> bool:
+        return True  # the destination ended the session: it ends at its idle timeout here
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None:
+            self.session.error_received(exc)
+
+
 class StreamPool:
     """Stream tunnel connections to other nodes' proxies, idle ones kept per (address,
     identities); each holds a slot of the upstream gate while it is open."""
@@ -278,14 +333,22 @@ class StreamPool:
         gate.add_reclaimer(self._reclaim)
 
     async def open(
-        self, hop: TunnelHop, caller: str, factory: Callable[[], asyncio.Protocol]
+        self,
+        hop: TunnelHop,
+        caller: str,
+        factory: Callable[[], asyncio.Protocol],
+        *,
+        udp: bool = False,
     ) -> asyncio.Protocol:
-        """A flow to ``hop``'s target, through a pooled or new connection: the protocol
-        ``factory`` makes, connected to a :class:`FramedTransport`. UpstreamError
-        (CONNECT) when the tunnel, the destination's decision or its connect fails."""
+        """A flow (``udp``: a UDP session) to ``hop``'s target, through a pooled or new
+        connection: the protocol ``factory`` makes, connected to a :class:`FramedTransport`.
+        UpstreamError (CONNECT) when the tunnel, the destination's decision or its connect
+        fails."""
         key = (hop.host, hop.port, hop.pool)
         where = f"tunnel {hop.host}:{hop.port} ({hop.expect})"
         head = hop.head + f"Simmesh-Caller: {caller}\r\n".encode()
+        if udp:
+            head += b"Simmesh-Protocol: udp\r\n"
         timeout = 2 * self._connect_timeout  # the destination connects within its own
         while True:
             conn = self._take(key)

@@ -11,6 +11,10 @@ both directions ended, the connection waits for the source's next ``OPEN``. A re
 aborts the tunnel connection (the source resets its client); a lost tunnel resets the pod's
 connection. An open flow is judged again by each new config (revocation) on the identity of
 its certificate.
+
+A UDP session (``Simmesh-Protocol: udp`` in its ``OPEN``) gets a connected UDP socket towards
+the pod: each ``DATA`` frame is sent as one datagram, each datagram from the pod comes back as
+one ``DATA`` frame; the source's ``EOF`` ends the session (the socket closes, ``EOF`` answers).
 """
 
 from __future__ import annotations
@@ -27,11 +31,23 @@ from mesh.core.routing import Decision, Endpoint, Router
 from mesh.proxy.context import Context
 from mesh.proxy.forward import connect_flow, tunnel_target
 from mesh.proxy.resources import Slot, UpstreamLimit
-from mesh.proxy.streams import CALLER, DATA, EOF, MAX_OPEN, OPEN, REPLY, Deframer, FrameError, frame
+from mesh.proxy.streams import (
+    CALLER,
+    DATA,
+    EOF,
+    MAX_OPEN,
+    OPEN,
+    PROTOCOL,
+    REPLY,
+    Deframer,
+    FrameError,
+    frame,
+)
 from mesh.proxy.upstream import UpstreamError
 
 log = logging.getLogger("simmesh.proxy.tunnel")
 _HIGH_WATER = 1 << 20
+_KINDS = ("tcp", "udp")
 
 
 class _Pod(asyncio.Protocol):
@@ -69,10 +85,31 @@ class _Pod(asyncio.Protocol):
         self.server.pod_lost(self, exc)
 
 
+class _PodDatagrams(asyncio.DatagramProtocol):
+    """The UDP socket towards the pod of one session."""
+
+    def __init__(self, server: StreamServer) -> None:
+        self.server = server
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        server = self.server
+        server.tx += len(data)
+        if server.transport is not None:
+            server.transport.write(frame(DATA, data))
+
+    def error_received(self, exc: Exception) -> None:
+        self.server.failure = Failure.RESET  # e.g. ICMP port unreachable
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.pod_lost(self, exc)
+
+
 class StreamServer(asyncio.Protocol):
     """One stream tunnel connection (TLS, authenticated as ``identity``)."""
-
-    kind = "tcp"
 
     def __init__(
         self,
@@ -92,7 +129,8 @@ class StreamServer(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.frames = Deframer()
         self.state = "idle"  # idle, connecting, open (a flow), closed
-        self.pod: _Pod | None = None
+        self.kind = "tcp"  # or udp: the flow's protocol
+        self.pod: _Pod | _PodDatagrams | None = None
         self.task: asyncio.Task[None] | None = None
         self.retiring = False  # the proxy stops: close once no flow is open
         self._reset_flow()
@@ -127,12 +165,19 @@ class StreamServer(asyncio.Protocol):
             elif kind == DATA and self.state == "open" and not self.eof_in:
                 self.rx += len(payload)
                 pod = self.pod
-                if pod is not None and pod.transport is not None:
+                if isinstance(pod, _PodDatagrams):
+                    if pod.transport is not None:
+                        pod.transport.sendto(payload)
+                elif pod is not None and pod.transport is not None:
                     pod.transport.write(payload)
             elif kind == EOF and self.state == "open" and not self.eof_in:
                 self.eof_in = True
                 pod = self.pod
-                if pod is not None and pod.transport is not None and pod.transport.can_write_eof():
+                if isinstance(pod, _PodDatagrams):  # the session is over
+                    self.pod_eof()
+                elif (
+                    pod is not None and pod.transport is not None and pod.transport.can_write_eof()
+                ):
                     pod.transport.write_eof()
                 self._maybe_done()
             else:
@@ -152,13 +197,24 @@ class StreamServer(asyncio.Protocol):
             if sep:
                 items.append((name.strip(), value.strip()))
         self.caller = next((v for n, v in items if n.lower() == CALLER), "")
+        protocols = [v for n, v in items if n.lower() == PROTOCOL]
+        self.kind = protocols[0] if len(protocols) == 1 else "tcp"
         address, cluster = tunnel_target(items)
-        if address is None or cluster is None:
+        if address is None or cluster is None or len(protocols) > 1 or self.kind not in _KINDS:
             self.ctx.metrics.count("bad_requests", "400")
-            self._reply("400 bad-request: an OPEN needs one Simmesh-Target and one Simmesh-Cluster")
+            self._reply(
+                "400 bad-request: an OPEN needs one Simmesh-Target, one Simmesh-Cluster "
+                "and at most one Simmesh-Protocol (udp)"
+            )
             return
         if snapshot is None:
             self._reply("503 no-config: the proxy has not received a config yet")
+            return
+        compiled = snapshot.router.clusters.get(cluster)
+        if compiled is not None and compiled.protocol != self.kind:
+            # a raw stream to an HTTP service's pod would pass by its per-request checks
+            self.ctx.metrics.count("bad_requests", "400")
+            self._reply(f"400 bad-request: {compiled.service} is not a {self.kind} service")
             return
         d = self.decision = snapshot.engine.decide_tunnel(
             cluster=cluster,
@@ -170,12 +226,12 @@ class StreamServer(asyncio.Protocol):
         )
         if not d.allowed:
             self.reason = d.reason.value
-            self.ctx.metrics.deny(self.service, "tcp", d.reason.value)
+            self.ctx.metrics.deny(self.service, self.kind, d.reason.value)
             self._count()
             self._reply(f"{d.status or 403} {d.reason.value}: {d.detail}")
             return
         self.state = "connecting"
-        self.ctx.metrics.opened("tcp")
+        self.ctx.metrics.opened(self.kind)
         self.task = asyncio.get_running_loop().create_task(self._connect(d))
 
     def _reply(self, text: str) -> None:
@@ -188,7 +244,16 @@ class StreamServer(asyncio.Protocol):
         snapshot = self.ctx.snapshot
         assert snapshot is not None
 
-        async def connect(endpoint: Endpoint) -> _Pod:
+        async def connect(endpoint: Endpoint) -> _Pod | _PodDatagrams:
+            if self.kind == "udp":
+                try:
+                    _, datagrams = await loop.create_datagram_endpoint(
+                        lambda: _PodDatagrams(self), remote_addr=(endpoint.ip, endpoint.port)
+                    )
+                except OSError as exc:
+                    raise UpstreamError(Failure.CONNECT, f"{endpoint.key}: {exc!r}") from exc
+                return datagrams
+
             async def open_(slot: Slot) -> _Pod:
                 async with asyncio.timeout(timeout):
                     _, pod = await loop.create_connection(
@@ -236,7 +301,7 @@ class StreamServer(asyncio.Protocol):
                 self.transport.write(frame(EOF))
             self._maybe_done()
 
-    def pod_lost(self, pod: _Pod, exc: Exception | None) -> None:
+    def pod_lost(self, pod: _Pod | _PodDatagrams, exc: Exception | None) -> None:
         if pod is not self.pod:
             return
         self.pod_gone = True
@@ -285,12 +350,12 @@ class StreamServer(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         pod = self.pod
-        if pod is not None and pod.transport is not None:
+        if isinstance(pod, _Pod) and pod.transport is not None:
             pod.transport.pause_reading()
 
     def resume_writing(self) -> None:
         pod = self.pod
-        if pod is not None and pod.transport is not None and not pod.transport.is_closing():
+        if isinstance(pod, _Pod) and pod.transport is not None and not pod.transport.is_closing():
             pod.transport.resume_reading()
 
     def eof_received(self) -> bool:
@@ -340,11 +405,11 @@ class StreamServer(asyncio.Protocol):
         self.ctx.flows.discard(self)
         metrics = self.ctx.metrics
         if closed:
-            metrics.closed("tcp")
-            metrics.transferred(self.service, "tcp", self.rx, self.tx)
+            metrics.closed(self.kind)
+            metrics.transferred(self.service, self.kind, self.rx, self.tx)
         d = self.decision
         if d is not None:
-            metrics.called(self.service, "tcp", self.identity, self._code(d))
+            metrics.called(self.service, self.kind, self.identity, self._code(d))
             if self.reason == "forwarded" and d.cluster is not None:
                 metrics.served(d.cluster.service, time.monotonic() - self.connected)
         access = self.ctx.access_log
@@ -360,7 +425,7 @@ class StreamServer(asyncio.Protocol):
 
     def _record(self) -> dict[str, Any]:
         return {
-            "kind": "tcp",
+            "kind": self.kind,
             "listener": self.port,
             "client": self.caller,
             "tunnel_from": self.peer_ip,

@@ -4,10 +4,10 @@ Node ``node-a``: proxy on 127.0.0.1, the client pod ``demo/client`` at 127.0.1.1
 ``demo/local`` (service ``near``) at 127.0.3.1. Node ``node-b``: proxy on 127.0.0.2 and the pod
 ``demo/server`` (service ``far``) at 127.0.2.1; with ``flows``, that pod also serves the TCP
 service ``db`` (an echo, :class:`~tests.proxy.harness.TcpWorkload`) and the h2c service
-``grpc`` (:class:`~tests.proxy.harness.H2Backend`), and ``demo/local`` the TCP service
-``neardb``. Pod addresses are real loopback addresses, so a
-test client binds 127.0.1.1 to be the client pod. A :class:`Tap` can sit between the proxies
-and keep every byte that passes.
+``grpc`` (:class:`~tests.proxy.harness.H2Backend`) and the UDP service ``dns`` (answers
+``u0:<datagram>``), and ``demo/local`` the TCP service ``neardb``. Pod addresses are real
+loopback addresses, so a test client binds 127.0.1.1 to be the client pod. A :class:`Tap` can
+sit between the proxies and keep every byte that passes.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from tests.proxy.harness import (
     running_proxy,
     service,
     tcp_workload,
+    udp_workload,
 )
 
 CLIENT_IP = "127.0.1.1"
@@ -118,7 +119,13 @@ def _pod(name: str, ip: str, account: str, node: str) -> dict[str, Any]:
 
 
 def _slice(
-    service_name: str, ip: str, port: int, pod: str, node: str, port_name: str = "http"
+    service_name: str,
+    ip: str,
+    port: int,
+    pod: str,
+    node: str,
+    port_name: str = "http",
+    protocol: str = "TCP",
 ) -> dict[str, Any]:
     return {
         "apiVersion": "discovery.k8s.io/v1",
@@ -129,7 +136,7 @@ def _slice(
             "labels": {"kubernetes.io/service-name": service_name},
         },
         "addressType": "IPv4",
-        "ports": [{"name": port_name, "port": port, "protocol": "TCP"}],
+        "ports": [{"name": port_name, "port": port, "protocol": protocol}],
         "endpoints": [
             {
                 "addresses": [ip],
@@ -178,12 +185,12 @@ class Net:
     def url(self, host: str, path: str = "/", proxy: str = "127.0.0.1") -> str:
         return f"http://{proxy}:{self.http}{path}"
 
-    def listener(self, service_name: str) -> int:
-        """The TCP listener port of ``demo/<service_name>`` (both proxies)."""
+    def listener(self, service_name: str, protocol: str = "tcp") -> int:
+        """The TCP (or UDP) listener port of ``demo/<service_name>`` (both proxies)."""
         return next(
             item.port
             for item in self.config.listeners
-            if item.protocol == "tcp"
+            if item.protocol == protocol
             and item.route is not None
             and f"/{service_name}:" in item.route
         )
@@ -224,7 +231,8 @@ async def two_nodes(
             (_, db) = await stack.enter_async_context(tcp_workload(FAR_IP))
             (_, neardb) = await stack.enter_async_context(tcp_workload(NEAR_IP))
             (_, grpc) = await stack.enter_async_context(h2_backend(FAR_IP, name="grpc0"))
-            extra.update(db=db, neardb=neardb, grpc=grpc)
+            (_, dns) = await stack.enter_async_context(udp_workload(FAR_IP, "u0"))
+            extra.update(db=db, neardb=neardb, grpc=grpc, dns=dns)
             tcp_type = {"simmesh.io/traffic-type": "tcp"}
             docs += [
                 service("db", ports=[("pg", 5432)], annotations=tcp_type),
@@ -233,11 +241,23 @@ async def two_nodes(
                 _slice("db", FAR_IP, db, "far", "node-b", "pg"),
                 _slice("neardb", NEAR_IP, neardb, "near", "node-a", "pg"),
                 _slice("grpc", FAR_IP, grpc, "far", "node-b"),
+                service(
+                    "dns",
+                    ports=[("dns", 53)],
+                    annotations={"simmesh.io/traffic-type": "udp"},
+                    protocol="UDP",
+                ),
+                _slice("dns", FAR_IP, dns, "far", "node-b", "dns", "UDP"),
             ]
         settings = Settings(acl=acl, mtls=mode, trust_domain=authority.trust_domain)
         from mesh.core.model import PortRange
 
-        settings = replace(settings, http_ports=PortRange(http, 1), tcp_ports=PortRange(tcp, 4))
+        settings = replace(
+            settings,
+            http_ports=PortRange(http, 1),
+            tcp_ports=PortRange(tcp, 4),
+            udp_ports=PortRange(free_range(2), 2),
+        )
         config = build(docs, settings)
         b_address = tunnel_b
         taps: list[Tap] = []
@@ -348,14 +368,17 @@ async def stream_open(
     cluster: str,
     identity: str = "demo/server",
     host: str = "127.0.0.2",
+    udp: bool = False,
 ) -> tuple[str, asyncio.StreamReader, asyncio.StreamWriter]:
-    """OPEN a raw stream straight at a tunnel port, as a (possibly rogue) source proxy does;
-    the REPLY and the connection."""
+    """OPEN a raw stream (``udp``: a UDP session) straight at a tunnel port, as a (possibly
+    rogue) source proxy does; the REPLY and the connection."""
     context.set_alpn_protocols([ALPN_STREAM])
     reader, writer = await asyncio.open_connection(
         host, port, ssl=context, server_hostname=sni_name(identity)
     )
     head = f"Simmesh-Target: {target}\r\nSimmesh-Cluster: {cluster}\r\n".encode()
+    if udp:
+        head += b"Simmesh-Protocol: udp\r\n"
     writer.write(frame(OPEN, head))
     kind, length = HEADER.unpack(await asyncio.wait_for(reader.readexactly(5), 5))
     assert kind == REPLY
