@@ -26,12 +26,13 @@ authenticated) and counts handshakes, failures by reason and open tunnels for ``
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import ssl
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, TypeVar, cast
 
 from mesh.core.policies import Failure
 from mesh.core.routing import Endpoint, Router
@@ -328,6 +329,67 @@ def expect_identity(tls: TunnelTls, ssl_object: ssl.SSLObject | None, expected: 
     got = tls.peer_identity(ssl_object)
     if got != expected:
         raise PeerRefused("wrong-identity", f"the peer proved {got}, expected {expected}")
+
+
+T = TypeVar("T")
+P = TypeVar("P", bound=asyncio.BaseProtocol)
+
+
+class Gate(Protocol):
+    """Where a connection gets its place (mesh.proxy.resources.UpstreamGate)."""
+
+    async def connect(self, open_: Callable[[Any], Awaitable[T]], *, where: str) -> T: ...
+
+
+async def dial(
+    tls: TunnelTls,
+    hop: TunnelHop,
+    gate: Gate,
+    factory: Callable[[Any], P],
+    timeout: float,
+    *,
+    alpn: str | None = None,
+) -> tuple[asyncio.Transport, P]:
+    """A new tunnel connection to ``hop``'s proxy, under ``gate`` (``factory`` gets the
+    connection's slot), whose peer proved ``hop.expect`` (and negotiated ``alpn`` when one
+    is required); counted as a handshake, or as a failure by reason and UpstreamError
+    (CONNECT)."""
+    loop = asyncio.get_running_loop()
+    where = f"tunnel {hop.host}:{hop.port} ({hop.expect})"
+
+    async def open_(slot: Any) -> tuple[asyncio.Transport, P]:
+        async with asyncio.timeout(timeout):
+            transport, protocol = await loop.create_connection(
+                lambda: factory(slot),
+                hop.host,
+                hop.port,
+                ssl=hop.context,
+                server_hostname=hop.server_name,
+                ssl_handshake_timeout=timeout,
+            )
+        return transport, protocol
+
+    try:
+        transport, protocol = await gate.connect(open_, where=where)
+    except UpstreamError:
+        raise
+    except (OSError, TimeoutError) as exc:
+        reason = failure_reason(exc)
+        if isinstance(exc, ssl.SSLError) or reason == "timeout":
+            tls.failed("client", reason)
+        raise UpstreamError(Failure.CONNECT, f"{where}: {reason}: {exc}") from exc
+    ssl_object = transport.get_extra_info("ssl_object")
+    try:
+        expect_identity(tls, ssl_object, hop.expect)
+        got = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
+        if alpn is not None and got != alpn:
+            raise PeerRefused("alpn", f"the peer does not speak {alpn} (ALPN {got!r})")
+    except PeerRefused as exc:
+        tls.failed("client", exc.reason)
+        transport.abort()
+        raise UpstreamError(Failure.CONNECT, f"{where}: {exc}") from None
+    tls.handshake("client")
+    return transport, protocol
 
 
 __all__ = [

@@ -34,19 +34,13 @@ transport (:class:`FramedTransport`): ``write`` sends a ``DATA`` frame, ``write_
 from __future__ import annotations
 
 import asyncio
-import ssl
 import struct
 from collections.abc import Callable
 from typing import Any, cast
 
 from mesh.core.policies import Failure
-from mesh.proxy.mtls import (
-    ALPN_STREAM,
-    PeerRefused,
-    TunnelTls,
-    expect_identity,
-    failure_reason,
-)
+from mesh.core.routing import Cluster, Endpoint, Router
+from mesh.proxy.mtls import ALPN_STREAM, TunnelTls, dial
 from mesh.proxy.resources import Slot, UpstreamGate
 from mesh.proxy.upstream import TunnelHop, UpstreamError
 
@@ -354,7 +348,7 @@ class StreamPool:
             conn = self._take(key)
             reused = conn is not None
             if conn is None:
-                conn = await self._dial(key, hop, where)
+                conn = await self._dial(key, hop)
             try:
                 reply = await conn.open(head, timeout)
             except (UpstreamError, ConnectionError, TimeoutError) as exc:
@@ -372,48 +366,28 @@ class StreamPool:
         conn.attach(owner)
         return owner
 
-    async def _dial(self, key: Key, hop: TunnelHop, where: str) -> StreamConn:
-        loop = asyncio.get_running_loop()
-        tls = self.tls
-
-        async def connect(slot: Slot) -> StreamConn:
-            async with asyncio.timeout(self._connect_timeout):
-                _, conn = await loop.create_connection(
-                    lambda: StreamConn(self, key, slot),
-                    hop.host,
-                    hop.port,
-                    ssl=hop.context,
-                    server_hostname=hop.server_name,
-                    ssl_handshake_timeout=self._connect_timeout,
-                )
-            return conn
-
-        try:
-            conn = await self._gate.connect(connect, where=where)
-        except UpstreamError:
-            raise
-        except (OSError, TimeoutError) as exc:
-            reason = failure_reason(exc)
-            if isinstance(exc, ssl.SSLError) or reason == "timeout":
-                tls.failed("client", reason)
-            raise UpstreamError(Failure.CONNECT, f"{where}: {reason}: {exc}") from exc
-        transport = conn.transport
-        try:
-            expect_identity(
-                tls, transport.get_extra_info("ssl_object") if transport else None, hop.expect
-            )
-            ssl_object = transport.get_extra_info("ssl_object") if transport else None
-            alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
-            if alpn != ALPN_STREAM:
-                raise PeerRefused("alpn", f"the peer does not carry streams (ALPN {alpn!r})")
-        except PeerRefused as exc:
-            tls.failed("client", exc.reason)
-            if transport is not None:
-                transport.abort()
-            raise UpstreamError(Failure.CONNECT, f"{where}: {exc}") from None
-        tls.handshake("client")
+    async def _dial(self, key: Key, hop: TunnelHop) -> StreamConn:
+        _, conn = await dial(
+            self.tls,
+            hop,
+            self._gate,
+            lambda slot: StreamConn(self, key, slot),
+            self._connect_timeout,
+            alpn=ALPN_STREAM,
+        )
         conn.counted = True
         return conn
+
+    def plan(
+        self, router: Router, *, endpoint: Endpoint, source: str | None, cluster: Cluster | None
+    ) -> TunnelHop | None:
+        """How a flow or session to ``endpoint`` travels (:meth:`TunnelTls.plan`, on a
+        stream tunnel): None in the clear, UpstreamError when strict mode forbids that."""
+        if cluster is None:
+            return None
+        return self.tls.plan(
+            router, endpoint=endpoint, source=source, cluster=cluster.key, protocol=ALPN_STREAM
+        )
 
     def _take(self, key: Key) -> StreamConn | None:
         idle = self._idle.get(key)

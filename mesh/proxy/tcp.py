@@ -24,7 +24,6 @@ from mesh.core.policies import Failure
 from mesh.core.routing import Decision, Endpoint, Router
 from mesh.proxy.context import Context
 from mesh.proxy.forward import connect_flow
-from mesh.proxy.mtls import ALPN_STREAM
 from mesh.proxy.resources import Slot, UpstreamLimit
 from mesh.proxy.snapshot import Snapshot
 from mesh.proxy.upstream import UpstreamError
@@ -251,17 +250,10 @@ class Inbound(asyncio.Protocol):
         """To a pod of another node with mTLS on: a flow through a stream tunnel to its
         node's proxy (mesh.proxy.streams); None to connect in the clear (same node, or
         permissive mode without a tunnel); UpstreamError when strict mode forbids that."""
-        tls = self.ctx.forwarder.tunnels
         pool = self.ctx.streams
-        if tls is None or pool is None or d.cluster is None:
+        if pool is None:
             return None
-        hop = tls.plan(
-            snapshot.router,
-            endpoint=endpoint,
-            source=self.source,
-            cluster=d.cluster.key,
-            protocol=ALPN_STREAM,
-        )
+        hop = pool.plan(snapshot.router, endpoint=endpoint, source=self.source, cluster=d.cluster)
         if hop is None:
             return None
         out = await pool.open(hop, self.peer_ip, lambda: Outbound(self, Slot(None)))

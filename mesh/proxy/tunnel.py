@@ -32,7 +32,7 @@ from mesh.core.routing import Endpoint, Router
 from mesh.proxy.context import Context
 from mesh.proxy.forward import Exchange, Inbound, connect_with, response_edits
 from mesh.proxy.headers import request_headers, response_headers
-from mesh.proxy.mtls import PeerRefused, expect_identity, failure_reason
+from mesh.proxy.mtls import dial
 from mesh.proxy.resources import Slot, UpstreamLimit
 from mesh.proxy.upstream import TunnelHop, UpstreamError
 
@@ -202,37 +202,18 @@ async def _through(ctx: Context, hop: TunnelHop, slots: list[Slot], hops: list[T
     pod's node's proxy, which proved the pod's identity; that proxy performs the upgrade."""
     tls = ctx.forwarder.tunnels
     assert tls is not None
-    timeout = ctx.options.connect_timeout
-    where = f"tunnel {hop.host}:{hop.port} ({hop.expect})"
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(loop=loop)
 
-    async def open_(slot: Slot) -> _Conn:
-        async with asyncio.timeout(timeout):
-            conn = await asyncio.open_connection(
-                hop.host,
-                hop.port,
-                ssl=hop.context,
-                server_hostname=hop.server_name,
-                ssl_handshake_timeout=timeout,
-            )
-        slots.append(slot)
-        return conn
+    def protocol(slot: Slot) -> asyncio.StreamReaderProtocol:
+        slots.append(slot)  # (released once whatever happens: release is idempotent)
+        return asyncio.StreamReaderProtocol(reader, loop=loop)
 
-    try:
-        reader, writer = await ctx.upstreams.connect(open_, where=where)
-    except (OSError, TimeoutError) as exc:
-        reason = failure_reason(exc)
-        if isinstance(exc, ssl.SSLError) or reason == "timeout":
-            tls.failed("client", reason)
-        raise UpstreamError(Failure.CONNECT, f"{where}: {reason}: {exc}") from exc
-    try:
-        expect_identity(tls, writer.get_extra_info("ssl_object"), hop.expect)
-    except PeerRefused as exc:
-        tls.failed("client", exc.reason)
-        writer.transport.abort()
-        raise UpstreamError(Failure.CONNECT, f"{where}: {exc}") from None
-    tls.handshake("client")
+    transport, stream = await dial(
+        tls, hop, ctx.upstreams, protocol, ctx.options.connect_timeout, alpn=None
+    )
     hops.append(hop)
-    return reader, writer
+    return reader, asyncio.StreamWriter(transport, stream, reader, loop)
 
 
 async def _exchange(

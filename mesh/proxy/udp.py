@@ -19,7 +19,6 @@ from mesh.core.policies import Failure
 from mesh.core.routing import Decision, Endpoint, Router
 from mesh.proxy.context import Context
 from mesh.proxy.forward import connect_flow
-from mesh.proxy.mtls import ALPN_STREAM
 from mesh.proxy.snapshot import Snapshot
 from mesh.proxy.streams import DatagramSide
 from mesh.proxy.upstream import UpstreamError
@@ -190,18 +189,11 @@ class Session(asyncio.DatagramProtocol):
         its node's proxy, a datagram per frame (mesh.proxy.streams); None to send in the
         clear (same node, or permissive mode without a tunnel); UpstreamError when strict
         mode forbids that."""
-        tls = self.ctx.forwarder.tunnels
         pool = self.ctx.streams
-        d = self.decision
-        if tls is None or pool is None or d.cluster is None:
+        if pool is None:
             return None
-        hop = tls.plan(
-            self.snapshot.router,
-            endpoint=endpoint,
-            source=self.source,
-            cluster=d.cluster.key,
-            protocol=ALPN_STREAM,
-        )
+        router, cluster = self.snapshot.router, self.decision.cluster
+        hop = pool.plan(router, endpoint=endpoint, source=self.source, cluster=cluster)
         if hop is None:
             return None
         peer = (endpoint.ip, endpoint.port)

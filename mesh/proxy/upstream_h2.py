@@ -21,7 +21,6 @@ stream ends while someone waits for a slot).
 from __future__ import annotations
 
 import asyncio
-import ssl
 from collections.abc import Iterable
 
 import h2.errors
@@ -32,7 +31,7 @@ from mesh.core.policies import Failure
 from mesh.proxy.body import Body, ClientGone
 from mesh.proxy.h2common import H2Protocol, Inbox, decode, encode
 from mesh.proxy.headers import Outgoing, response_head_lines, status_line
-from mesh.proxy.mtls import PeerRefused, TunnelTls, expect_identity, failure_reason, tunnel_failure
+from mesh.proxy.mtls import ALPN_H2, TunnelTls, dial, tunnel_failure
 from mesh.proxy.resources import Slot, UpstreamGate
 from mesh.proxy.upstream import (
     Response,
@@ -294,43 +293,16 @@ class H2Upstream(TaskUpstream):
     async def _tunnel(self, key: Key, hop: TunnelHop) -> H2ClientProtocol:
         """A new HTTP/2 connection over mTLS to another node's proxy that proved
         ``hop.expect``."""
-        loop = asyncio.get_running_loop()
         tls = self._tunnels
         assert tls is not None
-        where = f"tunnel {hop.host}:{hop.port} ({hop.expect})"
-
-        async def connect(slot: Slot) -> H2ClientProtocol:
-            async with asyncio.timeout(self._connect_timeout):
-                _, conn = await loop.create_connection(
-                    lambda: H2ClientProtocol(key, slot),
-                    hop.host,
-                    hop.port,
-                    ssl=hop.context,
-                    server_hostname=hop.server_name,
-                    ssl_handshake_timeout=self._connect_timeout,
-                )
-            return conn
-
-        try:
-            conn = await self._gate.connect(connect, where=where)
-        except UpstreamError:
-            raise
-        except (OSError, TimeoutError) as exc:
-            reason = failure_reason(exc)
-            if isinstance(exc, ssl.SSLError) or reason == "timeout":
-                tls.failed("client", reason)
-            raise UpstreamError(Failure.CONNECT, f"{where}: {reason}: {exc}") from exc
-        transport = conn.transport
-        try:
-            expect_identity(
-                tls, transport.get_extra_info("ssl_object") if transport else None, hop.expect
-            )
-        except PeerRefused as exc:
-            tls.failed("client", exc.reason)
-            if transport is not None:
-                transport.abort()
-            raise UpstreamError(Failure.CONNECT, f"{where}: {exc}") from None
-        tls.handshake("client")
+        _, conn = await dial(
+            tls,
+            hop,
+            self._gate,
+            lambda slot: H2ClientProtocol(key, slot),
+            self._connect_timeout,
+            alpn=ALPN_H2,
+        )
         conn.tunnels = tls
         self._conns.setdefault(key, []).append(conn)
         return conn

@@ -29,6 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -83,6 +84,18 @@ def _cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+async def _paced(one: Callable[[], Awaitable[None]], rate: int, seconds: float) -> None:
+    """``one()`` started ``rate`` times a second for ``seconds`` (an open loop), awaited."""
+    start = time.monotonic()
+    tasks = []
+    for i in range(int(rate * seconds)):
+        delay = start + i / rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one()))
+    await asyncio.gather(*tasks)
+
+
 async def _drive(target: str, rate: int, seconds: float) -> tuple[int, int]:
     """``rate`` requests/s for ``seconds`` over 16 connections; (ok, failed)."""
     connector = aiohttp.TCPConnector(limit=16, local_addr=("127.0.1.1", 0))
@@ -99,15 +112,7 @@ async def _drive(target: str, rate: int, seconds: float) -> tuple[int, int]:
             except aiohttp.ClientError:
                 failed += 1
 
-        total = int(rate * seconds)
-        start = time.monotonic()
-        tasks = []
-        for i in range(total):
-            delay = start + i / rate - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one()))
-        await asyncio.gather(*tasks)
+        await _paced(one, rate, seconds)
     return ok, failed
 
 
@@ -148,15 +153,7 @@ async def _drive_tcp(target: str, rate: int, seconds: float, protocol: str) -> t
         ok += good
         failed += not good
 
-    total = int(rate * seconds)
-    start = time.monotonic()
-    tasks = []
-    for i in range(total):
-        delay = start + i / rate - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one()))
-    await asyncio.gather(*tasks)
+    await _paced(one, rate, seconds)
     while not conns.empty():
         conns.get_nowait()[1].close()
     return ok, failed
