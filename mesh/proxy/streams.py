@@ -24,7 +24,9 @@ side passes on as a reset. Why frames, not the TLS stream's own end: TLS has no 
 asyncio can send (an SSL transport cannot ``write_eof``), and frames also let a connection
 outlive its flow: once both ``EOF`` have crossed, the connection is back at a frame boundary
 and is pooled for the next flow to that node with the same pair of identities
-(:class:`StreamPool`), so a handshake is paid once per pooled connection, not per flow.
+(:class:`StreamPool`), so a handshake is paid once per pooled connection, not per flow. At
+most :data:`_MAX_DIALS` handshakes per pool key are in progress at once: a flow beyond them
+waits for a connection another flow releases, or for its turn to dial.
 
 The flow's side of the relay (``mesh.proxy.tcp``'s upstream protocol) sees an ordinary
 transport (:class:`FramedTransport`): ``write`` sends a ``DATA`` frame, ``write_eof`` an
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from collections import deque
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -51,7 +54,10 @@ MAX_OPEN = 4096  # an OPEN or REPLY payload
 CALLER = "simmesh-caller"
 PROTOCOL = "simmesh-protocol"  # "udp" for a UDP session; absent for a TCP flow
 _KEEPALIVE = 60.0  # an idle pooled stream connection is closed after this
-_MAX_IDLE = 16  # idle connections kept per pool key
+_MAX_IDLE = 64  # idle connections kept per pool key
+# handshakes in progress per pool key: more flows wait for a connection that is released or
+# for their turn to dial, so a burst of flows does not become a burst of handshakes
+_MAX_DIALS = 4
 
 Key = tuple[str, int, str]  # the destination proxy's address, the pool (identities)
 
@@ -106,6 +112,7 @@ class StreamConn(asyncio.Protocol):
         self.sent_eof = self.got_eof = False
         self.closed = False
         self.counted = False  # its handshake was counted (an open tunnel)
+        self.reused = True  # it carried a flow before (a new one: set False by the pool)
         self.idle_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -324,6 +331,9 @@ class StreamPool:
         self._gate = gate
         self._connect_timeout = connect_timeout
         self._idle: dict[Key, list[StreamConn]] = {}
+        self._dialing: dict[Key, int] = {}
+        # flows waiting per key: given a released connection, or None (their turn to dial)
+        self._waiting: dict[Key, deque[asyncio.Future[StreamConn | None]]] = {}
         gate.add_reclaimer(self._reclaim)
 
     async def open(
@@ -345,10 +355,9 @@ class StreamPool:
             head += b"Simmesh-Protocol: udp\r\n"
         timeout = 2 * self._connect_timeout  # the destination connects within its own
         while True:
-            conn = self._take(key)
-            reused = conn is not None
-            if conn is None:
-                conn = await self._dial(key, hop)
+            conn = await self._connection(key, hop)
+            reused = conn.reused
+            conn.reused = True
             try:
                 reply = await conn.open(head, timeout)
             except (UpstreamError, ConnectionError, TimeoutError) as exc:
@@ -366,17 +375,51 @@ class StreamPool:
         conn.attach(owner)
         return owner
 
+    async def _connection(self, key: Key, hop: TunnelHop) -> StreamConn:
+        """An idle connection, one another flow releases, or a new one (at most
+        :data:`_MAX_DIALS` handshakes at once per key)."""
+        while True:
+            conn = self._take(key)
+            if conn is not None:
+                return conn
+            if self._dialing.get(key, 0) < _MAX_DIALS:
+                return await self._dial(key, hop)
+            waiter: asyncio.Future[StreamConn | None] = asyncio.get_running_loop().create_future()
+            self._waiting.setdefault(key, deque()).append(waiter)
+            handed = await waiter
+            if handed is not None and not handed.closed:
+                return handed
+
     async def _dial(self, key: Key, hop: TunnelHop) -> StreamConn:
-        _, conn = await dial(
-            self.tls,
-            hop,
-            self._gate,
-            lambda slot: StreamConn(self, key, slot),
-            self._connect_timeout,
-            alpn=ALPN_STREAM,
-        )
+        self._dialing[key] = self._dialing.get(key, 0) + 1
+        try:
+            _, conn = await dial(
+                self.tls,
+                hop,
+                self._gate,
+                lambda slot: StreamConn(self, key, slot),
+                self._connect_timeout,
+                alpn=ALPN_STREAM,
+            )
+        finally:
+            self._dialing[key] -= 1
+            if not self._dialing[key]:
+                del self._dialing[key]
+            self._wake(key, None)  # a waiter may dial now
         conn.counted = True
+        conn.reused = False
         return conn
+
+    def _wake(self, key: Key, conn: StreamConn | None) -> bool:
+        """Give ``conn`` (None: a turn to dial) to the first flow still waiting."""
+        waiting = self._waiting.get(key)
+        while waiting:
+            waiter = waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(conn)
+                return True
+        self._waiting.pop(key, None)
+        return False
 
     def plan(
         self, router: Router, *, endpoint: Endpoint, source: str | None, cluster: Cluster | None
@@ -405,6 +448,8 @@ class StreamPool:
         transport = conn.transport
         if conn.closed or transport is None:
             return
+        if self._wake(conn.key, conn):
+            return  # straight to a flow that waited for one
         idle = self._idle.setdefault(conn.key, [])
         if len(idle) >= _MAX_IDLE or conn.slot.contended():
             transport.close()

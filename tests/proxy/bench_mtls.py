@@ -76,7 +76,12 @@ async def _serve(mode: str, protocol: str) -> None:
             served = metric(
                 net.b, "simmesh_proxy_http_requests_total", service="demo/far", code="200"
             )
-            print(f"{mode}: node-b's proxy served {served:.0f} requests", file=sys.stderr)
+            handshakes = metric(net.a, "simmesh_proxy_tunnel_handshakes_total", side="client")
+            print(
+                f"{mode}: node-b's proxy served {served:.0f} HTTP requests; "
+                f"{handshakes:.0f} tunnel handshakes",
+                file=sys.stderr,
+            )
 
 
 def _cpu(pid: int) -> float:

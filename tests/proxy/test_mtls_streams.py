@@ -126,6 +126,21 @@ async def test_concurrent_tcp_flows_each_get_a_tunnel_connection(tmp_path: Path)
         assert metric(net.a, "simmesh_proxy_tunnel_handshakes_total", side="client") == 4
 
 
+async def test_more_long_lived_flows_than_handshakes_at_once_all_connect(tmp_path: Path) -> None:
+    """At most four handshakes per pool key at once: twelve flows that stay open still each
+    get a connection (a waiting flow dials when a handshake ends), none waits for a flow to
+    end."""
+    async with two_nodes(tmp_path, flows=True) as net:
+        flows = await asyncio.gather(*(_flow(net) for _ in range(12)))
+        for i, (reader, writer) in enumerate(flows):
+            writer.write(b"%04d" % i)
+        for i, (reader, _) in enumerate(flows):
+            assert await asyncio.wait_for(reader.readexactly(4), 5) == b"%04d" % i
+        assert metric(net.a, "simmesh_proxy_tunnel_handshakes_total", side="client") == 12
+        for _, writer in flows:
+            writer.close()
+
+
 async def test_the_pods_reset_reaches_the_client_and_the_tunnel_is_not_reused(
     tmp_path: Path,
 ) -> None:
