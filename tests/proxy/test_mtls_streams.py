@@ -132,7 +132,7 @@ async def test_more_long_lived_flows_than_handshakes_at_once_all_connect(tmp_pat
     end."""
     async with two_nodes(tmp_path, flows=True) as net:
         flows = await asyncio.gather(*(_flow(net) for _ in range(12)))
-        for i, (reader, writer) in enumerate(flows):
+        for i, (_, writer) in enumerate(flows):
             writer.write(b"%04d" % i)
         for i, (reader, _) in enumerate(flows):
             assert await asyncio.wait_for(reader.readexactly(4), 5) == b"%04d" % i
