@@ -609,6 +609,8 @@ def settings_doc(settings: Settings) -> dict[str, Any]:
             "start": settings.capture_ports.start,
             "size": settings.capture_ports.size,
         },
+        "mtls": settings.mtls.value,
+        "trustDomain": settings.trust_domain,
     }
 
 

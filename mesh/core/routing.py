@@ -742,6 +742,7 @@ class Router:
         endpoint: Endpoint,
         source_ip: str,
         request: Request | None = None,
+        identity: str | None = None,
     ) -> bool:
         """Whether this config still admits a flow (or upgraded request) that an earlier config
         admitted: on reload the proxy ends the flows whose grant was revoked.
@@ -749,7 +750,9 @@ class Router:
         The flow is judged by the grants of its endpoint's identity and port in ``cluster``
         and by its source's current identity. When that cluster, or any endpoint of that
         identity and port in it, is gone, there is nothing to judge the grant by and the flow
-        is left to end by itself (a removed listener, a pod going away).
+        is left to end by itself (a removed listener, a pod going away). ``identity``: the
+        source's identity when a certificate proved it (a flow out of an mTLS tunnel), in
+        place of the address's.
         """
         if not self.acl:
             return True
@@ -766,7 +769,7 @@ class Router:
         )
         if group is None:
             return True
-        source = self.source_identity(source_ip)
+        source = identity if identity is not None else self.source_identity(source_ip)
         if source is None:
             return False
         return any(g.admits(source, request) for g in group.grants)

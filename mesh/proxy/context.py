@@ -26,6 +26,7 @@ from mesh.proxy.metrics import Metrics
 from mesh.proxy.options import Options
 from mesh.proxy.resources import UpstreamGate
 from mesh.proxy.snapshot import Snapshot
+from mesh.proxy.streams import StreamPool
 from mesh.proxy.tracing import Tracer
 
 __all__ = ["Context", "Flow", "Flows", "Snapshot"]
@@ -45,6 +46,7 @@ class Context:
         "options",
         "rng",
         "snapshot",
+        "streams",
         "tracer",
         "upstreams",
     )
@@ -60,6 +62,7 @@ class Context:
         gate: ConnectionGate,
         upstreams: UpstreamGate,
         rng: random.Random,
+        streams: StreamPool | None = None,
     ) -> None:
         self.options = options
         self.metrics = metrics
@@ -69,6 +72,7 @@ class Context:
         self.gate = gate
         self.upstreams = upstreams
         self.rng = rng
+        self.streams = streams  # TCP flows through mTLS tunnels (None: never)
         self.flows = Flows(metrics)
         self.snapshot: Snapshot | None = None  # swapped whole by Proxy.apply
         self.draining = False  # SIGTERM: send clients elsewhere, finish what is in flight

@@ -65,7 +65,7 @@ from mesh.proxy.body import Body, ClientGone
 from mesh.proxy.headers import Outgoing
 from mesh.proxy.metrics import Metrics
 from mesh.proxy.mirror import Mirrors
-from mesh.proxy.mtls import CLUSTER, TARGET, TunnelTls
+from mesh.proxy.mtls import ALPN, ALPN_H2, CLUSTER, TARGET, TunnelTls
 from mesh.proxy.options import Options
 from mesh.proxy.resources import UpstreamLimit
 from mesh.proxy.snapshot import Snapshot
@@ -334,19 +334,21 @@ class Exchange:
         self.sent_at = time.monotonic()
         hop: TunnelHop | None = None
         tls = self.fw.tunnels if self.fw is not None else None
-        if tls is not None and self.snapshot is not None and d.scheme != "h2c":
-            planned = tls.hop(
-                self.snapshot.router, endpoint=endpoint, source=self.source, cluster=d.cluster.key
-            )
-            if isinstance(planned, str):
-                if self.snapshot.router.mtls == "strict":
-                    why = f"strict mTLS: {endpoint.key} is on node {endpoint.node}: {planned}"
-                    self.failed(UpstreamError(Failure.CONNECT, why))
-                    return
-                tls.metrics.count("plaintext", "sent")  # permissive: across nodes in the clear
-            else:
-                hop = planned
-                upstream = self.fw.http if self.fw is not None else upstream
+        if tls is not None and self.snapshot is not None and self.snapshot.router.mtls != "off":
+            h2 = d.scheme == "h2c"
+            try:
+                hop = tls.plan(
+                    self.snapshot.router,
+                    endpoint=endpoint,
+                    source=self.source,
+                    cluster=d.cluster.key,
+                    protocol=ALPN_H2 if h2 else ALPN,
+                )
+            except UpstreamError as exc:  # strict: never across nodes in the clear
+                self.failed(exc)
+                return
+            if hop is not None and not h2 and self.fw is not None:
+                upstream = self.fw.http  # HTTP/1.1 to the proxy, which delivers with the scheme
         self.call = upstream.start(
             self,
             UpstreamRequest(
@@ -493,6 +495,15 @@ def _tunnel_lines(
     target = targets[0] if len(targets) == 1 else None
     cluster = clusters[0] if len(clusters) == 1 else None
     return target, cluster, rest
+
+
+def tunnel_target(
+    items: Iterable[tuple[str, str]],
+) -> tuple[tuple[str, int] | None, str | None]:
+    """The pod (IP, port) and the cluster a tunnel's header lines name (None unless exactly
+    one valid line of each)."""
+    target, cluster, _ = _tunnel_lines(items)
+    return _target(target), cluster
 
 
 def _target(text: str | None) -> tuple[str, int] | None:

@@ -200,6 +200,10 @@ class H2ServerProtocol(H2Protocol):
         self.server = server
         self.ctx = server.ctx
         self.peer_ip = ""
+        # from an mTLS tunnel (mesh.proxy.inbound): the identity the peer's certificate
+        # proves, and who is told when the connection ends
+        self.peer_identity: str | None = None
+        self.on_close: Callable[[], None] | None = None
         self.streams: dict[int, _Stream] = {}
         self.max_streams = 0  # the SETTINGS_MAX_CONCURRENT_STREAMS we advertise
         self.retiring = False  # new streams are refused; GOAWAY once the open ones are done
@@ -502,6 +506,9 @@ class H2ServerProtocol(H2Protocol):
         self.server.connections.discard(self)
         self.ctx.metrics.closed("h2c")
         self.ctx.gate.leave(self.peer_ip)
+        if self.on_close is not None:
+            self.on_close()
+            self.on_close = None
         self._stop_streams("the client closed the connection")
 
     # -- serving a stream ---------------------------------------------------------------------
@@ -534,6 +541,7 @@ class H2ServerProtocol(H2Protocol):
             items=regular,
             peer=self.peer_ip,
             body=body,
+            tunnel=self.peer_identity,
         )
 
     async def _exchange(self, stream: _Stream) -> None:

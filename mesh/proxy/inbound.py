@@ -6,9 +6,12 @@ verified against the trust bundle, this node's certificate chosen by SNI), so ev
 handshake is seen here and counted by reason (plaintext, an untrusted or missing client
 certificate, an old TLS version...). Once the peer's certificate proves a workload identity
 of the trust domain (:meth:`~mesh.proxy.mtls.TunnelTls.peer_identity`), the connection is
-handed to the HTTP/1.1 front end (:class:`~mesh.proxy.http1.H1Connection`) with that identity:
-every request on it is decided by the core's ``Engine.decide_tunnel`` (the target must be a
-pod of this node the identity is granted) and delivered to the pod, plaintext, on the node.
+handed, with that identity, to what its ALPN protocol names: the HTTP/1.1 front end
+(:class:`~mesh.proxy.http1.H1Connection`, ``simmesh-tunnel/1`` or none), the h2 front end
+(``simmesh-h2/1``) or the stream server (:mod:`mesh.proxy.streamserver`,
+``simmesh-stream/1``, TCP flows). Every request, stream or flow on it is decided by the
+core's ``Engine.decide_tunnel`` (the target must be a pod of this node the identity is
+granted) and delivered to the pod, plaintext, on the node.
 
 The tunnel port is opened while the config has mTLS on and this proxy holds certificates;
 it never speaks plaintext, in permissive mode either.
@@ -22,8 +25,10 @@ import ssl
 from typing import cast
 
 from mesh.proxy.context import Context
+from mesh.proxy.h2server import H2Server
 from mesh.proxy.http1 import H1Server
-from mesh.proxy.mtls import PeerRefused, TunnelTls, failure_reason
+from mesh.proxy.mtls import ALPN_H2, ALPN_STREAM, PeerRefused, TunnelTls, failure_reason
+from mesh.proxy.streamserver import StreamServer
 
 log = logging.getLogger("simmesh.proxy.tunnel")
 
@@ -81,9 +86,18 @@ class _Accept(asyncio.Protocol):
             secured.abort()
             return
         tls.handshake("server")
-        conn = server.h1.connection()
-        conn.peer_identity = identity
-        conn.on_close = server.closed
+        ssl_object = secured.get_extra_info("ssl_object")
+        alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
+        conn: asyncio.Protocol
+        if alpn == ALPN_STREAM:
+            conn = StreamServer(
+                server.ctx, identity, self.peer_ip, server.port, server.streams, server.closed
+            )
+        else:
+            front = server.h2.connection() if alpn == ALPN_H2 else server.h1.connection()
+            front.peer_identity = identity
+            front.on_close = server.closed
+            conn = front
         secured.set_protocol(conn)
         conn.connection_made(secured)
         for data in self.early:
@@ -120,6 +134,8 @@ class TunnelServer:
         self.tls = tls
         self.port = tls.port
         self.h1 = H1Server(ctx, tls.port)
+        self.h2 = H2Server(ctx, tls.port)
+        self.streams: set[StreamServer] = set()
         self.pending: set[_Accept] = set()
         self._server: asyncio.Server | None = None
         self._warned: dict[str, float] = {}
@@ -151,12 +167,18 @@ class TunnelServer:
             self._server.close()
             self._server = None
         self.h1.retire_all()
+        self.h2.retire_all()
+        for stream in list(self.streams):
+            stream.retire()
         for accept in list(self.pending):
             if accept.transport is not None:
                 accept.transport.abort()
 
     def active(self) -> int:
-        return self.h1.active()
+        return self.h1.active() + self.h2.active() + sum(s.busy for s in self.streams)
 
     def abort(self) -> None:
         self.h1.abort_all()
+        self.h2.abort_all()
+        for stream in list(self.streams):
+            stream.abort()

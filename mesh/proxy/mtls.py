@@ -26,20 +26,26 @@ authenticated) and counts handshakes, failures by reason and open tunnels for ``
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import ssl
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, TypeVar, cast
 
+from mesh.core.policies import Failure
 from mesh.core.routing import Endpoint, Router
 from mesh.identity.spiffe import IdentityError, parse, spiffe_id
 from mesh.proxy.metrics import Metrics
-from mesh.proxy.upstream import TunnelHop
+from mesh.proxy.upstream import TunnelHop, UpstreamError
 
 TUNNEL_PORT = 15008
-ALPN = "simmesh-tunnel/1"
+# What a tunnel connection carries, chosen by ALPN when it is opened (docs/security.md):
+ALPN = "simmesh-tunnel/1"  # HTTP/1.1 requests, each with the target's two header lines
+ALPN_H2 = "simmesh-h2/1"  # HTTP/2 (h2c and gRPC upstreams): the target's lines on each stream
+ALPN_STREAM = "simmesh-stream/1"  # one raw byte stream (a TCP flow) at a time (mesh.proxy.streams)
+PROTOCOLS = (ALPN, ALPN_H2, ALPN_STREAM)
 TARGET = "simmesh-target"  # header names, lower case: the destination takes them off
 CLUSTER = "simmesh-cluster"
 _SNI_SUFFIX = ".id.simmesh.invalid"
@@ -85,14 +91,33 @@ class PeerRefused(Exception):
         self.reason = reason
 
 
+# what the destination proxy answers when it could not reach its pod: the failure the source
+# proxy records (and retries by its rules) instead of relaying the answer
+_TUNNEL_FAILURES = {
+    "upstream-connect-failed": Failure.CONNECT,
+    "upstream-reset": Failure.RESET,
+    "upstream-timeout": Failure.TIMEOUT,
+}
+
+
+def tunnel_failure(status: int, items: Iterable[tuple[str, str]]) -> Failure | None:
+    """The failure a destination proxy's own 5xx answer reports (None: a pod's answer)."""
+    if status < 502:
+        return None
+    for name, value in items:
+        if name.lower() == "x-simmesh-reason":
+            return _TUNNEL_FAILURES.get(value)
+    return None
+
+
 class _Material:
-    __slots__ = ("certificate", "client", "key", "not_before", "server")
+    __slots__ = ("certificate", "clients", "key", "not_before", "server")
 
     def __init__(self, certificate: Path, key: Path, not_before: datetime) -> None:
         self.certificate = certificate
         self.key = key
         self.not_before = not_before
-        self.client: ssl.SSLContext | None = None
+        self.clients: dict[str, ssl.SSLContext] = {}  # per ALPN protocol
         self.server: ssl.SSLContext | None = None
 
 
@@ -128,7 +153,10 @@ class TunnelTls:
         for identity, (cert_file, key_file) in sorted(held.items()):
             first = x509.load_pem_x509_certificates(cert_file.read_bytes())[0]
             item = _Material(cert_file, key_file, first.not_valid_before_utc + CLOCK_SKEW)
-            item.client = self._context(ssl.PROTOCOL_TLS_CLIENT, roots, item)
+            item.clients = {
+                alpn: self._context(ssl.PROTOCOL_TLS_CLIENT, roots, item, alpn)
+                for alpn in PROTOCOLS
+            }
             item.server = self._context(ssl.PROTOCOL_TLS_SERVER, roots, item)
             material[identity] = item
         server = self._context(ssl.PROTOCOL_TLS_SERVER, roots, None)
@@ -151,14 +179,17 @@ class TunnelTls:
         self.trust_domain = ""
 
     @staticmethod
-    def _context(protocol: int, roots: Path, item: _Material | None) -> ssl.SSLContext:
+    def _context(
+        protocol: int, roots: Path, item: _Material | None, alpn: str | None = None
+    ) -> ssl.SSLContext:
         context = ssl.SSLContext(protocol)
         context.minimum_version = ssl.TLSVersion.TLSv1_3
         if protocol == ssl.PROTOCOL_TLS_CLIENT:
             context.check_hostname = False  # the peer's SPIFFE ID is checked instead
         context.verify_mode = ssl.CERT_REQUIRED
         context.load_verify_locations(cafile=str(roots))
-        context.set_alpn_protocols([ALPN])
+        # a client asks for one protocol; a server offers them all
+        context.set_alpn_protocols([alpn] if alpn is not None else list(PROTOCOLS))
         if item is not None:
             context.load_cert_chain(str(item.certificate), str(item.key))
         return context
@@ -187,11 +218,41 @@ class TunnelTls:
 
     # -- the hop ------------------------------------------------------------------------------
 
+    def plan(
+        self,
+        router: Router,
+        *,
+        endpoint: Endpoint,
+        source: str | None,
+        cluster: str,
+        protocol: str = ALPN,
+    ) -> TunnelHop | None:
+        """:meth:`hop`, with the mode applied: None to go plaintext (counted when it crosses
+        nodes, in permissive mode); UpstreamError (a connect failure) when strict mode
+        forbids it."""
+        planned = self.hop(
+            router, endpoint=endpoint, source=source, cluster=cluster, protocol=protocol
+        )
+        if not isinstance(planned, str):
+            return planned
+        if router.mtls == "strict":
+            why = f"strict mTLS: {endpoint.key} is on node {endpoint.node}: {planned}"
+            raise UpstreamError(Failure.CONNECT, why)
+        self.metrics.count("plaintext", "sent")  # permissive: across nodes in the clear
+        return None
+
     def hop(
-        self, router: Router, *, endpoint: Endpoint, source: str | None, cluster: str
+        self,
+        router: Router,
+        *,
+        endpoint: Endpoint,
+        source: str | None,
+        cluster: str,
+        protocol: str = ALPN,
     ) -> TunnelHop | str | None:
         """How an attempt to ``endpoint`` travels: None when it stays plaintext (same node,
-        mTLS off), a :class:`TunnelHop` to the endpoint's node, or why it cannot tunnel."""
+        mTLS off), a :class:`TunnelHop` to the endpoint's node carrying ``protocol`` (an
+        ALPN name), or why it cannot tunnel."""
         if router.mtls == "off" or endpoint.node is None or endpoint.node == self.node:
             return None
         address = router.proxies.get(endpoint.node)
@@ -200,7 +261,8 @@ class TunnelTls:
         if source is None:
             return "the caller has no identity to present"
         item = self._held.get(source)
-        if item is None or item.client is None:
+        context = item.clients.get(protocol) if item is not None else None
+        if context is None:
             return f"this proxy holds no certificate for the caller {source}"
         if endpoint.identity is None:
             return f"the identity of {endpoint.key} is not known"
@@ -208,11 +270,12 @@ class TunnelTls:
         return TunnelHop(
             address[0],
             address[1],
-            item.client,
+            context,
             sni_name(endpoint.identity),
             endpoint.identity,
             extra,
             f"{source} {endpoint.identity}",
+            [(TARGET, endpoint.key), (CLUSTER, cluster)],
         )
 
     # -- the peer -----------------------------------------------------------------------------
@@ -268,4 +331,75 @@ def expect_identity(tls: TunnelTls, ssl_object: ssl.SSLObject | None, expected: 
         raise PeerRefused("wrong-identity", f"the peer proved {got}, expected {expected}")
 
 
-__all__ = ["ALPN", "CLUSTER", "TARGET", "TUNNEL_PORT", "PeerRefused", "TunnelTls", "spiffe_id"]
+T = TypeVar("T")
+P = TypeVar("P", bound=asyncio.BaseProtocol)
+
+
+class Gate(Protocol):
+    """Where a connection gets its place (mesh.proxy.resources.UpstreamGate)."""
+
+    async def connect(self, open_: Callable[[Any], Awaitable[T]], *, where: str) -> T: ...
+
+
+async def dial(
+    tls: TunnelTls,
+    hop: TunnelHop,
+    gate: Gate,
+    factory: Callable[[Any], P],
+    timeout: float,
+    *,
+    alpn: str | None = None,
+) -> tuple[asyncio.Transport, P]:
+    """A new tunnel connection to ``hop``'s proxy, under ``gate`` (``factory`` gets the
+    connection's slot), whose peer proved ``hop.expect`` (and negotiated ``alpn`` when one
+    is required); counted as a handshake, or as a failure by reason and UpstreamError
+    (CONNECT)."""
+    loop = asyncio.get_running_loop()
+    where = f"tunnel {hop.host}:{hop.port} ({hop.expect})"
+
+    async def open_(slot: Any) -> tuple[asyncio.Transport, P]:
+        async with asyncio.timeout(timeout):
+            transport, protocol = await loop.create_connection(
+                lambda: factory(slot),
+                hop.host,
+                hop.port,
+                ssl=hop.context,
+                server_hostname=hop.server_name,
+                ssl_handshake_timeout=timeout,
+            )
+        return transport, protocol
+
+    try:
+        transport, protocol = await gate.connect(open_, where=where)
+    except UpstreamError:
+        raise
+    except (OSError, TimeoutError) as exc:
+        reason = failure_reason(exc)
+        if isinstance(exc, ssl.SSLError) or reason == "timeout":
+            tls.failed("client", reason)
+        raise UpstreamError(Failure.CONNECT, f"{where}: {reason}: {exc}") from exc
+    ssl_object = transport.get_extra_info("ssl_object")
+    try:
+        expect_identity(tls, ssl_object, hop.expect)
+        got = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
+        if alpn is not None and got != alpn:
+            raise PeerRefused("alpn", f"the peer does not speak {alpn} (ALPN {got!r})")
+    except PeerRefused as exc:
+        tls.failed("client", exc.reason)
+        transport.abort()
+        raise UpstreamError(Failure.CONNECT, f"{where}: {exc}") from None
+    tls.handshake("client")
+    return transport, protocol
+
+
+__all__ = [
+    "ALPN",
+    "ALPN_H2",
+    "ALPN_STREAM",
+    "CLUSTER",
+    "TARGET",
+    "TUNNEL_PORT",
+    "PeerRefused",
+    "TunnelTls",
+    "spiffe_id",
+]

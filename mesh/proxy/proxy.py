@@ -53,6 +53,7 @@ from mesh.proxy.mtls import TunnelTls
 from mesh.proxy.options import Options
 from mesh.proxy.resources import FdBudget, UpstreamGate, fd_budget, open_file_limit
 from mesh.proxy.snapshot import Snapshot
+from mesh.proxy.streams import StreamPool
 from mesh.proxy.tracing import make_tracer
 from mesh.proxy.udp import UdpListener
 from mesh.proxy.upstream import Upstream
@@ -185,6 +186,7 @@ class Proxy:
             connect_timeout=options.connect_timeout,
             max_headers=options.max_headers,
             gate=upstreams,
+            tunnels=self.tls,
         )
         tracer = make_tracer(f"simmesh-proxy/{options.node}")
         # With --workers, lines of several processes share stdout: each line is written whole.
@@ -216,6 +218,7 @@ class Proxy:
             ),
             upstreams=upstreams,
             rng=rng,
+            streams=StreamPool(self.tls, upstreams, connect_timeout=options.connect_timeout),
         )
         self.forwarder = forwarder
         self.listeners = ListenerSet(self.ctx)
@@ -435,6 +438,8 @@ class Proxy:
         await self.forwarder.mirrors.close()
         await self.http.close()
         await self.h2c.close()
+        if self.ctx.streams is not None:
+            self.ctx.streams.close()
         if self._admin is not None:
             await self._admin.cleanup()
             self._admin = None

@@ -131,8 +131,8 @@ class Slot:
 
     __slots__ = ("_gate",)
 
-    def __init__(self, gate: UpstreamGate) -> None:
-        self._gate: UpstreamGate | None = gate
+    def __init__(self, gate: UpstreamGate | None) -> None:
+        self._gate: UpstreamGate | None = gate  # None: holds no place (a flow in a tunnel)
 
     def release(self) -> None:
         gate, self._gate = self._gate, None

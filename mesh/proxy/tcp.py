@@ -144,7 +144,19 @@ class Inbound(asyncio.Protocol):
             self.reason = "no-config"
             transport.close()
             return
-        source = self.source = snapshot.router.source_identity(self.peer_ip)
+        router = snapshot.router
+        if router.mtls == "off":
+            source = self.source = router.source_identity(self.peer_ip)
+        else:
+            caller = router.caller(self.peer_ip, self.ctx.options.node)
+            source = self.source = caller.identity
+            if caller.remote:
+                self.ctx.metrics.count("plaintext", "received")
+            if caller.refused is not None:  # strict: a pod of another node, in the clear
+                self.reason = caller.refused.value
+                self.ctx.metrics.deny(self.service, "tcp", caller.refused.value)
+                transport.close()
+                return
         d = self.decision = snapshot.engine.decide_flow(
             listener=self.listener.port,
             source=source,
@@ -181,6 +193,11 @@ class Inbound(asyncio.Protocol):
         timeout = self.ctx.options.connect_timeout
 
         async def connect(endpoint: Endpoint) -> Outbound:
+            if snapshot.router.mtls != "off":
+                tunneled = await self._tunnel(snapshot, d, endpoint)
+                if tunneled is not None:
+                    return tunneled
+
             async def open_(slot: Slot) -> Outbound:
                 async with asyncio.timeout(timeout):
                     _, out = await loop.create_connection(
@@ -228,6 +245,19 @@ class Inbound(asyncio.Protocol):
             self._finish()
             return
         self.transport.resume_reading()
+
+    async def _tunnel(self, snapshot: Snapshot, d: Decision, endpoint: Endpoint) -> Outbound | None:
+        """To a pod of another node with mTLS on: a flow through a stream tunnel to its
+        node's proxy (mesh.proxy.streams); None to connect in the clear (same node, or
+        permissive mode without a tunnel); UpstreamError when strict mode forbids that."""
+        pool = self.ctx.streams
+        if pool is None:
+            return None
+        hop = pool.plan(snapshot.router, endpoint=endpoint, source=self.source, cluster=d.cluster)
+        if hop is None:
+            return None
+        out = await pool.open(hop, self.peer_ip, lambda: Outbound(self, Slot(None)))
+        return cast(Outbound, out)
 
     def data_received(self, data: bytes) -> None:
         self.rx += len(data)

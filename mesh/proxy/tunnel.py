@@ -32,8 +32,9 @@ from mesh.core.routing import Endpoint, Router
 from mesh.proxy.context import Context
 from mesh.proxy.forward import Exchange, Inbound, connect_with, response_edits
 from mesh.proxy.headers import request_headers, response_headers
+from mesh.proxy.mtls import dial
 from mesh.proxy.resources import Slot, UpstreamLimit
-from mesh.proxy.upstream import UpstreamError
+from mesh.proxy.upstream import TunnelHop, UpstreamError
 
 HIGH_WATER = 1 << 20
 _HEAD_LIMIT = 64 * 1024
@@ -138,8 +139,21 @@ async def tunnel(ctx: Context, client: Client, inbound: Inbound) -> None:
     name = snapshot.server_name(d.cluster.service) if verify else None
     connect_timeout = ctx.options.connect_timeout
     slots: list[Slot] = []  # the connection's place under --max-upstream-connections
+    hops: list[TunnelHop] = []  # the attempt that connected went through an mTLS tunnel
+    tls = fw.tunnels if snapshot.router.mtls != "off" else None
 
     async def connect(endpoint: Endpoint) -> _Conn:
+        hop = None
+        if tls is not None:
+            hop = tls.plan(
+                snapshot.router,
+                endpoint=endpoint,
+                source=ex.source,
+                cluster=d.cluster.key if d.cluster is not None else "",
+            )
+        if hop is not None:
+            return await _through(ctx, hop, slots, hops)
+
         async def open_(slot: Slot) -> _Conn:
             async with asyncio.timeout(connect_timeout):
                 conn = await asyncio.open_connection(
@@ -168,7 +182,8 @@ async def tunnel(ctx: Context, client: Client, inbound: Inbound) -> None:
         client.local(ex)
         return
     try:
-        await _exchange(ctx, client, inbound, ex, reader, writer)
+        extra = hops[-1].head if hops else b""
+        await _exchange(ctx, client, inbound, ex, reader, writer, extra)
     except BaseException:
         if life.done:
             raise
@@ -178,6 +193,27 @@ async def tunnel(ctx: Context, client: Client, inbound: Inbound) -> None:
         writer.close()
         for slot in slots:
             slot.release()
+        if hops and tls is not None:
+            tls.closed("client")
+
+
+async def _through(ctx: Context, hop: TunnelHop, slots: list[Slot], hops: list[TunnelHop]) -> _Conn:
+    """A connection of its own through an mTLS tunnel (HTTP/1.1, ``simmesh-tunnel/1``) to the
+    pod's node's proxy, which proved the pod's identity; that proxy performs the upgrade."""
+    tls = ctx.forwarder.tunnels
+    assert tls is not None
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(loop=loop)
+
+    def protocol(slot: Slot) -> asyncio.StreamReaderProtocol:
+        slots.append(slot)  # (released once whatever happens: release is idempotent)
+        return asyncio.StreamReaderProtocol(reader, loop=loop)
+
+    transport, stream = await dial(
+        tls, hop, ctx.upstreams, protocol, ctx.options.connect_timeout, alpn=None
+    )
+    hops.append(hop)
+    return reader, asyncio.StreamWriter(transport, stream, reader, loop)
 
 
 async def _exchange(
@@ -187,7 +223,9 @@ async def _exchange(
     ex: Exchange,
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
+    extra: bytes = b"",
 ) -> None:
+    """``extra``: header lines for the proxy at the other end of an mTLS tunnel."""
     fw = ctx.forwarder
     life = ex.life
     canonical = ex.sent
@@ -202,7 +240,8 @@ async def _exchange(
     lines += [f"{n}: {v}" for n, v in headers]
     lines += ["Connection: Upgrade", "Upgrade: websocket", "", ""]
     # Header values arrive decoded as UTF-8 with surrogate escapes: send back the same bytes.
-    writer.write("\r\n".join(lines).encode("utf-8", "surrogateescape"))
+    upgrade = "\r\n".join(lines).encode("utf-8", "surrogateescape")
+    writer.write(upgrade[:-2] + extra + b"\r\n" if extra else upgrade)
     try:
         async with asyncio.timeout(life.timeout):
             raw = await reader.readuntil(b"\r\n\r\n")

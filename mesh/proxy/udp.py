@@ -20,6 +20,7 @@ from mesh.core.routing import Decision, Endpoint, Router
 from mesh.proxy.context import Context
 from mesh.proxy.forward import connect_flow
 from mesh.proxy.snapshot import Snapshot
+from mesh.proxy.streams import DatagramSide
 from mesh.proxy.upstream import UpstreamError
 
 PENDING = 64
@@ -55,7 +56,20 @@ class UdpListener(asyncio.DatagramProtocol):
         snapshot = self.ctx.snapshot
         if snapshot is None or self.closing or not self.ctx.gate.admit(addr[0], "udp"):
             return
-        source = snapshot.router.source_identity(addr[0])
+        router = snapshot.router
+        if router.mtls == "off":
+            source = router.source_identity(addr[0])
+        else:
+            caller = router.caller(addr[0], self.ctx.options.node)
+            source = caller.identity
+            if caller.remote:
+                self.ctx.metrics.count("plaintext", "received")
+            if caller.refused is not None:  # strict: a pod of another node, in the clear
+                route = router.flows.get(self.port)
+                service = route.service if route is not None else "-"
+                self.ctx.gate.leave(addr[0])
+                self.ctx.metrics.deny(service, "udp", caller.refused.value)
+                return
         d = snapshot.engine.decide_flow(
             listener=self.port, source=source, now=time.monotonic(), rng=self.ctx.rng
         )
@@ -66,7 +80,7 @@ class UdpListener(asyncio.DatagramProtocol):
             self.ctx.metrics.called(service, "udp", source, d.status or 503)
             return
         self.ctx.metrics.called(service, "udp", source, 200)
-        session = self.sessions[addr] = Session(self, addr, snapshot, d)
+        session = self.sessions[addr] = Session(self, addr, snapshot, d, source)
         session.start(data)
 
     def reply(self, data: bytes, addr: Address) -> None:
@@ -92,9 +106,15 @@ class Session(asyncio.DatagramProtocol):
     kind = "udp"
 
     def __init__(
-        self, listener: UdpListener, client: Address, snapshot: Snapshot, d: Decision
+        self,
+        listener: UdpListener,
+        client: Address,
+        snapshot: Snapshot,
+        d: Decision,
+        source: str | None = None,
     ) -> None:
         self.listener = listener
+        self.source = source  # the client's identity
         self.ctx = listener.ctx
         self.client = client
         self.snapshot = snapshot
@@ -128,6 +148,10 @@ class Session(asyncio.DatagramProtocol):
         loop = asyncio.get_running_loop()
 
         async def connect(endpoint: Endpoint) -> asyncio.DatagramTransport:
+            if self.snapshot.router.mtls != "off":
+                tunneled = await self._tunnel(endpoint)
+                if tunneled is not None:
+                    return tunneled
             try:
                 transport, _ = await loop.create_datagram_endpoint(
                     lambda: self, remote_addr=(endpoint.ip, endpoint.port)
@@ -159,6 +183,23 @@ class Session(asyncio.DatagramProtocol):
         self.pending.clear()
         self.ready = True
         self._schedule()
+
+    async def _tunnel(self, endpoint: Endpoint) -> asyncio.DatagramTransport | None:
+        """To a pod of another node with mTLS on: the session through a stream tunnel to
+        its node's proxy, a datagram per frame (mesh.proxy.streams); None to send in the
+        clear (same node, or permissive mode without a tunnel); UpstreamError when strict
+        mode forbids that."""
+        pool = self.ctx.streams
+        if pool is None:
+            return None
+        router, cluster = self.snapshot.router, self.decision.cluster
+        hop = pool.plan(router, endpoint=endpoint, source=self.source, cluster=cluster)
+        if hop is None:
+            return None
+        peer = (endpoint.ip, endpoint.port)
+        await pool.open(hop, self.client[0], lambda: DatagramSide(self, peer), udp=True)
+        assert self.transport is not None  # DatagramSide gave the session its transport
+        return self.transport
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)

@@ -125,9 +125,10 @@ class TunnelHop:
     """How an attempt reaches a pod of another node: that node's proxy at ``host:port``,
     over TLS with ``context`` (the caller's certificate), asking by ``server_name`` (SNI)
     for the certificate of ``expect`` (the pod's identity), with ``head`` (the target's
-    header lines) added to the request; ``pool`` keys the pooled connections."""
+    header lines) added to the request (``pairs``: the same as HTTP/2 headers); ``pool``
+    keys the pooled connections."""
 
-    __slots__ = ("context", "expect", "head", "host", "pool", "port", "server_name")
+    __slots__ = ("context", "expect", "head", "host", "pairs", "pool", "port", "server_name")
 
     def __init__(
         self,
@@ -138,6 +139,7 @@ class TunnelHop:
         expect: str,
         head: bytes,
         pool: str,
+        pairs: list[tuple[str, str]],
     ) -> None:
         self.host = host
         self.port = port
@@ -146,6 +148,7 @@ class TunnelHop:
         self.expect = expect
         self.head = head
         self.pool = pool
+        self.pairs = pairs
 
 
 class Upstream(Protocol):

@@ -31,8 +31,17 @@ from mesh.core.policies import Failure
 from mesh.proxy.body import Body, ClientGone
 from mesh.proxy.h2common import H2Protocol, Inbox, decode, encode
 from mesh.proxy.headers import Outgoing, response_head_lines, status_line
+from mesh.proxy.mtls import ALPN_H2, TunnelTls, dial, tunnel_failure
 from mesh.proxy.resources import Slot, UpstreamGate
-from mesh.proxy.upstream import Response, TaskUpstream, UpstreamError, UpstreamRequest
+from mesh.proxy.upstream import (
+    Response,
+    TaskUpstream,
+    TunnelHop,
+    UpstreamError,
+    UpstreamRequest,
+)
+
+Key = tuple[str, int, str]  # ip, port; for an mTLS tunnel, its pool (identities), else ""
 
 
 class _Stream:
@@ -54,12 +63,13 @@ class _Stream:
 
 
 class H2ClientProtocol(H2Protocol):
-    def __init__(self, key: tuple[str, int], slot: Slot) -> None:
+    def __init__(self, key: Key, slot: Slot, tunnels: TunnelTls | None = None) -> None:
         super().__init__(client_side=True)
         self.key = key
         self.slot = slot  # given back when the connection closes
         self.streams: dict[int, _Stream] = {}
         self.going_away = False
+        self.tunnels = tunnels  # an mTLS tunnel whose handshake was counted (None: not one)
 
     def usable(self) -> bool:
         if self.closed or self.going_away:
@@ -124,6 +134,9 @@ class H2ClientProtocol(H2Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         self.slot.release()
+        if self.tunnels is not None:
+            self.tunnels.closed("client")
+            self.tunnels = None
         self._lost(UpstreamError(Failure.RESET, f"upstream connection lost: {exc!r}"))
 
     def open(self, headers: list[tuple[bytes, bytes]], body: Body) -> _Stream:
@@ -213,18 +226,27 @@ class H2Response:
 
 
 class H2Upstream(TaskUpstream):
+    """h2c upstreams; with ``tunnels``, also HTTP/2 over an mTLS tunnel to another node's
+    proxy (``UpstreamRequest.tunnel``): one pool of connections per (proxy address, caller
+    and pod identities), each stream carrying the target's two header lines."""
+
     def __init__(
-        self, *, connect_timeout: float, max_headers: int = 100, gate: UpstreamGate | None = None
+        self,
+        *,
+        connect_timeout: float,
+        max_headers: int = 100,
+        gate: UpstreamGate | None = None,
+        tunnels: TunnelTls | None = None,
     ) -> None:
+        self._tunnels = tunnels
         self._max_headers = max_headers
         self._gate = gate = gate or UpstreamGate.unlimited()
         gate.add_reclaimer(self._reclaim)
         self._connect_timeout = connect_timeout
-        self._conns: dict[tuple[str, int], list[H2ClientProtocol]] = {}
-        self._connecting: dict[tuple[str, int], asyncio.Task[H2ClientProtocol]] = {}
+        self._conns: dict[Key, list[H2ClientProtocol]] = {}
+        self._connecting: dict[Key, asyncio.Task[H2ClientProtocol]] = {}
 
-    async def _connection(self, ip: str, port: int) -> H2ClientProtocol:
-        key = (ip, port)
+    async def _connection(self, key: Key, hop: TunnelHop | None) -> H2ClientProtocol:
         conns = self._conns.get(key)
         if conns:
             conns[:] = [c for c in conns if not c.closed]
@@ -233,7 +255,8 @@ class H2Upstream(TaskUpstream):
                     return conn
         task = self._connecting.get(key)
         if task is None:
-            task = self._connecting[key] = asyncio.create_task(self._connect(key))
+            opening = self._connect(key) if hop is None else self._tunnel(key, hop)
+            task = self._connecting[key] = asyncio.create_task(opening)
             task.add_done_callback(lambda _: self._connecting.pop(key, None))
         return await asyncio.shield(task)
 
@@ -248,12 +271,14 @@ class H2Upstream(TaskUpstream):
                     return True
         return False
 
-    async def _connect(self, key: tuple[str, int]) -> H2ClientProtocol:
+    async def _connect(self, key: Key) -> H2ClientProtocol:
         loop = asyncio.get_running_loop()
 
         async def connect(slot: Slot) -> H2ClientProtocol:
             async with asyncio.timeout(self._connect_timeout):
-                _, conn = await loop.create_connection(lambda: H2ClientProtocol(key, slot), *key)
+                _, conn = await loop.create_connection(
+                    lambda: H2ClientProtocol(key, slot), key[0], key[1]
+                )
             return conn
 
         try:
@@ -262,6 +287,23 @@ class H2Upstream(TaskUpstream):
             raise UpstreamError(Failure.CONNECT, f"connect to {key[0]}:{key[1]} timed out") from exc
         except OSError as exc:
             raise UpstreamError(Failure.CONNECT, f"connect to {key[0]}:{key[1]}: {exc}") from exc
+        self._conns.setdefault(key, []).append(conn)
+        return conn
+
+    async def _tunnel(self, key: Key, hop: TunnelHop) -> H2ClientProtocol:
+        """A new HTTP/2 connection over mTLS to another node's proxy that proved
+        ``hop.expect``."""
+        tls = self._tunnels
+        assert tls is not None
+        _, conn = await dial(
+            tls,
+            hop,
+            self._gate,
+            lambda slot: H2ClientProtocol(key, slot),
+            self._connect_timeout,
+            alpn=ALPN_H2,
+        )
+        conn.tunnels = tls
         self._conns.setdefault(key, []).append(conn)
         return conn
 
@@ -274,11 +316,15 @@ class H2Upstream(TaskUpstream):
             request.path,
         )
         headers, body, timeout = request.headers, request.body, request.timeout
-        conn = await self._connection(ip, port)
+        hop = request.tunnel
+        key = (ip, port, "") if hop is None else (hop.host, hop.port, hop.pool)
+        conn = await self._connection(key, hop)
         pseudo = [(":method", method), (":scheme", "http"), (":authority", authority)]
         pseudo.append((":path", path))
         try:
             pairs = headers.pairs(h2=True) if isinstance(headers, Outgoing) else headers
+            if hop is not None:
+                pairs = pairs + hop.pairs
             stream = conn.open(encode(pseudo + pairs), body)
         except h2.exceptions.H2Error as exc:
             raise UpstreamError(Failure.CONNECT, f"cannot open a stream: {exc!r}") from exc
@@ -295,7 +341,13 @@ class H2Upstream(TaskUpstream):
             conn.forget(stream, complete=False)
             detail = f"{ip}:{port} sent more than {self._max_headers} response headers"
             raise UpstreamError(Failure.RESET, detail)
-        return H2Response(conn, stream, raw, timeout)
+        response = H2Response(conn, stream, raw, timeout)
+        if hop is not None and response.status >= 502:
+            failure = tunnel_failure(response.status, response.header_items())
+            if failure is not None:  # the destination proxy could not reach its pod
+                response.close()
+                raise UpstreamError(failure, f"via {hop.host}:{hop.port}: {failure.value}")
+        return response
 
     async def close(self) -> None:
         for task in list(self._connecting.values()):

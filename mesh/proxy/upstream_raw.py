@@ -42,7 +42,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from typing import cast
@@ -52,7 +51,7 @@ import httptools
 from mesh.core.policies import IDEMPOTENT_METHODS, Failure
 from mesh.proxy.body import Body, ClientGone
 from mesh.proxy.headers import Outgoing, body_framing, encode_head, head_block, status_line
-from mesh.proxy.mtls import PeerRefused, TunnelTls, expect_identity, failure_reason
+from mesh.proxy.mtls import TunnelTls, dial, tunnel_failure
 from mesh.proxy.resources import Slot, UpstreamGate
 from mesh.proxy.upstream import (
     Call,
@@ -68,20 +67,6 @@ from mesh.proxy.upstream import (
 Key = tuple[str, int, str]  # ip, port; for a tunnel, its pool (identities), else ""
 HIGH_WATER = 256 * 1024  # response bytes queued before reading from the upstream pauses
 _FRAMING = frozenset({"content-length", "transfer-encoding"})
-
-
-_TUNNEL_FAILURES = {
-    "upstream-connect-failed": Failure.CONNECT,
-    "upstream-reset": Failure.RESET,
-    "upstream-timeout": Failure.TIMEOUT,
-}
-
-
-def _reason_of(response: Response) -> str:
-    for name, value in response.header_items():
-        if name.lower() == "x-simmesh-reason":
-            return value
-    return ""
 
 
 def _stop(handle: asyncio.TimerHandle | None) -> None:
@@ -593,7 +578,7 @@ class _Attempt:
     def responded(self, response: Response) -> None:
         self.conn = None
         if self.hop is not None and response.status >= 502:
-            failure = _TUNNEL_FAILURES.get(_reason_of(response))
+            failure = tunnel_failure(response.status, response.header_items())
             if failure is not None:  # the destination proxy could not reach its pod
                 response.whole()
                 response.release()
@@ -741,42 +726,11 @@ class RawUpstream(CallbackUpstream):
 
     async def _tunnel(self, key: Key, hop: TunnelHop) -> _Conn:
         """A new mTLS connection to another node's proxy that proved ``hop.expect``."""
-        loop = asyncio.get_running_loop()
         tls = self.tunnels
         assert tls is not None
-        where = f"tunnel {hop.host}:{hop.port} ({hop.expect})"
-
-        async def connect(slot: Slot) -> _Conn:
-            async with asyncio.timeout(self._connect_timeout):
-                _, conn = await loop.create_connection(
-                    lambda: _Conn(self, key, slot),
-                    hop.host,
-                    hop.port,
-                    ssl=hop.context,
-                    server_hostname=hop.server_name,
-                    ssl_handshake_timeout=self._connect_timeout,
-                )
-            return conn
-
-        try:
-            conn = await self._gate.connect(connect, where=where)
-        except UpstreamError:
-            raise
-        except (OSError, TimeoutError) as exc:
-            reason = failure_reason(exc)
-            if isinstance(exc, ssl.SSLError) or reason == "timeout":
-                tls.failed("client", reason)
-            raise UpstreamError(Failure.CONNECT, f"{where}: {reason}: {exc}") from exc
-        transport = conn.transport
-        try:
-            expect_identity(
-                tls, transport.get_extra_info("ssl_object") if transport else None, hop.expect
-            )
-        except PeerRefused as exc:
-            tls.failed("client", exc.reason)
-            conn._abort()
-            raise UpstreamError(Failure.CONNECT, f"{where}: {exc}") from None
-        tls.handshake("client")
+        _, conn = await dial(
+            tls, hop, self._gate, lambda slot: _Conn(self, key, slot), self._connect_timeout
+        )
         conn.counted = True
         return conn
 

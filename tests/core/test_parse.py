@@ -13,6 +13,7 @@ from mesh.core.model import (
     PortMatch,
     PortRange,
     ServicePort,
+    Settings,
     SplitBackend,
     TrafficRule,
     TrafficType,
@@ -23,6 +24,7 @@ from mesh.core.parse import (
     parse_objects,
     parse_quantity_milli,
     parse_settings,
+    settings_doc,
 )
 from tests.core.builders import (
     endpoint,
@@ -508,6 +510,50 @@ def test_settings_every_key() -> None:
     assert settings.tcp_ports == PortRange(20000, 1000)
     assert settings.udp_ports == PortRange(15000, 5)
     assert not settings.watches("c") and settings.watches("a") and not settings.watches("z")
+
+
+def _setting_keys() -> set[str]:
+    """The keys parse_settings knows, as its refusal of an unknown key lists them (so a key
+    added there is seen here without this test naming it)."""
+    with pytest.raises(InvalidObject) as info:
+        parse_settings({"no-such-setting": 1})
+    listed = str(info.value).rpartition("expected one of ")[2]
+    return {key.strip() for key in listed.split(",")}
+
+
+# every setting at a value other than its default, as mesh.yaml writes it
+_NON_DEFAULT: dict[str, Any] = {
+    "zone": "corp",
+    "clusterDomain": "k8s.local",
+    "meshNamespace": "mesh-system",
+    "defaultTrafficType": "udp",
+    "acl": True,
+    "watchNamespaces": ["a", "b"],
+    "ignoreNamespaces": ["c"],
+    "accessAdminNamespaces": ["admins"],
+    "httpPorts": {"start": 6000, "size": 3},
+    "tcpPorts": {"start": 20000, "size": 7},
+    "udpPorts": {"start": 30000, "size": 5},
+    "capture": True,
+    "capturePorts": {"start": 14000, "size": 9},
+    "mtls": "strict",
+    "trustDomain": "example.org",
+}
+
+
+def test_settings_doc_writes_every_setting_parse_settings_reads() -> None:
+    """A setting parse_settings reads but settings_doc forgets reads back as its default (mtls
+    and trustDomain did: a snapshot or a gate scenario of an mTLS cluster had mTLS off)."""
+    known = _setting_keys()
+    assert "mtls" in known and "zone" in known  # the refusal still lists the keys
+    assert set(settings_doc(Settings())) == known
+    assert set(_NON_DEFAULT) == known, "give the new setting a non-default value here"
+    defaults = settings_doc(Settings())
+    assert [k for k in known if defaults[k] == _NON_DEFAULT[k]] == []
+    assert settings_doc(parse_settings(_NON_DEFAULT)) == _NON_DEFAULT
+    assert settings_doc(parse_settings(defaults)) == defaults
+    for key, value in _NON_DEFAULT.items():  # each key on its own, the others default
+        assert settings_doc(parse_settings({key: value})) == {**defaults, key: value}
 
 
 @pytest.mark.parametrize(

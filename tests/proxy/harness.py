@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import random
 import socket
+import struct
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import replace
 from typing import Any, cast
@@ -495,7 +496,8 @@ def route_group(
 
 
 class TcpWorkload(asyncio.Protocol):
-    """Echoes every byte; on EOF writes a summary line and closes (tests half-close)."""
+    """Echoes every byte; on EOF writes a summary line and closes (tests half-close); a read
+    that starts with RESET resets the connection (RST)."""
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
@@ -507,6 +509,11 @@ class TcpWorkload(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.count += len(data)
         assert self.transport is not None
+        if data.startswith(b"RESET"):
+            sock = self.transport.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.transport.abort()
+            return
         if not data.startswith(b"BULK"):
             self.transport.write(data)
 

@@ -2,9 +2,12 @@
 
 Node ``node-a``: proxy on 127.0.0.1, the client pod ``demo/client`` at 127.0.1.1 and the pod
 ``demo/local`` (service ``near``) at 127.0.3.1. Node ``node-b``: proxy on 127.0.0.2 and the pod
-``demo/server`` (service ``far``) at 127.0.2.1. Pod addresses are real loopback addresses, so a
-test client binds 127.0.1.1 to be the client pod. A :class:`Tap` can sit between the proxies
-and keep every byte that passes.
+``demo/server`` (service ``far``) at 127.0.2.1; with ``flows``, that pod also serves the TCP
+service ``db`` (an echo, :class:`~tests.proxy.harness.TcpWorkload`) and the h2c service
+``grpc`` (:class:`~tests.proxy.harness.H2Backend`) and the UDP service ``dns`` (answers
+``u0:<datagram>``), and ``demo/local`` the TCP service ``neardb``. Pod addresses are real
+loopback addresses, so a test client binds 127.0.1.1 to be the client pod. A :class:`Tap` can
+sit between the proxies and keep every byte that passes.
 """
 
 from __future__ import annotations
@@ -26,9 +29,20 @@ from mesh.core.model import MtlsMode, Settings
 from mesh.core.schema import MeshConfig
 from mesh.identity import ca
 from mesh.identity.spiffe import spiffe_id
-from mesh.proxy.mtls import sni_name
+from mesh.proxy.mtls import ALPN_STREAM, sni_name
 from mesh.proxy.proxy import Proxy
-from tests.proxy.harness import backends, build, free_port, free_range, running_proxy, service
+from mesh.proxy.streams import HEADER, OPEN, REPLY, frame
+from tests.proxy.harness import (
+    backends,
+    build,
+    free_port,
+    free_range,
+    h2_backend,
+    running_proxy,
+    service,
+    tcp_workload,
+    udp_workload,
+)
 
 CLIENT_IP = "127.0.1.1"
 FAR_IP = "127.0.2.1"  # demo/server on node-b
@@ -104,7 +118,15 @@ def _pod(name: str, ip: str, account: str, node: str) -> dict[str, Any]:
     }
 
 
-def _slice(service_name: str, ip: str, port: int, pod: str, node: str) -> dict[str, Any]:
+def _slice(
+    service_name: str,
+    ip: str,
+    port: int,
+    pod: str,
+    node: str,
+    port_name: str = "http",
+    protocol: str = "TCP",
+) -> dict[str, Any]:
     return {
         "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",
@@ -114,7 +136,7 @@ def _slice(service_name: str, ip: str, port: int, pod: str, node: str) -> dict[s
             "labels": {"kubernetes.io/service-name": service_name},
         },
         "addressType": "IPv4",
-        "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+        "ports": [{"name": port_name, "port": port, "protocol": protocol}],
         "endpoints": [
             {
                 "addresses": [ip],
@@ -163,6 +185,16 @@ class Net:
     def url(self, host: str, path: str = "/", proxy: str = "127.0.0.1") -> str:
         return f"http://{proxy}:{self.http}{path}"
 
+    def listener(self, service_name: str, protocol: str = "tcp") -> int:
+        """The TCP (or UDP) listener port of ``demo/<service_name>`` (both proxies)."""
+        return next(
+            item.port
+            for item in self.config.listeners
+            if item.protocol == protocol
+            and item.route is not None
+            and f"/{service_name}:" in item.route
+        )
+
 
 @contextlib.asynccontextmanager
 async def two_nodes(
@@ -175,9 +207,11 @@ async def two_nodes(
     held_a: dict[str, tuple[Path, Path]] | None = None,
     held_b: dict[str, tuple[Path, Path]] | None = None,
     authority: Authority | None = None,
+    flows: bool = False,
 ) -> AsyncIterator[Net]:
     authority = authority or Authority(tmp)
     http = free_range(1)
+    tcp = free_range(4)
     tunnel_a, tunnel_b = free_port(), free_port()
     async with contextlib.AsyncExitStack() as stack:
         [(_, far)] = await stack.enter_async_context(backends(FAR_IP, name="far"))
@@ -192,10 +226,38 @@ async def two_nodes(
             _slice("near", NEAR_IP, near, "near", "node-a"),
             *objects,
         ]
+        extra: dict[str, Any] = {}
+        if flows:
+            (_, db) = await stack.enter_async_context(tcp_workload(FAR_IP))
+            (_, neardb) = await stack.enter_async_context(tcp_workload(NEAR_IP))
+            (_, grpc) = await stack.enter_async_context(h2_backend(FAR_IP, name="grpc0"))
+            (_, dns) = await stack.enter_async_context(udp_workload(FAR_IP, "u0"))
+            extra.update(db=db, neardb=neardb, grpc=grpc, dns=dns)
+            tcp_type = {"simmesh.io/traffic-type": "tcp"}
+            docs += [
+                service("db", ports=[("pg", 5432)], annotations=tcp_type),
+                service("neardb", ports=[("pg", 5432)], annotations=tcp_type),
+                service("grpc", annotations={"simmesh.io/scheme": "h2c"}),
+                _slice("db", FAR_IP, db, "far", "node-b", "pg"),
+                _slice("neardb", NEAR_IP, neardb, "near", "node-a", "pg"),
+                _slice("grpc", FAR_IP, grpc, "far", "node-b"),
+                service(
+                    "dns",
+                    ports=[("dns", 53)],
+                    annotations={"simmesh.io/traffic-type": "udp"},
+                    protocol="UDP",
+                ),
+                _slice("dns", FAR_IP, dns, "far", "node-b", "dns", "UDP"),
+            ]
         settings = Settings(acl=acl, mtls=mode, trust_domain=authority.trust_domain)
         from mesh.core.model import PortRange
 
-        settings = replace(settings, http_ports=PortRange(http, 1))
+        settings = replace(
+            settings,
+            http_ports=PortRange(http, 1),
+            tcp_ports=PortRange(tcp, 4),
+            udp_ports=PortRange(free_range(2), 2),
+        )
         config = build(docs, settings)
         b_address = tunnel_b
         taps: list[Tap] = []
@@ -232,6 +294,7 @@ async def two_nodes(
         await b.apply(config)
         net = Net(config, a, b, http, far, near, authority, tunnel_b)
         net.extra["taps"] = taps
+        net.extra.update(extra)
         yield net
 
 
@@ -295,3 +358,28 @@ async def tunnel_request(
         return b""
     finally:
         writer.close()
+
+
+async def stream_open(
+    port: int,
+    context: ssl.SSLContext,
+    *,
+    target: str,
+    cluster: str,
+    identity: str = "demo/server",
+    host: str = "127.0.0.2",
+    udp: bool = False,
+) -> tuple[str, asyncio.StreamReader, asyncio.StreamWriter]:
+    """OPEN a raw stream (``udp``: a UDP session) straight at a tunnel port, as a (possibly
+    rogue) source proxy does; the REPLY and the connection."""
+    context.set_alpn_protocols([ALPN_STREAM])
+    reader, writer = await asyncio.open_connection(
+        host, port, ssl=context, server_hostname=sni_name(identity)
+    )
+    head = f"Simmesh-Target: {target}\r\nSimmesh-Cluster: {cluster}\r\n".encode()
+    if udp:
+        head += b"Simmesh-Protocol: udp\r\n"
+    writer.write(frame(OPEN, head))
+    kind, length = HEADER.unpack(await asyncio.wait_for(reader.readexactly(5), 5))
+    assert kind == REPLY
+    return (await reader.readexactly(length)).decode(), reader, writer
