@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: setup compile lint test test-interpreted fuzz sim demo bench loadtest clean k8s-bins haproxy h2spec profile
-.PHONY: image kind-node-image kind-up kind-down deploy undeploy test-cluster docker
+.PHONY: image image-sim kind-node-image kind-up kind-down deploy undeploy test-cluster docker
 .PHONY: conformance conformance-kind gateway-bins conformance-gateway
 
 setup: $(VENV)/.installed compile
@@ -123,6 +123,12 @@ docker:
 image: setup
 	bash tools/kind/image.sh $(IMAGE)
 
+# The sweep workers' image (the Dockerfile's sim target: the runtime plus the sim extra, for
+# deploy/dask): simmesh/simmesh-sim:dev.
+IMAGE_SIM ?= simmesh/simmesh-sim:dev
+image-sim: setup
+	bash tools/kind/image.sh --sim $(IMAGE_SIM)
+
 # The offline kind node image: Kubernetes from Go modules, Debian packages, all images preloaded.
 kind-node-image:
 	bash tools/kind/node-image.sh
@@ -144,8 +150,8 @@ undeploy:
 
 # End-to-end tests on the kind cluster (tests/cluster); they deploy and undeploy simmesh
 # themselves, in ACL mode. Not part of `make test`.
-test-cluster: setup k8s-bins image kind-up
-	SIMMESH_IMAGE=$(IMAGE) $(BIN)/pytest tests/cluster -v
+test-cluster: setup k8s-bins image image-sim kind-up
+	SIMMESH_IMAGE=$(IMAGE) SIMMESH_SIM_IMAGE=$(IMAGE_SIM) $(BIN)/pytest tests/cluster -v
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .hypothesis out build

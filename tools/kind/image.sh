@@ -2,9 +2,11 @@
 # Build the simmesh image (the root Dockerfile) without network access during the build.
 #
 #   tools/kind/image.sh [IMAGE]        default simmesh/simmesh:dev; prints the image name
+#   tools/kind/image.sh --sim [IMAGE]  the Dockerfile's `sim` target (the sweep workers'
+#                                      image, deploy/dask), default simmesh/simmesh-sim:dev
 #
 # 1. Wheels on the host: simmesh itself (pip wheel) and its runtime dependencies plus the
-#    `tracing` and `gate` extras, downloaded for CPython 3.11 on manylinux x86_64 (pip download, from PyPI;
+#    `tracing`, `gate` and `sim` extras (the default target installs the first two), downloaded for CPython 3.11 on manylinux x86_64 (pip download, from PyPI;
 #    cached in $SIMMESH_CACHE/image/deps-<hash of pyproject.toml>), into build/wheels.
 # 2. The base: offline (see tools/kind/lib.sh), a Debian bookworm python3 rootfs made by
 #    debootstrap (tools/kind/rootfs.sh python) and `docker import`ed as simmesh.local/python;
@@ -14,7 +16,10 @@ set -euo pipefail
 LOG_TAG=image
 . "$(dirname "$0")/lib.sh"
 
-IMAGE=${1:-simmesh/simmesh:dev}
+TARGET=runtime
+if [ "${1:-}" = --sim ]; then TARGET=sim; shift; fi
+if [ $TARGET = sim ]; then IMAGE=${1:-simmesh/simmesh-sim:dev}; else IMAGE=${1:-simmesh/simmesh:dev}; fi
+EXTRAS=(tracing gate sim)
 PYTHON=${PYTHON:-python3}
 IMAGE_CACHE=$CACHE/image
 WHEELS=$ROOT/build/wheels
@@ -33,20 +38,44 @@ print("\n".join(project["dependencies"] + [r for e in sys.argv[2:] for r in extr
 PY
 }
 
+# source_hash: a hash of every file that goes into simmesh's wheel (the packages' files as git
+# sees them, tracked or not, the build files, the compile mode and the Python); fails outside a
+# git checkout, and then nothing is cached.
+source_hash() {
+    local files
+    files=$(git -C "$ROOT" ls-files -co --exclude-standard -- mesh sim conformance setup.py pyproject.toml 2>/dev/null) || return 1
+    [ -n "$files" ] || return 1
+    { (cd "$ROOT" && echo "$files" | sort | while IFS= read -r f; do [ -f "$f" ] && { echo "$f"; cat "$f"; }; done)
+      echo "SIMMESH_COMPILE=${SIMMESH_COMPILE:-auto} $("$PYTHON" -VV)"; } | sha256sum | cut -c1-16
+}
+
 wheels() {
     local hash deps
-    hash=$(sha256sum <"$ROOT/pyproject.toml" | cut -c1-12)
+    hash=$( (cat "$ROOT/pyproject.toml"; echo "${EXTRAS[*]}") | sha256sum | cut -c1-12)
     deps=$IMAGE_CACHE/deps-$hash
     rm -rf "$WHEELS" && mkdir -p "$WHEELS"
-    "$PYTHON" -m pip wheel -q --no-deps --disable-pip-version-check -w "$WHEELS" "$ROOT" \
-        >"$IMAGE_CACHE/pip-wheel.log" 2>&1 || { cat "$IMAGE_CACHE/pip-wheel.log" >&2; die "pip wheel failed"; }
+    # simmesh's own wheel (mypyc: about 1.5 min) is kept per hash of what goes into it, so the
+    # runtime and sim targets of one tree, and a rebuild of an unchanged tree, compile once
+    local src self_cache=""
+    if src=$(source_hash); then self_cache=$IMAGE_CACHE/self-$src; fi
+    if [ -n "$self_cache" ] && [ -f "$self_cache/.complete" ]; then
+        cp "$self_cache"/simmesh-*.whl "$WHEELS"/
+        log "simmesh's wheel: cached ($self_cache)"
+    else
+        "$PYTHON" -m pip wheel -q --no-deps --disable-pip-version-check -w "$WHEELS" "$ROOT" \
+            >"$IMAGE_CACHE/pip-wheel.log" 2>&1 || { cat "$IMAGE_CACHE/pip-wheel.log" >&2; die "pip wheel failed"; }
+        if [ -n "$self_cache" ]; then
+            rm -rf "$IMAGE_CACHE"/self-* && mkdir -p "$self_cache"
+            cp "$WHEELS"/simmesh-*.whl "$self_cache"/ && touch "$self_cache/.complete"
+        fi
+    fi
     local self; self=$(ls "$WHEELS"/simmesh-*.whl)
     if [ ! -f "$deps/.complete" ]; then
         rm -rf "$deps" && mkdir -p "$deps"
         log "downloading the runtime wheels for cp311 manylinux (pip download)"
         # by requirement, not through simmesh's own wheel: compiled by mypyc, that one is
         # tagged linux_x86_64, which pip download refuses for the manylinux platforms
-        requirements "$ROOT/pyproject.toml" tracing gate >"$deps.requirements"
+        requirements "$ROOT/pyproject.toml" "${EXTRAS[@]}" >"$deps.requirements"
         "$PYTHON" -m pip download -q --disable-pip-version-check "${PIP_TARGET[@]}" -d "$deps" \
             -r "$deps.requirements" pip >"$deps.log" 2>&1 || { cat "$deps.log" >&2; die "pip download failed"; }
         touch "$deps/.complete"
@@ -75,11 +104,12 @@ main() {
     bash "$ROOT/tools/kind/docker.sh" up
     step "wheels" wheels
     local base; base=$(base_image)
-    log "docker build -t $IMAGE (base $base)"
+    log "docker build --target $TARGET -t $IMAGE (base $base)"
     local t; t=$(date +%s)
-    DOCKER_BUILDKIT=0 docker build -q --force-rm --build-arg "BASE_IMAGE=$base" -t "$IMAGE" "$ROOT" >/dev/null
+    DOCKER_BUILDKIT=0 docker build -q --force-rm --build-arg "BASE_IMAGE=$base" --target "$TARGET" \
+        -t "$IMAGE" "$ROOT" >/dev/null
     # the image this one replaced, if nothing uses it
-    docker image prune -f --filter label=org.opencontainers.image.title=simmesh >/dev/null
+    docker image prune -f --filter "label=org.opencontainers.image.title=simmesh${TARGET/runtime/}" >/dev/null
     log "built $IMAGE in $(($(date +%s) - t))s: $(docker image inspect -f '{{.Size}}' "$IMAGE" | awk '{printf "%.0f MB", $1/1e6}')"
     echo "$IMAGE"
 }
