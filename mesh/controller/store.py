@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mesh.core.errors import InvalidObject, ObjectError
-from mesh.core.parse import ClusterState, object_ref, parse_object
+from mesh.core.parse import ClusterState, object_ref, parse_object, rejected_value
 from mesh.snapshot.objects import strip
 
 Key = tuple[str, str, str]  # kind, namespace, name
@@ -32,7 +32,9 @@ Key = tuple[str, str, str]  # kind, namespace, name
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    value: Any  # parsed value; None when the object has an error or is of a kind not read
+    # parsed value; None when the object is of a kind not read or has an error (but for a GAMMA
+    # route rejected as a whole: what its status needs, a RejectedRoute)
+    value: Any
     error: ObjectError | None
     fingerprint: str
     api_version: str
@@ -77,7 +79,10 @@ class Store:
             value = parse_object(doc)
             error = None
         except InvalidObject as exc:
-            value, error = None, ObjectError(object_ref(doc), exc.field, exc.message)
+            value, error = (
+                rejected_value(doc, exc),
+                ObjectError(object_ref(doc), exc.field, exc.message),
+            )
         meta = doc.get("metadata")
         uid = meta.get("uid") if isinstance(meta, Mapping) else None
         self.entries[key] = Entry(
@@ -121,6 +126,6 @@ class Store:
         for entry in self.entries.values():
             if entry.error is not None:
                 state.errors.append(entry.error)
-            elif entry.value is not None:
+            if entry.value is not None:
                 state.add(entry.value)
         return state

@@ -48,6 +48,7 @@ from mesh.core.model import (
     ParentRef,
     PathModifier,
     RedirectFilter,
+    RejectedRoute,
     RewriteFilter,
     RouteBackend,
     RouteFilters,
@@ -135,6 +136,24 @@ def parse_gateway_route(doc: Mapping[str, Any]) -> GatewayRoute:
     return GatewayRoute(
         kind, namespace, name, created, parents, tuple(rules), tuple(notes), _generation(meta)
     )
+
+
+def rejected_route(doc: Mapping[str, Any], error: InvalidObject) -> RejectedRoute | None:
+    """What a status entry needs of a route :func:`parse_gateway_route` rejected: its name,
+    generation and Service parents, when those can be read (None otherwise: then nothing says
+    which Services it names, and only its error is reported)."""
+    try:
+        namespace, name = object_meta(doc)
+        meta = mapping(doc.get("metadata"), "metadata")
+        spec = mapping(doc.get("spec"), "spec")
+        parents = _parents(spec.get("parentRefs"), namespace)
+        generation = _generation(meta)
+    except InvalidObject:
+        return None
+    if not parents:
+        return None
+    kind = str(doc.get("kind"))
+    return RejectedRoute(kind, namespace, name, generation, parents, error.field, error.message)
 
 
 def _generation(meta: Mapping[str, Any]) -> int:
@@ -624,4 +643,5 @@ __all__ = [
     "object_reference",
     "parse_gateway_route",
     "path_value",
+    "rejected_route",
 ]

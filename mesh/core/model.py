@@ -342,6 +342,21 @@ class GatewayRoute:
         return f"{self.namespace}/{self.name}"
 
 
+@dataclass(frozen=True, slots=True)
+class RejectedRoute:
+    """An HTTPRoute or GRPCRoute the core rejects as a whole (a value the CRD's rules allow but
+    simmesh cannot use, such as a regular expression outside RE2): not used, but its Service
+    parents still get a status entry saying why (mesh.core.status)."""
+
+    kind: str
+    namespace: str
+    name: str
+    generation: int
+    parents: tuple[ParentRef, ...]
+    field: str  # the field path of the error, "" for the object
+    message: str
+
+
 class MtlsMode(StrEnum):
     OFF = "off"
     PERMISSIVE = "permissive"

@@ -53,6 +53,7 @@ from mesh.core.model import (
     PortRange,
     PortRoute,
     ProxyPod,
+    RejectedRoute,
     Service,
     ServicePort,
     Settings,
@@ -516,9 +517,14 @@ class ClusterState:
     traffic_splits: dict[str, TrafficSplit] = field(default_factory=dict)
     http_routes: dict[str, GatewayRoute] = field(default_factory=dict)
     grpc_routes: dict[str, GatewayRoute] = field(default_factory=dict)
+    # routes rejected as a whole, by (kind, namespace, name): their status says why
+    rejected_routes: dict[tuple[str, str, str], RejectedRoute] = field(default_factory=dict)
     errors: list[ObjectError] = field(default_factory=list)
 
     def add(self, value: Any) -> None:
+        if isinstance(value, RejectedRoute):
+            self.rejected_routes[(value.kind, value.namespace, value.name)] = value
+            return
         table = self._table(value)
         key = value.name if isinstance(value, Node) else f"{value.namespace}/{value.name}"
         table[key] = value
@@ -567,10 +573,24 @@ def parse_objects(docs: Iterable[Any], state: ClusterState | None = None) -> Clu
             value = parse_object(doc)
         except InvalidObject as exc:
             state.errors.append(ObjectError(object_ref(doc), exc.field, exc.message))
+            rejected = rejected_value(doc, exc)
+            if rejected is not None:
+                state.add(rejected)
             continue
         if value is not None:
             state.add(value)
     return state
+
+
+def rejected_value(doc: Any, error: InvalidObject) -> RejectedRoute | None:
+    """What is kept of an object :func:`parse_object` rejected: a GAMMA route's name and Service
+    parents (its status says why it is not used); None for everything else."""
+    if not isinstance(doc, Mapping) or doc.get("kind") not in gateway.VERSIONS:
+        return None
+    version = doc.get("apiVersion")
+    if version not in SUPPORTED_VERSIONS.get(str(doc.get("kind")), ()):
+        return None
+    return gateway.rejected_route(doc, error)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -29,19 +29,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mesh.core.model import ParentRef
+from mesh.core.model import ParentRef, RejectedRoute
 from mesh.core.topology import Detached, Topology, TopoParent, TopoRoute, Unresolved
 
 CONTROLLER_NAME = "simmesh.io/mesh-controller"
 ACCEPTED = "Accepted"
 RESOLVED_REFS = "ResolvedRefs"
 
+UNSUPPORTED_VALUE = "UnsupportedValue"
 # the spec's reasons (RouteConditionReason), and GEP-1294's Conflicted
 _DETACHED = {
     Detached.NO_SERVICE: "NoMatchingParent",
     Detached.NO_PORT: "NoMatchingParent",
-    Detached.NOT_HTTP: "UnsupportedValue",
-    Detached.HEADLESS: "UnsupportedValue",
+    Detached.NOT_HTTP: UNSUPPORTED_VALUE,
+    Detached.HEADLESS: UNSUPPORTED_VALUE,
 }
 _UNRESOLVED = {
     Unresolved.KIND: "InvalidKind",
@@ -78,9 +79,10 @@ class RouteStatus:
 
 
 def route_statuses(topology: Topology) -> dict[RouteId, RouteStatus]:
-    """The status of every route with a Service parent in the topology."""
+    """The status of every route with a Service parent in the topology, those rejected as a
+    whole included."""
     governing = _governing(topology)
-    return {
+    statuses = {
         key: RouteStatus(
             route.kind,
             route.namespace,
@@ -93,6 +95,24 @@ def route_statuses(topology: Topology) -> dict[RouteId, RouteStatus]:
         )
         for key, route in sorted(topology.gateway_routes.items())
     }
+    for key, rejected in sorted(topology.rejected_routes.items()):
+        statuses[key] = _rejected(rejected)
+    return dict(sorted(statuses.items()))
+
+
+def _rejected(route: RejectedRoute) -> RouteStatus:
+    """A route the core rejects as a whole: ``Accepted`` False with ``UnsupportedValue`` on each
+    Service parent, naming the field and what was expected; no ``ResolvedRefs`` (its references
+    were never resolved)."""
+    where = f"{route.field}: " if route.field else ""
+    condition = Condition(
+        ACCEPTED,
+        False,
+        UNSUPPORTED_VALUE,
+        f"{where}{route.message}; the route is not used",
+    )
+    parents = tuple(ParentStatus(parent, (condition,)) for parent in route.parents)
+    return RouteStatus(route.kind, route.namespace, route.name, route.generation, parents)
 
 
 def _governing(topology: Topology) -> set[tuple[str, str, str, int]]:

@@ -25,6 +25,7 @@ from mesh.core.model import (
     ParentRef,
     Pod,
     ProxyPod,
+    RejectedRoute,
     RouteFilters,
     RouteRule,
     Service,
@@ -200,6 +201,9 @@ class Topology:
     # every route with a Service parent in a watched namespace, attached or not, by
     # (kind, namespace, name): what its status is decided from (mesh.core.status)
     gateway_routes: dict[tuple[str, str, str], TopoRoute] = field(default_factory=dict)
+    # routes rejected as a whole in a watched namespace, by the same key: not used, but their
+    # Service parents get a status entry that says why
+    rejected_routes: dict[tuple[str, str, str], RejectedRoute] = field(default_factory=dict)
     # node -> identities of its live pods: the certificates its proxy may hold (mTLS)
     node_identities: dict[str, list[str]] = field(default_factory=dict)
     # pod IP -> node, for the IPs with an identity: which callers are on a proxy's own node
@@ -656,6 +660,9 @@ def _attach_routes(state: ClusterState, settings: Settings, topology: Topology) 
     (GEP-1294): for every caller when the route is in the Service's namespace (a producer
     route), for callers of the route's namespace only otherwise (a consumer route)."""
     attached: dict[tuple[str, int], dict[str, dict[str, tuple[TopoRoute, int]]]] = {}
+    for rejected_key in sorted(state.rejected_routes):
+        if settings.watches(rejected_key[1]):
+            topology.rejected_routes[rejected_key] = state.rejected_routes[rejected_key]
     for table in (state.grpc_routes, state.http_routes):
         for key in sorted(table):
             route = table[key]

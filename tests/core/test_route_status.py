@@ -180,6 +180,47 @@ def test_routes_without_a_service_parent_get_no_status() -> None:
     assert statuses(http_route("north", [gateway_parent], [to(backend_ref("web"))])) == {}
 
 
+def rejected_statuses(*docs: dict[str, Any]) -> dict[tuple[str, str, str], RouteStatus]:
+    state = parse_objects([*app("web", ips=["10.0.0.1"]), *docs])
+    return route_statuses(build_topology(state, Settings()))
+
+
+def test_a_route_rejected_as_a_whole_says_why_on_each_service_parent() -> None:
+    rule = {"matches": [{"path": {"type": "RegularExpression", "value": "/(a)\\1"}}]}
+    doc = http_route("bad", [parent("web", port=80), parent("nope")], [rule])
+    doc["metadata"]["generation"] = 3
+    state = parse_objects([*app("web", ips=["10.0.0.1"]), doc])
+    assert [e.ref.name for e in state.errors] == ["bad"]  # the error is still reported
+    status = route_statuses(build_topology(state, Settings()))[("HTTPRoute", NS, "bad")]
+    assert status.generation == 3
+    assert [p.parent.name for p in status.parents] == ["web", "nope"]
+    for entry in status.parents:
+        (condition,) = entry.conditions  # no ResolvedRefs: nothing was resolved
+        assert (condition.type, condition.status, condition.reason) == (
+            "Accepted",
+            False,
+            "UnsupportedValue",
+        )
+        assert condition.message.startswith("spec.rules[0].matches[0].path.value: ")
+        assert "RE2" in condition.message and condition.message.endswith("the route is not used")
+
+
+def test_a_rejected_route_without_readable_service_parents_gets_no_status() -> None:
+    bad = {"matches": [{"path": {"type": "RegularExpression", "value": "/(a)\\1"}}]}
+    gateway_only = http_route("north", [{"name": "gw"}], [bad])
+    broken_parent = http_route("parentless", [{"kind": "Service", "group": "", "name": "NO"}], [])
+    assert rejected_statuses(gateway_only, broken_parent) == {}
+
+
+def test_a_rejected_route_in_an_unwatched_namespace_gets_no_status() -> None:
+    bad = {"matches": [{"path": {"type": "RegularExpression", "value": "/(a)\\1"}}]}
+    state = parse_objects(
+        [*app("web", ips=["10.0.0.1"]), http_route("bad", [parent("web")], [bad])]
+    )
+    settings = Settings(ignore_namespaces=(NS,))
+    assert route_statuses(build_topology(state, settings)) == {}
+
+
 # -- merging into status.parents ----------------------------------------------------------------
 
 NOW = "2026-01-02T03:04:05Z"

@@ -183,3 +183,26 @@ def test_route_status_is_written_per_service_parent(
         return bool(entry) and conds(entry[0])["Accepted"] == ("True", "Accepted")
 
     wait_for(accepted, what="ghost accepted once its Service exists")
+
+    # a route the core rejects as a whole (a regular expression outside RE2, which the CRD
+    # allows): Accepted False, UnsupportedValue, naming the field; fixed, it is accepted
+    regex = route("regex", [svc_parent("web", 80)], [{"name": "web", "port": 80}])
+    match = {"path": {"type": "RegularExpression", "value": "/(a)\\1"}}
+    regex["spec"]["rules"][0]["matches"] = [match]
+    create(apiserver, regex)
+    rejected = wait_for(lambda: written("HTTPRoute", "regex"), what="the rejected route's status")
+    assert conds(rejected[0]) == {"Accepted": ("False", "UnsupportedValue")}
+    message = rejected[0]["conditions"][0]["message"]
+    assert message.startswith("spec.rules[0].matches[0].path.value: "), message
+    match["path"]["value"] = "/(a)+"
+    apiserver.merge_patch(path("HTTPRoute", "regex"), {"spec": {"rules": regex["spec"]["rules"]}})
+
+    def regex_fixed() -> bool:
+        entry = ours(apiserver, "HTTPRoute", "regex")
+        return bool(entry) and conds(entry[0]).get("Accepted") == ("True", "Accepted")
+
+    wait_for(regex_fixed, what="the fixed regex route accepted")
+    assert conds(ours(apiserver, "HTTPRoute", "regex")[0])["ResolvedRefs"] == (
+        "True",
+        "ResolvedRefs",
+    )
