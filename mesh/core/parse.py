@@ -585,10 +585,10 @@ def parse_objects(docs: Iterable[Any], state: ClusterState | None = None) -> Clu
 def rejected_value(doc: Any, error: InvalidObject) -> RejectedRoute | None:
     """What is kept of an object :func:`parse_object` rejected: a GAMMA route's name and Service
     parents (its status says why it is not used); None for everything else."""
-    if not isinstance(doc, Mapping) or doc.get("kind") not in gateway.VERSIONS:
-        return None
-    version = doc.get("apiVersion")
-    if version not in SUPPORTED_VERSIONS.get(str(doc.get("kind")), ()):
+    kind = doc.get("kind") if isinstance(doc, Mapping) else None
+    if not isinstance(kind, str) or kind not in gateway.VERSIONS:
+        return None  # a kind that is a list or a mapping is not hashable: check it is text
+    if doc.get("apiVersion") not in gateway.VERSIONS[kind]:
         return None
     return gateway.rejected_route(doc, error)
 

@@ -299,3 +299,21 @@ def test_an_entry_for_a_parent_no_longer_named_goes_and_others_keep_their_place(
     parents.insert(1, OTHER)
     after = merge(parents, status_of(VALID), LATER)
     assert [p["parentRef"]["name"] for p in after] == ["web", "gw"]
+
+
+def test_nothing_is_kept_of_other_rejected_objects() -> None:
+    from mesh.core.errors import InvalidObject
+    from mesh.core.parse import rejected_value
+
+    error = InvalidObject("spec", "bad")
+    route = http_route("r", [parent("web")], [])
+    assert rejected_value(route, error) is not None
+    for doc in (
+        {**route, "kind": ["HTTPRoute"]},  # unhashable kinds are not looked up
+        {**route, "kind": {"a": 1}},
+        {**route, "apiVersion": "split.smi-spec.io/v1alpha4"},
+        {**route, "kind": "TrafficSplit"},
+        ["not", "a", "mapping"],
+        None,
+    ):
+        assert rejected_value(doc, error) is None
