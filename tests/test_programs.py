@@ -51,6 +51,8 @@ REVIEWED: dict[tuple[str, str], str] = {
     ("tests/cluster/kube.py", "self.kubectl"): "kubectl",
     ("tests/cluster/test_4_undeploy.py", "helm"): "helm",
     ("tests/cluster/test_4_undeploy.py", "_helm()"): "helm",
+    ("tests/cluster/test_5_dask.py", "_kind()"): "kind",  # tools/kind/kind.sh prints its path
+    ("tests/cluster/test_5_dask.py", "kube.kubectl"): "kubectl",
     ("tests/k8s/apiserver.py", "self.argv"): "*",  # each server's binary, from SIMMESH_BIN_DIR
     ("tests/k8s/test_dns_coredns.py", "self.binary"): "coredns",
     ("tests/k8s/test_helm.py", "self.binary"): "helm",
@@ -75,6 +77,8 @@ SCRIPTS = {
     "callgrind_control": ("Makefile", "valgrind"),
     "callgrind_annotate": ("Makefile", "valgrind"),
 }
+# built from the Go module proxy by a script of the project, which the tests' callers run
+BUILT = {"kind": "tools/kind/kind.sh"}
 FILES = {"runc-wrapper"}  # the project's own scripts (tools/kind/runc-wrapper)
 DEBIAN = {
     "curl": "curl",
@@ -242,6 +246,8 @@ def _provider(program: str) -> str | None:
         return f"Debian package {DEBIAN[program]} (.ci/run)"
     if program in FALLBACKS:
         return f"a fallback, tested by {FALLBACKS[program]}"
+    if program in BUILT and "go install" in (ROOT / BUILT[program]).read_text():
+        return f"built by {BUILT[program]}"
     if program in SCRIPTS:
         script, package = SCRIPTS[program]
         installs = rf"apt-get install[^\n]*\b{re.escape(package)}\b"
