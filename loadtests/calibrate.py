@@ -18,7 +18,9 @@ Measures, each on loopback with the project's own commands (fortio for load; CPU
 - wakeup: how late a process that sleeps 2 ms is woken (the machine's CPU contention: run this
   when the machine is as busy as it will be during ``simmesh verify``);
 - configDelay: from a manifest change to every proxy applying it (controller file provider,
-  two proxies).
+  two proxies);
+- tls: what mutual TLS between node proxies costs (loadtests/calibrate_tls.py); ``--tls``
+  measures only that and writes it into the existing profile (``--out``), the rest kept.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from loadtests.bench_proxy import (
     start_fortio_server,
     wait_port,
 )
+from loadtests.calibrate_tls import tls_costs
 from loadtests.report import machine
 
 QPS = 400
@@ -391,6 +394,8 @@ def calibrate(*, seconds: float, repeat: int, progress: Callable[[str], None]) -
         wake = wakeups()
         timer = asyncio_timer()
         delay = config_delay(procs, work)
+        progress("mTLS: handshakes, records")
+        tls = tls_costs(answer=int(app["bytes"]))
     finally:
         procs.stop_all()
     return {
@@ -403,6 +408,7 @@ def calibrate(*, seconds: float, repeat: int, progress: Callable[[str], None]) -
         "wakeup": {"dist": "empirical", "percentiles": wake},
         "configDelay": round(delay, 4),
         "responseBytes": int(app["bytes"]),
+        "tls": {k: _round(v) for k, v in tls.items()},
         "_raw": proxy["raw"],
     }
 
@@ -427,7 +433,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "sim/profiles/local.yaml")
     parser.add_argument("--seconds", type=float, default=8.0, help="per measurement")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--tls", action="store_true", help="measure only the tls section into the --out profile"
+    )
     args = parser.parse_args(argv)
+    if args.tls:
+        return _tls_only(args.out)
     started = time.monotonic()
 
     def progress(text: str) -> None:
@@ -439,6 +450,26 @@ def main(argv: list[str] | None = None) -> int:
     )
     write_profile(profile, args.out, command.strip())
     print(args.out.read_text())
+    return 0
+
+
+def _tls_only(out: Path) -> int:
+    """Measure the ``tls`` section and write it into the profile ``out`` (its other sections,
+    and its comments, kept; the section replaced when there is one)."""
+    text = out.read_text()
+    raw = yaml.safe_load(text) or {}
+    tls = {k: _round(v) for k, v in tls_costs(answer=int(raw.get("responseBytes") or 818)).items()}
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("tls:")), None)
+    if start is not None:
+        end = start + 1
+        while end < len(lines) and lines[end].startswith((" ", "#")):
+            end += 1
+        del lines[start:end]
+    note = f"# tls measured {time.strftime('%Y-%m-%d')} by `python -m loadtests.calibrate --tls`"
+    lines += [note, yaml.safe_dump({"tls": tls}, sort_keys=False).rstrip()]
+    out.write_text("\n".join(lines) + "\n")
+    print(out.read_text())
     return 0
 
 

@@ -7,7 +7,9 @@ name whole (annotations included; a missing namespace is ``default``), or is add
 is none; a deletion of an object the scenario does not have is an error. An object that
 carries the annotation ``simmesh.io/whatif: delete`` is a deletion, so a pull request can say
 "this object goes" in a manifest. Objects of kinds the mesh does not read (a Deployment in the
-same directory) are ignored and listed.
+same directory) are ignored and listed. A file named ``mesh.yaml`` (given itself, or at the top
+of a directory given) changes the mesh's settings instead: each key it gives replaces the
+scenario's (``mtls: strict`` turns mutual TLS on and leaves every other setting as it was).
 
 The change is applied to the scenario's manifests with its ``policies`` (so the change wins
 over them), before the simulator generates the pods, slices and Services of the workloads
@@ -17,13 +19,16 @@ over them), before the simulator generates the pods, slices and Services of the 
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mesh.core.errors import InvalidObject
-from mesh.core.parse import PARSERS, object_ref, parse_object
+from mesh.core.model import Settings
+from mesh.core.parse import PARSERS, object_ref, parse_object, parse_settings, settings_doc
+from mesh.documents import DocumentError, read_yaml
 from mesh.manifests import ManifestError, manifest_files, read_manifest_file
 from sim.scenario import ScenarioError
 
@@ -62,6 +67,7 @@ class Change:
     objects: tuple[dict[str, Any], ...] = ()  # applied: added, or replacing one of the same ref
     deletions: tuple[Ref, ...] = ()
     ignored: tuple[Ref, ...] = ()  # kinds the mesh does not read
+    settings: tuple[tuple[str, Any], ...] = ()  # mesh.yaml keys that replace the scenario's
 
     def apply(self, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The scenario's objects after the change (raises ChangeError for a deletion of an
@@ -91,7 +97,15 @@ class Change:
             out.append(_action(action, ref))
         out += [_action("delete", ref) for ref in self.deletions]
         out += [_action("ignore", ref) for ref in self.ignored]
+        out += [
+            {"action": "set", "kind": "setting", "namespace": "", "name": f"{k}={_show(v)}"}
+            for k, v in self.settings
+        ]
         return out
+
+
+def _show(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
 
 
 def _action(action: str, ref: Ref) -> dict[str, str]:
@@ -105,7 +119,13 @@ def load_change(paths: Sequence[Path], deletes: Sequence[str] = ()) -> Change:
     deletions = [Ref.parse(text) for text in deletes]
     ignored: list[Ref] = []
     seen: dict[Ref, str] = {r: "--delete" for r in deletions}
+    settings: dict[str, Any] = {}
     for path in paths:
+        for file in _settings_files(path):
+            for key, value in _settings(file).items():
+                if key in settings:
+                    raise ChangeError(f"{file}: setting {key} is also in another --apply")
+                settings[key] = value
         for file, doc in _documents(path):
             ref = Ref.of(doc)
             if ref in seen:
@@ -120,15 +140,51 @@ def load_change(paths: Sequence[Path], deletes: Sequence[str] = ()) -> Change:
                 objects.append(doc)
     if len(set(deletions)) != len(deletions):
         raise ChangeError("--delete: the same object twice")
-    if not objects and not deletions:
+    if not objects and not deletions and not settings:
         shown = ", ".join(str(r) for r in ignored[:3]) or "no objects"
         raise ChangeError(f"nothing to apply or delete: no object the mesh reads ({shown})")
-    return Change(tuple(objects), tuple(deletions), tuple(ignored))
+    return Change(tuple(objects), tuple(deletions), tuple(ignored), tuple(sorted(settings.items())))
+
+
+def _settings_files(path: Path) -> list[Path]:
+    if path.name == "mesh.yaml" and not path.is_dir():
+        return [path]
+    top = path / "mesh.yaml"
+    return [top] if path.is_dir() and top.exists() else []
+
+
+def _settings(file: Path) -> dict[str, Any]:
+    """A mesh.yaml of the change: its keys, checked as the mesh reads them."""
+    try:
+        raw = read_yaml(file)
+    except DocumentError as exc:
+        raise ChangeError(f"--apply {exc}") from None
+    if not isinstance(raw, dict) or not raw:
+        raise ChangeError(
+            f"{file}: expected a mapping of settings (as mesh.yaml), e.g. mtls: strict"
+        )
+    try:
+        parse_settings(raw)
+    except InvalidObject as exc:
+        raise ChangeError(f"{file}: {exc.field}: {exc.message}") from None
+    return {str(k): v for k, v in raw.items()}
+
+
+def with_settings(settings: Settings, change: tuple[tuple[str, Any], ...]) -> Settings:
+    """``settings`` with the change's keys replacing theirs."""
+    if not change:
+        return settings
+    try:
+        return parse_settings(settings_doc(settings) | dict(change))
+    except InvalidObject as exc:
+        raise ChangeError(f"--apply mesh.yaml: {exc.field}: {exc.message}") from None
 
 
 def _documents(path: Path) -> list[tuple[Path, dict[str, Any]]]:
     if not path.exists():
         raise ChangeError(f"--apply {path}: no such file or directory")
+    if path.name == "mesh.yaml" and not path.is_dir():
+        return []  # settings (_settings)
     try:
         files = manifest_files(path) if path.is_dir() else [path]
     except ManifestError as exc:

@@ -21,6 +21,15 @@ each node proxy's and each pod app's event loop, and the network between nodes
 (sim/resources.py); policy changes reach the proxies after the profile's config delay. Pods and
 nodes that go down refuse connects or leave them unanswered, and fail the attempts in flight
 on them (sim/outages.py).
+
+With mTLS on (the scenario's settings), an attempt to a pod of another node goes through that
+node's proxy over a pooled tunnel connection, as the core's ``Router.tunnel_peer`` says (the
+same call the proxy makes): one pool per (source node, calling identity, destination node,
+destination identity), a connection carrying one request at a time, reused last freed first
+while idle for less than the proxy's 15 s, closed when its attempt times out; a new one pays a
+handshake (sim/resources.py prices the hops and the TLS work). Same-node attempts, and every
+attempt with mTLS off, take one hop as before. A connect failure to a pod that is down is
+priced as without mTLS.
 """
 
 from __future__ import annotations
@@ -105,8 +114,9 @@ class _Stream:
 
 @mypyc_attr(allow_interpreted_subclasses=True)  # tests/test_parity.py scripts its attempts
 class Simulation:
-    def __init__(self, scenario: Scenario) -> None:
+    def __init__(self, scenario: Scenario, *, cpu: bool = False) -> None:
         self.scenario = scenario
+        self.cpu = cpu  # results carry the proxies' CPU even with mTLS off
         self.env = simpy.Environment()
         seed = scenario.seed
         self.rng_arrivals = random.Random(f"{seed}:arrivals")
@@ -133,6 +143,10 @@ class Simulation:
         self.events_applied: list[dict[str, Any]] = []
         self.config_errors = [msgspec.to_builtins(e) for e in self.config.errors]
         self.started = 0
+        self.mtls = self.router.mtls != "off"
+        self.pools: dict[tuple[str, str | None, str, str | None], list[float]] = {}
+        self.handshakes = 0  # new tunnel connections
+        self.tunnelled = 0  # attempts through a tunnel
         # Every request's attempts and answer, when asked for (debugging, parity tests).
         self.trace: list[dict[str, Any]] | None = None
 
@@ -147,6 +161,7 @@ class Simulation:
     def _reload(self) -> None:
         self.config = self._compile(self.config)
         self.router = Router(self.config)
+        self.mtls = self.router.mtls != "off"
         self.engines = {n: Engine(self.router, e.state) for n, e in self.engines.items()}
         self.generation += 1
         self._place_pods()
@@ -254,8 +269,27 @@ class Simulation:
         behaviour = pod.fault or pod.behaviour
         rng = self.rng_service
         resources = self.resources
-        hop = uniform if uniform is not None else network.delay(node, pod.node)
-        arrived = resources.serve(ip, sent + hop)
+        peer = pod.node
+        if self.mtls and peer is not None and self.router.tunnel_peer(peer, node) is not None:
+            source = flight.stream.traffic.source if flight is not None else None
+            pool = self.pools.setdefault((node, source, peer, self.router.identities.get(ip)), [])
+            conn = _reuse(pool, sent)
+            handshake = conn < 0
+            if handshake:
+                self.handshakes += 1
+                conn = len(pool)
+                pool.append(math.inf)  # busy until the answer is back
+            else:
+                pool[conn] = math.inf
+            self.tunnelled += 1
+            hop = network.local  # from the destination's proxy to its pod
+            at = resources.tunnel_in(node, peer, sent, handshake=handshake)
+            arrived = resources.serve(ip, at + hop)
+        else:
+            pool = None
+            conn = -1
+            hop = uniform if uniform is not None else network.delay(node, pod.node)
+            arrived = resources.serve(ip, sent + hop)
         sample = behaviour.workload.latency(rng) * behaviour.factor
         contention = behaviour.workload.contention
         slots = pod.slots
@@ -284,6 +318,15 @@ class Simulation:
         wakes = resources.wakes
         wake = wakes[int(resources.random() * 512)] if wakes else 0.0
         back = finish + resources.half_app + wake + hop + self.proxy_latency
+        if pool is not None:  # the destination's proxy, the tunnel back, the source's
+            assert peer is not None
+            back += (
+                resources.tunnel_out(node, peer, self.response_bytes)
+                + network.delay(peer, node)
+                + self.proxy_latency
+            )
+            timed_out = timeout is not None and back - sent > timeout
+            pool[conn] = -math.inf if timed_out else back  # a timed-out one is closed
         failed = behaviour.error_rate > 0 and rng.random() < behaviour.error_rate
         if self.outages and flight is not None:
             self._in_flight(pod, InFlight(flight, flight.epoch, sent, back, timeout, node))
@@ -432,7 +475,36 @@ class Simulation:
             env.run(until=duration * step / steps)
             if progress is not None:
                 progress(step / steps, self.recorder.count)
-        return self.recorder.results(self.facts())
+        results = self.recorder.results(self.facts())
+        if self.mtls or self.cpu:
+            results |= self.costs(results["requests"]["finished"])
+        return results
+
+    def costs(self, finished: int) -> dict[str, Any]:
+        """What the proxies spent (CPU seconds per node, per 1,000 requests) and, with mTLS on,
+        the tunnels' handshakes; in results.json only when mTLS is on or ``cpu`` asks for it
+        (so a run with mTLS off writes what it always wrote)."""
+        duration = self.scenario.duration
+        nodes = {
+            node: {"cpuSeconds": _r6(loop.busy), "utilisation": _r6(loop.busy / duration)}
+            for node, loop in sorted(self.resources.proxies.items())
+        }
+        total = sum(loop.busy for loop in self.resources.proxies.values())
+        out: dict[str, Any] = {
+            "proxyCpu": {
+                "seconds": _r6(total),
+                "perThousandRequests": _r6(total * 1000 / finished) if finished else None,
+                "nodes": nodes,
+            }
+        }
+        if self.mtls:
+            out["mtls"] = {
+                "mode": self.router.mtls,
+                "tunnelledAttempts": self.tunnelled,
+                "handshakes": self.handshakes,
+                "connectionsAtEnd": sum(len(p) for p in self.pools.values()),
+            }
+        return out
 
     def facts(self) -> RunFacts:
         breakers: dict[str, dict[str, int]] = {}
@@ -448,6 +520,20 @@ class Simulation:
             events=self.events_applied,
             config_errors=self.config_errors,
         )
+
+
+TUNNEL_IDLE = 15.0  # seconds an idle pooled tunnel connection is kept (mesh.proxy.upstream_raw)
+
+
+def _reuse(pool: list[float], at: float) -> int:
+    """The pooled connection an attempt at ``at`` takes: the one freed last among those idle
+    then (-1: none, a new connection). Connections idle too long, or closed, are dropped."""
+    pool[:] = [free for free in pool if free >= at - TUNNEL_IDLE]
+    best = -1
+    for index, free in enumerate(pool):
+        if free <= at and (best < 0 or free > pool[best]):
+            best = index
+    return best
 
 
 _OUTAGES = {"endpoint-down": True, "endpoint-up": False, "node-down": True, "node-up": False}
@@ -595,12 +681,18 @@ class _Flight(Lifecycle):
         self.waiter.succeed()
 
 
+def _r6(value: float) -> float:
+    return round(value, 6) + 0.0
+
+
 def _plain(params: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if k != "objects"}
 
 
-def run_scenario(scenario: Scenario, progress: Progress | None = None) -> dict[str, Any]:
-    return Simulation(scenario).run(progress)
+def run_scenario(
+    scenario: Scenario, progress: Progress | None = None, *, cpu: bool = False
+) -> dict[str, Any]:
+    return Simulation(scenario, cpu=cpu).run(progress)
 
 
 class ProgressBar:

@@ -13,12 +13,22 @@ wakeup:  {dist: empirical, percentiles: {50: 0.0001, 99: 0.0005}}  # an idle pro
                                # for a CPU when work arrives (a latency spec, scenario format)
 configDelay: 0.15              # seconds from a policy change to every proxy applying it
 responseBytes: 800             # body bytes of an answer
+tls: {connect: 0.0006, accept: 0.0008, request: 0.00003, byte: 1.0e-09}  # mTLS tunnels:
+                               # CPU seconds of a proxy per handshake as the client (connect)
+                               # and as the server (accept), per request and per byte it seals
+                               # or opens (each of the two proxies of a tunnelled request pays
+                               # request and byte); read only when the scenario's mtls is on
 ```
 
 Timers: asyncio rounds a sleep up to whole milliseconds (the epoll timeout), so a test app asked
 for 20.1 ms answers after 21 ms; the simulator rounds a pod's service time up the same way.
 Wake-ups: a process that sleeps waits for a core when it is woken, the longer the busier the
 machine; every visit to an idle event loop (resources.py) pays one sample.
+
+The ``tls`` costs are measured by ``python -m loadtests.calibrate --tls`` (``tls_costs``: mutual
+TLS 1.3 handshakes with the mesh's own ECDSA workload certificates and records of the profile's
+answer size and of 64 KiB, through ``ssl`` memory BIOs in one process, CPU per side); a profile
+without ``tls`` prices TLS at 0.
 
 ``local`` is written by ``python -m loadtests.bench_proxy --profile`` from measurements on this
 machine (the proxy's CPU per request, per attempt and per byte with fortio, the test app's and
@@ -62,6 +72,10 @@ class Profile:
     wakeup: Any = 0.0  # a latency spec (mesh.core.distributions)
     config_delay: float = 0.0
     response_bytes: int = 0
+    tls_connect: float = 0.0  # CPU of one mTLS handshake, client side (the source proxy)
+    tls_accept: float = 0.0  # server side (the destination proxy)
+    tls_request: float = 0.0  # per request and proxy: sealing and opening its records
+    tls_byte: float = 0.0  # per body byte and proxy
     source: str = ""  # where it was measured, as the file says
 
     @property
@@ -78,6 +92,10 @@ _FIELDS = {
     ("app", "timer"): "app_timer",
     ("network", "local"): "network_local",
     ("network", "remote"): "network_remote",
+    ("tls", "connect"): "tls_connect",
+    ("tls", "accept"): "tls_accept",
+    ("tls", "request"): "tls_request",
+    ("tls", "byte"): "tls_byte",
 }
 _TOP = {
     "proxy",
@@ -87,6 +105,7 @@ _TOP = {
     "wakeup",
     "configDelay",
     "responseBytes",
+    "tls",
     "name",
     "measured",
 }
@@ -127,10 +146,16 @@ def parse_profile(raw: Any, where: str, *, name: str) -> Profile:
         if key not in _TOP:
             raise ProfileError(f"{where}: {key}: unknown key; expected one of {sorted(_TOP)}")
     values: dict[str, Any] = {}
-    for (section, key), attribute in _FIELDS.items():
+    for section in sorted({s for s, _ in _FIELDS}):
         body = raw.get(section) or {}
         if not isinstance(body, dict):
             raise ProfileError(f"{where}: {section}: expected a mapping")
+        known = sorted(k for s, k in _FIELDS if s == section)
+        extra = sorted(str(k) for k in body if k not in known)
+        if section == "tls" and extra:  # a typo would price TLS at 0 without a word
+            raise ProfileError(f"{where}: tls.{extra[0]}: unknown key; expected one of {known}")
+    for (section, key), attribute in _FIELDS.items():
+        body = raw.get(section) or {}
         if key in body:
             values[attribute] = _seconds(body[key], f"{where}: {section}.{key}")
     network = raw.get("network") or {}

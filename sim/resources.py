@@ -25,6 +25,18 @@ A request visits, in order (profile.py gives the costs):
 3. the proxy's loop again: the other half of the per-request cost and the response's bytes;
    the network back, the client's loop (the other half of its cost).
 
+With mTLS on, an attempt to a pod of another node goes through that node's proxy
+(:meth:`Resources.tunnel_in`, :meth:`Resources.tunnel_out`): the source proxy seals the
+request (half the profile's ``tls.request``; on a new tunnel connection also the client's
+handshake, ``tls.connect``, then the TCP and TLS 1.3 round trips, the destination's
+``tls.accept`` on its loop between them); the network between the nodes; the destination
+proxy's loop: half its per-request cost, one attempt's cost and opening the record; the
+network within the node to the pod. On the way back the destination proxy seals the answer
+(half its per-request cost, half ``tls.request``, the bytes at ``proxy.byte + tls.byte``)
+and the source proxy opens it (half ``tls.request``, the bytes at ``tls.byte``): CPU counted
+on both loops and time on the answer's path, not queued (like the app's answer, that work
+lies in the future of the loops' queues).
+
 :class:`Network` gives the one-way delay between two nodes (within a node, between nodes, or a
 given pair); a refused connect costs a round trip, an unreachable one the connect timeout.
 """
@@ -107,6 +119,10 @@ class Resources:
         "proxies",
         "random",
         "rng",
+        "tls_accept",
+        "tls_byte",
+        "tls_connect",
+        "tls_half",
         "wakes",
     )
 
@@ -129,6 +145,10 @@ class Resources:
             profile.network_local, profile.network_remote, tuple(profile.network_pairs.items())
         )
         self.local = profile.network_local
+        self.tls_connect = profile.tls_connect
+        self.tls_accept = profile.tls_accept
+        self.tls_half = profile.tls_request / 2
+        self.tls_byte = profile.tls_byte
 
     def _visit(self, loop: Loop, at: float, work: float) -> float:
         """Loop.visit with a wake-up sample drawn only when the loop is asleep (this runs
@@ -166,6 +186,28 @@ class Resources:
         if loop is None:
             loop = self.apps[ip] = Loop()
         return self._visit(loop, at, self.half_app)
+
+    def tunnel_in(self, node: str, peer: str, at: float, *, handshake: bool) -> float:
+        """When the proxy of ``peer`` has sent on to its pod an attempt that the proxy of
+        ``node`` tunnels at ``at`` (over a new connection with ``handshake``)."""
+        visit = self._visit
+        source, destination = self.proxies[node], self.proxies[peer]
+        hop = self.network.delay(node, peer)
+        work = self.tls_half + self.tls_connect if handshake else self.tls_half
+        out = visit(source, at, work)
+        if handshake:  # SYN, SYN-ACK, ACK + ClientHello; the server's flight back, Finished
+            out = visit(destination, out + 3 * hop, self.tls_accept) + hop
+        work = self.half_request + self.per_attempt + self.tls_half
+        return visit(destination, out + hop, work)
+
+    def tunnel_out(self, node: str, peer: str, size: int) -> float:
+        """The CPU time the answer (``size`` bytes) takes in the two proxies of a tunnel,
+        counted on both loops (not queued: see the module's notes)."""
+        sealed = self.half_request + self.tls_half + size * (self.per_byte + self.tls_byte)
+        opened = self.tls_half + size * self.tls_byte
+        self.proxies[peer].busy += sealed
+        self.proxies[node].busy += opened
+        return sealed + opened
 
     def deliver(self, node: str, at: float, size: int) -> float:
         """When the client has the answer the proxy starts sending at ``at``."""

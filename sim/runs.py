@@ -32,7 +32,7 @@ from typing import Any
 
 from mesh.documents import DocumentError, read_bytes
 from mesh.manifests import ManifestError, manifest_files
-from sim.change import Change
+from sim.change import Change, with_settings
 from sim.model import run_scenario
 from sim.scenario import Scenario, ScenarioError, scenario_from
 
@@ -86,8 +86,16 @@ class Source:
             path = directory.joinpath(*relative.parts)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
-        edit = change.apply if change is not None else None
-        return scenario_from(directory, self.raw, list(sets), edit=edit)
+        if change is None:
+            return scenario_from(directory, self.raw, list(sets))
+        settings = change.settings
+        return scenario_from(
+            directory,
+            self.raw,
+            list(sets),
+            edit=change.apply,
+            settings_edit=(lambda s: with_settings(s, settings)) if settings else None,
+        )
 
 
 @dataclass(frozen=True)
@@ -98,6 +106,7 @@ class Unit:
     sets: tuple[str, ...]
     change: Change | None = None
     summary: bool = False
+    cpu: bool = False  # results carry the proxies' CPU (a what-if compares it)
 
 
 class _OutOfTime(Exception):
@@ -116,7 +125,7 @@ def run_unit(source: Source, unit: Unit, deadline: float | None = None) -> dict[
             raise _OutOfTime
 
     try:
-        results = run_scenario(scenario, check if deadline is not None else None)
+        results = run_scenario(scenario, check if deadline is not None else None, cpu=unit.cpu)
     except _OutOfTime:
         return None
     return summary(results) if unit.summary else results

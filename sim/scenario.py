@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from mesh.core.model import Settings
+from mesh.core.model import PROXY_NAME, PROXY_NAME_LABEL, TUNNEL_PORT_NAME, MtlsMode, Settings
 from mesh.core.request import BadRequest, Request, parse_request, split_target
 from mesh.documents import DocumentError, load_yaml, read_yaml
 from mesh.manifests import ManifestError, read_manifests, read_settings
@@ -267,6 +267,7 @@ def _is_plain_number(value: Any) -> bool:
 
 
 Edit = Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
+SettingsEdit = Callable[[Settings], Settings]
 
 
 @dataclass(frozen=True)
@@ -311,9 +312,11 @@ def scenario_from(
     scale: float = 1.0,
     edit: Edit | None = None,
     slos: SloFile | None = None,
+    settings_edit: SettingsEdit | None = None,
 ) -> Scenario:
     """:func:`load_scenario` with scenario.yaml given as a mapping (left as it is): the
-    manifests and mesh.yaml are still read from ``directory``."""
+    manifests and mesh.yaml are still read from ``directory``; ``settings_edit`` changes the
+    settings (a what-if's mesh.yaml)."""
     raw = copy.deepcopy(raw)
     for assignment in sets:
         apply_set(raw, assignment)
@@ -327,7 +330,9 @@ def scenario_from(
     if manifests.problems:
         raise ScenarioError("; ".join(manifests.problems))
     path = directory / "scenario.yaml"
-    return _Validator(path, directory, raw, manifests.docs, settings, edit, slos).scenario()
+    validator = _Validator(path, directory, raw, manifests.docs, settings, edit, slos)
+    validator.settings_edit = settings_edit
+    return validator.scenario()
 
 
 class _Validator:
@@ -347,6 +352,7 @@ class _Validator:
         self.docs = docs
         self.settings = settings
         self.edit = edit
+        self.settings_edit: SettingsEdit | None = None
         self.slo_file = slos
 
     def fail(self, where: str, message: str) -> ScenarioError:
@@ -390,6 +396,8 @@ class _Validator:
         settings = self.settings
         if raw.get("settings") is not None:
             settings = self.override_settings(raw["settings"])
+        if self.settings_edit is not None:
+            settings = self.settings_edit(settings)
         workloads = self.workloads(raw.get("workloads"), nodes)
         docs = self.with_policies(self.docs, raw.get("policies"))
         if self.edit is not None:
@@ -405,6 +413,8 @@ class _Validator:
         if len(set(names)) != len(names):
             raise self.fail("traffic", "traffic names must be unique")
         docs = docs + client_pods(docs, traffic)
+        if settings.mtls is not MtlsMode.OFF:
+            docs = docs + proxy_pods(settings, nodes)
         timeline = [
             self.event(e, f"timeline[{i}]", nodes, workloads)
             for i, e in enumerate(self.seq(raw.get("timeline"), "timeline"))
@@ -1012,6 +1022,44 @@ def generated_objects(
             }
         )
     return out
+
+
+TUNNEL_PORT = 15008  # the proxies' tunnel port (mesh.proxy.mtls), as the chart sets it
+
+
+def proxy_pods(settings: Settings, nodes: tuple[str, ...]) -> list[dict[str, Any]]:
+    """With mTLS on, the node proxy of each of the scenario's nodes, as the controller reads
+    them (kind ``ProxyPod``): the core then gives each node its tunnel address
+    (mesh.core.topology.tunnel_addresses), and the simulator takes a request to a pod of
+    another node through it (Router.tunnel_peer), as the proxy does. IPs from 10.245.0.0/16."""
+    namespace, account = settings.proxy_account
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "ProxyPod",
+            "metadata": {
+                "name": f"simmesh-proxy-{i}",
+                "namespace": namespace,
+                "labels": {PROXY_NAME_LABEL: PROXY_NAME},
+            },
+            "spec": {
+                "nodeName": node,
+                "serviceAccountName": account,
+                "containers": [
+                    {
+                        "name": "proxy",
+                        "ports": [{"name": TUNNEL_PORT_NAME, "containerPort": TUNNEL_PORT}],
+                    }
+                ],
+            },
+            "status": {
+                "podIP": f"10.245.{i // 250}.{i % 250 + 1}",
+                "phase": "Running",
+                "conditions": [{"type": "Ready", "status": "True"}],
+            },
+        }
+        for i, node in enumerate(nodes)
+    ]
 
 
 def client_pods(docs: list[dict[str, Any]], traffic: list[Traffic]) -> list[dict[str, Any]]:

@@ -168,7 +168,7 @@ def whatif(
     numbers = tuple(base.seed + i for i in range(seeds))
     units = []
     for seed in numbers:  # pairs side by side: a budget cut leaves whole pairs behind
-        units += [Unit((f"seed={seed}",)), Unit((f"seed={seed}",), change)]
+        units += [Unit((f"seed={seed}",), cpu=True), Unit((f"seed={seed}",), change, cpu=True)]
     results = run_units(
         source, units, workers=workers, scheduler=scheduler, deadline=deadline, done=done
     )
@@ -259,7 +259,16 @@ def compare(
             [r["traffic"].get(name) for r in bs], [r["traffic"].get(name) for r in as_]
         )
     out["overall"] = _metrics([r["overall"] for r in bs], [r["overall"] for r in as_])
+    if any("proxyCpu" in r for r in bs + as_):
+        out["proxyCpu"] = _metric(
+            [_cpu(r) for r in bs], [_cpu(r) for r in as_]
+        )  # CPU seconds of all proxies per 1,000 requests
     return out
+
+
+def _cpu(results: dict[str, Any]) -> float | None:
+    cpu = results.get("proxyCpu")
+    return None if cpu is None else cpu["perThousandRequests"]
 
 
 METRICS: dict[str, Callable[[dict[str, Any]], float | None]] = {
