@@ -1,0 +1,192 @@
+"""Instructions per routing decision, counted by callgrind: bench_core's decisions, unblurred.
+
+    python -m loadtests.profile_core                  # 5 rounds of bench_core's 2,000 requests
+    python -m loadtests.profile_core --checkout DIR   # another tree (before/after)
+    python -m loadtests.profile_core --json out.json --dump callgrind.out
+
+Decisions per second move with whatever else the machine runs; the instructions a process
+executes for the same work do not (valgrind --tool=callgrind counts them). This runs bench_core's
+decision workload (loadtests/bench_core.py: the 10,000-Service config, its 2,000 requests, the
+same loop) under callgrind: the config is built outside callgrind and written as JSON, the child
+under callgrind reads it, compiles the Router, decides one warm-up round, its counters are
+zeroed, it decides ``--rounds`` rounds, and the counters are dumped. Reported: instructions per
+decision for the whole process (the loop, the interpreter, the allocator included) and, by
+inclusive count, the functions of the compiled modules (interpreted: none; the total only).
+Needs valgrind (Debian package).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from loadtests.builds import ROOT
+
+_LINE = re.compile(r"^\s*([\d,]+)\s+(?:\(\s*[\d.]+%\)\s+)?(\S+?):(\S+)")
+
+
+def _env(checkout: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONHASHSEED"] = "0"  # the same dict and set layouts in every run
+    env["PYTHONPATH"] = str(checkout)
+    return env
+
+
+def _wait(path: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{path} did not appear within {timeout:g} s")
+        time.sleep(0.005)
+
+
+def profile(
+    checkout: Path, rounds: int, work: Path, keep: Path | None = None
+) -> tuple[int, int, dict[str, int], dict[str, int], str]:
+    """(decisions, total instructions, inclusive and self counts of the compiled functions,
+    the build the child ran)."""
+    env = _env(checkout)
+    config = work / "config.json"
+    subprocess.run(
+        [sys.executable, "-m", "loadtests.profile_core", "--write-config", str(config)],
+        cwd=checkout,
+        env=env,
+        check=True,
+    )
+    out = work / "callgrind.out"
+    command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable]
+    command += ["-m", "loadtests.profile_core", "--child", str(config), "--rounds", str(rounds)]
+    child = subprocess.Popen(
+        command, cwd=checkout, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        _wait(work / "ready", timeout=1800)
+        subprocess.run(["callgrind_control", "-z", str(child.pid)], check=True, capture_output=True)
+        (work / "go").touch()
+        _wait(work / "done", timeout=1800)
+        subprocess.run(["callgrind_control", "-d", str(child.pid)], check=True, capture_output=True)
+        (work / "exit").touch()
+        stdout, stderr = child.communicate(timeout=600)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    if child.returncode != 0:
+        raise RuntimeError(f"the profiled child failed: {stderr.strip()[-2000:]}")
+    result = json.loads(stdout.strip().splitlines()[-1])
+    dumps = sorted(out.parent.glob(out.name + ".*"), key=lambda p: p.stat().st_mtime)
+    dump = next(d for d in dumps if d.stat().st_size > 0 and d.name != out.name)
+    if keep is not None:
+        shutil.copyfile(dump, keep)
+    total, inclusive = _read(dump, inclusive=True)
+    _, own = _read(dump, inclusive=False)
+    return int(result["decisions"]), total, inclusive, own, str(result["build"])
+
+
+def _read(dump: Path, *, inclusive: bool) -> tuple[int, dict[str, int]]:
+    mode = "yes" if inclusive else "no"
+    text = subprocess.run(
+        ["callgrind_annotate", "--threshold=100", f"--inclusive={mode}", str(dump)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    total = 0
+    counts: dict[str, int] = {}  # a function can be listed once per source file it spans
+    for line in text.splitlines():
+        if "PROGRAM TOTALS" in line:
+            total = int(line.split()[0].replace(",", ""))
+        match = _LINE.match(line)
+        if match:
+            name, count = match.group(3), int(match.group(1).replace(",", ""))
+            before = counts.get(name, 0)
+            counts[name] = max(count, before) if inclusive else before + count
+    if not inclusive:
+        # The frames on the stack when the counters were zeroed are listed with the whole
+        # count as their own: not a function's self cost.
+        counts = {name: count for name, count in counts.items() if count < total // 2}
+    return total, counts
+
+
+def _write_config(path: Path) -> int:
+    from loadtests.bench_core import cluster_docs, compile_once
+
+    _, _, config, _ = compile_once(cluster_docs(10000), pause_gc=True)
+    path.write_text(config.to_json(indent=None))
+    return 0
+
+
+def _child(config_path: Path, rounds: int) -> int:
+    from loadtests.bench_core import decide_round, workload
+    from mesh.build import describe
+    from mesh.core.schema import MeshConfig
+
+    work = config_path.parent
+    config = MeshConfig.from_json(config_path.read_bytes())
+    engine, requests, rng = workload(config)
+    decide_round(engine, requests, rng)  # warm-up: balancers, breakers, caches
+    (work / "ready").touch()
+    _wait(work / "go", timeout=600)
+    allowed = 0
+    for _ in range(rounds):
+        allowed += decide_round(engine, requests, rng)
+    (work / "done").touch()
+    _wait(work / "exit", timeout=600)
+    decisions = rounds * len(requests)
+    print(json.dumps({"decisions": decisions, "allowed": allowed, "build": describe()}))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--checkout", type=Path, default=ROOT)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--dump", type=Path, help="keep callgrind's dump here (callgrind_annotate)")
+    parser.add_argument("--write-config", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.write_config:
+        return _write_config(args.write_config)
+    if args.child:
+        return _child(args.child, args.rounds)
+    for tool in ("valgrind", "callgrind_control", "callgrind_annotate"):
+        if shutil.which(tool) is None:
+            print(f"profile_core: {tool} is missing (apt-get install valgrind)", file=sys.stderr)
+            return 2
+    with tempfile.TemporaryDirectory(prefix="simmesh-profile-core-") as tmp:
+        decisions, total, inclusive, own, build = profile(
+            args.checkout.resolve(), args.rounds, Path(tmp), args.dump
+        )
+    per = total / decisions
+    print(f"{per:,.0f} instructions per decision ({decisions:,} decisions, {build})")
+    print(f"{'inclusive':>10} {'self':>8}  function (per decision)")
+    ours = {n: c for n, c in inclusive.items() if n.startswith("CPyDef_")}
+    for name, count in sorted(ours.items(), key=lambda item: -item[1])[: args.top]:
+        print(f"{count / decisions:>10,.0f} {own.get(name, 0) / decisions:>8,.0f}  {name[7:]}")
+    print("top self cost (every function):")
+    for name, count in sorted(own.items(), key=lambda item: -item[1])[: args.top]:
+        print(f"{count / decisions:>10,.0f}  {name}")
+    if args.json:
+        document: dict[str, Any] = {
+            "perDecision": round(per),
+            "build": build,
+            "inclusive": {n[7:]: c // decisions for n, c in ours.items()},
+            "self": {n: c // decisions for n, c in own.items() if c >= decisions},
+        }
+        args.json.write_text(json.dumps(document, indent=1, sort_keys=True) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
