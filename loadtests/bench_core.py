@@ -160,13 +160,18 @@ def compile_once(
 LISTENER = 5000
 
 
-def workload(config: MeshConfig) -> tuple[Engine, list[Inbound], random.Random]:
+def workload(
+    config: MeshConfig, hosts: list[str] | None = None
+) -> tuple[Engine, list[Inbound], random.Random]:
     """The decision benchmark's engine, its 2,000 requests and its random source: shared with
-    loadtests/profile_core.py, which counts the same work in instructions."""
+    loadtests/profile_core.py, which counts the same work in instructions. The requests go to
+    the config's first ``.mesh`` hosts in its order (``hosts``: that order, for a config read
+    back from JSON, whose tables are in another order)."""
     router = Router(config)
     engine = Engine(router)
     rng = random.Random(1)
-    hosts = [h for h in router.hosts[LISTENER] if h.endswith(".mesh")]
+    if hosts is None:
+        hosts = mesh_hosts(config)
     requests = []
     for k in range(2000):
         host = hosts[k % len(hosts)]
@@ -180,6 +185,11 @@ def workload(config: MeshConfig) -> tuple[Engine, list[Inbound], random.Random]:
         items = [("Host", host), ("User-Agent", "bench"), ("Accept", "*/*")]
         requests.append(Inbound("GET" if k % 3 else "POST", path, items, host, source))
     return engine, requests, rng
+
+
+def mesh_hosts(config: MeshConfig) -> list[str]:
+    """The ``.mesh`` names of the decision benchmark's listener, in the config's order."""
+    return [h for h in config.hosts[str(LISTENER)] if h.endswith(".mesh")]
 
 
 def decide_round(engine: Engine, requests: list[Inbound], rng: random.Random) -> int:

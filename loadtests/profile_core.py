@@ -46,14 +46,14 @@ def _wait(path: Path, timeout: float) -> None:
     while not path.exists():
         if time.monotonic() > deadline:
             raise RuntimeError(f"{path} did not appear within {timeout:g} s")
-        time.sleep(0.005)
+        time.sleep(0.1)  # few polls: the polling is counted too, while the parent acts
 
 
 def profile(
     checkout: Path, rounds: int, work: Path, keep: Path | None = None
-) -> tuple[int, int, dict[str, int], dict[str, int], str]:
-    """(decisions, total instructions, inclusive and self counts of the compiled functions,
-    the build the child ran)."""
+) -> tuple[dict[str, Any], int, dict[str, int], dict[str, int]]:
+    """(what the child reports: decisions, allowed, build; total instructions; inclusive and
+    self counts of the functions)."""
     env = _env(checkout)
     config = work / "config.json"
     subprocess.run(
@@ -89,7 +89,7 @@ def profile(
         shutil.copyfile(dump, keep)
     total, inclusive = _read(dump, inclusive=True)
     _, own = _read(dump, inclusive=False)
-    return int(result["decisions"]), total, inclusive, own, str(result["build"])
+    return result, total, inclusive, own
 
 
 def _read(dump: Path, *, inclusive: bool) -> tuple[int, dict[str, int]]:
@@ -118,10 +118,13 @@ def _read(dump: Path, *, inclusive: bool) -> tuple[int, dict[str, int]]:
 
 
 def _write_config(path: Path) -> int:
-    from loadtests.bench_core import cluster_docs, compile_once
+    """The config as JSON, and its hosts in the order bench_core's workload takes them (JSON
+    read back orders the tables otherwise: another mix of allowed and denied requests)."""
+    from loadtests.bench_core import cluster_docs, compile_once, mesh_hosts
 
     _, _, config, _ = compile_once(cluster_docs(10000), pause_gc=True)
     path.write_text(config.to_json(indent=None))
+    path.with_suffix(".hosts").write_text("\n".join(mesh_hosts(config)))
     return 0
 
 
@@ -132,7 +135,8 @@ def _child(config_path: Path, rounds: int) -> int:
 
     work = config_path.parent
     config = MeshConfig.from_json(config_path.read_bytes())
-    engine, requests, rng = workload(config)
+    hosts = config_path.with_suffix(".hosts").read_text().split("\n")
+    engine, requests, rng = workload(config, hosts)
     decide_round(engine, requests, rng)  # warm-up: balancers, breakers, caches
     (work / "ready").touch()
     _wait(work / "go", timeout=600)
@@ -165,11 +169,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"profile_core: {tool} is missing (apt-get install valgrind)", file=sys.stderr)
             return 2
     with tempfile.TemporaryDirectory(prefix="simmesh-profile-core-") as tmp:
-        decisions, total, inclusive, own, build = profile(
+        result, total, inclusive, own = profile(
             args.checkout.resolve(), args.rounds, Path(tmp), args.dump
         )
+    decisions, build = int(result["decisions"]), str(result["build"])
     per = total / decisions
-    print(f"{per:,.0f} instructions per decision ({decisions:,} decisions, {build})")
+    print(
+        f"{per:,.0f} instructions per decision ({decisions:,} decisions, "
+        f"{result['allowed'] / decisions:.1%} allowed, {build})"
+    )
     print(f"{'inclusive':>10} {'self':>8}  function (per decision)")
     ours = {n: c for n, c in inclusive.items() if n.startswith("CPyDef_")}
     for name, count in sorted(ours.items(), key=lambda item: -item[1])[: args.top]:
