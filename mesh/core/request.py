@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import Final
+from typing import Final, cast
 
 # Final: a compiled module reads these as C globals, not from its globals dict per use.
 HOP_BY_HOP: Final = frozenset(
@@ -298,13 +298,18 @@ def parse_request(
     if not is_token(method):
         raise BadRequest(f"the method is not a token: {_show(method)}")
     path, query = split_target(method, target)
-    out: list[tuple[str, str]] = []
+    # The lines go on as they came, the same tuple objects: ``out`` holds them as objects,
+    # since a compiled build reads a line typed as a pair into two values and would build a
+    # new tuple to store it again.
+    out: list[object] = []
     headers: dict[str, str] = {}
     listed: set[str] | None = None
     te_trailers = False
     proxy_set = False
-    for item in items:  # one pass: this runs for every request the proxy serves
-        name, value = item
+    host_at = -1  # the Host line's index in ``out``
+    line: object
+    for line in items:  # one pass: this runs for every request the proxy serves
+        name, value = line  # narrowed by mypy; still an object to mypyc
         low = name.lower()
         if low in HOP_BY_HOP:
             if low == "connection":
@@ -316,7 +321,9 @@ def parse_request(
         first = headers.get(low)
         if first is None:
             headers[low] = value
-            out.append(item)
+            if low == "host":
+                host_at = len(out)
+            out.append(line)
             proxy_set = proxy_set or low in PROXY_SET
             continue
         if low in _SINGLE:
@@ -324,19 +331,26 @@ def parse_request(
                 continue
             raise BadRequest(f"several {low.title()} headers")
         combined = headers[low] = f"{first}{'; ' if low == 'cookie' else ', '}{value}"
-        at = next(i for i, (n, _) in enumerate(out) if n.lower() == low)
-        out[at] = (out[at][0], combined)
+        for at in range(len(out)):
+            spelled = _line(out[at])[0]
+            if spelled.lower() == low:
+                out[at] = (spelled, combined)
+                break
     if listed is not None and listed - _SINGLE:
         # Host and Content-Length stay: they are not this hop's to drop.
-        out = [(n, v) for n, v in out if n.lower() not in listed or n.lower() in _SINGLE]
+        kept: list[object] = []
+        for line in out:
+            low = _line(line)[0].lower()
+            if low not in listed or low in _SINGLE:
+                if low == "host":
+                    host_at = len(kept)
+                kept.append(line)
+        out = kept
         for low in listed - _SINGLE:
             headers.pop(low, None)
     if authority:  # the request's own authority wins, and is what the backend receives
-        if "host" in headers:
-            for at in range(len(out)):
-                if out[at][0].lower() == "host":
-                    out[at] = (out[at][0], authority)
-                    break
+        if host_at >= 0:
+            out[host_at] = (_line(out[host_at])[0], authority)
         else:
             out.insert(0, ("Host", authority))
         headers["host"] = authority
@@ -351,10 +365,15 @@ def parse_request(
         query=query,
         host=headers.get("host", ""),
         headers=headers,
-        items=out,
+        items=cast("list[tuple[str, str]]", out),
         replaced=replaced,
         te_trailers=te_trailers,
     )
+
+
+def _line(line: object) -> tuple[str, str]:
+    """A header line of parse_request's ``out``, as the pair it is."""
+    return cast("tuple[str, str]", line)
 
 
 __all__ = [

@@ -204,13 +204,25 @@ class AccessGrant:
 class EndpointGroup:
     """Endpoints sharing an identity and a target port, with the grants that admit traffic."""
 
-    __slots__ = ("endpoints", "grants", "identity", "port")
+    __slots__ = ("_verdicts", "endpoints", "grants", "identity", "port")
 
     def __init__(self, identity: str | None, port: int, grants: tuple[AccessGrant, ...]) -> None:
         self.identity = identity
         self.port = port
         self.grants = grants
         self.endpoints: tuple[Endpoint, ...] = ()
+        self._verdicts: tuple[Access, ...] | None = None
+
+    def admitted(self, index: int) -> Access:
+        """The verdict of ``grants[index]`` admitting a request to this group alone: the same
+        for every request it admits, so made once (on the first)."""
+        verdicts = self._verdicts
+        if verdicts is None:
+            verdicts = self._verdicts = tuple(
+                Access(True, Reason.ALLOWED, g.granted, g.description, self.endpoints)
+                for g in self.grants
+            )
+        return verdicts[index]
 
 
 class Cluster:
@@ -727,26 +739,28 @@ class Router:
                 None,
                 (),
             )
-        first: AccessGrant | None = None  # the grant of the first group that admits
-        endpoints: tuple[Endpoint, ...] = ()
+        first: EndpointGroup | None = None  # the first group a grant admits the request to
+        index = 0  # that grant's, in first.grants
         more: list[Endpoint] | None = None  # the endpoints of every admitting group, if several
         granted_source = False
         for group in cluster.groups:
-            for grant in group.grants:
+            grants = group.grants
+            for at in range(len(grants)):
+                grant = grants[at]
                 if grant.admits(source, request):
                     if first is None:
-                        first = grant
-                        endpoints = group.endpoints
+                        first, index = group, at
                     else:
                         if more is None:
-                            more = list(endpoints)
+                            more = list(first.endpoints)
                         more.extend(group.endpoints)
                     break
                 granted_source = granted_source or source in grant.sources
         if first is not None:
-            if more is not None:
-                endpoints = tuple(more)
-            return Access(True, Reason.ALLOWED, first.granted, first.description, endpoints)
+            if more is None:
+                return first.admitted(index)
+            grant = first.grants[index]
+            return Access(True, Reason.ALLOWED, grant.granted, grant.description, tuple(more))
         destinations = cluster.destinations
         if granted_source and request is not None:  # no route match admits the request
             return Access(
@@ -1151,31 +1165,32 @@ class Engine:
     def _pick(
         self,
         cluster: Cluster,
-        endpoints: Sequence[Endpoint],
+        endpoints: tuple[Endpoint, ...],
         avoid: Sequence[Endpoint],
         now: float,
         rng: Rng,
     ) -> Endpoint | None:
-        candidates = endpoints
+        pool: list[Endpoint] | None = None  # the endpoints left, when some are not available
         if avoid or (cluster.breaker is not None and self.state.tripped.get(cluster.service)):
-            candidates = [
-                e for e in endpoints if e not in avoid and self._available(cluster, e, now)
-            ]
-            if not candidates and avoid:
-                candidates = [e for e in endpoints if self._available(cluster, e, now)]
-            if not candidates:
+            pool = [e for e in endpoints if e not in avoid and self._available(cluster, e, now)]
+            if not pool and avoid:
+                pool = [e for e in endpoints if self._available(cluster, e, now)]
+            if not pool:
                 return None
+        count = len(pool) if pool is not None else len(endpoints)
         if cluster.load_balancer == "least-request":
             balancer = self.state.least_request.get(cluster.key)
             if balancer is None:
                 balancer = self.state.least_request[cluster.key] = LeastRequest()
             balancer.inflight = self.state.inflight
-            endpoint = candidates[balancer.pick(len(candidates), rng, [e.key for e in candidates])]
+            keys = [e.key for e in (pool if pool is not None else endpoints)]
+            index = balancer.pick(count, rng, keys)
         else:
             robin = self.state.round_robin.get(cluster.key)
             if robin is None:
                 robin = self.state.round_robin[cluster.key] = RoundRobin()
-            endpoint = candidates[robin.pick(len(candidates), rng)]
+            index = robin.pick(count, rng)
+        endpoint = pool[index] if pool is not None else endpoints[index]
         breaker = self.breaker(cluster, endpoint)
         if breaker is not None:
             breaker.allow(now)
