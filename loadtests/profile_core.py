@@ -25,7 +25,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +40,12 @@ def _env(checkout: Path) -> dict[str, str]:
     return env
 
 
-def _wait(path: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{path} did not appear within {timeout:g} s")
-        time.sleep(0.1)  # few polls: the polling is counted too, while the parent acts
+def _expect(child: subprocess.Popen[str], word: str) -> None:
+    assert child.stdout is not None
+    line = child.stdout.readline().strip()
+    if line != word:
+        _, stderr = child.communicate(timeout=60)
+        raise RuntimeError(f"expected {word!r} from the profiled child, got {line!r}: {stderr}")
 
 
 def profile(
@@ -65,17 +64,26 @@ def profile(
     out = work / "callgrind.out"
     command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable]
     command += ["-m", "loadtests.profile_core", "--child", str(config), "--rounds", str(rounds)]
+    # The child waits for each step blocked on its stdin (callgrind_control reaches a blocked
+    # process), so no waiting of its own is counted between the zeroing and the dump.
     child = subprocess.Popen(
-        command, cwd=checkout, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        command,
+        cwd=checkout,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
+    assert child.stdin is not None and child.stdout is not None
     try:
-        _wait(work / "ready", timeout=1800)
+        _expect(child, "ready")
         subprocess.run(["callgrind_control", "-z", str(child.pid)], check=True, capture_output=True)
-        (work / "go").touch()
-        _wait(work / "done", timeout=1800)
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        _expect(child, "done")
         subprocess.run(["callgrind_control", "-d", str(child.pid)], check=True, capture_output=True)
-        (work / "exit").touch()
-        stdout, stderr = child.communicate(timeout=600)
+        stdout, stderr = child.communicate("exit\n", timeout=600)
     finally:
         if child.poll() is None:
             child.kill()
@@ -133,18 +141,17 @@ def _child(config_path: Path, rounds: int) -> int:
     from mesh.build import describe
     from mesh.core.schema import MeshConfig
 
-    work = config_path.parent
     config = MeshConfig.from_json(config_path.read_bytes())
     hosts = config_path.with_suffix(".hosts").read_text().split("\n")
     engine, requests, rng = workload(config, hosts)
     decide_round(engine, requests, rng)  # warm-up: balancers, breakers, caches
-    (work / "ready").touch()
-    _wait(work / "go", timeout=600)
+    print("ready", flush=True)
+    sys.stdin.readline()  # go: the counters are zeroed
     allowed = 0
     for _ in range(rounds):
         allowed += decide_round(engine, requests, rng)
-    (work / "done").touch()
-    _wait(work / "exit", timeout=600)
+    print("done", flush=True)
+    sys.stdin.readline()  # exit: the counters are dumped
     decisions = rounds * len(requests)
     print(json.dumps({"decisions": decisions, "allowed": allowed, "build": describe()}))
     return 0
