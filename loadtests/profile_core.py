@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -29,8 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from loadtests.builds import ROOT
-
-_LINE = re.compile(r"^\s*([\d,]+)\s+(?:\(\s*[\d.]+%\)\s+)?(\S+?):(\S+)")
+from loadtests.callgrind import annotate
 
 
 def _env(checkout: Path) -> dict[str, str]:
@@ -95,34 +93,9 @@ def profile(
     dump = next(d for d in dumps if d.stat().st_size > 0 and d.name != out.name)
     if keep is not None:
         shutil.copyfile(dump, keep)
-    total, inclusive = _read(dump, inclusive=True)
-    _, own = _read(dump, inclusive=False)
+    total, inclusive = annotate(dump, inclusive=True)
+    _, own = annotate(dump, inclusive=False)
     return result, total, inclusive, own
-
-
-def _read(dump: Path, *, inclusive: bool) -> tuple[int, dict[str, int]]:
-    mode = "yes" if inclusive else "no"
-    text = subprocess.run(
-        ["callgrind_annotate", "--threshold=100", f"--inclusive={mode}", str(dump)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    total = 0
-    counts: dict[str, int] = {}  # a function can be listed once per source file it spans
-    for line in text.splitlines():
-        if "PROGRAM TOTALS" in line:
-            total = int(line.split()[0].replace(",", ""))
-        match = _LINE.match(line)
-        if match:
-            name, count = match.group(3), int(match.group(1).replace(",", ""))
-            before = counts.get(name, 0)
-            counts[name] = max(count, before) if inclusive else before + count
-    if not inclusive:
-        # The frames on the stack when the counters were zeroed are listed with the whole
-        # count as their own: not a function's self cost.
-        counts = {name: count for name, count in counts.items() if count < total // 2}
-    return total, counts
 
 
 def _write_config(path: Path) -> int:
