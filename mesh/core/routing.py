@@ -1098,7 +1098,7 @@ class Engine:
 
     def _weighted_pick(self, key: str, weights: tuple[int, ...]) -> int:
         balancer = self.state.splits.get(key)
-        if balancer is None or balancer.weights != weights:
+        if balancer is None or (balancer.weights is not weights and balancer.weights != weights):
             balancer = self.state.splits[key] = SmoothWeightedRoundRobin(weights)
         return balancer.pick()
 
