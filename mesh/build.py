@@ -76,9 +76,11 @@ COMPILED: tuple[str, ...] = (
 # Benchmark drivers, compiled with the modules above (one group: their calls into the core are
 # native calls, as the proxy's are) by a build in the source tree (``make compile``: setup.py
 # build_ext --inplace), never installed: loadtests/core_loop.py says why.
-DRIVERS: tuple[str, ...] = (
+# fmt: off
+DRIVERS: tuple[str, ...] = (  # one name a line, as above: the Makefile reads them
     "loadtests.core_loop",
 )
+# fmt: on
 
 
 def _is_extension(name: str) -> bool:
