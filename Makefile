@@ -27,12 +27,12 @@ compile: $(VENV)/.compiled-$(SIMMESH_COMPILE)
 
 $(VENV)/.compiled-$(SIMMESH_COMPILE): $(VENV)/.installed $(COMPILED_SOURCES) mesh/build.py setup.py
 	rm -f $(VENV)/.compiled-*
-	find mesh sim -name '*.so' -delete
+	find mesh sim loadtests -name '*.so' -delete
 	SIMMESH_COMPILE=$(SIMMESH_COMPILE) $(BIN)/python setup.py build_ext --inplace \
 		>$(VENV)/compile.log 2>&1 || { cat $(VENV)/compile.log; exit 1; }
 	@# mypyc compiles a class default it cannot represent as a missing attribute: an error here
 	@! grep 'warning: Unsupported' $(VENV)/compile.log
-	find mesh sim -name '*.so' -exec touch {} +  # the unchanged shims are copied with old times
+	find mesh sim loadtests -name '*.so' -exec touch {} +  # the unchanged shims are copied with old times
 	$(BIN)/simmesh --version
 	touch $@
 
@@ -155,7 +155,7 @@ test-cluster: setup k8s-bins image image-sim kind-up
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .hypothesis out build
-	find mesh sim -name '*.so' -delete
+	find mesh sim loadtests -name '*.so' -delete
 
 # ---------------------------------------------------------------- SMI conformance
 # docs/conformance.md. The suite against the cluster of the current kubeconfig (KUBECONFIG,

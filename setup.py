@@ -21,11 +21,16 @@ HERE = Path(__file__).resolve().parent
 
 
 def _compiled_names() -> tuple[str, ...]:
+    """mesh/build.py's COMPILED; with its DRIVERS in a build in the source tree (--inplace)."""
     spec = importlib.util.spec_from_file_location("_simmesh_build", HERE / "mesh" / "build.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return tuple(module.COMPILED)
+    names = tuple(module.COMPILED)
+    if "--inplace" in sys.argv:
+        sources = {name: (HERE / Path(*name.split("."))).with_suffix(".py") for name in module.DRIVERS}
+        names += tuple(name for name, source in sources.items() if source.exists())
+    return names
 
 
 def _compiler() -> str | None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -42,8 +41,7 @@ from loadtests.bench_proxy import (
     start_fortio_server,
     wait_port,
 )
-
-_LINE = re.compile(r"^\s*([\d,]+)\s+\(\s*[\d.]+%\)\s+(\S+?):(\S+)")
+from loadtests.callgrind import annotate
 
 
 def _ready(url: str, timeout: float) -> None:
@@ -109,21 +107,8 @@ def _wait_dump(out: Path) -> Path:
 
 
 def _read(dump: Path, requests: int) -> tuple[int, list[tuple[int, str]]]:
-    text = subprocess.run(
-        ["callgrind_annotate", "--threshold=100", "--inclusive=yes", str(dump)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    total = 0
-    ours: dict[str, int] = {}  # a function can be listed once per source file it spans
-    for line in text.splitlines():
-        if "PROGRAM TOTALS" in line:
-            total = int(line.split()[0].replace(",", ""))
-        match = _LINE.match(line)
-        if match and match.group(3).startswith("CPyDef_"):
-            name, count = match.group(3)[len("CPyDef_") :], int(match.group(1).replace(",", ""))
-            ours[name] = max(count, ours.get(name, 0))
+    total, counts = annotate(dump, inclusive=True)
+    ours = {n[len("CPyDef_") :]: c for n, c in counts.items() if n.startswith("CPyDef_")}
     ranked = sorted(((count, name) for name, count in ours.items()), reverse=True)
     return total // requests, ranked
 

@@ -16,7 +16,7 @@ import importlib.machinery
 import importlib.util
 import sys
 
-__all__ = ["COMPILED", "compiled_modules", "describe"]
+__all__ = ["COMPILED", "DRIVERS", "compiled_modules", "describe", "is_compiled"]
 
 # The hot paths: every decision of the core, the simulator's model, the proxy's request path.
 # Not mesh.core.schema: its msgspec Structs take class keywords (frozen, rename) that a
@@ -73,6 +73,16 @@ COMPILED: tuple[str, ...] = (
 )
 
 
+# Benchmark drivers, compiled with the modules above (one group: their calls into the core are
+# native calls, as the proxy's are) by a build in the source tree (``make compile``: setup.py
+# build_ext --inplace), never installed: loadtests/core_loop.py says why.
+# fmt: off
+DRIVERS: tuple[str, ...] = (  # one name a line, as above: the Makefile reads them
+    "loadtests.core_loop",
+)
+# fmt: on
+
+
 def _is_extension(name: str) -> bool:
     module = sys.modules.get(name)
     origin = getattr(module, "__file__", None) if module is not None else None
@@ -81,6 +91,11 @@ def _is_extension(name: str) -> bool:
         origin = spec.origin if spec is not None else None
     suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
     return origin is not None and origin.endswith(suffixes)
+
+
+def is_compiled(name: str) -> bool:
+    """Whether this process imports (or would import) module ``name`` compiled."""
+    return _is_extension(name)
 
 
 def compiled_modules() -> list[str]:

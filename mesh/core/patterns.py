@@ -112,10 +112,18 @@ def whole(pattern: str) -> Matcher:
     return _matcher(pattern, to_end=True)
 
 
+def literal(pattern: str) -> str | None:
+    """The text a pattern stands for when it has no metacharacters (printable ASCII): what
+    :func:`prefix` then matches with ``startswith`` (a caller may do so inline); else None."""
+    if _ASCII_LITERAL.fullmatch(pattern) and not _METACHARACTERS.intersection(pattern):
+        return pattern
+    return None
+
+
 @functools.lru_cache(maxsize=4096)
 def _matcher(pattern: str, *, to_end: bool) -> Matcher:
     compiled = _compile(pattern)
-    if _ASCII_LITERAL.fullmatch(pattern) and not _METACHARACTERS.intersection(pattern):
+    if literal(pattern) is not None:
         return _equals(pattern) if to_end else _starts_with(pattern)
     return _regex(compiled, to_end=to_end)
 

@@ -24,8 +24,8 @@ admitted by the grants (503) -> circuit breakers (503) -> load balancer.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from enum import StrEnum
+from typing import Final
 
 from mesh.core import patterns, schema
 from mesh.core.annotations import ServicePolicy, parse_circuit_breaker_expression
@@ -80,7 +80,8 @@ class Reason(StrEnum):
     NOT_LOCAL_TARGET = "not-local-target"
 
 
-STATUS = {
+# Final: a compiled module reads it as a C global, not from its globals dict per decision.
+STATUS: Final = {
     Reason.BAD_REQUEST: 400,
     Reason.UNKNOWN_LISTENER: 404,
     Reason.UNKNOWN_HOST: 404,
@@ -123,20 +124,26 @@ class Match:
     """A compiled HTTPRouteGroup match: path regex anchored at the start only, on the path
     without its query; methods; header regexes over the whole value (AND)."""
 
-    __slots__ = ("headers", "methods", "name", "path")
+    __slots__ = ("headers", "literal", "methods", "name", "path")
 
     def __init__(self, doc: schema.Match) -> None:
         self.name = doc.name
         regex = doc.path_regex
         self.path: patterns.Matcher | None = patterns.prefix(regex) if regex else None
+        # a pattern without metacharacters (most pathRegex values): its startswith, inline
+        self.literal: str | None = patterns.literal(regex) if regex else None
         methods = doc.methods
         self.methods: frozenset[str] | None = frozenset(methods) if methods is not None else None
         self.headers = tuple((k.lower(), patterns.whole(v)) for k, v in doc.headers)
 
-    def matches(self, method: str, path: str, headers: Mapping[str, str]) -> bool:
+    def matches(self, method: str, path: str, headers: dict[str, str]) -> bool:
         if self.methods is not None and method not in self.methods:
             return False
-        if self.path is not None and not self.path(path):
+        literal = self.literal
+        if literal is not None:
+            if len(path) > patterns.MAX_SUBJECT_LENGTH or not path.startswith(literal):
+                return False
+        elif self.path is not None and not self.path(path):
             return False
         for name, pattern in self.headers:
             value = headers.get(name)
@@ -177,8 +184,13 @@ class AccessGrant:
         match = self.match
         if request is None or match is None:
             return True
-        method, headers = request.method, request.headers
-        return all(match.matches(method, path, headers) for path in request.readings)
+        method, headers, path = request.method, request.headers, request.path
+        if ";" not in path and "%3B" not in path:  # one reading: the path itself
+            return match.matches(method, path, headers)
+        for reading in request.readings:  # noqa: SIM110 (all(): a generator per call)
+            if not match.matches(method, reading, headers):
+                return False
+        return True
 
     def describe(self) -> str:
         what = f"{self.kind} {self.route}"
@@ -192,17 +204,30 @@ class AccessGrant:
 class EndpointGroup:
     """Endpoints sharing an identity and a target port, with the grants that admit traffic."""
 
-    __slots__ = ("endpoints", "grants", "identity", "port")
+    __slots__ = ("_verdicts", "endpoints", "grants", "identity", "port")
 
     def __init__(self, identity: str | None, port: int, grants: tuple[AccessGrant, ...]) -> None:
         self.identity = identity
         self.port = port
         self.grants = grants
         self.endpoints: tuple[Endpoint, ...] = ()
+        self._verdicts: tuple[Access, ...] | None = None
+
+    def admitted(self, index: int) -> Access:
+        """The verdict of ``grants[index]`` admitting a request to this group alone: the same
+        for every request it admits, so made once (on the first)."""
+        verdicts = self._verdicts
+        if verdicts is None:
+            verdicts = self._verdicts = tuple(
+                Access(True, Reason.ALLOWED, g.granted, g.description, self.endpoints)
+                for g in self.grants
+            )
+        return verdicts[index]
 
 
 class Cluster:
     __slots__ = (
+        "_destinations",
         "breaker",
         "endpoints",
         "groups",
@@ -226,8 +251,16 @@ class Cluster:
         self.breaker = _breaker_spec(doc.circuit_breaker)
         self.groups: tuple[EndpointGroup, ...] = ()
         self.open_access: Access
+        self._destinations: str | None = None
         if acl:
             self.groups = _groups(self.endpoints, [AccessGrant(g) for g in doc.access or ()])
+
+    @property
+    def destinations(self) -> str:
+        """The identities behind this cluster, sorted (what a denial names), once."""
+        if self._destinations is None:
+            self._destinations = ", ".join(sorted({str(g.identity) for g in self.groups}))
+        return self._destinations
 
 
 def _groups(endpoints: Sequence[Endpoint], grants: list[AccessGrant]) -> tuple[EndpointGroup, ...]:
@@ -268,10 +301,13 @@ class Split:
         self.clusters = tuple(clusters[b.cluster] for b in doc.backends)
         self.matches = tuple(Match(m) for m in doc.matches)
 
-    def applies(self, method: str, path: str, headers: Mapping[str, str]) -> bool:
+    def applies(self, method: str, path: str, headers: dict[str, str]) -> bool:
         if not self.matches:
             return True
-        return any(m.matches(method, path, headers) for m in self.matches)
+        for match in self.matches:  # noqa: SIM110 (any(): a generator per call)
+            if match.matches(method, path, headers):
+                return True
+        return False
 
 
 # -- GAMMA routes, compiled -----------------------------------------------------------------------
@@ -542,15 +578,30 @@ def _policy(doc: schema.Policy, breaker: CircuitBreakerSpec | None) -> ServicePo
 # Access
 
 
-@dataclass(slots=True)
 class Access:
     """The access verdict for one backend: the endpoints a request may reach there."""
 
-    allowed: bool
-    reason: Reason
-    detail: str
-    rule: str | None
-    endpoints: tuple[Endpoint, ...]
+    __slots__ = ("allowed", "detail", "endpoints", "reason", "rule")
+
+    def __init__(
+        self,
+        allowed: bool,
+        reason: Reason,
+        detail: str,
+        rule: str | None,
+        endpoints: tuple[Endpoint, ...],
+    ) -> None:
+        self.allowed = allowed
+        self.reason = reason
+        self.detail = detail
+        self.rule = rule
+        self.endpoints = endpoints
+
+    def __repr__(self) -> str:
+        return (
+            f"Access(allowed={self.allowed!r}, reason={self.reason!r}, detail={self.detail!r}, "
+            f"rule={self.rule!r}, endpoints={self.endpoints!r})"
+        )
 
 
 def _norm_host(host: str) -> str:
@@ -701,27 +752,34 @@ class Router:
                 None,
                 (),
             )
-        admitted: list[tuple[EndpointGroup, AccessGrant]] = []
+        first: EndpointGroup | None = None  # the first group a grant admits the request to
+        index = 0  # that grant's, in first.grants
+        more: list[Endpoint] | None = None  # the endpoints of every admitting group, if several
         granted_source = False
         for group in cluster.groups:
-            for grant in group.grants:
+            grants = group.grants
+            for at in range(len(grants)):
+                grant = grants[at]
                 if grant.admits(source, request):
-                    admitted.append((group, grant))
+                    if first is None:
+                        first, index = group, at
+                    else:
+                        if more is None:
+                            more = list(first.endpoints)
+                        more.extend(group.endpoints)
                     break
                 granted_source = granted_source or source in grant.sources
-        if admitted:
-            first = admitted[0][1]
-            if len(admitted) == 1:
-                endpoints = admitted[0][0].endpoints
-            else:
-                endpoints = tuple(e for group, _ in admitted for e in group.endpoints)
-            return Access(True, Reason.ALLOWED, first.granted, first.description, endpoints)
-        destinations = sorted({str(g.identity) for g in cluster.groups})
+        if first is not None:
+            if more is None:
+                return first.admitted(index)
+            grant = first.grants[index]
+            return Access(True, Reason.ALLOWED, grant.granted, grant.description, tuple(more))
+        destinations = cluster.destinations
         if granted_source and request is not None:  # no route match admits the request
             return Access(
                 False,
                 Reason.NO_MATCHING_ROUTE,
-                f"{source} has TrafficTargets to {', '.join(destinations)} but none of their "
+                f"{source} has TrafficTargets to {destinations} but none of their "
                 f"route matches admits {request.method} {request.path}",
                 None,
                 (),
@@ -729,7 +787,7 @@ class Router:
         return Access(
             False,
             Reason.NOT_GRANTED,
-            f"no TrafficTarget grants {source} access to {', '.join(destinations)} "
+            f"no TrafficTarget grants {source} access to {destinations} "
             f"(the pods behind {cluster.service}:{cluster.port})",
             None,
             (),
@@ -1056,7 +1114,7 @@ class Engine:
 
     def _weighted_pick(self, key: str, weights: tuple[int, ...]) -> int:
         balancer = self.state.splits.get(key)
-        if balancer is None or balancer.weights != weights:
+        if balancer is None or (balancer.weights is not weights and balancer.weights != weights):
             balancer = self.state.splits[key] = SmoothWeightedRoundRobin(weights)
         return balancer.pick()
 
@@ -1123,31 +1181,32 @@ class Engine:
     def _pick(
         self,
         cluster: Cluster,
-        endpoints: Sequence[Endpoint],
+        endpoints: tuple[Endpoint, ...],
         avoid: Sequence[Endpoint],
         now: float,
         rng: Rng,
     ) -> Endpoint | None:
-        candidates = endpoints
+        pool: list[Endpoint] | None = None  # the endpoints left, when some are not available
         if avoid or (cluster.breaker is not None and self.state.tripped.get(cluster.service)):
-            candidates = [
-                e for e in endpoints if e not in avoid and self._available(cluster, e, now)
-            ]
-            if not candidates and avoid:
-                candidates = [e for e in endpoints if self._available(cluster, e, now)]
-            if not candidates:
+            pool = [e for e in endpoints if e not in avoid and self._available(cluster, e, now)]
+            if not pool and avoid:
+                pool = [e for e in endpoints if self._available(cluster, e, now)]
+            if not pool:
                 return None
+        count = len(pool) if pool is not None else len(endpoints)
         if cluster.load_balancer == "least-request":
             balancer = self.state.least_request.get(cluster.key)
             if balancer is None:
                 balancer = self.state.least_request[cluster.key] = LeastRequest()
             balancer.inflight = self.state.inflight
-            endpoint = candidates[balancer.pick(len(candidates), rng, [e.key for e in candidates])]
+            keys = [e.key for e in (pool if pool is not None else endpoints)]
+            index = balancer.pick(count, rng, keys)
         else:
             robin = self.state.round_robin.get(cluster.key)
             if robin is None:
                 robin = self.state.round_robin[cluster.key] = RoundRobin()
-            endpoint = candidates[robin.pick(len(candidates), rng)]
+            index = robin.pick(count, rng)
+        endpoint = pool[index] if pool is not None else endpoints[index]
         breaker = self.breaker(cluster, endpoint)
         if breaker is not None:
             breaker.allow(now)
