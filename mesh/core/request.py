@@ -239,13 +239,20 @@ class Request:
         self.te_trailers = te_trailers
 
     @property
+    def plain_path(self) -> bool:
+        """Whether no segment has parameters: then :attr:`readings` is the path alone (access
+        control matches it directly, without building the tuple)."""
+        path = self.path
+        return ";" not in path and "%3B" not in path
+
+    @property
     def readings(self) -> tuple[str, ...]:
         """The paths a backend may read this request as: the canonical path, and when a
         segment has ``;`` parameters, the path without them (Tomcat, Jetty and Spring drop
         them; an encoded ``%3B`` counts too, for backends that decode first). Access control
         admits a request only when its match holds for each."""
         path = self.path
-        if ";" not in path and "%3B" not in path:
+        if self.plain_path:
             return (path,)
         out = [path]
         for params in (";", _PARAMS):  # ';' only, then ';' or '%3B'

@@ -184,9 +184,9 @@ class AccessGrant:
         match = self.match
         if request is None or match is None:
             return True
-        method, headers, path = request.method, request.headers, request.path
-        if ";" not in path and "%3B" not in path:  # one reading: the path itself
-            return match.matches(method, path, headers)
+        method, headers = request.method, request.headers
+        if request.plain_path:  # one reading, the path itself: no tuple to build
+            return match.matches(method, request.path, headers)
         for reading in request.readings:  # noqa: SIM110 (all(): a generator per call)
             if not match.matches(method, reading, headers):
                 return False
