@@ -165,14 +165,15 @@ clean:
 conformance: setup
 	$(BIN)/python -m conformance $(CONFORMANCE_ARGS)
 
-# The whole suite on the kind cluster, as CI runs it: simmesh deployed in ACL mode and the
-# suite run (default-mode cases skipped), then deployed in default mode and its cases run,
+# The whole suite on the kind cluster, as CI runs it: simmesh deployed in ACL mode (with the
+# Gateway API CRDs, for the GAMMA cases) and the suite run (default-mode cases skipped), then
+# deployed in default mode and its cases run,
 # then the suite's self-test (a mesh with ACL enforcement off must fail it); then undeployed.
 KIND_KUBECONFIG ?= $(or $(SIMMESH_KUBECONFIG),$(or $(SIMMESH_CACHE),$(HOME)/.cache/simmesh)/kind/simmesh.kubeconfig)
 conformance-kind: setup k8s-bins image kind-up
-	bash tools/kind/deploy.sh $(IMAGE) --set acl=true
+	bash tools/kind/deploy.sh $(IMAGE) --set acl=true --set gatewayAPI.installCRDs=true
 	KUBECONFIG=$(KIND_KUBECONFIG) $(BIN)/python -m conformance --out out/conformance/acl $(CONFORMANCE_ARGS)
-	bash tools/kind/deploy.sh $(IMAGE) --set acl=false
+	bash tools/kind/deploy.sh $(IMAGE) --set acl=false --set gatewayAPI.installCRDs=true
 	KUBECONFIG=$(KIND_KUBECONFIG) $(BIN)/python -m conformance -k default-mode --out out/conformance/default $(CONFORMANCE_ARGS)
 	SIMMESH_IMAGE=$(IMAGE) $(BIN)/pytest tests/conformance/cluster -v
 	bash tools/kind/undeploy.sh

@@ -28,7 +28,9 @@ import yaml
 from conformance.kube import Kube, KubeError
 from conformance.model import Mode
 
-__all__ = ["ADAPTERS", "Adapter", "Simmesh"]
+__all__ = ["ADAPTERS", "DEFAULT_ROUTE_CONTROLLER", "Adapter", "Simmesh"]
+
+DEFAULT_ROUTE_CONTROLLER = "simmesh.io/mesh-controller"
 
 
 class Adapter(Protocol):
@@ -57,6 +59,9 @@ class Adapter(Protocol):
 
     def testapp_image(self, kube: Kube) -> tuple[str, str] | None:
         """The image with the test app and its pull policy, when the mesh ships one."""
+
+    def route_controller(self, kube: Kube) -> str:
+        """The ``controllerName`` the mesh writes in Gateway API route status."""
 
 
 class Simmesh:
@@ -162,6 +167,21 @@ class Simmesh:
             return None
         container = deployment["spec"]["template"]["spec"]["containers"][0]
         return str(container["image"]), str(container.get("imagePullPolicy", "IfNotPresent"))
+
+    def route_controller(self, kube: Kube) -> str:
+        """The controller's ``--route-status-controller-name`` (the chart's
+        ``gatewayAPI.controllerName``), else simmesh's default."""
+        deployment = kube.get("apps/v1", "Deployment", self.namespace, "simmesh-controller")
+        args: list[str] = []
+        if deployment is not None:
+            args = deployment["spec"]["template"]["spec"]["containers"][0].get("args") or []
+        flag = "--route-status-controller-name"
+        for i, arg in enumerate(args):
+            if arg == flag and i + 1 < len(args):
+                return str(args[i + 1])
+            if arg.startswith(flag + "="):
+                return arg.split("=", 1)[1]
+        return DEFAULT_ROUTE_CONTROLLER
 
 
 ADAPTERS: dict[str, type[Simmesh]] = {"simmesh": Simmesh}

@@ -16,6 +16,7 @@ from typing import Any
 from conformance import manifests as m
 from conformance.model import (
     Allowed,
+    Answered,
     App,
     Apply,
     Call,
@@ -26,6 +27,7 @@ from conformance.model import (
     Expect,
     Flowing,
     Mode,
+    RouteStatus,
     Shares,
     Step,
     Svc,
@@ -816,6 +818,216 @@ def _split_versions() -> Case:
     )
 
 
+# --------------------------------------------------------------------------- Gateway API (GAMMA)
+# What the official Gateway API mesh suite (make conformance-gateway) does not check: the
+# status the controller writes, consumer routes against producer routes per caller, SMI access
+# control on the backends a route chose, and a route changed under traffic.
+
+ACCEPTED = {"Accepted": ("True", "Accepted"), "ResolvedRefs": ("True", "ResolvedRefs")}
+
+
+def to(*services: str, path: str | None = None, **kw: Any) -> dict[str, Any]:
+    """A rule sending to these Services (port 8080), for ``path`` (Exact) or every request."""
+    rule: dict[str, Any] = {"backendRefs": [m.backend(svc) for svc in services], **kw}
+    if path is not None:
+        rule["matches"] = [{"path": {"type": "Exact", "value": path}}]
+    return rule
+
+
+def route(name: str, *rules: dict[str, Any], parent: str = "b", **kw: Any) -> dict[str, Any]:
+    return m.http_route(name, [m.parent(parent, port=kw.pop("port", None))], *rules, **kw)
+
+
+def _gamma_status() -> Case:
+    grpc = m.grpc_route("b-grpc", [m.parent("b")], {"backendRefs": [m.backend("b")]})
+    fixed = route("b-missing", to("b", path="/missing"))
+    return Case(
+        name="gamma-status",
+        title="HTTPRoute status: Accepted and ResolvedRefs per Service parent, each with the "
+        "spec's reason, following changes (missing backend, missing port or Service, TCP "
+        "Service, GRPCRoute conflict)",
+        tags=("gamma", "status"),
+        apps=(A, B),
+        services=(B_HTTP, B_TCP),
+        steps=(
+            Apply("grant a every route to b", tuple(m.grant_all("b", "a"))),
+            Apply("HTTPRoute b-route: b -> b", (route("b-route", to("b")),)),
+            RouteStatus("b-route accepted, refs resolved", "b-route", "b", ACCEPTED),
+            allowed("GET /echo served by b through the route", call()),
+            Apply(
+                "HTTPRoute b-missing: /missing -> Service nope",
+                (route("b-missing", to("nope", path="/missing")),),
+            ),
+            RouteStatus(
+                "b-missing accepted, BackendNotFound",
+                "b-missing",
+                "b",
+                {"Accepted": ("True", "Accepted"), "ResolvedRefs": ("False", "BackendNotFound")},
+            ),
+            Expect("GET /missing: 500 from the mesh", call("/missing"), Answered(500)),
+            Apply("b-missing fixed: /missing -> b", (fixed,)),
+            RouteStatus("b-missing resolved once fixed", "b-missing", "b", ACCEPTED),
+            Apply(
+                "HTTPRoutes on port 9999 of b, on Service nobody, on TCP Service b-tcp",
+                (
+                    route("b-port", to("b"), port=9999),
+                    route("nobody", to("b"), parent="nobody"),
+                    route("on-tcp", to("b"), parent="b-tcp"),
+                ),
+            ),
+            RouteStatus(
+                "b-port: NoMatchingParent",
+                "b-port",
+                "b",
+                {"Accepted": ("False", "NoMatchingParent")},
+                port=9999,
+            ),
+            RouteStatus(
+                "nobody: NoMatchingParent",
+                "nobody",
+                "nobody",
+                {"Accepted": ("False", "NoMatchingParent")},
+            ),
+            RouteStatus(
+                "on-tcp: UnsupportedValue",
+                "on-tcp",
+                "b-tcp",
+                {"Accepted": ("False", "UnsupportedValue")},
+            ),
+            Apply("GRPCRoute b-grpc on b", (grpc,)),
+            RouteStatus(
+                "b-grpc accepted",
+                "b-grpc",
+                "b",
+                {"Accepted": ("True", "Accepted")},
+                kind="GRPCRoute",
+            ),
+            RouteStatus(
+                "b-route loses to the GRPCRoute: Conflicted",
+                "b-route",
+                "b",
+                {"Accepted": ("False", "Conflicted")},
+            ),
+            Delete("GRPCRoute b-grpc deleted", (grpc,)),
+            RouteStatus("b-route accepted again", "b-route", "b", ACCEPTED),
+        ),
+    )
+
+
+C_B = App("c", ns="B")
+
+
+def _gamma_consumer() -> Case:
+    """Producer route in A (b -> b-v1, /marker -> b-v2 once the consumer route is there),
+    consumer route in B (b -> b-v2 for /echo only)."""
+    apps, services = _backends()
+    grants = (*m.grant_all("b", "a"), *m.grant_all("b", ("$B", "c"), name="all-b-from-c"))
+    producer = route("producer", to("b-v1"))
+    marked = route("producer", to("b-v1"), to("b-v2", path="/marker"))
+    consumer = m.http_route("consumer", [m.parent("b", ns="$A")], to("b-v2", path="/echo"), ns="$B")
+    c_call = Call("c", "b")
+    return Case(
+        name="gamma-consumer",
+        title="a consumer route (in the caller's namespace) replaces the producer routes for its "
+        "callers only, with no merging (its unmatched paths get 404), and when it goes the "
+        "producer route applies again",
+        tags=("gamma", "default-mode", "propagation"),
+        apps=(*apps, C_B),
+        services=services,
+        steps=(
+            Apply("grant a and c (namespace B) every route to b (ignored in default mode)", grants),
+            Apply("producer route in A: b -> b-v1", (producer,)),
+            Expect("a: exactly 10 to b-v1", call(), Counts({"b-v1": 10, "b-v2": 0})),
+            Expect("c: exactly 10 to b-v1", c_call, Counts({"b-v1": 10, "b-v2": 0})),
+            Apply(
+                "consumer route in B: b /echo -> b-v2; then the producer route gains "
+                "/marker -> b-v2",
+                (consumer, marked),
+            ),
+            Expect("c: exactly 10 to b-v2", c_call, Counts({"b-v1": 0, "b-v2": 10})),
+            Expect(
+                "a sees the producer's /marker (its proxy has the consumer route too)",
+                call("/marker"),
+                Allowed(("b-v2",)),
+            ),
+            Expect(
+                "a: still served by b-v1 (the consumer route is not a's)",
+                call(),
+                Allowed(("b-v1",)),
+                wait=False,
+            ),
+            Expect(
+                "c: GET /marker 404, the producer route's rule is not merged in",
+                Call("c", "b", path="/marker"),
+                Answered(404),
+                wait=False,
+            ),
+            Delete("consumer route deleted", (consumer,)),
+            Expect("c: exactly 10 to b-v1 again", c_call, Counts({"b-v1": 10, "b-v2": 0})),
+        ),
+    )
+
+
+D = App("d")
+
+
+def _gamma_acl() -> Case:
+    """Routes never grant: access is checked on the backend the route chose, on the request as
+    the route sends it on."""
+    on_d = (
+        m.http_route_group("d-paths", match("open", "/(echo|open)$", ["GET"])),
+        tt("a-to-d", ["a"], [m.rule(HRG, "d-paths")], dest="d"),
+    )
+    rewrite = {
+        "type": "URLRewrite",
+        "urlRewrite": {"path": {"type": "ReplaceFullPath", "replaceFullPath": "/admin"}},
+    }
+    return Case(
+        name="gamma-acl",
+        title="ACL mode: an HTTPRoute from b to d grants nothing: a needs a TrafficTarget to d "
+        "(b's grant does not do), and the path a rewrite sends on is the one judged",
+        tags=("gamma", "access"),
+        needs=Mode.ACL,
+        apps=(A, B, D),
+        services=(B_HTTP, http("d", "d")),
+        steps=(
+            Apply("grant a every route to b", tuple(m.grant_all("b", "a"))),
+            allowed("GET /echo on b allowed", call()),
+            Apply("HTTPRoute on b: everything -> d", (route("b-to-d", to("d")),)),
+            denied("GET /echo on b denied: the route chose d, where a has no grant", call()),
+            Apply("grant a GET /echo and /open on d", on_d),
+            allowed("GET /echo on b: allowed, served by d", call(), "d"),
+            allowed("GET /open on b: allowed, served by d", call("/open"), "d"),
+            Apply(
+                "route rule: /open rewritten to /admin on its way to d",
+                (route("b-to-d", to("d", path="/open", filters=[rewrite]), to("d")),),
+            ),
+            denied("GET /open on b denied: d is asked for /admin, not granted", call("/open")),
+            allowed("GET /echo on b: still allowed by d", call(), "d", wait=False),
+        ),
+    )
+
+
+def _gamma_flowing() -> Case:
+    return split_case(
+        name="gamma-under-traffic",
+        title="an HTTPRoute's backend changed while traffic flows: no call fails, the backend "
+        "switches once, each backend received exactly what the caller saw",
+        tags=("gamma", "propagation"),
+        steps=(
+            Apply("HTTPRoute b -> b-v1", (route("b-route", to("b-v1")),)),
+            Expect("only b-v1 serves", call(), Counts({"b-v1": 10, "b-v2": 0})),
+            Flowing(
+                "route moved to b-v2 under traffic",
+                call(),
+                (route("b-route", to("b-v2")),),
+                before="b-v1",
+                after="b-v2",
+            ),
+        ),
+    )
+
+
 CASES: tuple[Case, ...] = (
     _grant_and_revoke(),
     _spec_change(),
@@ -845,4 +1057,8 @@ CASES: tuple[Case, ...] = (
     _tt_versions(),
     _route_versions(),
     _split_versions(),
+    _gamma_status(),
+    _gamma_consumer(),
+    _gamma_acl(),
+    _gamma_flowing(),
 )

@@ -38,6 +38,9 @@ RESOURCES: dict[str, tuple[str, bool]] = {
     "TCPRoute": ("tcproutes", True),
     "UDPRoute": ("udproutes", True),
     "TrafficSplit": ("trafficsplits", True),
+    "HTTPRoute": ("httproutes", True),
+    "GRPCRoute": ("grpcroutes", True),
+    "CustomResourceDefinition": ("customresourcedefinitions", False),
 }
 
 

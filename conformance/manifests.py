@@ -14,8 +14,12 @@ from typing import Any
 from conformance.model import HTTP_PORT, TCP_PORT, UDP_PORT, App, Svc
 
 __all__ = [
+    "backend",
+    "grpc_route",
+    "http_route",
     "http_route_group",
     "namespace",
+    "parent",
     "substitute",
     "tcp_route",
     "traffic_split",
@@ -27,6 +31,7 @@ __all__ = [
 ACCESS = "access.smi-spec.io/v1alpha3"
 SPECS = "specs.smi-spec.io/v1alpha4"
 SPLIT = "split.smi-spec.io/v1alpha4"
+GATEWAY = "gateway.networking.k8s.io/v1"
 SUITE_LABEL = "smi-conformance/suite"
 APP_LABEL = "smi-conformance/app"
 Doc = dict[str, Any]
@@ -133,6 +138,47 @@ def grant_all(destination: str, source: str | tuple[str, str], name: str = "") -
             ],
         ),
     ]
+
+
+# --------------------------------------------------------------------------- Gateway API (GAMMA)
+
+
+def parent(service: str, *, ns: str | None = None, port: int | None = None) -> Doc:
+    """A parentRef naming a Service (GEP-1294); ``ns`` for a consumer route's parent."""
+    out: Doc = {"group": "", "kind": "Service", "name": service}
+    if ns is not None:
+        out["namespace"] = ns
+    if port is not None:
+        out["port"] = port
+    return out
+
+
+def backend(service: str, *, port: int = HTTP_PORT, weight: int | None = None, **kw: Any) -> Doc:
+    out: Doc = {"name": service, "port": port, **kw}
+    if weight is not None:
+        out["weight"] = weight
+    return out
+
+
+def http_route(
+    name: str,
+    parents: Sequence[Mapping[str, Any]],
+    *rules: Mapping[str, Any],
+    ns: str = "$A",
+) -> Doc:
+    """A ``gateway.networking.k8s.io/v1`` HTTPRoute; a rule is written as the API has it."""
+    return {
+        "apiVersion": GATEWAY,
+        "kind": "HTTPRoute",
+        "metadata": meta(name, ns),
+        "spec": {"parentRefs": [dict(p) for p in parents], "rules": [dict(r) for r in rules]},
+    }
+
+
+def grpc_route(name: str, parents: Sequence[Mapping[str, Any]], *rules: Mapping[str, Any]) -> Doc:
+    doc = http_route(name, parents, *rules)
+    doc["kind"] = "GRPCRoute"
+    return doc
 
 
 # --------------------------------------------------------------------------- workloads

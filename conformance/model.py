@@ -11,10 +11,12 @@ logical namespace ``"A"`` or ``"B"``), its Services (``Svc``), and a list of ste
   it holds (that time is the case's propagation), then confirmed.
 - ``Flowing``: objects applied while traffic flows; every call must still succeed and the
   serving backend switch once.
+- ``RouteStatus``: the conditions the mesh's controller writes on a Gateway API route for one
+  Service parent (``status.parents``), polled until they hold for the route's generation.
 
 The ``Want`` kinds judge the test app's call results (pure functions of them) and describe
-themselves for the report: ``Denied``, ``Allowed``, ``Counts`` (exact, as received by the
-backends), ``Shares`` (within a binomial bound).
+themselves for the report: ``Denied``, ``Allowed``, ``Answered`` (a status the mesh answers
+itself), ``Counts`` (exact, as received by the backends), ``Shares`` (within a binomial bound).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Any
 
 __all__ = [
     "Allowed",
+    "Answered",
     "App",
     "Apply",
     "Call",
@@ -39,12 +42,14 @@ __all__ = [
     "Expect",
     "Flowing",
     "Mode",
+    "RouteStatus",
     "Shares",
     "Step",
     "Svc",
     "Want",
     "binomial_ok",
     "describe_results",
+    "route_conditions",
 ]
 
 HTTP_PORT, TCP_PORT, UDP_PORT = 8080, 9000, 9001
@@ -204,6 +209,24 @@ class Allowed(Want):
 
 
 @dataclass(frozen=True, slots=True)
+class Answered(Want):
+    """HTTP ``status`` answered by the mesh itself, no pod replying (a 404 when routes are
+    attached but none matches, a 500 for a backend that does not resolve); the Service's pods
+    receive nothing."""
+
+    status: int
+
+    def ok(self, results: Sequence[Result], protocol: str, pods: Mapping[str, str]) -> bool:
+        return bool(results) and all(
+            r.get("status") == self.status and not r.get("error") and _reply_pod(r) is None
+            for r in results
+        )
+
+    def describe(self, protocol: str) -> str:
+        return f"HTTP {self.status} from the mesh"
+
+
+@dataclass(frozen=True, slots=True)
 class Counts(Want):
     """Exactly these numbers of calls received by each app (its /calls), all answered 200."""
 
@@ -291,7 +314,71 @@ class Flowing:
     after: str
 
 
-Step = Apply | Delete | Expect | Flowing
+@dataclass(frozen=True, slots=True)
+class RouteStatus:
+    """The ``status.parents`` entry the mesh's controller writes on route ``route`` (an
+    HTTPRoute or GRPCRoute in logical namespace ``ns``) for its parentRef to Service ``parent``
+    (in ``parent_ns``, else the route's; ``port`` as the parentRef names it): each condition
+    type with its ``(status, reason)``, every condition observed at the route's generation."""
+
+    what: str
+    route: str
+    parent: str
+    conditions: Mapping[str, tuple[str, str]]
+    kind: str = "HTTPRoute"
+    ns: str = "A"
+    parent_ns: str | None = None
+    port: int | None = None
+
+    def label(self) -> str:
+        port = f":{self.port}" if self.port is not None else ""
+        return f"{self.kind} {self.route} status for Service {self.parent}{port}"
+
+    def describe(self) -> str:
+        return ", ".join(f"{t} {s} ({r})" for t, (s, r) in self.conditions.items())
+
+
+def route_conditions(
+    route: Mapping[str, Any] | None,
+    controller: str,
+    parent: Mapping[str, Any],
+) -> tuple[dict[str, tuple[str, str]] | None, str]:
+    """What the controller ``controller`` says of ``parent`` (a parentRef: name, namespace,
+    port) on ``route``: its conditions observed at the route's current generation (None when it
+    has no such entry, or one from an older generation) and the entry in words for a report."""
+    if route is None:
+        return None, "the route does not exist"
+    generation = route.get("metadata", {}).get("generation")
+    route_ns = route.get("metadata", {}).get("namespace")
+    for entry in (route.get("status") or {}).get("parents") or []:
+        ref = entry.get("parentRef") or {}
+        if entry.get("controllerName") != controller or ref.get("kind", "") != "Service":
+            continue
+        if (ref.get("name"), ref.get("namespace") or route_ns, ref.get("port")) != (
+            parent["name"],
+            parent.get("namespace") or route_ns,
+            parent.get("port"),
+        ):
+            continue
+        conditions = entry.get("conditions") or []
+        words = "; ".join(
+            f"{c.get('type')} {c.get('status')} ({c.get('reason')}: {c.get('message', '')})"
+            f"{'' if c.get('observedGeneration') == generation else ' of an older generation'}"
+            for c in conditions
+        )
+        if any(c.get("observedGeneration") != generation for c in conditions):
+            return None, words
+        return {
+            str(c.get("type")): (str(c.get("status")), str(c.get("reason"))) for c in conditions
+        }, words
+    others = [str(e.get("controllerName")) for e in (route.get("status") or {}).get("parents", [])]
+    return None, (
+        f"no status entry of {controller} for that parent"
+        + (f" (entries of: {', '.join(others)})" if others else "")
+    )
+
+
+Step = Apply | Delete | Expect | Flowing | RouteStatus
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,10 +5,12 @@ test app pods and Services, wait until the pods are ready and the mesh answers f
 Services, then run the steps in order. A change (``Apply``/``Delete``) starts a clock; the next
 ``Expect`` polls its call (``probe_count`` calls a time, short polls, no fixed sleeps) until
 the wanted behaviour shows, and the time from the change to the end of the poll in which it
-showed (less any wait for a reply that never came) is the step's propagation; then it confirms:
+showed (less any wait for a reply that never came) is the step's propagation; then it confirms
+(a ``RouteStatus`` polls the route's status until the controller's conditions show instead):
 
-- ``Denied``/``Allowed``: three more calls, all as wanted; for a denial the destination's
-  ``/calls`` must stay empty.
+- ``Denied``/``Allowed``/``Answered``: three more calls, all as wanted; for a denial, or a
+  status the mesh answers itself, no app of the case but the caller receives anything (its
+  ``/calls`` stay empty: a route may have chosen a backend outside the called Service).
 - ``Counts``/``Shares``: the backends' ``/calls`` are emptied, the calls made, and each
   backend's own count compared with the wanted one and with what the caller saw. The test app
   does not record probes or its control endpoints, and the caller makes each call once, so
@@ -34,6 +36,7 @@ from conformance.kube import Kube, KubeError
 from conformance.model import (
     HTTP_PORT,
     Allowed,
+    Answered,
     Apply,
     Call,
     Case,
@@ -43,9 +46,11 @@ from conformance.model import (
     Expect,
     Flowing,
     Mode,
+    RouteStatus,
     Shares,
     Want,
     describe_results,
+    route_conditions,
 )
 
 __all__ = ["CaseResult", "Options", "Runner", "StepResult"]
@@ -404,10 +409,18 @@ class CaseRun:
                     f"{step.call.label()}: every call 200, {step.before} then {step.after}"
                 )
                 record.propagation, record.seen = self.flowing(step)
+            elif isinstance(step, RouteStatus):
+                record.expected = f"{step.label()}: {step.describe()}"
+                record.propagation, record.seen = self.route_status(step)
             record.verdict = "pass"
         except Failed as exc:
             record.verdict = "fail"
-            record.expected = f"{step.call.label(self.protocol(step.call))}: {exc.expected}"
+            label = (
+                step.label()
+                if isinstance(step, RouteStatus)
+                else step.call.label(self.protocol(step.call))
+            )
+            record.expected = f"{label}: {exc.expected}"
             record.seen = exc.seen
             raise
         finally:
@@ -447,21 +460,51 @@ class CaseRun:
     def confirm(self, step: Expect, want: Want, protocol: str) -> str:
         if isinstance(want, Counts | Shares):
             return self.count(step, want, protocol)
-        destination = self.case.selected(self.case.service(step.call.service, step.call.ns))
-        if isinstance(want, Denied):
-            self.reset(destination)
+        # a mesh answer: nobody but the caller receives anything (a route may have chosen a
+        # backend of another Service, so every other app is watched, not only the called one)
+        others = [a.name for a in self.case.apps if a.name != step.call.source]
+        if isinstance(want, Denied | Answered):
+            self.reset(others)
         results = self.call(step.call, CONFIRM, concurrency=CONFIRM)
         seen = describe_results(results, self.pods)
         if not want.ok(results, protocol, self.pods):
             raise Failed(want.describe(protocol), seen + " (after it had shown once)")
-        if isinstance(want, Denied):
-            got = {app: len(self.received(app)) for app in destination}
+        if isinstance(want, Denied | Answered):
+            got = {app: len(self.received(app)) for app in others}
             if any(got.values()):
+                what = "a denied call" if isinstance(want, Denied) else "a call the mesh answers"
                 raise Failed(
-                    "the destination receives nothing of a denied call",
-                    f"{seen}, but received: " + _counts(got),
+                    f"no pod receives anything of {what}",
+                    f"{seen}, but received: " + _counts({a: n for a, n in got.items() if n}),
                 )
         return seen
+
+    def route_status(self, step: RouteStatus) -> tuple[float | None, str]:
+        """Poll the route until the controller's entry for the parent has the conditions."""
+        controller = self.adapter.route_controller(self.kube)
+        parent: dict[str, Any] = {"name": step.parent, "port": step.port}
+        if step.parent_ns is not None:
+            parent["namespace"] = self.ns[step.parent_ns]
+        started = time.monotonic()
+        until = started + self.options.timeout
+        polls = 0
+        while True:
+            route = self.kube.get(m.GATEWAY, step.kind, self.ns[step.ns], step.route)
+            conditions, seen = route_conditions(route, controller, parent)
+            polls += 1
+            if conditions is not None and all(
+                conditions.get(kind) == want for kind, want in step.conditions.items()
+            ):
+                break
+            if time.monotonic() >= until or self.runner.stop.is_set():
+                waited = f" (polled {polls} times over {time.monotonic() - started:.1f}s)"
+                raise Failed(step.describe(), (seen or "no conditions") + waited)
+            self.runner.sleep(POLL)
+        propagation = None
+        if self.changed_at is not None:
+            propagation = round(time.monotonic() - self.changed_at, 2)
+            self.changed_at = None
+        return propagation, seen
 
     def count(self, step: Expect, want: Counts | Shares, protocol: str) -> str:
         apps = list(want.by)

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from tests.k8s import apiserver as harness
+from tests.k8s.test_conformance import apply_every_manifest
 from tests.k8s.test_controller_k8s import ControllerProcess, namespace, service, wait_for
 
 pytestmark = pytest.mark.k8s
@@ -206,3 +207,12 @@ def test_route_status_is_written_per_service_parent(
         "True",
         "ResolvedRefs",
     )
+
+
+def test_the_gamma_conformance_cases_routes_are_accepted_and_read_by_the_core(
+    apiserver: harness.Cluster,
+) -> None:
+    """The HTTPRoutes and GRPCRoutes the conformance cases write (tests/k8s/test_conformance.py
+    applies their other objects): the CRDs' validation accepts each, and read back it parses."""
+    apiserver.install_crds(gateway_crds())
+    apply_every_manifest(apiserver, gateway=True)

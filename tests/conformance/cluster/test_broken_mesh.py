@@ -2,8 +2,8 @@
 
 The broken mesh: simmesh deployed in default mode, so the proxies enforce no TrafficTarget,
 while the suite is told the mesh runs in ACL mode (``--mode acl``), as a mesh whose ACL
-enforcement is off would claim. The access cases must fail, each naming the denial it
-expected and what it saw; the split case, honoured in either mode, must pass, so the failures
+enforcement is off would claim. The access cases (gamma-acl's access on the backend a route
+chose included) must fail, each naming the denial it expected and what it saw; the split case, honoured in either mode, must pass, so the failures
 are the broken feature's and not the suite's. Every namespace is deleted afterwards.
 
 Run by ``make conformance-kind`` (after the suite itself) on the kind cluster; it deploys
@@ -47,7 +47,10 @@ def default_mode(kubeconfig: str) -> str:
     image = os.environ.get("SIMMESH_IMAGE", "simmesh/simmesh:dev")
     env = {**os.environ, "SIMMESH": str(Path(sys.executable).parent / "simmesh")}
     done = subprocess.run(
-        ["bash", str(ROOT / "tools/kind/deploy.sh"), image, "--set", "acl=false"],
+        [
+            *("bash", str(ROOT / "tools/kind/deploy.sh"), image),
+            *("--set", "acl=false", "--set", "gatewayAPI.installCRDs=true"),
+        ],
         capture_output=True,
         text=True,
         env=env,
@@ -74,6 +77,8 @@ def test_acl_enforcement_off_fails_the_access_cases_with_a_clear_report(
         "access-udp",
         "-k",
         "split-exact",
+        "-k",
+        "gamma-acl",
         "--timeout",
         "8",
         "--namespace-prefix",
@@ -90,11 +95,15 @@ def test_acl_enforcement_off_fails_the_access_cases_with_a_clear_report(
         "access-grant-revoke": "fail",
         "access-udp": "fail",
         "split-exact": "pass",
+        "gamma-acl": "fail",
     }
     http = next(s for s in cases["access-grant-revoke"]["steps"] if s["verdict"] == "fail")
     assert http["what"] == "no TrafficTarget: a -> b denied"
     assert http["expected"] == "a -> GET b/echo: HTTP 403 from the mesh with a reason"
     assert http["seen"].startswith("HTTP 200 from b x1 (polled"), http["seen"]
+    gamma = next(s for s in cases["gamma-acl"]["steps"] if s["verdict"] == "fail")
+    assert gamma["what"] == "GET /echo on b denied: the route chose d, where a has no grant"
+    assert gamma["seen"].startswith("HTTP 200 from d x1 (polled"), gamma["seen"]
     udp = next(s for s in cases["access-udp"]["steps"] if s["verdict"] == "fail")
     assert udp["expected"].endswith(": no reply") and "reply from b" in udp["seen"], udp
 
@@ -102,9 +111,9 @@ def test_acl_enforcement_off_fails_the_access_cases_with_a_clear_report(
     assert "access-grant-revoke  FAIL" in done.stdout
     assert "expected: a -> GET b/echo: HTTP 403 from the mesh with a reason" in done.stdout
     assert "seen: HTTP 200 from b x1" in done.stdout
-    assert "1 passed, 2 failed, 0 errors, 0 skipped" in done.stdout
+    assert "1 passed, 3 failed, 0 errors, 0 skipped" in done.stdout
     suite = ET.parse(tmp_path / "junit.xml").getroot()
-    assert (suite.get("tests"), suite.get("failures")) == ("3", "2")
+    assert (suite.get("tests"), suite.get("failures")) == ("4", "3")
 
     kube = Kube(default_mode)
     try:
