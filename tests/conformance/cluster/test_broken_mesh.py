@@ -3,8 +3,9 @@
 The broken mesh: simmesh deployed in default mode, so the proxies enforce no TrafficTarget,
 while the suite is told the mesh runs in ACL mode (``--mode acl``), as a mesh whose ACL
 enforcement is off would claim. The access cases (gamma-acl's access on the backend a route
-chose included) must fail, each naming the denial it expected and what it saw; the split case, honoured in either mode, must pass, so the failures
-are the broken feature's and not the suite's. Every namespace is deleted afterwards.
+chose included) must fail, each naming the denial it expected and what it saw; the split case,
+honoured in either mode, must pass, so the failures are the broken feature's and not the
+suite's. Every namespace is deleted afterwards.
 
 Run by ``make conformance-kind`` (after the suite itself) on the kind cluster; it deploys
 simmesh in default mode itself (tools/kind/deploy.sh, idempotent). Without a cluster it is
