@@ -924,7 +924,12 @@ def _gamma_consumer() -> Case:
     grants = (*m.grant_all("b", "a"), *m.grant_all("b", ("$B", "c"), name="all-b-from-c"))
     producer = route("producer", to("b-v1"))
     marked = route("producer", to("b-v1"), to("b-v2", path="/marker"))
-    consumer = m.http_route("consumer", [m.parent("b", ns="$A")], to("b-v2", path="/echo"), ns="$B")
+    # a backendRef's namespace is the route's unless it says otherwise: b-v2 is in A
+    to_v2 = {
+        "backendRefs": [m.backend("b-v2", namespace="$A")],
+        "matches": [{"path": {"type": "Exact", "value": "/echo"}}],
+    }
+    consumer = m.http_route("consumer", [m.parent("b", ns="$A")], to_v2, ns="$B")
     c_call = Call("c", "b")
     return Case(
         name="gamma-consumer",

@@ -185,7 +185,8 @@ def _applies(route: Doc, svc: str, svc_ns: str, caller_ns: str, rule: str) -> bo
 
 
 def _choose(kube: FakeKube, svc: str, svc_ns: str, caller_ns: str, path: str, rule: str) -> Any:
-    """The rule's (backend, path sent on) of the routes that apply, or 404 / None (no route)."""
+    """The chosen rule's (backend, its namespace, path sent on) of the routes that apply, or
+    404 (none matches), or None (no route)."""
     routes = [r for r in _routes(kube) if _applies(r, svc, svc_ns, caller_ns, rule)]
     if not routes:
         return None
@@ -199,14 +200,15 @@ def _choose(kube: FakeKube, svc: str, svc_ns: str, caller_ns: str, path: str, ru
             for match in matches:
                 exact = match["path"]["type"] == "Exact"
                 if (exact and path == match["path"]["value"]) or not exact:
-                    ranked.append((not exact, rr))
+                    ranked.append((not exact, rr, r))
     if not ranked:
         return 404
-    rr = sorted(ranked, key=lambda x: x[0])[0][1]
+    rr, route = sorted(ranked, key=lambda x: x[0])[0][1:]
     sent = path
     for f in rr.get("filters", []):
         sent = f["urlRewrite"]["path"]["replaceFullPath"]
-    return rr["backendRefs"][0]["name"], sent
+    ref = rr["backendRefs"][0]
+    return ref["name"], ref.get("namespace", route["metadata"]["namespace"]), sent
 
 
 def _granted(kube: FakeKube, caller: str, account: str, path: str) -> bool:
@@ -237,14 +239,16 @@ def gamma_mesh(rule: str = "semantics") -> Callable[[FakeKube, Doc], Doc]:
         n = body["count"]
         if chosen == 404:
             return {"results": [{"status": 404, "reason": "no-matching-rule"}] * n}
-        backend, sent = chosen if chosen else (svc, url.path)
+        backend, backend_ns, sent = chosen if chosen else (svc, svc_ns, url.path)
+        if ("Service", backend_ns, backend) not in kube.objects:
+            return {"results": [{"status": 500, "reason": "invalid-backend"}] * n}
         judged = (svc, url.path) if rule == "access on the parent" else (backend, sent)
         if rule == "access before the rewrite":
             judged = (backend, url.path)
         account = {"b-v1": "b", "b-v2": "b"}.get(judged[0], judged[0])
         if not _granted(kube, caller.removesuffix("-pod"), account, judged[1]):
             return {"results": [{"status": 403, "reason": "not-granted"}] * n}
-        selector = kube.objects[("Service", svc_ns, backend)]["spec"]["selector"]
+        selector = kube.objects[("Service", backend_ns, backend)]["spec"]["selector"]
         app = str(selector.get("app", backend))
         kube.received[f"{app}-pod"] = kube.received.get(f"{app}-pod", 0) + n
         return {"results": [{"status": 200, "pod": f"{app}-pod"}] * n}

@@ -46,7 +46,21 @@ source_hash() {
     files=$(git -C "$ROOT" ls-files -co --exclude-standard -- mesh sim conformance setup.py pyproject.toml 2>/dev/null) || return 1
     [ -n "$files" ] || return 1
     { (cd "$ROOT" && echo "$files" | sort | while IFS= read -r f; do [ -f "$f" ] && { echo "$f"; cat "$f"; }; done)
-      echo "SIMMESH_COMPILE=${SIMMESH_COMPILE:-auto} $("$PYTHON" -VV)"; } | sha256sum | cut -c1-16
+      echo "SIMMESH_COMPILE=${SIMMESH_COMPILE:-auto} $("$PYTHON" -VV) built from a copy"; } |
+        sha256sum | cut -c1-16
+}
+
+# source_files: what the wheel is built from: the files git sees (tracked or not, ignored ones
+# left out: no compiled module, no build/), or, outside a git checkout, every file but build/
+source_files() {
+    if git -C "$ROOT" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+        git -C "$ROOT" ls-files -co --exclude-standard | while IFS= read -r f; do
+            [ -f "$ROOT/$f" ] && echo "$f"
+        done
+    else
+        (cd "$ROOT" && find . -path ./build -prune -o -path ./.venv -prune -o -path ./out -prune \
+            -o -name '*.so' -prune -o -type f -print)
+    fi
 }
 
 wheels() {
@@ -62,8 +76,15 @@ wheels() {
         cp "$self_cache"/simmesh-*.whl "$WHEELS"/
         log "simmesh's wheel: cached ($self_cache)"
     else
-        "$PYTHON" -m pip wheel -q --no-deps --disable-pip-version-check -w "$WHEELS" "$ROOT" \
-            >"$IMAGE_CACHE/pip-wheel.log" 2>&1 || { cat "$IMAGE_CACHE/pip-wheel.log" >&2; die "pip wheel failed"; }
+        # from a copy of the source files only: built in the checkout, setuptools would pack
+        # whatever an earlier build left in build/lib (a module compiled then, not now, broke
+        # an image that way)
+        local tree; tree=$(mktemp -d)
+        source_files | (cd "$ROOT" && tar -cf - -T -) | tar -xf - -C "$tree" ||
+            { rm -rf "$tree"; die "copying the source tree failed"; }
+        "$PYTHON" -m pip wheel -q --no-deps --disable-pip-version-check -w "$WHEELS" "$tree" \
+            >"$IMAGE_CACHE/pip-wheel.log" 2>&1 || { rm -rf "$tree"; cat "$IMAGE_CACHE/pip-wheel.log" >&2; die "pip wheel failed"; }
+        rm -rf "$tree"
         if [ -n "$self_cache" ]; then
             rm -rf "$IMAGE_CACHE"/self-* && mkdir -p "$self_cache"
             cp "$WHEELS"/simmesh-*.whl "$self_cache"/ && touch "$self_cache/.complete"
