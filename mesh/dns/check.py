@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -121,7 +121,7 @@ async def run_checks(
     *,
     kube_problem: str = "",
     now: float | None = None,
-    proxies: list[ProxyAdmin] | None = None,
+    proxies: Sequence[ProxyAdmin] | None = None,
 ) -> list[Row]:
     """Every row, in order. ``kube`` is None when no client could be built (``kube_problem``
     says why); ``controller`` None means it cannot be reached at all. ``proxies``: the
@@ -478,7 +478,7 @@ def _port(pod: dict[str, Any], name: str) -> int | None:
     return None
 
 
-async def check_certificates(proxies: list[ProxyAdmin]) -> list[Row]:
+async def check_certificates(proxies: Sequence[ProxyAdmin]) -> list[Row]:
     """A row per proxy with mTLS on (its identities, their expiry, the trust roots); one row
     when every proxy runs with mTLS off."""
     answers: list[tuple[ProxyAdmin, dict[str, Any] | Row]] = []

@@ -9,6 +9,7 @@ import json
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -28,14 +29,16 @@ def admin(proxy: Proxy) -> str:
     return f"http://{proxy.options.bind}:{proxy.admin_port}"
 
 
-async def certificates(proxy: Proxy) -> tuple[dict[str, object], str]:
+async def certificates(proxy: Proxy) -> tuple[dict[str, Any], str]:
     async with session() as client, client.get(f"{admin(proxy)}/certificates") as resp:
         assert resp.status == 200
         text = await resp.text()
     return json.loads(text), text
 
 
-def issue_at(authority: Authority, identity: str, *, issued: datetime, lifetime: timedelta):
+def issue_at(
+    authority: Authority, identity: str, *, issued: datetime, lifetime: timedelta
+) -> tuple[Path, Path]:
     """A certificate issued at ``issued`` (in the past) for ``lifetime``, as files."""
     key = ca.new_key()
     csr = ca.check_csr(ca.make_csr(key, spiffe_id(TRUST, identity)), trust_domain=TRUST)
@@ -68,7 +71,7 @@ async def test_the_admin_port_shows_each_certificate_and_root_and_never_a_key(
         # node-a runs demo/client and demo/local; the harness gave it demo/client only
         assert state["wanted"] == ["demo/client", "demo/local"]
         assert state["missing"] == ["demo/local"]
-        [held] = state["identities"]  # type: ignore[misc]
+        [held] = state["identities"]
         assert held["identity"] == "demo/client"
         assert held["spiffeId"] == "spiffe://cluster.local/ns/demo/sa/client"
         assert held["lifetimeSeconds"] == 3600
@@ -79,7 +82,7 @@ async def test_the_admin_port_shows_each_certificate_and_root_and_never_a_key(
 
         on_disk = x509.load_pem_x509_certificate(Path(cert_file).read_bytes())
         assert held["fingerprint"] == ca.fingerprint(on_disk)
-        [root] = state["roots"]  # type: ignore[misc]
+        [root] = state["roots"]
         assert root["fingerprint"] == ca.fingerprint(net.authority.signer.certificate)
         assert root["secondsToExpiry"] > 9 * 365 * 86400
         assert state["manager"] is None  # files loaded by the test, no certificate manager
@@ -233,7 +236,7 @@ async def test_with_the_certificate_manager_renewal_times_and_why_one_is_missing
         manager.want_config(net.config.settings.mtls)
         await manager.step()
         state, text = await certificates(net.a)
-        [held] = state["identities"]  # type: ignore[misc]
+        [held] = state["identities"]
         assert held["identity"] == "demo/client"
         assert 43000 < held["secondsToRenewal"] <= 43200  # half of the 24 h lifetime
         assert held["renewAt"] == manager.held["demo/client"].renew_at.isoformat()
