@@ -548,9 +548,9 @@ def render_merged(exports: list[dict[str, Any]]) -> bytes:
         live.setdefault("applied_at", state.get("applied_at", 0.0))
         live["udp_sessions"] += state.get("udp_sessions", 0)
         live["upstream_connections"] += state.get("upstream_connections", 0)
-        for key in ("certificate_age", "certificates", "roots"):
-            if key in state:  # the supervisor's process holds the certificates
-                live.setdefault(key, state[key])
+        for held in ("certificate_age", "certificates", "roots"):
+            if held in state:  # the supervisor's process holds the certificates
+                live.setdefault(held, state[held])
         for key, (breaker_state, opens) in state["breakers"].items():
             view = live["breakers"].get(key)
             if view is None:

@@ -252,3 +252,21 @@ async def test_with_the_certificate_manager_renewal_times_and_why_one_is_missing
             "node node-a)"
         )
         assert "renewal in 11h" in row.lines[0]
+
+
+def test_with_workers_the_certificate_series_come_from_the_supervisors_process() -> None:
+    from mesh.proxy.metrics import Metrics, render_merged
+
+    held = {
+        "breakers": {},
+        "certificates": [("demo/client", 10.0, 3590.0)],
+        "roots": [("sha256:ab", 1e8)],
+        "certificate_age": 10.0,
+    }
+    first = Metrics(lambda: held).export(held)
+    second = Metrics(lambda: {"breakers": {}}).export({"breakers": {}})  # a worker: none
+    text = render_merged([first, second]).decode()
+    assert (
+        'simmesh_proxy_identity_certificate_expiry_seconds{identity="demo/client"} 3590.0' in text
+    )
+    assert 'simmesh_proxy_trust_root_expiry_seconds{fingerprint="sha256:ab"} 1e+08' in text
