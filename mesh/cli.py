@@ -10,6 +10,7 @@ checked by the types in :mod:`mesh.argtypes` before anything starts.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import sys
 from collections.abc import Sequence
@@ -21,7 +22,7 @@ import yaml
 
 from mesh.argtypes import Parser
 from mesh.core.config import MeshConfig, build_config
-from mesh.core.explain import explain_flow, explain_http
+from mesh.core.explain import explain_flow, explain_http, explain_identity
 from mesh.core.routing import Router
 from mesh.core.schema import Problem
 from mesh.core.topology import build_topology
@@ -99,8 +100,16 @@ def _url(text: str) -> tuple[SplitResult, str, int]:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     source = args.source
-    if source is not None and source.count("/") != 1:
-        raise UsageError(f"--from {source!r}: expected NAMESPACE/SERVICEACCOUNT")
+    if source is not None and (source.count("/") != 1 or "" in source.split("/")):
+        raise UsageError(f"--from {one_line(source, 80)!r}: expected NAMESPACE/SERVICEACCOUNT")
+    source_ip = None
+    if args.from_ip is not None:
+        try:
+            source_ip = str(ipaddress.ip_address(args.from_ip))
+        except ValueError:
+            raise UsageError(
+                f"--from-ip {one_line(args.from_ip, 80)!r}: expected a pod's IP address"
+            ) from None
     headers = _parse_headers(args.header)
     if args.url:
         target = _url(args.url)
@@ -109,6 +118,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         flow = _host_port(args.tcp or args.udp, f"--{protocol}")
     config = compile_dir(Path(args.dir), acl=_acl_flag(args))  # after the arguments: fail fast
     router = Router(config)
+    if source_ip is not None:
+        source = router.source_identity(source_ip)  # as the proxy sees the caller
     if args.url:
         parts, host, port = target
         path = parts.path or "/"
@@ -129,6 +140,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if result is None:
         target = args.url or args.tcp or args.udp
         raise UsageError(f"no meshed service answers to {target} (see `simmesh compile`)")
+    result["identity"] = explain_identity(
+        router, source, endpoint=result.get("endpoint"), source_ip=source_ip
+    )
     result["errors"] = [_error_text(e) for e in config.errors]
     if args.output == "json":
         print(json.dumps(result, indent=2, sort_keys=True))
@@ -151,6 +165,9 @@ def _explain_text(result: dict[str, Any]) -> str:
     sent = result["request"]
     if sent.get("target") is not None and sent["target"] != sent["path"]:
         lines.append(f"  path:     {sent['target']} (as sent: {sent['path']})")
+    identity = result.get("identity")
+    if identity is not None:
+        lines.append(f"  identity: {_identity_text(identity)}")
     if result["rule"]:
         lines.append(f"  rule:     {result['rule']}")
     if result.get("split"):
@@ -173,6 +190,16 @@ def _explain_text(result: dict[str, Any]) -> str:
     for error in result["errors"]:
         lines.append(f"  warning:  {error}")
     return "\n".join(lines)
+
+
+def _identity_text(identity: dict[str, Any]) -> str:
+    """Who the request is authorised as, and by what (mTLS mode, certificate or address)."""
+    by = {
+        "certificate": "client certificate",
+        "source-ip": "source IP",
+        "none": "no identity",
+    }[identity["by"]]
+    return f"[{by}, mTLS {identity['mode']}] {identity['detail']}"
 
 
 def _gamma_text(gamma: dict[str, Any]) -> list[str]:
@@ -218,7 +245,18 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
     p = sub.add_parser("explain", help="explain how one request or flow is routed or denied")
     p.add_argument("dir")
-    p.add_argument("--from", dest="source", metavar="NAMESPACE/SERVICEACCOUNT")
+    caller = p.add_mutually_exclusive_group()
+    caller.add_argument(
+        "--from",
+        dest="source",
+        metavar="NAMESPACE/SERVICEACCOUNT",
+        help="the caller's identity (its pods' ServiceAccount)",
+    )
+    caller.add_argument(
+        "--from-ip",
+        metavar="IP",
+        help="the caller's pod IP: its identity and node as the proxy finds them in the config",
+    )
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--url", help="http://HOST[:PORT]/PATH")
     target.add_argument("--tcp", metavar="HOST:PORT")

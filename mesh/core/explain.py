@@ -324,3 +324,103 @@ def _endpoint(endpoint: Any) -> dict[str, Any] | None:
         "node": endpoint.node,
         "identity": endpoint.identity,
     }
+
+
+def explain_identity(
+    router: Router,
+    source: str | None,
+    *,
+    endpoint: Mapping[str, Any] | None = None,
+    source_ip: str | None = None,
+) -> dict[str, Any]:
+    """Which identity the request would be authorised as, and what proves it.
+
+    mTLS off: the source IP's ServiceAccount, from the config's pod map (``by``:
+    ``source-ip``). mTLS on: from a pod on the endpoint's own node, the same (the hop from a
+    pod to its node's proxy never leaves the node); from a pod of another node, the identity
+    of the client certificate the caller's node proxy presents, ``spiffe://<trust
+    domain>/ns/<ns>/sa/<name>``, which the endpoint's node proxy verifies and authorises
+    (``by``: ``certificate``). The caller's nodes are the source IP's, or else those whose
+    pods run as ``source`` (``settings.mtls.nodes``). No identity: ``by`` is ``none``."""
+    mode = router.mtls
+    mtls = router.config.settings.mtls
+    target = endpoint.get("node") if endpoint is not None else None
+    out: dict[str, Any] = {
+        "mode": mode,
+        "identity": source,
+        "spiffeId": None,
+        "sourceIp": source_ip,
+        "sourceNodes": [],
+        "endpointNode": target,
+        "tunnel": None,
+        "by": "none",
+        "detail": "",
+    }
+    if source is None:
+        why = (
+            f"the source IP {source_ip} is no running pod's in this config"
+            if source_ip is not None
+            else "no caller given (--from or --from-ip)"
+        )
+        if source_ip is not None and not router.identities:
+            why += " (outside ACL mode and mTLS the config carries no pod identities)"
+        out["detail"] = f"no identity: {why}; in ACL mode such a caller is denied"
+        return out
+    if mode == "off" or mtls is None:
+        out["by"] = "source-ip"
+        out["detail"] = (
+            f"{source}: the ServiceAccount of the source pod's IP in the config's pod map, "
+            "on the node proxy the request reaches (mTLS off: nothing but the address proves it)"
+        )
+        return out
+    namespace, _, name = source.partition("/")
+    uri = f"spiffe://{router.trust_domain}/ns/{namespace}/sa/{name}"
+    out["spiffeId"] = uri
+    if source_ip is not None and source_ip in router.pod_nodes:
+        nodes = [router.pod_nodes[source_ip]]
+    else:
+        nodes = sorted(node for node, ids in mtls.nodes.items() if source in ids)
+    out["sourceNodes"] = nodes
+    if not nodes:
+        out["by"] = "certificate"
+        refused = (
+            "refused across nodes (502)" if mode == "strict" else "sent across nodes in the clear"
+        )
+        out["detail"] = (
+            f"{uri} across nodes, but no pod of {source} runs on any node, so no node proxy "
+            f"may hold its certificate: mTLS {mode} {refused}; on a pod's own node, by its IP"
+        )
+        return out
+    if target is None:
+        out["by"] = "certificate"
+        out["detail"] = (
+            f"from another node: {uri}, the client certificate its node proxy presents, "
+            "verified and authorised by the endpoint's node proxy; from the endpoint's own "
+            "node: the source pod's IP"
+        )
+        return out
+    remote = [node for node in nodes if node != target]
+    local = len(remote) < len(nodes)
+    if remote:
+        address = router.proxies.get(str(target))
+        out["tunnel"] = f"{address[0]}:{address[1]}" if address is not None else None
+        out["by"] = "certificate"
+        via = (
+            f"tunnel {out['tunnel']}"
+            if address is not None
+            else "no tunnel address for that node in this config: "
+            + ("refused (502)" if mode == "strict" else "sent in the clear")
+        )
+        out["detail"] = (
+            f"{uri}: the client certificate the proxy of {', '.join(remote)} presents, "
+            f"verified and authorised by the proxy of {target} ({via})"
+        )
+        if local:
+            out["detail"] += f"; from its pods on {target}: their IP, on that node's proxy"
+        return out
+    out["by"] = "source-ip"
+    out["detail"] = (
+        f"{source}: the source pod's IP on the proxy of {target}, its own node (same node: "
+        f"no tunnel, no certificate); to an endpoint on another node: {uri}, its certificate"
+    )
+    return out

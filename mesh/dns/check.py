@@ -9,14 +9,17 @@ How: every check is a small async function returning a :class:`Row`; it catches 
 so one failure never hides the other rows. Rows that need the API server are marked failed
 without a request when it is unreachable. The controller is reached at ``--controller URL``, or
 else through the API server's service proxy (``services/simmesh-controller:9000/proxy``), so
-``check`` works from a laptop without a port-forward.
+``check`` works from a laptop without a port-forward. With mTLS on, a row per node proxy
+shows the certificates it holds, read from its admin port's ``/certificates`` (through the API
+server's pod proxy, or at ``--proxy URL``), and fails when one of its node's identities has
+none or one expired (:func:`certificate_row`).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -61,10 +64,15 @@ PROXY_HINT = (
 
 @dataclass(frozen=True, slots=True)
 class Row:
+    """One fact: OK or FAIL (``ok``); an OK row with ``warn`` is shown as WARN (with its hint)
+    and does not fail the check; ``lines`` are printed under it (a proxy's certificates)."""
+
     name: str
     ok: bool
     detail: str
     hint: str = ""
+    warn: bool = False
+    lines: tuple[str, ...] = ()
 
 
 class Controller(Protocol):
@@ -113,9 +121,12 @@ async def run_checks(
     *,
     kube_problem: str = "",
     now: float | None = None,
+    proxies: Sequence[ProxyAdmin] | None = None,
 ) -> list[Row]:
     """Every row, in order. ``kube`` is None when no client could be built (``kube_problem``
-    says why); ``controller`` None means it cannot be reached at all."""
+    says why); ``controller`` None means it cannot be reached at all. ``proxies``: the
+    proxies' admin ports to read certificates from (``--proxy``); None: the proxy pods, through
+    the API server."""
     rows = [await check_apiserver(kube, kube_problem)]
     kube_ok = kube is not None and rows[0].ok
     for name, check in _kube_checks(settings):
@@ -127,6 +138,10 @@ async def run_checks(
             controller, settings.mesh_namespace, now=clock, kube=kube if kube_ok else None
         )
     )
+    if proxies is not None:
+        rows += await check_certificates(proxies)
+    elif kube_ok and kube is not None:
+        rows += await check_proxy_pod_certificates(kube, settings.mesh_namespace)
     return rows
 
 
@@ -394,6 +409,228 @@ def _lagging(node: dict[str, Any], now: float) -> str:
     return f"{node.get('node')} on {node.get('version')}{age}"
 
 
+# --------------------------------------------------------------------------- certificates
+
+ADMIN_PORT = 9901  # the chart's proxy admin port (container port named admin)
+CERTIFICATES_HINT = (
+    "a proxy asks the controller's CA for each ServiceAccount with a pod on its node: see "
+    "`kubectl get csr` (a denial names its reason), the controller's and that proxy's logs"
+)
+RENEWAL_HINT = (
+    "the proxy renews at half of a certificate's lifetime: renewals are failing (see "
+    "`kubectl get csr` and the proxy's logs); it stops tunnelling that identity at expiry"
+)
+ROOT_HINT = "rotate the root before it expires: docs/security.md, Roots and rotation"
+ROOT_WARNING = 30 * 86400.0  # a trust root that expires within 30 days is a warning
+LATE_RENEWAL = 60.0  # seconds past its renewal time before a certificate is a warning
+LOW_LIFETIME = 0.1  # or less than this fraction of its lifetime left
+UNTRACKED_LOW_LIFETIME = 0.25  # without a certificate manager's renewal time: a quarter
+
+
+class ProxyAdmin(Protocol):
+    """A node proxy's admin port, reached directly or through the API server."""
+
+    where: str
+
+    async def get(self, path: str) -> tuple[int, str]: ...
+
+
+class HttpProxy(HttpController):
+    """``--proxy URL``: a proxy's admin port (e.g. the local mesh's)."""
+
+
+class PodProxy:
+    """A proxy pod's admin port through the API server's pod proxy (``pods/proxy``)."""
+
+    def __init__(self, kube: Kube, namespace: str, pod: str, port: int) -> None:
+        self.kube = kube
+        self.base = f"/api/v1/namespaces/{namespace}/pods/{pod}:{port}/proxy"
+        self.where = f"pod {namespace}/{pod}:{port} (API proxy)"
+
+    async def get(self, path: str) -> tuple[int, str]:
+        return await self.kube.get_text(self.base + path)
+
+
+async def check_proxy_pod_certificates(kube: Kube, namespace: str) -> list[Row]:
+    """The certificates of every proxy pod that stays (not one terminating beside its
+    replacement). With no proxy pod rendered with a tunnel port the chart runs mTLS off and
+    no proxy is asked (reading them needs ``get`` on ``pods/proxy``)."""
+    try:
+        pods = await kube.list(namespaced("v1", "pods", namespace), label_selector=PROXY_SELECTOR)
+    except (KubeError, KubeUnreachable) as exc:
+        return [Row("certificates", False, f"listing the proxy pods: {exc}", CERTIFICATES_HINT)]
+    staying = {_node(pod) for pod in pods if not _terminating(pod)}
+    pods = [p for p in pods if not (_terminating(p) and _node(p) in staying) and _node(p)]
+    if not any(_port(pod, "tunnel") is not None for pod in pods):
+        return [Row("certificates", True, "mTLS off (no proxy pod has a tunnel port)")]
+    admins: list[ProxyAdmin] = []
+    for pod in sorted(pods, key=lambda p: str(_node(p))):
+        name = str((pod.get("metadata") or {}).get("name", "?"))
+        admins.append(PodProxy(kube, namespace, name, _port(pod, "admin") or ADMIN_PORT))
+    return await check_certificates(admins)
+
+
+def _port(pod: dict[str, Any], name: str) -> int | None:
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        for port in container.get("ports") or []:
+            if port.get("name") == name and isinstance(port.get("containerPort"), int):
+                return int(port["containerPort"])
+    return None
+
+
+async def check_certificates(proxies: Sequence[ProxyAdmin]) -> list[Row]:
+    """A row per proxy with mTLS on (its identities, their expiry, the trust roots); one row
+    when every proxy runs with mTLS off."""
+    answers: list[tuple[ProxyAdmin, dict[str, Any] | Row]] = []
+    for proxy in proxies:
+        answers.append((proxy, await _certificates_of(proxy)))
+    off = [a for _, a in answers if isinstance(a, dict) and a.get("mtls") == "off"]
+    if answers and len(off) == len(answers):
+        return [Row("certificates", True, f"mTLS off on {_count(len(off), 'proxy', 'proxies')}")]
+    rows: list[Row] = []
+    for proxy, answer in answers:
+        rows.append(answer if isinstance(answer, Row) else certificate_row(answer, proxy.where))
+    return rows
+
+
+async def _certificates_of(proxy: ProxyAdmin) -> dict[str, Any] | Row:
+    name = f"certificates {proxy.where}"
+    try:
+        status, text = await proxy.get("/certificates")
+    except (aiohttp.ClientError, OSError, TimeoutError, KubeUnreachable) as exc:
+        return Row(name, False, f"{proxy.where}/certificates: {exc or type(exc).__name__}")
+    if status != 200:
+        hint = "a proxy older than this simmesh has no /certificates" if status == 404 else ""
+        return Row(name, False, f"{proxy.where}/certificates: HTTP {status} {_message(text)}", hint)
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict) or not isinstance(data.get("identities"), list):
+        return Row(name, False, f"{proxy.where}/certificates: not the JSON a proxy answers")
+    return data
+
+
+def certificate_row(state: dict[str, Any], where: str = "") -> Row:
+    """One proxy's certificates judged: FAIL when the node has a pod of an identity the proxy
+    holds no certificate for, or one that expired, or a root that expired; WARN when a
+    certificate is close to expiry (:func:`_renewal_late`) or a root expires within 30 days.
+    The lines list each certificate and root."""
+    node = str(state.get("node") or where)
+    name = f"certificates {node}"
+    mode = str(state.get("mtls", "?"))
+    if mode == "off":
+        return Row(name, True, "mTLS off")
+    identities = [i for i in state.get("identities") or [] if isinstance(i, dict)]
+    roots = [r for r in state.get("roots") or [] if isinstance(r, dict)]
+    wanted = [str(w) for w in state.get("wanted") or []]
+    missing = [str(m) for m in state.get("missing") or []]
+    pending = ((state.get("manager") or {}).get("pending")) or {}
+    lines = [_identity_line(item) for item in identities]
+    lines += [_root_line(root) for root in roots]
+    failures: list[str] = []
+    warnings: list[str] = []
+    hints: list[str] = []
+    for identity in missing:
+        why = (pending.get(identity) or {}).get("error")
+        failures.append(f"no certificate for {identity}" + (f" ({why})" if why else ""))
+    if missing:
+        hints.append(CERTIFICATES_HINT)
+    for item in identities:
+        left = float(item.get("secondsToExpiry", 0.0))
+        lifetime = float(item.get("lifetimeSeconds") or 0.0)
+        renewal = item.get("secondsToRenewal")
+        if left <= 0:
+            failures.append(f"{item.get('identity')} expired {_span(-left)} ago")
+        elif _renewal_late(left, lifetime, renewal):
+            warnings.append(f"{item.get('identity')} expires in {_span(left)}")
+        else:
+            continue
+        if RENEWAL_HINT not in hints:
+            hints.append(RENEWAL_HINT)
+    if identities and not roots:
+        failures.append("no trust root")
+    for root in roots:
+        left = float(root.get("secondsToExpiry", 0.0))
+        short = _short(str(root.get("fingerprint", "?")))
+        if left <= 0:
+            failures.append(f"root {short} expired")
+        elif left < ROOT_WARNING:
+            warnings.append(f"root {short} expires in {_span(left)}")
+        else:
+            continue
+        if ROOT_HINT not in hints:
+            hints.append(ROOT_HINT)
+    domain = state.get("trustDomain") or "?"
+    held = f"{len(wanted) - len(missing)}/{len(wanted)} identities of the node's pods held"
+    head = f"mTLS {mode}, trust domain {domain}, {held}"
+    problems = failures + warnings
+    detail = head + (": " + "; ".join(problems) if problems else "")
+    return Row(
+        name,
+        not failures,
+        detail,
+        " ".join(hints),
+        warn=bool(warnings) and not failures,
+        lines=tuple(lines),
+    )
+
+
+def _renewal_late(left: float, lifetime: float, renewal: Any) -> bool:
+    """Close to expiry: past the manager's renewal time by a minute, or less than a tenth of
+    the lifetime left; with no renewal time known (no manager), less than a quarter."""
+    if renewal is not None and float(renewal) < -LATE_RENEWAL:
+        return True
+    low = LOW_LIFETIME if renewal is not None else UNTRACKED_LOW_LIFETIME
+    return lifetime > 0 and left < lifetime * low
+
+
+def _identity_line(item: dict[str, Any]) -> str:
+    left = float(item.get("secondsToExpiry", 0.0))
+    when = f"expires in {_span(left)}" if left > 0 else f"EXPIRED {_span(-left)} ago"
+    age = float(item.get("ageSeconds", 0.0))
+    renewal = item.get("secondsToRenewal")
+    renew = ""
+    if renewal is not None:
+        renewal = float(renewal)
+        renew = f", renewal in {_span(renewal)}" if renewal > 0 else ", renewal due"
+    return (
+        f"{item.get('spiffeId') or item.get('identity')}  {when} ({item.get('notAfter')}), "
+        f"issued {_span(age)} ago{renew}"
+    )
+
+
+def _root_line(root: dict[str, Any]) -> str:
+    left = float(root.get("secondsToExpiry", 0.0))
+    when = f"expires in {_span(left)}" if left > 0 else "EXPIRED"
+    short = _short(str(root.get("fingerprint", "?")))
+    return f"root {short} {root.get('subject', '')}  {when} ({root.get('notAfter')})"
+
+
+def _short(fingerprint: str) -> str:
+    """``sha256:`` and the first 16 hex digits (as ``openssl x509 -fingerprint`` begins)."""
+    return fingerprint[: len("sha256:") + 16]
+
+
+def _span(seconds: float) -> str:
+    """2d 3h, 5h 12m, 4m 10s, 12s."""
+    whole = int(seconds)
+    days, rest = divmod(whole, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    if minutes:
+        return f"{minutes}m {secs}s"
+    return f"{secs}s"
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
 # --------------------------------------------------------------------------- output
 
 
@@ -402,7 +639,9 @@ def render(rows: list[Row]) -> str:
     width = max(len("CHECK"), *(len(r.name) for r in rows))
     lines = [f"{'CHECK':<{width}}  RESULT  DETAIL"]
     for row in rows:
-        lines.append(f"{row.name:<{width}}  {'OK' if row.ok else 'FAIL':<6}  {row.detail}")
-        if row.hint and not row.ok:
+        result = "FAIL" if not row.ok else "WARN" if row.warn else "OK"
+        lines.append(f"{row.name:<{width}}  {result:<6}  {row.detail}")
+        lines += [f"{'':<{width}}  {'':<6}    {line}" for line in row.lines]
+        if row.hint and (not row.ok or row.warn):
             lines.append(f"{'':<{width}}  {'':<6}  hint: {row.hint}")
     return "\n".join(lines) + "\n"

@@ -81,6 +81,15 @@ def add_check_arguments(parser: argparse.ArgumentParser) -> None:
         "server's proxy to Service <namespace>/simmesh-controller:9000)",
     )
     parser.add_argument(
+        "--proxy",
+        action="append",
+        default=None,
+        metavar="URL",
+        help="a node proxy's admin port to read its certificates from, e.g. "
+        "http://127.0.0.1:9901 (repeatable; default: every proxy pod through the API server's "
+        "pod proxy, when one has a tunnel port)",
+    )
+    parser.add_argument(
         "--wait",
         type=float,
         default=0.0,
@@ -127,6 +136,8 @@ async def _cleanup(args: argparse.Namespace) -> int:
 
 async def _check(args: argparse.Namespace) -> int:
     _require_url(args.controller)
+    for url in args.proxy or ():
+        _require_url(url, "--proxy")
     if not 0 <= args.wait <= 3600:
         raise UsageError(f"--wait {args.wait:g}: expected 0 to 3600 seconds")
     loop = asyncio.get_running_loop()
@@ -153,7 +164,12 @@ async def _check_once(args: argparse.Namespace) -> list[check.Row]:
     except KubeUnreachable as exc:
         problem = str(exc)
     try:
-        rows = await check.run_checks(kube, _controller(args, kube), settings, kube_problem=problem)
+        proxies: list[check.ProxyAdmin] | None = None
+        if args.proxy:
+            proxies = [check.HttpProxy(url) for url in args.proxy]
+        rows = await check.run_checks(
+            kube, _controller(args, kube), settings, kube_problem=problem, proxies=proxies
+        )
     finally:
         if kube is not None:
             await kube.close()
@@ -187,15 +203,14 @@ async def _connect(args: argparse.Namespace) -> ApiKube:
     return await connect(args.kubeconfig, context=args.context, timeout=args.timeout)
 
 
-def _require_url(url: str | None) -> None:
+def _require_url(url: str | None, flag: str = "--controller") -> None:
     if url is None:
         return
+    example = "http://127.0.0.1:9901" if flag == "--proxy" else "http://127.0.0.1:9000"
     try:
         argtypes.http_url(url)
     except argparse.ArgumentTypeError:
-        raise UsageError(
-            f"--controller {url!r}: expected a URL such as http://127.0.0.1:9000"
-        ) from None
+        raise UsageError(f"{flag} {url!r}: expected a URL such as {example}") from None
 
 
 def _now() -> str:

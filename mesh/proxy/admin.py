@@ -5,7 +5,10 @@ applied and while the listeners accept, that is also during a drain's delay (a K
 readiness probe keeps new traffic away until then, and kube-proxy uses a terminating proxy,
 while no other on its node is ready, only as long as it passes); ``/metrics`` is the proxy's
 registry (with ``--workers``, every worker's, added up); ``/config`` is JSON: version,
-listeners (open or why not), counts, and the config source's state. What it serves comes from
+listeners (open or why not), counts, and the config source's state; ``/certificates`` is
+JSON: the mTLS mode, the identities of the node's pods, the workload certificates held for
+them (SPIFFE ID, issue and expiry times, fingerprint: never a key or a file path), the ones
+missing and the trust roots (what ``simmesh check`` shows per proxy). What it serves comes from
 a :class:`Status`: one proxy process, or the supervisor of several (:mod:`mesh.proxy.workers`).
 """
 
@@ -31,6 +34,8 @@ class Status(Protocol):
 
     async def summary(self) -> dict[str, Any]: ...
 
+    async def certificates(self) -> dict[str, Any]: ...
+
 
 def admin_app(status: Status) -> web.Application:
     async def healthz(request: web.Request) -> web.Response:
@@ -50,11 +55,15 @@ def admin_app(status: Status) -> web.Application:
     async def config(request: web.Request) -> web.Response:
         return web.json_response(await status.summary())
 
+    async def certificates(request: web.Request) -> web.Response:
+        return web.json_response(await status.certificates())
+
     app = web.Application()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/config", config)
+    app.router.add_get("/certificates", certificates)
     return app
 
 

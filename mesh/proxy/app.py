@@ -416,6 +416,7 @@ def _certificates(args: argparse.Namespace, proxy: Proxy) -> CertificateManager 
         key_dir=Path(key_dir),
     )
     manager.changed = lambda held: _load(proxy, held)
+    proxy.certificate_manager = manager.state  # /certificates: renewals, failures, pending
     proxy.metrics.registry.register(CertificateMetrics(manager))
     return manager
 

@@ -114,6 +114,7 @@ class CertificateManager:
         self.counters = Counters()
         self._retry_at: dict[str, datetime] = {}
         self._backoff: dict[str, float] = {}
+        self._last_error: dict[str, str] = {}  # identity -> why its last request failed
         self._wake = asyncio.Event()
         self.generation = 0  # bumped whenever what is held changes
         self.changed: Callable[[CertificateManager], None] | None = None  # told after a step
@@ -152,6 +153,7 @@ class CertificateManager:
         for name in sorted(set(self._retry_at) - self.wanted):
             self._retry_at.pop(name, None)
             self._backoff.pop(name, None)
+            self._last_error.pop(name, None)
         for name in sorted(self.wanted):
             held = self.held.get(name)
             due = held is None or now >= held.renew_at
@@ -205,6 +207,7 @@ class CertificateManager:
         )
         self._retry_at.pop(name, None)
         self._backoff.pop(name, None)
+        self._last_error.pop(name, None)
         self.counters.issued += 1
         self.generation += 1
         if renewal:
@@ -242,6 +245,7 @@ class CertificateManager:
         backoff = self._backoff.get(name, BACKOFF_START / 2) * 2
         self._backoff[name] = min(BACKOFF_MAX, backoff)
         self._retry_at[name] = self.now() + timedelta(seconds=self._backoff[name])
+        self._last_error[name] = f"{reason}: {message}"[:300]
         log.warning(
             "certificate for %s: %s: %s; again in %.0fs", name, reason, message, self._backoff[name]
         )
@@ -285,6 +289,7 @@ class CertificateManager:
                 "notAfter": h.not_after.isoformat(),
                 "renewAt": h.renew_at.isoformat(),
                 "secondsToExpiry": round((h.not_after - now).total_seconds(), 3),
+                "secondsToRenewal": round((h.renew_at - now).total_seconds(), 3),
             }
             for name, h in sorted(self.held.items())
         }
@@ -300,6 +305,15 @@ class CertificateManager:
             "failures": dict(sorted(self.counters.failures.items())),
             "dropped": self.counters.dropped,
             "soonestExpirySeconds": None if soonest is None else (soonest - now).total_seconds(),
+            # identities whose last request failed: why, and when the next one goes
+            "pending": {
+                name: {
+                    "error": self._last_error.get(name, ""),
+                    "retryAt": self._retry_at[name].isoformat(),
+                }
+                for name in sorted(self._retry_at)
+                if name in self.wanted
+            },
         }
 
 

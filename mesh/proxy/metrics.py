@@ -548,6 +548,9 @@ def render_merged(exports: list[dict[str, Any]]) -> bytes:
         live.setdefault("applied_at", state.get("applied_at", 0.0))
         live["udp_sessions"] += state.get("udp_sessions", 0)
         live["upstream_connections"] += state.get("upstream_connections", 0)
+        for held in ("certificate_age", "certificates", "roots"):
+            if held in state:  # the supervisor's process holds the certificates
+                live.setdefault(held, state[held])
         for key, (breaker_state, opens) in state["breakers"].items():
             view = live["breakers"].get(key)
             if view is None:
@@ -647,3 +650,29 @@ class _Exporter(Collector):
         if state.get("certificate_age") is not None:
             age.add_metric([], state["certificate_age"])
         yield age
+        # per identity: at most the ServiceAccounts with a pod on this node (docs/proxy.md)
+        identity_age = GaugeMetricFamily(
+            "simmesh_proxy_identity_certificate_age_seconds",
+            "Seconds since the certificate the tunnels use for an identity was issued",
+            labels=["identity"],
+        )
+        identity_expiry = GaugeMetricFamily(
+            "simmesh_proxy_identity_certificate_expiry_seconds",
+            "Seconds until the certificate the tunnels use for an identity expires "
+            "(negative: expired)",
+            labels=["identity"],
+        )
+        for identity, seconds_old, seconds_left in state.get("certificates", ()):
+            identity_age.add_metric([identity], seconds_old)
+            identity_expiry.add_metric([identity], seconds_left)
+        yield identity_age
+        yield identity_expiry
+        roots = GaugeMetricFamily(
+            "simmesh_proxy_trust_root_expiry_seconds",
+            "Seconds until a trust root the tunnels verify with expires, by its SHA-256 "
+            "fingerprint (one root, two during a rotation's overlap)",
+            labels=["fingerprint"],
+        )
+        for fingerprint, seconds_left in state.get("roots", ()):
+            roots.add_metric([fingerprint], seconds_left)
+        yield roots

@@ -111,14 +111,46 @@ def tunnel_failure(status: int, items: Iterable[tuple[str, str]]) -> Failure | N
 
 
 class _Material:
-    __slots__ = ("certificate", "clients", "key", "not_before", "server")
+    __slots__ = (
+        "certificate",
+        "clients",
+        "fingerprint",
+        "key",
+        "not_after",
+        "not_before",
+        "server",
+        "spiffe_id",
+    )
 
-    def __init__(self, certificate: Path, key: Path, not_before: datetime) -> None:
+    def __init__(
+        self,
+        certificate: Path,
+        key: Path,
+        not_before: datetime,
+        not_after: datetime,
+        *,
+        spiffe_id: str = "",
+        fingerprint: str = "",
+    ) -> None:
         self.certificate = certificate
         self.key = key
-        self.not_before = not_before
+        self.not_before = not_before  # when it was issued (its notBefore is back-dated)
+        self.not_after = not_after
+        self.spiffe_id = spiffe_id  # its URI SAN
+        self.fingerprint = fingerprint  # sha256:<hex> of the DER certificate
         self.clients: dict[str, ssl.SSLContext] = {}  # per ALPN protocol
         self.server: ssl.SSLContext | None = None
+
+
+class Root:
+    """A trust root the tunnels verify with (public facts only, for /certificates)."""
+
+    __slots__ = ("fingerprint", "not_after", "subject")
+
+    def __init__(self, fingerprint: str, subject: str, not_after: datetime) -> None:
+        self.fingerprint = fingerprint
+        self.subject = subject
+        self.not_after = not_after
 
 
 class TunnelTls:
@@ -131,6 +163,7 @@ class TunnelTls:
         self.trust_domain = ""
         self.roots: Path | None = None
         self._held: dict[str, _Material] = {}
+        self.trust_roots: tuple[Root, ...] = ()
         self._by_sni: dict[str, ssl.SSLContext] = {}
         self.server: ssl.SSLContext | None = None
         self.open = {"client": 0, "server": 0}
@@ -147,12 +180,19 @@ class TunnelTls:
         # off never imports it
         from cryptography import x509
 
-        from mesh.identity.ca import CLOCK_SKEW
+        from mesh.identity.ca import CLOCK_SKEW, fingerprint
 
         material = {}
         for identity, (cert_file, key_file) in sorted(held.items()):
             first = x509.load_pem_x509_certificates(cert_file.read_bytes())[0]
-            item = _Material(cert_file, key_file, first.not_valid_before_utc + CLOCK_SKEW)
+            item = _Material(
+                cert_file,
+                key_file,
+                first.not_valid_before_utc + CLOCK_SKEW,
+                first.not_valid_after_utc,
+                spiffe_id=_uri_san(first),
+                fingerprint=fingerprint(first),
+            )
             item.clients = {
                 alpn: self._context(ssl.PROTOCOL_TLS_CLIENT, roots, item, alpn)
                 for alpn in PROTOCOLS
@@ -169,11 +209,16 @@ class TunnelTls:
             if item.server is not None
         }
         self._held = material
+        self.trust_roots = tuple(
+            Root(fingerprint(c), c.subject.rfc4514_string(), c.not_valid_after_utc)
+            for c in x509.load_pem_x509_certificates(roots.read_bytes())
+        )
         self.server = server
         self.loads += 1
 
     def clear(self) -> None:
         self._held = {}
+        self.trust_roots = ()
         self._by_sni = {}
         self.server = None
         self.trust_domain = ""
@@ -215,6 +260,53 @@ class TunnelTls:
         now = now or datetime.now(UTC)
         oldest = min(item.not_before for item in self._held.values())
         return max(0.0, (now - oldest).total_seconds())
+
+    def certificates(self, now: datetime | None = None) -> dict[str, Any]:
+        """What the tunnels hold, as public facts (no key, no file path): per identity its
+        SPIFFE ID, when it was issued and expires, its age and the time left; the roots."""
+        now = now or datetime.now(UTC)
+        return {
+            "trustDomain": self.trust_domain or None,
+            "identities": [
+                {
+                    "identity": identity,
+                    "spiffeId": item.spiffe_id,
+                    "fingerprint": item.fingerprint,
+                    "issued": item.not_before.isoformat(),
+                    "notAfter": item.not_after.isoformat(),
+                    "lifetimeSeconds": round((item.not_after - item.not_before).total_seconds()),
+                    "ageSeconds": round(max(0.0, (now - item.not_before).total_seconds()), 3),
+                    "secondsToExpiry": round((item.not_after - now).total_seconds(), 3),
+                }
+                for identity, item in sorted(self._held.items())
+            ],
+            "roots": [
+                {
+                    "fingerprint": root.fingerprint,
+                    "subject": root.subject,
+                    "notAfter": root.not_after.isoformat(),
+                    "secondsToExpiry": round((root.not_after - now).total_seconds(), 3),
+                }
+                for root in self.trust_roots
+            ],
+        }
+
+    def expiries(self, now: datetime | None = None) -> list[tuple[str, float, float]]:
+        """(identity, seconds since issued, seconds to expiry) per certificate held."""
+        now = now or datetime.now(UTC)
+        return [
+            (
+                identity,
+                max(0.0, (now - item.not_before).total_seconds()),
+                (item.not_after - now).total_seconds(),
+            )
+            for identity, item in sorted(self._held.items())
+        ]
+
+    def root_expiries(self, now: datetime | None = None) -> list[tuple[str, float]]:
+        """(fingerprint, seconds to expiry) per trust root."""
+        now = now or datetime.now(UTC)
+        return [(r.fingerprint, (r.not_after - now).total_seconds()) for r in self.trust_roots]
 
     # -- the hop ------------------------------------------------------------------------------
 
@@ -321,7 +413,22 @@ class TunnelTls:
             "tunnels": dict(self.open),
             "certificate_age": self.certificate_age(),
             "identities": self.identities,
+            "certificates": self.expiries(),
+            "roots": self.root_expiries(),
         }
+
+
+def _uri_san(certificate: Any) -> str:
+    """The certificate's URI SANs, comma-separated ("" when it has none)."""
+    from cryptography import x509
+
+    try:
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return ""
+    return ",".join(
+        str(uri) for uri in names.value.get_values_for_type(x509.UniformResourceIdentifier)
+    )
 
 
 def expect_identity(tls: TunnelTls, ssl_object: ssl.SSLObject | None, expected: str) -> None:

@@ -32,7 +32,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -181,6 +181,8 @@ class Proxy:
         self.budget = budget = budget_of(options)
         self.upstreams = upstreams = UpstreamGate(budget.upstream, wait=options.connect_timeout)
         self.tls = TunnelTls(self.metrics, node=options.node, port=options.tunnel_port)
+        # the certificate manager's state (mesh.proxy.certs), when it runs in this process
+        self.certificate_manager: Callable[[], dict[str, Any]] | None = None
         self.http = make_http_upstream(options, upstreams, self.tls)
         self.h2c = H2Upstream(
             connect_timeout=options.connect_timeout,
@@ -335,6 +337,8 @@ class Proxy:
             "upstream_connections": self.upstreams.open,
             "tunnels": dict(self.tls.open),
             "certificate_age": self.tls.certificate_age(),
+            "certificates": self.tls.expiries(),
+            "roots": self.tls.root_expiries(),
         }
 
     @property
@@ -347,6 +351,43 @@ class Proxy:
 
     async def summary(self) -> dict[str, Any]:
         return self.describe()
+
+    async def certificates(self) -> dict[str, Any]:
+        return self.certificate_state()
+
+    def certificate_state(self) -> dict[str, Any]:
+        """/certificates: the mTLS mode of the applied config, the identities of this node's
+        pods (``wanted``), the certificates the tunnels hold for them (SPIFFE ID, issue and
+        expiry times, fingerprint), the ones missing, the trust roots, and the certificate
+        manager's counters when it runs. Public facts only: never a key or a file path."""
+        snapshot = self.snapshot
+        mtls = snapshot.config.settings.mtls if snapshot is not None else None
+        wanted = sorted(mtls.nodes.get(self.options.node, ())) if mtls is not None else []
+        held = self.tls.certificates()
+        manager = self.certificate_manager() if self.certificate_manager is not None else None
+        if manager is not None:
+            for item in held["identities"]:
+                kept = manager.get("held", {}).get(item["identity"], {})
+                item["renewAt"] = kept.get("renewAt")
+                item["secondsToRenewal"] = kept.get("secondsToRenewal")
+        holding = {item["identity"] for item in held["identities"]}
+        return {
+            "node": self.options.node,
+            "version": snapshot.version if snapshot is not None else None,
+            "mtls": mtls.mode if mtls is not None else "off",
+            "trustDomain": mtls.trust_domain if mtls is not None else held["trustDomain"],
+            "wanted": wanted,
+            "missing": [name for name in wanted if name not in holding],
+            "identities": held["identities"],
+            "roots": held["roots"],
+            "tunnels": dict(self.tls.open),
+            "manager": None
+            if manager is None
+            else {
+                key: manager.get(key)
+                for key in ("issued", "renewals", "failures", "dropped", "pending")
+            },
+        }
 
     def describe(self) -> dict[str, Any]:
         """/config: the version, the listeners (open, or why not), counts, the source."""

@@ -184,6 +184,10 @@ class Supervisor:
         exports += [a for a in await self._ask_all("metrics") if a is not None]
         return render_merged(exports)
 
+    async def certificates(self) -> dict[str, Any]:
+        # the certificate manager runs in this process and loads the first worker's tunnels
+        return self.proxy.certificate_state()
+
     async def summary(self) -> dict[str, Any]:
         out = self.proxy.describe()
         out["ready"] = self.ready

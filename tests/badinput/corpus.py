@@ -521,6 +521,14 @@ def cli_cases() -> Iterator[Case]:
             qs,
             expect=("--from",),
         )
+    for value in ("10.0.0.256", "frontend", "10.0.0.1/24"):
+        yield Case(
+            f"explain:--from-ip={value}",
+            "cli",
+            ["explain", "{dir}", "--from-ip", value, "--url", "http://backend.demo.mesh/"],
+            qs,
+            expect=("--from-ip",),
+        )
     yield Case(
         "explain:-H",
         "cli",
@@ -781,6 +789,7 @@ def cli_cases() -> Iterator[Case]:
         {},
         expect=("--controller",),
     )
+    yield Case("check:--proxy", "cli", ["check", "--proxy", "node-a:9901"], {}, expect=("--proxy",))
 
     # the admission gate's options (mesh/gate/controller.py): checked before anything starts
     for argv, words in (

@@ -36,6 +36,8 @@ class FakeKube:
         self.writes: list[tuple[str, str]] = []
         self.before_patch: Callable[[str], None] | None = None
         self.unreachable = False
+        self.texts: dict[str, tuple[int, str]] = {}  # get_text answers by path (pod proxies)
+        self.text_paths: list[str] = []
         self._rv = itertools.count(1)
         self._ips = itertools.count(10)
 
@@ -106,6 +108,9 @@ class FakeKube:
 
     async def get_text(self, path: str) -> tuple[int, str]:
         self._check()
+        self.text_paths.append(path)
+        if path in self.texts:
+            return self.texts[path]
         return 503, '{"kind": "Status", "message": "no endpoints available for service"}'
 
 

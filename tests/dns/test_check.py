@@ -70,18 +70,26 @@ def ready_cluster(kube: FakeKube | None = None) -> FakeKube:
 
 
 def proxy_pod(
-    name: str, node: str | None, *, ready: bool = True, terminating: bool = False
+    name: str,
+    node: str | None,
+    *,
+    ready: bool = True,
+    terminating: bool = False,
+    tunnel: bool = False,
 ) -> dict[str, Any]:
     """A pod of the chart's proxy DaemonSet, as the API server lists it."""
     condition = {"type": "Ready", "status": "True" if ready else "False"}
     metadata: dict[str, Any] = {"name": name, "labels": {"app.kubernetes.io/name": "simmesh-proxy"}}
     if terminating:
         metadata["deletionTimestamp"] = "2026-12-01T00:00:00Z"
-    return {
-        "metadata": metadata,
-        "spec": {"nodeName": node} if node else {},
-        "status": {"conditions": [condition]},
-    }
+    spec: dict[str, Any] = {"nodeName": node} if node else {}
+    if tunnel:  # the chart's proxy with mTLS on
+        ports = [
+            {"name": "admin", "containerPort": 9901},
+            {"name": "tunnel", "containerPort": 15008},
+        ]
+        spec["containers"] = [{"name": "proxy", "ports": ports}]
+    return {"metadata": metadata, "spec": spec, "status": {"conditions": [condition]}}
 
 
 def rows(kube: FakeKube | None, controller: check.Controller | None, **kw: Any) -> dict[str, Any]:
@@ -101,8 +109,11 @@ def test_everything_ok() -> None:
         "DNS",
         "controller",
         "proxies",
+        "certificates",
     ]
     assert all(row.ok for row in table.values()), table
+    # the proxy pods have no tunnel port: mTLS off, and no proxy is asked
+    assert table["certificates"].detail == "mTLS off (no proxy pod has a tunnel port)"
     assert table["API server"].detail == "https://fake:6443, Kubernetes v1.37.2"
     assert table["SMI CRDs"].detail == "5/5 established"
     assert table["DNS"].detail == (
@@ -309,3 +320,191 @@ def test_smi_crds_are_the_charts() -> None:
             if doc and doc.get("kind") == "CustomResourceDefinition":
                 names.add(doc["metadata"]["name"])
     assert names == set(check.SMI_CRDS)
+
+
+# --------------------------------------------------------------------------- certificates
+
+HOUR = 3600.0
+
+
+def held(identity: str, left: float, lifetime: float = HOUR, **extra: Any) -> dict[str, Any]:
+    namespace, _, name = identity.partition("/")
+    return {
+        "identity": identity,
+        "spiffeId": f"spiffe://cluster.local/ns/{namespace}/sa/{name}",
+        "fingerprint": "sha256:" + "ab" * 32,
+        "issued": "2026-12-01T10:00:00+00:00",
+        "notAfter": "2026-12-01T11:00:00+00:00",
+        "lifetimeSeconds": lifetime,
+        "ageSeconds": lifetime - left,
+        "secondsToExpiry": left,
+        **extra,
+    }
+
+
+def proxy_state(
+    node: str = "n1",
+    *,
+    mode: str = "strict",
+    wanted: tuple[str, ...] = ("shop/web",),
+    identities: list[dict[str, Any]] | None = None,
+    root_left: float = 3000 * 86400.0,
+    pending: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    identities = [held(w, 3000.0) for w in wanted] if identities is None else identities
+    names = {i["identity"] for i in identities}
+    return {
+        "node": node,
+        "version": "v7",
+        "mtls": mode,
+        "trustDomain": "cluster.local",
+        "wanted": list(wanted),
+        "missing": [w for w in wanted if w not in names],
+        "identities": identities,
+        "roots": [
+            {
+                "fingerprint": "sha256:" + "cd" * 32,
+                "subject": "O=simmesh,CN=simmesh root cluster.local",
+                "notAfter": "2036-12-01T00:00:00+00:00",
+                "secondsToExpiry": root_left,
+            }
+        ],
+        "tunnels": {"client": 0, "server": 0},
+        "manager": None if pending is None else {"pending": pending},
+    }
+
+
+def test_a_proxy_holding_every_local_identity_is_ok_and_lists_them() -> None:
+    row = check.certificate_row(proxy_state(wanted=("shop/web", "shop/db")))
+    assert (row.name, row.ok, row.warn) == ("certificates n1", True, False)
+    assert row.detail == (
+        "mTLS strict, trust domain cluster.local, 2/2 identities of the node's pods held"
+    )
+    assert row.lines == (
+        "spiffe://cluster.local/ns/shop/sa/web  expires in 50m 0s (2026-12-01T11:00:00+00:00), "
+        "issued 10m 0s ago",
+        "spiffe://cluster.local/ns/shop/sa/db  expires in 50m 0s (2026-12-01T11:00:00+00:00), "
+        "issued 10m 0s ago",
+        "root sha256:cdcdcdcdcdcdcdcd O=simmesh,CN=simmesh root cluster.local  expires in 3000d 0h "
+        "(2036-12-01T00:00:00+00:00)",
+    )
+
+
+def test_a_local_identity_without_a_certificate_fails_with_the_cas_answer() -> None:
+    state = proxy_state(
+        wanted=("shop/web", "shop/db"),
+        identities=[held("shop/web", 3000.0)],
+        pending={"shop/db": {"error": "denied: NoPodOnNode: ...", "retryAt": "x"}},
+    )
+    row = check.certificate_row(state)
+    assert not row.ok
+    assert row.detail.endswith(
+        "1/2 identities of the node's pods held: no certificate for "
+        "shop/db (denied: NoPodOnNode: ...)"
+    )
+    assert "kubectl get csr" in row.hint
+    # permissive too: a pod whose node proxy cannot prove its identity gets no tunnels
+    assert not check.certificate_row(proxy_state(mode="permissive", identities=[])).ok
+
+
+def test_close_to_expiry_warns_and_expired_fails() -> None:
+    # no manager: under a quarter of the lifetime left warns
+    assert not check.certificate_row(proxy_state(identities=[held("shop/web", 1000.0)])).warn
+    row = check.certificate_row(proxy_state(identities=[held("shop/web", 800.0)]))
+    assert (row.ok, row.warn) == (True, True)
+    assert row.detail.endswith(": shop/web expires in 13m 20s")
+    assert "renewals are failing" in row.hint
+    # a manager's renewal time: a minute late warns (whatever is left), on time does not
+    late = held("shop/web", 1500.0, secondsToRenewal=-61.0)
+    assert check.certificate_row(proxy_state(identities=[late])).warn
+    on_time = held("shop/web", 800.0, secondsToRenewal=10.0)  # renews at 0.8 of its life
+    assert not check.certificate_row(proxy_state(identities=[on_time])).warn
+    row = check.certificate_row(
+        proxy_state(identities=[held("shop/web", 300.0, secondsToRenewal=-30)])
+    )
+    assert row.warn  # under a tenth left
+    row = check.certificate_row(proxy_state(identities=[held("shop/web", -90.0)]))
+    assert (row.ok, row.detail.endswith("shop/web expired 1m 30s ago")) == (False, True)
+    assert "EXPIRED 1m 30s ago" in row.lines[0]
+
+
+def test_trust_roots_close_to_expiry_warn_and_expired_fail() -> None:
+    row = check.certificate_row(proxy_state(root_left=10 * 86400.0))
+    assert (row.ok, row.warn) == (True, True)
+    assert row.detail.endswith("root sha256:cdcdcdcdcdcdcdcd expires in 10d 0h")
+    assert "rotate the root" in row.hint
+    row = check.certificate_row(proxy_state(root_left=-1.0))
+    assert not row.ok and "root sha256:cdcdcdcdcdcdcdcd expired" in row.detail
+    state = proxy_state()
+    state["roots"] = []
+    assert "no trust root" in check.certificate_row(state).detail
+
+
+def test_render_shows_warnings_and_the_lines_of_a_row() -> None:
+    table = check.render(
+        [
+            check.Row("proxies", True, "2/2 on version v7"),
+            check.Row("certificates n1", True, "soon", "renew", warn=True, lines=("a", "b")),
+        ]
+    )
+    assert table == (
+        "CHECK            RESULT  DETAIL\n"
+        "proxies          OK      2/2 on version v7\n"
+        "certificates n1  WARN    soon\n"
+        "                           a\n"
+        "                           b\n"
+        "                         hint: renew\n"
+    )
+
+
+def test_the_proxy_pods_certificates_through_the_api_servers_pod_proxy() -> None:
+    kube = ready_cluster()
+    for node in ("n1", "n2"):
+        kube.put(PODS, proxy_pod(f"simmesh-proxy-{node}", node, tunnel=True))
+    kube.put(PODS, proxy_pod("simmesh-proxy-old", "n2", terminating=True, tunnel=True))
+    base = "/api/v1/namespaces/simmesh/pods/{}:9901/proxy/certificates"
+    kube.texts[base.format("simmesh-proxy-n1")] = (200, json.dumps(proxy_state("n1")))
+    kube.texts[base.format("simmesh-proxy-n2")] = (
+        200,
+        json.dumps(proxy_state("n2", wanted=("shop/db",), identities=[])),
+    )
+    table = rows(kube, healthy_controller())
+    assert table["certificates n1"].ok
+    assert not table["certificates n2"].ok
+    assert table["certificates n2"].detail.endswith("no certificate for shop/db")
+    # the terminating proxy beside its replacement is not asked
+    assert sorted(kube.text_paths[-2:]) == [
+        base.format("simmesh-proxy-n1"),
+        base.format("simmesh-proxy-n2"),
+    ]
+    # a proxy pod the caller may not reach (RBAC on pods/proxy) fails its own row
+    kube.texts[base.format("simmesh-proxy-n1")] = (
+        403,
+        '{"kind": "Status", "message": "pods \\"simmesh-proxy-n1\\" is forbidden"}',
+    )
+    row = rows(kube, healthy_controller())[
+        "certificates pod simmesh/simmesh-proxy-n1:9901 (API proxy)"
+    ]
+    assert not row.ok and 'HTTP 403 pods "simmesh-proxy-n1" is forbidden' in row.detail
+
+
+def test_every_proxy_with_mtls_off_is_one_row() -> None:
+    class Fixed:
+        def __init__(self, state: dict[str, Any]) -> None:
+            self.where = f"http://{state['node']}:9901"
+            self.state = state
+
+        async def get(self, path: str) -> tuple[int, str]:
+            assert path == "/certificates"
+            return 200, json.dumps(self.state)
+
+    off = [Fixed(proxy_state(n, mode="off", wanted=(), identities=[])) for n in ("n1", "n2")]
+    [row] = run(check.check_certificates(list(off)))
+    assert (row.name, row.ok, row.detail) == ("certificates", True, "mTLS off on 2 proxies")
+    mixed = [off[0], Fixed(proxy_state("n2"))]
+    names = [r.name for r in run(check.check_certificates(list(mixed)))]
+    assert names == ["certificates n1", "certificates n2"]
+    broken = Fixed(proxy_state("n3"))
+    broken.state = {"identities": "no"}  # not what a proxy answers
+    [row] = run(check.check_certificates([broken]))
+    assert not row.ok and row.detail.endswith("not the JSON a proxy answers")

@@ -67,6 +67,15 @@ def test_check_wants_an_http_controller_url(capsys: pytest.CaptureFixture[str]) 
     assert "--controller 'controller:9000': expected a URL" in capsys.readouterr().err
 
 
+def test_check_wants_http_proxy_urls(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["check", "--proxy", "http://127.0.0.1:9901", "--proxy", "node-a:9901"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "simmesh check: error: --proxy 'node-a:9901': expected a URL such as "
+        "http://127.0.0.1:9901\n"
+    )
+
+
 @pytest.mark.parametrize("value", ["-1", "3601", "nan"])
 def test_check_wait_is_bounded(value: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["check", "--wait", value]) == 2
