@@ -118,6 +118,7 @@ class _Material:
         "key",
         "not_after",
         "not_before",
+        "pem",
         "server",
         "spiffe_id",
     )
@@ -138,6 +139,7 @@ class _Material:
         self.not_after = not_after
         self.spiffe_id = spiffe_id  # its URI SAN
         self.fingerprint = fingerprint  # sha256:<hex> of the DER certificate
+        self.pem = b""  # the certificate file's bytes its contexts were built from
         self.clients: dict[str, ssl.SSLContext] = {}  # per ALPN protocol
         self.server: ssl.SSLContext | None = None
 
@@ -168,6 +170,8 @@ class TunnelTls:
         self.server: ssl.SSLContext | None = None
         self.open = {"client": 0, "server": 0}
         self.loads = 0
+        self.built = 0  # identities whose contexts were built, counted over every load
+        self._roots_pem = b""
 
     # -- material -----------------------------------------------------------------------------
 
@@ -175,16 +179,31 @@ class TunnelTls:
         self, *, trust_domain: str, roots: Path, held: Mapping[str, tuple[Path, Path]]
     ) -> None:
         """Take the certificates held now (identity -> certificate and key files) and the
-        roots file; contexts are built again (a certificate may have been renewed)."""
+        roots file. An identity's contexts are built again only when its certificate (renewed)
+        or the roots changed: four TLS contexts cost about 3 ms each (OpenSSL 3), and a node
+        of a busy cluster holds dozens of identities while one of them changes at a time (a
+        full rebuild per change kept the event loop busy for seconds, and tunnel handshakes
+        timed out, on kind)."""
         # cryptography (8-9 MB resident) only once there are certificates: a proxy with mTLS
         # off never imports it
         from cryptography import x509
 
         from mesh.identity.ca import CLOCK_SKEW, fingerprint
 
+        roots_pem = roots.read_bytes()
+        same_roots = roots_pem == self._roots_pem and roots == self.roots
         material = {}
         for identity, (cert_file, key_file) in sorted(held.items()):
-            first = x509.load_pem_x509_certificates(cert_file.read_bytes())[0]
+            pem = cert_file.read_bytes()
+            old = self._held.get(identity)
+            if (
+                same_roots
+                and old is not None
+                and (old.pem, old.certificate, old.key) == (pem, cert_file, key_file)
+            ):
+                material[identity] = old
+                continue
+            first = x509.load_pem_x509_certificates(pem)[0]
             item = _Material(
                 cert_file,
                 key_file,
@@ -198,9 +217,13 @@ class TunnelTls:
                 for alpn in PROTOCOLS
             }
             item.server = self._context(ssl.PROTOCOL_TLS_SERVER, roots, item)
+            item.pem = pem
             material[identity] = item
-        server = self._context(ssl.PROTOCOL_TLS_SERVER, roots, None)
-        server.sni_callback = self._sni
+            self.built += 1
+        server = self.server
+        if server is None or not same_roots:
+            server = self._context(ssl.PROTOCOL_TLS_SERVER, roots, None)
+            server.sni_callback = self._sni
         self.trust_domain = trust_domain
         self.roots = roots
         self._by_sni = {
@@ -209,15 +232,18 @@ class TunnelTls:
             if item.server is not None
         }
         self._held = material
-        self.trust_roots = tuple(
-            Root(fingerprint(c), c.subject.rfc4514_string(), c.not_valid_after_utc)
-            for c in x509.load_pem_x509_certificates(roots.read_bytes())
-        )
+        if not same_roots or not self.trust_roots:
+            self.trust_roots = tuple(
+                Root(fingerprint(c), c.subject.rfc4514_string(), c.not_valid_after_utc)
+                for c in x509.load_pem_x509_certificates(roots_pem)
+            )
+        self._roots_pem = roots_pem
         self.server = server
         self.loads += 1
 
     def clear(self) -> None:
         self._held = {}
+        self._roots_pem = b""
         self.trust_roots = ()
         self._by_sni = {}
         self.server = None
