@@ -1,12 +1,12 @@
 """The tunnel port: requests from other nodes' proxies, over mutual TLS, for this node's pods.
 
-A connection is accepted as plain TCP and then upgraded with ``loop.start_tls`` (server side,
-the :class:`~mesh.proxy.mtls.TunnelTls` context: TLS 1.3, a client certificate required and
-verified against the trust bundle, this node's certificate chosen by SNI), so every failed
-handshake is seen here and counted by reason (plaintext, an untrusted or missing client
-certificate, an old TLS version...). Once the peer's certificate proves a workload identity
-of the trust domain (:meth:`~mesh.proxy.mtls.TunnelTls.peer_identity`), the connection is
-handed, with that identity, to what its ALPN protocol names: the HTTP/1.1 front end
+A connection is accepted and secured at once with ``loop.connect_accepted_socket`` (server
+side, the :class:`~mesh.proxy.mtls.TunnelTls` context of that moment: TLS 1.3, a client
+certificate required and verified against the trust bundle, this node's certificate chosen by
+SNI), so every failed handshake is seen here and counted by reason (plaintext, an untrusted
+or missing client certificate, an old TLS version...). Once the peer's certificate proves a
+workload identity of the trust domain (:meth:`~mesh.proxy.mtls.TunnelTls.peer_identity`), the
+connection is handed, with that identity, to what its ALPN protocol names: the HTTP/1.1 front end
 (:class:`~mesh.proxy.http1.H1Connection`, ``simmesh-tunnel/1`` or none), the h2 front end
 (``simmesh-h2/1``) or the stream server (:mod:`mesh.proxy.streamserver`,
 ``simmesh-stream/1``, TCP flows). Every request, stream or flow on it is decided by the
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 from typing import cast
 
@@ -34,59 +35,28 @@ log = logging.getLogger("simmesh.proxy.tunnel")
 
 
 class _Accept(asyncio.Protocol):
-    """A tunnel connection until its handshake and the peer's identity are checked."""
+    """A tunnel connection whose TLS handshake completed: the peer's identity is checked and
+    the connection handed, in ``connection_made`` itself (so no byte can arrive before), to
+    the front end its ALPN protocol names."""
 
-    def __init__(self, server: TunnelServer) -> None:
+    def __init__(self, server: TunnelServer, peer_ip: str) -> None:
         self.server = server
-        self.peer_ip = ""
-        self.transport: asyncio.Transport | None = None
-        self.task: asyncio.Task[None] | None = None
-        self.early: list[bytes] = []  # decrypted before the front end took over
-        self.eof = False
-        self.lost = False
+        self.peer_ip = peer_ip
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-        peer = transport.get_extra_info("peername")
-        self.peer_ip = peer[0] if peer else ""
-        self.transport.pause_reading()  # the ClientHello is start_tls's to read
-        self.task = asyncio.get_running_loop().create_task(self._handshake())
-        self.server.pending.add(self)
-
-    async def _handshake(self) -> None:
-        server = self.server
-        tls = server.tls
-        transport = self.transport
-        assert transport is not None
-        context = tls.server
+        server, tls = self.server, self.server.tls
+        secured = cast(asyncio.Transport, transport)
+        ssl_object = secured.get_extra_info("ssl_object")
         try:
-            if context is None:
-                raise PeerRefused("no-certificates", "this proxy holds no certificates yet")
-            secured = await asyncio.get_running_loop().start_tls(
-                transport,
-                self,
-                context,
-                server_side=True,
-                ssl_handshake_timeout=server.ctx.options.header_timeout,
-            )
-            if secured is None:
-                raise ConnectionError("closed during the handshake")
-            identity = tls.peer_identity(secured.get_extra_info("ssl_object"))
+            identity = tls.peer_identity(ssl_object)
         except PeerRefused as exc:
-            self._refuse(exc.reason, str(exc))
-            return
-        except (OSError, TimeoutError, ssl.SSLError) as exc:
-            self._refuse(failure_reason(exc), str(exc))
-            return
-        finally:
-            server.pending.discard(self)
-        if self.lost:
+            server.refuse(exc.reason, self.peer_ip, str(exc))
+            secured.abort()
             return
         if not server.ctx.gate.admit(self.peer_ip, "tunnel"):
             secured.abort()
             return
         tls.handshake("server")
-        ssl_object = secured.get_extra_info("ssl_object")
         alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
         conn: asyncio.Protocol
         if alpn == ALPN_STREAM:
@@ -100,28 +70,6 @@ class _Accept(asyncio.Protocol):
             conn = front
         secured.set_protocol(conn)
         conn.connection_made(secured)
-        for data in self.early:
-            conn.data_received(data)
-        self.early = []
-        if self.eof:
-            conn.eof_received()
-
-    def data_received(self, data: bytes) -> None:
-        self.early.append(data)  # the request that followed the handshake at once
-
-    def eof_received(self) -> bool | None:
-        self.eof = True
-        return True
-
-    def _refuse(self, reason: str, detail: str) -> None:
-        self.server.tls.failed("server", reason)
-        self.server.warn(reason, self.peer_ip, detail)
-        if self.transport is not None:
-            self.transport.abort()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-        self.server.pending.discard(self)
 
 
 class TunnelServer:
@@ -136,21 +84,76 @@ class TunnelServer:
         self.h1 = H1Server(ctx, tls.port)
         self.h2 = H2Server(ctx, tls.port)
         self.streams: set[StreamServer] = set()
-        self.pending: set[_Accept] = set()
-        self._server: asyncio.Server | None = None
+        self.pending: set[asyncio.Task[None]] = set()  # handshakes under way
+        self._socket: socket.socket | None = None
+        self._accepting: asyncio.Task[None] | None = None
         self._warned: dict[str, float] = {}
 
     async def open(self, host: str) -> None:
+        """Listen, and accept in a task of its own. Each accepted socket is secured with the
+        context of that moment by ``connect_accepted_socket``: TLS from the first byte.
+        (Accepting plain TCP and calling ``start_tls`` lost the ClientHello on uvloop, whose
+        transport read it into the plain protocol despite ``pause_reading``: the handshake
+        then hung until the client gave up, on every other connection or so.)"""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: _Accept(self), host, self.port, reuse_address=True, backlog=1024
+        infos = await loop.getaddrinfo(
+            host, self.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
-        if self.port == 0:
-            self.port = self._server.sockets[0].getsockname()[1]
+        family, _, _, _, address = infos[0]
+        listener = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind(address)
+            listener.listen(1024)
+            listener.setblocking(False)
+        except OSError:
+            listener.close()
+            raise
+        self._socket = listener
+        self.port = listener.getsockname()[1]
+        self._accepting = loop.create_task(self._accept(listener))
+
+    async def _accept(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, peer = await loop.sock_accept(listener)
+            except asyncio.CancelledError:
+                raise
+            except OSError as exc:  # out of descriptors, say: wait, never spin
+                if self._socket is None:
+                    return
+                log.warning("tunnel port: accept failed: %s", exc)
+                await asyncio.sleep(0.1)
+                continue
+            task = loop.create_task(self._secure(sock, str(peer[0])))
+            self.pending.add(task)
+            task.add_done_callback(self.pending.discard)
+
+    async def _secure(self, sock: socket.socket, peer_ip: str) -> None:
+        context = self.tls.server
+        if context is None:
+            sock.close()
+            self.refuse("no-certificates", peer_ip, "this proxy holds no certificates yet")
+            return
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(
+                lambda: _Accept(self, peer_ip),
+                sock,
+                ssl=context,
+                ssl_handshake_timeout=self.ctx.options.header_timeout,
+            )
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
+            sock.close()
+            self.refuse(failure_reason(exc), peer_ip, str(exc))
+
+    def refuse(self, reason: str, peer: str, detail: str) -> None:
+        self.tls.failed("server", reason)
+        self.warn(reason, peer, detail)
 
     @property
     def is_open(self) -> bool:
-        return self._server is not None
+        return self._socket is not None
 
     def closed(self) -> None:
         self.tls.closed("server")
@@ -163,16 +166,18 @@ class TunnelServer:
             log.warning("tunnel from %s refused: %s: %s", peer, reason, detail)
 
     def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
+        if self._accepting is not None:
+            self._accepting.cancel()
+            self._accepting = None
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
         self.h1.retire_all()
         self.h2.retire_all()
         for stream in list(self.streams):
             stream.retire()
-        for accept in list(self.pending):
-            if accept.transport is not None:
-                accept.transport.abort()
+        for task in list(self.pending):
+            task.cancel()
 
     def active(self) -> int:
         return self.h1.active() + self.h2.active() + sum(s.busy for s in self.streams)
