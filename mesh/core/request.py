@@ -112,12 +112,19 @@ def is_token(text: str) -> bool:
 
 def normalize_path(path: str) -> str:
     """The canonical form of a request path (without the query); raises BadRequest."""
-    plain = (
-        path.startswith("/")
-        and path.isascii()
-        and (octets := path.encode("ascii")).translate(_PLAIN_TABLE) == octets
-    )
-    if plain and "//" not in path and "/." not in path:
+    # Its UTF-8 bytes (non-ASCII ones are never plain); the first byte read from them, not by
+    # startswith, and no isascii (a compiled build calls both as methods by name).
+    try:
+        octets = path.encode()
+    except UnicodeEncodeError:  # a lone surrogate (decoded with surrogateescape): not plain
+        octets = b""
+    if (
+        len(octets) > 0
+        and octets[0] == 0x2F
+        and octets.translate(_PLAIN_TABLE) == octets
+        and "//" not in path
+        and "/." not in path
+    ):
         return path
     if not path.startswith("/"):
         raise BadRequest(f"the request path must start with '/': {_show(path)}")
