@@ -250,7 +250,8 @@ class Request:
         """Whether no segment has parameters: then :attr:`readings` is the path alone (access
         control matches it directly, without building the tuple)."""
         path = self.path
-        return ";" not in path and "%3B" not in path
+        # one-character searches first (memchr): most paths have no '%' at all
+        return ";" not in path and ("%" not in path or "%3B" not in path)
 
     @property
     def readings(self) -> tuple[str, ...]:

@@ -911,7 +911,7 @@ class Decision:
         rule: str | None = None,
     ) -> None:
         self.allowed = reason is Reason.ALLOWED
-        self.status = STATUS.get(reason)
+        self.status = None if reason is Reason.ALLOWED else STATUS.get(reason)
         self.reason = reason
         self.detail = detail
         self.route = route
