@@ -371,16 +371,34 @@ class TokenBucket:
 class SmoothWeightedRoundRobin:
     """nginx's smooth weighted round robin: exact shares over each cycle, well interleaved."""
 
-    __slots__ = ("_current", "_total", "weights")
+    __slots__ = (
+        "_current",
+        "_current0",
+        "_current1",
+        "_pair",
+        "_total",
+        "_weight0",
+        "_weight1",
+        "weights",
+    )
 
     def __init__(self, weights: Sequence[int]) -> None:
         self.weights = tuple(weights)
         self._current = [0] * len(self.weights)
         self._total = sum(self.weights)
+        # Two backends (a canary split, the usual case): their weights and running counts as
+        # native ints, not read from a tuple and a list (a compiled build boxes their items)
+        self._pair = len(self.weights) == 2
+        self._weight0 = self.weights[0] if self._pair else 0
+        self._weight1 = self.weights[1] if self._pair else 0
+        self._current0 = 0
+        self._current1 = 0
 
     def pick(self) -> int:
         if self._total <= 0:
             raise ValueError("no backend has a positive weight")
+        if self._pair:
+            return self._pick_pair()
         best = -1
         current = self._current
         for i, weight in enumerate(self.weights):
@@ -390,6 +408,28 @@ class SmoothWeightedRoundRobin:
             if best < 0 or current[i] > current[best]:
                 best = i
         current[best] -= self._total
+        return best
+
+    def _pick_pair(self) -> int:
+        """pick() of two backends: the same choices, in native ints."""
+        weight0 = self._weight0
+        weight1 = self._weight1
+        current0 = self._current0
+        current1 = self._current1
+        best = -1
+        if weight0 > 0:
+            current0 += weight0
+            best = 0
+        if weight1 > 0:
+            current1 += weight1
+            if best < 0 or current1 > current0:
+                best = 1
+        if best == 0:
+            current0 -= self._total
+        else:  # (best is never -1 here: a positive total has a positive weight)
+            current1 -= self._total
+        self._current0 = current0
+        self._current1 = current1
         return best
 
 

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import Final
+from typing import Final, cast, final
 
 # Final: a compiled module reads these as C globals, not from its globals dict per use.
 HOP_BY_HOP: Final = frozenset(
@@ -112,12 +112,19 @@ def is_token(text: str) -> bool:
 
 def normalize_path(path: str) -> str:
     """The canonical form of a request path (without the query); raises BadRequest."""
-    plain = (
-        path.startswith("/")
-        and path.isascii()
-        and (octets := path.encode("ascii")).translate(_PLAIN_TABLE) == octets
-    )
-    if plain and "//" not in path and "/." not in path:
+    # Its UTF-8 bytes (non-ASCII ones are never plain); the first byte read from them, not by
+    # startswith, and no isascii (a compiled build calls both as methods by name).
+    try:
+        octets = path.encode()
+    except UnicodeEncodeError:  # a lone surrogate (decoded with surrogateescape): not plain
+        octets = b""
+    if (
+        len(octets) > 0
+        and octets[0] == 0x2F
+        and octets.translate(_PLAIN_TABLE) == octets
+        and "//" not in path
+        and ("." not in path or "/." not in path)  # most paths have no dot (one memchr)
+    ):
         return path
     if not path.startswith("/"):
         raise BadRequest(f"the request path must start with '/': {_show(path)}")
@@ -184,8 +191,11 @@ def _show(text: str) -> str:
 
 def split_target(method: str, target: str) -> tuple[str, str]:
     """(normalised path, query with its '?' or ''): the origin-form target of a request."""
-    cut = target.find("?")
-    path, query = (target, "") if cut < 0 else (target[:cut], target[cut:])
+    if "?" in target:  # (a one-character search: cheaper than find's)
+        cut = target.find("?")
+        path, query = target[:cut], target[cut:]
+    else:
+        path, query = target, ""
     if query and _BAD_QUERY.search(query):
         raise BadRequest("the query contains '#', whitespace or a control character")
     if path == "*" and method == "OPTIONS" and not query:
@@ -243,7 +253,8 @@ class Request:
         """Whether no segment has parameters: then :attr:`readings` is the path alone (access
         control matches it directly, without building the tuple)."""
         path = self.path
-        return ";" not in path and "%3B" not in path
+        # one-character searches first (memchr): most paths have no '%' at all
+        return ";" not in path and ("%" not in path or "%3B" not in path)
 
     @property
     def readings(self) -> tuple[str, ...]:
@@ -299,6 +310,83 @@ def websocket_upgrade(items: Iterable[tuple[str, str]]) -> bool:
     return connection and upgrade
 
 
+# What parse_request does with a header, by its lower-case name.
+_ORDINARY: Final = 0
+_HOST: Final = 1
+_PROXY_SET: Final = 2  # in PROXY_SET
+_CONTENT_LENGTH: Final = 3
+_COOKIE: Final = 4
+_HOP: Final = 5  # hop-by-hop (this and the kinds after it)
+_CONNECTION: Final = 6
+_TE: Final = 7
+_KINDS: Final[dict[str, int]] = {
+    **{low: _HOP for low in HOP_BY_HOP},
+    **{low: _PROXY_SET for low in PROXY_SET},
+    "host": _HOST,
+    "content-length": _CONTENT_LENGTH,
+    "cookie": _COOKIE,
+    "connection": _CONNECTION,
+    "te": _TE,
+}
+
+
+@final
+class _Name:
+    """A header name as parse_request reads it: its lower-case form (one shared string, its
+    hash computed once) and its kind."""
+
+    __slots__ = ("kind", "low")
+
+    def __init__(self, low: str, kind: int) -> None:
+        self.low = low
+        self.kind = kind
+
+
+# The usual header names, in the spellings clients send (lower case as HTTP/2 requires, and
+# each word capitalised, as HTTP/1 clients write them; the short hop-by-hop ones in capitals):
+# looked up as sent, so a known name is neither lower-cased (a new string per line) nor
+# looked up in the sets above. Any other name takes ``name.lower()`` and ``_KINDS``.
+_USUAL: Final = (
+    *_KINDS,
+    "accept",
+    "accept-encoding",
+    "accept-language",
+    "authorization",
+    "cache-control",
+    "content-type",
+    "if-modified-since",
+    "if-none-match",
+    "origin",
+    "pragma",
+    "range",
+    "referer",
+    "user-agent",
+    "x-request-id",
+    "x-real-ip",
+    "b3",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "tracestate",
+    "baggage",
+    "grpc-timeout",
+)
+
+
+def _known_names() -> dict[str, _Name]:
+    known: dict[str, _Name] = {}
+    for low in _USUAL:
+        name = _Name(low, _KINDS.get(low, _ORDINARY))
+        title = "-".join(word.capitalize() for word in low.split("-"))
+        for spelling in (low, title, low.upper()):
+            known[spelling] = name
+    return known
+
+
+_KNOWN: Final = _known_names()
+
+
 def parse_request(
     method: str, target: str, items: Iterable[tuple[str, str]], *, authority: str | None = None
 ) -> Request:
@@ -311,50 +399,73 @@ def parse_request(
     if not is_token(method):
         raise BadRequest(f"the method is not a token: {_show(method)}")
     path, query = split_target(method, target)
-    out: list[tuple[str, str]] = []
+    # The lines go on as the same tuple objects (a compiled build reads a line typed as a pair
+    # into two values and would build a new tuple to store it again): held as objects.
+    out: list[object] = []
     headers: dict[str, str] = {}
     listed: set[str] | None = None
     te_trailers = False
     proxy_set = False
+    host = ""  # headers["host"] as it ends
     host_at = -1  # the Host line's index in ``out``
-    for name, value in items:  # one pass: this runs for every request the proxy serves
-        low = name.lower()
-        if low in HOP_BY_HOP:
-            if low == "connection":
+    lines = items if isinstance(items, list) else list(items)
+    for line in cast("list[object]", lines):  # one pass: this runs for every request served
+        name, value = cast("tuple[str, str]", line)
+        known = _KNOWN.get(name)
+        if known is not None:
+            low = known.low
+            kind = known.kind
+        else:
+            low = name.lower()
+            kind = _KINDS.get(low, _ORDINARY)
+        if kind >= _HOP:
+            if kind == _CONNECTION:
                 tokens = {t.strip().lower() for t in value.split(",")}
                 listed = tokens if listed is None else listed | tokens
-            elif low == "te":
+            elif kind == _TE:
                 te_trailers = value.strip().lower() == "trailers"
             continue
-        first = headers.get(low)
-        if first is None:
-            headers[low] = value
-            if low == "host":
+        stored = authority if authority and kind == _HOST else value
+        count = len(headers)
+        first = headers.setdefault(low, stored)  # one lookup: stored unless seen before
+        if len(headers) > count:  # the first line of this name
+            if kind == _HOST:
                 host_at = len(out)
-            out.append((name, value))
-            proxy_set = proxy_set or low in PROXY_SET
+                if authority:  # the request's own authority wins, and is what is forwarded
+                    line = (name, authority)
+                host = stored
+            elif kind == _PROXY_SET:
+                proxy_set = True
+            out.append(line)
             continue
-        if low in _SINGLE:
-            if low == "content-length" and first.strip() == value.strip():
+        if kind in (_HOST, _CONTENT_LENGTH):
+            if kind == _CONTENT_LENGTH and first.strip() == value.strip():
                 continue
             raise BadRequest(f"several {low.title()} headers")
-        combined = headers[low] = f"{first}{'; ' if low == 'cookie' else ', '}{value}"
-        at = next(i for i, (n, _) in enumerate(out) if n.lower() == low)
-        out[at] = (out[at][0], combined)
+        combined = headers[low] = f"{first}{'; ' if kind == _COOKIE else ', '}{value}"
+        for at in range(len(out)):
+            spelled = _line(out[at])[0]
+            if spelled.lower() == low:
+                out[at] = (spelled, combined)
+                break
     if listed is not None and listed - _SINGLE:
         # Host and Content-Length stay: they are not this hop's to drop.
-        out = [(n, v) for n, v in out if n.lower() not in listed or n.lower() in _SINGLE]
-        host_at = next((i for i, (n, _) in enumerate(out) if n.lower() == "host"), -1)
+        kept: list[object] = []
+        for line in out:
+            low = _line(line)[0].lower()
+            if low not in listed or low in _SINGLE:
+                if low == "host":
+                    host_at = len(kept)
+                kept.append(line)
+        out = kept
         for low in listed - _SINGLE:
             headers.pop(low, None)
-    if authority:  # the request's own authority wins, and is what the backend receives
-        if host_at >= 0:
-            out[host_at] = (out[host_at][0], authority)
-        else:
-            out.insert(0, ("Host", authority))
-        headers["host"] = authority
-    replaced: dict[str, str] = {}
+    if authority and host_at < 0:  # no Host line: the authority is sent as one
+        out.insert(0, ("Host", authority))
+        headers["host"] = host = authority
+    replaced = _NOT_REPLACED
     if proxy_set:
+        replaced = {}
         for low in PROXY_SET:
             if low in headers:
                 replaced[low] = headers.pop(low)
@@ -362,12 +473,22 @@ def parse_request(
         method=method,
         path=path,
         query=query,
-        host=headers.get("host", ""),
+        host=host,
         headers=headers,
-        items=out,
+        items=cast("list[tuple[str, str]]", out),
         replaced=replaced,
         te_trailers=te_trailers,
     )
+
+
+# ``Request.replaced`` of every request without a proxy-set header: one empty dict, which
+# nothing writes to (read-only by contract: the proxy reads it, the core copies it along).
+_NOT_REPLACED: Final[dict[str, str]] = {}
+
+
+def _line(line: object) -> tuple[str, str]:
+    """A header line of parse_request's ``out``, as the pair it is."""
+    return cast("tuple[str, str]", line)
 
 
 __all__ = [

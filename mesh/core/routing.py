@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from enum import StrEnum
-from typing import Final
+from typing import Final, final
 
 from mesh.core import patterns, schema
 from mesh.core.annotations import ServicePolicy, parse_circuit_breaker_expression
@@ -227,6 +227,7 @@ class EndpointGroup:
 
 class Cluster:
     __slots__ = (
+        "_denial",
         "_destinations",
         "breaker",
         "endpoints",
@@ -252,6 +253,7 @@ class Cluster:
         self.groups: tuple[EndpointGroup, ...] = ()
         self.open_access: Access
         self._destinations: str | None = None
+        self._denial: Denial | None = None
         if acl:
             self.groups = _groups(self.endpoints, [AccessGrant(g) for g in doc.access or ()])
 
@@ -261,6 +263,29 @@ class Cluster:
         if self._destinations is None:
             self._destinations = ", ".join(sorted({str(g.identity) for g in self.groups}))
         return self._destinations
+
+    @property
+    def denial(self) -> Denial:
+        """The constant parts of a denial's detail, made once (on the first denial)."""
+        if self._denial is None:
+            self._denial = Denial(self.destinations, self.service, self.port)
+        return self._denial
+
+
+@final
+class Denial:
+    """What every denial of a cluster's access control says, but the source and the request:
+    built once, so that a denied request formats one short string, not the whole detail."""
+
+    __slots__ = ("no_route", "not_granted")
+
+    def __init__(self, destinations: str, service: str, port: int) -> None:
+        # f"{source}{no_route}{method} {path}"
+        self.no_route = (
+            f" has TrafficTargets to {destinations} but none of their route matches admits "
+        )
+        # f"no TrafficTarget grants {source}{not_granted}"
+        self.not_granted = f" access to {destinations} (the pods behind {service}:{port})"
 
 
 def _groups(endpoints: Sequence[Endpoint], grants: list[AccessGrant]) -> tuple[EndpointGroup, ...]:
@@ -635,6 +660,9 @@ class Router:
             int(listener): {h: self.routes[r] for h, r in table.items() if r in self.routes}
             for listener, table in config.hosts.items()
         }
+        # route_http's memo of the listener it was asked about last, and its Host table
+        self._listener = -1
+        self._table: dict[str, Route] | None = None
         self.flows: dict[int, Route] = {
             item.port: self.routes[item.route]
             for item in config.listeners
@@ -674,7 +702,11 @@ class Router:
         """The route of a request on an HTTP listener: by Host on the shared listeners; on a
         capture listener, the Service port it stands for (the Host is not read: clients send
         short names, or on purpose another Service's, GAMMA matches the destination)."""
-        table = self.hosts.get(listener)
+        if listener == self._listener:  # nearly always: the listener asked about last
+            table = self._table
+        else:
+            table = self._table = self.hosts.get(listener)
+            self._listener = listener
         if table is None:
             return self.captured.get(listener)
         route = table.get(host)
@@ -774,21 +806,19 @@ class Router:
                 return first.admitted(index)
             grant = first.grants[index]
             return Access(True, Reason.ALLOWED, grant.granted, grant.description, tuple(more))
-        destinations = cluster.destinations
+        denial = cluster.denial
         if granted_source and request is not None:  # no route match admits the request
             return Access(
                 False,
                 Reason.NO_MATCHING_ROUTE,
-                f"{source} has TrafficTargets to {destinations} but none of their "
-                f"route matches admits {request.method} {request.path}",
+                f"{source}{denial.no_route}{request.method} {request.path}",
                 None,
                 (),
             )
         return Access(
             False,
             Reason.NOT_GRANTED,
-            f"no TrafficTarget grants {source} access to {destinations} "
-            f"(the pods behind {cluster.service}:{cluster.port})",
+            f"no TrafficTarget grants {source}{denial.not_granted}",
             None,
             (),
         )
@@ -881,7 +911,7 @@ class Decision:
         rule: str | None = None,
     ) -> None:
         self.allowed = reason is Reason.ALLOWED
-        self.status = STATUS.get(reason)
+        self.status = None if reason is Reason.ALLOWED else STATUS.get(reason)
         self.reason = reason
         self.detail = detail
         self.route = route

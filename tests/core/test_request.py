@@ -54,6 +54,7 @@ NORMALISED = [
     ("/a b", "/a%20b"),
     ('/a"<>^`{|}', "/a%22%3C%3E%5E%60%7B%7C%7D"),
     ("/caf\u00e9", "/caf%C3%A9"),
+    ("/a\udc80b", "/a%80b"),  # a byte that was not UTF-8, decoded with surrogateescape
     ("/.well-known/x", "/.well-known/x"),
     ("/a/.hidden/..", "/a/"),
     ("/a/...", "/a/..."),
@@ -337,3 +338,110 @@ def test_only_a_websocket_upgrade_switches_protocols(
     items: list[tuple[str, str]], websocket: bool
 ) -> None:
     assert websocket_upgrade(items) is websocket
+
+
+# -- parse_request against the reading it replaced --------------------------------------------
+# parse_request looks the usual header names up as sent (mesh.core.request._KNOWN) and takes
+# shortcuts for speed; this model is the plain reading it replaced (every name lower-cased, the
+# sets looked up, the authority applied at the end), and the two must agree on everything.
+
+
+def _model_parse(
+    method: str, target: str, items: list[tuple[str, str]], authority: str | None
+) -> Request:
+    from mesh.core.request import HOP_BY_HOP, PROXY_SET
+
+    single = frozenset({"host", "content-length"})
+    path, query = split_target(method, target)
+    out: list[tuple[str, str]] = []
+    headers: dict[str, str] = {}
+    listed: set[str] | None = None
+    te_trailers = False
+    for name, value in items:
+        low = name.lower()
+        if low in HOP_BY_HOP:
+            if low == "connection":
+                tokens = {t.strip().lower() for t in value.split(",")}
+                listed = tokens if listed is None else listed | tokens
+            elif low == "te":
+                te_trailers = value.strip().lower() == "trailers"
+            continue
+        first = headers.get(low)
+        if first is None:
+            headers[low] = value
+            out.append((name, value))
+            continue
+        if low in single:
+            if low == "content-length" and first.strip() == value.strip():
+                continue
+            raise BadRequest(f"several {low.title()} headers")
+        combined = headers[low] = f"{first}{'; ' if low == 'cookie' else ', '}{value}"
+        at = next(i for i, (n, _) in enumerate(out) if n.lower() == low)
+        out[at] = (out[at][0], combined)
+    if listed is not None and listed - single:
+        out = [(n, v) for n, v in out if n.lower() not in listed or n.lower() in single]
+        for low in listed - single:
+            headers.pop(low, None)
+    if authority:
+        at = next((i for i, (n, _) in enumerate(out) if n.lower() == "host"), -1)
+        if at >= 0:
+            out[at] = (out[at][0], authority)
+        else:
+            out.insert(0, ("Host", authority))
+        headers["host"] = authority
+    replaced = {low: headers.pop(low) for low in PROXY_SET if low in headers}
+    return Request(
+        method=method,
+        path=path,
+        query=query,
+        host=headers.get("host", ""),
+        headers=headers,
+        items=out,
+        replaced=replaced,
+        te_trailers=te_trailers,
+    )
+
+
+any_header_names = st.sampled_from(
+    [
+        "Host", "host", "HOST", "hOsT", "Content-Length", "content-length", "CONTENT-length",
+        "Cookie", "cookie", "COOKIE", "Connection", "connection", "CONNECTION", "TE", "te", "Te",
+        "Upgrade", "Keep-Alive", "X-Forwarded-For", "x-forwarded-for", "X-FORWARDED-FOR",
+        "Traceparent", "Expect", "User-Agent", "user-agent", "USER-AGENT", "Accept", "x-role",
+        "X-Role", "x-a", "X-Custom-Thing",
+    ]
+)  # fmt: skip
+any_header_values = st.sampled_from(
+    ["", "a", " 5", "5", "trailers", " Trailers ", "x-role, x-a", "close", "host", "cookie"]
+)
+
+
+@given(
+    st.lists(st.tuples(any_header_names, any_header_values), max_size=8),
+    st.sampled_from([None, "", "a.demo.mesh", "b:8080"]),
+    st.booleans(),
+)
+@settings(max_examples=1000, deadline=None)
+def test_parse_request_reads_headers_as_the_plain_model_does(
+    items: list[tuple[str, str]], authority: str | None, as_tuple: bool
+) -> None:
+    """Same headers (values and order), lines, Host, replaced headers and TE, or the same
+    refusal, whatever the names' spelling; the lines given as a list or any iterable."""
+    try:
+        want = _model_parse("GET", "/a", items, authority)
+    except BadRequest as exc:
+        with pytest.raises(BadRequest) as refused:
+            parse_request("GET", "/a", tuple(items) if as_tuple else items, authority=authority)
+        assert refused.value.detail == exc.detail
+        return
+    got = parse_request("GET", "/a", tuple(items) if as_tuple else items, authority=authority)
+    assert list(got.headers.items()) == list(want.headers.items())
+    assert got.items == want.items
+    assert all(type(line) is tuple for line in got.items)
+    assert (got.host, got.forwarded_host, got.te_trailers) == (
+        want.host,
+        want.forwarded_host,
+        want.te_trailers,
+    )
+    assert list(got.replaced.items()) == list(want.replaced.items())
+    assert (got.method, got.path, got.query) == (want.method, want.path, want.query)
