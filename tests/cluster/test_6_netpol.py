@@ -16,6 +16,7 @@ Without an enforcer the test fails under CI=true and is skipped otherwise (KIND_
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from typing import Any
 import pytest
 
 from tests.cluster import kube as k
-from tests.cluster.conftest import record
+from tests.cluster.conftest import ROOT, record
 
 pytestmark = pytest.mark.timeout(600)
 SERVER_NS, CLIENT_NS = "netpol-server", "netpol-client"
@@ -69,6 +70,12 @@ def pods(kube: k.Kube, image: str) -> Iterator[Pods]:
         labels = {"app": "client", "placement": name}
         docs.append(k.testapp(CLIENT_NS, f"client-{name}", account="client", node=node, labels=labels, image=image))
     start = time.monotonic()
+    # the test app's image into the nodes (the mesh fixture's deploy does it for the other tests)
+    kind = subprocess.run(
+        ["bash", str(ROOT / "tools" / "kind" / "kind.sh")], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    cluster = os.environ.get("SIMMESH_CLUSTER", "simmesh")
+    subprocess.run([kind, "load", "docker-image", image, "--name", cluster], capture_output=True, check=True, timeout=300)
     kube.apply(docs)
     try:
         for ns in (SERVER_NS, CLIENT_NS):
