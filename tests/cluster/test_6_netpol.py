@@ -51,7 +51,7 @@ def pods(kube: k.Kube, image: str) -> Iterator[Pods]:
     if enforcer is None:
         message = "no NetworkPolicy enforcer on the cluster (DaemonSet kube-system/simmesh-netpol)"
         if os.environ.get("CI") == "true":
-            pytest.fail(f"{message}: make kind-up installs it unless KIND_NETPOL=0", pytrace=False)
+            pytest.fail(f"{message}: CI must bring the cluster up with KIND_NETPOL=1 make kind-up", pytrace=False)
         pytest.skip(f"{message}; run tools/kind/netpol.sh install or KIND_NETPOL=1 make kind-up")
     kube.run("-n", "kube-system", "rollout", "status", f"daemonset/{enforcer}", "--timeout=120s")
     nodes = kube.json("get", "nodes")["items"]
@@ -149,6 +149,7 @@ def test_default_deny_refuses_a_direct_pod_ip_call_until_an_allow_policy_admits_
         record("netpol: default-deny applied -> refused", _all_become(pods, url, "refused"))
         refused = {name: _outcome(app, url) for name, app in pods.clients.items()}
         assert all(o != "200" for o in refused.values()), refused
+        print(f"refused direct calls: {refused}")
 
         kube.apply([ALLOW_CLIENTS])
         record("netpol: allow policy applied -> 200", _all_become(pods, url, "200"))

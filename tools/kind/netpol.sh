@@ -11,8 +11,8 @@
 #   tools/kind/netpol.sh install    image + kind load into the cluster's nodes + apply the
 #                                   DaemonSet; waits until it runs on every node (idempotent)
 #   tools/kind/netpol.sh check      exit 1 unless the DaemonSet is ready on every node
-#   tools/kind/netpol.sh uninstall  delete the DaemonSet and its RBAC (the nodes keep the rules
-#                                   it left until they restart; kube-router has --cleanup-config)
+#   tools/kind/netpol.sh uninstall  delete the DaemonSet and its RBAC, and take its iptables
+#                                   chains out of every node (offline nodes: docker exec)
 #
 # Why not kube-network-policies (sigs.k8s.io/kube-network-policies, kind's own enforcer): it
 # sends each new connection to userspace with the nftables `queue` statement, and this kernel
@@ -86,6 +86,7 @@ image() {
 }
 
 kubectl() { "$(kubectl_bin)" --kubeconfig "$KUBECONFIG_FILE" "$@"; }
+manifest() { sed -e "s|@IMAGE@|$NETPOL_IMAGE|g" -e "s|@SERVICE_CIDR@|$SERVICE_CIDR|g" "$MANIFEST"; }
 
 install_netpol() {
     local kind_bin
@@ -94,10 +95,9 @@ install_netpol() {
         die "no kind cluster $CLUSTER_NAME: run make kind-up"
     image >/dev/null
     step "kind load $NETPOL_IMAGE" "$kind_bin" load docker-image "$NETPOL_IMAGE" --name "$CLUSTER_NAME"
-    sed -e "s|@IMAGE@|$NETPOL_IMAGE|g" -e "s|@SERVICE_CIDR@|$SERVICE_CIDR|g" "$MANIFEST" |
+    # the image's ID in the pod template: a new image under the same tag rolls the pods
+    manifest | sed "s|@IMAGE_ID@|$(docker image inspect -f '{{.Id}}' "$NETPOL_IMAGE" | cut -c8-19)|" |
         kubectl apply -f - >/dev/null
-    # a new image under the same tag: restart the pods so they run it
-    kubectl -n kube-system rollout restart daemonset/simmesh-netpol >/dev/null
     step "DaemonSet kube-system/simmesh-netpol ready on every node" \
         kubectl -n kube-system rollout status daemonset/simmesh-netpol --timeout=180s >/dev/null
 }
@@ -112,15 +112,26 @@ check() {
     [ -n "$want" ] && [ "$want" -gt 0 ] && [ "$want" = "$ready" ]
 }
 
+# Delete the DaemonSet and RBAC, then take kube-router's chains out of every node's filter
+# table (its own --cleanup-config leaves them with the nft backend); its ipsets stay, unused.
+uninstall() {
+    local kind_bin node
+    manifest | sed "s|@IMAGE_ID@|none|" | kubectl delete --ignore-not-found --wait=true -f - >/dev/null
+    kind_bin=$(bash "$ROOT/tools/kind/kind.sh")
+    for node in $("$kind_bin" get nodes --name "$CLUSTER_NAME"); do
+        docker exec "$node" sh -c 'iptables-save -t filter |
+            grep -v -e KUBE-ROUTER -e KUBE-POD-FW -e KUBE-NWPLCY | iptables-restore' ||
+            die "could not remove kube-router's rules from $node"
+    done
+    log "uninstalled; every node's filter table is without kube-router's chains"
+}
+
 case "${1:-}" in
     build) build ;;
     image) image ;;
     install) install_netpol ;;
     check) check ;;
-    uninstall)
-        sed -e "s|@IMAGE@|$NETPOL_IMAGE|g" -e "s|@SERVICE_CIDR@|$SERVICE_CIDR|g" "$MANIFEST" |
-            kubectl delete --ignore-not-found -f - >/dev/null
-        log "uninstalled" ;;
+    uninstall) uninstall ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//' ;;
     *) echo "usage: $0 build|image|install|check|uninstall" >&2; exit 2 ;;
 esac
