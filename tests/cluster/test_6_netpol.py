@@ -41,8 +41,19 @@ class Pods:
 
 
 def _enforcer(kube: k.Kube) -> str | None:
-    names = {d["metadata"]["name"] for d in kube.json("get", "daemonsets", "-n", "kube-system")["items"]}
+    names = {
+        d["metadata"]["name"] for d in kube.json("get", "daemonsets", "-n", "kube-system")["items"]
+    }
     return next((name for name in ENFORCERS if name in names), None)
+
+
+def _kind() -> str:
+    """The kind binary tools/kind/kind.sh built (it prints the path)."""
+    done = subprocess.run(
+        ["bash", str(ROOT / "tools" / "kind" / "kind.sh")], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +62,10 @@ def pods(kube: k.Kube, image: str) -> Iterator[Pods]:
     if enforcer is None:
         message = "no NetworkPolicy enforcer on the cluster (DaemonSet kube-system/simmesh-netpol)"
         if os.environ.get("CI") == "true":
-            pytest.fail(f"{message}: CI must bring the cluster up with KIND_NETPOL=1 make kind-up", pytrace=False)
+            pytest.fail(
+                f"{message}: CI must bring the cluster up with KIND_NETPOL=1 make kind-up",
+                pytrace=False,
+            )
         pytest.skip(f"{message}; run tools/kind/netpol.sh install or KIND_NETPOL=1 make kind-up")
     kube.run("-n", "kube-system", "rollout", "status", f"daemonset/{enforcer}", "--timeout=120s")
     nodes = kube.json("get", "nodes")["items"]
@@ -64,18 +78,31 @@ def pods(kube: k.Kube, image: str) -> Iterator[Pods]:
     docs: list[dict[str, Any]] = [k.namespace(SERVER_NS), k.namespace(CLIENT_NS)]
     docs += [k.service_account(SERVER_NS, "server"), k.service_account(CLIENT_NS, "client")]
     docs.append(
-        k.testapp(SERVER_NS, "server", account="server", node=workers[0], labels={"app": "server"}, image=image)
+        k.testapp(
+            SERVER_NS,
+            "server",
+            account="server",
+            node=workers[0],
+            labels={"app": "server"},
+            image=image,
+        )
     )
     for name, node in (("cross-node", workers[1]), ("same-node", workers[0])):
         labels = {"app": "client", "placement": name}
-        docs.append(k.testapp(CLIENT_NS, f"client-{name}", account="client", node=node, labels=labels, image=image))
+        docs.append(
+            k.testapp(
+                CLIENT_NS, f"client-{name}", account="client", node=node, labels=labels, image=image
+            )
+        )
     start = time.monotonic()
     # the test app's image into the nodes (the mesh fixture's deploy does it for the other tests)
-    kind = subprocess.run(
-        ["bash", str(ROOT / "tools" / "kind" / "kind.sh")], capture_output=True, text=True, check=True
-    ).stdout.strip()
     cluster = os.environ.get("SIMMESH_CLUSTER", "simmesh")
-    subprocess.run([kind, "load", "docker-image", image, "--name", cluster], capture_output=True, check=True, timeout=300)
+    subprocess.run(
+        [_kind(), "load", "docker-image", image, "--name", cluster],
+        capture_output=True,
+        check=True,
+        timeout=300,
+    )
     kube.apply(docs)
     try:
         for ns in (SERVER_NS, CLIENT_NS):
@@ -83,12 +110,22 @@ def pods(kube: k.Kube, image: str) -> Iterator[Pods]:
         record("netpol: test pods ready", time.monotonic() - start)
         (server,) = kube.pods(SERVER_NS, "app=server")
         clients = {
-            name: k.App(kube, CLIENT_NS, kube.pod_names(CLIENT_NS, f"app=client,placement={name}")[0])
+            name: k.App(
+                kube, CLIENT_NS, kube.pod_names(CLIENT_NS, f"app=client,placement={name}")[0]
+            )
             for name in ("cross-node", "same-node")
         }
         yield Pods(kube=kube, server_ip=server["status"]["podIP"], clients=clients)
     finally:
-        kube.run("delete", "namespace", SERVER_NS, CLIENT_NS, "--ignore-not-found", "--timeout=120s", timeout=150)
+        kube.run(
+            "delete",
+            "namespace",
+            SERVER_NS,
+            CLIENT_NS,
+            "--ignore-not-found",
+            "--timeout=120s",
+            timeout=150,
+        )
 
 
 def _policy(name: str, ingress: list[dict[str, Any]] | None) -> dict[str, Any]:
@@ -108,7 +145,9 @@ ALLOW_CLIENTS = _policy(
     "allow-netpol-client",
     [
         {
-            "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": CLIENT_NS}}}],
+            "from": [
+                {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": CLIENT_NS}}}
+            ],
             "ports": [{"protocol": "TCP", "port": k.HTTP_PORT}],
         }
     ],
@@ -138,7 +177,9 @@ def _all_become(pods: Pods, url: str, wanted: str) -> float:
     return time.monotonic() - start
 
 
-def test_default_deny_refuses_a_direct_pod_ip_call_until_an_allow_policy_admits_it(pods: Pods) -> None:
+def test_default_deny_refuses_a_direct_pod_ip_call_until_an_allow_policy_admits_it(
+    pods: Pods,
+) -> None:
     kube, url = pods.kube, f"http://{pods.server_ip}:{k.HTTP_PORT}/echo"
     try:
         # no policy: the pod network lets everything through
