@@ -117,6 +117,9 @@ check() {
 uninstall() {
     local kind_bin node
     manifest | sed "s|@IMAGE_ID@|none|" | kubectl delete --ignore-not-found --wait=true -f - >/dev/null
+    # its pods go after the DaemonSet; one still running could write its chains again
+    kubectl -n kube-system wait --for=delete pod -l app.kubernetes.io/name=simmesh-netpol \
+        --timeout=90s >/dev/null 2>&1 || die "the simmesh-netpol pods did not go"
     kind_bin=$(bash "$ROOT/tools/kind/kind.sh")
     for node in $("$kind_bin" get nodes --name "$CLUSTER_NAME"); do
         docker exec "$node" sh -c 'iptables-save -t filter |
