@@ -7,7 +7,7 @@ LOG_TAG=kind-down
 
 [ -x "$KIND_BIN" ] || { log "no kind binary: nothing to delete"; exit 0; }
 if ! timeout 10 docker info >/dev/null 2>&1; then log "no Docker engine: nothing to delete"; exit 0; fi
-if "$KIND_BIN" get clusters 2>/dev/null | grep -qx "$CLUSTER_NAME"; then
+if cluster_exists "$KIND_BIN"; then
     step "kind delete cluster $CLUSTER_NAME" "$KIND_BIN" delete cluster --name "$CLUSTER_NAME" \
         --kubeconfig "$KUBECONFIG_FILE"
 fi

@@ -91,7 +91,7 @@ manifest() { sed -e "s|@IMAGE@|$NETPOL_IMAGE|g" -e "s|@SERVICE_CIDR@|$SERVICE_CI
 install_netpol() {
     local kind_bin
     kind_bin=$(bash "$ROOT/tools/kind/kind.sh")
-    "$kind_bin" get clusters 2>/dev/null | grep -qx "$CLUSTER_NAME" ||
+    cluster_exists "$kind_bin" ||
         die "no kind cluster $CLUSTER_NAME: run make kind-up"
     image >/dev/null
     step "kind load $NETPOL_IMAGE" "$kind_bin" load docker-image "$NETPOL_IMAGE" --name "$CLUSTER_NAME"

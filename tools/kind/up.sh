@@ -22,7 +22,7 @@ BRIDGE=br-simmesh
 KUBECTL=
 kubectl() { "$KUBECTL" --kubeconfig "$KUBECONFIG_FILE" "$@"; }
 
-exists() { "$KIND_BIN" get clusters 2>/dev/null | grep -qx "$CLUSTER_NAME"; }
+exists() { cluster_exists "$KIND_BIN"; }
 
 network() {
     if ! docker network inspect "$NETWORK" >/dev/null 2>&1; then
