@@ -6,6 +6,7 @@
 #
 #   tools/kind/netpol.sh build      the binary, unless cached: $SIMMESH_BIN_CACHE (default
 #                                   ~/.cache/simmesh/bin)/kube-router-<V>/kube-router; prints it
+#   tools/kind/netpol.sh built      exit 0 if that binary is there (builds nothing)
 #   tools/kind/netpol.sh image      build + the image $NETPOL_IMAGE (default simmesh/netpol:dev),
 #                                   re-imported only when the binary or the rootfs changed
 #   tools/kind/netpol.sh install    image + kind load into the cluster's nodes + apply the
@@ -131,10 +132,11 @@ uninstall() {
 
 case "${1:-}" in
     build) build ;;
+    built) [ -x "$KR_BIN" ] ;;
     image) image ;;
     install) install_netpol ;;
     check) check ;;
     uninstall) uninstall ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//' ;;
-    *) echo "usage: $0 build|image|install|check|uninstall" >&2; exit 2 ;;
+    *) echo "usage: $0 build|built|image|install|check|uninstall" >&2; exit 2 ;;
 esac
