@@ -7,6 +7,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: setup compile lint test test-interpreted fuzz sim demo bench loadtest clean k8s-bins haproxy h2spec profile
 .PHONY: image image-sim kind-node-image kind-up kind-down deploy undeploy test-cluster docker
+.PHONY: netpol-bins kind-netpol
 .PHONY: conformance conformance-kind gateway-bins conformance-gateway
 
 setup: $(VENV)/.installed compile
@@ -134,8 +135,18 @@ kind-node-image:
 	bash tools/kind/node-image.sh
 
 # A kind cluster with one control plane and two workers (deploy/kind/cluster.yaml).
+# KIND_NETPOL=1 (offline path) also installs the NetworkPolicy enforcer (kind-netpol below).
 kind-up:
 	bash tools/kind/up.sh
+
+# The offline cluster's NetworkPolicy enforcer: kube-router's policy controller built from the
+# Go module proxy (cached in ~/.cache/simmesh/bin; tools/kind/netpol.sh), its image
+# simmesh/netpol:dev, and the DaemonSet kube-system/simmesh-netpol on the running cluster.
+netpol-bins:
+	bash tools/kind/netpol.sh build >/dev/null
+
+kind-netpol:
+	bash tools/kind/netpol.sh install
 
 kind-down:
 	bash tools/kind/down.sh

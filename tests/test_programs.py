@@ -53,6 +53,7 @@ REVIEWED: dict[tuple[str, str], str] = {
     ("tests/cluster/test_4_undeploy.py", "_helm()"): "helm",
     ("tests/cluster/test_5_dask.py", "_kind()"): "kind",  # tools/kind/kind.sh prints its path
     ("tests/cluster/test_5_dask.py", "kube.kubectl"): "kubectl",
+    ("tests/cluster/test_6_netpol.py", "_kind()"): "kind",  # tools/kind/kind.sh prints its path
     ("tests/k8s/apiserver.py", "self.argv"): "*",  # each server's binary, from SIMMESH_BIN_DIR
     ("tests/k8s/test_dns_coredns.py", "self.binary"): "coredns",
     ("tests/k8s/test_helm.py", "self.binary"): "helm",

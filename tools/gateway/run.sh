@@ -45,7 +45,7 @@ DEFAULT_FEATURES=(
 )
 FEATURES=${GATEWAY_FEATURES:-$(IFS=,; echo "${DEFAULT_FEATURES[*]}")}
 
-"$KIND" get clusters 2>/dev/null | grep -qx "$CLUSTER_NAME" ||
+cluster_exists "$KIND" ||
     die "no kind cluster $CLUSTER_NAME: run make kind-up"
 
 step "the suite and the echo app (tools/gateway/build.sh)" with_heartbeat bash "$HERE/build.sh"

@@ -20,7 +20,7 @@ HELM=$(bash "$ROOT/tools/k8s-bins.sh" --print-dir)/helm
 KIND_BIN=$(bash "$ROOT/tools/kind/kind.sh")
 export KUBECONFIG=$KUBECONFIG_FILE
 
-"$KIND_BIN" get clusters 2>/dev/null | grep -qx "$CLUSTER_NAME" ||
+cluster_exists "$KIND_BIN" ||
     die "no kind cluster $CLUSTER_NAME: run make kind-up"
 [ -x "$HELM" ] || die "no helm in $(dirname "$HELM"): run make k8s-bins"
 docker image inspect "$IMAGE" >/dev/null 2>&1 || die "no image $IMAGE: run make image"

@@ -19,6 +19,11 @@ CLUSTER_NAME=${SIMMESH_CLUSTER:-simmesh}
 KUBECONFIG_FILE=${SIMMESH_KUBECONFIG:-$KIND_CACHE/$CLUSTER_NAME.kubeconfig}
 mkdir -p "$KIND_CACHE"
 
+# cluster_exists KIND_BIN: whether kind has a cluster $CLUSTER_NAME. grep reads the whole list:
+# `grep -q` stops at the first match and kind, still writing the next name, dies of SIGPIPE,
+# which pipefail turns into "no cluster" (2 in 40 calls with the clusters np and simmesh).
+cluster_exists() { "$1" get clusters 2>/dev/null | grep -x "$CLUSTER_NAME" >/dev/null; }
+
 _T0=$(date +%s)
 log() { printf '[%s %s +%ss] %s\n' "${LOG_TAG:-kind}" "$(date +%H:%M:%S)" "$(($(date +%s) - _T0))" "$*" >&2; }
 die() { log "error: $*"; exit 1; }

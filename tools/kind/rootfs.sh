@@ -8,6 +8,8 @@
 # NAME: node    systemd, containerd, runc, the CNI plugins, iptables ... (the kind node image)
 #       python  python3 and nftables (the base of the simmesh image: `make image` offline)
 #       netbase iptables and conntrack (the base of the kube-proxy image)
+#       netpol  iptables, ipset and conntrack (the base of the NetworkPolicy enforcer's image,
+#               tools/kind/netpol.sh: kube-router runs iptables-restore and ipset)
 # Downloaded .debs are kept in $SIMMESH_CACHE/kind/debs, so a rebuild needs no download.
 set -euo pipefail
 LOG_TAG=rootfs
@@ -22,7 +24,8 @@ packages() {
             containernetworking-plugins ;;
         python) echo python3 nftables ;;  # nft: the GAMMA capture agent (simmesh capture)
         netbase) echo iptables conntrack ;;
-        *) die "unknown rootfs $1 (node, python or netbase)" ;;
+        netpol) echo iptables ipset conntrack ;;
+        *) die "unknown rootfs $1 (node, python, netbase or netpol)" ;;
     esac
 }
 
@@ -56,5 +59,5 @@ build() {
     echo "$out"
 }
 
-[ $# -eq 1 ] || { echo "usage: $0 node|python|netbase" >&2; exit 2; }
+[ $# -eq 1 ] || { echo "usage: $0 node|python|netbase|netpol" >&2; exit 2; }
 build "$1"

@@ -8,7 +8,10 @@
 #   - a Docker network of its own (bridge br-simmesh, no masquerading) and, on the host, a
 #     DOCKER-USER rule that counts and drops every packet that would leave that bridge for
 #     another interface (chain SIMMESH-KIND-EGRESS; the cluster tests read its counter);
-#   - CoreDNS from kubeadm's manifest without the upstream `forward`.
+#   - CoreDNS from kubeadm's manifest without the upstream `forward`;
+#   - with KIND_NETPOL=1, a NetworkPolicy enforcer (the offline pod network enforces none):
+#     kube-router's policy controller, tools/kind/netpol.sh install (built from the Go module
+#     proxy and cached; docs/install.md has its cost). Stock kind's kindnet enforces them itself.
 # The kubeconfig is written to $KUBECONFIG_FILE (never ~/.kube/config).
 set -euo pipefail
 LOG_TAG=kind-up
@@ -19,7 +22,7 @@ BRIDGE=br-simmesh
 KUBECTL=
 kubectl() { "$KUBECTL" --kubeconfig "$KUBECONFIG_FILE" "$@"; }
 
-exists() { "$KIND_BIN" get clusters 2>/dev/null | grep -qx "$CLUSTER_NAME"; }
+exists() { cluster_exists "$KIND_BIN"; }
 
 network() {
     if ! docker network inspect "$NETWORK" >/dev/null 2>&1; then
@@ -113,6 +116,13 @@ main() {
         [ "$MODE" = stock ] || step "CoreDNS without upstream forwarding" coredns_without_forward
     fi
     step "nodes Ready, default ServiceAccount, CoreDNS" wait_ready
+    if [ "${KIND_NETPOL:-0}" = 1 ]; then
+        if [ "$MODE" = offline ]; then
+            step "NetworkPolicy enforcer (tools/kind/netpol.sh install)" bash "$ROOT/tools/kind/netpol.sh" install
+        else
+            log "KIND_NETPOL=1: kind's own CNI (kindnet) enforces NetworkPolicies; nothing to install"
+        fi
+    fi
     kubectl get nodes -o wide >&2
     log "cluster $CLUSTER_NAME up in $(($(date +%s) - t0))s; export KUBECONFIG=$KUBECONFIG_FILE"
 }
