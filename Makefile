@@ -176,13 +176,14 @@ clean:
 conformance: setup
 	$(BIN)/python -m conformance $(CONFORMANCE_ARGS)
 
-# The whole suite on the kind cluster, as CI runs it: simmesh deployed in ACL mode (with the
-# Gateway API CRDs, for the GAMMA cases) and the suite run (default-mode cases skipped), then
+# The whole suite on the kind cluster, as CI runs it: simmesh deployed in ACL mode with mTLS
+# strict (every hop between nodes over the proxies' tunnels; with the Gateway API CRDs, for the
+# GAMMA cases) and the suite run (default-mode cases skipped), then
 # deployed in default mode and its cases run,
 # then the suite's self-test (a mesh with ACL enforcement off must fail it); then undeployed.
 KIND_KUBECONFIG ?= $(or $(SIMMESH_KUBECONFIG),$(or $(SIMMESH_CACHE),$(HOME)/.cache/simmesh)/kind/simmesh.kubeconfig)
 conformance-kind: setup k8s-bins image kind-up
-	bash tools/kind/deploy.sh $(IMAGE) --set acl=true --set gatewayAPI.installCRDs=true
+	bash tools/kind/deploy.sh $(IMAGE) --set acl=true --set mtls=strict --set gatewayAPI.installCRDs=true
 	KUBECONFIG=$(KIND_KUBECONFIG) $(BIN)/python -m conformance --out out/conformance/acl $(CONFORMANCE_ARGS)
 	bash tools/kind/deploy.sh $(IMAGE) --set acl=false --set gatewayAPI.installCRDs=true
 	KUBECONFIG=$(KIND_KUBECONFIG) $(BIN)/python -m conformance -k default-mode --out out/conformance/default $(CONFORMANCE_ARGS)
