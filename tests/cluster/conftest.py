@@ -170,12 +170,7 @@ def _manifests(image: str, workers: tuple[str, str]) -> list[dict[str, Any]]:
 @pytest.fixture(scope="session")
 def workloads(kube: k.Kube, mesh: Mesh, image: str) -> Iterator[Workloads]:
     """Test app pods: e2e-a/a on one worker, e2e-b/b-v1 and b-v2 on the other; removed after."""
-    nodes = kube.json("get", "nodes")["items"]
-    workers = sorted(
-        n["metadata"]["name"]
-        for n in nodes
-        if "node-role.kubernetes.io/control-plane" not in n["metadata"].get("labels", {})
-    )
+    workers = kube.workers()
     assert len(workers) == 2, f"expected two workers, got {workers}"
     docs = _manifests(image, (workers[0], workers[1]))
     start = time.monotonic()

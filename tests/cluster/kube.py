@@ -71,6 +71,14 @@ class Kube:
     def pod_names(self, namespace: str, selector: str) -> list[str]:
         return sorted(p["metadata"]["name"] for p in self.pods(namespace, selector))
 
+    def workers(self) -> list[str]:
+        """The names of the nodes that are not control planes, sorted."""
+        return sorted(
+            n["metadata"]["name"]
+            for n in self.json("get", "nodes")["items"]
+            if "node-role.kubernetes.io/control-plane" not in n["metadata"].get("labels", {})
+        )
+
 
 @dataclass(frozen=True)
 class App:

@@ -96,12 +96,7 @@ def enforcer(kube: k.Kube) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def pods(kube: k.Kube, image: str, enforcer: str) -> Iterator[Pods]:
-    nodes = kube.json("get", "nodes")["items"]
-    workers = sorted(
-        n["metadata"]["name"]
-        for n in nodes
-        if "node-role.kubernetes.io/control-plane" not in n["metadata"].get("labels", {})
-    )
+    workers = kube.workers()
     assert len(workers) == 2, workers
     docs: list[dict[str, Any]] = [k.namespace(SERVER_NS), k.namespace(CLIENT_NS)]
     docs += [k.service_account(SERVER_NS, "server"), k.service_account(CLIENT_NS, "client")]
