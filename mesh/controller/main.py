@@ -146,6 +146,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="write no status on HTTPRoutes and GRPCRoutes (another controller does)",
     )
+    parser.add_argument(
+        "--network-policies",
+        action="store_true",
+        help="keep a NetworkPolicy per meshed Service that admits only the node proxies to its "
+        "pods (no way around the mesh; meant for --mtls strict; docs/security.md). Without "
+        "it, the policies an earlier run wrote are deleted",
+    )
+    parser.add_argument(
+        "--network-policy-owner",
+        type=argtypes.dns_subdomain,
+        default="simmesh-controller",
+        metavar="CLUSTERROLE",
+        help="the ClusterRole that owns the NetworkPolicies, so that they go with the release "
+        "(default simmesh-controller, the chart's)",
+    )
+    parser.add_argument(
+        "--network-policy-resync",
+        type=argtypes.seconds(low=0.1, high=3600.0),
+        default=60.0,
+        metavar="SECONDS",
+        help="how often the NetworkPolicies are compared with the cluster's (default 60)",
+    )
     identity = parser.add_argument_group("workload identities (mTLS, issue 17)")
     identity.add_argument(
         "--mtls",
@@ -320,8 +342,10 @@ async def serve(
     for extension in extensions:
         extension.prepare(controller)
     tasks: list[asyncio.Task[None]] = []
+    background: set[asyncio.Task[Any]] = set()  # one-shot work nothing waits for
     api_client = None
     status_writer = None
+    policies = None
     if args.manifests is not None:
         from mesh.controller.files import FileProvider
 
@@ -351,6 +375,21 @@ async def serve(
             )
             kube.observers.append(status_writer)
         tasks.append(asyncio.create_task(kube.run(), name="Kubernetes watches"))
+        from mesh.controller.netpol import NetworkPolicyWriter
+
+        policies = NetworkPolicyWriter(
+            api_client,
+            controller,
+            owner_cluster_role=args.network_policy_owner,
+            resync=args.network_policy_resync,
+        )
+        if args.network_policies:
+            await policies.start()
+            tasks.append(asyncio.create_task(policies.run(), name="NetworkPolicy resync"))
+        else:
+            cleanup = asyncio.create_task(policies.remove_all(), name="NetworkPolicy cleanup")
+            background.add(cleanup)
+            cleanup.add_done_callback(background.discard)
         if settings.mtls is not MtlsMode.OFF:
             authority = await _start_ca(api_client, controller, settings, args)
             tasks.append(asyncio.create_task(authority.run(), name="CA (CSR watch)"))
@@ -391,9 +430,11 @@ async def serve(
     await controller.close()
     if status_writer is not None:
         await status_writer.close()
-    for task in tasks:
+    if policies is not None:
+        await policies.close()
+    for task in [*tasks, *background]:
         task.cancel()
-    for task in tasks:
+    for task in [*tasks, *background]:
         with contextlib.suppress(asyncio.CancelledError):
             await task
     await runner.cleanup()

@@ -63,6 +63,8 @@ class TopoService:
     options: ServiceOptions
     ports: tuple[TopoPort, ...]
     headless: bool = False
+    # spec.selector, as written: the pods a NetworkPolicy for the Service selects (mesh.core.netpol)
+    selector: tuple[tuple[str, str], ...] = ()
 
     @property
     def key(self) -> str:
@@ -424,7 +426,13 @@ def _service(
         for p in service.ports
     )
     return TopoService(
-        service.namespace, service.name, service.cluster_ip, options, ports, service.headless
+        service.namespace,
+        service.name,
+        service.cluster_ip,
+        options,
+        ports,
+        service.headless,
+        service.selector,
     )
 
 

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from mesh.core.netpol import POLICY_LABEL
 from mesh.core.shadow import MANAGED_BY, SHADOW_LABEL
 from mesh.dns import corefile as cf
 from mesh.dns import kubedns as kd
@@ -40,11 +41,13 @@ from mesh.dns.kube import (
     configmap,
     deployment,
     describe,
+    namespaced,
     path_of,
     service,
 )
 
 KUBE_SYSTEM = "kube-system"
+NETWORKING = "networking.k8s.io/v1"
 COREDNS = "coredns"
 COREDNS_CUSTOM = "coredns-custom"
 KUBE_DNS = "kube-dns"
@@ -325,6 +328,7 @@ async def _cleanup(kube: Kube, *, mesh_namespace: str, now: str, report: Report)
             kube, await kube.get(deployment(KUBE_SYSTEM, KUBE_DNS)), now=now, report=report
         )
     await delete_shadows(kube, mesh_namespace, report=report)
+    await delete_network_policies(kube, report=report)
     await delete_mesh_coredns(kube, mesh_namespace, report=report)
 
 
@@ -339,6 +343,22 @@ async def delete_shadows(kube: Kube, namespace: str, *, report: Report) -> int:
         deleted += await kube.delete(service(namespace, shadow["metadata"]["name"]))
     if shadows:
         report(f"shadow Services in {namespace}: {deleted} deleted")
+    return deleted
+
+
+async def delete_network_policies(kube: Kube, *, report: Report) -> int:
+    """The NetworkPolicies ``controller --network-policies`` wrote, in every namespace."""
+    policies = await kube.list(
+        cluster_scoped(NETWORKING, "networkpolicies"), label_selector=f"{POLICY_LABEL}=true"
+    )
+    deleted = 0
+    for policy in policies:
+        meta = policy["metadata"]
+        deleted += await kube.delete(
+            namespaced(NETWORKING, "networkpolicies", meta["namespace"], meta["name"])
+        )
+    if policies:
+        report(f"NetworkPolicies (simmesh.io/network-policy): {deleted} deleted")
     return deleted
 
 
