@@ -754,6 +754,42 @@ def test_route_status_can_be_turned_off(helm: Helm, tmp_path: Path) -> None:
     controller_settings(cmd, "{}", tmp_path)  # the controller's parser takes the option
 
 
+NETWORKING = "networking.k8s.io"
+
+
+def test_network_policies_off_by_default_may_only_be_listed_and_deleted(
+    default_docs: list[dict[str, Any]],
+) -> None:
+    cmd = container(default_docs, "Deployment", "simmesh-controller")["command"]
+    assert "--network-policies" not in cmd
+    rules = one(default_docs, "ClusterRole", "simmesh-controller")["rules"]
+    # off: the controller deletes the policies an earlier configuration left, and writes none
+    assert allows(rules, NETWORKING, "networkpolicies", "list")
+    assert allows(rules, NETWORKING, "networkpolicies", "delete")
+    for verb in ("create", "update", "patch"):
+        assert not allows(rules, NETWORKING, "networkpolicies", verb), verb
+    assert not allows(rules, "rbac.authorization.k8s.io", "clusterroles", "get")
+
+
+def test_network_policies_with_the_value(helm: Helm, tmp_path: Path) -> None:
+    docs = helm.render("networkPolicies=true", "mtls=strict")
+    cmd = container(docs, "Deployment", "simmesh-controller")["command"]
+    assert "--network-policies" in cmd
+    controller_settings(cmd, "{}", tmp_path)  # the controller's parser takes the option
+    rules = one(docs, "ClusterRole", "simmesh-controller")["rules"]
+    no_wildcards(rules)
+    for verb in ("get", "list", "watch", "create", "update", "patch", "delete"):
+        assert allows(rules, NETWORKING, "networkpolicies", verb), verb
+    # the owner of the policies: this ClusterRole itself, by name, and no other
+    (owner,) = [r for r in rules if "clusterroles" in r.get("resources", [])]
+    assert owner == {
+        "apiGroups": ["rbac.authorization.k8s.io"],
+        "resources": ["clusterroles"],
+        "resourceNames": ["simmesh-controller"],
+        "verbs": ["get"],
+    }
+
+
 def test_capture_is_off_by_default(default_docs: list[dict[str, Any]]) -> None:
     assert not [d for d in default_docs if "capture" in d["metadata"]["name"]]
     assert settings_of(default_docs).capture is False
@@ -1137,6 +1173,9 @@ def test_helm_install_and_the_controller_runs_with_its_rbac(
     assert not can(apiserver, user, "delete", "services", namespace=app)
     assert not can(apiserver, user, "get", "secrets", namespace=ns)
     assert not can(apiserver, user, "create", "namespaces")  # helm --create-namespace does it
+    # networkPolicies off (the default): the mesh's old policies may be deleted, none written
+    assert can(apiserver, user, "delete", "networking.k8s.io/networkpolicies", namespace=app)
+    assert not can(apiserver, user, "create", "networking.k8s.io/networkpolicies", namespace=app)
     proxy = f"system:serviceaccount:{ns}:simmesh-proxy"
     assert not can(apiserver, proxy, "list", "services")
 
