@@ -302,17 +302,21 @@ def test_malformed_objects_become_events_and_leave_others_intact(
     assert "ctl-b/api:80" in ctl.config()["routes"]  # the valid Service is unaffected
 
     def events() -> list[dict[str, Any]] | None:
+        # the split has two errors (its backend, then no usable backend), each its own Event,
+        # written one after the other: wait for the one this test reads, not just any two
         items = apiserver.get("/api/v1/namespaces/ctl-b/events")["items"]
         mine = [e for e in items if e.get("source", {}).get("component") == "simmesh-controller"]
-        return mine if len(mine) >= 2 else None
+        named = {e["involvedObject"]["name"] for e in mine}
+        missing = any("ctl-b/missing" in e["message"] for e in mine)
+        return mine if {"broken", "to-nowhere"} <= named and missing else None
 
-    mine = wait_for(events, what="two Events")
+    mine = wait_for(events, what="the HTTPRouteGroup's Event and the split's backend Event")
     by_object = {e["involvedObject"]["name"]: e for e in mine}
     assert by_object["broken"]["involvedObject"]["kind"] == "HTTPRouteGroup"
     assert by_object["broken"]["type"] == "Warning"
     assert "spec.matches[0].pathRegex" in by_object["broken"]["message"]
-    split_messages = [e["message"] for e in mine if e["involvedObject"]["name"] == "to-nowhere"]
-    assert any("ctl-b/missing" in m for m in split_messages), split_messages
+    (backend,) = [e for e in mine if "ctl-b/missing" in e["message"]]
+    assert backend["involvedObject"]["kind"] == "TrafficSplit", backend
 
 
 def test_restart_keeps_config_and_port_assignments(
