@@ -45,7 +45,9 @@ def admin_app(status: Status) -> web.Application:
         if status.ready:
             note = " (draining: still accepting)" if status.draining else ""
             return web.Response(text=f"ready {status.version or ''}{note}\n")
-        why = "draining" if status.draining else "no config applied yet"
+        why = getattr(status, "unready_reason", None) or (
+            "draining" if status.draining else "no config applied yet"
+        )
         return web.Response(status=503, text=f"not ready: {why}\n")
 
     async def metrics(request: web.Request) -> web.Response:

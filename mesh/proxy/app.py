@@ -97,6 +97,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default 15008)",
     )
     identity.add_argument(
+        "--certificate-wait",
+        type=argtypes.seconds(high=3600.0, zero=True),
+        default=30.0,
+        metavar="SECONDS",
+        help="with mTLS on, stay unready (so other nodes do not tunnel here yet) until the "
+        "certificates of this node's pods are held, for at most this long after the first "
+        "config (default 30; 0: ready at once)",
+    )
+    identity.add_argument(
         "--renew-fraction",
         type=_fraction,
         default=0.5,
@@ -314,6 +323,7 @@ def options_from(args: argparse.Namespace) -> Options:
         max_response_header_size=args.max_response_header_size,
         connect_timeout=args.connect_timeout,
         drain_delay=args.drain_delay,
+        certificate_wait=args.certificate_wait if args.certificates != "off" else 0.0,
         drain_timeout=args.drain_timeout,
         udp_idle_timeout=args.udp_idle_timeout,
         buffer_limit=args.buffer_limit,

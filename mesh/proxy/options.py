@@ -45,5 +45,8 @@ class Options:
     upstream_ca: str | None = None
     address_map: AddressMap = field(default_factory=lambda: AddressMap([]))
     tunnel_port: int = 15008  # mTLS from other nodes' proxies (0: any free port, for tests)
+    # mTLS on: not Ready (so not published as the node's tunnel address) until every identity
+    # of the node's pods is held, for at most this long after the first config (0: no wait)
+    certificate_wait: float = 0.0
     workers: int = 1  # processes sharing the listeners (SO_REUSEPORT when more than one)
     worker: int = 0  # this process's index among them

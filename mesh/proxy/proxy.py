@@ -229,6 +229,8 @@ class Proxy:
         self.admin_port: int | None = None
         self._admin: Any = None
         self._listening = False
+        self._listening_since = 0.0  # time.monotonic() of the first config applied
+        self._certified = False  # the node's certificates held (or waited for long enough)
         self._stopped = False  # draining, and no longer accepting
 
     def _identified(self, ip: str) -> bool:
@@ -269,6 +271,8 @@ class Proxy:
         self.revoke(router)
         await self.listeners.reconcile(router.listeners)
         await self._reconcile_tunnel()
+        if not self._listening:
+            self._listening_since = time.monotonic()
         self._listening = True  # ready only once the first config's listeners are open
         log.info("applied config %s (%d listeners)", config.version, len(router.listeners))
         return True
@@ -432,8 +436,47 @@ class Proxy:
 
     @property
     def ready(self) -> bool:
-        """A config is applied and the listeners accept (also during the drain delay)."""
-        return self._listening and not self._stopped
+        """A config is applied and the listeners accept (also during the drain delay); with
+        mTLS on, the node's certificates are held too (see :meth:`missing_certificates`)."""
+        return self._listening and not self._stopped and self._certificates_settled()
+
+    def missing_certificates(self) -> list[str]:
+        """The identities of this node's pods (the applied config's ``settings.mtls.nodes``)
+        that the tunnels hold no certificate for; none with mTLS off."""
+        snapshot = self.snapshot
+        mtls = snapshot.config.settings.mtls if snapshot is not None else None
+        if mtls is None:
+            return []
+        return [name for name in mtls.nodes.get(self.options.node, ()) if not self.tls.holds(name)]
+
+    def _certificates_settled(self) -> bool:
+        """Whether the certificates let this proxy be Ready. The controller publishes a Ready
+        proxy as its node's tunnel address, so a proxy that starts with mTLS on waits (up to
+        ``certificate_wait`` after its first config) until it holds every identity of its
+        node's pods: a tunnel to a proxy without the destination's certificate fails, while
+        the proxy it replaces (during a surge) still serves. After that wait it is Ready
+        anyway (its node's own traffic needs no certificate; ``simmesh check`` fails it).
+        Once settled it stays so: a new pod's identity arriving later must not unpublish the
+        tunnels of the node's other pods."""
+        if self._certified:
+            return True
+        waited = time.monotonic() - self._listening_since
+        if waited >= self.options.certificate_wait or not self.missing_certificates():
+            self._certified = True
+        return self._certified
+
+    @property
+    def unready_reason(self) -> str:
+        """Why /readyz answers 503 (for the admin port)."""
+        if self.draining:
+            return "draining"
+        if not self._listening:
+            return "no config applied yet"
+        if not self._certified:
+            left = self.options.certificate_wait - (time.monotonic() - self._listening_since)
+            missing = ", ".join(self.missing_certificates())
+            return f"waiting for the certificates of {missing} (at most {max(0.0, left):.0f} s)"
+        return "stopped"
 
     # -- lifecycle ----------------------------------------------------------------------------
 

@@ -198,7 +198,7 @@ async def _http(spec: CallSpec, session: aiohttp.ClientSession) -> dict[str, Any
 
 async def _tcp(spec: CallSpec) -> dict[str, Any]:
     reader, writer = await asyncio.open_connection(spec.host, spec.port, limit=1 << 20)
-    echoes = 0
+    echoes, longest = 0, 0.0
     try:
         writer.write(spec.payload + b"\n")
         await writer.drain()
@@ -206,7 +206,7 @@ async def _tcp(spec: CallSpec) -> dict[str, Any]:
         if not line:
             raise ConnectionResetError("connection closed without a reply")
         if spec.hold:
-            echoes = await _hold_open(reader, writer, spec.hold)
+            echoes, longest = await _hold_open(reader, writer, spec.hold)
     finally:
         writer.close()
         with contextlib.suppress(ConnectionError, OSError):
@@ -217,26 +217,33 @@ async def _tcp(spec: CallSpec) -> dict[str, Any]:
     }
     if spec.hold:
         result["echoes"] = echoes
+        result["longestRoundTripMs"] = round(longest * 1000, 1)
     return result
 
 
 async def _hold_open(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seconds: float
-) -> int:
-    """Keep a TCP connection busy for ``seconds``: a line every HOLD_TICK, each echo read
-    back; the number of echoes (ConnectionResetError when the flow is cut)."""
+) -> tuple[int, float]:
+    """Keep a TCP connection busy for ``seconds``: a line every HOLD_TICK (on a fixed
+    schedule, so that the count does not depend on the round trips), each echo read back;
+    the number of echoes and the longest round trip in seconds (ConnectionResetError when the
+    flow is cut)."""
     loop = asyncio.get_running_loop()
-    end = loop.time() + seconds
+    start = loop.time()
+    end = start + seconds
     echoes = 0
+    longest = 0.0
     while (left := end - loop.time()) > 0:
-        await asyncio.sleep(min(HOLD_TICK, left))
+        await asyncio.sleep(min(max(0.0, start + (echoes + 1) * HOLD_TICK - loop.time()), left))
+        sent = loop.time()
         line = b"tick %d\n" % echoes
         writer.write(line)
         await writer.drain()
         if await reader.readline() != line:
             raise ConnectionResetError(f"held connection cut after {echoes} echoes")
+        longest = max(longest, loop.time() - sent)
         echoes += 1
-    return echoes
+    return echoes, longest
 
 
 class _OneDatagram(asyncio.DatagramProtocol):

@@ -37,6 +37,7 @@ A_TCP = f"tcp://a-tcp.{NS_A}.mesh:{k.TCP_PORT}"
 PROXIES = "app.kubernetes.io/name=simmesh-proxy"
 CONTROLLER = "app.kubernetes.io/name=simmesh-controller"
 HOLD = 20.0  # seconds a TCP flow stays open: past the old proxies' SIGTERM on both nodes
+LONGEST_ROUND_TRIP_MS = 1500.0  # a held flow's slowest echo: a stall, not a busy machine
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +137,10 @@ def check_no_loss(outcome: dict[str, Any], *, hold: float = HOLD) -> None:
     assert outcome["failures"] == {}, outcome["report"]
     for flow in outcome["flows"]:
         assert flow.get("error") is None, flow
-        assert flow["echoes"] >= int(hold / 0.5) - 3, flow  # a line every 0.5 s, no gap
+        # a line every 0.5 s on a fixed schedule, each echoed: none missing, none held up
+        # for long (the count alone would also fall with the round trips of a busy machine)
+        assert flow["echoes"] >= int(hold / 0.5) - 1, flow
+        assert flow["longestRoundTripMs"] <= LONGEST_ROUND_TRIP_MS, flow
 
 
 def rollout(kube: k.Kube, kind: str) -> Callable[[], None]:

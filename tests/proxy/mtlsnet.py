@@ -208,6 +208,7 @@ async def two_nodes(
     held_b: dict[str, tuple[Path, Path]] | None = None,
     authority: Authority | None = None,
     flows: bool = False,
+    certificate_wait: float = 0.0,
 ) -> AsyncIterator[Net]:
     authority = authority or Authority(tmp)
     http = free_range(1)
@@ -275,10 +276,22 @@ async def two_nodes(
             config, settings=msgspec.structs.replace(config.settings, mtls=mtls)
         )
         a = await stack.enter_async_context(
-            running_proxy(None, node="node-a", bind="127.0.0.1", tunnel_port=tunnel_a)
+            running_proxy(
+                None,
+                node="node-a",
+                bind="127.0.0.1",
+                tunnel_port=tunnel_a,
+                certificate_wait=certificate_wait,
+            )
         )
         b = await stack.enter_async_context(
-            running_proxy(None, node="node-b", bind="127.0.0.2", tunnel_port=tunnel_b)
+            running_proxy(
+                None,
+                node="node-b",
+                bind="127.0.0.2",
+                tunnel_port=tunnel_b,
+                certificate_wait=certificate_wait,
+            )
         )
         a.load_certificates(
             trust_domain=authority.trust_domain,

@@ -19,7 +19,7 @@ from mesh.identity.spiffe import SpiffeId, spiffe_id
 from mesh.proxy.app import _load
 from mesh.proxy.certs import CertificateManager, Denied
 from mesh.proxy.proxy import Proxy
-from tests.proxy.harness import metric, session
+from tests.proxy.harness import metric, session, until
 from tests.proxy.mtlsnet import TRUST, Authority, two_nodes
 
 HOST = {"Host": "far.demo.mesh"}
@@ -202,6 +202,44 @@ async def test_check_fails_a_proxy_missing_a_local_identity_until_it_holds_it(
         rows = await check.check_certificates([gone, *proxies])
         assert [r.ok for r in rows] == [False, True, True]
         assert rows[0].name == "certificates http://127.0.0.1:9"
+
+
+async def readyz(proxy: Proxy) -> tuple[int, str]:
+    async with session() as client, client.get(f"{admin(proxy)}/readyz") as resp:
+        return resp.status, await resp.text()
+
+
+async def test_ready_only_once_the_nodes_certificates_are_held_and_then_for_good(
+    tmp_path: Path,
+) -> None:
+    """A proxy is published as its node's tunnel address once Ready: with mTLS on it is not
+    Ready before it holds a certificate for every identity of its node's pods (a tunnel to it
+    would fail meanwhile), for at most --certificate-wait."""
+    authority = Authority(tmp_path)
+    only_client = {"demo/client": authority.issue("demo/client")}
+    async with two_nodes(
+        tmp_path, authority=authority, held_a=only_client, certificate_wait=60.0
+    ) as net:
+        assert net.a.missing_certificates() == ["demo/local"]
+        status, text = await readyz(net.a)
+        assert status == 503, text
+        assert "waiting for the certificates of demo/local" in text, text
+        assert await readyz(net.b) == (200, f"ready {net.b.snapshot.version}\n")  # type: ignore[union-attr]
+        both = {**only_client, "demo/local": authority.issue("demo/local")}
+        net.a.load_certificates(trust_domain=TRUST, roots=authority.roots, held=both)
+        assert (await readyz(net.a))[0] == 200
+        # once Ready, for good: an identity missing later (a new pod's, not yet issued) must
+        # not unpublish the node's tunnels to its other pods
+        net.a.load_certificates(trust_domain=TRUST, roots=authority.roots, held=only_client)
+        assert net.a.missing_certificates() == ["demo/local"]
+        assert net.a.ready and (await readyz(net.a))[0] == 200
+    # never more than the wait: then Ready anyway (its node's own traffic needs no certificate)
+    short = tmp_path / "short"
+    short.mkdir()
+    async with two_nodes(short, held_a={}, certificate_wait=0.5) as net:
+        assert not net.a.ready
+        assert await until(lambda: net.a.ready, seconds=3.0)
+        assert net.a.missing_certificates() == ["demo/client", "demo/local"]
 
 
 class _Source:

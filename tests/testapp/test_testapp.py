@@ -512,6 +512,7 @@ async def test_call_holds_a_tcp_connection_open_and_counts_its_echoes() -> None:
         _, seen, _ = await fetch("GET", url(target, "/calls"))
     assert body["summary"]["pods"] == {"pod-b": 2} and not body["summary"]["errors"], body
     assert [r["echoes"] for r in body["results"]] == [3, 3]  # a line every 0.5 s for 1.2 s
+    assert all(0 < r["longestRoundTripMs"] < 500 for r in body["results"]), body
     assert 1.2 <= elapsed < 4
     assert [c["method"] for c in seen["calls"]] == ["TCP", "TCP"]  # one connection each
 
