@@ -324,6 +324,7 @@ def options_from(args: argparse.Namespace) -> Options:
         connect_timeout=args.connect_timeout,
         drain_delay=args.drain_delay,
         certificate_wait=args.certificate_wait if args.certificates != "off" else 0.0,
+        mtls_capable=args.certificates != "off",
         drain_timeout=args.drain_timeout,
         udp_idle_timeout=args.udp_idle_timeout,
         buffer_limit=args.buffer_limit,
@@ -351,7 +352,9 @@ async def serve(args: argparse.Namespace) -> int:
     certificates = _certificates(args, proxy)
 
     async def apply(config: MeshConfig) -> bool:
-        if certificates is not None:
+        if certificates is not None and config.settings.mtls is not None:
+            # (a config with mTLS off reaching a proxy deployed with it on comes from the
+            # previous release's controller during an upgrade: the certificates stay held)
             certificates.want_config(config.settings.mtls)
         changed = await runs.apply(config)
         if changed:

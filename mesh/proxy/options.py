@@ -48,5 +48,8 @@ class Options:
     # mTLS on: not Ready (so not published as the node's tunnel address) until every identity
     # of the node's pods is held, for at most this long after the first config (0: no wait)
     certificate_wait: float = 0.0
+    # deployed to hold certificates (--certificates kubernetes): the tunnel port stays open,
+    # and the certificates held, when a config says mTLS off (see Proxy._reconcile_tunnel)
+    mtls_capable: bool = False
     workers: int = 1  # processes sharing the listeners (SO_REUSEPORT when more than one)
     worker: int = 0  # this process's index among them

@@ -288,9 +288,16 @@ class Proxy:
             self.tls.clear()
 
     async def _reconcile_tunnel(self) -> None:
-        """The tunnel port is open while the config has mTLS on."""
+        """The tunnel port is open while the config has mTLS on; a proxy deployed to hold
+        certificates (``mtls_capable``) keeps it open whatever the config says. The chart
+        renders the proxies differently with mTLS off (no tunnel port), so turning mTLS on or
+        off rolls them; a config with mTLS off reaching a proxy rendered with it on comes from
+        the previous release's controller while an upgrade's surge runs both, and closing the
+        port then broke the tunnels of the other nodes' proxies (on kind: 37 of 37,200
+        requests of the upgrade from off to permissive, "tunnel ...: closed")."""
         snapshot = self.snapshot
-        wanted = snapshot is not None and snapshot.router.mtls != "off" and not self._stopped
+        on = snapshot is not None and (snapshot.router.mtls != "off" or self.options.mtls_capable)
+        wanted = on and not self._stopped
         if wanted and self.tunnel is None:
             server = TunnelServer(self.ctx, self.tls)
             try:

@@ -209,6 +209,7 @@ async def two_nodes(
     authority: Authority | None = None,
     flows: bool = False,
     certificate_wait: float = 0.0,
+    mtls_capable: bool = False,
 ) -> AsyncIterator[Net]:
     authority = authority or Authority(tmp)
     http = free_range(1)
@@ -282,6 +283,7 @@ async def two_nodes(
                 bind="127.0.0.1",
                 tunnel_port=tunnel_a,
                 certificate_wait=certificate_wait,
+                mtls_capable=mtls_capable,
             )
         )
         b = await stack.enter_async_context(
@@ -291,6 +293,7 @@ async def two_nodes(
                 bind="127.0.0.2",
                 tunnel_port=tunnel_b,
                 certificate_wait=certificate_wait,
+                mtls_capable=mtls_capable,
             )
         )
         a.load_certificates(

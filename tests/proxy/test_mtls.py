@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import msgspec
 
 from mesh.core.model import MtlsMode
 from tests.proxy.harness import metric, session
@@ -267,3 +268,30 @@ async def test_a_pod_cannot_pass_its_own_failure_off_as_the_tunnel_s(tmp_path: P
         assert status == 502 and body == b"far0 says 502", body
         assert "X-Simmesh-Reason" not in headers
         assert headers["X-Backend"] == "far0"
+
+
+async def test_a_proxy_deployed_for_mtls_keeps_its_tunnel_port_through_a_config_without_it(
+    tmp_path: Path,
+) -> None:
+    """During an upgrade that turns mTLS on, the previous release's controller still serves
+    configs with mTLS off; a proxy deployed with it on (``--certificates kubernetes``) that
+    applies one keeps its tunnel port, so the other nodes' tunnels to it go on."""
+    async with two_nodes(tmp_path, mode=MtlsMode.PERMISSIVE, mtls_capable=True) as net:
+        status, headers, _ = await _get(net, "far.demo.mesh")
+        assert status == 200 and headers["X-Backend"] == "far0"
+        settings = msgspec.structs.replace(net.config.settings, mtls=None)
+        off = msgspec.structs.replace(net.config, settings=settings, version="mtls-off")
+        assert await net.b.apply(off)
+        assert net.b.tunnel is not None
+        for _ in range(3):
+            status, headers, _ = await _get(net, "far.demo.mesh")
+            assert status == 200 and headers["X-Backend"] == "far0"
+        assert metric(net.b, "simmesh_proxy_tunnel_handshakes_total", side="server") >= 1
+        # not deployed for mTLS: the tunnel port follows the config (closed with it off)
+    (tmp_path / "plain").mkdir()
+    async with two_nodes(tmp_path / "plain", mode=MtlsMode.PERMISSIVE) as net:
+        settings = msgspec.structs.replace(net.config.settings, mtls=None)
+        assert await net.b.apply(
+            msgspec.structs.replace(net.config, settings=settings, version="mtls-off")
+        )
+        assert net.b.tunnel is None
