@@ -112,6 +112,64 @@ def image() -> str:
     return name
 
 
+ENFORCERS = ("simmesh-netpol", "kindnet")  # tools/kind/netpol.sh; stock kind's CNI
+
+
+def kind_binary() -> str:
+    """The kind binary tools/kind/kind.sh built (it prints the path)."""
+    done = subprocess.run(
+        ["bash", str(ROOT / "tools" / "kind" / "kind.sh")], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def _enforcer(kube: k.Kube) -> str | None:
+    names = {
+        d["metadata"]["name"] for d in kube.json("get", "daemonsets", "-n", "kube-system")["items"]
+    }
+    return next((name for name in ENFORCERS if name in names), None)
+
+
+def _netpol(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", str(ROOT / "tools" / "kind" / "netpol.sh"), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.fixture(scope="session")
+def netpol_enforcer(kube: k.Kube) -> Iterator[str]:
+    """The cluster's NetworkPolicy enforcer. tools/kind/netpol.sh installs one when there is
+    none, for the rest of the session (removed at its end), if its binary is built; under
+    CI=true always. First asked for after test_3_egress: with the enforcer on during the
+    session's deploy, the egress guards counted packets to the service range
+    (docs/security.md), so the modules that need it come after that one."""
+    found = _enforcer(kube)
+    installed = False
+    if found is None:
+        if os.environ.get("CI") != "true" and _netpol("built").returncode != 0:
+            pytest.skip(
+                "no NetworkPolicy enforcer on the cluster and no kube-router binary: "
+                "make netpol-bins (about 3.5 CPU-minutes, cached), or KIND_NETPOL=1 make kind-up"
+            )
+        start = time.monotonic()
+        done = _netpol("install")
+        if done.returncode != 0:
+            pytest.fail(f"tools/kind/netpol.sh install failed:\n{done.stderr}", pytrace=False)
+        found, installed = "simmesh-netpol", True
+        record("NetworkPolicy enforcer installed", time.monotonic() - start)
+    kube.run("-n", "kube-system", "rollout", "status", f"daemonset/{found}", "--timeout=120s")
+    try:
+        yield found
+    finally:
+        if installed:
+            done = _netpol("uninstall")
+            assert done.returncode == 0, done.stderr
+
+
 @dataclass
 class Mesh:
     coredns_before: dict[str, str]

@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from tests.cluster import kube as k
-from tests.cluster.conftest import ROOT, _missing, record
+from tests.cluster.conftest import ROOT, _missing, kind_binary, record
 
 NAMESPACE = "simmesh-dask"
 SCENARIO = """
@@ -73,20 +73,11 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _kind() -> str:
-    """The kind binary tools/kind/kind.sh built (it prints the path)."""
-    done = subprocess.run(
-        ["bash", str(ROOT / "tools" / "kind" / "kind.sh")], capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
-
-
 @pytest.fixture(scope="module")
 def scheduler(kube: k.Kube, sim_image: str) -> Iterator[str]:
     """The Dask cluster on kind, its scheduler forwarded to a local port: tcp://127.0.0.1:P."""
     start = time.monotonic()
-    kind = _kind()
+    kind = kind_binary()
     cluster = os.environ.get("SIMMESH_CLUSTER", "simmesh")
     subprocess.run(
         [kind, "load", "docker-image", sim_image, "--name", cluster],

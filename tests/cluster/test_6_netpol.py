@@ -11,9 +11,10 @@ accept traffic only through the node proxies, by NetworkPolicy.
 Independent of the simmesh deployment (no mesh fixture): a server pod in netpol-server on the
 first worker, client pods in netpol-client on both workers (the call crosses nodes, routed,
 and stays on one node, bridged), calling the server's pod IP, never a Service or a .mesh name.
-Without an enforcer on the cluster the module installs one for itself (tools/kind/netpol.sh,
-removed after); under CI=true a failed install fails, never skips; elsewhere, without the
-built kube-router binary (make netpol-bins), the test is skipped.
+Without an enforcer on the cluster the session's ``netpol_enforcer`` fixture (conftest.py)
+installs one (tools/kind/netpol.sh, removed at the session's end); under CI=true a failed
+install fails, never skips; elsewhere, without the built kube-router binary (make
+netpol-bins), the test is skipped.
 """
 
 from __future__ import annotations
@@ -28,11 +29,10 @@ from typing import Any
 import pytest
 
 from tests.cluster import kube as k
-from tests.cluster.conftest import ROOT, record
+from tests.cluster.conftest import kind_binary, record
 
 pytestmark = pytest.mark.timeout(600)
 SERVER_NS, CLIENT_NS = "netpol-server", "netpol-client"
-ENFORCERS = ("simmesh-netpol", "kindnet")  # tools/kind/netpol.sh; stock kind's CNI
 SETTLE = 60.0  # seconds a policy change may take to be enforced on every node
 
 
@@ -43,59 +43,8 @@ class Pods:
     clients: dict[str, k.App]  # "cross-node" / "same-node" -> client pod
 
 
-def _enforcer(kube: k.Kube) -> str | None:
-    names = {
-        d["metadata"]["name"] for d in kube.json("get", "daemonsets", "-n", "kube-system")["items"]
-    }
-    return next((name for name in ENFORCERS if name in names), None)
-
-
-def _kind() -> str:
-    """The kind binary tools/kind/kind.sh built (it prints the path)."""
-    done = subprocess.run(
-        ["bash", str(ROOT / "tools" / "kind" / "kind.sh")], capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
-
-
-def _netpol(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["bash", str(ROOT / "tools" / "kind" / "netpol.sh"), *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-
-
 @pytest.fixture(scope="module")
-def enforcer(kube: k.Kube) -> Iterator[str]:
-    """The cluster's enforcer; tools/kind/netpol.sh installs one for this module when there is
-    none (and removes it after: with it, test_3_egress's guards counted packets to the service
-    range during a deploy, docs/security.md), if its binary is built; under CI=true always."""
-    found = _enforcer(kube)
-    installed = False
-    if found is None:
-        if os.environ.get("CI") != "true" and _netpol("built").returncode != 0:
-            pytest.skip(
-                "no NetworkPolicy enforcer on the cluster and no kube-router binary: "
-                "make netpol-bins (about 3.5 CPU-minutes, cached), or KIND_NETPOL=1 make kind-up"
-            )
-        done = _netpol("install")
-        if done.returncode != 0:
-            pytest.fail(f"tools/kind/netpol.sh install failed:\n{done.stderr}", pytrace=False)
-        found, installed = "simmesh-netpol", True
-    kube.run("-n", "kube-system", "rollout", "status", f"daemonset/{found}", "--timeout=120s")
-    try:
-        yield found
-    finally:
-        if installed:
-            done = _netpol("uninstall")
-            assert done.returncode == 0, done.stderr
-
-
-@pytest.fixture(scope="module")
-def pods(kube: k.Kube, image: str, enforcer: str) -> Iterator[Pods]:
+def pods(kube: k.Kube, image: str, netpol_enforcer: str) -> Iterator[Pods]:
     workers = kube.workers()
     assert len(workers) == 2, workers
     docs: list[dict[str, Any]] = [k.namespace(SERVER_NS), k.namespace(CLIENT_NS)]
@@ -121,7 +70,7 @@ def pods(kube: k.Kube, image: str, enforcer: str) -> Iterator[Pods]:
     # the test app's image into the nodes (the mesh fixture's deploy does it for the other tests)
     cluster = os.environ.get("SIMMESH_CLUSTER", "simmesh")
     subprocess.run(
-        [_kind(), "load", "docker-image", image, "--name", cluster],
+        [kind_binary(), "load", "docker-image", image, "--name", cluster],
         capture_output=True,
         check=True,
         timeout=300,
