@@ -51,9 +51,9 @@ REVIEWED: dict[tuple[str, str], str] = {
     ("tests/cluster/kube.py", "self.kubectl"): "kubectl",
     ("tests/cluster/test_4_undeploy.py", "helm"): "helm",
     ("tests/cluster/test_4_undeploy.py", "_helm()"): "helm",
-    ("tests/cluster/test_5_dask.py", "_kind()"): "kind",  # tools/kind/kind.sh prints its path
+    ("tests/cluster/test_5_dask.py", "kind_binary()"): "kind",  # tools/kind/kind.sh prints it
     ("tests/cluster/test_5_dask.py", "kube.kubectl"): "kubectl",
-    ("tests/cluster/test_6_netpol.py", "_kind()"): "kind",  # tools/kind/kind.sh prints its path
+    ("tests/cluster/test_6_netpol.py", "kind_binary()"): "kind",  # tools/kind/kind.sh prints it
     ("tests/k8s/apiserver.py", "self.argv"): "*",  # each server's binary, from SIMMESH_BIN_DIR
     ("tests/k8s/test_dns_coredns.py", "self.binary"): "coredns",
     ("tests/k8s/test_helm.py", "self.binary"): "helm",
