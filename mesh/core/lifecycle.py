@@ -44,7 +44,9 @@ from mesh.core.routing import Decision, Endpoint, Engine
 
 # -- commands (lifecycle -> driver) -------------------------------------------------------------
 # Plain slotted dataclasses, not frozen ones: a frozen dataclass costs three times as much to
-# build, and two commands are built for every request the proxy or the simulator runs.
+# build, and two commands are built for every request the proxy or the simulator runs. The hot
+# ones write their own __init__ (dataclass keeps it): compiled, the one dataclass generates
+# runs interpreted, about ten times the cost of a native one.
 
 
 @dataclass(slots=True)
@@ -54,6 +56,11 @@ class Send:
     endpoint: Endpoint
     timeout: float | None
     attempt: int  # 1 for the first try
+
+    def __init__(self, endpoint: Endpoint, timeout: float | None, attempt: int) -> None:
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self.attempt = attempt
 
 
 @dataclass(slots=True)
@@ -69,6 +76,9 @@ class Deliver:
     then report :class:`Delivered`."""
 
     status: int | None
+
+    def __init__(self, status: int | None) -> None:
+        self.status = status
 
 
 @dataclass(slots=True)
