@@ -735,17 +735,18 @@ class Forwarder:
         if ex.finished:
             return
         ex.finished = True
+        now = time.monotonic()
         life = ex.life
         if life is not None and not life.done:
             # Nothing delivered (the client left, or the proxy failed before a response):
             # the attempt ends neutral, not the upstream's fault.
             if not client_gone and life.state is State.DELIVERING:
-                life.delivered(time.monotonic(), failure)
+                life.delivered(now, failure)
             else:
-                life.abandoned(time.monotonic())
+                life.abandoned(now)
         if failure is not None:
             self.metrics.failure(ex.service, failure.value)
-        elapsed = time.monotonic() - ex.started
+        elapsed = now - ex.started
         service = ex.service
         code = 499 if client_gone else status
         inbound = ex.inbound

@@ -22,6 +22,7 @@ Items = Iterable[tuple[str, str]]
 _NOT_FORWARDED = PROXY_SET | {"content-length"}  # set here, or this hop's framing
 NO_BODY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # no Content-Length: 0
 _HOP_BY_HOP = frozenset(name.encode() for name in HOP_BY_HOP)
+_HOP_LENGTHS = frozenset(len(name) for name in HOP_BY_HOP)  # other names need no lower()
 _STATUS_LINES: dict[tuple[int, bytes | None], bytes] = {}
 
 
@@ -84,27 +85,28 @@ class Outgoing:
         framing; and whether the body is streamed after the head."""
         request = self.request
         present = request.headers  # lower-case names, less hop-by-hop and proxy-set ones
-        if request.replaced or "content-length" in present:
-            lines = [f"{n}: {v}" for n, v in request.items if n.lower() not in _NOT_FORWARDED]
-        else:
-            lines = [f"{n}: {v}" for n, v in request.items]
+        # One list of pieces joined once (not a string per line, then the lines joined).
+        parts = [method, " ", path, " HTTP/1.1\r\n"]
         if "host" not in present:
-            lines.insert(0, f"Host: {request.host}")
+            parts += ("Host: ", request.host, "\r\n")
+        strip = bool(request.replaced) or "content-length" in present
+        for name, value in request.items:
+            if not strip or name.lower() not in _NOT_FORWARDED:
+                parts += (name, ": ", value, "\r\n")
         forwarded_for = request.replaced.get("x-forwarded-for")
         xff = f"{forwarded_for}, {self.peer}" if forwarded_for else self.peer
-        lines.append(
-            f"X-Forwarded-For: {xff}\r\nX-Forwarded-Proto: {self.proto}\r\n"
-            f"X-Forwarded-Host: {request.forwarded_host}\r\ntraceparent: {self.traceparent}"
-        )
+        parts += ("X-Forwarded-For: ", xff, "\r\nX-Forwarded-Proto: ", self.proto)
+        parts += ("\r\nX-Forwarded-Host: ", request.forwarded_host)
+        parts += ("\r\ntraceparent: ", self.traceparent, "\r\n")
         framing, stream = body_framing(method, body, "content-length" in present)
         if framing:
-            lines.append(framing)
+            parts += (framing, "\r\n")
+        parts.append("\r\n")
         # No line break can be in a value, nor whitespace in the method or target: llhttp
         # (HTTP/1.1) and h2 refuse line breaks, the core (parse_request) and the h2c front
         # end a method that is no token and whitespace in the target (request_head checks
         # other callers' heads).
-        text = f"{method} {path} HTTP/1.1\r\n" + "\r\n".join(lines) + "\r\n\r\n"
-        return text.encode("utf-8", "surrogateescape"), stream
+        return "".join(parts).encode("utf-8", "surrogateescape"), stream
 
 
 def body_framing(method: str, body: Body, had_length: bool) -> tuple[str, bool]:
@@ -148,19 +150,24 @@ def status_line(status: int, reason: bytes | None = None) -> bytes:
 def head_block(pairs: list[tuple[bytes, bytes]]) -> bytes:
     """HTTP/1.1 header lines from an HTTP/1.1 upstream's (name, value) bytes, less hop-by-hop
     ones and the names ``Connection`` lists: the bytes go back out as they came."""
-    lines = []
+    parts: list[bytes] = []  # joined once (not a line formatted per header)
     listed: set[bytes] | None = None
     for name, value in pairs:
-        low = name.lower()
-        if low in _HOP_BY_HOP:
-            if low == b"connection":
-                tokens = {t.strip().lower() for t in value.split(b",")}
-                listed = tokens if listed is None else listed | tokens
-            continue
-        lines.append(b"%b: %b\r\n" % (name, value))
+        if len(name) in _HOP_LENGTHS:
+            low = name.lower()
+            if low in _HOP_BY_HOP:
+                if low == b"connection":
+                    tokens = {t.strip().lower() for t in value.split(b",")}
+                    listed = tokens if listed is None else listed | tokens
+                continue
+        parts += (name, b": ", value, b"\r\n")
     if listed:
-        lines = [line for line in lines if line.split(b":", 1)[0].lower() not in listed]
-    return b"".join(lines)
+        parts = []
+        for name, value in pairs:
+            low = name.lower()
+            if low not in _HOP_BY_HOP and low not in listed:
+                parts += (name, b": ", value, b"\r\n")
+    return b"".join(parts)
 
 
 def response_head_lines(items: Items) -> list[bytes]:
