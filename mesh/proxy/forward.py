@@ -40,7 +40,9 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from http import HTTPStatus
-from typing import Any, Protocol, TypeVar
+from typing import Any, Final, TypeVar
+
+from mypy_extensions import trait
 
 from mesh.core.gamma import Edits
 from mesh.core.lifecycle import (
@@ -72,6 +74,7 @@ from mesh.proxy.snapshot import Snapshot
 from mesh.proxy.tracing import Span, Tracer
 from mesh.proxy.upstream import (
     Call,
+    Handler,
     Response,
     TunnelHop,
     Upstream,
@@ -80,8 +83,8 @@ from mesh.proxy.upstream import (
 )
 
 T = TypeVar("T")
-UPSTREAM_LIMIT = "upstream-connection-limit"  # X-Simmesh-Reason of UpstreamLimit's 503
-_REDIRECT = Reason.REDIRECT.value
+UPSTREAM_LIMIT: Final = "upstream-connection-limit"  # X-Simmesh-Reason of UpstreamLimit's 503
+_REDIRECT: Final = Reason.REDIRECT.value
 
 
 class Inbound:
@@ -131,19 +134,21 @@ class Inbound:
         return request.host if request is not None else (self.authority or "")
 
 
-class Front(Protocol):
-    """Where an exchange ends: the front end that answers the client."""
+@trait
+class Front:
+    """Where an exchange ends: the front end that answers the client (a mypyc trait, like
+    :class:`~mesh.proxy.upstream.Handler`: called natively)."""
 
     def answer(self, ex: Exchange) -> None:
         """Write the proxy's own answer (``ex.status``, ``ex.reason``), then ``complete``."""
-        ...
+        raise NotImplementedError
 
     def deliver(self, ex: Exchange) -> None:
         """Relay ``ex.response``, then ``complete``."""
-        ...
+        raise NotImplementedError
 
 
-class Exchange:
+class Exchange(Handler):
     """One request's progress: the decision, the core's lifecycle performed by callbacks,
     and what is answered."""
 
@@ -460,7 +465,7 @@ class Exchange:
             self.response = None
 
 
-class _Resolve:
+class _Resolve(Front):
     """The :class:`Front` of :meth:`Forwarder.exchange`: resolves a future."""
 
     __slots__ = ("future",)
@@ -547,7 +552,7 @@ def local_headers(ex: Exchange) -> list[tuple[str, str]]:
 # source proxy reads that header from the destination proxy as the reason it could not reach
 # the pod (a connect failure, a reset, a timeout: mesh.proxy.upstream_raw), and a workload must
 # not be able to make its own 5xx look like one (retried as if never delivered).
-_POD_REASON = Edits(HeaderEdit(remove=["X-Simmesh-Reason"]))
+_POD_REASON: Final = Edits(HeaderEdit(remove=["X-Simmesh-Reason"]))
 
 
 def response_edits(ex: Exchange) -> tuple[Edits, ...]:

@@ -58,7 +58,7 @@ import socket
 from collections import deque
 from collections.abc import Callable
 from http import HTTPStatus
-from typing import cast
+from typing import Final, cast
 
 import httptools
 
@@ -68,6 +68,7 @@ from mesh.proxy.context import Context
 from mesh.proxy.forward import (
     Exchange,
     Forwarder,
+    Front,
     Inbound,
     local_headers,
     local_text,
@@ -79,16 +80,17 @@ from mesh.proxy.upstream import Response, UpstreamError
 
 log = logging.getLogger("simmesh.proxy")
 
-HIGH_WATER = 256 * 1024  # request body bytes buffered before reading from the client pauses
-LOW_WATER = 64 * 1024
-SMALL_RESPONSE = 64 * 1024  # responses up to this size go out in one write, head and body
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-PROBE_AFTER = 0.1  # a half-closed client's answer pending this long: is the client still there?
-_TCP_CLOSE = 7  # include/net/tcp_states.h
-_VERSIONS = frozenset({"1.0", "1.1"})
-_FRAMING_LENGTHS = frozenset({6, 7, 14, 17})  # Expect, Upgrade, Content-Length, Transfer-Encoding
-_NO_BODY = frozenset({204, 304})
-LINGER = 2.0  # seconds an idle connection closed from this side still reads after its FIN
+# Final: compiled, these are C constants or statics, not a globals-dict lookup at each use.
+HIGH_WATER: Final = 256 * 1024  # request body bytes buffered before reading pauses
+LOW_WATER: Final = 64 * 1024
+SMALL_RESPONSE: Final = 64 * 1024  # responses up to this size go out in one write
+_CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+PROBE_AFTER: Final = 0.1  # a half-closed client's answer pending this long: still there?
+_TCP_CLOSE: Final = 7  # include/net/tcp_states.h
+_VERSIONS: Final = frozenset({"1.0", "1.1"})
+_FRAMING_LENGTHS: Final = frozenset({6, 7, 14, 17})  # Expect, Upgrade, Content-Length, T-E
+_NO_BODY: Final = frozenset({204, 304})
+LINGER: Final = 2.0  # seconds an idle connection closed from this side still reads after its FIN
 
 
 # What llhttp says when the bytes are not HTTP/1.x: no method where a request starts, or an
@@ -216,7 +218,7 @@ class H1Server:
         return len(self.connections)
 
 
-class H1Connection(asyncio.Protocol):
+class H1Connection(asyncio.Protocol, Front):
     """One client connection: see the module docstring for its states."""
 
     def __init__(self, server: H1Server) -> None:
@@ -820,7 +822,7 @@ class H1Connection(asyncio.Protocol):
         if data is None:  # more to come: relayed as it arrives
             self._task = self._loop.create_task(self._relay(ex, request))
             return
-        self.write(self._response_head(upstream, request, ex, chunked=False) + data)
+        self.write(self._response_head(upstream, request, ex, chunked=False, body=data))
         upstream.release()
         ex.fw.complete(ex, status=status, sent=len(data))  # type: ignore[union-attr]
         self._finish(request)
@@ -954,8 +956,15 @@ class H1Connection(asyncio.Protocol):
         fw.complete(ex, status=status, sent=sent)
 
     def _response_head(
-        self, upstream: Response, request: _Request, ex: Exchange, *, chunked: bool
+        self,
+        upstream: Response,
+        request: _Request,
+        ex: Exchange,
+        *,
+        chunked: bool,
+        body: bytes = b"",
     ) -> bytes:
+        """The head for the client (and ``body`` after it: one join, one copy)."""
         edits = response_edits(ex)
         if edits:
             head = edited_head(upstream.status, upstream.header_items(), edits)
@@ -963,8 +972,8 @@ class H1Connection(asyncio.Protocol):
             head = upstream.http1_head()
         connection = self._connection_header(request)
         if chunked:
-            return b"%bTransfer-Encoding: chunked\r\n%b\r\n" % (head, connection)
-        return b"%b%b\r\n" % (head, connection)
+            return b"".join((head, b"Transfer-Encoding: chunked\r\n", connection, b"\r\n"))
+        return b"".join((head, connection, b"\r\n", body))
 
 
 def _version(read: bytes) -> str | None:
