@@ -83,6 +83,7 @@ from mesh.proxy.upstream import (
 )
 
 T = TypeVar("T")
+_clock: Final = time.monotonic  # compiled: a static, not the module attribute looked up per call
 UPSTREAM_LIMIT: Final = "upstream-connection-limit"  # X-Simmesh-Reason of UpstreamLimit's 503
 _REDIRECT: Final = Reason.REDIRECT.value
 
@@ -336,7 +337,7 @@ class Exchange(Handler):
         request = self.sent
         assert request is not None
         endpoint = command.endpoint
-        self.sent_at = time.monotonic()
+        self.sent_at = _clock()
         hop: TunnelHop | None = None
         tls = self.fw.tunnels if self.fw is not None else None
         if tls is not None and self.snapshot is not None and self.snapshot.router.mtls != "off":
@@ -375,7 +376,7 @@ class Exchange(Handler):
         self.timer = None
         life = self.life
         assert life is not None
-        self._perform(life.resume(time.monotonic()))
+        self._perform(life.resume(_clock()))
 
     # -- what the upstream client reports (mesh.proxy.upstream.Handler) -------------------------
 
@@ -390,7 +391,7 @@ class Exchange(Handler):
             response.close()
             self.failed(UpstreamError(Failure.RESET, "the upstream switched protocols unasked"))
             return
-        now = time.monotonic()
+        now = _clock()
         cluster = self.decision.cluster if self.decision is not None else None
         backend = cluster.service if cluster is not None else None
         fw.metrics.attempt(self.service, now - self.sent_at, backend, response.status)
@@ -410,7 +411,7 @@ class Exchange(Handler):
         if isinstance(error, UpstreamLimit):
             self._limited(error)
             return
-        now = time.monotonic()
+        now = _clock()
         fw.metrics.attempt(self.service, now - self.sent_at)
         command = life.failed(error.failure, now, error.detail, partial=body.touched)
         assert life.outcome is not None and life.outcome.failure is not None
@@ -459,7 +460,7 @@ class Exchange(Handler):
             self.call.cancel()
             self.call = None
         if self.life is not None and not self.life.done:
-            self.life.handle(Abandoned(), time.monotonic())
+            self.life.handle(Abandoned(), _clock())
         if self.response is not None:
             self.response.close()
             self.response = None
@@ -599,7 +600,7 @@ class Forwarder:
         """The core's verdict on ``snapshot`` (the config the request started on); a denied
         request comes back answered (``ex.status`` set), an allowed one with its lifecycle,
         not started yet."""
-        now = time.monotonic()
+        now = _clock()
         ex = Exchange(self, snapshot, inbound, now)
         if inbound.tunnel is not None:
             return self._decide_tunneled(ex, snapshot, now)
@@ -722,7 +723,7 @@ class Forwarder:
         names the answer (502/504), which the front end sends instead."""
         life = ex.life
         assert life is not None
-        command = life.handle(Delivered(failure, detail, started=False), time.monotonic())
+        command = life.handle(Delivered(failure, detail, started=False), _clock())
         assert isinstance(command, Answer)
         self.metrics.failure(ex.service, failure.value)
         ex.answer(command.status, command.reason, command.detail)
@@ -740,7 +741,7 @@ class Forwarder:
         if ex.finished:
             return
         ex.finished = True
-        now = time.monotonic()
+        now = _clock()
         life = ex.life
         if life is not None and not life.done:
             # Nothing delivered (the client left, or the proxy failed before a response):
@@ -816,23 +817,23 @@ async def connect_with(
     while True:
         if isinstance(command, Wait):
             await asyncio.sleep(command.delay)
-            command = life.resume(time.monotonic())
+            command = life.resume(_clock())
             continue
         if not isinstance(command, Send):  # the decision's own answer: never attempted
             raise UpstreamError(Failure.CONNECT, life.answer.detail if life.answer else "")
         try:
             return await connect(command.endpoint)
         except UpstreamLimit:
-            life.handle(Abandoned(), time.monotonic())  # the proxy's limit: not the endpoint's
+            life.handle(Abandoned(), _clock())  # the proxy's limit: not the endpoint's
             raise
         except UpstreamError as exc:
-            command = life.handle(Failed(exc.failure, exc.detail), time.monotonic())
+            command = life.handle(Failed(exc.failure, exc.detail), _clock())
             if on_failure is not None:
                 on_failure(exc)
             if isinstance(command, Answer):
                 raise
         except BaseException:
-            life.handle(Abandoned(), time.monotonic())
+            life.handle(Abandoned(), _clock())
             raise
 
 
@@ -847,7 +848,7 @@ async def connect_flow(
     """Connect a TCP or UDP flow to the decided endpoint, retrying connect failures where the
     core says. Returns the connection and its lifecycle, which the caller ends with
     ``Delivered`` (or ``Abandoned``) when the flow is over; raises the last UpstreamError."""
-    life = Lifecycle(engine, decision, method="", replayable=False, rng=rng, now=time.monotonic())
+    life = Lifecycle(engine, decision, method="", replayable=False, rng=rng, now=_clock())
     connection = await connect_with(life, connect, on_failure=on_failure)
-    life.handle(Responded(None), time.monotonic())
+    life.handle(Responded(None), _clock())
     return connection, life

@@ -491,7 +491,9 @@ class H1Connection(asyncio.Protocol, Front):
             self._head_read = b""
             return
         parser = self.parser
-        version = _version(self._head_read) or parser.get_http_version()
+        raw_method = parser.get_method()
+        at = len(raw_method) + self._url_size + 2  # METHOD SP target SP: where the version is
+        version = _version(self._head_read, at) or parser.get_http_version()
         self._head_read = b""
         if version not in _VERSIONS:
             raise _Refuse(505, f"HTTP/{version} is not served here, only HTTP/1.0 and 1.1")
@@ -521,7 +523,7 @@ class H1Connection(asyncio.Protocol, Front):
         authority = None
         if target[:1] != "/" and "://" in target:
             authority, target = request_target(target)
-        method = parser.get_method().decode("latin-1")
+        method = raw_method.decode("latin-1")
         # llhttp stops at an upgrade only when an Upgrade header was sent, or for CONNECT
         upgrade = (offered or method == "CONNECT") and parser.should_upgrade()
         if upgrade:  # llhttp stops after this request: switch protocols, or go on reading?
@@ -976,14 +978,13 @@ class H1Connection(asyncio.Protocol, Front):
         return b"".join((head, connection, b"\r\n", body))
 
 
-def _version(read: bytes) -> str | None:
+def _version(read: bytes, at: int) -> str | None:
     """The HTTP version of the request line that ``read`` begins with, when it is 1.1 or 1.0
-    (llhttp checked the line); None: ask the parser (httptools formats a new string each time,
-    a tenth of the instructions of the whole head)."""
-    end = read.find(b"\n")
-    if end < 9:
-        return None
-    tail = read[end - 9 : end]
+    (llhttp checked the line; ``at``: where the version starts if the line is as sent by the
+    book, one space apart); None: ask the parser (httptools formats a new string each time).
+    Nine bytes ending in CR can only be the line's end: a CR is nowhere else in it, so a line
+    spaced otherwise, or bytes before it, never match."""
+    tail = read[at : at + 9]
     if tail == b"HTTP/1.1\r":
         return "1.1"
     if tail == b"HTTP/1.0\r":
