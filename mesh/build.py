@@ -20,7 +20,7 @@ __all__ = ["COMPILED", "DRIVERS", "compiled_modules", "describe", "is_compiled"]
 
 # The hot paths: every decision of the core, the simulator's model, the proxy's request path.
 # Not mesh.core.schema: its msgspec Structs take class keywords (frozen, rename) that a
-# compiled class loses. Not mesh.proxy.body: mypyc has no async generators. Not the proxy's
+# compiled class loses. Not mesh.proxy.bodystream: mypyc has no async generators. Not the proxy's
 # start-up (app, proxy, workers, admin, sources): run once, not per request. Not
 # mesh.proxy.options and .addresses: the Options pickled to each worker, which compiled
 # classes refuse.
@@ -43,6 +43,7 @@ COMPILED: tuple[str, ...] = (
     "mesh.core.shadow",
     "mesh.core.topology",
     "mesh.proxy.accesslog",
+    "mesh.proxy.body",
     "mesh.proxy.context",
     "mesh.proxy.flows",
     "mesh.proxy.forward",

@@ -37,11 +37,18 @@ class Failure(StrEnum):
 
 @dataclass(slots=True)
 class Outcome:
-    """What one attempt to an endpoint came to."""
+    """What one attempt to an endpoint came to (its own __init__: see lifecycle.Send)."""
 
     status: int | None
     failure: Failure | None = None
     latency: float = 0.0
+
+    def __init__(
+        self, status: int | None, failure: Failure | None = None, latency: float = 0.0
+    ) -> None:
+        self.status = status
+        self.failure = failure
+        self.latency = latency
 
     @property
     def failed(self) -> bool:

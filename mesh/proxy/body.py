@@ -11,25 +11,18 @@ the client went away while we read it, so the failure is not blamed on the upstr
 the next chunk: a client that stops sending its body mid-way raises :class:`BodyTimeout`
 (``timed_out``), which the forwarder answers with 408 (or, once the answer has started, by
 cutting the connection or stream).
+
+:class:`Body` is compiled (mesh/build.py), as one is made for every request; the async
+generators that read it are in :mod:`mesh.proxy.bodystream`, interpreted.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
-from typing import Protocol
 
+from mesh.proxy.bodystream import BodyTimeout, ClientGone, Reader, once, stream
 
-class Reader(Protocol):
-    async def readany(self) -> bytes: ...
-
-
-class ClientGone(Exception):
-    """The client closed or reset its connection while the request was in flight."""
-
-
-class BodyTimeout(ClientGone):
-    """The client sent no body bytes for ``Body.timeout`` seconds."""
+__all__ = ["Body", "BodyTimeout", "ClientGone", "Reader"]
 
 
 class Body:
@@ -85,7 +78,9 @@ class Body:
         """Read a small body with a known length whole, so retries may replay it."""
         if self.empty or self.length is None or self.length > limit or self._reader is None:
             return
-        parts = [chunk async for chunk in self._stream()]
+        parts = []
+        async for chunk in stream(self):
+            parts.append(chunk)
         self.buffered = b"".join(parts)
 
     async def read_all(self) -> bytes:
@@ -94,37 +89,13 @@ class Body:
             return self.buffered
         if self.empty:
             return b""
-        return b"".join([chunk async for chunk in self._stream()])
+        parts = []
+        async for chunk in stream(self):
+            parts.append(chunk)
+        return b"".join(parts)
 
     def chunks(self) -> AsyncIterator[bytes]:
         """A fresh iteration over the body for one attempt."""
         if self.buffered is not None:
-            return _once(self.buffered)
-        return self._stream()
-
-    async def _stream(self) -> AsyncIterator[bytes]:
-        reader = self._reader
-        if reader is None:
-            return
-        self.touched = True
-        if self.on_first_read is not None:
-            self.on_first_read()
-            self.on_first_read = None
-        while True:
-            try:
-                async with asyncio.timeout(self.timeout):
-                    chunk = await reader.readany()
-            except TimeoutError:
-                self.client_error = self.timed_out = True
-                raise BodyTimeout(f"no request body bytes for {self.timeout:g}s") from None
-            except Exception as exc:
-                self.client_error = True
-                raise ClientGone(str(exc) or type(exc).__name__) from exc
-            if not chunk:
-                return
-            self.received += len(chunk)
-            yield chunk
-
-
-async def _once(data: bytes) -> AsyncIterator[bytes]:
-    yield data
+            return once(self.buffered)
+        return stream(self)

@@ -40,7 +40,9 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from http import HTTPStatus
-from typing import Any, Protocol, TypeVar
+from typing import Any, Final, TypeVar
+
+from mypy_extensions import trait
 
 from mesh.core.gamma import Edits
 from mesh.core.lifecycle import (
@@ -72,6 +74,7 @@ from mesh.proxy.snapshot import Snapshot
 from mesh.proxy.tracing import Span, Tracer
 from mesh.proxy.upstream import (
     Call,
+    Handler,
     Response,
     TunnelHop,
     Upstream,
@@ -80,8 +83,9 @@ from mesh.proxy.upstream import (
 )
 
 T = TypeVar("T")
-UPSTREAM_LIMIT = "upstream-connection-limit"  # X-Simmesh-Reason of UpstreamLimit's 503
-_REDIRECT = Reason.REDIRECT.value
+_clock: Final = time.monotonic  # compiled: a static, not the module attribute looked up per call
+UPSTREAM_LIMIT: Final = "upstream-connection-limit"  # X-Simmesh-Reason of UpstreamLimit's 503
+_REDIRECT: Final = Reason.REDIRECT.value
 
 
 class Inbound:
@@ -131,19 +135,21 @@ class Inbound:
         return request.host if request is not None else (self.authority or "")
 
 
-class Front(Protocol):
-    """Where an exchange ends: the front end that answers the client."""
+@trait
+class Front:
+    """Where an exchange ends: the front end that answers the client (a mypyc trait, like
+    :class:`~mesh.proxy.upstream.Handler`: called natively)."""
 
     def answer(self, ex: Exchange) -> None:
         """Write the proxy's own answer (``ex.status``, ``ex.reason``), then ``complete``."""
-        ...
+        raise NotImplementedError
 
     def deliver(self, ex: Exchange) -> None:
         """Relay ``ex.response``, then ``complete``."""
-        ...
+        raise NotImplementedError
 
 
-class Exchange:
+class Exchange(Handler):
     """One request's progress: the decision, the core's lifecycle performed by callbacks,
     and what is answered."""
 
@@ -331,7 +337,7 @@ class Exchange:
         request = self.sent
         assert request is not None
         endpoint = command.endpoint
-        self.sent_at = time.monotonic()
+        self.sent_at = _clock()
         hop: TunnelHop | None = None
         tls = self.fw.tunnels if self.fw is not None else None
         if tls is not None and self.snapshot is not None and self.snapshot.router.mtls != "off":
@@ -370,7 +376,7 @@ class Exchange:
         self.timer = None
         life = self.life
         assert life is not None
-        self._perform(life.resume(time.monotonic()))
+        self._perform(life.resume(_clock()))
 
     # -- what the upstream client reports (mesh.proxy.upstream.Handler) -------------------------
 
@@ -385,7 +391,7 @@ class Exchange:
             response.close()
             self.failed(UpstreamError(Failure.RESET, "the upstream switched protocols unasked"))
             return
-        now = time.monotonic()
+        now = _clock()
         cluster = self.decision.cluster if self.decision is not None else None
         backend = cluster.service if cluster is not None else None
         fw.metrics.attempt(self.service, now - self.sent_at, backend, response.status)
@@ -405,7 +411,7 @@ class Exchange:
         if isinstance(error, UpstreamLimit):
             self._limited(error)
             return
-        now = time.monotonic()
+        now = _clock()
         fw.metrics.attempt(self.service, now - self.sent_at)
         command = life.failed(error.failure, now, error.detail, partial=body.touched)
         assert life.outcome is not None and life.outcome.failure is not None
@@ -454,13 +460,13 @@ class Exchange:
             self.call.cancel()
             self.call = None
         if self.life is not None and not self.life.done:
-            self.life.handle(Abandoned(), time.monotonic())
+            self.life.handle(Abandoned(), _clock())
         if self.response is not None:
             self.response.close()
             self.response = None
 
 
-class _Resolve:
+class _Resolve(Front):
     """The :class:`Front` of :meth:`Forwarder.exchange`: resolves a future."""
 
     __slots__ = ("future",)
@@ -547,7 +553,7 @@ def local_headers(ex: Exchange) -> list[tuple[str, str]]:
 # source proxy reads that header from the destination proxy as the reason it could not reach
 # the pod (a connect failure, a reset, a timeout: mesh.proxy.upstream_raw), and a workload must
 # not be able to make its own 5xx look like one (retried as if never delivered).
-_POD_REASON = Edits(HeaderEdit(remove=["X-Simmesh-Reason"]))
+_POD_REASON: Final = Edits(HeaderEdit(remove=["X-Simmesh-Reason"]))
 
 
 def response_edits(ex: Exchange) -> tuple[Edits, ...]:
@@ -594,7 +600,7 @@ class Forwarder:
         """The core's verdict on ``snapshot`` (the config the request started on); a denied
         request comes back answered (``ex.status`` set), an allowed one with its lifecycle,
         not started yet."""
-        now = time.monotonic()
+        now = _clock()
         ex = Exchange(self, snapshot, inbound, now)
         if inbound.tunnel is not None:
             return self._decide_tunneled(ex, snapshot, now)
@@ -717,7 +723,7 @@ class Forwarder:
         names the answer (502/504), which the front end sends instead."""
         life = ex.life
         assert life is not None
-        command = life.handle(Delivered(failure, detail, started=False), time.monotonic())
+        command = life.handle(Delivered(failure, detail, started=False), _clock())
         assert isinstance(command, Answer)
         self.metrics.failure(ex.service, failure.value)
         ex.answer(command.status, command.reason, command.detail)
@@ -735,17 +741,18 @@ class Forwarder:
         if ex.finished:
             return
         ex.finished = True
+        now = _clock()
         life = ex.life
         if life is not None and not life.done:
             # Nothing delivered (the client left, or the proxy failed before a response):
             # the attempt ends neutral, not the upstream's fault.
             if not client_gone and life.state is State.DELIVERING:
-                life.delivered(time.monotonic(), failure)
+                life.delivered(now, failure)
             else:
-                life.abandoned(time.monotonic())
+                life.abandoned(now)
         if failure is not None:
             self.metrics.failure(ex.service, failure.value)
-        elapsed = time.monotonic() - ex.started
+        elapsed = now - ex.started
         service = ex.service
         code = 499 if client_gone else status
         inbound = ex.inbound
@@ -810,23 +817,23 @@ async def connect_with(
     while True:
         if isinstance(command, Wait):
             await asyncio.sleep(command.delay)
-            command = life.resume(time.monotonic())
+            command = life.resume(_clock())
             continue
         if not isinstance(command, Send):  # the decision's own answer: never attempted
             raise UpstreamError(Failure.CONNECT, life.answer.detail if life.answer else "")
         try:
             return await connect(command.endpoint)
         except UpstreamLimit:
-            life.handle(Abandoned(), time.monotonic())  # the proxy's limit: not the endpoint's
+            life.handle(Abandoned(), _clock())  # the proxy's limit: not the endpoint's
             raise
         except UpstreamError as exc:
-            command = life.handle(Failed(exc.failure, exc.detail), time.monotonic())
+            command = life.handle(Failed(exc.failure, exc.detail), _clock())
             if on_failure is not None:
                 on_failure(exc)
             if isinstance(command, Answer):
                 raise
         except BaseException:
-            life.handle(Abandoned(), time.monotonic())
+            life.handle(Abandoned(), _clock())
             raise
 
 
@@ -841,7 +848,7 @@ async def connect_flow(
     """Connect a TCP or UDP flow to the decided endpoint, retrying connect failures where the
     core says. Returns the connection and its lifecycle, which the caller ends with
     ``Delivered`` (or ``Abandoned``) when the flow is over; raises the last UpstreamError."""
-    life = Lifecycle(engine, decision, method="", replayable=False, rng=rng, now=time.monotonic())
+    life = Lifecycle(engine, decision, method="", replayable=False, rng=rng, now=_clock())
     connection = await connect_with(life, connect, on_failure=on_failure)
-    life.handle(Responded(None), time.monotonic())
+    life.handle(Responded(None), _clock())
     return connection, life

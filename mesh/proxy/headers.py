@@ -13,16 +13,19 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from http import HTTPStatus
+from typing import Final
 
 from mesh.core.gamma import Edits
 from mesh.core.request import HOP_BY_HOP, PROXY_SET, Request
 from mesh.proxy.body import Body
 
 Items = Iterable[tuple[str, str]]
-_NOT_FORWARDED = PROXY_SET | {"content-length"}  # set here, or this hop's framing
-NO_BODY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # no Content-Length: 0
-_HOP_BY_HOP = frozenset(name.encode() for name in HOP_BY_HOP)
-_STATUS_LINES: dict[tuple[int, bytes | None], bytes] = {}
+# Final: a compiled module reads these as C statics, not from its globals dict per use.
+_NOT_FORWARDED: Final = PROXY_SET | {"content-length"}  # set here, or this hop's framing
+NO_BODY_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # no Content-Length: 0
+_HOP_BY_HOP: Final = frozenset(name.encode() for name in HOP_BY_HOP)
+_HOP_LENGTHS: Final = frozenset(len(name) for name in HOP_BY_HOP)  # other names: no lower()
+_STATUS_LINES: Final[dict[tuple[int, bytes | None], bytes]] = {}
 
 
 def connection_tokens(items: Items) -> frozenset[str]:
@@ -84,27 +87,40 @@ class Outgoing:
         framing; and whether the body is streamed after the head."""
         request = self.request
         present = request.headers  # lower-case names, less hop-by-hop and proxy-set ones
-        if request.replaced or "content-length" in present:
-            lines = [f"{n}: {v}" for n, v in request.items if n.lower() not in _NOT_FORWARDED]
-        else:
-            lines = [f"{n}: {v}" for n, v in request.items]
+        # One list of pieces joined once (not a string per line, then the lines joined);
+        # appended one by one (compiled, a native append; += of a tuple is a generic call).
+        parts = [method, " ", path, " HTTP/1.1\r\n"]
         if "host" not in present:
-            lines.insert(0, f"Host: {request.host}")
+            parts.append("Host: ")
+            parts.append(request.host)
+            parts.append("\r\n")
+        strip = bool(request.replaced) or "content-length" in present
+        for name, value in request.items:
+            if not strip or name.lower() not in _NOT_FORWARDED:
+                parts.append(name)
+                parts.append(": ")
+                parts.append(value)
+                parts.append("\r\n")
         forwarded_for = request.replaced.get("x-forwarded-for")
-        xff = f"{forwarded_for}, {self.peer}" if forwarded_for else self.peer
-        lines.append(
-            f"X-Forwarded-For: {xff}\r\nX-Forwarded-Proto: {self.proto}\r\n"
-            f"X-Forwarded-Host: {request.forwarded_host}\r\ntraceparent: {self.traceparent}"
-        )
+        parts.append("X-Forwarded-For: ")
+        parts.append(f"{forwarded_for}, {self.peer}" if forwarded_for else self.peer)
+        parts.append("\r\nX-Forwarded-Proto: ")
+        parts.append(self.proto)
+        parts.append("\r\nX-Forwarded-Host: ")
+        parts.append(request.forwarded_host)
+        parts.append("\r\ntraceparent: ")
+        parts.append(self.traceparent)
+        parts.append("\r\n")
         framing, stream = body_framing(method, body, "content-length" in present)
         if framing:
-            lines.append(framing)
+            parts.append(framing)
+            parts.append("\r\n")
+        parts.append("\r\n")
         # No line break can be in a value, nor whitespace in the method or target: llhttp
         # (HTTP/1.1) and h2 refuse line breaks, the core (parse_request) and the h2c front
         # end a method that is no token and whitespace in the target (request_head checks
         # other callers' heads).
-        text = f"{method} {path} HTTP/1.1\r\n" + "\r\n".join(lines) + "\r\n\r\n"
-        return text.encode("utf-8", "surrogateescape"), stream
+        return "".join(parts).encode("utf-8", "surrogateescape"), stream
 
 
 def body_framing(method: str, body: Body, had_length: bool) -> tuple[str, bool]:
@@ -145,22 +161,31 @@ def status_line(status: int, reason: bytes | None = None) -> bytes:
     return line
 
 
-def head_block(pairs: list[tuple[bytes, bytes]]) -> bytes:
+def head_block(pairs: list[tuple[bytes, bytes]], first: bytes = b"") -> bytes:
     """HTTP/1.1 header lines from an HTTP/1.1 upstream's (name, value) bytes, less hop-by-hop
-    ones and the names ``Connection`` lists: the bytes go back out as they came."""
-    lines = []
+    ones and the names ``Connection`` lists: the bytes go back out as they came (after
+    ``first``, e.g. the status line)."""
+    parts = [first]  # joined once (not a line formatted per header)
     listed: set[bytes] | None = None
     for name, value in pairs:
-        low = name.lower()
-        if low in _HOP_BY_HOP:
-            if low == b"connection":
-                tokens = {t.strip().lower() for t in value.split(b",")}
-                listed = tokens if listed is None else listed | tokens
-            continue
-        lines.append(b"%b: %b\r\n" % (name, value))
+        if len(name) in _HOP_LENGTHS:
+            low = name.lower()
+            if low in _HOP_BY_HOP:
+                if low == b"connection":
+                    tokens = {t.strip().lower() for t in value.split(b",")}
+                    listed = tokens if listed is None else listed | tokens
+                continue
+        parts.append(name)
+        parts.append(b": ")
+        parts.append(value)
+        parts.append(b"\r\n")
     if listed:
-        lines = [line for line in lines if line.split(b":", 1)[0].lower() not in listed]
-    return b"".join(lines)
+        parts = [first]
+        for name, value in pairs:
+            low = name.lower()
+            if low not in _HOP_BY_HOP and low not in listed:
+                parts += (name, b": ", value, b"\r\n")
+    return b"".join(parts)
 
 
 def response_head_lines(items: Items) -> list[bytes]:

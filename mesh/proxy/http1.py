@@ -58,7 +58,7 @@ import socket
 from collections import deque
 from collections.abc import Callable
 from http import HTTPStatus
-from typing import cast
+from typing import Final, cast
 
 import httptools
 
@@ -68,6 +68,7 @@ from mesh.proxy.context import Context
 from mesh.proxy.forward import (
     Exchange,
     Forwarder,
+    Front,
     Inbound,
     local_headers,
     local_text,
@@ -79,16 +80,17 @@ from mesh.proxy.upstream import Response, UpstreamError
 
 log = logging.getLogger("simmesh.proxy")
 
-HIGH_WATER = 256 * 1024  # request body bytes buffered before reading from the client pauses
-LOW_WATER = 64 * 1024
-SMALL_RESPONSE = 64 * 1024  # responses up to this size go out in one write, head and body
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-PROBE_AFTER = 0.1  # a half-closed client's answer pending this long: is the client still there?
-_TCP_CLOSE = 7  # include/net/tcp_states.h
-_VERSIONS = frozenset({"1.0", "1.1"})
-_FRAMING_LENGTHS = frozenset({6, 14, 17})  # Expect, Content-Length, Transfer-Encoding
-_NO_BODY = frozenset({204, 304})
-LINGER = 2.0  # seconds an idle connection closed from this side still reads after its FIN
+# Final: compiled, these are C constants or statics, not a globals-dict lookup at each use.
+HIGH_WATER: Final = 256 * 1024  # request body bytes buffered before reading pauses
+LOW_WATER: Final = 64 * 1024
+SMALL_RESPONSE: Final = 64 * 1024  # responses up to this size go out in one write
+_CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+PROBE_AFTER: Final = 0.1  # a half-closed client's answer pending this long: still there?
+_TCP_CLOSE: Final = 7  # include/net/tcp_states.h
+_VERSIONS: Final = frozenset({"1.0", "1.1"})
+_FRAMING_LENGTHS: Final = frozenset({6, 7, 14, 17})  # Expect, Upgrade, Content-Length, T-E
+_NO_BODY: Final = frozenset({204, 304})
+LINGER: Final = 2.0  # seconds an idle connection closed from this side still reads after its FIN
 
 
 # What llhttp says when the bytes are not HTTP/1.x: no method where a request starts, or an
@@ -216,7 +218,7 @@ class H1Server:
         return len(self.connections)
 
 
-class H1Connection(asyncio.Protocol):
+class H1Connection(asyncio.Protocol, Front):
     """One client connection: see the module docstring for its states."""
 
     def __init__(self, server: H1Server) -> None:
@@ -243,6 +245,8 @@ class H1Connection(asyncio.Protocol):
         self._line = 0  # bytes of the header line in progress, when a head spans reads
         self._past_line = False  # the request line of the head in progress is complete
         self._completed = 0  # messages completed during the current read
+        self._read = b""  # the read being parsed, until a request starts in it (see _version)
+        self._head_read = b""  # the read the head in progress started, if at its beginning
         self._paused: set[str] = set()  # why reading is paused
         self._eof = False  # the client half-closed
         self._refused: bytes | None = None  # an answer to write, then close
@@ -312,6 +316,7 @@ class H1Connection(asyncio.Protocol):
 
     def _feed_once(self, data: bytes) -> bytes:
         """Parse ``data``; what is left to parse after an upgrade offer that is ignored."""
+        self._read = b"" if self._in_message else data
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -456,6 +461,7 @@ class H1Connection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._in_message = self._in_head = True
+        self._head_read, self._read = self._read, b""  # only the read's first request starts it
         self._url = []
         self._url_size = 0
         self._headers = []
@@ -482,16 +488,20 @@ class H1Connection(asyncio.Protocol):
         self._in_head = False
         if self._priming:  # the head _resume made up: the body is the current request's
             self._priming = False
+            self._head_read = b""
             return
         parser = self.parser
-        version = parser.get_http_version()
+        raw_method = parser.get_method()
+        at = len(raw_method) + self._url_size + 2  # METHOD SP target SP: where the version is
+        version = _version(self._head_read, at) or parser.get_http_version()
+        self._head_read = b""
         if version not in _VERSIONS:
             raise _Refuse(505, f"HTTP/{version} is not served here, only HTTP/1.0 and 1.1")
         url = self._url
         target = (url[0] if len(url) == 1 else b"".join(url)).decode("utf-8", "surrogateescape")
         headers = self._headers
         length: int | None = None
-        chunked = expect = False
+        chunked = expect = offered = False
         for name, value in headers:
             if len(name) in _FRAMING_LENGTHS:
                 low = name.lower()
@@ -501,6 +511,8 @@ class H1Connection(asyncio.Protocol):
                     chunked = True  # llhttp refuses any other final coding in a request
                 elif low == "expect":
                     expect = value.lower() == "100-continue"
+                elif low == "upgrade":
+                    offered = True
         if chunked or length:
             reader = self._receiving = BodyReader(self)
             body = Body(reader, length, chunked=chunked)
@@ -511,8 +523,9 @@ class H1Connection(asyncio.Protocol):
         authority = None
         if target[:1] != "/" and "://" in target:
             authority, target = request_target(target)
-        method = parser.get_method().decode("latin-1")
-        upgrade = parser.should_upgrade()
+        method = raw_method.decode("latin-1")
+        # llhttp stops at an upgrade only when an Upgrade header was sent, or for CONNECT
+        upgrade = (offered or method == "CONNECT") and parser.should_upgrade()
         if upgrade:  # llhttp stops after this request: switch protocols, or go on reading?
             upgrade = self._switching = method == "CONNECT" or websocket_upgrade(headers)
             if not upgrade:
@@ -811,7 +824,7 @@ class H1Connection(asyncio.Protocol):
         if data is None:  # more to come: relayed as it arrives
             self._task = self._loop.create_task(self._relay(ex, request))
             return
-        self.write(self._response_head(upstream, request, ex, chunked=False) + data)
+        self.write(self._response_head(upstream, request, ex, chunked=False, body=data))
         upstream.release()
         ex.fw.complete(ex, status=status, sent=len(data))  # type: ignore[union-attr]
         self._finish(request)
@@ -945,8 +958,15 @@ class H1Connection(asyncio.Protocol):
         fw.complete(ex, status=status, sent=sent)
 
     def _response_head(
-        self, upstream: Response, request: _Request, ex: Exchange, *, chunked: bool
+        self,
+        upstream: Response,
+        request: _Request,
+        ex: Exchange,
+        *,
+        chunked: bool,
+        body: bytes = b"",
     ) -> bytes:
+        """The head for the client (and ``body`` after it: one join, one copy)."""
         edits = response_edits(ex)
         if edits:
             head = edited_head(upstream.status, upstream.header_items(), edits)
@@ -954,8 +974,22 @@ class H1Connection(asyncio.Protocol):
             head = upstream.http1_head()
         connection = self._connection_header(request)
         if chunked:
-            return b"%bTransfer-Encoding: chunked\r\n%b\r\n" % (head, connection)
-        return b"%b%b\r\n" % (head, connection)
+            return b"".join((head, b"Transfer-Encoding: chunked\r\n", connection, b"\r\n"))
+        return b"".join((head, connection, b"\r\n", body))
+
+
+def _version(read: bytes, at: int) -> str | None:
+    """The HTTP version of the request line that ``read`` begins with, when it is 1.1 or 1.0
+    (llhttp checked the line; ``at``: where the version starts if the line is as sent by the
+    book, one space apart); None: ask the parser (httptools formats a new string each time).
+    Nine bytes ending in CR can only be the line's end: a CR is nowhere else in it, so a line
+    spaced otherwise, or bytes before it, never match."""
+    tail = read[at : at + 9]
+    if tail == b"HTTP/1.1\r":
+        return "1.1"
+    if tail == b"HTTP/1.0\r":
+        return "1.0"
+    return None
 
 
 def _framing(chunked: bool, length: int | None) -> bytes:

@@ -12,6 +12,10 @@ body that is already complete, so a small response is relayed without waiting fo
 :meth:`Upstream.send` is the same as a coroutine (for tests and simple callers). Clients
 written as coroutines (``https`` through aiohttp, ``h2c``) get ``start`` from
 :class:`TaskUpstream`: the attempt runs as a task and reports to the handler.
+
+:class:`Response` and :class:`Handler` are mypyc traits, not Protocols: their implementations
+name them as bases, and a compiled caller reaches their methods and attributes natively (a
+Protocol-typed value is called by name, as Python would), once or more per request.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import ssl
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol, final
 
-from mypy_extensions import mypyc_attr
+from mypy_extensions import mypyc_attr, trait
 
 from mesh.core.policies import Failure
 from mesh.proxy.body import Body
@@ -35,39 +39,48 @@ class UpstreamError(Exception):
         self.detail = detail
 
 
-class Response(Protocol):
+@trait
+class Response:
+    """An upstream's response (each implementation also has ``reason``, the status line's
+    phrase as text)."""
+
     status: int
     content_length: int | None
 
-    @property
-    def reason(self) -> str: ...
-
-    def header_items(self) -> Iterable[tuple[str, str]]: ...
+    def header_items(self) -> Iterable[tuple[str, str]]:
+        raise NotImplementedError
 
     def http1_head(self) -> bytes:
         """The status line and the header lines for an HTTP/1.1 client, hop-by-hop headers
         left out (the client's framing and Connection header follow)."""
-        ...
+        raise NotImplementedError
 
-    def trailers(self) -> list[tuple[str, str]] | None: ...
+    def trailers(self) -> list[tuple[str, str]] | None:
+        raise NotImplementedError
 
     def whole(self) -> bytes | None:
         """The complete body if it is already here (then it is taken), else None."""
-        ...
+        raise NotImplementedError
 
-    async def read(self) -> bytes: ...
+    async def read(self) -> bytes:
+        raise NotImplementedError
 
-    def release(self) -> None: ...
+    def release(self) -> None:
+        raise NotImplementedError
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        raise NotImplementedError
 
 
-class Handler(Protocol):
+@trait
+class Handler:
     """Who is told how an attempt went (the request driver)."""
 
-    def responded(self, response: Response) -> None: ...
+    def responded(self, response: Response) -> None:
+        raise NotImplementedError
 
-    def failed(self, error: UpstreamError) -> None: ...
+    def failed(self, error: UpstreamError) -> None:
+        raise NotImplementedError
 
 
 class Call(Protocol):
@@ -211,7 +224,7 @@ class CallbackUpstream:
             raise
 
 
-class Waiter:
+class Waiter(Handler):
     """A :class:`Handler` that a coroutine awaits (``Upstream.send`` over ``start``)."""
 
     __slots__ = ("future",)

@@ -174,7 +174,7 @@ class H2ClientProtocol(H2Protocol):
             self.transport.close()  # its slot goes to whoever waits for one
 
 
-class H2Response:
+class H2Response(Response):
     __slots__ = ("_conn", "_headers", "_stream", "_timeout", "content_length", "reason", "status")
 
     def __init__(

@@ -49,7 +49,7 @@ def client_ssl_context(ca_file: str | None) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=ca_file)
 
 
-class HttpResponse:
+class HttpResponse(Response):
     __slots__ = ("_resp", "_slot", "content_length", "reason", "status")
 
     def __init__(self, resp: aiohttp.ClientResponse, slot: Slot) -> None:

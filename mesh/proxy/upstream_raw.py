@@ -44,7 +44,7 @@ import contextlib
 import socket
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
-from typing import cast
+from typing import Final, cast
 
 import httptools
 
@@ -65,8 +65,8 @@ from mesh.proxy.upstream import (
 )
 
 Key = tuple[str, int, str]  # ip, port; for a tunnel, its pool (identities), else ""
-HIGH_WATER = 256 * 1024  # response bytes queued before reading from the upstream pauses
-_FRAMING = frozenset({"content-length", "transfer-encoding"})
+HIGH_WATER: Final = 256 * 1024  # response bytes queued before reading from the upstream pauses
+_FRAMING: Final = frozenset({"content-length", "transfer-encoding"})
 
 
 def _stop(handle: asyncio.TimerHandle | None) -> None:
@@ -449,7 +449,7 @@ class _Conn(asyncio.Protocol):
             self._abort()
 
 
-class RawResponse:
+class RawResponse(Response):
     __slots__ = ("_conn", "_headers", "_reason", "content_length", "status")
 
     def __init__(self, conn: _Conn) -> None:
@@ -470,7 +470,7 @@ class RawResponse:
         ]
 
     def http1_head(self) -> bytes:
-        return status_line(self.status, self._reason) + head_block(self._headers)
+        return head_block(self._headers, status_line(self.status, self._reason))
 
     def trailers(self) -> list[tuple[str, str]] | None:
         return None
