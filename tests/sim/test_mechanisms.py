@@ -146,6 +146,18 @@ def test_a_capacity_slot_is_held_until_the_app_wakes_from_the_sleep(tmp_path: Pa
     assert busy["requests"]["finished"] / 60 == pytest.approx(1 / 0.015, rel=0.05)
 
 
+def test_a_loop_asleep_for_less_than_the_probes_sleep_pays_a_wake_up_in_proportion() -> None:
+    # Wake-ups are measured after 2 ms sleeps: a loop idle for 0.5 ms between visits is
+    # descheduled a quarter as often, one idle for 4 ms every time.
+    resources = Resources(replace(Profile(), wakeup=0.001), ("node-a",))
+    for gap, share in ((0.0005, 0.25), (0.001, 0.5), (0.004, 1.0)):
+        loop, at, late, n = Loop(), 0.0, 0, 20_000
+        for _ in range(n):
+            at = loop.awake + gap
+            late += resources._visit(loop, at, 0.0001) > at + 0.0001 + 1e-12
+        assert late / n == pytest.approx(share, abs=0.015)
+
+
 def test_the_wake_up_table_reaches_the_tail_of_a_measured_distribution() -> None:
     # A stall of 200 ms one wake-up in 10,000 (p99.99): the table resolves it (a 512-entry
     # table stopped at about p99.9 and never drew it).
