@@ -134,7 +134,7 @@ def test_a_capacity_slot_is_held_until_the_app_wakes_from_the_sleep(tmp_path: Pa
     # verify): a simulator that ignores it for the slot sees no overload at all.
     quiet, _ = run(tmp_path / "a", workload={"latency": 0.01, "capacity": 1}, traffic={"rate": 80})
     (tmp_path / "b").mkdir()
-    busy, sim = run(
+    busy, _ = run(
         tmp_path / "b",
         profile={"wakeup": 0.005},
         workload={"latency": 0.01, "capacity": 1},
