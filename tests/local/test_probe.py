@@ -72,7 +72,6 @@ def test_verify_describes_the_load_in_a_few_words() -> None:
         "steal": 0.0018,
     }
     assert describe_load(load) == (
-        "load average 3.54 -> 10.09, CPU pressure 96%, 8.05 runnable tasks on 2 CPUs, "
-        "steal 0.2%"
+        "load average 3.54 -> 10.09, CPU pressure 96%, 8.05 runnable tasks on 2 CPUs, steal 0.2%"
     )
     assert describe_load({}) == ""
