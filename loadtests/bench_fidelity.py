@@ -10,9 +10,15 @@ during the run, compared. The scale keeps each real run under a few minutes on a
 machine; retry-storm runs at full length: shorter, its metastable storm starts in one run and
 not in the other, depending on the machine's noise.
 Writes one table row per service and backend (simulated / real and the error), the SLO
-verdicts of both runs, the exit code, and a plot of simulated against real p50 and p99 for
-every row (out/bench/fidelity/fidelity.png); each scenario's own report is in
+verdicts of both runs, the exit code, the machine's load during each real run (the probe's:
+load average, CPU pressure, runnable tasks), and a plot of simulated against real p50 and p99
+for every row (out/bench/fidelity/fidelity.png); each scenario's own report is in
 out/bench/fidelity/NAME/report.html.
+
+A scenario run at full length (scale 1) is also simulated with ``--seeds`` (SEEDS seeds, the
+wake-ups measured during its real run; ``simmesh sim --seeds``): the spread of its success
+across seeds says how far one real run can be from one simulated seed. For a metastable
+scenario (retry-storm) it is wide: whether and when the storm starts is random.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import yaml
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -43,6 +50,7 @@ SCALES = {
     "retry-storm": 1.0,
 }
 EXITS = {0: "ok", 1: "SLO failed", 3: "outside tolerance", 4: "run failed"}
+SEEDS = 20
 
 
 def run(name: str, scale: float, out: Path) -> tuple[int, dict[str, Any] | None, float]:
@@ -75,6 +83,53 @@ def reused(name: str, out: Path) -> tuple[int, dict[str, Any] | None, float]:
     comparison = document["comparison"]
     code = 0 if all(comparison["slosOk"].values()) else 1
     return (3 if not comparison["withinTolerance"] else code), document, 0.0
+
+
+def seeds(name: str, out: Path, count: int = SEEDS) -> list[float] | None:
+    """Success of the scenario simulated with ``count`` seeds and the wake-ups its real run
+    measured (through the CLI, as a user would), or None without a real run."""
+    probed = out / name / "real" / "wakeup.json"
+    if not probed.exists():
+        return None
+    profile = yaml.safe_load((ROOT / "sim" / "profiles" / "local.yaml").read_text())
+    profile["wakeup"] = json.loads(probed.read_text())["wakeup"]
+    path = out / name / "measured-profile.yaml"
+    path.write_text(yaml.safe_dump(profile, sort_keys=False))
+    command = [
+        sys.executable, "-m", "mesh.cli", "sim", str(ROOT / "scenarios" / name),
+        "--seeds", str(count), "--seed", "1", "--profile", str(path),
+        "--out", str(out / name / "seeds"), "--quiet",
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=3600)
+    sweep = out / name / "seeds" / "sweep.json"
+    if done.returncode not in (0, 1) or not sweep.exists():
+        return None
+    runs = json.loads(sweep.read_text())["points"][0]["runs"]
+    return sorted(float(r["successRate"]) for r in runs)
+
+
+def band(name: str, document: dict[str, Any] | None, values: list[float] | None) -> str:
+    if document is None or not values:
+        return f"| {name} | - | - | - | - |"
+    real = float(document["real"]["overall"]["successRate"])
+    below = sum(1 for v in values if v < real)
+    median = values[len(values) // 2]
+    return (
+        f"| {name} | {len(values)} | {values[0] * 100:.1f} / {median * 100:.1f} / "
+        f"{values[-1] * 100:.1f} | {real * 100:.1f} | {below} of {len(values)} |"
+    )
+
+
+def load_text(document: dict[str, Any] | None) -> str:
+    load = (document or {}).get("load") or {}
+    if not load:
+        return "-"
+    text = "{:g} -> {:g}".format(*load["loadavg"]) if "loadavg" in load else ""
+    if "pressureSome" in load:
+        text += f", {load['pressureSome'] * 100:.0f}%"
+    if "runnable" in load:
+        text += f", {load['runnable']:g}"
+    return text
 
 
 def _ms(value: float | None) -> str:
@@ -184,7 +239,16 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     slos = ["| scenario | SLOs simulated | SLOs real | verdicts agree |", "|---|---|---|---|"]
-    summary = ["| scenario | scale | exit | wall s | isolation |", "|---|---:|---|---:|---|"]
+    summary = [
+        "| scenario | scale | exit | wall s | isolation | load: average start -> end, CPU "
+        "pressure, runnable tasks |",
+        "|---|---:|---|---:|---|---|",
+    ]
+    bands = [
+        "| scenario | seeds | success % over seeds: min / median / max | real success % | "
+        "seeds below the real run |",
+        "|---|---:|---:|---:|---:|",
+    ]
     results: dict[str, dict[str, Any] | None] = {}
     for i, name in enumerate(names, 1):
         scale = args.scale or SCALES.get(name, 0.25)
@@ -200,8 +264,11 @@ def main(argv: list[str] | None = None) -> int:
         isolation = document["isolation"] if document else "-"
         shown = f"{wall:.0f}" if wall else "-"
         summary.append(
-            f"| {name} | {scale:g} | {code} ({EXITS.get(code, '?')}) | {shown} | {isolation} |"
+            f"| {name} | {scale:g} | {code} ({EXITS.get(code, '?')}) | {shown} | {isolation} "
+            f"| {load_text(document)} |"
         )
+        if scale == 1 and document is not None:
+            bands.append(band(name, document, seeds(name, out)))
         print(f"      exit {code} ({EXITS.get(code, '?')}), {wall:.0f} s", file=sys.stderr)
     plot(results, out / "fidelity.png")
     command = "python -m loadtests.bench_fidelity " + " ".join(
@@ -221,13 +288,21 @@ def main(argv: list[str] | None = None) -> int:
             "compared. Errors are simulated - real, relative to real for latencies; **bold** "
             "is outside the tolerance (2 points of success, 25% of p50 and p99), (brackets): "
             "too few requests to judge. Plot: out/bench/fidelity/fidelity.png; reports: "
-            "out/bench/fidelity/NAME/report.html.",
+            "out/bench/fidelity/NAME/report.html. Load: the probe's record of the machine "
+            "during each real run (load average at its start and end, the share of the run "
+            "in which some task waited for a CPU, the mean number of runnable tasks besides "
+            "the probe).",
             "",
             *summary,
             "",
             *table,
             "",
             *slos,
+            "",
+            f"Scenarios at full length simulated again with {SEEDS} seeds (1..{SEEDS}) and the "
+            "wake-ups of their real run (`simmesh sim --seeds`): one real run is one draw.",
+            "",
+            *bands,
         ]
     )
     print(text)

@@ -309,15 +309,18 @@ class Simulation:
         if self.timer:  # the app's sleep ends on its event loop's next timer tick
             service = math.ceil(service / self.timer - 1e-9) * self.timer
         finish = begin + service
+        # The app's loop must wake to run the request's task when its sleep ends: the slot
+        # is freed then (the task leaves its capacity gate), and it writes the answer (not
+        # queued on its loop: that visit lies in the future, and Lindley's recursion takes
+        # work in the order it arrives). On a busy machine the wake-up holds the slot longer.
+        wakes = resources.wakes
+        wake = wakes[int(resources.random() * 8192)] if wakes else 0.0
+        finish += wake
         if slots is not None:
             heapq.heapreplace(slots, finish)
         elif contention:
             heapq.heappush(pod.in_service, finish)
-        # The app wakes and writes the answer (not queued on its loop: that visit lies in
-        # the future, and Lindley's recursion takes work in the order it arrives).
-        wakes = resources.wakes
-        wake = wakes[int(resources.random() * 512)] if wakes else 0.0
-        back = finish + resources.half_app + wake + hop + self.proxy_latency
+        back = finish + resources.half_app + hop + self.proxy_latency
         if pool is not None:  # the destination's proxy, the tunnel back, the source's
             assert peer is not None
             back += (

@@ -6,7 +6,8 @@ A :class:`Loop` is such a server, first come first served, computed with Lindley
 (a piece of work starts when it arrives or when the previous one ends, whichever is later), so
 a visit costs O(1) and no simulation event: the time a piece of work is done is known as soon
 as it is queued. Work that finds its loop asleep first waits for the process to be woken and
-get a core (the profile's wake-up distribution, sampled from a table of its quantiles).
+get a core (the profile's wake-up distribution, sampled from a table of its quantiles, measured
+after 2 ms sleeps: a loop asleep for less pays one in proportion, see Resources._visit).
 
 Work is queued in the order the simulator reaches it, which is the order of simulated time,
 except that a request's next steps (the client's send, the hop to the proxy, the proxy's
@@ -50,6 +51,8 @@ from mesh.core.distributions import sampler
 from sim.profile import Profile
 
 __all__ = ["Loop", "Network", "Resources"]
+
+SLEPT = 0.002  # seconds asleep before each wake-up the profile's distribution was measured on
 
 
 class Loop:
@@ -126,7 +129,10 @@ class Resources:
         "wakes",
     )
 
-    WAKES = 512  # quantiles of the wake-up distribution kept for sampling (see _visit)
+    # Quantiles of the wake-up distribution kept for sampling (see _visit): enough that the
+    # table reaches p99.99, where a run's stalls are (a process not scheduled for 100 ms is one
+    # wake-up in tens of thousands, and one such stall can start a retry storm).
+    WAKES = 8192
 
     def __init__(self, profile: Profile, nodes: tuple[str, ...], *, seed: int = 1) -> None:
         self.profile = profile
@@ -152,12 +158,23 @@ class Resources:
 
     def _visit(self, loop: Loop, at: float, work: float) -> float:
         """Loop.visit with a wake-up sample drawn only when the loop is asleep (this runs
-        several times per request: it is kept to plain attribute work)."""
+        several times per request: it is kept to plain attribute work).
+
+        The wake-up distribution is measured after sleeps of :data:`SLEPT` (the probe's and
+        the calibration's 2 ms). A loop asleep for a shorter ``gap`` pays a wake-up with
+        probability ``gap / SLEPT``: its core is given to another task while it sleeps the
+        less often the shorter it sleeps (a loop visited 1,000 times a second is not
+        descheduled between every two visits). One draw decides both whether and which."""
         free = loop.free
         if at > free:
             if at > loop.awake and self.wakes:
-                at += self.wakes[int(self.random() * 512)]
-                loop.free = at  # not running yet: whatever arrives meanwhile waits too
+                gap = at - loop.awake
+                u = self.random()
+                if gap < SLEPT:
+                    u = u * SLEPT / gap  # uniform in [0, 1) when it is below 1
+                if u < 1.0:
+                    at += self.wakes[int(u * 8192)]
+                    loop.free = at  # not running yet: whatever arrives meanwhile waits too
             done = at + work
         else:
             done = free + work
@@ -218,9 +235,31 @@ class Resources:
 
 
 def _quantiles(spec: object, count: int, rng: random.Random) -> list[float]:
-    """``count`` evenly spaced quantiles of a latency spec ([] when it is always 0)."""
+    """``count`` evenly spaced quantiles of a latency spec ([] when it is always 0): exact for
+    an empirical spec (its own interpolation at the middle of each ``1/count`` of the
+    probability), estimated from ``16 * count`` samples otherwise."""
     sample, mean = sampler(spec)
     if mean == 0:
         return []
+    if isinstance(spec, dict) and spec.get("dist") == "empirical":
+        return [sample(_At((2 * i + 1) / (2 * count))) for i in range(count)]
     values = sorted(sample(rng) for _ in range(count * 16))
     return [values[(2 * i + 1) * len(values) // (2 * count)] for i in range(count)]
+
+
+class _At:
+    """A "random" source that always draws ``u``: an empirical spec's quantile function."""
+
+    __slots__ = ("u",)
+
+    def __init__(self, u: float) -> None:
+        self.u = u
+
+    def random(self) -> float:
+        return self.u
+
+    def expovariate(self, lambd: float, /) -> float:
+        raise NotImplementedError
+
+    def gauss(self, mu: float = 0.0, sigma: float = 1.0) -> float:
+        raise NotImplementedError

@@ -8,7 +8,9 @@
    duration, and a probe measuring how contended the machine's CPUs are meanwhile
    (``out/verify/NAME/real/``: logs, access logs, Locust's CSV, run.json);
 4. simulate it again with the wake-up delays the probe measured (``sim/``): this machine is
-   shared, and other work comes and goes; ``--no-probe`` keeps the prediction instead;
+   shared, and other work comes and goes; ``--no-probe`` keeps the prediction instead. The
+   probe's record of the machine's load (load average, CPU pressure, runnable tasks) is
+   printed and kept in ``results.json`` (``load``);
 5. turn the real measurements into the simulator's result format and judge the same SLOs on
    them with the same code (collect.py), with its own reports in ``real/``;
 6. print both side by side (compare.py) and write ``results.json`` (prediction, simulated,
@@ -96,13 +98,21 @@ def run(args: argparse.Namespace) -> int:
         return 4
     simulated = prediction
     measured = out / "real" / "wakeup.json"
+    load: dict[str, Any] = {}
     if args.probe and measured.exists():
-        wakeup = json.loads(measured.read_text())["wakeup"]
+        probed = json.loads(measured.read_text())
+        wakeup = probed["wakeup"]
+        load = probed.get("load") or {}
         scenario.profile = replace(scenario.profile, wakeup=wakeup)
         points = wakeup["percentiles"]
         print(
             "CPU wake-up delays during the run: "
-            + ", ".join(f"p{q} {points[q] * 1000:.2f} ms" for q in ("50", "99", "99.9"))
+            + ", ".join(
+                f"p{q} {points[q] * 1000:.2f} ms"
+                for q in ("50", "99", "99.9", "99.99")
+                if q in points
+            )
+            + (f" ({describe_load(load)})" if load else "")
             + "; simulating again with them",
             file=sys.stderr,
         )
@@ -118,6 +128,8 @@ def run(args: argparse.Namespace) -> int:
     for note in real["run"]["realised"]:
         text += f"\nnote: {note}"
     text += "\n" + _prediction(prediction, real)
+    if load:
+        text += f"\nmachine during the real run: {describe_load(load)}"
     images = plot(simulated, real, out)
     document: dict[str, Any] = {
         "scenario": scenario.name,
@@ -125,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
         "isolation": isolation.kind,
         "isolationNotes": notes,
         "profile": _profile(scenario.profile),
+        "load": load,
         "prediction": prediction,
         "simulated": simulated,
         "real": real,
@@ -137,6 +150,20 @@ def run(args: argparse.Namespace) -> int:
     if not comparison["withinTolerance"]:
         return 3
     return 0 if all(comparison["slosOk"].values()) else 1
+
+
+def describe_load(load: dict[str, Any]) -> str:
+    """The machine's load during a real run (probe.py's ``load``), in a few words."""
+    parts = []
+    if "loadavg" in load:
+        parts.append("load average {:g} -> {:g}".format(*load["loadavg"]))
+    if "pressureSome" in load:
+        parts.append(f"CPU pressure {load['pressureSome'] * 100:.0f}%")
+    if "runnable" in load:
+        parts.append(f"{load['runnable']:g} runnable tasks on {load.get('cpus', '?')} CPUs")
+    if load.get("steal"):
+        parts.append(f"steal {load['steal'] * 100:.1f}%")
+    return ", ".join(parts)
 
 
 def _prediction(prediction: dict[str, Any], real: dict[str, Any]) -> str:
