@@ -29,7 +29,7 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from mesh.controller.controller import Controller, Published
-from mesh.core.netpol import POLICY_LABEL, differs, network_policies
+from mesh.core.netpol import POLICY_LABEL, SOURCE_ANNOTATION, differs, network_policies
 from mesh.core.topology import Topology
 
 log = logging.getLogger("simmesh.controller.netpol")
@@ -162,12 +162,12 @@ class NetworkPolicyWriter:
             networking = client.NetworkingV1Api(self.api)
             limit = asyncio.Semaphore(CONCURRENCY)
 
-            async def apply(key: tuple[str, str], doc: dict[str, Any]) -> bool:
+            async def apply(key: tuple[str, str], doc: dict[str, Any]) -> str:
                 namespace, name = key
                 current = existing.get(key)
                 async with limit:
                     if self.controller.parting:
-                        return True
+                        return "ok"
                     try:
                         if current is None:
                             body: Any = doc  # the client sends dicts as they are
@@ -186,19 +186,35 @@ class NetworkPolicyWriter:
                                 name, namespace, replaced, field_manager=FIELD_MANAGER
                             )
                         else:
-                            return True
+                            return "ok"
                     except ApiException as exc:
-                        if exc.status == 409:
-                            return True  # written meanwhile (a surge's other controller)
-                        log.warning(
-                            "NetworkPolicy %s/%s: write failed: %s", namespace, name, exc.reason
-                        )
-                        return False
+                        if exc.status == 409 and current is None:
+                            # a policy of that name without the mesh's label (someone else's,
+                            # never replaced), or one a surge's other controller just wrote
+                            # (listed, with its label, at the next resync)
+                            log.warning(
+                                "NetworkPolicy %s/%s exists without the label %s: not "
+                                "replaced, so Service %s has no policy of the mesh",
+                                namespace,
+                                name,
+                                POLICY_LABEL,
+                                doc["metadata"]["annotations"][SOURCE_ANNOTATION],
+                            )
+                            return "taken"  # tried again at the resync, not at every rebuild
+                        if exc.status != 409:  # (409 on replace: changed since listed)
+                            log.warning(
+                                "NetworkPolicy %s/%s: write failed: %s",
+                                namespace,
+                                name,
+                                exc.reason,
+                            )
+                        return "failed"  # tried again at the next rebuild or resync
                 self.writes += 1
-                return True
+                return "ok"
 
             results = await asyncio.gather(*(apply(k, d) for k, d in desired.items()))
-            failed = sum(1 for ok in results if not ok)
+            failed = results.count("failed")
+            self.failures += results.count("taken")
             stale = [existing[k] for k in sorted(existing.keys() - desired.keys())]
             if stale and not self.controller.parting:
                 failed_deletes = await delete_policies(self.api, stale)

@@ -19,7 +19,7 @@ allow policy for a scraper opens those pods to that scraper).
 
 This module is pure: the policies a topology wants (:func:`network_policies`), and whether one
 the cluster holds differs from it (:func:`differs`). The controller lists what exists
-(label ``simmesh.io/network-policy``), creates, patches and deletes.
+(label ``simmesh.io/network-policy``), creates, replaces and deletes.
 """
 
 from __future__ import annotations

@@ -72,6 +72,10 @@ def test_policies_follow_the_meshed_services(
         "spec": {"podSelector": {}, "policyTypes": ["Ingress"]},
     }
     apiserver.create(POLICIES.format(ns=NS), theirs)
+    # and one of theirs named like the mesh's for a Service: never replaced, the others go on
+    taken = {"metadata": {"name": "simmesh-taken"}, "spec": theirs["spec"]}
+    apiserver.create(POLICIES.format(ns=NS), taken)
+    service(apiserver, NS, "taken")
     extra = (
         "--network-policies",
         "--network-policy-owner",
@@ -107,6 +111,8 @@ def test_policies_follow_the_meshed_services(
         }
     ]
     assert policies(apiserver, OTHER) == {}
+    kept = apiserver.get(POLICIES.format(ns=NS) + "/simmesh-taken")
+    assert kept["spec"] == taken["spec"] and "labels" not in kept["metadata"], kept
 
     # A selector change alone (no change of the config) moves the policy to the new pods.
     apiserver.merge_patch(
@@ -142,7 +148,9 @@ def test_policies_follow_the_meshed_services(
     controllers()
     wait_for(lambda: policies(apiserver, NS) == {}, what="every policy of the mesh deleted")
     assert apiserver.get(POLICIES.format(ns=NS) + "/theirs")["metadata"]["name"] == "theirs"
+    assert apiserver.get(POLICIES.format(ns=NS) + "/simmesh-taken")["spec"] == taken["spec"]
     apiserver.delete(POLICIES.format(ns=NS) + "/theirs")
+    apiserver.delete(POLICIES.format(ns=NS) + "/simmesh-taken")
 
 
 def test_cleanup_deletes_the_mesh_policies_in_every_namespace(
