@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import msgspec
 
 from mesh.dns import check
 from mesh.identity import ca
@@ -240,6 +241,22 @@ async def test_ready_only_once_the_nodes_certificates_are_held_and_then_for_good
         assert not net.a.ready
         assert await until(lambda: net.a.ready, seconds=3.0)
         assert net.a.missing_certificates() == ["demo/client", "demo/local"]
+
+
+async def test_deployed_for_mtls_not_ready_on_a_config_without_it(tmp_path: Path) -> None:
+    """During the upgrade that turns mTLS on, a new proxy may first poll the previous
+    release's controller, whose config has mTLS off and so names no identity to wait for:
+    a proxy deployed for mTLS is not Ready on it (it would be published without
+    certificates), until a config with mTLS on and its certificates are there."""
+    async with two_nodes(tmp_path, certificate_wait=60.0, mtls_capable=True) as net:
+        settings = msgspec.structs.replace(net.config.settings, mtls=None)
+        assert await net.b.apply(
+            msgspec.structs.replace(net.config, settings=settings, version="mtls-off")
+        )
+        status, text = await readyz(net.b)
+        assert status == 503 and "waiting for a config with mTLS on" in text, text
+        assert await net.b.apply(net.config)  # back to the mTLS config: b holds demo/server
+        assert (await readyz(net.b))[0] == 200
 
 
 class _Source:
