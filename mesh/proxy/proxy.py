@@ -381,14 +381,13 @@ class Proxy:
                 kept = manager.get("held", {}).get(item["identity"], {})
                 item["renewAt"] = kept.get("renewAt")
                 item["secondsToRenewal"] = kept.get("secondsToRenewal")
-        holding = {item["identity"] for item in held["identities"]}
         return {
             "node": self.options.node,
             "version": snapshot.version if snapshot is not None else None,
             "mtls": mtls.mode if mtls is not None else "off",
             "trustDomain": mtls.trust_domain if mtls is not None else held["trustDomain"],
             "wanted": wanted,
-            "missing": [name for name in wanted if name not in holding],
+            "missing": self.missing_certificates(),
             "identities": held["identities"],
             "roots": held["roots"],
             "tunnels": dict(self.tls.open),
@@ -449,12 +448,14 @@ class Proxy:
 
     def missing_certificates(self) -> list[str]:
         """The identities of this node's pods (the applied config's ``settings.mtls.nodes``)
-        that the tunnels hold no certificate for; none with mTLS off."""
+        that the tunnels hold no certificate for, sorted; none with mTLS off (readiness and
+        ``/certificates`` both read it)."""
         snapshot = self.snapshot
         mtls = snapshot.config.settings.mtls if snapshot is not None else None
         if mtls is None:
             return []
-        return [name for name in mtls.nodes.get(self.options.node, ()) if not self.tls.holds(name)]
+        wanted = sorted(mtls.nodes.get(self.options.node, ()))
+        return [name for name in wanted if not self.tls.holds(name)]
 
     def _certificates_settled(self) -> bool:
         """Whether the certificates let this proxy be Ready. The controller publishes a Ready
