@@ -281,6 +281,22 @@ class Exchange(Handler):
         assert d is not None and headers is not None
         snapshot = self.snapshot
         https = any(shot.scheme == "https" for shot in d.mirrors)
+        hops: list[TunnelHop | UpstreamError | None] = []
+        tls = fw.tunnels
+        if tls is not None and snapshot is not None and snapshot.router.mtls != "off":
+            for shot in d.mirrors:
+                try:
+                    hops.append(
+                        tls.plan(
+                            snapshot.router,
+                            endpoint=shot.endpoint,
+                            source=self.source,
+                            cluster=shot.cluster.key,
+                            protocol=ALPN_H2 if shot.scheme == "h2c" else ALPN,
+                        )
+                    )
+                except UpstreamError as exc:  # strict: never across nodes in the clear
+                    hops.append(exc)
         fw.mirrors.send(
             d.mirrors,
             service=self.service,
@@ -293,6 +309,7 @@ class Exchange(Handler):
             server_name=snapshot.server_name(d.mirrors[0].cluster.service)
             if https and snapshot is not None
             else None,
+            hops=tuple(hops),
         )
 
     def _perform(self, command: Command | None) -> None:

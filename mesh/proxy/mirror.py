@@ -13,7 +13,14 @@ never longer than ``--upstream-timeout``. A request whose body is streamed (over
 slowing the main request to the mirror's pace. Each outcome is counted in
 ``simmesh_proxy_mirrors_total{service,result}``: ``sent`` (any answer), ``failed`` (connect
 error, reset, timeout), ``dropped`` (over the limit), ``streamed`` (not copied: a streamed
-body). Mirrors never touch the in-flight counts or circuit breakers of the endpoints they go to.
+body), ``refused`` (strict mTLS: the copy could not be tunnelled, so it was not sent in the
+clear). Mirrors never touch the in-flight counts or circuit breakers of the endpoints they go
+to.
+
+With mTLS on, a copy to a pod of another node travels like any request: through a tunnel to
+that node's proxy, with the caller's certificate (the caller ``hops`` plans for it, as the
+forwarder plans an attempt). Strict mode never sends one in the clear; permissive sends the
+copies it cannot tunnel in plaintext and counts them.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from mesh.core.routing import MirrorShot
 from mesh.proxy.body import Body
 from mesh.proxy.headers import Outgoing
 from mesh.proxy.metrics import Metrics
-from mesh.proxy.upstream import Upstream, UpstreamError, UpstreamRequest
+from mesh.proxy.upstream import TunnelHop, Upstream, UpstreamError, UpstreamRequest
 
 log = logging.getLogger("simmesh.proxy")
 
@@ -52,14 +59,21 @@ class Mirrors:
         body: Body,
         timeout: float,
         server_name: str | None,
+        hops: tuple[TunnelHop | UpstreamError | None, ...] = (),
     ) -> None:
-        """Send a copy to each shot's endpoint, without waiting for anything."""
-        for shot in shots:
+        """Send a copy to each shot's endpoint, without waiting for anything; ``hops``: per
+        shot, its tunnel to the endpoint's node (None: plaintext; UpstreamError: refused)."""
+        for index, shot in enumerate(shots):
             if not body.replayable:
                 self.metrics.count("mirrors", service, "streamed")
                 continue
             if len(self.tasks) >= self.limit:
                 self.metrics.count("mirrors", service, "dropped")
+                continue
+            hop = hops[index] if index < len(hops) else None
+            if isinstance(hop, UpstreamError):
+                self.metrics.count("mirrors", service, "refused")
+                log.debug("mirror to %s refused: %s", shot.endpoint.key, hop)
                 continue
             # An empty or buffered body is read afresh by every attempt: shared as it is.
             attempt = self._one(
@@ -72,6 +86,7 @@ class Mirrors:
                 body=body,
                 timeout=timeout,
                 server_name=server_name,
+                hop=hop,
             )
             task = asyncio.get_running_loop().create_task(attempt)
             self.tasks.add(task)
@@ -89,7 +104,10 @@ class Mirrors:
         body: Body,
         timeout: float,
         server_name: str | None,
+        hop: TunnelHop | None,
     ) -> None:
+        # through a tunnel, HTTP/1.1 to the node's proxy, which delivers with the scheme
+        # (h2c keeps its own pool: its tunnels carry HTTP/2)
         upstream = self.h2c if shot.scheme == "h2c" else self.http
         endpoint = shot.endpoint
         try:
@@ -106,6 +124,7 @@ class Mirrors:
                         body,
                         timeout,
                         server_name,
+                        hop,
                     )
                 )
                 try:

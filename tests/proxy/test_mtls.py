@@ -15,7 +15,7 @@ import aiohttp
 import msgspec
 
 from mesh.core.model import MtlsMode
-from tests.proxy.harness import metric, session
+from tests.proxy.harness import metric, session, until
 from tests.proxy.mtlsnet import (
     CLIENT_IP,
     FAR_IP,
@@ -295,3 +295,46 @@ async def test_a_proxy_deployed_for_mtls_keeps_its_tunnel_port_through_a_config_
             msgspec.structs.replace(net.config, settings=settings, version="mtls-off")
         )
         assert net.b.tunnel is None
+
+
+def _mirror_route() -> dict[str, Any]:
+    """GAMMA: requests to near copied to far (a pod of node-b)."""
+    mirror = {"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "far", "port": 80}}}
+    return {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": {"name": "copy-to-far", "namespace": "demo"},
+        "spec": {
+            "parentRefs": [{"group": "", "kind": "Service", "name": "near", "port": 80}],
+            "rules": [{"filters": [mirror], "backendRefs": [{"name": "near", "port": 80}]}],
+        },
+    }
+
+
+async def test_a_mirror_copy_to_another_node_goes_through_the_tunnel(tmp_path: Path) -> None:
+    """RequestMirror copies travel like requests: to a pod of another node over mutual TLS
+    (with the caller's certificate, authorised on it there), never in the clear; strict
+    mode refuses a copy it cannot tunnel and counts it, and the request still answers."""
+    async with two_nodes(tmp_path, tap=True, objects=[_mirror_route()]) as net:
+        status, headers, _ = await _get(net, "near.demo.mesh", "/mirrored-path")
+        assert status == 200 and headers["X-Backend"] == "near0"
+        assert await until(
+            lambda: (
+                metric(net.a, "simmesh_proxy_mirrors_total", service="demo/near", result="sent")
+                == 1
+            )
+        )
+        assert metric(net.a, "simmesh_proxy_tunnel_handshakes_total", side="client") == 1
+        assert metric(net.a, "simmesh_proxy_plaintext_requests_total", direction="sent") == 0
+        tap = net.extra["taps"][0]
+        assert tap.seen[:1] == b"\x16" and b"mirrored-path" not in tap.seen
+        # node-b delivered it, knowing the caller from its certificate
+        calls = dict(service="demo/far", source="demo/client", code="200")
+        assert metric(net.b, "simmesh_proxy_calls_total", **calls) == 1
+    async with two_nodes(tmp_path, held_a={}, objects=[_mirror_route()]) as net:
+        status, headers, _ = await _get(net, "near.demo.mesh")
+        assert status == 200 and headers["X-Backend"] == "near0"
+        refused = dict(service="demo/near", result="refused")
+        assert await until(lambda: metric(net.a, "simmesh_proxy_mirrors_total", **refused) == 1)
+        assert metric(net.a, "simmesh_proxy_plaintext_requests_total", direction="sent") == 0
+        assert metric(net.b, "simmesh_proxy_calls_total", service="demo/far") == 0
