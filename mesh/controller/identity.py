@@ -21,10 +21,13 @@ namespace, brought by the user or generated and stored there by the controller o
 The trust bundle is published in the ConfigMap ``simmesh-trust-bundle`` (``roots.pem``) of the
 mesh namespace, which the proxies read, and in a ClusterTrustBundle
 ``simmesh.io:workload:roots`` where the API server serves them (certificates.k8s.io/v1beta1).
-The ConfigMap's annotation ``simmesh.io/roots`` records which root signs and until when each
-retired one is trusted, so a restarted controller keeps the overlap. Replacing the Secret's
-root rotates: it is checked every ``check_interval`` seconds; the old root stays in the bundle
-for ``overlap`` (at least a certificate's lifetime), new certificates come from the new one.
+The ConfigMap's annotation ``simmesh.io/roots`` records which root signs, which signs next
+and from when, and until when each retired one is trusted, so a restarted controller keeps the
+overlap. Replacing the Secret's root rotates, in two steps (:mod:`mesh.identity.authority`): it
+is checked every ``check_interval`` seconds; a new root is first published beside the old one,
+which still signs for ``publish_delay`` (the proxies re-read the bundle meanwhile, so each
+trusts the new root before any presents a certificate of it); then the new root signs and the
+old one stays in the bundle for ``overlap`` (at least a certificate's lifetime).
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ TRUST_BUNDLE_NAME = "simmesh.io:workload:roots"  # a ClusterTrustBundle linked t
 POD_UID_ANNOTATION = "simmesh.io/pod-uid"
 EXTRA = "authentication.kubernetes.io/"
 SIGNING = "signing"
+SIGNS_FROM = "signs-from "  # + ISO time: the root announced to sign next
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +76,9 @@ class CaOptions:
     overlap: timedelta = timedelta(hours=48)
     secret: str = "simmesh-ca"
     check_interval: float = 30.0
+    # a new root is trusted this long before it signs (the proxies re-read the bundle every
+    # 30 s by default: at least twice that)
+    publish_delay: timedelta = timedelta(seconds=90)
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +196,9 @@ def bundle_record(authority: Authority, now: datetime) -> dict[str, str]:
     record = {authority.signer.fingerprint: SIGNING}
     for root in authority.prune(now).retired:
         record[ca.fingerprint(root.certificate)] = root.until.isoformat()
+    if authority.pending is not None:
+        pending = authority.pending
+        record[pending.signer.fingerprint] = SIGNS_FROM + pending.signs_from.isoformat()
     return record
 
 
@@ -196,7 +206,9 @@ def restore(
     authority: Authority, configmap: Mapping[str, Any] | None, *, now: datetime, overlap: timedelta
 ) -> Authority:
     """The retired roots a published bundle records; its signing root, when it is not the
-    current one, retired now (the Secret was replaced while no controller ran)."""
+    current one, retired now (the Secret was replaced while no controller ran, or while the
+    last one waited to sign with it: the old key is gone with the Secret, so the new root
+    signs at once; logged)."""
     if not configmap:
         return authority
     data = configmap.get("data") or {}
@@ -212,8 +224,20 @@ def restore(
     retired = []
     for certificate in certificates:
         mark = record.get(ca.fingerprint(certificate)) if isinstance(record, dict) else None
-        if ca.fingerprint(certificate) == authority.signer.fingerprint or not isinstance(mark, str):
+        if ca.fingerprint(certificate) == authority.signer.fingerprint:
+            if isinstance(mark, str) and mark.startswith(SIGNS_FROM):
+                due = _time(mark.removeprefix(SIGNS_FROM))
+                if due is not None and due > now:
+                    log.warning(
+                        "root %s was announced to sign from %s; signing with it now (the old "
+                        "key left the Secret): a proxy that has not read the bundle since may "
+                        "refuse its certificates until it does",
+                        authority.signer.fingerprint,
+                        due.isoformat(),
+                    )
             continue
+        if not isinstance(mark, str) or mark.startswith(SIGNS_FROM):
+            continue  # a root announced and never signing: the Secret went back
         until = now + overlap if mark == SIGNING else _time(mark)
         if until is not None:
             retired.append(RetiredRoot(certificate, until))
@@ -327,8 +351,9 @@ class KubeCA:
         return value
 
     async def check_rotation(self) -> None:
-        """A new root in the Secret signs from now on; the old one stays trusted for the
-        overlap. Prunes roots past their overlap and republishes when the bundle changed."""
+        """A new root in the Secret is trusted from now on and signs after the publish delay;
+        the old one then stays trusted for the overlap. Prunes roots past their overlap and
+        republishes when the bundle changed."""
         assert self.authority is not None
         now = _now()
         try:
@@ -341,16 +366,31 @@ class KubeCA:
                 self.authority.signer.fingerprint,
             )
             signer = self.authority.signer
-        if signer.fingerprint != self.authority.signer.fingerprint:
+        before = self.authority
+        announced = before.announce(signer, now=now, delay=self.options.publish_delay)
+        if announced.pending is not None and announced.pending != before.pending:
+            log.info(
+                "new root %s in Secret %s: trusted now, signing from %s (%s still signs)",
+                signer.fingerprint,
+                self.options.secret,
+                announced.pending.signs_from.isoformat(),
+                before.signer.fingerprint,
+            )
+        elif before.pending is not None and announced.pending is None:
+            log.info(
+                "Secret %s holds %s again: %s will not sign",
+                self.options.secret,
+                signer.fingerprint,
+                before.pending.signer.fingerprint,
+            )
+        self.authority = announced.advance(now, overlap=self.options.overlap).prune(now)
+        if self.authority.signer.fingerprint != before.signer.fingerprint:
             log.info(
                 "root rotated: signing with %s, trusting %s until %s",
-                signer.fingerprint,
                 self.authority.signer.fingerprint,
+                before.signer.fingerprint,
                 (now + self.options.overlap).isoformat(),
             )
-        self.authority = self.authority.rotate(signer, now=now, overlap=self.options.overlap).prune(
-            now
-        )
         await self.publish(now)
 
     async def publish(self, now: datetime) -> None:
@@ -438,7 +478,11 @@ class KubeCA:
 
     async def _maintain(self) -> None:
         while True:
-            await asyncio.sleep(self.options.check_interval)
+            delay = self.options.check_interval
+            if self.authority is not None and self.authority.pending is not None:
+                due = (self.authority.pending.signs_from - _now()).total_seconds()
+                delay = min(delay, max(0.0, due))  # switch on time, not up to a check late
+            await asyncio.sleep(delay)
             try:
                 await self.check_rotation()
             except (ApiException, aiohttp.ClientError, OSError) as exc:

@@ -209,6 +209,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: <mesh namespace>/simmesh-proxy)",
     )
     identity.add_argument(
+        "--ca-publish-delay",
+        type=argtypes.seconds(low=0.0, high=86400.0, zero=True),
+        default=90.0,
+        metavar="SECONDS",
+        help="how long a new root is in the trust bundle before it signs (at least twice the "
+        "proxies' --trust-bundle-refresh, so every proxy trusts it before any presents a "
+        "certificate of it; default 90)",
+    )
+    identity.add_argument(
         "--ca-check-interval",
         type=argtypes.seconds(low=1.0, high=3600.0, zero=True),
         default=30.0,
@@ -286,6 +295,7 @@ async def _start_ca(
         overlap=timedelta(seconds=args.ca_overlap),
         secret=args.ca_secret,
         check_interval=args.ca_check_interval,
+        publish_delay=timedelta(seconds=args.ca_publish_delay),
     )
     authority = KubeCA(api, controller.store, namespace=settings.mesh_namespace, options=options)
     await authority.start()

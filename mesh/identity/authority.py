@@ -1,11 +1,16 @@
 """The signing root and the trust bundle, with rotation of the signing key.
 
 An :class:`Authority` signs with one root (``signer``) and trusts it plus the roots it signed
-with before (``retired``), each until the end of its overlap. Rotation (:meth:`Authority.rotate`)
-makes a new root the signer at once and keeps the old one in the bundle until ``now +
-overlap``: an overlap at least as long as a workload certificate's lifetime means every
-certificate the old key signed still verifies until it expires, while every new one is signed
-by the new key (proxies renew at half-life, so within the overlap they all hold new ones).
+with before (``retired``), each until the end of its overlap, and a root announced to sign
+next (``pending``). Rotation has two steps. :meth:`Authority.announce` puts a new root in the
+bundle while the old one still signs, until ``signs_from``: every proxy must trust a root
+before any proxy presents a certificate of it, or a proxy that has not yet read the new bundle
+refuses its peers' new certificates (the proxies re-read the bundle every 30 s; the delay is
+the controller's ``--ca-publish-delay``). :meth:`Authority.advance` then makes it the signer
+(:meth:`Authority.rotate`) and keeps the old root in the bundle until ``now + overlap``: an
+overlap at least as long as a workload certificate's lifetime means every certificate the old
+key signed still verifies until it expires, while every new one is signed by the new key
+(proxies renew at half-life, so within the overlap they all hold new ones).
 :meth:`Authority.prune` drops roots past their overlap or their own expiry.
 
 :func:`verify_svid` is the check a receiver makes: the chain leads to a root of the bundle at
@@ -34,17 +39,51 @@ class RetiredRoot:
 
 
 @dataclass(frozen=True, slots=True)
+class PendingRoot:
+    """A root trusted already, signing from ``signs_from``."""
+
+    signer: ca.Signer
+    signs_from: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class Authority:
     trust_domain: str
     signer: ca.Signer
     retired: tuple[RetiredRoot, ...] = ()
+    pending: PendingRoot | None = None
 
     def roots(self, now: datetime) -> tuple[x509.Certificate, ...]:
-        """The trust bundle at ``now``: the signing root, then the retired roots still in
-        their overlap, newest first; none past its own expiry."""
+        """The trust bundle at ``now``: the signing root, the root announced to sign next,
+        then the retired roots still in their overlap, newest first; none past its own
+        expiry."""
         kept = [r.certificate for r in self.retired if now < r.until]
-        every = [self.signer.certificate, *kept]
-        return tuple(c for c in every if now < c.not_valid_after_utc)
+        coming = [] if self.pending is None else [self.pending.signer.certificate]
+        every = [self.signer.certificate, *coming, *kept]
+        seen: set[str] = set()
+        out = []
+        for certificate in every:
+            fingerprint = ca.fingerprint(certificate)
+            if fingerprint not in seen and now < certificate.not_valid_after_utc:
+                seen.add(fingerprint)
+                out.append(certificate)
+        return tuple(out)
+
+    def announce(self, signer: ca.Signer, *, now: datetime, delay: timedelta) -> Authority:
+        """``signer`` (the root the Secret holds now) trusted from now, signing from ``now +
+        delay`` (:meth:`advance`). The current signer: nothing pending any more (a Secret put
+        back). Already pending: unchanged, its time kept."""
+        if signer.fingerprint == self.signer.fingerprint:
+            return self if self.pending is None else replace(self, pending=None)
+        if self.pending is not None and self.pending.signer.fingerprint == signer.fingerprint:
+            return self
+        return replace(self, pending=PendingRoot(signer, now + delay))
+
+    def advance(self, now: datetime, *, overlap: timedelta) -> Authority:
+        """The pending root the signer once its time has come (:meth:`rotate`)."""
+        if self.pending is None or now < self.pending.signs_from:
+            return self
+        return self.rotate(self.pending.signer, now=now, overlap=overlap)
 
     def bundle_pem(self, now: datetime) -> bytes:
         return b"".join(ca.cert_pem(c) for c in self.roots(now))
@@ -57,7 +96,7 @@ class Authority:
         retired = tuple(
             r for r in self.retired if ca.fingerprint(r.certificate) != signer.fingerprint
         )
-        return replace(self, signer=signer, retired=(old, *retired)).prune(now)
+        return replace(self, signer=signer, retired=(old, *retired), pending=None).prune(now)
 
     def prune(self, now: datetime) -> Authority:
         """Without the roots past their overlap or their expiry."""

@@ -112,6 +112,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FRACTION",
         help="renew a certificate at this fraction of its lifetime (default 0.5)",
     )
+    identity.add_argument(
+        "--trust-bundle-refresh",
+        type=argtypes.seconds(low=1.0, high=3600.0, zero=True),
+        default=30.0,
+        metavar="SECONDS",
+        help="re-read the trust bundle this often while holding certificates, so a root the "
+        "controller announces is trusted before it signs (keep it at most half the "
+        "controller's --ca-publish-delay; default 30)",
+    )
     parser.add_argument("--bind", default="0.0.0.0", metavar="ADDRESS", help="listen address")
     parser.add_argument(
         "--token-file",
@@ -427,6 +436,7 @@ def _certificates(args: argparse.Namespace, proxy: Proxy) -> CertificateManager 
         node=args.node,
         renew_fraction=args.renew_fraction,
         key_dir=Path(key_dir),
+        bundle_refresh=args.trust_bundle_refresh,
     )
     manager.changed = lambda held: _load(proxy, held)
     proxy.certificate_manager = manager.state  # /certificates: renewals, failures, pending

@@ -12,7 +12,10 @@ the manager then, one step at a time (:meth:`CertificateManager.step`):
   identity asked for and certifies this key (a CA answering with another SAN or key is refused);
 - renews each at ``renew_fraction`` (half) of its lifetime, with a new key;
 - drops an identity as soon as no local pod has it any more (key and files deleted);
-- after a failure, tries again after a backoff (1 s doubling to 60 s) and counts it.
+- after a failure, tries again after a backoff (1 s doubling to 60 s) and counts it;
+- while it holds any, re-reads the trust bundle every ``bundle_refresh`` seconds (30): a root
+  the controller announced is trusted (the tunnels reload) before any peer presents a
+  certificate of it, and a certificate whose root left the bundle is renewed at once.
 
 Time comes from an injected clock (``now``), so the tests step through a day in no time.
 :meth:`CertificateManager.state` is what ``/metrics`` (and later ``simmesh check``) show:
@@ -81,6 +84,8 @@ class Counters:
     renewals: int = 0
     failures: dict[str, int] = field(default_factory=dict)  # reason -> count
     dropped: int = 0
+    bundle_changes: int = 0  # trust bundles read that differed from the roots held
+    bundle_failures: int = 0  # trust bundle refreshes that failed (kept the roots held)
 
 
 def _utcnow() -> datetime:
@@ -98,9 +103,12 @@ class CertificateManager:
         renew_fraction: float = 0.5,
         lifetime: timedelta = ca.DEFAULT_LIFETIME,
         key_dir: Path | None = None,
+        bundle_refresh: float = 30.0,
     ) -> None:
         if not 0.0 < renew_fraction < 1.0:
             raise ValueError(f"renew_fraction: expected a fraction in (0, 1), got {renew_fraction}")
+        if not bundle_refresh > 0.0:
+            raise ValueError(f"bundle_refresh: expected seconds > 0, got {bundle_refresh}")
         self.source = source
         self.node = node
         self.trust_domain = trust_domain
@@ -108,6 +116,8 @@ class CertificateManager:
         self.renew_fraction = renew_fraction
         self.lifetime = lifetime
         self.key_dir = key_dir
+        self.bundle_refresh = timedelta(seconds=bundle_refresh)
+        self._bundle_due: datetime | None = None  # the next re-read of the trust bundle
         self.wanted: set[str] = set()
         self.held: dict[str, Held] = {}
         self.roots: tuple[x509.Certificate, ...] = ()
@@ -154,6 +164,8 @@ class CertificateManager:
             self._retry_at.pop(name, None)
             self._backoff.pop(name, None)
             self._last_error.pop(name, None)
+        if self.held and (self._bundle_due is None or now >= self._bundle_due):
+            await self.refresh_roots()
         for name in sorted(self.wanted):
             held = self.held.get(name)
             due = held is None or now >= held.renew_at
@@ -161,10 +173,55 @@ class CertificateManager:
                 await self._obtain(name, renewal=held is not None)
 
     def next_due(self) -> datetime | None:
-        """When the next request or renewal is due (None: nothing wanted)."""
+        """When the next request, renewal or re-read of the bundle is due (None: nothing
+        wanted)."""
         times = [h.renew_at for n, h in self.held.items() if n in self.wanted]
         times += [self._retry_at.get(n, self.now()) for n in self.wanted if n not in self.held]
+        if self.held and self._bundle_due is not None:
+            times.append(self._bundle_due)
         return min(times) if times else None
+
+    async def refresh_roots(self) -> None:
+        """Re-read the trust bundle; when its roots changed, trust them (written out, the
+        generation bumped: the tunnels reload) and renew at once a certificate that no longer
+        verifies against them. A failed or empty read keeps the roots held."""
+        now = self.now()
+        self._bundle_due = now + self.bundle_refresh
+        try:
+            roots = tuple(x509.load_pem_x509_certificates(await self.source.trust_bundle()))
+        except (OSError, TimeoutError, ValueError) as exc:  # ValueError: empty or unreadable
+            self.counters.bundle_failures += 1
+            log.warning(
+                "trust bundle: %s: %s; keeping the %d roots held, again in %.0fs",
+                type(exc).__name__,
+                exc,
+                len(self.roots),
+                self.bundle_refresh.total_seconds(),
+            )
+            return
+        if [ca.fingerprint(c) for c in roots] == [ca.fingerprint(c) for c in self.roots]:
+            return
+        self._trust(roots)
+        for name, held in sorted(self.held.items()):
+            try:
+                verify_svid(held.certificate, roots, now=now, trust_domain=self.trust_domain)
+            except IdentityError as exc:
+                held.renew_at = now
+                log.info("certificate for %s renewed now: %s", name, exc)
+
+    def _trust(self, roots: tuple[x509.Certificate, ...]) -> None:
+        changed = bool(self.roots) and [ca.fingerprint(c) for c in roots] != [
+            ca.fingerprint(c) for c in self.roots
+        ]
+        self.roots = roots
+        self._bundle_due = self.now() + self.bundle_refresh
+        if not changed:
+            return
+        self.counters.bundle_changes += 1
+        self.generation += 1
+        if self.key_dir is not None:
+            _write_private(self.key_dir / "roots.pem", b"".join(ca.cert_pem(c) for c in roots))
+        log.info("trust bundle changed: %s", ", ".join(ca.fingerprint(c) for c in roots))
 
     async def run(self, *, sleep: Callable[[float], Any] = asyncio.sleep) -> None:
         """Step whenever something is due or the wanted set changes."""
@@ -201,7 +258,7 @@ class CertificateManager:
             return
         received = self.now()
         span = certificate.not_valid_after_utc - received
-        self.roots = tuple(roots)
+        self._trust(tuple(roots))
         self.held[name] = Held(
             identity, key, certificate, received, received + span * self.renew_fraction
         )
@@ -302,6 +359,8 @@ class CertificateManager:
             "roots": [ca.fingerprint(c) for c in self.roots],
             "issued": self.counters.issued,
             "renewals": self.counters.renewals,
+            "bundleChanges": self.counters.bundle_changes,
+            "bundleFailures": self.counters.bundle_failures,
             "failures": dict(sorted(self.counters.failures.items())),
             "dropped": self.counters.dropped,
             "soonestExpirySeconds": None if soonest is None else (soonest - now).total_seconds(),
@@ -366,6 +425,21 @@ class CertificateMetrics(Collector):
         for reason, count in state["failures"].items():
             failures.add_metric([reason], count)
         yield failures
+        bundle = CounterMetricFamily(
+            "simmesh_proxy_trust_bundle_changes",
+            "Trust bundles read with other roots than those held (a root announced or retired)",
+        )
+        bundle.add_metric([], state["bundleChanges"])
+        yield bundle
+        bundle_failures = CounterMetricFamily(
+            "simmesh_proxy_trust_bundle_failures",
+            "Re-reads of the trust bundle that failed (the roots held were kept)",
+        )
+        bundle_failures.add_metric([], state["bundleFailures"])
+        yield bundle_failures
+        roots = GaugeMetricFamily("simmesh_proxy_trust_roots", "Roots in the trust bundle held")
+        roots.add_metric([], len(state["roots"]))
+        yield roots
         expiry = GaugeMetricFamily(
             "simmesh_proxy_certificate_expiry_seconds",
             "Seconds until the soonest certificate held expires (absent when none is held)",

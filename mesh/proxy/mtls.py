@@ -100,6 +100,23 @@ _TUNNEL_FAILURES = {
 }
 
 
+def _signed_by(certificate: Any, roots: Iterable[Any]) -> str | None:
+    """The fingerprint of the root among ``roots`` that signed ``certificate`` (None: none)."""
+    from cryptography.exceptions import InvalidSignature
+
+    from mesh.identity.ca import fingerprint
+
+    for root in roots:
+        if root.subject != certificate.issuer:
+            continue
+        try:
+            certificate.verify_directly_issued_by(root)
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+        return fingerprint(root)
+    return None
+
+
 def tunnel_failure(status: int, items: Iterable[tuple[str, str]]) -> Failure | None:
     """The failure a destination proxy's own 5xx answer reports (None: a pod's answer)."""
     if status < 502:
@@ -119,6 +136,7 @@ class _Material:
         "not_after",
         "not_before",
         "pem",
+        "root",
         "server",
         "spiffe_id",
     )
@@ -139,6 +157,7 @@ class _Material:
         self.not_after = not_after
         self.spiffe_id = spiffe_id  # its URI SAN
         self.fingerprint = fingerprint  # sha256:<hex> of the DER certificate
+        self.root: str | None = None  # the fingerprint of the trust root that signed it
         self.pem = b""  # the certificate file's bytes its contexts were built from
         self.clients: dict[str, ssl.SSLContext] = {}  # per ALPN protocol
         self.server: ssl.SSLContext | None = None
@@ -192,6 +211,7 @@ class TunnelTls:
 
         roots_pem = roots.read_bytes()
         same_roots = roots_pem == self._roots_pem and roots == self.roots
+        root_certificates: list[x509.Certificate] | None = None  # parsed when needed
         material = {}
         for identity, (cert_file, key_file) in sorted(held.items()):
             pem = cert_file.read_bytes()
@@ -212,6 +232,9 @@ class TunnelTls:
                 spiffe_id=_uri_san(first),
                 fingerprint=fingerprint(first),
             )
+            if root_certificates is None:
+                root_certificates = x509.load_pem_x509_certificates(roots_pem)
+            item.root = _signed_by(first, root_certificates)
             item.clients = {
                 alpn: self._context(ssl.PROTOCOL_TLS_CLIENT, roots, item, alpn)
                 for alpn in PROTOCOLS
@@ -298,6 +321,7 @@ class TunnelTls:
                     "identity": identity,
                     "spiffeId": item.spiffe_id,
                     "fingerprint": item.fingerprint,
+                    "root": item.root,  # which trust root signed it (a rotation's progress)
                     "issued": item.not_before.isoformat(),
                     "notAfter": item.not_after.isoformat(),
                     "lifetimeSeconds": round((item.not_after - item.not_before).total_seconds()),

@@ -395,7 +395,15 @@ class Proxy:
             if manager is None
             else {
                 key: manager.get(key)
-                for key in ("issued", "renewals", "failures", "dropped", "pending")
+                for key in (
+                    "issued",
+                    "renewals",
+                    "failures",
+                    "dropped",
+                    "pending",
+                    "bundleChanges",
+                    "bundleFailures",
+                )
             },
         }
 

@@ -101,3 +101,62 @@ def test_an_authority_refuses_a_request_of_another_trust_domain() -> None:
     )
     with pytest.raises(IdentityError, match="is not the mesh's"):
         Authority(TD, root).issue(foreign, now=NOW)
+
+
+def test_a_new_root_is_announced_before_it_signs() -> None:
+    """Two steps: trusted at once, signing only from ``signs_from``; the old root signs
+    meanwhile and stays trusted for the overlap counted from the switch."""
+    first = ca.generate_root(trust_domain=TD, now=NOW)
+    second = ca.generate_root(trust_domain=TD, now=NOW)
+    delay = timedelta(seconds=90)
+    announced = Authority(TD, first).announce(second, now=NOW, delay=delay)
+    assert announced.pending is not None and announced.pending.signs_from == NOW + delay
+    assert [ca.fingerprint(c) for c in announced.roots(NOW)] == [
+        first.fingerprint,
+        second.fingerprint,
+    ]
+    early = NOW + delay - timedelta(seconds=1)
+    assert announced.advance(early, overlap=OVERLAP) is announced
+    assert announced.issue(request(), now=early).issuer == first.certificate.subject
+    # announced again by the next check: the time is kept
+    assert announced.announce(second, now=early, delay=delay) is announced
+
+    due = NOW + delay
+    switched = announced.advance(due, overlap=OVERLAP)
+    assert switched.pending is None and switched.signer is second
+    assert switched.issue(request(), now=due).issuer == second.certificate.subject
+    assert [(ca.fingerprint(r.certificate), r.until) for r in switched.retired] == [
+        (first.fingerprint, due + OVERLAP)
+    ]
+    assert [ca.fingerprint(c) for c in switched.roots(due)] == [
+        second.fingerprint,
+        first.fingerprint,
+    ]
+
+
+def test_a_secret_put_back_before_the_switch_cancels_the_announced_root() -> None:
+    first = ca.generate_root(trust_domain=TD, now=NOW)
+    second = ca.generate_root(trust_domain=TD, now=NOW)
+    announced = Authority(TD, first).announce(second, now=NOW, delay=timedelta(seconds=90))
+    back = announced.announce(first, now=NOW, delay=timedelta(seconds=90))
+    assert back.pending is None and back.signer is first and back.retired == ()
+    assert [ca.fingerprint(c) for c in back.roots(NOW)] == [first.fingerprint]
+    later = NOW + timedelta(hours=1)
+    assert back.advance(later, overlap=OVERLAP) is back
+
+
+def test_a_retired_root_announced_again_is_listed_once() -> None:
+    first = ca.generate_root(trust_domain=TD, now=NOW)
+    second = ca.generate_root(trust_domain=TD, now=NOW)
+    rotated = Authority(TD, first).rotate(second, now=NOW, overlap=OVERLAP)
+    again = rotated.announce(first, now=NOW, delay=timedelta(seconds=90))
+    assert [ca.fingerprint(c) for c in again.roots(NOW)] == [
+        second.fingerprint,
+        first.fingerprint,
+    ]
+    done = again.advance(NOW + timedelta(seconds=90), overlap=OVERLAP)
+    assert done.signer is first
+    assert [ca.fingerprint(c) for c in done.roots(NOW + timedelta(seconds=90))] == [
+        first.fingerprint,
+        second.fingerprint,
+    ]

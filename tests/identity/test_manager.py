@@ -37,6 +37,7 @@ class FakeCA:
         self.requests: list[str] = []
         self.wrong_san = False
         self.down = False
+        self.bundle_reads = 0
 
     async def request(self, csr_pem: bytes, *, identity: SpiffeId, lifetime: timedelta) -> bytes:
         self.requests.append(identity.identity)
@@ -51,13 +52,20 @@ class FakeCA:
         return ca.cert_pem(cert)
 
     async def trust_bundle(self) -> bytes:
+        self.bundle_reads += 1
+        if self.down:
+            raise OSError("connection refused")
         return self.authority.bundle_pem(self.clock())
 
 
-def setup(tmp: Path | None = None) -> tuple[Clock, FakeCA, CertificateManager]:
+def setup(
+    tmp: Path | None = None, *, bundle_refresh: float = 30.0
+) -> tuple[Clock, FakeCA, CertificateManager]:
     clock = Clock()
     fake = FakeCA(clock)
-    manager = CertificateManager(fake, node="node-a", now=clock, key_dir=tmp)
+    manager = CertificateManager(
+        fake, node="node-a", now=clock, key_dir=tmp, bundle_refresh=bundle_refresh
+    )
     return clock, fake, manager
 
 
@@ -82,7 +90,7 @@ def test_certificates_are_requested_on_demand_for_new_local_accounts() -> None:
 
 
 def test_renewal_at_half_life_with_a_new_key() -> None:
-    clock, fake, manager = setup()
+    clock, fake, manager = setup(bundle_refresh=86400.0)  # only renewals due
     fake.allowed = {"shop/web"}
     manager.want(["shop/web"])
     step(manager)
@@ -238,3 +246,75 @@ def test_the_tunnels_are_told_when_what_is_held_changes(tmp_path: Path) -> None:
     clock.now += timedelta(hours=13)  # past half of the 24 h lifetime: renewed
     step(manager)
     assert len(told) == 3 and manager.counters.renewals == 1
+
+
+def test_a_root_announced_is_trusted_without_a_renewal(tmp_path: Path) -> None:
+    """The controller publishes a new root before it signs: the proxy re-reads the bundle
+    (every 30 s) and trusts it (files rewritten, the tunnels told) with its certificates
+    unchanged, so a peer's certificate of the new root verifies before this proxy renews."""
+    clock, fake, manager = setup(tmp_path)
+    told: list[int] = []
+    manager.changed = lambda m: told.append(m.generation)
+    fake.allowed = {"shop/web"}
+    manager.want(["shop/web"])
+    step(manager)
+    held = manager.held["shop/web"].certificate
+    old = fake.authority.signer
+    new = ca.generate_root(trust_domain=TD, now=START)
+    fake.authority = fake.authority.announce(new, now=clock(), delay=timedelta(seconds=90))
+    clock.now += timedelta(seconds=29)
+    step(manager)
+    assert [ca.fingerprint(c) for c in manager.roots] == [old.fingerprint]  # not due yet
+    assert manager.next_due() == START + timedelta(seconds=30)
+    clock.now += timedelta(seconds=1)
+    step(manager)
+    assert [ca.fingerprint(c) for c in manager.roots] == [old.fingerprint, new.fingerprint]
+    assert manager.held["shop/web"].certificate is held and manager.counters.renewals == 0
+    assert manager.counters.bundle_changes == 1 and len(told) == 2
+    written = (tmp_path / "roots.pem").read_bytes()
+    assert ca.cert_pem(new.certificate) in written and ca.cert_pem(old.certificate) in written
+    reads = fake.bundle_reads
+    step(manager)  # the same bundle again: nothing changes, nothing is re-read early
+    assert fake.bundle_reads == reads and len(told) == 2
+    # the same roots in the next read: no change counted
+    clock.now += timedelta(seconds=30)
+    step(manager)
+    assert fake.bundle_reads == reads + 1 and manager.counters.bundle_changes == 1
+
+
+def test_a_certificate_whose_root_left_the_bundle_is_renewed_at_once() -> None:
+    clock, fake, manager = setup()
+    fake.allowed = {"shop/web"}
+    manager.want(["shop/web"])
+    step(manager)
+    new = ca.generate_root(trust_domain=TD, now=START)
+    fake.authority = Authority(TD, new)  # the old root gone from the bundle
+    clock.now += timedelta(seconds=30)
+    step(manager)
+    assert manager.counters.renewals == 1
+    assert manager.held["shop/web"].certificate.issuer == new.certificate.subject
+    assert [ca.fingerprint(c) for c in manager.roots] == [new.fingerprint]
+
+
+def test_a_failed_bundle_read_keeps_the_roots_held() -> None:
+    clock, fake, manager = setup()
+    fake.allowed = {"shop/web"}
+    manager.want(["shop/web"])
+    step(manager)
+    roots = manager.roots
+    fake.down = True
+    clock.now += timedelta(seconds=30)
+    step(manager)
+    assert manager.roots == roots and manager.counters.bundle_failures == 1
+    assert "shop/web" in manager.held
+    metrics = {m.name: m for m in CertificateMetrics(manager).collect()}
+    assert metrics["simmesh_proxy_trust_bundle_failures"].samples[0].value == 1
+    assert metrics["simmesh_proxy_trust_roots"].samples[0].value == 1
+
+
+def test_nothing_held_reads_no_bundle() -> None:
+    clock, fake, manager = setup()
+    step(manager)
+    clock.now += timedelta(hours=1)
+    step(manager)
+    assert fake.bundle_reads == 0 and manager.next_due() is None

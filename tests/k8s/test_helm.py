@@ -517,11 +517,15 @@ def test_mtls_renders_the_ca_its_rbac_and_the_proxies_certificates(
     assert args.ca_secret == "simmesh-ca" and args.cert_lifetime == 86400.0
     assert args.ca_overlap >= args.cert_lifetime
     assert args.proxy_service_account == "simmesh/simmesh-proxy"
+    publish_delay, check_interval = args.ca_publish_delay, args.ca_check_interval
     proxy = one(docs, "DaemonSet", "simmesh-proxy")["spec"]["template"]["spec"]
     assert proxy["automountServiceAccountToken"] is True
     cmd = [local.get(a, a) for a in proxy["containers"][0]["command"]]
     args = build_parser(cmd[1:]).parse_args(cmd[1:])
     assert args.certificates == "kubernetes" and args.mesh_namespace == "simmesh"
+    # a new root is trusted by every proxy (each re-reads the bundle) before it signs
+    assert (publish_delay, check_interval, args.trust_bundle_refresh) == (90.0, 30.0, 30.0)
+    assert publish_delay >= 2 * args.trust_bundle_refresh
     # the tunnel: the proxy listens where its pod says, which is what the controller publishes
     assert args.tunnel_port == 15008
     tunnel = [p for p in proxy["containers"][0]["ports"] if p["name"] == "tunnel"]
@@ -693,6 +697,10 @@ def test_schema_rejects(helm: Helm, value: str) -> None:
         (("mtls=permissive", "proxy.tunnelPort=10500"), "proxy.tunnelPort 10500 is in ports.tcp"),
         (("mtls=strict", "proxy.tunnelPort=9901"), "proxy.tunnelPort 9901 is the proxy's admin"),
         (("mtls=permissive", "proxy.workers=2"), "proxy.workers 2 with mtls permissive"),
+        (
+            ("mtls=strict", "identity.rootPublishDelaySeconds=50"),
+            "identity.rootPublishDelaySeconds (50) must be at least twice",
+        ),
     ],
 )
 def test_values_that_cannot_work_are_refused(

@@ -14,6 +14,7 @@ import asyncio
 import base64
 import json
 import ssl
+import time
 import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -34,6 +35,7 @@ pytestmark = pytest.mark.k8s
 MESH = "mesh-id"
 APP = "id-app"
 TD = "cluster.local"
+PUBLISH_DELAY = 10  # seconds a new root is trusted before it signs
 
 
 def ensure(cluster: harness.Cluster, path: str, obj: dict[str, Any]) -> dict[str, Any]:
@@ -173,7 +175,10 @@ def mesh(apiserver: harness.Cluster, tmp_path_factory: pytest.TempPathFactory) -
         MESH,
         [APP],
         tmp / "controller.log",
-        extra=("--mtls", "permissive", "--ca-check-interval", "1", "--cert-lifetime", "3600"),
+        extra=(
+            *("--mtls", "permissive", "--ca-check-interval", "1", "--cert-lifetime", "3600"),
+            *("--ca-publish-delay", str(PUBLISH_DELAY)),
+        ),
     ).start()
     try:
         yield {"proxies": proxies, "pods": pods, "controller": controller, "tmp": tmp}
@@ -326,9 +331,18 @@ def bundle(apiserver: harness.Cluster) -> list[x509.Certificate]:
     return x509.load_pem_x509_certificates(configmap["data"]["roots.pem"].encode())
 
 
+def _roots_record(apiserver: harness.Cluster) -> dict[str, str]:
+    configmap = apiserver.get(f"/api/v1/namespaces/{MESH}/configmaps/simmesh-trust-bundle")
+    record: dict[str, str] = json.loads(configmap["metadata"]["annotations"]["simmesh.io/roots"])
+    return record
+
+
 def test_roots_are_published_and_rotation_keeps_both_during_the_overlap(
     apiserver: harness.Cluster, mesh: Any
 ) -> None:
+    """Rotation in two steps: the new root in the bundle while the old one still signs (a
+    proxy holding an old certificate re-reads the bundle and trusts the new root without a
+    renewal), then the new root signs and the old one stays trusted."""
     secret_path = f"/api/v1/namespaces/{MESH}/secrets/simmesh-ca"
     secret = apiserver.get(secret_path)
     old_root = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["tls.crt"]))
@@ -340,7 +354,9 @@ def test_roots_are_published_and_rotation_keeps_both_during_the_overlap(
     assert ca.cert_pem(old_root).decode() in trust["spec"]["trustBundle"]
 
     # a certificate from the old root, then the root replaced (bring-your-own rotation)
-    manager = CertificateManager(source(apiserver, mesh, "node-a"), node="node-a")
+    manager = CertificateManager(
+        source(apiserver, mesh, "node-a"), node="node-a", bundle_refresh=0.5
+    )
     manager.want([f"{APP}/web"])
     asyncio.run(manager.step())
     old_cert = manager.held[f"{APP}/web"].certificate
@@ -350,10 +366,38 @@ def test_roots_are_published_and_rotation_keeps_both_during_the_overlap(
         "tls.key": base64.b64encode(ca.key_pem(new.key)).decode(),
     }
     apiserver.call("PUT", secret_path, secret)
+    replaced = time.monotonic()
     wait_for(lambda: len(bundle(apiserver)) == 2, what="both roots in the trust bundle")
+    # announced: trusted, the old root still signing
+    assert [ca.fingerprint(c) for c in bundle(apiserver)] == [
+        ca.fingerprint(old_root),
+        new.fingerprint,
+    ]
+    record = _roots_record(apiserver)
+    assert record[ca.fingerprint(old_root)] == "signing"
+    assert record[new.fingerprint].startswith("signs-from ")
+    during = CertificateManager(source(apiserver, mesh, "node-a"), node="node-a")
+    during.want([f"{APP}/web"])
+    asyncio.run(during.step())
+    assert time.monotonic() - replaced < PUBLISH_DELAY, "too slow to see the announced step"
+    assert during.held[f"{APP}/web"].certificate.issuer == old_root.subject
+    # the proxy that holds the old certificate trusts the new root without renewing
+    time.sleep(0.6)
+    asyncio.run(manager.step())
+    assert manager.counters.renewals == 0 and manager.counters.bundle_changes == 1
+    assert {ca.fingerprint(c) for c in manager.roots} == {
+        ca.fingerprint(old_root),
+        new.fingerprint,
+    }
+
+    # then the new root signs; the old one stays trusted
+    wait_for(
+        lambda: _roots_record(apiserver).get(new.fingerprint) == "signing",
+        what="the new root signing",
+    )
+    assert time.monotonic() - replaced >= PUBLISH_DELAY - 0.5
     roots = bundle(apiserver)
     assert [ca.fingerprint(c) for c in roots] == [new.fingerprint, ca.fingerprint(old_root)]
-
     renewed = CertificateManager(source(apiserver, mesh, "node-a"), node="node-a")
     renewed.want([f"{APP}/web"])
     asyncio.run(renewed.step())

@@ -85,6 +85,7 @@ async def test_the_admin_port_shows_each_certificate_and_root_and_never_a_key(
         assert held["fingerprint"] == ca.fingerprint(on_disk)
         [root] = state["roots"]
         assert root["fingerprint"] == ca.fingerprint(net.authority.signer.certificate)
+        assert held["root"] == root["fingerprint"]  # signed by it
         assert root["secondsToExpiry"] > 9 * 365 * 86400
         assert state["manager"] is None  # files loaded by the test, no certificate manager
         # public facts only: no key, no file name

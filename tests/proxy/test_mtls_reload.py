@@ -84,3 +84,50 @@ def test_a_kept_context_still_completes_a_mutual_handshake(tmp_path: Path) -> No
         c_in.write(s_out.read())
     assert tls.peer_identity(server) == "demo/client"
     assert tls.peer_identity(client) == "demo/server"
+
+
+def _handshake(client_side: ssl.SSLContext, server_side: ssl.SSLContext, sni: str) -> bool:
+    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
+    client = client_side.wrap_bio(c_in, c_out, server_hostname=sni)
+    server = server_side.wrap_bio(s_in, s_out, server_side=True)
+    try:
+        for _ in range(10):
+            for side in (client, server):
+                with contextlib.suppress(ssl.SSLWantReadError):
+                    side.do_handshake()
+            s_in.write(c_out.read())
+            c_in.write(s_out.read())
+        client.do_handshake()
+        server.do_handshake()
+    except ssl.SSLError:
+        return False
+    return True
+
+
+def test_a_peer_of_an_announced_root_is_trusted_once_the_bundle_is_reloaded(
+    tmp_path: Path,
+) -> None:
+    """A signing-key rotation: node-b renewed from the new root while node-a still holds a
+    certificate of the old one. node-a refuses node-b until it loads the bundle with both
+    roots (the certificate manager re-reads it before the new root signs), then accepts it
+    with its own certificate unchanged; /certificates names the root of each."""
+    old = Authority(tmp_path)
+    new = Authority(tmp_path)
+    a = TunnelTls(Metrics(dict), node="node-a")
+    held_a = {"demo/a": old.issue("demo/a")}
+    a.load(trust_domain="cluster.local", roots=old.roots, held=held_a)
+    both = tmp_path / "both.pem"
+    both.write_bytes(old.roots.read_bytes() + new.roots.read_bytes())
+    b = TunnelTls(Metrics(dict), node="node-b")
+    b.load(trust_domain="cluster.local", roots=both, held={"demo/b": new.issue("demo/b")})
+    b_client = b._held["demo/b"].clients[next(iter(b._held["demo/b"].clients))]
+    assert a.server is not None
+    assert not _handshake(b_client, a.server, sni_name("demo/a"))
+
+    a.load(trust_domain="cluster.local", roots=both, held=held_a)
+    assert a.server is not None
+    assert _handshake(b_client, a.server, sni_name("demo/a"))
+    state_a, state_b = a.certificates(), b.certificates()
+    fingerprints = [root["fingerprint"] for root in state_a["roots"]]
+    assert [i["root"] for i in state_a["identities"]] == [fingerprints[0]]  # the old root
+    assert [i["root"] for i in state_b["identities"]] == [fingerprints[1]]  # the new one
