@@ -481,7 +481,9 @@ class KubeCA:
             delay = self.options.check_interval
             if self.authority is not None and self.authority.pending is not None:
                 due = (self.authority.pending.signs_from - _now()).total_seconds()
-                delay = min(delay, max(0.0, due))  # switch on time, not up to a check late
+                # switch on time, not up to a check late (at least 1 s apart: a check that
+                # failed leaves the switch due)
+                delay = min(delay, max(1.0, due))
             await asyncio.sleep(delay)
             try:
                 await self.check_rotation()
