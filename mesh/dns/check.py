@@ -422,6 +422,11 @@ RENEWAL_HINT = (
 )
 ROOT_HINT = "rotate the root before it expires: docs/security.md, Roots and rotation"
 ROOT_WARNING = 30 * 86400.0  # a trust root that expires within 30 days is a warning
+ROOTS_HINT = (
+    "a proxy re-reads the trust bundle every --trust-bundle-refresh (30 s) while a new root is "
+    "announced; one that stays behind refuses its peers' certificates of that root once it "
+    "signs: its /certificates and logs ('trust bundle'), docs/security.md, Roots and rotation"
+)
 LATE_RENEWAL = 60.0  # seconds past its renewal time before a certificate is a warning
 LOW_LIFETIME = 0.1  # or less than this fraction of its lifetime left
 UNTRACKED_LOW_LIFETIME = 0.25  # without a certificate manager's renewal time: a quarter
@@ -490,7 +495,40 @@ async def check_certificates(proxies: Sequence[ProxyAdmin]) -> list[Row]:
     rows: list[Row] = []
     for proxy, answer in answers:
         rows.append(answer if isinstance(answer, Row) else certificate_row(answer, proxy.where))
+    agreed = roots_row([(p.where, a) for p, a in answers if isinstance(a, dict)])
+    if agreed is not None:
+        rows.append(agreed)
     return rows
+
+
+def roots_row(states: Sequence[tuple[str, dict[str, Any]]]) -> Row | None:
+    """Whether the proxies with mTLS on trust the same roots (None: fewer than two of them).
+    WARN when they differ: for a few seconds while a new root is announced that is expected;
+    a proxy that stays behind will refuse its peers' certificates of that root."""
+    trusted = {
+        str(state.get("node") or where): {
+            str(r.get("fingerprint")) for r in state.get("roots") or [] if isinstance(r, dict)
+        }
+        for where, state in states
+        if state.get("mtls") not in (None, "off")
+    }
+    if len(trusted) < 2:
+        return None
+    every = set().union(*trusted.values())
+    behind = {
+        node: sorted(every - roots) for node, roots in sorted(trusted.items()) if every - roots
+    }
+    if not behind:
+        return Row(
+            "trust roots", True, f"the same {_count(len(every), 'root', 'roots')} on every proxy"
+        )
+    lines = tuple(
+        f"{node} does not trust {', '.join(_short(f) for f in missing)}"
+        for node, missing in behind.items()
+    )
+    who = _count(len(behind), "proxy trusts", "proxies trust")
+    detail = f"{who} fewer roots than the others ({len(trusted)} with mTLS on)"
+    return Row("trust roots", True, detail, ROOTS_HINT, warn=True, lines=lines)
 
 
 async def _certificates_of(proxy: ProxyAdmin) -> dict[str, Any] | Row:
@@ -536,6 +574,10 @@ def certificate_row(state: dict[str, Any], where: str = "") -> Row:
         failures.append(f"no certificate for {identity}" + (f" ({why})" if why else ""))
     if missing:
         hints.append(CERTIFICATES_HINT)
+    trusted = {str(r.get("fingerprint")) for r in roots}
+    for item in identities:
+        if "root" in item and item["root"] not in trusted:  # older proxies name no root
+            failures.append(f"{item.get('identity')} is signed by no root it trusts")
     for item in identities:
         left = float(item.get("secondsToExpiry", 0.0))
         lifetime = float(item.get("lifetimeSeconds") or 0.0)
@@ -594,9 +636,10 @@ def _identity_line(item: dict[str, Any]) -> str:
     if renewal is not None:
         renewal = float(renewal)
         renew = f", renewal in {_span(renewal)}" if renewal > 0 else ", renewal due"
+    root = f", root {_short(str(item['root']))}" if item.get("root") else ""
     return (
         f"{item.get('spiffeId') or item.get('identity')}  {when} ({item.get('notAfter')}), "
-        f"issued {_span(age)} ago{renew}"
+        f"issued {_span(age)} ago{renew}{root}"
     )
 
 

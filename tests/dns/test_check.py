@@ -508,3 +508,31 @@ def test_every_proxy_with_mtls_off_is_one_row() -> None:
     broken.state = {"identities": "no"}  # not what a proxy answers
     [row] = run(check.check_certificates([broken]))
     assert not row.ok and row.detail.endswith("not the JSON a proxy answers")
+
+
+def test_a_certificate_of_a_root_the_proxy_does_not_trust_fails() -> None:
+    trusted = "sha256:" + "cd" * 32
+    ok = check.certificate_row(proxy_state(identities=[held("shop/web", 3000.0, root=trusted)]))
+    assert ok.ok and ok.lines[0].endswith(", root sha256:cdcdcdcdcdcdcdcd")
+    stray = held("shop/web", 3000.0, root="sha256:" + "ef" * 32)
+    row = check.certificate_row(proxy_state(identities=[stray]))
+    assert not row.ok and "shop/web is signed by no root it trusts" in row.detail
+
+
+def test_proxies_trusting_different_roots_warn_naming_who_is_behind() -> None:
+    """A root announced for a rotation: every proxy should trust it within the bundle's
+    refresh; one that does not would refuse its peers' certificates once it signs."""
+    a, b = proxy_state("n1"), proxy_state("n2")
+    assert check.roots_row([("a", a)]) is None
+    same = check.roots_row([("a", a), ("b", b)])
+    assert same is not None and (same.ok, same.warn) == (True, False)
+    assert same.detail == "the same 1 root on every proxy"
+    new = dict(a["roots"][0], fingerprint="sha256:" + "ef" * 32)
+    a["roots"] = [*a["roots"], new]
+    row = check.roots_row([("a", a), ("b", b)])
+    assert row is not None and (row.ok, row.warn) == (True, True)
+    assert row.detail == "1 proxy trusts fewer roots than the others (2 with mTLS on)"
+    assert row.lines == ("n2 does not trust sha256:efefefefefefefef",)
+    assert "--trust-bundle-refresh" in row.hint
+    off = proxy_state("n3", mode="off")
+    assert check.roots_row([("a", a), ("c", off)]) is None  # one proxy with mTLS on
