@@ -1,10 +1,12 @@
 """Run a planned local mesh for real: ``python -m mesh.local.run WORKDIR``.
 
 Reads ``WORKDIR/plan.json`` (plan.py) and runs, in this order: the controller (file provider
-on ``WORKDIR/manifests``), one test app per pod, one node proxy per node (each with
-``--address-map`` and ``--access-log``), waits until every proxy applied the controller's
-config, then optionally Locust (``options.load``) with the scenario's traffic, and applies the
-timeline in real time from ``t0``:
+on ``WORKDIR/manifests``), one test app per pod, with mTLS on the run's certificate authority
+(ca.py, served from a thread of this process), one node proxy per node (each with
+``--address-map`` and ``--access-log``; with mTLS on, ``--certificates local`` and its node's
+token), waits until every proxy applied the controller's config (and is Ready: with mTLS on,
+once it holds its node's certificates), then optionally Locust (``options.load``) with the
+scenario's traffic, and applies the timeline in real time from ``t0``:
 
 - ``endpoint-down``/``node-down`` (and ``-up``): the pods' test apps are killed (SIGKILL: open
   connections are reset, new ones refused) and started again. With ``failure: unreachable``
