@@ -318,15 +318,21 @@ def scenario_from(
     manifests and mesh.yaml are still read from ``directory``; ``settings_edit`` changes the
     settings (a what-if's mesh.yaml)."""
     raw = copy.deepcopy(raw)
-    for assignment in sets:
-        apply_set(raw, assignment)
-    if scale != 1.0:
-        scale_times(raw, scale)
     try:
         manifests = read_manifests(directory)
         settings = read_settings(directory)
     except ManifestError as exc:
         raise ScenarioError(str(exc)) from None
+    if raw.get("settings") is None and any(a.startswith("settings.") for a in sets):
+        # scenario.yaml's settings replace mesh.yaml's: a --set of one setting edits the
+        # directory's settings (`--set settings.mtls=strict` keeps mesh.yaml's `acl: true`)
+        from mesh.core.parse import settings_doc
+
+        raw["settings"] = settings_doc(settings)
+    for assignment in sets:
+        apply_set(raw, assignment)
+    if scale != 1.0:
+        scale_times(raw, scale)
     if manifests.problems:
         raise ScenarioError("; ".join(manifests.problems))
     path = directory / "scenario.yaml"

@@ -19,6 +19,13 @@ client's status and have no backend and no tries; ``run.notJoined`` counts them 
 
 Requests that ended after the scenario's duration count as in flight at the end, as in the
 simulator. Circuit breaker openings come from each proxy's ``simmesh_proxy_circuit_opens``.
+
+With mTLS on, the results gain what the simulator's do (sim/model.py ``costs``): ``proxyCpu``,
+each node proxy's CPU seconds over the scenario's duration (from /proc, sampled by the runner
+at t0 and at the end) and per 1,000 finished requests, and ``mtls``: the tunnels' handshakes
+(``simmesh_proxy_tunnel_handshakes{side="client"}``), their failures, the requests and flows
+the destination proxies received through a tunnel (their access logs' ``tunnel`` records) and
+the plaintext requests counted across nodes.
 """
 
 from __future__ import annotations
@@ -40,20 +47,28 @@ __all__ = ["real_results"]
 FLOW_REASONS = {"upstream-connect-failed": 502, "revoked": 502, "no-config": 503}
 
 
-def _access_logs(workdir: Path) -> tuple[dict[str, Any], dict[tuple[str, int], Any]]:
+def _access_logs(
+    workdir: Path, tunnel_ports: set[int]
+) -> tuple[dict[str, Any], dict[tuple[str, int], Any], int]:
+    """HTTP records by trace id and flows by client address and port, as the client's node
+    proxy logged them, and how many records the destination proxies logged for requests and
+    flows they received through an mTLS tunnel (the same trace id: never joined)."""
     http: dict[str, Any] = {}
     flows: dict[tuple[str, int], Any] = {}
+    tunnelled = 0
     for path in sorted(workdir.glob("access-*.jsonl")):
         for line in path.read_text(errors="replace").splitlines():
             try:
                 record = json.loads(line)
             except ValueError:
                 continue  # a line cut by a kill
-            if record.get("kind") == "http" and record.get("trace_id"):
+            if record.get("listener") in tunnel_ports:
+                tunnelled += 1
+            elif record.get("kind") == "http" and record.get("trace_id"):
                 http[record["trace_id"]] = record
             elif record.get("kind") in ("tcp", "udp") and record.get("client_port"):
                 flows[(record["client"], int(record["client_port"]))] = record
-    return http, flows
+    return http, flows, tunnelled
 
 
 class _Backends:
@@ -119,10 +134,58 @@ def _breakers(metrics: dict[str, str]) -> dict[str, dict[str, int]]:
     return {k: v for k, v in sorted(out.items()) if v["opens"] or v["endpointsOpenAtEnd"]}
 
 
+def _samples(metrics: dict[str, str], name: str) -> list[tuple[dict[str, str], float]]:
+    out = []
+    for text in metrics.values():
+        for family in text_string_to_metric_families(text):
+            out += [(s.labels, s.value) for s in family.samples if s.name == name]
+    return out
+
+
+def _costs(
+    plan: Plan, run: dict[str, Any], metrics: dict[str, str], tunnelled: int, finished: int
+) -> dict[str, Any]:
+    """``proxyCpu`` and ``mtls``, in the shape of the simulator's (mTLS on only)."""
+    if plan.mtls == "off":
+        return {}
+    out: dict[str, Any] = {}
+    cpu = run.get("proxyCpu") or {}
+    if cpu:
+        total = sum(cpu.values())
+        out["proxyCpu"] = {
+            "seconds": round(total, 6),
+            "perThousandRequests": round(total * 1000 / finished, 6) if finished else None,
+            "nodes": {
+                node: {
+                    "cpuSeconds": round(seconds, 6),
+                    "utilisation": round(seconds / plan.duration, 6),
+                }
+                for node, seconds in sorted(cpu.items())
+            },
+        }
+    handshakes = _samples(metrics, "simmesh_proxy_tunnel_handshakes_total")
+    failures = _samples(metrics, "simmesh_proxy_tunnel_handshake_failures_total")
+    plaintext = _samples(metrics, "simmesh_proxy_plaintext_requests_total")
+    out["mtls"] = {
+        "mode": plan.mtls,
+        "tunnelledAttempts": tunnelled,
+        "handshakes": int(sum(v for labels, v in handshakes if labels.get("side") == "client")),
+        "handshakeFailures": int(sum(v for _, v in failures)),
+        "plaintext": {
+            direction: int(
+                sum(v for labels, v in plaintext if labels.get("direction") == direction)
+            )
+            for direction in ("sent", "received")
+        },
+    }
+    return out
+
+
 def real_results(scenario: Scenario, plan: Plan, workdir: Path) -> dict[str, Any]:
     run = json.loads((workdir / "run.json").read_text())
     measured = json.loads((workdir / "rows.json").read_text())
-    http_logs, flow_logs = _access_logs(workdir)
+    tunnel_ports = {n.tunnel_port for n in plan.nodes} if plan.mtls != "off" else set()
+    http_logs, flow_logs, tunnelled = _access_logs(workdir, tunnel_ports)
     router = Router(compile_config(scenario))
     backends = _Backends(router, plan)
     routes = []
@@ -168,6 +231,8 @@ def real_results(scenario: Scenario, plan: Plan, workdir: Path) -> dict[str, Any
         config_errors=[],
     )
     results = recorder.results(facts)
+    metrics = {p.name: p.read_text() for p in sorted(workdir.glob("metrics-*.txt"))}
+    results |= _costs(plan, run, metrics, tunnelled, results["requests"]["finished"])
     results["run"] = {
         "isolation": plan.isolation,
         "status": run.get("status"),

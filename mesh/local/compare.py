@@ -212,6 +212,7 @@ def side_by_side(comparison: dict[str, Any], sim: dict[str, Any], real: dict[str
         f"{tol['p50'] * 100:g}%, p99 {tol['p99'] * 100:g}%; errors are simulated - real, "
         "relative to real; (x): too few requests to judge)",
     ]
+    lines += _costs(sim, real)
     if comparison["slos"]:
         lines += ["", "SLOs (simulated | real):"]
         for slo in comparison["slos"]:
@@ -224,6 +225,50 @@ def side_by_side(comparison: dict[str, Any], sim: dict[str, Any], real: dict[str
                     + ("" if slo["agree"] else "  (verdicts differ)")
                 )
     return "\n".join(lines)
+
+
+def _n(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) else "-"
+
+
+def _costs(sim: dict[str, Any], real: dict[str, Any]) -> list[str]:
+    """The tunnels and the proxies' CPU, simulated / real (mTLS on: both results carry them;
+    shown, not judged)."""
+    s, r = sim.get("mtls"), real.get("mtls")
+    if not s and not r:
+        return []
+    s, r = s or {}, r or {}
+    mode = r.get("mode") or s.get("mode")
+    lines = [
+        "",
+        f"mTLS ({mode}), simulated / real (shown, not judged):",
+        f"  requests and flows through a tunnel  {_n(s.get('tunnelledAttempts'))} / "
+        f"{_n(r.get('tunnelledAttempts'))}",
+        f"  tunnel handshakes                    {_n(s.get('handshakes'))} / "
+        f"{_n(r.get('handshakes'))}"
+        + (f" ({r['handshakeFailures']:,} failed)" if r.get("handshakeFailures") else ""),
+    ]
+    plaintext = r.get("plaintext") or {}
+    if any(plaintext.values()):
+        lines.append(
+            f"  plaintext across nodes (real)        sent {plaintext.get('sent', 0):,}, "
+            f"received {plaintext.get('received', 0):,}"
+        )
+    sc, rc = sim.get("proxyCpu") or {}, real.get("proxyCpu") or {}
+    if sc or rc:
+
+        def per(d: dict[str, Any]) -> str:
+            value = d.get("perThousandRequests")
+            return "-" if value is None else f"{value:.3f}"
+
+        nodes = sorted(set(sc.get("nodes", {})) | set(rc.get("nodes", {})))
+        each = ", ".join(
+            f"{n} {sc.get('nodes', {}).get(n, {}).get('cpuSeconds', 0):.2f} / "
+            f"{rc.get('nodes', {}).get(n, {}).get('cpuSeconds', 0):.2f} s"
+            for n in nodes
+        )
+        lines.append(f"  proxy CPU s per 1,000 requests      {per(sc)} / {per(rc)} ({each})")
+    return lines
 
 
 def _measured(check: dict[str, Any]) -> str:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from mesh.local.plan import CONTROLLER_PORT, Addressing, Plan, PlanError, make_plan
+from mesh.local.plan import CA_PORT, CONTROLLER_PORT, Addressing, Plan, PlanError, make_plan
 from mesh.local.procs import _die_with_parent, netns_command
 from sim.scenario import Event, Scenario
 
@@ -111,12 +111,16 @@ def _free_port(host: str) -> int:
 def plan_for(scenario: Scenario, isolation: Isolation, options: dict[str, Any]) -> Plan:
     if isolation.kind == "netns":
         addressing = Addressing(base=100)
-        port = CONTROLLER_PORT
-    else:  # share the machine's loopback: a block of addresses per process, a free port
+        port, ca_port = CONTROLLER_PORT, CA_PORT
+    else:  # share the machine's loopback: a block of addresses per process, free ports
         addressing = Addressing(base=100 + (os.getpid() % 37) * 4)
-        port = _free_port(addressing.controller())
+        port, ca_port = _free_port(addressing.controller()), _free_port(addressing.ca())
     plan = make_plan(
-        scenario, isolation=isolation.kind, addressing=addressing, controller_port=port
+        scenario,
+        isolation=isolation.kind,
+        addressing=addressing,
+        controller_port=port,
+        ca_port=ca_port,
     )
     plan.options.update(options, blackhole=isolation.blackhole)
     return plan

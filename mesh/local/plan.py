@@ -21,6 +21,7 @@ Nothing here starts a process; :func:`make_plan` is pure apart from reading the 
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import json
 from dataclasses import asdict, dataclass, field
@@ -28,16 +29,18 @@ from pathlib import Path
 from typing import Any
 
 from mesh.core.config import MeshConfig, build_config
+from mesh.core.model import TUNNEL_PORT_NAME, MtlsMode
 from mesh.core.parse import parse_objects, settings_doc
 from mesh.core.routing import Router
 from mesh.core.topology import build_topology
 from sim.placement import pod_owners
-from sim.scenario import Scenario
+from sim.scenario import TUNNEL_PORT, Scenario
 
 __all__ = ["Addressing", "NodePlan", "Plan", "PlanError", "PodPlan", "StreamPlan", "make_plan"]
 
 ADMIN_PORT = 9901
 CONTROLLER_PORT = 9000
+CA_PORT = 9002  # the local CA (ca.py), with mTLS on
 
 
 class PlanError(Exception):
@@ -57,6 +60,9 @@ class Addressing:
     def controller(self) -> str:
         return f"127.{self.base}.0.254"
 
+    def ca(self) -> str:
+        return f"127.{self.base}.0.253"
+
     def local_network(self, index: int) -> str:
         if index >= self.pod_blocks or self.base + 1 + index > 255:
             raise PlanError(
@@ -71,6 +77,7 @@ class NodePlan:
     name: str
     address: str
     admin_port: int = ADMIN_PORT
+    tunnel_port: int = TUNNEL_PORT  # mTLS from the other nodes' proxies, when on
 
 
 @dataclass(frozen=True)
@@ -125,6 +132,9 @@ class Plan:
     isolation: str  # netns or loopback
     config_version: str
     options: dict[str, Any] = field(default_factory=dict)
+    mtls: str = "off"  # the settings' mode: permissive or strict runs the CA (ca.py)
+    trust_domain: str = "cluster.local"
+    ca: str = ""  # host:port of the local CA, with mTLS on
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, indent=1) + "\n"
@@ -159,12 +169,19 @@ def make_plan(
     isolation: str,
     addressing: Addressing | None = None,
     controller_port: int = CONTROLLER_PORT,
+    ca_port: int = CA_PORT,
 ) -> Plan:
     addressing = addressing or Addressing()
     config = compile_config(scenario)
     router = Router(config)
     maps = _address_maps(scenario.docs, addressing)
     nodes = [NodePlan(name, addressing.node(i)) for i, name in enumerate(scenario.nodes)]
+    mtls = scenario.settings.mtls is not MtlsMode.OFF
+    docs = _local_proxy_pods(scenario.docs, nodes) if mtls else scenario.docs
+    if docs is not scenario.docs:
+        config = build_config(
+            build_topology(parse_objects(docs), scenario.settings), scenario.settings
+        )
     pods = _pods(scenario, router, maps)
     streams = [_stream(scenario, i, router, maps, nodes) for i in range(len(scenario.traffic))]
     timeline = [{"at": e.at, "action": e.action, "params": e.params} for e in scenario.timeline]
@@ -179,12 +196,38 @@ def make_plan(
         address_maps=[f"{c}={loc}" for c, loc in maps],
         controller=f"{addressing.controller()}:{controller_port}",
         connect_timeout=scenario.connect_timeout,
-        docs=scenario.docs,
+        docs=docs,
         settings=settings_doc(scenario.settings),
         timeline=timeline,
         isolation=isolation,
         config_version=config.version,
+        mtls=scenario.settings.mtls.value,
+        trust_domain=scenario.settings.trust_domain,
+        ca=f"{addressing.ca()}:{ca_port}" if mtls else "",
     )
+
+
+def _local_proxy_pods(docs: list[dict[str, Any]], nodes: list[NodePlan]) -> list[dict[str, Any]]:
+    """With mTLS on, the scenario has a proxy pod per node (kind ``ProxyPod``, as the
+    controller reads the proxies' own pods in a cluster: sim.scenario.proxy_pods), which the
+    core turns into each node's tunnel address (``settings.mtls.proxies``). Here each node's
+    proxy listens on the node's loopback address: the pods carry that address and tunnel
+    port, so the controller publishes where the real proxies are."""
+    where = {n.name: n for n in nodes}
+    out = []
+    for doc in docs:
+        node = where.get(str((doc.get("spec") or {}).get("nodeName")))
+        if doc.get("kind") != "ProxyPod" or node is None:
+            out.append(doc)
+            continue
+        local = copy.deepcopy(doc)
+        local.setdefault("status", {})["podIP"] = node.address
+        for container in local["spec"].get("containers") or []:
+            for port in container.get("ports") or []:
+                if port.get("name") == TUNNEL_PORT_NAME:
+                    port["containerPort"] = node.tunnel_port
+        out.append(local)
+    return out
 
 
 def _pod_ips(docs: list[dict[str, Any]]) -> list[str]:

@@ -1,10 +1,12 @@
 """Run a planned local mesh for real: ``python -m mesh.local.run WORKDIR``.
 
 Reads ``WORKDIR/plan.json`` (plan.py) and runs, in this order: the controller (file provider
-on ``WORKDIR/manifests``), one test app per pod, one node proxy per node (each with
-``--address-map`` and ``--access-log``), waits until every proxy applied the controller's
-config, then optionally Locust (``options.load``) with the scenario's traffic, and applies the
-timeline in real time from ``t0``:
+on ``WORKDIR/manifests``), one test app per pod, with mTLS on the run's certificate authority
+(ca.py, served from a thread of this process), one node proxy per node (each with
+``--address-map`` and ``--access-log``; with mTLS on, ``--certificates local`` and its node's
+token), waits until every proxy applied the controller's config (and is Ready: with mTLS on,
+once it holds its node's certificates), then optionally Locust (``options.load``) with the
+scenario's traffic, and applies the timeline in real time from ``t0``:
 
 - ``endpoint-down``/``node-down`` (and ``-up``): the pods' test apps are killed (SIGKILL: open
   connections are reset, new ones refused) and started again. With ``failure: unreachable``
@@ -30,9 +32,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -42,7 +46,8 @@ from typing import Any
 
 import yaml
 
-from mesh.local.plan import Plan, PodPlan
+from mesh.local.ca import LocalCA, live_pods, serve
+from mesh.local.plan import NodePlan, Plan, PodPlan
 from mesh.local.procs import Child, Supervisor, wait_http
 from sim.scenario import Event, with_event_objects
 
@@ -93,6 +98,10 @@ class LocalMesh:
         self.record: dict[str, Any] = {"events": [], "status": "starting", "realised": []}
         self.pending_versions: list[dict[str, Any]] = []
         self.t0 = 0.0
+        self.ca: LocalCA | None = None
+        self.ca_server: Any = None
+        self.keys: Path | None = None  # tokens and keys: memory only, never in the output
+        self.cpu: dict[str, dict[str, float]] = {}  # "t0"/"end" -> node -> CPU seconds
 
     # -- start ----------------------------------------------------------------------------
 
@@ -131,6 +140,8 @@ class LocalMesh:
         for pod in plan.pods:
             app = self.apps[pod.ip]
             wait_http(f"http://{pod.address}:{pod.http_port}/healthz", timeout=60, child=app)
+        if plan.mtls != "off":
+            self._start_ca()
         for node in plan.nodes:
             self.proxies[node.name] = self.supervisor.start(
                 f"proxy-{node.name}",
@@ -154,6 +165,7 @@ class LocalMesh:
                     "--log-level",
                     "warning",
                     *[arg for m in plan.address_maps for arg in ("--address-map", m)],
+                    *self._certificate_args(node),
                 ],
                 stdout=self.workdir / f"access-{node.name}.jsonl",
             )
@@ -166,6 +178,59 @@ class LocalMesh:
         self._wait_versions(timeout=30)
         self.record["status"] = "running"
         del host, port
+
+    def _start_ca(self) -> None:
+        """The run's CA (ca.py): a root of its own, a token per node in a private directory
+        on a memory-backed file system (removed at the end; keys and tokens never reach the
+        output directory), served on the plan's CA address."""
+        plan = self.plan
+        shm = Path("/dev/shm")
+        self.keys = Path(
+            tempfile.mkdtemp(prefix="simmesh-keys-", dir=shm if shm.is_dir() else None)
+        )
+        self.ca = LocalCA(
+            trust_domain=plan.trust_domain,
+            nodes=[n.name for n in plan.nodes],
+            pods=lambda: live_pods(self.docs),
+        )
+        for node in plan.nodes:
+            (self.keys / node.name).mkdir(mode=0o700)
+            token = self.keys / f"{node.name}.token"
+            fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(self.ca.tokens[node.name] + "\n")
+        host, port = plan.ca.rsplit(":", 1)
+        self.ca_server = serve(self.ca, host, int(port))
+        self.record["ca"] = {"address": plan.ca, "root": self.ca.signer.fingerprint}
+
+    def _certificate_args(self, node: NodePlan) -> list[str]:
+        """With mTLS on: the node's certificates from the run's CA, its tunnel port."""
+        if self.keys is None:
+            return []
+        return [
+            "--certificates",
+            "local",
+            "--ca-url",
+            f"http://{self.plan.ca}",
+            "--ca-token-file",
+            str(self.keys / f"{node.name}.token"),
+            "--certificate-dir",
+            str(self.keys / node.name),
+            "--tunnel-port",
+            str(node.tunnel_port),
+        ]
+
+    def sample_cpu(self, when: str) -> None:
+        """Each node proxy's CPU seconds so far (user + system, from /proc)."""
+        ticks = os.sysconf("SC_CLK_TCK")
+        sample = {}
+        for name, child in self.proxies.items():
+            try:
+                fields = Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            sample[name] = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+        self.cpu[when] = sample
 
     def _start_app(self, pod: PodPlan, *, listen_at: float | None = None) -> None:
         b = pod.behaviour
@@ -478,6 +543,19 @@ class LocalMesh:
             name: {"version": c.get("version"), "error": c.get("error")}
             for name, c in configs.items()
         }
+        if self.ca is not None:
+            for node in self.plan.nodes:
+                base = f"http://{node.address}:{node.admin_port}"
+                try:
+                    with urllib.request.urlopen(f"{base}/certificates", timeout=5) as r:
+                        (self.workdir / f"certificates-{node.name}.json").write_bytes(r.read())
+                except (OSError, urllib.error.URLError):
+                    pass
+        start, end = self.cpu.get("t0", {}), self.cpu.get("end", {})
+        if start and end:
+            self.record["proxyCpu"] = {
+                n: round(end[n] - start[n], 3) for n in sorted(end) if n in start
+            }
 
     def stop(self) -> None:
         if self.probe is not None:
@@ -493,6 +571,13 @@ class LocalMesh:
             self._unblock(address)
         self.supervisor.stop_all(grace=5)
         self.record["processes"] = {c.name: c.pid for c in self.supervisor.children}
+        if self.ca_server is not None:
+            self.ca_server.shutdown()
+            self.ca_server.server_close()
+        if self.ca is not None:
+            self.record["ca"] = {"address": self.plan.ca, **self.ca.record()}
+        if self.keys is not None:
+            shutil.rmtree(self.keys, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -523,6 +608,7 @@ def main(argv: list[str] | None = None) -> int:
             mesh.start_probe()
         mesh.t0 = time.time() + float(options.get("lead", 0.5))
         t0_file.write_text(repr(mesh.t0))
+        mesh.sample_cpu("t0")  # (the lead before t0 is idle)
         mesh.record["t0"] = mesh.t0
         _announce(plan, workdir)
         _run(mesh, options)
@@ -558,6 +644,8 @@ def _run(mesh: LocalMesh, options: dict[str, Any]) -> None:
         else (mesh.t0 + float(hold) if hold is not None else math.inf)
     )
     while time.time() < end:
+        if "end" not in mesh.cpu and time.time() >= mesh.t0 + plan.duration:
+            mesh.sample_cpu("end")  # the proxies' CPU over the scenario's duration
         while schedule and time.time() >= mesh.t0 + schedule[0][0]:
             _, _, what, event = schedule.pop(0)
             if what == PRESTART:
@@ -581,7 +669,13 @@ def _announce(plan: Plan, workdir: Path) -> None:
         f"logs in {workdir} while it runs"
     ]
     for node in plan.nodes:
-        lines.append(f"  node {node.name}: proxy {node.address}, admin :{node.admin_port}")
+        tunnel = f", mTLS tunnel :{node.tunnel_port}" if plan.mtls != "off" else ""
+        lines.append(f"  node {node.name}: proxy {node.address}, admin :{node.admin_port}{tunnel}")
+    if plan.mtls != "off":
+        lines.append(
+            f"  mTLS {plan.mtls}: certificates from the run's CA at {plan.ca} "
+            f"(trust domain {plan.trust_domain}); each proxy's at /certificates"
+        )
     enter = f"nsenter --net=/proc/{os.getpid()}/ns/net " if plan.isolation == "netns" else ""
     for s in plan.streams:
         lines.append(

@@ -5,7 +5,9 @@ workloads as test apps (plan.py says where), applies the timeline in real time, 
 ``--load`` drives the scenario's traffic with Locust; Ctrl-C stops everything it started.
 Without ``--load`` it keeps the mesh up (``--for SECONDS``, or until Ctrl-C) for curl or a
 Locust run of your own: the addresses are printed, and a client has a pod's identity when it
-sends from that pod's address (``curl --interface``).
+sends from that pod's address (``curl --interface``). With ``mtls: permissive`` or ``strict``
+in the scenario's settings the proxies tunnel between nodes with certificates from the run's
+own CA (ca.py).
 """
 
 from __future__ import annotations

@@ -56,7 +56,8 @@ class AddressMap:
         return ip
 
     def apply(self, config: MeshConfig) -> MeshConfig:
-        """The config with endpoints at their local addresses and identities keyed by them."""
+        """The config with endpoints at their local addresses, and identities and (with mTLS)
+        the pods' nodes keyed by them."""
         if not self.pairs:
             return config
         clusters = {
@@ -69,4 +70,13 @@ class AddressMap:
             for key, cluster in config.clusters.items()
         }
         identities = {self.to_local(ip): who for ip, who in config.identities.items()}
-        return msgspec.structs.replace(config, clusters=clusters, identities=identities)
+        settings = config.settings
+        mtls = settings.mtls
+        if mtls is not None:  # which node a caller's address is on (strict refuses the others)
+            pods = {self.to_local(ip): node for ip, node in mtls.pods.items()}
+            settings = msgspec.structs.replace(
+                settings, mtls=msgspec.structs.replace(mtls, pods=pods)
+            )
+        return msgspec.structs.replace(
+            config, clusters=clusters, identities=identities, settings=settings
+        )

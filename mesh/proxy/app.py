@@ -10,8 +10,8 @@ Go programs do): the connection limits are derived from it (:mod:`mesh.proxy.res
 
 Every option is checked before the proxy starts (:mod:`mesh.argtypes`; ``--node`` must be a
 node name, ``--bind`` must resolve, ``--upstream-ca`` must load, ``--token-file`` must hold a
-token); a bad one is one line on stderr and exit code 2, as is an admin port that cannot be
-bound.
+token, ``--certificates local`` needs ``--ca-url`` and a ``--ca-token-file`` holding a token);
+a bad one is one line on stderr and exit code 2, as is an admin port that cannot be bound.
 """
 
 from __future__ import annotations
@@ -68,11 +68,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     identity = parser.add_argument_group("workload certificates (mTLS, issue 17)")
     identity.add_argument(
         "--certificates",
-        choices=("off", "kubernetes"),
+        choices=("off", "kubernetes", "local"),
         default="off",
         help="kubernetes: when the config turns mTLS on, hold a certificate per ServiceAccount "
         "with a pod on this node, from the controller's CA through the CSR API (in-cluster "
-        "ServiceAccount token)",
+        "ServiceAccount token); local: the same from the CA of a local mesh (simmesh up), "
+        "named by --ca-url and --ca-token-file",
+    )
+    identity.add_argument(
+        "--ca-url",
+        type=argtypes.http_url,
+        metavar="URL",
+        help="with --certificates local: the local mesh's CA (http://ADDRESS:PORT)",
+    )
+    identity.add_argument(
+        "--ca-token-file",
+        metavar="FILE",
+        help="with --certificates local: this node's token for the local CA (it issues only "
+        "the identities of this node's pods)",
     )
     identity.add_argument(
         "--certificate-dir",
@@ -419,14 +432,21 @@ async def serve(args: argparse.Namespace) -> int:
 
 
 def _certificates(args: argparse.Namespace, proxy: Proxy) -> CertificateManager | None:
-    """The certificate manager (--certificates kubernetes), its metrics on /metrics."""
+    """The certificate manager (--certificates kubernetes or local), its metrics on /metrics."""
     if args.certificates == "off":
         return None
     # imported only here: cryptography and the CSR client cost a proxy without mTLS 10 MB
-    from mesh.proxy.certs import CertificateManager, CertificateMetrics
-    from mesh.proxy.kubecsr import KubeCsrSource
+    from mesh.proxy.certs import CertificateManager, CertificateMetrics, CertificateSource
 
-    source = KubeCsrSource.in_cluster(namespace=args.mesh_namespace, node=args.node)
+    source: CertificateSource
+    if args.certificates == "local":
+        from mesh.proxy.localca import LocalCaSource
+
+        source = LocalCaSource(url=args.ca_url, token_file=Path(args.ca_token_file))
+    else:
+        from mesh.proxy.kubecsr import KubeCsrSource
+
+        source = KubeCsrSource.in_cluster(namespace=args.mesh_namespace, node=args.node)
     # the tunnels' TLS contexts load files: without --certificate-dir, a private directory
     # on a memory-backed file system where there is one
     shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
@@ -484,6 +504,16 @@ def check(args: argparse.Namespace) -> None:
             read_token(args.token_file)
         except ValueError as exc:
             raise StartError(f"--token-file: {exc}") from None
+    local = args.certificates == "local"
+    if local and (args.ca_url is None or args.ca_token_file is None):
+        raise StartError("--certificates local needs --ca-url and --ca-token-file")
+    if not local and (args.ca_url is not None or args.ca_token_file is not None):
+        raise StartError("--ca-url and --ca-token-file go with --certificates local")
+    if args.ca_token_file is not None:
+        try:
+            read_token(args.ca_token_file)
+        except ValueError as exc:
+            raise StartError(f"--ca-token-file: {exc}") from None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -662,6 +662,7 @@ def cli_cases() -> Iterator[Case]:
         "--mesh-namespace": ["Mesh_NS"],
         "--certificate-dir": ["{dir}/missing"],
         "--tunnel-port": ["0", "70000", "x", "-1"],
+        "--ca-url": ["ftp://x", "http://"],
     }.items():
         for value in values:
             argv = [*proxy, flag, value]
@@ -679,6 +680,31 @@ def cli_cases() -> Iterator[Case]:
         (["--config-file", "{dir}"], ("--config-file",), "generated"),
         (["--token-file", "{dir}/missing"], ("--token-file",), "generated"),
         (["--token-file", "{dir}/empty"], ("--token-file",), "generated"),
+        # the local mesh's CA (simmesh up): its URL and this node's token go with it
+        (["--certificates", "local"], ("--ca-url", "--ca-token-file"), "generated"),
+        (
+            ["--certificates", "local", "--ca-url", "http://127.0.0.1:1"],
+            ("--ca-token-file",),
+            "generated",
+        ),
+        (["--ca-url", "http://127.0.0.1:1"], ("--certificates local",), "generated"),
+        (
+            ["--certificates", "kubernetes", "--ca-token-file", "{dir}/empty"],
+            ("--certificates local",),
+            "generated",
+        ),
+        (
+            [
+                "--certificates",
+                "local",
+                "--ca-url",
+                "http://127.0.0.1:1",
+                "--ca-token-file",
+                "{dir}/empty",
+            ],
+            ("--ca-token-file",),
+            "generated",
+        ),
     ):
         files = {"garbage.pem": b"\x00not a certificate", "empty": ""}
         yield Case(

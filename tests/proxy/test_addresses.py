@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from mesh.core.config import MeshConfig
-from mesh.core.model import Settings
+from mesh.core.model import MtlsMode, Settings
+from mesh.core.routing import Router
 from mesh.proxy.addresses import AddressMap
 from tests.core.builders import app, compile_docs, pod, wire
 
@@ -28,6 +29,23 @@ def test_endpoints_and_identities_move_to_local_addresses() -> None:
         "192.168.0.9": "ns/web",
     }
     assert wire(config())["clusters"]["ns/web:80"]["endpoints"][0]["ip"] == "10.244.1.7"
+
+
+def test_with_mtls_the_pods_nodes_move_to_local_addresses_too() -> None:
+    """Strict mode refuses plaintext from another node's pod by the caller's node
+    (settings.mtls.pods): keyed by the cluster address, a local caller's address was found
+    on no node and let through (the local mesh, simmesh up)."""
+    docs = [
+        *app("web", ns="ns", ips=["10.244.1.7"]),
+        pod("client-0", sa="client", ip="10.244.0.20", ns="ns", node="node-b"),
+    ]
+    original = compile_docs(docs, Settings(acl=True, mtls=MtlsMode.STRICT))
+    mapped = AddressMap.parse(["10.244.0.0/16=127.1.0.0/16"]).apply(original)
+    assert wire(original)["settings"]["mtls"]["pods"] == {"10.244.0.20": "node-b"}
+    assert wire(mapped)["settings"]["mtls"]["pods"] == {"127.1.0.20": "node-b"}
+    router = Router(mapped)
+    assert router.caller("127.1.0.20", "node-a").refused is not None
+    assert router.caller("127.1.0.20", "node-b").refused is None
 
 
 def test_no_map_passes_the_config_through() -> None:

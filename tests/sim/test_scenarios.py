@@ -106,6 +106,15 @@ def test_set_edits_before_validation(tmp_path: Path) -> None:
         load_scenario(write(tmp_path, GOOD), ["traffic[5].rate=1"])
 
 
+def test_set_of_one_setting_keeps_the_others_of_mesh_yaml(tmp_path: Path) -> None:
+    directory = write(tmp_path, GOOD)
+    (directory / "mesh.yaml").write_text("acl: true\nzone: local\n")
+    scenario = load_scenario(directory, ["settings.mtls=strict"])
+    assert scenario.settings.acl and scenario.settings.zone == "local"
+    assert scenario.settings.mtls.value == "strict"
+    assert load_scenario(directory).settings.mtls.value == "off"
+
+
 def simmesh(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "mesh.cli", *args],
