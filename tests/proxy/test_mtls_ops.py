@@ -137,12 +137,13 @@ async def test_per_identity_metrics_and_handshakes_by_outcome(tmp_path: Path) ->
             await asyncio.sleep(0.05)
         assert metric(net.b, failures, side="server", reason="not-tls") == 1
         # what simmesh check makes of it: demo/local has 10 of 60 minutes left: a warning
-        [row_a, row_b] = await check.check_certificates(
+        [row_a, row_b, roots] = await check.check_certificates(
             [check.HttpProxy(admin(net.a)), check.HttpProxy(admin(net.b))]
         )
         assert (row_a.ok, row_a.warn) == (True, True), row_a
         assert "demo/local expires in 9m" in row_a.detail
         assert (row_b.ok, row_b.warn) == (True, False), row_b
+        assert (roots.name, roots.ok, roots.warn) == ("trust roots", True, False), roots
 
 
 async def test_check_fails_a_proxy_missing_a_local_identity_until_it_holds_it(
@@ -150,8 +151,9 @@ async def test_check_fails_a_proxy_missing_a_local_identity_until_it_holds_it(
 ) -> None:
     async with two_nodes(tmp_path) as net:
         proxies = [check.HttpProxy(admin(net.a)), check.HttpProxy(admin(net.b))]
-        row_a, row_b = await check.check_certificates(proxies)
+        row_a, row_b, roots = await check.check_certificates(proxies)
         assert row_a.name == "certificates node-a" and not row_a.ok
+        assert roots.name == "trust roots" and roots.ok and not roots.warn
         assert row_a.detail == (
             "mTLS strict, trust domain cluster.local, 1/2 identities of the node's pods held: "
             "no certificate for demo/local"
@@ -174,7 +176,7 @@ async def test_check_fails_a_proxy_missing_a_local_identity_until_it_holds_it(
                 "demo/local": net.authority.issue("demo/local"),
             },
         )
-        row_a, _ = await check.check_certificates(proxies)
+        row_a, _, _ = await check.check_certificates(proxies)
         assert row_a.ok and not row_a.warn, row_a
         # the command, as a user runs it: no cluster, the proxies' admin ports given
         process = await asyncio.create_subprocess_exec(
@@ -202,7 +204,7 @@ async def test_check_fails_a_proxy_missing_a_local_identity_until_it_holds_it(
         # a proxy that does not answer is a failure of its own row, the others still shown
         gone = check.HttpProxy("http://127.0.0.1:9")
         rows = await check.check_certificates([gone, *proxies])
-        assert [r.ok for r in rows] == [False, True, True]
+        assert [r.ok for r in rows] == [False, True, True, True]  # the last: trust roots
         assert rows[0].name == "certificates http://127.0.0.1:9"
 
 
