@@ -356,15 +356,16 @@ _ENCODER = msgspec.json.Encoder(order="sorted")
 _AT = re.compile(r"^(.*) - at `\$(.*)`$")
 
 
-def decode(text: str | bytes) -> MeshConfig:
-    """A checked MeshConfig from JSON; raises ConfigError."""
+def decode(text: str | bytes, previous: MeshConfig | None = None) -> MeshConfig:
+    """A checked MeshConfig from JSON; raises ConfigError. ``previous``: a config that was
+    checked already, whose equal parts need no second check (see :func:`check`)."""
     try:
         config = _DECODER.decode(text)
     except msgspec.ValidationError as exc:
         raise _config_error(exc) from None
     except (msgspec.DecodeError, RecursionError) as exc:
         raise ConfigError("", f"not a MeshConfig JSON document: {exc}") from None
-    check(config)
+    check(config, previous)
     return config
 
 
@@ -394,8 +395,19 @@ def encode(config: MeshConfig) -> bytes:
 # -- what types cannot say ------------------------------------------------------------------------
 
 
-def check(config: MeshConfig) -> None:
-    """Cross-field checks: raises ConfigError naming the first bad field."""
+def check(config: MeshConfig, previous: MeshConfig | None = None) -> None:
+    """Cross-field checks: raises ConfigError naming the first bad field.
+
+    With ``previous`` (a config that passed this check), a cluster or an identity equal to
+    the previous one's is not checked again (its checks read only itself), nor a route equal
+    to the previous one's while every previous cluster is still there (its checks read only
+    itself and which clusters exist): at 10,000 Services a change then costs the proxy a
+    check of what changed, not of 100,000 endpoint addresses."""
+    old_clusters = previous.clusters if previous is not None else {}
+    old_routes = previous.routes if previous is not None else {}
+    old_ids = previous.identities if previous is not None else {}
+    if any(key not in config.clusters for key in old_clusters):
+        old_routes = {}  # a cluster went away: every route's references are checked again
     for i, listener in enumerate(config.listeners):
         where = f"listeners[{i}]"
         if listener.protocol == "http":
@@ -410,10 +422,14 @@ def check(config: MeshConfig) -> None:
             if key not in config.routes:
                 raise ConfigError(f"hosts[{port}][{host}]", f"no route {key!r}")
     for key, route in config.routes.items():
-        _check_route(config, key, route)
+        if old_routes.get(key) != route:
+            _check_route(config, key, route)
     for key, cluster in config.clusters.items():
-        _check_cluster(key, cluster)
+        if old_clusters.get(key) != cluster:
+            _check_cluster(key, cluster)
     for ip, identity in config.identities.items():
+        if old_ids.get(ip) == identity:
+            continue
         _ip(ip, f"identities[{ip}]")
         if identity.count("/") != 1:
             raise ConfigError(f"identities[{ip}]", f"expected namespace/name, got {identity!r}")

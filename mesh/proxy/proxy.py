@@ -264,7 +264,7 @@ class Proxy:
         if current is not None and current.version == config.version:
             return False
         local = share_rate_limits(self.options.address_map.apply(config), self.options.workers)
-        router = Router(local)
+        router = Router(local, current.router if current is not None else None)
         engine = Engine(router, state=self.state)
         self.ctx.snapshot = Snapshot(config, router, engine, config.version, time.time())
         self.metrics.count("reloads")

@@ -42,15 +42,18 @@ log = logging.getLogger("simmesh.proxy")
 Apply = Callable[[MeshConfig], Awaitable[bool]]
 
 
-def parse_config(data: bytes, *, name: str = "config") -> MeshConfig:
+def parse_config(
+    data: bytes, *, name: str = "config", previous: MeshConfig | None = None
+) -> MeshConfig:
     """A MeshConfig from JSON (or YAML, for ``*.yaml`` files), checked by its schema;
-    ValueError naming the file and the field when it is unusable."""
+    ValueError naming the file and the field when it is unusable. ``previous``: the last
+    config that was read, whose equal parts are not checked again."""
     if len(data) > CONFIG_LIMITS.max_bytes:
         raise DocumentError(f"{name}: {len(data)} bytes, larger than {CONFIG_LIMITS.max_bytes}")
     try:
         if name.endswith((".yaml", ".yml")):
             return schema.convert(load_yaml(data, name=name, limits=CONFIG_LIMITS))
-        return schema.decode(data)
+        return schema.decode(data, previous)
     except ConfigError as exc:
         raise DocumentError(f"{name}: {exc}") from None
 
@@ -168,6 +171,7 @@ class ControllerSource:
         self._token_file = token_file
         self._token = read_token(token_file) if token_file else None
         self._max_bytes = max_bytes
+        self._config: MeshConfig | None = None  # the last one read and applied
 
     async def run(self) -> None:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=5.0, sock_read=self._poll_timeout)
@@ -207,8 +211,9 @@ class ControllerSource:
                 raise RuntimeError(f"HTTP {resp.status}")
             data = await self._body(resp)
             etag = resp.headers.get("ETag", "").removeprefix("W/").strip('"')
-        config = parse_config(data, name=self.url)
+        config = parse_config(data, name=self.url, previous=self._config)
         await self._apply(config)
+        self._config = config
         old = self.version
         self.version = etag or config.version
         self.status["version"] = self.version
