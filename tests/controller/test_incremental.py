@@ -161,11 +161,20 @@ def test_router_with_the_previous_one_compiles_the_same(acl: bool) -> None:
     store = Store()
     router: Router | None = None
     config: schema.MeshConfig | None = None
+    reader = schema.ConfigReader()
+    last: schema.MeshConfig | None = None
     for name, step in STEPS:
         step(store)
         new = _compiled(store, settings)
         checked = schema.decode(schema.encode(new), config)  # checks only what changed
         assert checked == new, name
+        read = reader.decode(schema.encode(new))  # decodes only what changed
+        assert read == new, name
+        if last is not None:
+            same = [k for k in new.clusters if new.clusters[k] == last.clusters.get(k)]
+            assert same or name == "start"
+            assert all(read.clusters[k] is last.clusters[k] for k in same), name
+        last = read
         fresh = Router(new)
         reusing = Router(new, router)
         _consistent(reusing)
@@ -196,3 +205,20 @@ def test_check_with_the_previous_config_still_catches_what_changed() -> None:
     dangling = schema.encode(msgspec.structs.replace(good, clusters=clusters))
     with pytest.raises(schema.ConfigError, match="no cluster"):
         schema.decode(dangling, good)
+
+
+def test_config_reader_checks_what_changed() -> None:
+    store = Store()
+    _put(*app("a", ips=["10.1.0.1"]), *app("b", ips=["10.1.1.1"]))(store)
+    good = _compiled(store, Settings())
+    reader = schema.ConfigReader()
+    assert reader.decode(schema.encode(good)) == good
+    bad_ip = schema.encode(good).replace(b'"10.1.0.1"', b'"10.1.0.x"')
+    with pytest.raises(schema.ConfigError, match="IP address"):
+        reader.decode(bad_ip)
+    bad_type = schema.encode(good).replace(b'"port":8080', b'"port":"x"', 1)
+    with pytest.raises(schema.ConfigError, match=r"clusters\[\.\.\.\]\.endpoints"):
+        reader.decode(bad_type)
+    with pytest.raises(schema.ConfigError, match="MeshConfig JSON"):
+        reader.decode(b"{")
+    assert reader.decode(schema.encode(good)) == good  # the last good one is still the base
