@@ -88,6 +88,10 @@ class _Parts:
     hosts: tuple[tuple[str, str, tuple[str, ...]], ...]  # (HTTP listener, route key, Hosts)
     flows: tuple[tuple[str, str], ...]  # (tcp|udp, route key): given a listener later
     errors: tuple[ObjectError, ...]
+    # the JSON of its clusters and of its HTTP routes (a TCP or UDP route's listener is
+    # assigned later), encoded when the part is made: a rebuild encodes what changed
+    cluster_json: tuple[tuple[str, msgspec.Raw], ...]
+    route_json: tuple[tuple[str, msgspec.Raw], ...]
 
 
 class ConfigCache:
@@ -136,6 +140,8 @@ def build_config_json(
     ):
         reuse = cache.services
     made: dict[str, _Parts] = {}
+    cluster_json: dict[str, msgspec.Raw] = {}  # cluster key -> its JSON
+    route_json: dict[str, msgspec.Raw] = {}  # HTTP route key -> its JSON
     for key in sorted(topology.services):
         service = topology.services[key]
         split = topology.splits.get(key)
@@ -158,6 +164,8 @@ def build_config_json(
         for proto, rkey in parts.flows:
             flows[proto].append(rkey)
         errors.extend(parts.errors)
+        cluster_json.update(parts.cluster_json)
+        route_json.update(parts.route_json)
     if cache is not None:
         cache.settings = settings
         cache.grants = list(topology.grants)
@@ -192,7 +200,7 @@ def build_config_json(
         errors=[_problem(e) for e in sorted(set(errors))],
         version="",
     )
-    unversioned = schema.encode(config)
+    unversioned = _encode(config, cluster_json, route_json)
     version = hashlib.sha256(unversioned).hexdigest()[:16]
     if not unversioned.endswith(_NO_VERSION):  # "version" is the last key, sorted
         raise AssertionError("the config's JSON does not end with its version")
@@ -201,6 +209,37 @@ def build_config_json(
 
 
 _NO_VERSION = b'"version":""}'
+
+
+def _fragment(made: Mapping[str, msgspec.Raw], key: str, value: object) -> msgspec.Raw:
+    found = made.get(key)
+    return found if found is not None else msgspec.Raw(schema.encode_value(value))
+
+
+def _encode(
+    config: MeshConfig,
+    cluster_json: Mapping[str, msgspec.Raw],
+    route_json: Mapping[str, msgspec.Raw],
+) -> bytes:
+    """``schema.encode(config)``, byte for byte, with the clusters' and routes' JSON taken
+    from ``cluster_json`` and ``route_json`` where it is there (the same encoder and sorted
+    keys: a MeshConfig's fields in the order of their JSON names, as a dict of them has)."""
+    clusters = {k: _fragment(cluster_json, k, c) for k, c in config.clusters.items()}
+    routes = {k: _fragment(route_json, k, r) for k, r in config.routes.items()}
+    return schema.encode_value(
+        {
+            "apiVersion": config.api_version,
+            "clusters": clusters,
+            "errors": config.errors,
+            "hosts": config.hosts,
+            "identities": config.identities,
+            "kind": config.kind,
+            "listeners": config.listeners,
+            "routes": routes,
+            "settings": config.settings,
+            "version": config.version,
+        }
+    )
 
 
 def _parts(
@@ -215,10 +254,14 @@ def _parts(
     hosts: list[tuple[str, str, tuple[str, ...]]] = []
     flows: list[tuple[str, str]] = []
     errors: list[ObjectError] = []
+    cluster_json: list[tuple[str, msgspec.Raw]] = []
+    route_json: list[tuple[str, msgspec.Raw]] = []
     kind = service.options.traffic_type
     for index, port in enumerate(service.ports):
         rkey = route_key(service, port)
-        clusters.append((rkey, _cluster(service, port, grants if settings.acl else None)))
+        cluster = _cluster(service, port, grants if settings.acl else None)
+        clusters.append((rkey, cluster))
+        cluster_json.append((rkey, msgspec.Raw(schema.encode_value(cluster))))
         listener: int | None = None
         if kind is TrafficType.HTTP:
             if index >= settings.http_ports.size:
@@ -228,7 +271,10 @@ def _parts(
             hosts.append((str(listener), rkey, tuple(_hosts(service, port, settings))))
         else:
             flows.append((kind.value, rkey))
-        routes.append((rkey, _route(service, port, split, scopes[index] or {}, listener)))
+        route = _route(service, port, split, scopes[index] or {}, listener)
+        routes.append((rkey, route))
+        if listener is not None:
+            route_json.append((rkey, msgspec.Raw(schema.encode_value(route))))
     return _Parts(
         service,
         split,
@@ -238,6 +284,8 @@ def _parts(
         tuple(hosts),
         tuple(flows),
         tuple(errors),
+        tuple(cluster_json),
+        tuple(route_json),
     )
 
 

@@ -486,6 +486,11 @@ def encode(config: MeshConfig) -> bytes:
     return _ENCODER.encode(config)
 
 
+def encode_value(value: object) -> bytes:
+    """A part of a config (or a dict of parts) as :func:`encode` writes it in a config."""
+    return _ENCODER.encode(value)
+
+
 # -- what types cannot say ------------------------------------------------------------------------
 
 
@@ -730,5 +735,6 @@ __all__ = [
     "convert",
     "decode",
     "encode",
+    "encode_value",
     "host_port",
 ]
