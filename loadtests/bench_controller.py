@@ -141,7 +141,7 @@ def measure(cluster: harness.Cluster, services: int, changes: int, workdir: Path
 
         view = wait(full, 600, "first full config")
         first_config_s = time.perf_counter() - started
-        rebuild_s = view["buildSeconds"]
+        full_build_s = view["buildSeconds"]  # the first build: nothing to reuse
         for n in range(2):
             log = (workdir / f"proxy{n}-{services}.log").open("wb")
             logs.append(log)
@@ -192,11 +192,12 @@ def measure(cluster: harness.Cluster, services: int, changes: int, workdir: Path
                     f"last {latencies[-1] * 1000:.0f} ms",
                     file=sys.stderr,
                 )
-        rebuild_s = get(f"{url}/api/v1/topology")["buildSeconds"]
+        rebuild_s = get(f"{url}/api/v1/topology")["buildSeconds"]  # after the last change
         return {
             "services": services,
             "populate_s": populate_s,
             "first_config_s": first_config_s,
+            "full_build_s": full_build_s,
             "rebuild_s": rebuild_s,
             "controller_rss_mb": rss_mb(controller.pid),
             "proxy_rss_mb": max(rss_mb(p.pid) for p in procs[1:]),
@@ -246,23 +247,29 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "Each Service has an EndpointSlice with 10 ready endpoints. Two real node proxies",
         "long-poll the controller. Propagation: a Service annotation patched -> both proxies",
-        f"have applied the new config; {args.changes} changes, one after another.",
+        f"have applied the new config; {args.changes} changes, one after another. Full build:",
+        "the controller's first config (nothing to reuse); rebuild after a change: the last",
+        "change's (the Services whose inputs did not change are reused, mesh.core.topology",
+        "TopologyCache and mesh.core.config ConfigCache; proxies check and compile what changed).",
         "",
-        "| Services | first config after start (s) | full rebuild (s) | controller RSS (MB) "
-        "| proxy RSS (MB) | propagation p50 (ms) | p99 (ms) | targets |",
-        "|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| Services | first config after start (s) | full build (s) | rebuild after a change (s) "
+        "| controller RSS (MB) | proxy RSS (MB) | propagation p50 (ms) | p99 (ms) | targets |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         verdicts = []
         if r["services"] == 1000:
             verdicts.append(f"p99 <= 1 s: {'met' if r['p99_ms'] <= 1000 else 'missed'}")
         if r["services"] == 10000:
-            verdicts.append(f"rebuild <= 2 s: {'met' if r['rebuild_s'] <= 2 else 'missed'}")
+            verdicts.append(f"p99 <= 1 s: {'met' if r['p99_ms'] <= 1000 else 'missed'}")
+            verdicts.append(
+                f"full build <= 0.5 s: {'met' if r['full_build_s'] <= 0.5 else 'missed'}"
+            )
         verdicts.append(f"RSS <= 500 MB: {'met' if r['controller_rss_mb'] <= 500 else 'missed'}")
         lines.append(
-            f"| {r['services']:,} | {r['first_config_s']:.1f} | {r['rebuild_s']:.2f} | "
-            f"{r['controller_rss_mb']:.0f} | {r['proxy_rss_mb']:.0f} | {r['p50_ms']:.0f} | "
-            f"{r['p99_ms']:.0f} | {'; '.join(verdicts)} |"
+            f"| {r['services']:,} | {r['first_config_s']:.1f} | {r['full_build_s']:.2f} | "
+            f"{r['rebuild_s']:.2f} | {r['controller_rss_mb']:.0f} | {r['proxy_rss_mb']:.0f} | "
+            f"{r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {'; '.join(verdicts)} |"
         )
     text = "\n".join(lines)
     print(text)

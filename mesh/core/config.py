@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import msgspec
 
@@ -50,7 +51,15 @@ from mesh.core.model import (
 )
 from mesh.core.schema import API_VERSION, MeshConfig
 
-__all__ = ["API_VERSION", "MeshConfig", "assign_ports", "build_config", "config_version"]
+__all__ = [
+    "API_VERSION",
+    "ConfigCache",
+    "MeshConfig",
+    "assign_ports",
+    "build_config",
+    "build_config_json",
+    "config_version",
+]
 from mesh.core.topology import (
     Grant,
     TopoFilters,
@@ -59,6 +68,7 @@ from mesh.core.topology import (
     TopoRoute,
     TopoRule,
     TopoService,
+    TopoSplit,
 )
 
 
@@ -66,37 +76,100 @@ def route_key(service: TopoService, port: TopoPort) -> str:
     return f"{service.key}:{port.port}"
 
 
+@dataclass(frozen=True, slots=True)
+class _Parts:
+    """What one Service gives the config, and what it was made from."""
+
+    service: TopoService
+    split: TopoSplit | None
+    scopes: tuple[Mapping[str, list[TopoRoute]] | None, ...]  # per port: its GAMMA routes
+    clusters: tuple[tuple[str, schema.Cluster], ...]
+    routes: tuple[tuple[str, schema.Route], ...]
+    hosts: tuple[tuple[str, str, tuple[str, ...]], ...]  # (HTTP listener, route key, Hosts)
+    flows: tuple[tuple[str, str], ...]  # (tcp|udp, route key): given a listener later
+    errors: tuple[ObjectError, ...]
+    # the JSON of its clusters and of its HTTP routes (a TCP or UDP route's listener is
+    # assigned later), encoded when the part is made: a rebuild encodes what changed
+    cluster_json: tuple[tuple[str, msgspec.Raw], ...]
+    route_json: tuple[tuple[str, msgspec.Raw], ...]
+
+
+class ConfigCache:
+    """What the last :func:`build_config` made of each Service, so that the next build
+    reuses it when the Service's topology, its split and its GAMMA routes are equal (and the
+    settings, and in ACL mode the grants): a change at 10,000 Services builds the documents
+    of what changed. The result is the same as a build without the cache."""
+
+    def __init__(self) -> None:
+        self.settings: Settings | None = None
+        self.grants: list[Grant] | None = None
+        self.services: dict[str, _Parts] = {}
+
+
 def build_config(
-    topology: Topology, settings: Settings, previous: Mapping[str, int] | None = None
+    topology: Topology,
+    settings: Settings,
+    previous: Mapping[str, int] | None = None,
+    cache: ConfigCache | None = None,
 ) -> MeshConfig:
+    return build_config_json(topology, settings, previous, cache)[0]
+
+
+def build_config_json(
+    topology: Topology,
+    settings: Settings,
+    previous: Mapping[str, int] | None = None,
+    cache: ConfigCache | None = None,
+) -> tuple[MeshConfig, bytes]:
+    """The config and its JSON (:func:`mesh.core.schema.encode`), encoded once: the version
+    is a digest of the JSON with an empty version, which is then written in."""
     errors = list(topology.errors)
     previous = previous or {}
     routes: dict[str, schema.Route] = {}
     clusters: dict[str, schema.Cluster] = {}
     hosts: dict[str, dict[str, str]] = {}
     flows: dict[str, list[str]] = {"tcp": [], "udp": []}
-    listeners_of: dict[str, int] = {}
     grants: dict[str, list[Grant]] = {}
     for grant in topology.grants:
         grants.setdefault(grant.destination, []).append(grant)
+    reuse: dict[str, _Parts] = {}
+    if (
+        cache is not None
+        and cache.settings == settings
+        and (not settings.acl or cache.grants == topology.grants)
+    ):
+        reuse = cache.services
+    made: dict[str, _Parts] = {}
+    cluster_json: dict[str, msgspec.Raw] = {}  # cluster key -> its JSON
+    route_json: dict[str, msgspec.Raw] = {}  # HTTP route key -> its JSON
     for key in sorted(topology.services):
         service = topology.services[key]
-        kind = service.options.traffic_type
-        for index, port in enumerate(service.ports):
-            rkey = route_key(service, port)
-            clusters[rkey] = _cluster(service, port, grants if settings.acl else None)
-            if kind is TrafficType.HTTP:
-                if index >= settings.http_ports.size:
-                    errors.append(_too_many_ports(service, index, settings.http_ports))
-                    continue
-                listener = settings.http_ports.start + index
-                listeners_of[rkey] = listener
-                table = hosts.setdefault(str(listener), {})
-                for host in _hosts(service, port, settings):
-                    table[host] = rkey
-            else:
-                flows[kind.value].append(rkey)
-            routes[rkey] = _route(service, port, topology, listeners_of.get(rkey))
+        split = topology.splits.get(key)
+        scopes = tuple(topology.routes.get((key, p.port)) for p in service.ports)
+        parts = reuse.get(key)
+        if (
+            parts is None
+            or not (parts.service is service or parts.service == service)
+            or parts.split != split
+            or parts.scopes != scopes
+        ):
+            parts = _parts(service, split, scopes, settings, grants)
+        made[key] = parts
+        clusters.update(parts.clusters)
+        routes.update(parts.routes)
+        for listener, rkey, names in parts.hosts:
+            table = hosts.setdefault(listener, {})
+            for host in names:
+                table[host] = rkey
+        for proto, rkey in parts.flows:
+            flows[proto].append(rkey)
+        errors.extend(parts.errors)
+        cluster_json.update(parts.cluster_json)
+        route_json.update(parts.route_json)
+    if cache is not None:
+        cache.settings = settings
+        cache.grants = list(topology.grants)
+        cache.services = made
     listeners = [schema.Listener(port=int(p), protocol="http") for p in hosts]
     for proto, pool in (("tcp", settings.tcp_ports), ("udp", settings.udp_ports)):
         assigned, overflow = assign_ports(flows[proto], pool, previous, proto)
@@ -127,7 +200,93 @@ def build_config(
         errors=[_problem(e) for e in sorted(set(errors))],
         version="",
     )
-    return msgspec.structs.replace(config, version=config_version(config))
+    unversioned = _encode(config, cluster_json, route_json)
+    version = hashlib.sha256(unversioned).hexdigest()[:16]
+    if not unversioned.endswith(_NO_VERSION):  # "version" is the last key, sorted
+        raise AssertionError("the config's JSON does not end with its version")
+    body = unversioned[: -len(_NO_VERSION)] + b'"version":"' + version.encode() + b'"}'
+    return msgspec.structs.replace(config, version=version), body
+
+
+_NO_VERSION = b'"version":""}'
+
+
+def _fragment(made: Mapping[str, msgspec.Raw], key: str, value: object) -> msgspec.Raw:
+    found = made.get(key)
+    return found if found is not None else msgspec.Raw(schema.encode_value(value))
+
+
+def _encode(
+    config: MeshConfig,
+    cluster_json: Mapping[str, msgspec.Raw],
+    route_json: Mapping[str, msgspec.Raw],
+) -> bytes:
+    """``schema.encode(config)``, byte for byte, with the clusters' and routes' JSON taken
+    from ``cluster_json`` and ``route_json`` where it is there (the same encoder and sorted
+    keys: a MeshConfig's fields in the order of their JSON names, as a dict of them has)."""
+    clusters = {k: _fragment(cluster_json, k, c) for k, c in config.clusters.items()}
+    routes = {k: _fragment(route_json, k, r) for k, r in config.routes.items()}
+    return schema.encode_value(
+        {
+            "apiVersion": config.api_version,
+            "clusters": clusters,
+            "errors": config.errors,
+            "hosts": config.hosts,
+            "identities": config.identities,
+            "kind": config.kind,
+            "listeners": config.listeners,
+            "routes": routes,
+            "settings": config.settings,
+            "version": config.version,
+        }
+    )
+
+
+def _parts(
+    service: TopoService,
+    split: TopoSplit | None,
+    scopes: tuple[Mapping[str, list[TopoRoute]] | None, ...],
+    settings: Settings,
+    grants: Mapping[str, list[Grant]],
+) -> _Parts:
+    clusters: list[tuple[str, schema.Cluster]] = []
+    routes: list[tuple[str, schema.Route]] = []
+    hosts: list[tuple[str, str, tuple[str, ...]]] = []
+    flows: list[tuple[str, str]] = []
+    errors: list[ObjectError] = []
+    cluster_json: list[tuple[str, msgspec.Raw]] = []
+    route_json: list[tuple[str, msgspec.Raw]] = []
+    kind = service.options.traffic_type
+    for index, port in enumerate(service.ports):
+        rkey = route_key(service, port)
+        cluster = _cluster(service, port, grants if settings.acl else None)
+        clusters.append((rkey, cluster))
+        cluster_json.append((rkey, msgspec.Raw(schema.encode_value(cluster))))
+        listener: int | None = None
+        if kind is TrafficType.HTTP:
+            if index >= settings.http_ports.size:
+                errors.append(_too_many_ports(service, index, settings.http_ports))
+                continue
+            listener = settings.http_ports.start + index
+            hosts.append((str(listener), rkey, tuple(_hosts(service, port, settings))))
+        else:
+            flows.append((kind.value, rkey))
+        route = _route(service, port, split, scopes[index] or {}, listener)
+        routes.append((rkey, route))
+        if listener is not None:
+            route_json.append((rkey, msgspec.Raw(schema.encode_value(route))))
+    return _Parts(
+        service,
+        split,
+        scopes,
+        tuple(clusters),
+        tuple(routes),
+        tuple(hosts),
+        tuple(flows),
+        tuple(errors),
+        tuple(cluster_json),
+        tuple(route_json),
+    )
 
 
 def _mtls(topology: Topology, settings: Settings) -> schema.Mtls | None:
@@ -268,10 +427,12 @@ def _scheme(port: TopoPort) -> str:
 
 
 def _route(
-    service: TopoService, port: TopoPort, topology: Topology, listener: int | None
+    service: TopoService,
+    port: TopoPort,
+    split: TopoSplit | None,
+    scopes: Mapping[str, list[TopoRoute]],
+    listener: int | None,
 ) -> schema.Route:
-    split = topology.splits.get(service.key)
-    scopes = topology.routes.get((service.key, port.port), {})
     doc = None
     if split is not None and not scopes.get(""):  # producer routes decide: no split
         missing = set(split.missing_ports)

@@ -579,6 +579,31 @@ class Route:
             self.gamma = GammaRoutes(key, doc.gamma, clusters, self.policy)
 
 
+def route_clusters(doc: schema.Route) -> list[str]:
+    """Every cluster a route's document names (its own, its split's, its GAMMA rules'
+    backends and mirrors): what its compiled form holds."""
+    keys = [doc.cluster]
+    if doc.split is not None:
+        keys.extend(b.cluster for b in doc.split.backends)
+    gamma = doc.gamma
+    if gamma is None:
+        return keys
+    tables = [*([gamma.producer] if gamma.producer is not None else []), *gamma.consumers.values()]
+    for table in tables:
+        for rule in table.rules:
+            _filter_clusters(rule.filters, keys)
+            for backend in rule.backends:
+                if backend.cluster is not None:
+                    keys.append(backend.cluster)
+                _filter_clusters(backend.filters, keys)
+    return keys
+
+
+def _filter_clusters(filters: schema.Filters | None, keys: list[str]) -> None:
+    if filters is not None:
+        keys.extend(m.cluster for m in filters.mirrors)
+
+
 def _policy(doc: schema.Policy, breaker: CircuitBreakerSpec | None) -> ServicePolicy:
     retry = doc.retry
     limit = doc.rate_limit
@@ -641,13 +666,27 @@ def _norm_host(host: str) -> str:
 class Router:
     """A compiled MeshConfig. Stateless: the same question always gets the same answer."""
 
-    def __init__(self, config: MeshConfig) -> None:
+    def __init__(self, config: MeshConfig, previous: Router | None = None) -> None:
+        """``previous``: the router of the config before, whose compiled clusters and routes
+        are reused where their documents are equal (a route only while every cluster it
+        names is reused too): at 10,000 Services a change compiles what changed. The
+        result is the same as without it (compiled parts are immutable; the engine's state
+        is kept by names, not by these objects)."""
         self.config = config
         self.version = config.version
         self.acl = config.settings.acl
         self.identities: dict[str, str] = dict(config.identities)
-        self.clusters = {k: Cluster(k, v, self.acl) for k, v in config.clusters.items()}
-        for cluster in self.clusters.values():
+        reuse = previous is not None and previous.acl == self.acl
+        old_docs = previous.config.clusters if previous is not None and reuse else {}
+        old_clusters = previous.clusters if previous is not None and reuse else {}
+        self.clusters: dict[str, Cluster] = {}
+        fresh: set[str] = set()  # keys of clusters compiled anew
+        for k, v in config.clusters.items():
+            old = old_clusters.get(k)
+            if old is not None and old_docs.get(k) == v:
+                self.clusters[k] = old
+                continue
+            cluster = Cluster(k, v, self.acl)
             cluster.open_access = Access(
                 True,
                 Reason.ALLOWED,
@@ -655,7 +694,15 @@ class Router:
                 None,
                 cluster.endpoints,
             )
-        self.routes = {k: Route(k, v, self.clusters) for k, v in config.routes.items()}
+            self.clusters[k] = cluster
+            fresh.add(k)
+        old_routes = previous.routes if previous is not None and reuse else {}
+        self.routes: dict[str, Route] = {}
+        for k, doc in config.routes.items():
+            route = old_routes.get(k)
+            if route is None or route.doc != doc or not fresh.isdisjoint(route_clusters(doc)):
+                route = Route(k, doc, self.clusters)
+            self.routes[k] = route
         self.hosts: dict[int, dict[str, Route]] = {
             int(listener): {h: self.routes[r] for h, r in table.items() if r in self.routes}
             for listener, table in config.hosts.items()

@@ -219,9 +219,44 @@ class Topology:
     errors: list[ObjectError] = field(default_factory=list)
 
 
-def build_topology(state: ClusterState, settings: Settings) -> Topology:
+@dataclass(frozen=True, slots=True)
+class _Built:
+    """One Service as the last build made it, and from what."""
+
+    service: Service
+    slices: tuple[EndpointSlice, ...]
+    built: TopoService
+    errors: tuple[ObjectError, ...]
+
+
+class TopologyCache:
+    """What the last :func:`build_topology` made of each Service, so that the next build
+    reuses it when the Service and its EndpointSlices are the same objects (a store keeps
+    each object's parsed value until the object changes; parsed values are immutable) and
+    what else a Service's part reads (the settings, the pods' identities) is equal. The
+    result is the same as a build without the cache."""
+
+    def __init__(self) -> None:
+        self.settings: Settings | None = None
+        self.pods_by_name: dict[str, str] = {}
+        self.identities: dict[str, str] = {}
+        self.services: dict[str, _Built] = {}
+
+
+def build_topology(
+    state: ClusterState, settings: Settings, cache: TopologyCache | None = None
+) -> Topology:
     topology = Topology(errors=list(state.errors))
     pods_by_name, topology.identities = _pod_index(state, topology.errors)
+    reuse: dict[str, _Built] = {}
+    if (
+        cache is not None
+        and cache.settings == settings
+        and cache.pods_by_name == pods_by_name
+        and cache.identities == topology.identities
+    ):
+        reuse = cache.services
+    made: dict[str, _Built] = {}
     topology.node_identities = node_identities(state.pods.values(), settings)
     topology.pod_nodes = pod_nodes(state.pods.values(), topology.identities)
     if settings.mtls is not MtlsMode.OFF:
@@ -233,8 +268,22 @@ def build_topology(state: ClusterState, settings: Settings) -> Topology:
         service = state.services[key]
         if not _meshed(service, settings):
             continue
-        built = _service(service, settings, slices.get(key, []), pods_by_name, topology)
+        mine = tuple(slices.get(key, ()))
+        last = reuse.get(key)
+        if last is not None and last.service is service and _same(last.slices, mine):
+            topology.errors.extend(last.errors)
+            built = last.built
+        else:
+            before = len(topology.errors)
+            built = _service(service, settings, list(mine), pods_by_name, topology)
+            last = _Built(service, mine, built, tuple(topology.errors[before:]))
+        made[key] = last
         topology.services[key] = built
+    if cache is not None:
+        cache.settings = settings
+        cache.pods_by_name = pods_by_name
+        cache.identities = dict(topology.identities)
+        cache.services = made
     for key in sorted(state.traffic_targets):
         target = state.traffic_targets[key]
         if settings.watches(target.namespace) and _may_grant(target, settings, topology.errors):
@@ -250,6 +299,11 @@ def build_topology(state: ClusterState, settings: Settings) -> Topology:
     _attach_routes(state, settings, topology)
     _report_shadowed_splits(topology)
     return topology
+
+
+def _same(old: tuple[EndpointSlice, ...], new: tuple[EndpointSlice, ...]) -> bool:
+    """The same slice objects, in the same order."""
+    return len(old) == len(new) and all(a is b for a, b in zip(old, new, strict=True))
 
 
 def _meshed(service: Service, settings: Settings) -> bool:

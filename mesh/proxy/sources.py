@@ -42,14 +42,20 @@ log = logging.getLogger("simmesh.proxy")
 Apply = Callable[[MeshConfig], Awaitable[bool]]
 
 
-def parse_config(data: bytes, *, name: str = "config") -> MeshConfig:
+def parse_config(
+    data: bytes, *, name: str = "config", reader: schema.ConfigReader | None = None
+) -> MeshConfig:
     """A MeshConfig from JSON (or YAML, for ``*.yaml`` files), checked by its schema;
-    ValueError naming the file and the field when it is unusable."""
+    ValueError naming the file and the field when it is unusable. ``reader``: the source's
+    :class:`~mesh.core.schema.ConfigReader`, which takes the routes and clusters that did
+    not change from the last config it read (the same result)."""
     if len(data) > CONFIG_LIMITS.max_bytes:
         raise DocumentError(f"{name}: {len(data)} bytes, larger than {CONFIG_LIMITS.max_bytes}")
     try:
         if name.endswith((".yaml", ".yml")):
             return schema.convert(load_yaml(data, name=name, limits=CONFIG_LIMITS))
+        if reader is not None:
+            return reader.decode(data)
         return schema.decode(data)
     except ConfigError as exc:
         raise DocumentError(f"{name}: {exc}") from None
@@ -87,6 +93,7 @@ class FileSource:
         self._on_error = on_error
         self._signature: tuple[int, int, int] | None = None
         self._digest: str | None = None
+        self._reader = schema.ConfigReader()
 
     async def run(self) -> None:
         polls = 0
@@ -114,7 +121,7 @@ class FileSource:
         if digest == self._digest:
             return
         try:
-            config = parse_config(data, name=str(self.path))
+            config = parse_config(data, name=str(self.path), reader=self._reader)
         except ValueError as exc:  # DocumentError, ConfigError: keep the last good config
             self._fail(f"{self.path}: not a usable MeshConfig: {exc}")
             return
@@ -168,6 +175,7 @@ class ControllerSource:
         self._token_file = token_file
         self._token = read_token(token_file) if token_file else None
         self._max_bytes = max_bytes
+        self._reader = schema.ConfigReader()
 
     async def run(self) -> None:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=5.0, sock_read=self._poll_timeout)
@@ -207,7 +215,7 @@ class ControllerSource:
                 raise RuntimeError(f"HTTP {resp.status}")
             data = await self._body(resp)
             etag = resp.headers.get("ETag", "").removeprefix("W/").strip('"')
-        config = parse_config(data, name=self.url)
+        config = parse_config(data, name=self.url, reader=self._reader)
         await self._apply(config)
         old = self.version
         self.version = etag or config.version
