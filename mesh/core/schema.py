@@ -361,14 +361,19 @@ _AT = re.compile(r"^(.*) - at `\$(.*)`$")
 def decode(text: str | bytes, previous: MeshConfig | None = None) -> MeshConfig:
     """A checked MeshConfig from JSON; raises ConfigError. ``previous``: a config that was
     checked already, whose equal parts need no second check (see :func:`check`)."""
+    config = _document(_DECODER, text)
+    check(config, previous)
+    return config
+
+
+def _document(decoder: msgspec.json.Decoder[T], text: str | bytes) -> T:
+    """A whole MeshConfig document decoded (or outlined); raises ConfigError."""
     try:
-        config = _DECODER.decode(text)
+        return decoder.decode(text)
     except msgspec.ValidationError as exc:
         raise _config_error(exc) from None
     except (msgspec.DecodeError, RecursionError) as exc:
         raise ConfigError("", f"not a MeshConfig JSON document: {exc}") from None
-    check(config, previous)
-    return config
 
 
 class _Outline(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
@@ -406,12 +411,7 @@ class ConfigReader:
         self._clusters: dict[str, msgspec.Raw] = {}
 
     def decode(self, text: str | bytes) -> MeshConfig:
-        try:
-            outline = _OUTLINE.decode(text)
-        except msgspec.ValidationError as exc:
-            raise _config_error(exc) from None
-        except (msgspec.DecodeError, RecursionError) as exc:
-            raise ConfigError("", f"not a MeshConfig JSON document: {exc}") from None
+        outline = _document(_OUTLINE, text)
         previous = self.config
         routes = _values(
             outline.routes, self._routes, previous.routes if previous else {}, _ROUTE, "routes"

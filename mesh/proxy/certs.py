@@ -199,9 +199,8 @@ class CertificateManager:
                 self.bundle_refresh.total_seconds(),
             )
             return
-        if [ca.fingerprint(c) for c in roots] == [ca.fingerprint(c) for c in self.roots]:
+        if not self._trust(roots):
             return
-        self._trust(roots)
         for name, held in sorted(self.held.items()):
             try:
                 verify_svid(held.certificate, roots, now=now, trust_domain=self.trust_domain)
@@ -209,19 +208,22 @@ class CertificateManager:
                 held.renew_at = now
                 log.info("certificate for %s renewed now: %s", name, exc)
 
-    def _trust(self, roots: tuple[x509.Certificate, ...]) -> None:
+    def _trust(self, roots: tuple[x509.Certificate, ...]) -> bool:
+        """Trust ``roots`` from now; whether they changed the roots held (the first ones do
+        not count as a change)."""
         changed = bool(self.roots) and [ca.fingerprint(c) for c in roots] != [
             ca.fingerprint(c) for c in self.roots
         ]
         self.roots = roots
         self._bundle_due = self.now() + self.bundle_refresh
         if not changed:
-            return
+            return False
         self.counters.bundle_changes += 1
         self.generation += 1
         if self.key_dir is not None:
             _write_private(self.key_dir / "roots.pem", b"".join(ca.cert_pem(c) for c in roots))
         log.info("trust bundle changed: %s", ", ".join(ca.fingerprint(c) for c in roots))
+        return True
 
     async def run(self, *, sleep: Callable[[float], Any] = asyncio.sleep) -> None:
         """Step whenever something is due or the wanted set changes."""

@@ -270,11 +270,10 @@ def _handshake_failures(kube: k.Kube, pod: str) -> dict[str, float]:
     }
 
 
-def _proxy_of(kube: k.Kube, node: str) -> str:
-    (pod,) = [
-        p["metadata"]["name"] for p in kube.pods(MESH_NS, PROXIES) if p["spec"]["nodeName"] == node
-    ]
-    return str(pod)
+def _proxy_on(kube: k.Kube, node: str) -> dict[str, Any]:
+    """The proxy pod of ``node``."""
+    (pod,) = [p for p in kube.pods(MESH_NS, PROXIES) if p["spec"]["nodeName"] == node]
+    return pod
 
 
 def _exec_python(kube: k.Kube, ns: str, pod: str, script: str, params: Any) -> Any:
@@ -322,8 +321,8 @@ def test_another_nodes_proxy_refuses_every_caller_but_a_granted_mesh_identity(
 
     port, route = route_of(HOST_B)
     cluster_a = config["routes"][route_of(f"a.{NS_A}.mesh")[1]]["cluster"]
-    proxy_b = _proxy_of(kube, node_b)
-    (proxy_pod,) = [p for p in kube.pods(MESH_NS, PROXIES) if p["metadata"]["name"] == proxy_b]
+    proxy_pod = _proxy_on(kube, node_b)
+    proxy_b = str(proxy_pod["metadata"]["name"])
     root = attacks.mesh_root(kube.json("get", "secret", "-n", MESH_NS, "simmesh-ca"))
     other_domain = ca.generate_root(trust_domain="evil.example", now=datetime.now(UTC))
     look_alike = ca.generate_root(trust_domain=TRUST_DOMAIN, now=datetime.now(UTC))
@@ -483,7 +482,9 @@ def test_a_proxy_gets_only_the_identities_of_its_own_nodes_live_pods(
             "a UID of no live pod": (f"{NS_A}/a", "00000000-dead-4bad-8bad-000000000000"),
         },
     }
-    answers = _exec_python(kube, MESH_NS, _proxy_of(kube, node_a), CSR_SCRIPT, params)
+    answers = _exec_python(
+        kube, MESH_NS, _proxy_on(kube, node_a)["metadata"]["name"], CSR_SCRIPT, params
+    )
     print(f"\nthe CA's answers to the proxy of {node_a}: {json.dumps(answers, indent=1)}")
     assert answers["a pod of its node"] == "issued", answers
     assert answers["that pod by its UID"] == "issued", answers

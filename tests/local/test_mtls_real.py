@@ -11,17 +11,15 @@ keys and tokens never reach the output directory.
 from __future__ import annotations
 
 import json
-import os
-import shlex
-import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.local.upmesh import simmesh_up
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = ROOT / "scenarios" / "quickstart"
@@ -134,35 +132,8 @@ def test_verify_compares_a_strict_mtls_run_with_its_simulation(tmp_path: Path) -
 
 def test_up_tunnels_across_nodes_and_refuses_plaintext_from_another_node(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mesh.cli",
-            "up",
-            str(QUICKSTART),
-            *STRICT,
-            "--isolation",
-            "loopback",
-            "--out",
-            str(out),
-        ],
-        cwd=ROOT,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        assert process.stderr is not None
-        lines: list[str] = []
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            line = process.stderr.readline()
-            lines.append(line)
-            if "curl --interface" in line or not line:
-                break
-        command = shlex.split(next(x for x in lines if "curl --interface" in x))
-        source, host, url = command[2], command[4].split(": ")[1], command[-1]
+    with simmesh_up(QUICKSTART, out, *STRICT) as up:
+        lines, source, host, url = up.lines, up.source, up.host, up.url
         scratch = next(x for x in lines if "logs in " in x).split("logs in ")[1].split()[0]
         plan = json.loads((Path(scratch) / "plan.json").read_text())
         nodes = {n["name"]: n for n in plan["nodes"]}
@@ -220,14 +191,7 @@ def test_up_tunnels_across_nodes_and_refuses_plaintext_from_another_node(tmp_pat
             with urllib.request.urlopen(f"{base}/certificates", timeout=10) as r:
                 certificates = json.loads(r.read())
             assert _held(certificates) == _expected_identities(plan)[node["name"]]
-        os.killpg(process.pid, signal.SIGINT)  # Ctrl-C
-        assert process.wait(60) == 0
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        if process.stderr is not None:
-            process.stderr.close()
+        assert up.interrupt() == 0  # Ctrl-C
     run = json.loads((out / "run.json").read_text())
     assert run["ca"]["denied"] == [] and run["ca"]["issued"]
     assert not [p for p in out.rglob("*") if p.suffix in (".key", ".token")]

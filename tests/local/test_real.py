@@ -12,12 +12,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shlex
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +22,7 @@ import pytest
 import yaml
 
 from mesh.local.procs import netns_command
+from tests.local.upmesh import simmesh_up
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -163,34 +161,8 @@ def test_up_serves_identities_and_ctrl_c_stops_everything(tmp_path: Path) -> Non
     }
     directory = scenario(tmp_path / "s", body, SMI)
     out = tmp_path / "out"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mesh.cli",
-            "up",
-            str(directory),
-            "--isolation",
-            "loopback",
-            "--out",
-            str(out),
-        ],
-        cwd=ROOT,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        assert process.stderr is not None
-        lines = []
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            line = process.stderr.readline()
-            lines.append(line)
-            if "curl --interface" in line or not line:
-                break
-        command = shlex.split(next(x for x in lines if "curl --interface" in x))
-        source, host, url = command[2], command[4].split(": ")[1], command[-1]
+    with simmesh_up(directory, out) as up:
+        source, host, url = up.source, up.host, up.url
         answer = subprocess.run(
             ["curl", "-s", "-D", "-", "--interface", source, "-H", f"Host: {host}", url],
             capture_output=True,
@@ -205,14 +177,7 @@ def test_up_serves_identities_and_ctrl_c_stops_everything(tmp_path: Path) -> Non
             timeout=30,
         )
         assert denied.stdout == "403"  # from the machine's own address: no identity
-        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
-        assert process.wait(60) == 0
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        if process.stderr is not None:
-            process.stderr.close()
+        assert up.interrupt() == 0
     run = json.loads((out / "run.json").read_text())
     assert run["status"].startswith("interrupted")
     pids = run["processes"]
