@@ -54,6 +54,7 @@ COMPILED: tuple[str, ...] = (
     "mesh.proxy.limits",
     "mesh.proxy.listeners",
     "mesh.proxy.metrics",
+    "mesh.proxy.pipe",
     "mesh.proxy.mirror",
     "mesh.proxy.resources",
     "mesh.proxy.snapshot",

@@ -120,11 +120,14 @@ class Endpoint:
         return f"Endpoint({self.key}, identity={self.identity})"
 
 
+_UNIVERSAL_PATHS: Final = frozenset({None, "", ".*", "/", "/.*"})
+
+
 class Match:
     """A compiled HTTPRouteGroup match: path regex anchored at the start only, on the path
     without its query; methods; header regexes over the whole value (AND)."""
 
-    __slots__ = ("headers", "literal", "methods", "name", "path")
+    __slots__ = ("headers", "literal", "methods", "name", "path", "universal")
 
     def __init__(self, doc: schema.Match) -> None:
         self.name = doc.name
@@ -135,6 +138,12 @@ class Match:
         methods = doc.methods
         self.methods: frozenset[str] | None = frozenset(methods) if methods is not None else None
         self.headers = tuple((k.lower(), patterns.whole(v)) for k, v in doc.headers)
+        # every request meets it: any method, no header, a path pattern that any path meets
+        # (anchored at the start only: none, ".*", and "/" or "/.*", which every normalised
+        # origin-form path meets; the one request target they do not, OPTIONS's "*", asks a
+        # server about itself). Judged on the text, narrowly: another pattern that happens
+        # to match everything ("/?.*") is not recognised.
+        self.universal = methods is None and not doc.headers and regex in _UNIVERSAL_PATHS
 
     def matches(self, method: str, path: str, headers: dict[str, str]) -> bool:
         if self.methods is not None and method not in self.methods:
@@ -191,6 +200,11 @@ class AccessGrant:
             if not match.matches(method, reading, headers):
                 return False
         return True
+
+    def admits_all(self, source: str) -> bool:
+        """Whether this grant lets ``source`` make any request (and any flow)."""
+        match = self.match
+        return source in self.sources and (match is None or match.universal)
 
     def describe(self) -> str:
         what = f"{self.kind} {self.route}"
@@ -676,6 +690,7 @@ class Router:
         self.version = config.version
         self.acl = config.settings.acl
         self.identities: dict[str, str] = dict(config.identities)
+        self._whole: dict[tuple[str, str, str], bool] = {}  # whole_access, memoised
         reuse = previous is not None and previous.acl == self.acl
         old_docs = previous.config.clusters if previous is not None and reuse else {}
         old_clusters = previous.clusters if previous is not None and reuse else {}
@@ -869,6 +884,33 @@ class Router:
             None,
             (),
         )
+
+    def whole_access(self, cluster: Cluster, endpoint: Endpoint, source: str | None) -> bool:
+        """Whether ``source`` may send ``endpoint`` (of ``cluster``) every request, whatever it
+        is: outside ACL mode always; in it, when a grant of a group holding the endpoint admits
+        the source with no route match, or with one every request meets. Then an mTLS tunnel
+        connection to that endpoint can be authorised once, as a whole, without reading its
+        requests (a pipe: mesh.proxy.pipe); the answer is kept per config."""
+        if not self.acl:
+            return endpoint in cluster.endpoints
+        if source is None:
+            return False
+        key = (cluster.key, endpoint.key, source)
+        known = self._whole.get(key)
+        if known is not None:
+            return known
+        whole = False
+        for group in cluster.groups:
+            if endpoint in group.endpoints:
+                for grant in group.grants:
+                    if grant.admits_all(source):
+                        whole = True
+                        break
+            if whole:
+                break
+        if len(self._whole) < 65536:
+            self._whole[key] = whole
+        return whole
 
     def readmits(
         self,
@@ -1176,6 +1218,40 @@ class Engine:
         decision.endpoint = endpoint
         decision.candidates = (endpoint,)
         return decision
+
+    def decide_pipe(
+        self, *, cluster: str, ip: str, port: int, node: str, source: str | None
+    ) -> Decision:
+        """The destination side of an mTLS pipe (a tunnel connection to one pod, authorised
+        once for every request it will carry): allowed when ``decide_tunnel`` would allow
+        every request ``source`` could send on it, that is, the pod is a ready endpoint of
+        ``cluster`` on this ``node``, the cluster is plain ``http`` (the pipe's bytes go to
+        the pod as they are) and the grants admit ``source`` whatever the request
+        (:meth:`Router.whole_access`). Otherwise the connection's requests are each decided
+        by ``decide_tunnel``, as on a tunnel connection."""
+        d = self.decide_tunnel(
+            cluster=cluster, ip=ip, port=port, node=node, source=source, request=None
+        )
+        if not d.allowed:
+            return d
+        compiled, endpoint = d.cluster, d.endpoint
+        assert compiled is not None and endpoint is not None
+        if compiled.scheme != "http":
+            return Decision(
+                Reason.NOT_GRANTED,
+                f"{compiled.service}:{compiled.port} is {compiled.scheme}: each request is "
+                "delivered by the proxy",
+                d.route,
+                compiled,
+            )
+        if not self.router.whole_access(compiled, endpoint, source):
+            return Decision(
+                Reason.NOT_GRANTED,
+                f"the grants of {source} to {endpoint.identity} depend on the request",
+                d.route,
+                compiled,
+            )
+        return d
 
     def decide_flow(self, *, listener: int, source: str | None, now: float, rng: Rng) -> Decision:
         route = self.router.flows.get(listener)

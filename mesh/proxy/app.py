@@ -110,6 +110,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default 15008)",
     )
     identity.add_argument(
+        "--no-tunnel-pipes",
+        action="store_true",
+        help="send every HTTP/1.1 request to another node's pod on a tunnel connection, "
+        "decided (and counted, logged, traced) by that node's proxy one by one, instead of "
+        "on a pipe that proxy relays when the caller may send the pod any request "
+        "(docs/security.md, pipes)",
+    )
+    identity.add_argument(
         "--certificate-wait",
         type=argtypes.seconds(high=3600.0, zero=True),
         default=30.0,
@@ -354,6 +362,7 @@ def options_from(args: argparse.Namespace) -> Options:
         upstream_ca=args.upstream_ca,
         address_map=AddressMap.parse(args.address_map),
         tunnel_port=args.tunnel_port,
+        tunnel_pipes=not args.no_tunnel_pipes,
         workers=args.workers,
     )
 

@@ -366,6 +366,7 @@ class Exchange(Handler):
                     source=self.source,
                     cluster=d.cluster.key,
                     protocol=ALPN_H2 if h2 else ALPN,
+                    pipe=not h2 and self.fw is not None and self.fw.pipes,
                 )
             except UpstreamError as exc:  # strict: never across nodes in the clear
                 self.failed(exc)
@@ -602,6 +603,7 @@ class Forwarder:
         self.metrics = metrics
         self.node = options.node
         self.tunnels = tunnels  # mTLS to other nodes' proxies (None: never)
+        self.pipes = options.tunnel_pipes  # HTTP/1.1 on pipes where they can be
         self.upstream_ssl = upstream_ssl  # for tunnels to https upstreams
         self.tracer = tracer
         self.access_log = access_log

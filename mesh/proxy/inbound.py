@@ -7,11 +7,13 @@ SNI), so every failed handshake is seen here and counted by reason (plaintext, a
 or missing client certificate, an old TLS version...). Once the peer's certificate proves a
 workload identity of the trust domain (:meth:`~mesh.proxy.mtls.TunnelTls.peer_identity`), the
 connection is handed, with that identity, to what its ALPN protocol names: the HTTP/1.1 front end
-(:class:`~mesh.proxy.http1.H1Connection`, ``simmesh-tunnel/1`` or none), the h2 front end
-(``simmesh-h2/1``) or the stream server (:mod:`mesh.proxy.streamserver`,
-``simmesh-stream/1``, TCP flows). Every request, stream or flow on it is decided by the
-core's ``Engine.decide_tunnel`` (the target must be a pod of this node the identity is
-granted) and delivered to the pod, plaintext, on the node.
+(:class:`~mesh.proxy.http1.H1Connection`, ``simmesh-tunnel/1`` or none), a pipe
+(:mod:`mesh.proxy.pipe`, ``simmesh-pipe/1``: HTTP/1.1 to one pod, spliced when its grant
+does not depend on the request), the h2 front end (``simmesh-h2/1``) or the stream server
+(:mod:`mesh.proxy.streamserver`, ``simmesh-stream/1``, TCP flows). Every request, stream or
+flow on it, or a spliced pipe as a whole, is decided by the core's ``Engine.decide_tunnel``
+(``decide_pipe``) (the target must be a pod of this node the identity is granted) and
+delivered to the pod, plaintext, on the node.
 
 The tunnel port is opened while the config has mTLS on and this proxy holds certificates;
 it never speaks plaintext, in permissive mode either.
@@ -28,7 +30,15 @@ from typing import cast
 from mesh.proxy.context import Context
 from mesh.proxy.h2server import H2Server
 from mesh.proxy.http1 import H1Server
-from mesh.proxy.mtls import ALPN_H2, ALPN_STREAM, PeerRefused, TunnelTls, failure_reason
+from mesh.proxy.mtls import (
+    ALPN_H2,
+    ALPN_PIPE,
+    ALPN_STREAM,
+    PeerRefused,
+    TunnelTls,
+    failure_reason,
+)
+from mesh.proxy.pipe import Pipe
 from mesh.proxy.streamserver import StreamServer
 
 log = logging.getLogger("simmesh.proxy.tunnel")
@@ -59,7 +69,9 @@ class _Accept(asyncio.Protocol):
         tls.handshake("server")
         alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
         conn: asyncio.Protocol
-        if alpn == ALPN_STREAM:
+        if alpn == ALPN_PIPE:
+            conn = Pipe(server.ctx, identity, self.peer_ip, server.h1, server.pipes, server.closed)
+        elif alpn == ALPN_STREAM:
             conn = StreamServer(
                 server.ctx, identity, self.peer_ip, server.port, server.streams, server.closed
             )
@@ -84,6 +96,7 @@ class TunnelServer:
         self.h1 = H1Server(ctx, tls.port)
         self.h2 = H2Server(ctx, tls.port)
         self.streams: set[StreamServer] = set()
+        self.pipes: set[Pipe] = set()
         self.pending: set[asyncio.Task[None]] = set()  # handshakes under way
         self._socket: socket.socket | None = None
         self._accepting: asyncio.Task[None] | None = None
@@ -176,14 +189,19 @@ class TunnelServer:
         self.h2.retire_all()
         for stream in list(self.streams):
             stream.retire()
+        for pipe in list(self.pipes):
+            pipe.retire()
         for task in list(self.pending):
             task.cancel()
 
     def active(self) -> int:
-        return self.h1.active() + self.h2.active() + sum(s.busy for s in self.streams)
+        streams = sum(s.busy for s in self.streams)
+        return self.h1.active() + self.h2.active() + streams + len(self.pipes)
 
     def abort(self) -> None:
         self.h1.abort_all()
         self.h2.abort_all()
         for stream in list(self.streams):
             stream.abort()
+        for pipe in list(self.pipes):
+            pipe.abort()

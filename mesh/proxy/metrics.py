@@ -253,6 +253,13 @@ COUNTERS = {
         "bad-identity, trust-domain, wrong-identity, timeout, closed, handshake, ...)",
         ("side", "reason"),
     ),
+    "tunnel_pipes": (
+        "simmesh_proxy_tunnel_pipes",
+        "mTLS pipe connections opened here by other nodes' proxies (a tunnel connection to "
+        "one pod, mesh.proxy.pipe), by how they were served: spliced (authorised once, bytes "
+        "relayed to the pod) or per-request (each request decided here, as on a tunnel)",
+        ("mode",),
+    ),
     "plaintext": (
         "simmesh_proxy_plaintext_requests",
         "With mTLS on: received, plaintext requests from pods of other nodes (permissive "

@@ -45,7 +45,8 @@ TUNNEL_PORT = 15008
 ALPN = "simmesh-tunnel/1"  # HTTP/1.1 requests, each with the target's two header lines
 ALPN_H2 = "simmesh-h2/1"  # HTTP/2 (h2c and gRPC upstreams): the target's lines on each stream
 ALPN_STREAM = "simmesh-stream/1"  # one raw byte stream (a TCP flow) at a time (mesh.proxy.streams)
-PROTOCOLS = (ALPN, ALPN_H2, ALPN_STREAM)
+ALPN_PIPE = "simmesh-pipe/1"  # HTTP/1.1 to one pod, its target named once (mesh.proxy.pipe)
+PROTOCOLS = (ALPN, ALPN_H2, ALPN_STREAM, ALPN_PIPE)
 TARGET = "simmesh-target"  # header names, lower case: the destination takes them off
 CLUSTER = "simmesh-cluster"
 _SNI_SUFFIX = ".id.simmesh.invalid"
@@ -199,7 +200,7 @@ class TunnelTls:
     ) -> None:
         """Take the certificates held now (identity -> certificate and key files) and the
         roots file. An identity's contexts are built again only when its certificate (renewed)
-        or the roots changed: four TLS contexts cost about 3 ms each (OpenSSL 3), and a node
+        or the roots changed: five TLS contexts cost about 3 ms each (OpenSSL 3), and a node
         of a busy cluster holds dozens of identities while one of them changes at a time (a
         full rebuild per change kept the event loop busy for seconds, and tunnel handshakes
         timed out, on kind)."""
@@ -368,12 +369,13 @@ class TunnelTls:
         source: str | None,
         cluster: str,
         protocol: str = ALPN,
+        pipe: bool = False,
     ) -> TunnelHop | None:
         """:meth:`hop`, with the mode applied: None to go plaintext (counted when it crosses
         nodes, in permissive mode); UpstreamError (a connect failure) when strict mode
         forbids it."""
         planned = self.hop(
-            router, endpoint=endpoint, source=source, cluster=cluster, protocol=protocol
+            router, endpoint=endpoint, source=source, cluster=cluster, protocol=protocol, pipe=pipe
         )
         if not isinstance(planned, str):
             return planned
@@ -391,10 +393,13 @@ class TunnelTls:
         source: str | None,
         cluster: str,
         protocol: str = ALPN,
+        pipe: bool = False,
     ) -> TunnelHop | str | None:
         """How an attempt to ``endpoint`` travels: None when it stays plaintext (same node,
         mTLS off), a :class:`TunnelHop` to the endpoint's node carrying ``protocol`` (an
-        ALPN name), or why it cannot tunnel."""
+        ALPN name), or why it cannot tunnel. ``pipe``: an HTTP/1.1 request that may go on a
+        pipe (mesh.proxy.pipe) when this config lets ``source`` send the pod any request
+        over plain ``http``; pipes are pooled per pod."""
         if router.mtls == "off" or endpoint.node is None or endpoint.node == self.node:
             return None
         address = router.proxies.get(endpoint.node)
@@ -409,6 +414,24 @@ class TunnelTls:
         if endpoint.identity is None:
             return f"the identity of {endpoint.key} is not known"
         extra = f"Simmesh-Target: {endpoint.key}\r\nSimmesh-Cluster: {cluster}\r\n".encode()
+        if pipe and item is not None:
+            compiled = router.clusters.get(cluster)
+            if (
+                compiled is not None
+                and compiled.scheme == "http"
+                and router.whole_access(compiled, endpoint, source)
+            ):
+                return TunnelHop(
+                    address[0],
+                    address[1],
+                    item.clients[ALPN_PIPE],
+                    sni_name(endpoint.identity),
+                    endpoint.identity,
+                    extra,
+                    f"{source} {endpoint.identity} {cluster} {endpoint.key}",
+                    [(TARGET, endpoint.key), (CLUSTER, cluster)],
+                    f"{cluster} {endpoint.key}\r\n".encode(),
+                )
         return TunnelHop(
             address[0],
             address[1],
@@ -552,6 +575,7 @@ async def dial(
 __all__ = [
     "ALPN",
     "ALPN_H2",
+    "ALPN_PIPE",
     "ALPN_STREAM",
     "CLUSTER",
     "TARGET",

@@ -45,6 +45,7 @@ class Options:
     upstream_ca: str | None = None
     address_map: AddressMap = field(default_factory=lambda: AddressMap([]))
     tunnel_port: int = 15008  # mTLS from other nodes' proxies (0: any free port, for tests)
+    tunnel_pipes: bool = True  # HTTP/1.1 to another node's pod on pipes where they can be
     # mTLS on: not Ready (so not published as the node's tunnel address) until every identity
     # of the node's pods is held, for at most this long after the first config (0: no wait)
     certificate_wait: float = 0.0

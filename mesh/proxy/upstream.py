@@ -139,9 +139,21 @@ class TunnelHop:
     over TLS with ``context`` (the caller's certificate), asking by ``server_name`` (SNI)
     for the certificate of ``expect`` (the pod's identity), with ``head`` (the target's
     header lines) added to the request (``pairs``: the same as HTTP/2 headers); ``pool``
-    keys the pooled connections."""
+    keys the pooled connections; ``preamble``, for a pipe (mesh.proxy.pipe), is the line
+    that names the target once when a connection opens (``head`` is then sent only if the
+    destination serves the pipe per request)."""
 
-    __slots__ = ("context", "expect", "head", "host", "pairs", "pool", "port", "server_name")
+    __slots__ = (
+        "context",
+        "expect",
+        "head",
+        "host",
+        "pairs",
+        "pool",
+        "port",
+        "preamble",
+        "server_name",
+    )
 
     def __init__(
         self,
@@ -153,7 +165,9 @@ class TunnelHop:
         head: bytes,
         pool: str,
         pairs: list[tuple[str, str]],
+        preamble: bytes = b"",
     ) -> None:
+        self.preamble = preamble
         self.host = host
         self.port = port
         self.context = context

@@ -67,6 +67,8 @@ from mesh.proxy.upstream import (
 Key = tuple[str, int, str]  # ip, port; for a tunnel, its pool (identities), else ""
 HIGH_WATER: Final = 256 * 1024  # response bytes queued before reading from the upstream pauses
 _FRAMING: Final = frozenset({"content-length", "transfer-encoding"})
+_SPLICED: Final = b"+\r\n"  # a pipe's answers (mesh.proxy.pipe)
+_PER_REQUEST: Final = b"=\r\n"
 
 
 def _stop(handle: asyncio.TimerHandle | None) -> None:
@@ -87,6 +89,11 @@ class _Conn(asyncio.Protocol):
         self.slot = slot  # given back when the socket closes
         self.tunnel = bool(key[2])  # an mTLS tunnel to another node's proxy
         self.counted = False  # its handshake was counted (an open tunnel)
+        # a pipe (mesh.proxy.pipe): the destination's answer to its first line, awaited once;
+        # spliced, its responses are the pod's own bytes (their X-Simmesh-Reason is not read)
+        self.reply: asyncio.Future[None] | None = None
+        self.reply_read = b""
+        self.spliced = False
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
@@ -134,6 +141,9 @@ class _Conn(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if not self.active:
+            if self.reply is not None:
+                self._replied(data)
+                return
             self._close()  # bytes nobody asked for: the connection cannot be trusted
             return
         self.received += len(data)
@@ -144,6 +154,25 @@ class _Conn(asyncio.Protocol):
             self.feeding = False
         if self.handler is not None and (self.headers_done or self.error is not None):
             self._notify()
+
+    def _replied(self, data: bytes) -> None:
+        """The pipe's answer: ``+`` (spliced) or ``=`` (per request), one line."""
+        reply = self.reply
+        assert reply is not None
+        read = self.reply_read = self.reply_read + data
+        if len(read) < len(_SPLICED):
+            return
+        self.reply = None
+        if read in (_SPLICED, _PER_REQUEST):
+            self.spliced = read == _SPLICED
+            if not reply.done():
+                reply.set_result(None)
+            return
+        if not reply.done():
+            reply.set_exception(
+                UpstreamError(Failure.CONNECT, f"{self._name()}: bad pipe answer {read[:40]!r}")
+            )
+        self._abort()
 
     def _feed(self, data: bytes) -> None:
         try:
@@ -165,6 +194,12 @@ class _Conn(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.slot.release()
+        reply = self.reply
+        if reply is not None and not reply.done():
+            self.reply = None
+            reply.set_exception(
+                UpstreamError(Failure.CONNECT, f"{self._name()} closed the pipe before answering")
+            )
         if self.counted and self.upstream.tunnels is not None:
             self.counted = False
             self.upstream.tunnels.closed("client")
@@ -558,7 +593,10 @@ class _Attempt:
         self.reused = reused
         conn.head_request = self.method == "HEAD"
         self.upstream._busy.add(conn)
-        conn.begin(self, self.head, self.body, self.stream, self.timeout)
+        head, hop = self.head, self.hop
+        if hop is not None and not conn.spliced:  # the target's lines, on each request
+            head = head[:-2] + hop.head + b"\r\n"
+        conn.begin(self, head, self.body, self.stream, self.timeout)
 
     def connect(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self._connect())
@@ -576,8 +614,10 @@ class _Attempt:
         self.begin(conn, reused=False)
 
     def responded(self, response: Response) -> None:
+        conn = self.conn
         self.conn = None
-        if self.hop is not None and response.status >= 502:
+        spliced = conn is not None and conn.spliced
+        if self.hop is not None and response.status >= 502 and not spliced:
             failure = tunnel_failure(response.status, response.header_items())
             if failure is not None:  # the destination proxy could not reach its pod
                 response.whole()
@@ -732,6 +772,25 @@ class RawUpstream(CallbackUpstream):
             tls, hop, self._gate, lambda slot: _Conn(self, key, slot), self._connect_timeout
         )
         conn.counted = True
+        if hop.preamble:  # a pipe: name the target, wait for how it will be served
+            transport = conn.transport
+            assert transport is not None
+            reply = conn.reply = conn.loop.create_future()
+            transport.write(hop.preamble)
+            try:
+                async with asyncio.timeout(self._connect_timeout):
+                    await reply
+            except TimeoutError:
+                conn._abort()
+                raise UpstreamError(
+                    Failure.CONNECT, f"{conn._name()}: no answer to the pipe in time"
+                ) from None
+            except UpstreamError:
+                conn._abort()
+                raise
+            except BaseException:
+                conn._abort()
+                raise
         return conn
 
     # -- Upstream -----------------------------------------------------------------------------
@@ -773,7 +832,6 @@ class RawUpstream(CallbackUpstream):
             head, stream = headers.http1_head(method, path, body)
         else:
             head, stream = request_head(method, path, headers, body, request.authority)
-        head = head[:-2] + hop.head + b"\r\n"
         key = (hop.host, hop.port, hop.pool)
         attempt = _Attempt(self, handler, key, head, body, stream, request.timeout, method, hop)
         conn = self._acquire(key)

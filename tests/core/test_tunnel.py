@@ -17,8 +17,10 @@ from mesh.core.routing import Engine, Reason, Router
 from mesh.core.schema import ConfigError, MeshConfig, check, decode, encode
 from mesh.core.topology import build_topology
 
+_ALL: dict[str, Any] = {"pathRegex": "/.*"}
 
-def _objects(grant: bool) -> list[dict[str, Any]]:
+
+def _objects(grant: bool, match: dict[str, Any] = _ALL) -> list[dict[str, Any]]:
     docs: list[dict[str, Any]] = [
         {
             "apiVersion": "v1",
@@ -70,7 +72,7 @@ def _objects(grant: bool) -> list[dict[str, Any]]:
                 "apiVersion": "specs.smi-spec.io/v1alpha4",
                 "kind": "HTTPRouteGroup",
                 "metadata": {"name": "all", "namespace": "demo"},
-                "spec": {"matches": [{"name": "all", "pathRegex": "/.*"}]},
+                "spec": {"matches": [{"name": "all", **match}]},
             }
         )
         docs.append(
@@ -92,9 +94,9 @@ def _objects(grant: bool) -> list[dict[str, Any]]:
     return docs
 
 
-def _config(mode: MtlsMode, *, acl: bool = True) -> MeshConfig:
+def _config(mode: MtlsMode, *, acl: bool = True, match: dict[str, Any] = _ALL) -> MeshConfig:
     settings = Settings(acl=acl, mtls=mode, http_ports=PortRange(8000, 1))
-    state = parse_objects(_objects(grant=True))
+    state = parse_objects(_objects(grant=True, match=match))
     return build_config(build_topology(state, settings), settings)
 
 
@@ -194,3 +196,73 @@ def test_the_tunnel_addresses_are_checked() -> None:
             config, settings=msgspec.structs.replace(config.settings, mtls=good)
         )
     ).proxies == {"node-b": ("::1", 15008)}
+
+
+def _pipe(config: MeshConfig, *, ip: str = "10.0.2.1", source: str | None = "demo/client") -> Any:
+    engine = Engine(Router(config))
+    return engine.decide_pipe(
+        cluster=_cluster(config), ip=ip, port=8080, node="node-b", source=source
+    )
+
+
+@pytest.mark.parametrize(
+    ("match", "whole"),
+    [
+        ({"pathRegex": "/.*"}, True),
+        ({"pathRegex": ".*"}, True),
+        ({"pathRegex": "/"}, True),
+        ({}, True),  # no path: every path
+        ({"pathRegex": "/.*", "methods": ["*"]}, True),
+        ({"pathRegex": "/api"}, False),
+        ({"pathRegex": "/?.*"}, False),  # matches every path, not recognised: per request
+        ({"pathRegex": "/.*", "methods": ["GET"]}, False),
+        ({"pathRegex": "/.*", "headers": [{"x-user": "admin"}]}, False),
+    ],
+)
+def test_a_pipe_is_admitted_as_a_whole_only_when_no_request_could_be_refused(
+    match: dict[str, Any], whole: bool
+) -> None:
+    """Engine.decide_pipe: the destination relays a pipe without reading its requests only
+    when deciding each would admit every one: a grant whose match every request meets."""
+    config = _config(MtlsMode.STRICT, match=match)
+    d = _pipe(config)
+    assert d.allowed is whole, d.detail
+    if not whole:
+        assert "depend on the request" in d.detail
+    router = Router(config)
+    cluster = router.clusters[_cluster(config)]
+    endpoint = next(e for e in cluster.endpoints if e.ip == "10.0.2.1")
+    assert router.whole_access(cluster, endpoint, "demo/client") is whole
+    assert router.whole_access(cluster, endpoint, "demo/intruder") is False
+
+
+@pytest.mark.parametrize(
+    ("ip", "source", "reason"),
+    [
+        ("10.0.1.9", "demo/client", Reason.NOT_LOCAL_TARGET),
+        ("10.0.9.9", "demo/client", Reason.UNKNOWN_TARGET),
+        ("10.0.2.1", "demo/intruder", Reason.NOT_GRANTED),
+        ("10.0.2.1", None, Reason.NO_IDENTITY),
+    ],
+)
+def test_a_pipe_is_refused_where_a_request_would_be(
+    ip: str, source: str | None, reason: Reason
+) -> None:
+    d = _pipe(_config(MtlsMode.STRICT), ip=ip, source=source)
+    assert not d.allowed and d.reason is reason
+
+
+def test_without_acl_a_pipe_to_a_local_http_pod_is_whole() -> None:
+    d = _pipe(_config(MtlsMode.STRICT, acl=False), source="x/y")
+    assert d.allowed and d.endpoint.ip == "10.0.2.1" and d.policy.retry is None
+    assert not _pipe(_config(MtlsMode.STRICT, acl=False), ip="10.0.1.9").allowed
+
+
+def test_a_pipe_to_an_https_service_is_decided_per_request() -> None:
+    """The pipe's bytes would go to the pod as they are; an https pod needs the proxy's TLS."""
+    config = _config(MtlsMode.STRICT, acl=False)
+    key = _cluster(config)
+    cluster = msgspec.structs.replace(config.clusters[key], scheme="https")
+    config = msgspec.structs.replace(config, clusters={**config.clusters, key: cluster})
+    d = _pipe(config)
+    assert not d.allowed and "https" in d.detail

@@ -7,7 +7,14 @@ connections:
 
 - ``direct``: the client calls the backend itself (what the backend and the idle proxies cost);
 - ``plaintext``: mTLS off: client -> proxy A -> the pod on node-b (one proxy hop, as before);
-- ``mtls``: strict: client -> proxy A -> mTLS tunnel -> proxy B -> the pod (two proxy hops).
+- ``mtls``: strict: client -> proxy A -> mTLS -> proxy B -> the pod (two proxy hops; access
+  control is off, so proxy A opens pipes that proxy B splices: mesh.proxy.pipe);
+- ``tunnel``: the same with ``--no-tunnel-pipes``: every request on a tunnel connection,
+  parsed, decided and forwarded again by proxy B.
+
+The pod's backend runs in a process of its own for HTTP (so the child's CPU is the proxies'
+alone, with nothing to subtract); the proxies run on uvloop as ``simmesh proxy`` does
+(``--loop asyncio``: asyncio's own loop).
 
 The child's CPU time (user + system, from /proc) over the run, less ``direct``'s, is what the
 proxies spent; it prints CPU seconds per 1,000 requests and the ratio mTLS / plaintext. Not a
@@ -36,18 +43,31 @@ import aiohttp
 
 from mesh.core.model import MtlsMode
 
-MODES = ("direct", "plaintext", "mtls")
+MODES = ("direct", "plaintext", "tunnel", "mtls")
 PROTOCOLS = ("http", "tcp-flows", "tcp-echo")
 _PAYLOAD = b"x" * 64
+_LOOP = ["uvloop"]  # the serving children's event loop (--loop)
 
 
-async def _serve(mode: str, protocol: str) -> None:
+async def _backend() -> None:
+    """The far pod's HTTP backend, in a process of its own: its port, then serve until stdin
+    closes."""
+    from tests.proxy.harness import backend_app, serve_app
+    from tests.proxy.mtlsnet import FAR_IP
+
+    async with serve_app(backend_app("far0"), FAR_IP) as port:
+        print(port, flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+
+
+async def _serve(mode: str, protocol: str, far_port: int | None) -> None:
     from tests.proxy.mtlsnet import FAR_IP, two_nodes
 
     mtls = MtlsMode.OFF if mode in ("direct", "plaintext") else MtlsMode.STRICT
     tcp = protocol != "http"
     with tempfile.TemporaryDirectory() as tmp:
-        async with two_nodes(Path(tmp), flows=tcp) as net:
+        pipes = mode != "tunnel"
+        async with two_nodes(Path(tmp), flows=tcp, far_port=far_port, pipes=pipes) as net:
             if mtls is MtlsMode.OFF:
                 import msgspec
 
@@ -77,9 +97,10 @@ async def _serve(mode: str, protocol: str) -> None:
                 net.b, "simmesh_proxy_http_requests_total", service="demo/far", code="200"
             )
             handshakes = metric(net.a, "simmesh_proxy_tunnel_handshakes_total", side="client")
+            pipes = metric(net.b, "simmesh_proxy_tunnel_pipes_total", mode="spliced")
             print(
-                f"{mode}: node-b's proxy served {served:.0f} HTTP requests; "
-                f"{handshakes:.0f} tunnel handshakes",
+                f"{mode}: node-b's proxy served {served:.0f} HTTP requests itself and spliced "
+                f"{pipes:.0f} pipes; {handshakes:.0f} tunnel handshakes",
                 file=sys.stderr,
             )
 
@@ -167,6 +188,19 @@ async def _drive_tcp(target: str, rate: int, seconds: float, protocol: str) -> t
 async def _measure(
     mode: str, rate: int, seconds: float, protocol: str = "http"
 ) -> tuple[float, int, int]:
+    backend: asyncio.subprocess.Process | None = None
+    far: list[str] = []
+    if protocol == "http":  # the pod's backend in a process of its own: not measured
+        backend = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tests.proxy.bench_mtls",
+            "--backend",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        assert backend.stdout is not None
+        far = ["--far-port", (await backend.stdout.readline()).decode().strip()]
     child = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -175,6 +209,9 @@ async def _measure(
         protocol,
         "--serve",
         mode,
+        "--loop",
+        _LOOP[0],
+        *far,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
     )
@@ -193,11 +230,16 @@ async def _measure(
     used = _cpu(child.pid) - before
     child.stdin.close()
     await child.wait()
+    if backend is not None and backend.stdin is not None:
+        backend.stdin.close()
+        await backend.wait()
     return used, ok, failed
 
 
 async def _main(rate: int, seconds: float, protocol: str, runs: int) -> None:
-    plains, tlss = [], []
+    plains: list[float] = []
+    tunnels: list[float] = []
+    tlss: list[float] = []
     for run in range(runs):
         results = {}
         for mode in MODES:
@@ -205,16 +247,24 @@ async def _main(rate: int, seconds: float, protocol: str, runs: int) -> None:
             results[mode] = used / max(ok, 1) * 1000
             print(f"run {run + 1} {protocol} {mode:10} {ok} ok {failed} failed, CPU {used:.3f} s")
         plain = results["plaintext"] - results["direct"]
+        tunnel = results["tunnel"] - results["direct"]
         tls = results["mtls"] - results["direct"]
         plains.append(plain)
+        tunnels.append(tunnel)
         tlss.append(tls)
         print(
             f"run {run + 1}: proxies' CPU per 1,000 {protocol} requests at {rate}/s: "
-            f"plaintext {plain:.3f} s, mTLS {tls:.3f} s ({tls / plain:.2f}x)"
+            f"plaintext {plain:.3f} s, mTLS {tls:.3f} s ({tls / plain:.2f}x), "
+            f"mTLS without pipes {tunnel:.3f} s ({tunnel / plain:.2f}x)"
         )
     plain, tls = statistics.median(plains), statistics.median(tlss)
-    print(f"median of {runs}: plaintext {plain:.3f} s, mTLS {tls:.3f} s per 1,000 {protocol}")
+    tunnel = statistics.median(tunnels)
+    print(
+        f"median of {runs}: plaintext {plain:.3f} s, mTLS {tls:.3f} s, mTLS without pipes "
+        f"{tunnel:.3f} s per 1,000 {protocol}"
+    )
     print(f"mTLS / plaintext: {tls / plain:.2f}x ({(tls / plain - 1) * 100:+.0f}%)")
+    print(f"mTLS without pipes / plaintext: {tunnel / plain:.2f}x")
 
 
 def main() -> None:
@@ -223,11 +273,28 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--protocol", choices=PROTOCOLS, default="http")
     parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument(
+        "--loop",
+        choices=("uvloop", "asyncio"),
+        default="uvloop",
+        help="the proxies' event loop (uvloop: as `simmesh proxy` runs them)",
+    )
     parser.add_argument("--serve", choices=MODES, help=argparse.SUPPRESS)
+    parser.add_argument("--far-port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--backend", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.serve:
-        asyncio.run(_serve(args.serve, args.protocol))
+    if args.backend:
+        asyncio.run(_backend())
+    elif args.serve:
+        factory = None
+        if args.loop == "uvloop":
+            import uvloop
+
+            factory = uvloop.new_event_loop
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(_serve(args.serve, args.protocol, args.far_port))
     else:
+        _LOOP[0] = args.loop
         asyncio.run(_main(args.rate, args.seconds, args.protocol, args.runs))
 
 

@@ -29,7 +29,7 @@ from mesh.core.model import MtlsMode, Settings
 from mesh.core.schema import MeshConfig
 from mesh.identity import ca
 from mesh.identity.spiffe import spiffe_id
-from mesh.proxy.mtls import ALPN_STREAM, sni_name
+from mesh.proxy.mtls import ALPN_PIPE, ALPN_STREAM, sni_name
 from mesh.proxy.proxy import Proxy
 from mesh.proxy.streams import HEADER, OPEN, REPLY, frame
 from tests.proxy.harness import (
@@ -148,14 +148,15 @@ def _slice(
     }
 
 
-def grant(source: str, destination: str = "server") -> list[dict[str, Any]]:
-    """A TrafficTarget letting ServiceAccount ``source`` reach ``destination`` (any path)."""
+def grant(source: str, destination: str = "server", path: str = "/.*") -> list[dict[str, Any]]:
+    """A TrafficTarget letting ServiceAccount ``source`` reach ``destination`` (any path, or
+    those ``path`` starts: a grant that depends on the request)."""
     return [
         {
             "apiVersion": "specs.smi-spec.io/v1alpha4",
             "kind": "HTTPRouteGroup",
             "metadata": {"name": "all", "namespace": "demo"},
-            "spec": {"matches": [{"name": "all", "pathRegex": "/.*"}]},
+            "spec": {"matches": [{"name": "all", "pathRegex": path}]},
         },
         {
             "apiVersion": "access.smi-spec.io/v1alpha3",
@@ -185,6 +186,11 @@ class Net:
     def url(self, host: str, path: str = "/", proxy: str = "127.0.0.1") -> str:
         return f"http://{proxy}:{self.http}{path}"
 
+    async def reconfigure(self, objects: Iterable[dict[str, Any]]) -> bool:
+        """Apply the config of the same nodes with ``objects`` instead to both proxies."""
+        self.config = self.extra["make"](objects)
+        return bool(await self.b.apply(self.config)) and bool(await self.a.apply(self.config))
+
     def listener(self, service_name: str, protocol: str = "tcp") -> int:
         """The TCP (or UDP) listener port of ``demo/<service_name>`` (both proxies)."""
         return next(
@@ -210,13 +216,20 @@ async def two_nodes(
     flows: bool = False,
     certificate_wait: float = 0.0,
     mtls_capable: bool = False,
+    far_port: int | None = None,
+    pipes: bool = True,
 ) -> AsyncIterator[Net]:
+    """``far_port``: the far pod's backend already serves on FAR_IP at that port (run by
+    another process: a benchmark measures the proxies' process alone)."""
     authority = authority or Authority(tmp)
     http = free_range(1)
     tcp = free_range(4)
     tunnel_a, tunnel_b = free_port(), free_port()
     async with contextlib.AsyncExitStack() as stack:
-        [(_, far)] = await stack.enter_async_context(backends(FAR_IP, name="far"))
+        if far_port is None:
+            [(_, far)] = await stack.enter_async_context(backends(FAR_IP, name="far"))
+        else:
+            far = far_port
         [(_, near)] = await stack.enter_async_context(backends(NEAR_IP, name="near"))
         docs = [
             service("far"),
@@ -226,7 +239,6 @@ async def two_nodes(
             _pod("near", NEAR_IP, "local", "node-a"),
             _slice("far", FAR_IP, far, "far", "node-b"),
             _slice("near", NEAR_IP, near, "near", "node-a"),
-            *objects,
         ]
         extra: dict[str, Any] = {}
         if flows:
@@ -260,7 +272,6 @@ async def two_nodes(
             tcp_ports=PortRange(tcp, 4),
             udp_ports=PortRange(free_range(2), 2),
         )
-        config = build(docs, settings)
         b_address = tunnel_b
         taps: list[Tap] = []
         if tap:
@@ -268,20 +279,26 @@ async def two_nodes(
             b_address = await relay.start()
             stack.push_async_callback(relay.stop)
             taps.append(relay)
-        assert config.settings.mtls is not None
-        mtls = msgspec.structs.replace(
-            config.settings.mtls,
-            proxies={"node-a": f"127.0.0.1:{tunnel_a}", "node-b": f"127.0.0.2:{b_address}"},
-        )
-        config = msgspec.structs.replace(
-            config, settings=msgspec.structs.replace(config.settings, mtls=mtls)
-        )
+
+        def make(objects: Iterable[dict[str, Any]]) -> MeshConfig:
+            config = build([*docs, *objects], settings)
+            assert config.settings.mtls is not None
+            mtls = msgspec.structs.replace(
+                config.settings.mtls,
+                proxies={"node-a": f"127.0.0.1:{tunnel_a}", "node-b": f"127.0.0.2:{b_address}"},
+            )
+            return msgspec.structs.replace(
+                config, settings=msgspec.structs.replace(config.settings, mtls=mtls)
+            )
+
+        config = make(objects)
         a = await stack.enter_async_context(
             running_proxy(
                 None,
                 node="node-a",
                 bind="127.0.0.1",
                 tunnel_port=tunnel_a,
+                tunnel_pipes=pipes,
                 certificate_wait=certificate_wait,
                 mtls_capable=mtls_capable,
             )
@@ -310,6 +327,7 @@ async def two_nodes(
         await b.apply(config)
         net = Net(config, a, b, http, far, near, authority, tunnel_b)
         net.extra["taps"] = taps
+        net.extra["make"] = make
         net.extra.update(extra)
         yield net
 
@@ -372,6 +390,46 @@ async def tunnel_request(
         return await asyncio.wait_for(reader.read(-1), 5)
     except (ConnectionError, ssl.SSLError):
         return b""
+    finally:
+        writer.close()
+
+
+async def pipe_requests(
+    port: int,
+    context: ssl.SSLContext,
+    *,
+    target: str,
+    cluster: str,
+    paths: list[str],
+    identity: str = "demo/server",
+    host: str = "127.0.0.2",
+) -> list[bytes]:
+    """A pipe opened straight at a tunnel port, as a (possibly rogue) source proxy opens one:
+    the answer line, then one GET per path, each with the target's lines when the answer is
+    per request (``=``); the answer line and each response, in order."""
+    context.set_alpn_protocols([ALPN_PIPE])
+    reader, writer = await asyncio.open_connection(
+        host, port, ssl=context, server_hostname=sni_name(identity)
+    )
+    try:
+        writer.write(f"{cluster} {target}\r\n".encode())
+        answer = await asyncio.wait_for(reader.readline(), 5)
+        lines = (
+            ""
+            if answer == b"+\r\n"
+            else f"Simmesh-Target: {target}\r\nSimmesh-Cluster: {cluster}\r\n"
+        )
+        out = [answer]
+        for path in paths:
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: far.demo.mesh\r\n{lines}\r\n".encode())
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            length = next(
+                int(line.split(b":", 1)[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )
+            out.append(head + await asyncio.wait_for(reader.readexactly(length), 5))
+        return out
     finally:
         writer.close()
 

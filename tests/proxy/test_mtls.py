@@ -23,6 +23,7 @@ from tests.proxy.mtlsnet import (
     Authority,
     Net,
     grant,
+    pipe_requests,
     tunnel_request,
     two_nodes,
 )
@@ -57,17 +58,13 @@ async def test_a_request_to_another_node_goes_over_mtls_and_same_node_stays_plai
         assert metric(net.b, "simmesh_proxy_tunnel_handshakes_total", side="server") == 1
         assert metric(net.a, "simmesh_proxy_tunnels_open", side="client") == 1
         assert metric(net.b, "simmesh_proxy_tunnel_certificate_age_seconds") >= 0
-        # node-b learnt the caller from the certificate
-        assert (
-            metric(
-                net.b,
-                "simmesh_proxy_calls_total",
-                service="demo/far",
-                source="demo/client",
-                code="200",
-            )
-            == 3
-        )
+        # access control is off: a pipe to the pod, spliced by node-b, which counted no
+        # request of its own; node-a counted them, with the caller's identity
+        assert metric(net.b, "simmesh_proxy_tunnel_pipes_total", mode="spliced") == 1
+        assert metric(net.b, "simmesh_proxy_tunnel_pipes_total", mode="per-request") == 0
+        calls = {"service": "demo/far", "source": "demo/client", "code": "200"}
+        assert metric(net.a, "simmesh_proxy_calls_total", **calls) == 3
+        assert metric(net.b, "simmesh_proxy_calls_total", **calls) == 0
         status, headers, _ = await _get(net, "near.demo.mesh")
         assert status == 200 and headers["X-Backend"] == "near0"
         assert metric(net.a, "simmesh_proxy_tunnel_handshakes_total", side="client") == 1
@@ -258,16 +255,91 @@ async def test_strict_mode_never_sends_a_callers_request_across_nodes_in_the_cle
             assert sent == (1 if mode is MtlsMode.PERMISSIVE else 0)
 
 
+async def test_a_request_dependent_grant_is_decided_per_request_by_the_destination(
+    tmp_path: Path,
+) -> None:
+    """ACL mode with a grant of some paths only: no pipe can be authorised as a whole, so
+    node-a sends each request on a tunnel connection with its target, and node-b decides
+    each on the certificate's identity (it learnt the caller from the certificate). A pipe
+    opened anyway (a source proxy with another config, or a rogue one) is served per
+    request: the granted path passes, another is refused by node-b itself."""
+    objects = grant("client", path="/hello")
+    async with two_nodes(tmp_path, acl=True, objects=objects) as net:
+        for _ in range(3):
+            status, headers, _ = await _get(net, "far.demo.mesh", "/hello")
+            assert status == 200 and headers["X-Backend"] == "far0"
+        assert metric(net.b, "simmesh_proxy_tunnel_pipes_total", mode="spliced") == 0
+        assert metric(net.b, "simmesh_proxy_tunnel_pipes_total", mode="per-request") == 0
+        calls = {"service": "demo/far", "source": "demo/client", "code": "200"}
+        assert metric(net.b, "simmesh_proxy_calls_total", **calls) == 3
+        status, _, _ = await _get(net, "far.demo.mesh", "/other")
+        assert status == 403  # node-a's own decision
+        # a source proxy that skipped its check: node-b refuses the path on the pipe
+        context = net.authority.client_context("demo/client")
+        cluster, target = _cluster(net, "far"), f"{FAR_IP}:{net.far}"
+        answers = await pipe_requests(
+            net.tunnel_b, context, target=target, cluster=cluster, paths=["/hello", "/other"]
+        )
+        assert answers[0] == b"=\r\n"
+        assert answers[1].startswith(b"HTTP/1.1 200") and answers[2].startswith(b"HTTP/1.1 403")
+        assert b"no-matching-route" in answers[2]
+        assert metric(net.b, "simmesh_proxy_tunnel_pipes_total", mode="per-request") == 1
+
+
+async def test_a_whole_grant_gets_a_spliced_pipe_and_a_narrowed_one_ends_it(
+    tmp_path: Path,
+) -> None:
+    """ACL mode, a grant of every path: the pipe is spliced (node-b relays its bytes). A new
+    config that narrows the grant to some paths ends the spliced pipe (node-b can no longer
+    authorise it as a whole); the next requests go on a tunnel connection, decided by
+    node-b one by one."""
+    async with two_nodes(tmp_path, acl=True, objects=grant("client")) as net:
+        status, _, _ = await _get(net, "far.demo.mesh", "/other")
+        assert status == 200
+        assert metric(net.b, "simmesh_proxy_tunnel_pipes_total", mode="spliced") == 1
+        context = net.authority.client_context("demo/client")
+        cluster, target = _cluster(net, "far"), f"{FAR_IP}:{net.far}"
+        answers = await pipe_requests(
+            net.tunnel_b, context, target=target, cluster=cluster, paths=["/other"]
+        )
+        assert answers[0] == b"+\r\n" and answers[1].startswith(b"HTTP/1.1 200")
+        # an identity with no grant: served per request, refused there
+        intruder = net.authority.client_context("demo/intruder")
+        answers = await pipe_requests(
+            net.tunnel_b, intruder, target=target, cluster=cluster, paths=["/other"]
+        )
+        assert answers[0] == b"=\r\n" and answers[1].startswith(b"HTTP/1.1 403")
+        narrowed = await net.reconfigure(grant("client", path="/hello"))
+        assert narrowed
+        revoked = {"service": "demo/far", "protocol": "http"}
+        await until(lambda: metric(net.b, "simmesh_proxy_revoked_flows_total", **revoked) >= 1)
+        status, _, _ = await _get(net, "far.demo.mesh", "/hello")
+        assert status == 200
+        calls = {"service": "demo/far", "source": "demo/client", "code": "200"}
+        assert metric(net.b, "simmesh_proxy_calls_total", **calls) == 1
+        status, _, _ = await _get(net, "far.demo.mesh", "/other")
+        assert status == 403
+
+
 async def test_a_pod_cannot_pass_its_own_failure_off_as_the_tunnel_s(tmp_path: Path) -> None:
     """The source proxy reads X-Simmesh-Reason from the destination proxy (it could not reach
-    the pod); the same header from the pod itself is dropped on the way back, so the pod's 502
-    reaches the client as the pod's answer, not as a connect failure of the proxy."""
+    the pod); the pod's 502 with the same header reaches the client as the pod's answer, not
+    as a connect failure of the proxy: on a spliced pipe the source proxy does not read the
+    header (the bytes are the pod's), on a tunnel connection node-b drops it."""
     async with two_nodes(tmp_path) as net:
         path = "/status/502?reason=upstream-connect-failed"
         status, headers, body = await _get(net, "far.demo.mesh", path)
         assert status == 502 and body == b"far0 says 502", body
+        assert headers["X-Backend"] == "far0"
+        assert metric(net.b, "simmesh_proxy_tunnel_pipes_total", mode="spliced") == 1
+    (tmp_path / "acl").mkdir()
+    objects = grant("client", path="/status")
+    async with two_nodes(tmp_path / "acl", acl=True, objects=objects) as net:
+        status, headers, body = await _get(net, "far.demo.mesh", path)
+        assert status == 502 and body == b"far0 says 502", body
         assert "X-Simmesh-Reason" not in headers
         assert headers["X-Backend"] == "far0"
+        assert metric(net.b, "simmesh_proxy_tunnel_pipes_total", mode="spliced") == 0
 
 
 async def test_a_proxy_deployed_for_mtls_keeps_its_tunnel_port_through_a_config_without_it(
