@@ -463,6 +463,8 @@ def _tls_only(out: Path) -> int:
     start = next((i for i, line in enumerate(lines) if line.startswith("tls:")), None)
     if start is not None:
         end = start + 1
+        if start > 0 and lines[start - 1].startswith("# tls measured"):
+            start -= 1  # its note goes with it
         while end < len(lines) and lines[end].startswith((" ", "#")):
             end += 1
         del lines[start:end]

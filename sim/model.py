@@ -27,9 +27,12 @@ node's proxy over a pooled tunnel connection, as the core's ``Router.tunnel_peer
 same call the proxy makes): one pool per (source node, calling identity, destination node,
 destination identity), a connection carrying one request at a time, reused last freed first
 while idle for less than the proxy's 15 s, closed when its attempt times out; a new one pays a
-handshake (sim/resources.py prices the hops and the TLS work). Same-node attempts, and every
-attempt with mTLS off, take one hop as before. A connect failure to a pod that is down is
-priced as without mTLS.
+handshake (sim/resources.py prices the hops and the TLS work). An HTTP attempt to an ``http``
+service whose grant admits the caller whatever the request (``Router.whole_access``, as the
+proxy asks) goes on a pipe instead (mesh/proxy/pipe.py): pooled per pod, and the destination
+proxy relays it (the profile's ``tls.relay``) instead of handling it as a request. Same-node
+attempts, and every attempt with mTLS off, take one hop as before. A connect failure to a pod
+that is down is priced as without mTLS.
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ from mesh.core.lifecycle import (
 from mesh.core.parse import parse_objects
 from mesh.core.policies import Failure, Outcome
 from mesh.core.request import Request
-from mesh.core.routing import Decision, Engine, MirrorShot, Reason, Route, Router
+from mesh.core.routing import Decision, Endpoint, Engine, MirrorShot, Reason, Route, Router
 from mesh.core.topology import build_topology
 from sim.metrics import Recorder, RunFacts
 from sim.outages import InFlight, Outage, connect_failure_delay, cut
@@ -144,9 +147,10 @@ class Simulation:
         self.config_errors = [msgspec.to_builtins(e) for e in self.config.errors]
         self.started = 0
         self.mtls = self.router.mtls != "off"
-        self.pools: dict[tuple[str, str | None, str, str | None], list[float]] = {}
+        self.pools: dict[tuple[str | None, ...], list[float]] = {}
         self.handshakes = 0  # new tunnel connections
         self.tunnelled = 0  # attempts through a tunnel
+        self.piped = 0  # of those, on a spliced pipe (mesh/proxy/pipe.py)
         # Every request's attempts and answer, when asked for (debugging, parity tests).
         self.trace: list[dict[str, Any]] | None = None
 
@@ -248,7 +252,14 @@ class Simulation:
         _Flight(self, stream, kind, done, engine, decision, now, ready).begin()
 
     def _attempt(
-        self, ip: str, timeout: float | None, *, sent: float, node: str, flight: _Flight | None
+        self,
+        ip: str,
+        timeout: float | None,
+        *,
+        sent: float,
+        node: str,
+        flight: _Flight | None,
+        endpoint: Endpoint | None = None,
     ) -> Outcome:
         """One attempt to the pod at ``ip``, leaving the proxy of ``node`` at ``sent``: its
         outcome, whose latency is how long from now until the proxy has it. The pod's slot
@@ -270,9 +281,22 @@ class Simulation:
         rng = self.rng_service
         resources = self.resources
         peer = pod.node
+        pipe = False
         if self.mtls and peer is not None and self.router.tunnel_peer(peer, node) is not None:
             source = flight.stream.traffic.source if flight is not None else None
-            pool = self.pools.setdefault((node, source, peer, self.router.identities.get(ip)), [])
+            key: tuple[str | None, ...] = (node, source, peer, self.router.identities.get(ip))
+            if flight is not None and endpoint is not None and source is not None:
+                cluster = flight.decision.cluster
+                pipe = (
+                    flight.stream.traffic.protocol == "http"
+                    and cluster is not None
+                    and cluster.scheme == "http"
+                    and self.router.whole_access(cluster, endpoint, source)
+                )
+                if pipe:  # a pipe to this pod (mesh.proxy.pipe): pooled per pod
+                    assert cluster is not None
+                    key = (node, source, peer, cluster.key, ip)
+            pool = self.pools.setdefault(key, [])
             conn = _reuse(pool, sent)
             handshake = conn < 0
             if handshake:
@@ -282,8 +306,10 @@ class Simulation:
             else:
                 pool[conn] = math.inf
             self.tunnelled += 1
+            if pipe:
+                self.piped += 1
             hop = network.local  # from the destination's proxy to its pod
-            at = resources.tunnel_in(node, peer, sent, handshake=handshake)
+            at = resources.tunnel_in(node, peer, sent, handshake=handshake, pipe=pipe)
             arrived = resources.serve(ip, at + hop)
         else:
             pool = None
@@ -324,7 +350,7 @@ class Simulation:
         if pool is not None:  # the destination's proxy, the tunnel back, the source's
             assert peer is not None
             back += (
-                resources.tunnel_out(node, peer, self.response_bytes)
+                resources.tunnel_out(node, peer, self.response_bytes, pipe=pipe)
                 + network.delay(peer, node)
                 + self.proxy_latency
             )
@@ -504,6 +530,7 @@ class Simulation:
             out["mtls"] = {
                 "mode": self.router.mtls,
                 "tunnelledAttempts": self.tunnelled,
+                "pipedAttempts": self.piped,
                 "handshakes": self.handshakes,
                 "connectionsAtEnd": sum(len(p) for p in self.pools.values()),
             }
@@ -605,7 +632,12 @@ class _Flight(Lifecycle):
             now = sim.env.now
             sent = sim.resources.send(node, self.ready if self.ready > now else now)
         outcome = sim._attempt(
-            command.endpoint.ip, command.timeout, sent=sent, node=node, flight=self
+            command.endpoint.ip,
+            command.timeout,
+            sent=sent,
+            node=node,
+            flight=self,
+            endpoint=command.endpoint,
         )
         if command.attempt == 1 and self.decision.mirrors:
             sim._mirror(self.decision.mirrors, sent=sent, node=node)

@@ -13,11 +13,13 @@ wakeup:  {dist: empirical, percentiles: {50: 0.0001, 99: 0.0005}}  # an idle pro
                                # for a CPU when work arrives (a latency spec, scenario format)
 configDelay: 0.15              # seconds from a policy change to every proxy applying it
 responseBytes: 800             # body bytes of an answer
-tls: {connect: 0.0006, accept: 0.0008, request: 0.00003, byte: 1.0e-09}  # mTLS tunnels:
-                               # CPU seconds of a proxy per handshake as the client (connect)
-                               # and as the server (accept), per request and per byte it seals
-                               # or opens (each of the two proxies of a tunnelled request pays
-                               # request and byte); read only when the scenario's mtls is on
+tls: {connect: 0.0006, accept: 0.0008, request: 0.00003, byte: 1.0e-09, relay: 0.00002}
+                               # mTLS tunnels: CPU seconds of a proxy per handshake as the
+                               # client (connect) and as the server (accept), per request and
+                               # per byte it seals or opens (each of the two proxies of a
+                               # tunnelled request pays request and byte), and per request the
+                               # destination relays on a spliced pipe (relay: both ways, its
+                               # TLS records included); read only when the scenario's mtls is on
 ```
 
 Timers: asyncio rounds a sleep up to whole milliseconds (the epoll timeout), so a test app asked
@@ -27,8 +29,12 @@ machine; every visit to an idle event loop (resources.py) pays one sample.
 
 The ``tls`` costs are measured by ``python -m loadtests.calibrate --tls`` (``tls_costs``: mutual
 TLS 1.3 handshakes with the mesh's own ECDSA workload certificates and records of the profile's
-answer size and of 64 KiB, through ``ssl`` memory BIOs in one process, CPU per side); a profile
-without ``tls`` prices TLS at 0.
+answer size and of 64 KiB, through ``ssl`` memory BIOs in one process, CPU per side; ``relay``:
+the CPU of a process relaying requests and answers from mutual TLS to plaintext like
+mesh/proxy/pipe.py, at 400 requests/s); a profile without ``tls`` prices TLS at 0. A spliced
+pipe's destination proxy is priced ``relay`` per request instead of a proxy's request, attempt
+and TLS record (sim/model.py says when an attempt goes on a pipe); a profile without
+``relay`` prices that relay at 0.
 
 ``local`` is written by ``python -m loadtests.bench_proxy --profile`` from measurements on this
 machine (the proxy's CPU per request, per attempt and per byte with fortio, the test app's and
@@ -76,6 +82,7 @@ class Profile:
     tls_accept: float = 0.0  # server side (the destination proxy)
     tls_request: float = 0.0  # per request and proxy: sealing and opening its records
     tls_byte: float = 0.0  # per body byte and proxy
+    tls_relay: float = 0.0  # per request at a spliced pipe's destination proxy, TLS aside
     source: str = ""  # where it was measured, as the file says
 
     @property
@@ -96,6 +103,7 @@ _FIELDS = {
     ("tls", "accept"): "tls_accept",
     ("tls", "request"): "tls_request",
     ("tls", "byte"): "tls_byte",
+    ("tls", "relay"): "tls_relay",
 }
 _TOP = {
     "proxy",

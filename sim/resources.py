@@ -121,6 +121,7 @@ class Resources:
         "profile",
         "proxies",
         "random",
+        "relay_half",
         "rng",
         "tls_accept",
         "tls_byte",
@@ -155,6 +156,7 @@ class Resources:
         self.tls_accept = profile.tls_accept
         self.tls_half = profile.tls_request / 2
         self.tls_byte = profile.tls_byte
+        self.relay_half = profile.tls_relay / 2
 
     def _visit(self, loop: Loop, at: float, work: float) -> float:
         """Loop.visit with a wake-up sample drawn only when the loop is asleep (this runs
@@ -204,9 +206,12 @@ class Resources:
             loop = self.apps[ip] = Loop()
         return self._visit(loop, at, self.half_app)
 
-    def tunnel_in(self, node: str, peer: str, at: float, *, handshake: bool) -> float:
+    def tunnel_in(
+        self, node: str, peer: str, at: float, *, handshake: bool, pipe: bool = False
+    ) -> float:
         """When the proxy of ``peer`` has sent on to its pod an attempt that the proxy of
-        ``node`` tunnels at ``at`` (over a new connection with ``handshake``)."""
+        ``node`` tunnels at ``at`` (over a new connection with ``handshake``; on a spliced
+        ``pipe``, which the destination relays instead of handling as a request)."""
         visit = self._visit
         source, destination = self.proxies[node], self.proxies[peer]
         hop = self.network.delay(node, peer)
@@ -214,13 +219,17 @@ class Resources:
         out = visit(source, at, work)
         if handshake:  # SYN, SYN-ACK, ACK + ClientHello; the server's flight back, Finished
             out = visit(destination, out + 3 * hop, self.tls_accept) + hop
-        work = self.half_request + self.per_attempt + self.tls_half
-        return visit(destination, out + hop, work)
+        if pipe:  # relayed, its TLS record opened: the profile's relay, half each way
+            return visit(destination, out + hop, self.relay_half)
+        return visit(destination, out + hop, self.half_request + self.per_attempt + self.tls_half)
 
-    def tunnel_out(self, node: str, peer: str, size: int) -> float:
+    def tunnel_out(self, node: str, peer: str, size: int, *, pipe: bool = False) -> float:
         """The CPU time the answer (``size`` bytes) takes in the two proxies of a tunnel,
         counted on both loops (not queued: see the module's notes)."""
-        sealed = self.half_request + self.tls_half + size * (self.per_byte + self.tls_byte)
+        if pipe:
+            sealed = self.relay_half + size * self.tls_byte
+        else:
+            sealed = self.half_request + self.tls_half + size * (self.per_byte + self.tls_byte)
         opened = self.tls_half + size * self.tls_byte
         self.proxies[peer].busy += sealed
         self.proxies[node].busy += opened

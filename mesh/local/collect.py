@@ -24,8 +24,8 @@ With mTLS on, the results gain what the simulator's do (sim/model.py ``costs``):
 each node proxy's CPU seconds over the scenario's duration (from /proc, sampled by the runner
 at t0 and at the end) and per 1,000 finished requests, and ``mtls``: the tunnels' handshakes
 (``simmesh_proxy_tunnel_handshakes{side="client"}``), their failures, the requests and flows
-the destination proxies received through a tunnel (their access logs' ``tunnel`` records) and
-the plaintext requests counted across nodes.
+that went through a tunnel (HTTP attempts to another node's pods in the source proxies' access
+logs, flows in the destination proxies') and the plaintext requests counted across nodes.
 """
 
 from __future__ import annotations
@@ -48,23 +48,30 @@ FLOW_REASONS = {"upstream-connect-failed": 502, "revoked": 502, "no-config": 503
 
 
 def _access_logs(
-    workdir: Path, tunnel_ports: set[int]
+    workdir: Path, tunnel_ports: set[int], pod_nodes: dict[str, str | None]
 ) -> tuple[dict[str, Any], dict[tuple[str, int], Any], int]:
     """HTTP records by trace id and flows by client address and port, as the client's node
-    proxy logged them, and how many records the destination proxies logged for requests and
-    flows they received through an mTLS tunnel (the same trace id: never joined)."""
+    proxy logged them, and how many requests and flows went through an mTLS tunnel: the HTTP
+    attempts each source proxy logged to pods of other nodes (``pod_nodes``: a pod's address
+    -> its node), as the simulator counts them (a pipe's requests are logged by the source
+    only), and the flows the destination proxies logged (the same trace id: never joined)."""
     http: dict[str, Any] = {}
     flows: dict[tuple[str, int], Any] = {}
     tunnelled = 0
     for path in sorted(workdir.glob("access-*.jsonl")):
+        node = path.stem.removeprefix("access-")
         for line in path.read_text(errors="replace").splitlines():
             try:
                 record = json.loads(line)
             except ValueError:
                 continue  # a line cut by a kill
             if record.get("listener") in tunnel_ports:
-                tunnelled += 1
+                tunnelled += record.get("kind") != "http"  # HTTP: counted at the source
             elif record.get("kind") == "http" and record.get("trace_id"):
+                if tunnel_ports:
+                    for attempt in record.get("attempts") or ():
+                        there = pod_nodes.get(str(attempt[0]).rpartition(":")[0])
+                        tunnelled += there is not None and there != node
                 http[record["trace_id"]] = record
             elif record.get("kind") in ("tcp", "udp") and record.get("client_port"):
                 flows[(record["client"], int(record["client_port"]))] = record
@@ -185,7 +192,8 @@ def real_results(scenario: Scenario, plan: Plan, workdir: Path) -> dict[str, Any
     run = json.loads((workdir / "run.json").read_text())
     measured = json.loads((workdir / "rows.json").read_text())
     tunnel_ports = {n.tunnel_port for n in plan.nodes} if plan.mtls != "off" else set()
-    http_logs, flow_logs, tunnelled = _access_logs(workdir, tunnel_ports)
+    pod_nodes = {a: p.node for p in plan.pods for a in (p.ip, p.address)}
+    http_logs, flow_logs, tunnelled = _access_logs(workdir, tunnel_ports, pod_nodes)
     router = Router(compile_config(scenario))
     backends = _Backends(router, plan)
     routes = []

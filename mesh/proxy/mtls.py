@@ -192,6 +192,9 @@ class TunnelTls:
         self.loads = 0
         self.built = 0  # identities whose contexts were built, counted over every load
         self._roots_pem = b""
+        # hop's answers for the router of the moment and these contexts (a hop is read only)
+        self._hops: dict[tuple[str, str, str, str, bool], TunnelHop | str | None] = {}
+        self._hops_router: Router | None = None
 
     # -- material -----------------------------------------------------------------------------
 
@@ -263,9 +266,11 @@ class TunnelTls:
             )
         self._roots_pem = roots_pem
         self.server = server
+        self._hops = {}
         self.loads += 1
 
     def clear(self) -> None:
+        self._hops = {}
         self._held = {}
         self._roots_pem = b""
         self.trust_roots = ()
@@ -399,9 +404,33 @@ class TunnelTls:
         mTLS off), a :class:`TunnelHop` to the endpoint's node carrying ``protocol`` (an
         ALPN name), or why it cannot tunnel. ``pipe``: an HTTP/1.1 request that may go on a
         pipe (mesh.proxy.pipe) when this config lets ``source`` send the pod any request
-        over plain ``http``; pipes are pooled per pod."""
+        over plain ``http``; pipes are pooled per pod. The answers are kept until the router
+        or the certificates change (per request, this is one dictionary lookup)."""
         if router.mtls == "off" or endpoint.node is None or endpoint.node == self.node:
             return None
+        if router is not self._hops_router:
+            self._hops = {}
+            self._hops_router = router
+        key = (source or "", endpoint.key, cluster, protocol, pipe)
+        hops = self._hops
+        if key in hops:
+            return hops[key]
+        planned = self._plan(router, endpoint, source, cluster, protocol, pipe)
+        if len(hops) >= 4096:
+            hops.clear()
+        hops[key] = planned
+        return planned
+
+    def _plan(
+        self,
+        router: Router,
+        endpoint: Endpoint,
+        source: str | None,
+        cluster: str,
+        protocol: str,
+        pipe: bool,
+    ) -> TunnelHop | str | None:
+        assert endpoint.node is not None
         address = router.proxies.get(endpoint.node)
         if address is None:
             return f"no tunnel address for node {endpoint.node}"
@@ -414,7 +443,8 @@ class TunnelTls:
         if endpoint.identity is None:
             return f"the identity of {endpoint.key} is not known"
         extra = f"Simmesh-Target: {endpoint.key}\r\nSimmesh-Cluster: {cluster}\r\n".encode()
-        if pipe and item is not None:
+        pipes = item.clients.get(ALPN_PIPE) if pipe and item is not None else None
+        if pipes is not None:
             compiled = router.clusters.get(cluster)
             if (
                 compiled is not None
@@ -424,7 +454,7 @@ class TunnelTls:
                 return TunnelHop(
                     address[0],
                     address[1],
-                    item.clients[ALPN_PIPE],
+                    pipes,
                     sni_name(endpoint.identity),
                     endpoint.identity,
                     extra,

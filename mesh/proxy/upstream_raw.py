@@ -51,7 +51,7 @@ import httptools
 from mesh.core.policies import IDEMPOTENT_METHODS, Failure
 from mesh.proxy.body import Body, ClientGone
 from mesh.proxy.headers import Outgoing, body_framing, encode_head, head_block, status_line
-from mesh.proxy.mtls import TunnelTls, dial, tunnel_failure
+from mesh.proxy.mtls import ALPN_PIPE, TunnelTls, dial, tunnel_failure
 from mesh.proxy.resources import Slot, UpstreamGate
 from mesh.proxy.upstream import (
     Call,
@@ -772,9 +772,13 @@ class RawUpstream(CallbackUpstream):
             tls, hop, self._gate, lambda slot: _Conn(self, key, slot), self._connect_timeout
         )
         conn.counted = True
-        if hop.preamble:  # a pipe: name the target, wait for how it will be served
-            transport = conn.transport
-            assert transport is not None
+        transport = conn.transport
+        assert transport is not None
+        ssl_object = transport.get_extra_info("ssl_object")
+        alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
+        # a pipe: name the target, wait for how it will be served; a proxy of an earlier
+        # release, which does not know pipes, negotiates no protocol: a tunnel connection then
+        if hop.preamble and alpn == ALPN_PIPE:
             reply = conn.reply = conn.loop.create_future()
             transport.write(hop.preamble)
             try:
@@ -785,10 +789,7 @@ class RawUpstream(CallbackUpstream):
                 raise UpstreamError(
                     Failure.CONNECT, f"{conn._name()}: no answer to the pipe in time"
                 ) from None
-            except UpstreamError:
-                conn._abort()
-                raise
-            except BaseException:
+            except BaseException:  # a bad answer, closed, cancelled
                 conn._abort()
                 raise
         return conn

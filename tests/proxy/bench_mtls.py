@@ -224,7 +224,7 @@ async def _measure(
             return await _drive(target, rate, seconds)
         return await _drive_tcp(target, rate, seconds, protocol)
 
-    await drive(50, 1.0)  # warm up: pools, handshakes
+    await drive(rate, 1.0)  # warm up at the rate: the pools grow (handshakes) before the window
     before = _cpu(child.pid)
     ok, failed = await drive(rate, seconds)
     used = _cpu(child.pid) - before

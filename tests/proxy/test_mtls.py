@@ -13,8 +13,10 @@ from typing import Any
 
 import aiohttp
 import msgspec
+import pytest
 
 from mesh.core.model import MtlsMode
+from mesh.proxy import mtls
 from tests.proxy.harness import metric, session, until
 from tests.proxy.mtlsnet import (
     CLIENT_IP,
@@ -319,6 +321,28 @@ async def test_a_whole_grant_gets_a_spliced_pipe_and_a_narrowed_one_ends_it(
         assert metric(net.b, "simmesh_proxy_calls_total", **calls) == 1
         status, _, _ = await _get(net, "far.demo.mesh", "/other")
         assert status == 403
+
+
+async def test_a_destination_of_an_earlier_release_gets_a_tunnel_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """During an upgrade, node-b's proxy may not know pipes yet: it offers the earlier ALPN
+    protocols only, negotiates none with a pipe, and serves the connection as HTTP/1.1. The
+    source proxy then sends no target line and adds the target's lines to each request."""
+    async with two_nodes(tmp_path) as net:
+        monkeypatch.setattr(mtls, "PROTOCOLS", (mtls.ALPN, mtls.ALPN_H2, mtls.ALPN_STREAM))
+        net.b.tls.clear()
+        net.b.load_certificates(
+            trust_domain=net.authority.trust_domain,
+            roots=net.authority.roots,
+            held={"demo/server": net.authority.issue("demo/server")},
+        )
+        for _ in range(3):
+            status, headers, _ = await _get(net, "far.demo.mesh", "/hello")
+            assert status == 200 and headers["X-Backend"] == "far0"
+        assert metric(net.b, "simmesh_proxy_tunnel_pipes_total", mode="spliced") == 0
+        calls = {"service": "demo/far", "source": "demo/client", "code": "200"}
+        assert metric(net.b, "simmesh_proxy_calls_total", **calls) == 3
 
 
 async def test_a_pod_cannot_pass_its_own_failure_off_as_the_tunnel_s(tmp_path: Path) -> None:

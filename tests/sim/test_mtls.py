@@ -86,10 +86,34 @@ def test_strict_takes_the_second_hop_and_pays_for_tls(tmp_path: Path) -> None:
         on["proxyCpu"]["nodes"]["node-a"]["cpuSeconds"]
         > off["proxyCpu"]["nodes"]["node-a"]["cpuSeconds"]
     )
+    # access control is off: every tunnelled attempt goes on a pipe, which node-b relays
+    assert tls["pipedAttempts"] == tls["tunnelledAttempts"]
     ratio = on["proxyCpu"]["perThousandRequests"] / off["proxyCpu"]["perThousandRequests"]
-    assert 1.5 < ratio < 3.0
+    assert 1.1 < ratio < 2.0
     assert on["overall"]["latency"]["p50"] > off["overall"]["latency"]["p50"]
     assert on["overall"]["successRate"] == off["overall"]["successRate"] == 1.0
+
+
+def test_a_pipe_costs_its_destination_a_relay_and_a_request_dependent_grant_a_proxy_pass(
+    tmp_path: Path,
+) -> None:
+    """A spliced pipe's destination proxy is priced the profile's relay per attempt; where the
+    grants depend on the request (quickstart: paths), no attempt is piped and the destination
+    handles each as a request, as the proxies do."""
+    profile = load_profile("local")
+    assert profile.tls_relay > 0
+    (tmp_path / "pipes").mkdir()
+    on = _run(_scenario(tmp_path / "pipes", TWO_NODES, "mtls: strict\n"))
+    tunnelled, handshakes = on["mtls"]["tunnelledAttempts"], on["mtls"]["handshakes"]
+    expected = tunnelled * profile.tls_relay + handshakes * profile.tls_accept
+    measured = on["proxyCpu"]["nodes"]["node-b"]["cpuSeconds"]
+    assert measured == pytest.approx(expected, rel=0.05)
+    quick = _run(SCENARIOS / "quickstart", ["duration=10", "settings.mtls=strict"])
+    assert quick["mtls"]["tunnelledAttempts"] > 100 and quick["mtls"]["pipedAttempts"] == 0
+    per_request = (
+        quick["proxyCpu"]["nodes"]["node-b"]["cpuSeconds"] / quick["mtls"]["tunnelledAttempts"]
+    )
+    assert per_request > profile.proxy_request + profile.proxy_attempt > profile.tls_relay
 
 
 def test_same_node_traffic_stays_one_hop(tmp_path: Path) -> None:
