@@ -536,6 +536,12 @@ async def _main(rate: int, seconds: float, protocol: str, runs: int) -> None:
         rows = [
             ("simmesh / HAProxy, plaintext", plain / hplain, per_run("plaintext", "haproxy")),
             ("simmesh / HAProxy, mTLS", tls / htls, per_run("mtls", "haproxy-mtls")),
+            # HAProxy B parses every request, as simmesh's proxy B does without pipes
+            (
+                "simmesh without pipes / HAProxy, mTLS",
+                tunnel / htls,
+                per_run("tunnel", "haproxy-mtls"),
+            ),
             ("mTLS / plaintext, simmesh", tls / plain, per_run("mtls", "plaintext")),
             ("mTLS / plaintext, HAProxy", htls / hplain, per_run("haproxy-mtls", "haproxy")),
         ]
