@@ -73,7 +73,7 @@ from mesh.proxy.mtls import sni_name
 from tests.proxy.mtlsnet import Authority
 
 SIMMESH = ("direct", "plaintext", "tunnel", "mtls")  # run by a child: --serve
-HAPROXY = ("haproxy", "haproxy-mtls")  # HTTP only
+HAPROXY = ("haproxy", "haproxy-mtls", "haproxy-mtls-tcp")  # HTTP only
 MODES = (*SIMMESH, *HAPROXY)
 PROTOCOLS = ("http", "tcp-flows", "tcp-echo", "handshakes")
 _PAYLOAD = b"x" * 64
@@ -309,7 +309,9 @@ def _haproxy_configs(
     ``haproxy-mtls``, A (the client's node) -> TLS 1.3 with A's client certificate, B's
     certificate verified against the CA and checked against the SNI -> B (on 127.0.0.2,
     client certificates required and verified against the CA) -> the pod; A's connections
-    to B pooled and shared among client connections (``http-reuse always``)."""
+    to B pooled and shared among client connections (``http-reuse always``);
+    ``haproxy-mtls-tcp``, the same with B in ``mode tcp``: it relays each of A's connections
+    to the pod without parsing, as simmesh's proxy B splices a pipe."""
     from tests.proxy.mtlsnet import FAR_IP
 
     pod = f"backend pod\n    server pod {FAR_IP}:{far_port}\n"
@@ -328,7 +330,13 @@ def _haproxy_configs(
             f"sni str({sni}) {_TLS13}\n"
         )
         configs = [
-            (_haproxy_b(roots, server, tunnel, f"{FAR_IP}:{far_port}"), "127.0.0.2", tunnel),
+            (
+                _haproxy_b(
+                    roots, server, tunnel, f"{FAR_IP}:{far_port}", tcp=mode.endswith("-tcp")
+                ),
+                "127.0.0.2",
+                tunnel,
+            ),
             (_HAPROXY_GLOBAL + a, "127.0.0.1", http),
         ]
     out = []
@@ -339,14 +347,15 @@ def _haproxy_configs(
     return out
 
 
-def _haproxy_b(roots: Path, pem: Path, port: int, pod: str) -> str:
+def _haproxy_b(roots: Path, pem: Path, port: int, pod: str, *, tcp: bool = False) -> str:
     """HAProxy B: a TLS 1.3 frontend on 127.0.0.2 that requires a client certificate and
-    verifies it against the CA, in front of ``pod``."""
+    verifies it against the CA, in front of ``pod`` (``tcp``: relaying bytes, no parsing)."""
     stats = f"global\n    stats socket {roots.parent / 'haproxy-b.sock'}\n"
+    mode = "    mode tcp\n" if tcp else ""
     return _HAPROXY_GLOBAL.replace("global\n", stats, 1) + (
-        f"frontend tunnel\n    bind 127.0.0.2:{port} ssl crt {pem} ca-file {roots} "
+        f"frontend tunnel\n{mode}    bind 127.0.0.2:{port} ssl crt {pem} ca-file {roots} "
         f"verify required {_TLS13}\n    default_backend pod\n"
-        f"backend pod\n    server pod {pod}\n"
+        f"backend pod\n{mode}    server pod {pod}\n"
     )
 
 
@@ -452,7 +461,7 @@ async def _measure(
         before = sum(_cpu(pid) for pid in pids)
         ok, failed, latencies = await drive(rate, seconds)
         used = sum(_cpu(pid) for pid in pids) - before
-        if mode == "haproxy-mtls":
+        if mode.startswith("haproxy-mtls"):
             print(f"{mode}: {await _tls_accepted(tmp)}", file=sys.stderr)
     return used, ok, failed, latencies
 
@@ -536,6 +545,12 @@ async def _main(rate: int, seconds: float, protocol: str, runs: int) -> None:
         rows = [
             ("simmesh / HAProxy, plaintext", plain / hplain, per_run("plaintext", "haproxy")),
             ("simmesh / HAProxy, mTLS", tls / htls, per_run("mtls", "haproxy-mtls")),
+            # HAProxy B relays bytes, as simmesh's proxy B splices a pipe
+            (
+                "simmesh / HAProxy with B in tcp mode, mTLS",
+                tls / med["haproxy-mtls-tcp"],
+                per_run("mtls", "haproxy-mtls-tcp"),
+            ),
             # HAProxy B parses every request, as simmesh's proxy B does without pipes
             (
                 "simmesh without pipes / HAProxy, mTLS",
@@ -554,6 +569,10 @@ async def _main(rate: int, seconds: float, protocol: str, runs: int) -> None:
             f"target simmesh-mTLS / HAProxy-mTLS <= simmesh-plaintext / HAProxy-plaintext: "
             f"{tls / htls:.2f}x vs {plain / hplain:.2f}x: {met}"
         )
+        htcp = med["haproxy-mtls-tcp"]
+        met = "met" if tls / htcp <= plain / hplain else "not met"
+        ratio = f"{tls / htcp:.2f}x vs {plain / hplain:.2f}x"
+        print(f"the same with HAProxy B in tcp mode: {ratio}: {met}")
 
 
 def _load() -> list[str]:
