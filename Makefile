@@ -84,6 +84,9 @@ bench: setup k8s-bins haproxy
 	SIMMESH_BIN_DIR="$$(bash tools/k8s-bins.sh --print-dir)" $(BIN)/python -m loadtests.bench_controller --out BENCHMARKS.md
 	SIMMESH_BIN_DIR="$$(bash tools/k8s-bins.sh --print-dir)" $(BIN)/python -m loadtests.bench_proxy --profile sim/profiles/local.yaml
 	$(BIN)/python -m loadtests.bench_fidelity --out BENCHMARKS.md
+	$(BIN)/python -m tests.proxy.bench_mtls --rate 1000 --seconds 6 --runs 3
+	$(BIN)/python -m tests.proxy.bench_mtls --protocol handshakes --rate 100 --seconds 8 --runs 3 --tunnels 1000
+	$(BIN)/python -m tests.proxy.bench_mtls --protocol churn --rate 200 --seconds 600 --plot out/bench/mtls-churn.png
 
 # Locust, headless and bounded, through a local proxy to demo backends; CSV in out/loadtest/.
 loadtest: setup

@@ -44,6 +44,13 @@ certificate from the same CA, SNI ``sni_name("demo/server")``) and against HAPro
 frontend: the server process's CPU per handshake, its idle CPU subtracted (handshakes per
 second per core = 1 / that). Then memory per tunnel: the server's RSS before and with
 ``--tunnels`` (1,000) idle connections open (handshake done, no request), per connection.
+
+``--protocol churn`` (simmesh only; ``make bench`` runs it for 600 s): for ``--seconds``,
+requests at ``--rate`` a second through proxy A, each on a client connection of its own
+(``Connection: close``), and, one request in 25, a pipe opened straight at proxy B's tunnel
+port instead: a full handshake, the target line, one request, closed. The child's resident
+memory (both proxies) every 5 s, and whether it grew: the median of the last minute against
+that of 30-90 s (``--plot FILE``: memory over time, PNG).
 """
 
 from __future__ import annotations
@@ -75,7 +82,7 @@ from tests.proxy.mtlsnet import Authority
 SIMMESH = ("direct", "plaintext", "tunnel", "mtls")  # run by a child: --serve
 HAPROXY = ("haproxy", "haproxy-mtls", "haproxy-mtls-tcp")  # HTTP only
 MODES = (*SIMMESH, *HAPROXY)
-PROTOCOLS = ("http", "tcp-flows", "tcp-echo", "handshakes")
+PROTOCOLS = ("http", "tcp-flows", "tcp-echo", "handshakes", "churn")
 _PAYLOAD = b"x" * 64
 _LOOP = ["uvloop"]  # the serving children's event loop (--loop)
 
@@ -115,6 +122,13 @@ async def _serve(mode: str, protocol: str, far_port: int | None) -> None:
             if protocol == "handshakes":  # node-b's tunnel port, and what a client needs
                 cert, key = net.authority.issue("demo/client")
                 target = f"127.0.0.2:{net.tunnel_b} {net.authority.roots} {cert} {key}"
+            elif protocol == "churn":  # and the URL, and what a pipe names
+                cert, key = net.authority.issue("demo/client")
+                cluster = next(k for k in net.config.clusters if k.startswith("demo/far"))
+                target = (
+                    f"{net.url('far.demo.mesh')} 127.0.0.2:{net.tunnel_b} "
+                    f"{net.authority.roots} {cert} {key} {cluster} {FAR_IP}:{net.far}"
+                )
             elif tcp:
                 direct = mode == "direct"
                 port = net.extra["db"] if direct else net.listener("db")
@@ -751,6 +765,133 @@ async def _handshakes_main(rate: int, seconds: float, runs: int, count: int) -> 
     print(f"simmesh / HAProxy, CPU per handshake: {ratio:.2f}x")
 
 
+# -- memory under connection churn --------------------------------------------------------------
+
+
+async def _churn_pipe(
+    host: str, port: int, context: ssl.SSLContext, cluster: str, target: str
+) -> bool:
+    """One pipe straight at proxy B: handshake, target line, one request, closed."""
+    sni = sni_name("demo/server")
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port, ssl=context, server_hostname=sni), 10
+        )
+    except (OSError, ssl.SSLError, TimeoutError):
+        return False
+    try:
+        writer.write(f"{cluster} {target}\r\n".encode())
+        answer = await asyncio.wait_for(reader.readline(), 10)
+        writer.write(b"GET / HTTP/1.1\r\nHost: far.demo.mesh\r\nConnection: close\r\n\r\n")
+        data = await asyncio.wait_for(reader.read(), 10)
+        return answer == b"+\r\n" and data.startswith(b"HTTP/1.1 200")
+    except (OSError, ssl.SSLError, TimeoutError, asyncio.IncompleteReadError):
+        return False
+    finally:
+        writer.close()
+
+
+async def _churn_main(rate: int, seconds: float, plot: str | None) -> None:
+    backend = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.proxy.bench_mtls",
+        "--backend",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert backend.stdout is not None
+    far = (await backend.stdout.readline()).decode().strip()
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.proxy.bench_mtls",
+        "--protocol",
+        "churn",
+        "--serve",
+        "mtls",
+        "--loop",
+        _LOOP[0],
+        "--far-port",
+        far,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert child.stdout is not None
+    _, url, tunnel, roots, cert, key, cluster, target = (
+        (await child.stdout.readline()).decode().split()
+    )
+    host, _, port_text = tunnel.rpartition(":")
+    context = _tls_client(roots, cert, key)
+    context.set_alpn_protocols(["simmesh-pipe/1"])
+    counts = {"requests": 0, "failed": 0, "pipes": 0, "pipes failed": 0}
+    samples: list[tuple[float, float]] = []
+    tasks: set[asyncio.Task[None]] = set()
+    connector = aiohttp.TCPConnector(force_close=True, limit=0, local_addr=("127.0.1.1", 0))
+    print(f"churn: load average {' '.join(_load())}", flush=True)
+    async with aiohttp.ClientSession(connector=connector) as http:
+
+        async def request() -> None:
+            try:
+                async with http.get(url, headers={"Host": "far.demo.mesh"}) as resp:
+                    await resp.read()
+                    good = resp.status == 200
+            except aiohttp.ClientError:
+                good = False
+            counts["requests" if good else "failed"] += 1
+
+        async def pipe() -> None:
+            good = await _churn_pipe(host, int(port_text), context, cluster, target)
+            counts["pipes" if good else "pipes failed"] += 1
+
+        start = time.monotonic()
+        i = 0
+        next_sample = start
+        while (now := time.monotonic()) < start + seconds:
+            if now >= next_sample:
+                samples.append((now - start, _rss(child.pid)))
+                next_sample += 5.0
+                if len(samples) % 12 == 1:
+                    print(
+                        f"  {now - start:5.0f} s: RSS {samples[-1][1]:.1f} MB, {counts}", flush=True
+                    )
+            delay = start + i / rate - now
+            if delay > 0:
+                await asyncio.sleep(delay)
+            task = asyncio.create_task(pipe() if i % 25 == 24 else request())
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            i += 1
+        await asyncio.gather(*tasks)
+    samples.append((time.monotonic() - start, _rss(child.pid)))
+    for process in (child, backend):
+        await _close(process)
+    first = [rss for at, rss in samples if 30.0 <= at < 90.0]
+    last = [rss for at, rss in samples if at >= samples[-1][0] - 60.0]
+    early = statistics.median(first) if first else 0.0
+    late = statistics.median(last) if last else 0.0
+    print(
+        f"churn for {seconds:g} s at {rate}/s: {counts}; RSS (both proxies) median "
+        f"{early:.1f} MB in 30-90 s, {late:.1f} MB in the last minute: {late - early:+.1f} MB"
+    )
+    if plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        figure, axes = plt.subplots(figsize=(8, 3.5))
+        axes.plot([at for at, _ in samples], [rss for _, rss in samples], marker=".")
+        axes.set_xlabel("seconds")
+        axes.set_ylabel("RSS of both proxies, MB")
+        axes.set_title(f"mTLS under connection churn: {rate}/s, a new pipe in 25")
+        axes.set_ylim(bottom=0)
+        figure.tight_layout()
+        Path(plot).parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(plot)
+        print(f"wrote {plot}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=int, default=1000)
@@ -769,6 +910,7 @@ def main() -> None:
         default="uvloop",
         help="the proxies' event loop (uvloop: as `simmesh proxy` runs them)",
     )
+    parser.add_argument("--plot", help="--protocol churn: memory over time, a PNG file")
     parser.add_argument("--serve", choices=SIMMESH, help=argparse.SUPPRESS)
     parser.add_argument("--far-port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--backend", action="store_true", help=argparse.SUPPRESS)
@@ -786,6 +928,9 @@ def main() -> None:
     elif args.protocol == "handshakes":
         _LOOP[0] = args.loop
         asyncio.run(_handshakes_main(args.rate, args.seconds, args.runs, args.tunnels))
+    elif args.protocol == "churn":
+        _LOOP[0] = args.loop
+        asyncio.run(_churn_main(args.rate, args.seconds, args.plot))
     else:
         _LOOP[0] = args.loop
         asyncio.run(_main(args.rate, args.seconds, args.protocol, args.runs))
