@@ -54,10 +54,13 @@ from mesh.core.schema import API_VERSION, MeshConfig
 __all__ = [
     "API_VERSION",
     "ConfigCache",
+    "ConfigParts",
     "MeshConfig",
     "assign_ports",
     "build_config",
     "build_config_json",
+    "build_config_parts",
+    "config_delta",
     "config_version",
 ]
 from mesh.core.topology import (
@@ -123,6 +126,28 @@ def build_config_json(
 ) -> tuple[MeshConfig, bytes]:
     """The config and its JSON (:func:`mesh.core.schema.encode`), encoded once: the version
     is a digest of the JSON with an empty version, which is then written in."""
+    config, body, _ = build_config_parts(topology, settings, previous, cache)
+    return config, body
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigParts:
+    """A built config and the JSON of each of its routes and clusters, as they are in its
+    document: what :func:`config_delta` compares (the JSON of a Service that did not change
+    is the same bytes object from one build to the next)."""
+
+    config: MeshConfig
+    routes: Mapping[str, msgspec.Raw]
+    clusters: Mapping[str, msgspec.Raw]
+
+
+def build_config_parts(
+    topology: Topology,
+    settings: Settings,
+    previous: Mapping[str, int] | None = None,
+    cache: ConfigCache | None = None,
+) -> tuple[MeshConfig, bytes, ConfigParts]:
+    """:func:`build_config_json`, and the config's parts for deltas."""
     errors = list(topology.errors)
     previous = previous or {}
     routes: dict[str, schema.Route] = {}
@@ -200,12 +225,15 @@ def build_config_json(
         errors=[_problem(e) for e in sorted(set(errors))],
         version="",
     )
-    unversioned = _encode(config, cluster_json, route_json)
+    route_raws = {k: _fragment(route_json, k, r) for k, r in routes.items()}
+    cluster_raws = {k: _fragment(cluster_json, k, c) for k, c in clusters.items()}
+    unversioned = schema.encode_parts(config, route_raws, cluster_raws)
     version = hashlib.sha256(unversioned).hexdigest()[:16]
     if not unversioned.endswith(_NO_VERSION):  # "version" is the last key, sorted
         raise AssertionError("the config's JSON does not end with its version")
     body = unversioned[: -len(_NO_VERSION)] + b'"version":"' + version.encode() + b'"}'
-    return msgspec.structs.replace(config, version=version), body
+    config = msgspec.structs.replace(config, version=version)
+    return config, body, ConfigParts(config, route_raws, cluster_raws)
 
 
 _NO_VERSION = b'"version":""}'
@@ -216,30 +244,51 @@ def _fragment(made: Mapping[str, msgspec.Raw], key: str, value: object) -> msgsp
     return found if found is not None else msgspec.Raw(schema.encode_value(value))
 
 
-def _encode(
-    config: MeshConfig,
-    cluster_json: Mapping[str, msgspec.Raw],
-    route_json: Mapping[str, msgspec.Raw],
-) -> bytes:
-    """``schema.encode(config)``, byte for byte, with the clusters' and routes' JSON taken
-    from ``cluster_json`` and ``route_json`` where it is there (the same encoder and sorted
-    keys: a MeshConfig's fields in the order of their JSON names, as a dict of them has)."""
-    clusters = {k: _fragment(cluster_json, k, c) for k, c in config.clusters.items()}
-    routes = {k: _fragment(route_json, k, r) for k, r in config.routes.items()}
-    return schema.encode_value(
-        {
-            "apiVersion": config.api_version,
-            "clusters": clusters,
-            "errors": config.errors,
-            "hosts": config.hosts,
-            "identities": config.identities,
-            "kind": config.kind,
-            "listeners": config.listeners,
-            "routes": routes,
-            "settings": config.settings,
-            "version": config.version,
-        }
+def config_delta(old: ConfigParts, new: ConfigParts) -> schema.ConfigDelta:
+    """What makes ``old``'s config into ``new``'s (mesh.core.schema.ConfigDelta): the routes
+    and clusters whose JSON differs (with that JSON), the Hosts and identities set or gone,
+    and the settings, listeners and errors when they changed. Applied to ``old`` by
+    :meth:`mesh.core.schema.ConfigReader.read_delta`, it gives ``new``'s config, version
+    included."""
+    a, b = old.config, new.config
+    hosts: dict[str, schema.TextDelta] = {}
+    for port, table in b.hosts.items():
+        before = a.hosts.get(port)
+        if before is None:
+            hosts[port] = schema.TextDelta(put=dict(table))
+        elif before is not table and before != table:
+            hosts[port] = _text_delta(before, table)
+    return schema.ConfigDelta(
+        api_version="simmesh.io/v1alpha1",
+        kind="MeshConfigDelta",
+        base=a.version,
+        version=b.version,
+        settings=None if a.settings == b.settings else b.settings,
+        listeners=None if a.listeners == b.listeners else b.listeners,
+        errors=None if a.errors == b.errors else b.errors,
+        hosts=hosts,
+        hosts_removed=[port for port in a.hosts if port not in b.hosts],
+        routes=_raw_delta(old.routes, new.routes),
+        clusters=_raw_delta(old.clusters, new.clusters),
+        identities=_text_delta(a.identities, b.identities),
     )
+
+
+def _raw_delta(old: Mapping[str, msgspec.Raw], new: Mapping[str, msgspec.Raw]) -> schema.RawDelta:
+    put: dict[str, msgspec.Raw] = {}
+    for key, raw in new.items():
+        before = old.get(key)
+        if before is None or (before is not raw and before != raw):
+            put[key] = raw
+    return schema.RawDelta(put=put, remove=[key for key in old if key not in new])
+
+
+def _text_delta(old: Mapping[str, str], new: Mapping[str, str]) -> schema.TextDelta:
+    put: dict[str, str] = {}
+    for key, value in new.items():
+        if old.get(key) != value:
+            put[key] = value
+    return schema.TextDelta(put=put, remove=[key for key in old if key not in new])
 
 
 def _parts(

@@ -17,6 +17,7 @@ the same version (a digest of the document without its version).
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 from collections.abc import Mapping
@@ -396,6 +397,100 @@ _ROUTE = msgspec.json.Decoder(Route)
 _CLUSTER = msgspec.json.Decoder(Cluster)
 
 
+# -- deltas: what changed between two configs (docs/proxy.md, "Delta answers") -------------------
+
+DELTA_KIND = "MeshConfigDelta"
+DELTA_CONTENT_TYPE = "application/vnd.simmesh.meshconfig-delta+json"
+
+
+class RawDelta(_Doc, frozen=True, kw_only=True):
+    """Routes or clusters: the entries added or changed (their JSON as in the full document)
+    and the keys removed."""
+
+    put: dict[str, msgspec.Raw] = {}
+    remove: list[str] = []
+
+
+class TextDelta(_Doc, frozen=True, kw_only=True):
+    """A table of strings (identities, one HTTP listener's Hosts): entries set, keys removed."""
+
+    put: dict[str, str] = {}
+    remove: list[str] = []
+
+
+class ConfigDelta(_Doc, frozen=True, kw_only=True):
+    """The changes that make the config ``base`` into the config ``version``. ``settings``,
+    ``listeners`` and ``errors`` replace the base's when present (left out: unchanged);
+    ``hosts`` edits each listed HTTP listener's Host table (a new listener starts empty) and
+    ``hostsRemoved`` drops whole tables; ``routes``, ``clusters`` and ``identities`` put and
+    remove entries. Applied to ``base`` it gives the config whose version is ``version``,
+    which the reader checks (:meth:`ConfigReader.read_delta`)."""
+
+    api_version: Literal["simmesh.io/v1alpha1"]  # always written, as the kind
+    kind: Literal["MeshConfigDelta"]
+    base: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
+    version: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
+    settings: ConfigSettings | None = None
+    listeners: list[Listener] | None = None
+    errors: list[Problem] | None = None
+    hosts: dict[str, TextDelta] = {}
+    hosts_removed: list[str] = []
+    routes: RawDelta = RawDelta()
+    clusters: RawDelta = RawDelta()
+    identities: TextDelta = TextDelta()
+
+
+_DELTA = msgspec.json.Decoder(ConfigDelta)
+
+
+class DeltaError(ConfigError):
+    """A delta that cannot be applied to the config held (another base, or a result whose
+    digest is not the delta's version): the reader's config is unchanged; fetch a full one."""
+
+
+def encode_parts(
+    config: MeshConfig,
+    routes: Mapping[str, msgspec.Raw] | None = None,
+    clusters: Mapping[str, msgspec.Raw] | None = None,
+) -> bytes:
+    """``encode(config)``, byte for byte, with the routes' and clusters' JSON taken from
+    ``routes`` and ``clusters`` where they have it (the same encoder and sorted keys: a
+    MeshConfig's fields in the order of their JSON names, as a dict of them has)."""
+    routes = routes or {}
+    clusters = clusters or {}
+    return encode_value(
+        {
+            "apiVersion": config.api_version,
+            "clusters": {k: _raw(clusters, k, c) for k, c in config.clusters.items()},
+            "errors": config.errors,
+            "hosts": config.hosts,
+            "identities": config.identities,
+            "kind": config.kind,
+            "listeners": config.listeners,
+            "routes": {k: _raw(routes, k, r) for k, r in config.routes.items()},
+            "settings": config.settings,
+            "version": config.version,
+        }
+    )
+
+
+def _raw(made: Mapping[str, msgspec.Raw], key: str, value: object) -> msgspec.Raw:
+    found = made.get(key)
+    return found if found is not None else msgspec.Raw(encode_value(value))
+
+
+def parts_version(
+    config: MeshConfig,
+    routes: Mapping[str, msgspec.Raw] | None = None,
+    clusters: Mapping[str, msgspec.Raw] | None = None,
+) -> str:
+    """The version a config should carry (:func:`mesh.core.config.config_version`): the
+    digest of its JSON with an empty version, assembled from the parts' JSON at hand."""
+    if config.version:
+        config = msgspec.structs.replace(config, version="")
+    return hashlib.sha256(encode_parts(config, routes, clusters)).hexdigest()[:16]
+
+
 class ConfigReader:
     """Reads the successive configs of one source (a proxy's controller or file): a route or
     a cluster whose JSON is byte for byte the last config's is that config's value, neither
@@ -440,6 +535,75 @@ class ConfigReader:
         self._routes = outline.routes
         self._clusters = outline.clusters
         return config
+
+    def read_delta(self, text: str | bytes) -> MeshConfig:
+        """The config a :class:`ConfigDelta` makes of the last config read: decoded and
+        checked as :meth:`decode` would the full document (only what changed is decoded),
+        and its version verified, the digest of the result's JSON. DeltaError when the
+        delta is not for the config held or the digest differs (fetch the full config);
+        ConfigError when a part is invalid. Either way the last config stays the base."""
+        delta = _document(_DELTA, text)
+        previous = self.config
+        if previous is None or delta.base != previous.version:
+            held = previous.version if previous is not None else "none"
+            raise DeltaError("base", f"a delta from {delta.base}, the config held is {held}")
+        route_raws = _edited(self._routes, delta.routes)
+        cluster_raws = _edited(self._clusters, delta.clusters)
+        routes = _put(previous.routes, delta.routes, _ROUTE, "routes")
+        clusters = _put(previous.clusters, delta.clusters, _CLUSTER, "clusters")
+        hosts = dict(previous.hosts)
+        for port in delta.hosts_removed:
+            hosts.pop(port, None)
+        for port, edit in delta.hosts.items():
+            hosts[port] = _edited(hosts.get(port, {}), edit)
+        config = MeshConfig(
+            api_version=previous.api_version,
+            kind=previous.kind,
+            settings=previous.settings if delta.settings is None else delta.settings,
+            listeners=previous.listeners if delta.listeners is None else delta.listeners,
+            hosts=hosts,
+            routes=routes,
+            clusters=clusters,
+            identities=_edited(previous.identities, delta.identities),
+            errors=previous.errors if delta.errors is None else delta.errors,
+            version=delta.version,
+        )
+        check(config, previous)
+        got = parts_version(config, route_raws, cluster_raws)
+        if got != delta.version:
+            raise DeltaError("version", f"the delta's result has digest {got}, not {delta.version}")
+        self.config = config
+        self._routes = route_raws
+        self._clusters = cluster_raws
+        return config
+
+
+V = TypeVar("V")
+
+
+def _edited(table: Mapping[str, V], edit: RawDelta | TextDelta) -> dict[str, V]:
+    """A copy of ``table`` with the delta's keys removed and its entries put."""
+    out = dict(table)
+    for key in edit.remove:
+        out.pop(key, None)
+    out.update(edit.put)  # type: ignore[arg-type]  # V is the delta's own value type
+    return out
+
+
+def _put(
+    old: Mapping[str, T], edit: RawDelta, decoder: msgspec.json.Decoder[T], where: str
+) -> dict[str, T]:
+    out = dict(old)
+    for key in edit.remove:
+        out.pop(key, None)
+    for key, raw in edit.put.items():
+        try:
+            out[key] = decoder.decode(raw)
+        except msgspec.ValidationError as exc:
+            inner = _config_error(exc)
+            path = f"{where}[{key}]" + (f".{inner.path}" if inner.path else "")
+            raise ConfigError(path, inner.message) from None
+    return out
 
 
 def _values(
@@ -700,13 +864,17 @@ def _host_port(text: str, where: str) -> None:
 
 __all__ = [
     "API_VERSION",
+    "DELTA_CONTENT_TYPE",
+    "DELTA_KIND",
     "Capture",
     "CaptureListener",
     "CircuitBreaker",
     "Cluster",
+    "ConfigDelta",
     "ConfigError",
     "ConfigReader",
     "ConfigSettings",
+    "DeltaError",
     "Endpoint",
     "Filters",
     "Gamma",
@@ -720,6 +888,7 @@ __all__ = [
     "Policy",
     "Problem",
     "RateLimit",
+    "RawDelta",
     "Redirect",
     "Retry",
     "Rewrite",
@@ -730,11 +899,14 @@ __all__ = [
     "RuleMatch",
     "Split",
     "SplitBackend",
+    "TextDelta",
     "ValueMatch",
     "check",
     "convert",
     "decode",
     "encode",
+    "encode_parts",
     "encode_value",
     "host_port",
+    "parts_version",
 ]
