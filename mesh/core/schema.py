@@ -458,16 +458,20 @@ def encode_parts(
     MeshConfig's fields in the order of their JSON names, as a dict of them has)."""
     routes = routes or {}
     clusters = clusters or {}
+    if len(routes) != len(config.routes) or routes.keys() != config.routes.keys():
+        routes = {k: _raw(routes, k, r) for k, r in config.routes.items()}
+    if len(clusters) != len(config.clusters) or clusters.keys() != config.clusters.keys():
+        clusters = {k: _raw(clusters, k, c) for k, c in config.clusters.items()}
     return encode_value(
         {
             "apiVersion": config.api_version,
-            "clusters": {k: _raw(clusters, k, c) for k, c in config.clusters.items()},
+            "clusters": clusters,
             "errors": config.errors,
             "hosts": config.hosts,
             "identities": config.identities,
             "kind": config.kind,
             "listeners": config.listeners,
-            "routes": {k: _raw(routes, k, r) for k, r in config.routes.items()},
+            "routes": routes,
             "settings": config.settings,
             "version": config.version,
         }
@@ -669,8 +673,11 @@ def check(config: MeshConfig, previous: MeshConfig | None = None) -> None:
     old_clusters = previous.clusters if previous is not None else {}
     old_routes = previous.routes if previous is not None else {}
     old_ids = previous.identities if previous is not None else {}
+    old_hosts = previous.hosts if previous is not None else {}
     if any(key not in config.clusters for key in old_clusters):
         old_routes = {}  # a cluster went away: every route's references are checked again
+    if any(key not in config.routes for key in old_routes):
+        old_hosts = {}  # a route went away: every Host's is checked again
     for i, listener in enumerate(config.listeners):
         where = f"listeners[{i}]"
         if listener.protocol == "http":
@@ -679,6 +686,8 @@ def check(config: MeshConfig, previous: MeshConfig | None = None) -> None:
         elif listener.route is None or listener.route not in config.routes:
             raise ConfigError(f"{where}.route", f"expected a route key, got {listener.route!r}")
     for port, table in config.hosts.items():
+        if old_hosts.get(port) is table:  # the previous config's table (a delta's): checked
+            continue
         if not port.isdigit() or not 1 <= int(port) <= 65535:
             raise ConfigError(f"hosts[{port}]", "expected an HTTP listener port 1..65535")
         for host, key in table.items():
