@@ -384,7 +384,7 @@ class _Outline(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     kind: Literal["MeshConfig"] = "MeshConfig"
     settings: ConfigSettings
     listeners: list[Listener]
-    hosts: dict[str, dict[str, str]]
+    hosts: msgspec.Raw
     routes: dict[str, msgspec.Raw]
     clusters: dict[str, msgspec.Raw]
     identities: dict[str, str]
@@ -393,6 +393,7 @@ class _Outline(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
 
 
 _OUTLINE = msgspec.json.Decoder(_Outline)
+_HOSTS = msgspec.json.Decoder(dict[str, dict[str, str]])
 _ROUTE = msgspec.json.Decoder(Route)
 _CLUSTER = msgspec.json.Decoder(Cluster)
 
@@ -452,10 +453,12 @@ def encode_parts(
     config: MeshConfig,
     routes: Mapping[str, msgspec.Raw] | None = None,
     clusters: Mapping[str, msgspec.Raw] | None = None,
+    hosts: msgspec.Raw | None = None,
 ) -> bytes:
     """``encode(config)``, byte for byte, with the routes' and clusters' JSON taken from
-    ``routes`` and ``clusters`` where they have it (the same encoder and sorted keys: a
-    MeshConfig's fields in the order of their JSON names, as a dict of them has)."""
+    ``routes`` and ``clusters`` where they have it, and the Host tables' from ``hosts`` (the
+    same encoder and sorted keys: a MeshConfig's fields in the order of their JSON names, as
+    a dict of them has)."""
     routes = routes or {}
     clusters = clusters or {}
     if len(routes) != len(config.routes) or routes.keys() != config.routes.keys():
@@ -467,7 +470,7 @@ def encode_parts(
             "apiVersion": config.api_version,
             "clusters": clusters,
             "errors": config.errors,
-            "hosts": config.hosts,
+            "hosts": config.hosts if hosts is None else hosts,
             "identities": config.identities,
             "kind": config.kind,
             "listeners": config.listeners,
@@ -487,12 +490,13 @@ def parts_version(
     config: MeshConfig,
     routes: Mapping[str, msgspec.Raw] | None = None,
     clusters: Mapping[str, msgspec.Raw] | None = None,
+    hosts: msgspec.Raw | None = None,
 ) -> str:
     """The version a config should carry (:func:`mesh.core.config.config_version`): the
     digest of its JSON with an empty version, assembled from the parts' JSON at hand."""
     if config.version:
         config = msgspec.structs.replace(config, version="")
-    return hashlib.sha256(encode_parts(config, routes, clusters)).hexdigest()[:16]
+    return hashlib.sha256(encode_parts(config, routes, clusters, hosts)).hexdigest()[:16]
 
 
 class ConfigReader:
@@ -508,10 +512,16 @@ class ConfigReader:
         self.config: MeshConfig | None = None  # the last config read
         self._routes: dict[str, msgspec.Raw] = {}
         self._clusters: dict[str, msgspec.Raw] = {}
+        self._hosts: msgspec.Raw | None = None  # the Host tables' JSON
 
     def decode(self, text: str | bytes) -> MeshConfig:
         outline = _document(_OUTLINE, text)
         previous = self.config
+        try:
+            hosts = _HOSTS.decode(outline.hosts)
+        except msgspec.ValidationError as exc:
+            inner = _config_error(exc)
+            raise ConfigError(f"hosts{inner.path}", inner.message) from None
         routes = _values(
             outline.routes, self._routes, previous.routes if previous else {}, _ROUTE, "routes"
         )
@@ -527,7 +537,7 @@ class ConfigReader:
             kind=outline.kind,
             settings=outline.settings,
             listeners=outline.listeners,
-            hosts=outline.hosts,
+            hosts=hosts,
             routes=routes,
             clusters=clusters,
             identities=outline.identities,
@@ -538,6 +548,7 @@ class ConfigReader:
         self.config = config
         self._routes = outline.routes
         self._clusters = outline.clusters
+        self._hosts = outline.hosts
         return config
 
     def read_delta(self, text: str | bytes) -> MeshConfig:
@@ -555,11 +566,15 @@ class ConfigReader:
         cluster_raws = _edited(self._clusters, delta.clusters)
         routes = _put(previous.routes, delta.routes, _ROUTE, "routes")
         clusters = _put(previous.clusters, delta.clusters, _CLUSTER, "clusters")
-        hosts = dict(previous.hosts)
-        for port in delta.hosts_removed:
-            hosts.pop(port, None)
-        for port, edit in delta.hosts.items():
-            hosts[port] = _edited(hosts.get(port, {}), edit)
+        hosts = previous.hosts  # the same tables (and JSON) when no Host changed
+        hosts_raw = self._hosts
+        if delta.hosts or delta.hosts_removed:
+            hosts = dict(previous.hosts)
+            for port in delta.hosts_removed:
+                hosts.pop(port, None)
+            for port, edit in delta.hosts.items():
+                hosts[port] = _edited(hosts.get(port, {}), edit)
+            hosts_raw = msgspec.Raw(encode_value(hosts))
         config = MeshConfig(
             api_version=previous.api_version,
             kind=previous.kind,
@@ -573,12 +588,13 @@ class ConfigReader:
             version=delta.version,
         )
         check(config, previous)
-        got = parts_version(config, route_raws, cluster_raws)
+        got = parts_version(config, route_raws, cluster_raws, hosts_raw)
         if got != delta.version:
             raise DeltaError("version", f"the delta's result has digest {got}, not {delta.version}")
         self.config = config
         self._routes = route_raws
         self._clusters = cluster_raws
+        self._hosts = hosts_raw
         return config
 
 

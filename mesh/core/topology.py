@@ -73,13 +73,46 @@ class TopoEndpoint:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@final
 class TopoPort:
-    name: str
-    port: int
-    target_port: int | str
-    endpoints: tuple[TopoEndpoint, ...]
-    scheme: str | None = None  # chosen for this port: the scheme annotation, else appProtocol
+    """A Service port and its ready endpoints (a plain native class, as TopoEndpoint)."""
+
+    __slots__ = ("endpoints", "name", "port", "scheme", "target_port")
+
+    def __init__(
+        self,
+        name: str,
+        port: int,
+        target_port: int | str,
+        endpoints: tuple[TopoEndpoint, ...],
+        scheme: str | None = None,  # chosen for this port: the scheme annotation, else appProtocol
+    ) -> None:
+        self.name = name
+        self.port = port
+        self.target_port = target_port
+        self.endpoints = endpoints
+        self.scheme = scheme
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TopoPort):
+            return NotImplemented
+        return (
+            self.name == other.name
+            and self.port == other.port
+            and self.target_port == other.target_port
+            and self.scheme == other.scheme
+            and self.endpoints == other.endpoints
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.port, self.target_port, self.endpoints, self.scheme))
+
+    def __repr__(self) -> str:
+        return (
+            f"TopoPort(name={self.name!r}, port={self.port!r}, "
+            f"target_port={self.target_port!r}, endpoints={self.endpoints!r}, "
+            f"scheme={self.scheme!r})"
+        )
 
 
 @dataclass(frozen=True, slots=True)

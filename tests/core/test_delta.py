@@ -92,6 +92,7 @@ def test_the_delta_of_one_annotation_is_one_route() -> None:
     assert set(delta.routes.put) == {"demo/a:80"}
     assert not delta.routes.remove and not delta.clusters.put and not delta.clusters.remove
     assert delta.hosts == {} and delta.settings is None and delta.listeners is None
+    assert new.config.hosts is old.config.hosts  # no Host changed: the tables are kept
     assert delta.base == old.config.version and delta.version == new.config.version
     wire = json.loads(delta_bytes(old, new))
     assert wire["kind"] == "MeshConfigDelta" and wire["apiVersion"] == schema.API_VERSION
@@ -206,6 +207,9 @@ def test_an_invalid_part_in_a_delta_is_a_config_error() -> None:
     _, two = builder.build(more)
     reader = schema.ConfigReader()
     reader.decode(schema.encode(one.config))
+    bad_hosts = schema.encode(one.config).replace(b'"a.demo.mesh":"demo/a:80"', b'"a.demo.mesh":7')
+    with pytest.raises(schema.ConfigError, match="hosts"):
+        schema.ConfigReader().decode(bad_hosts)
     bad = delta_bytes(one, two).replace(b'"10.1.1.2"', b'"10.1.1.x"')
     with pytest.raises(schema.ConfigError, match="IP address"):
         reader.read_delta(bad)
