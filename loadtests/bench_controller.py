@@ -193,6 +193,16 @@ def measure(cluster: harness.Cluster, services: int, changes: int, workdir: Path
                     file=sys.stderr,
                 )
         rebuild_s = get(f"{url}/api/v1/topology")["buildSeconds"]  # after the last change
+        with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
+            metrics = response.read().decode()
+        answers = {
+            kind: sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in metrics.splitlines()
+                if line.startswith(f'simmesh_controller_config_delta_polls_total{{answer="{kind}"')
+            )
+            for kind in ("delta", "full")
+        }
         return {
             "services": services,
             "populate_s": populate_s,
@@ -204,6 +214,8 @@ def measure(cluster: harness.Cluster, services: int, changes: int, workdir: Path
             "p50_ms": statistics.median(latencies) * 1000,
             "p99_ms": sorted(latencies)[max(0, int(len(latencies) * 0.99) - 1)] * 1000,
             "max_ms": max(latencies) * 1000,
+            "delta_answers": answers["delta"],
+            "full_answers_to_delta_polls": answers["full"],
         }
     except TimeoutError:
         for path in sorted(workdir.glob(f"*-{services}.log")):
@@ -250,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
         f"have applied the new config; {args.changes} changes, one after another. Full build:",
         "the controller's first config (nothing to reuse); rebuild after a change: the last",
         "change's (the Services whose inputs did not change are reused, mesh.core.topology",
-        "TopologyCache and mesh.core.config ConfigCache; proxies check and compile what changed).",
+        "TopologyCache and mesh.core.config ConfigCache; proxies check and compile what changed;",
+        "a proxy polling with a version the controller still holds gets a delta answer).",
         "",
         "| Services | first config after start (s) | full build (s) | rebuild after a change (s) "
         "| controller RSS (MB) | proxy RSS (MB) | propagation p50 (ms) | p99 (ms) | targets |",

@@ -4,6 +4,10 @@
   ``If-None-Match: "V"``) the answer waits up to ``?wait=`` seconds (default 30) for a different
   version and is ``304 Not Modified`` if none comes. ``?node=NAME`` records that the proxy on
   NAME has applied version V (what ``/api/v1/nodes`` and ``simmesh check`` report).
+  With ``?delta=1`` and a version V that is one of the controller's last configs, the answer
+  is a delta (``Content-Type: application/vnd.simmesh.meshconfig-delta+json``,
+  mesh.core.schema.ConfigDelta): what changed from V to the current config; otherwise the
+  full config, as without ``delta`` (docs/proxy.md, "Delta answers").
 - ``GET /api/v1/topology``: services, endpoints, splits, GAMMA routes, grants, object errors.
 - ``GET /api/v1/nodes``: each proxy, the version it applied, and when it was last seen.
 - ``/healthz``, ``/readyz`` (ready after the first build while every watcher runs),
@@ -76,6 +80,13 @@ class Metrics:
             "simmesh_controller_config_polls",
             "Config polls answered",
             ["code"],
+            registry=self.registry,
+        )
+        self.deltas = Counter(
+            "simmesh_controller_config_delta_polls",
+            "Polls asking for a delta answered with one (delta) or with the full config (full: "
+            "their version is not among the last configs, or the delta is as large)",
+            ["answer"],
             registry=self.registry,
         )
 
@@ -173,6 +184,15 @@ def make_app(controller: Controller, *, token: str | None = None) -> web.Applica
                 return web.Response(status=304, headers={"ETag": f'"{version}"'})
             return web.json_response({"error": "no config built yet"}, status=503)
         metrics.polls.labels("200").inc()
+        if version and request.query.get("delta") == "1":
+            delta = controller.delta(version)
+            metrics.deltas.labels("full" if delta is None else "delta").inc()
+            if delta is not None:
+                return web.Response(
+                    body=delta,
+                    content_type=schema.DELTA_CONTENT_TYPE,
+                    headers={"ETag": f'"{current.config.version}"'},
+                )
         body = current.body or schema.encode(current.config)
         return web.Response(
             body=body,

@@ -14,6 +14,11 @@ the config (mesh.core.topology.TopologyCache, mesh.core.config.ConfigCache). The
 encoded once, version included, and every proxy's poll gets those bytes. At 10,000 Services a
 change rebuilds in a fraction of a full build (BENCHMARKS.md, the controller section).
 
+Delta answers: the controller keeps the parts of its last ``history`` configs (each route's
+and cluster's JSON, which the next builds share where they did not change), so a proxy
+polling with one of those versions can be sent only what changed (:meth:`Controller.delta`,
+mesh.core.config.config_delta; docs/proxy.md, "Delta answers").
+
 Port assignments are stable across rebuilds (the previous config's) and across restarts (the
 assignments read back from the shadow Services before the first build).
 
@@ -56,7 +61,8 @@ from typing import Any
 import msgspec
 
 from mesh.controller.store import Store
-from mesh.core.config import ConfigCache, MeshConfig, build_config_json
+from mesh.core import schema
+from mesh.core.config import ConfigCache, ConfigParts, MeshConfig, build_config_parts, config_delta
 from mesh.core.model import Settings
 from mesh.core.topology import Topology, TopologyCache, build_topology
 
@@ -78,6 +84,7 @@ class Published:
     built_at: float
     duration: float
     body: bytes = b""  # the config's compact JSON, encoded once for every proxy's poll
+    parts: ConfigParts | None = None  # its routes' and clusters' JSON, for deltas
 
 
 @dataclass
@@ -91,6 +98,7 @@ class Controller:
     listeners: list[Callable[[Published], None]] = field(default_factory=list)  # every rebuild
     node_ttl: float = 120.0  # seconds without a poll before a proxy's entry is dropped
     max_nodes: int = 10_000
+    history: int = 8  # recent configs a delta answer can start from (see :meth:`delta`)
 
     def __post_init__(self) -> None:
         self.current: Published | None = None
@@ -111,6 +119,11 @@ class Controller:
         # what the last rebuild made of each Service, reused by the next where its inputs
         # are the same (mesh.core.topology.TopologyCache, mesh.core.config.ConfigCache)
         self._caches = (TopologyCache(), ConfigCache())
+        # the last configs' parts by version, oldest first; and the delta answers from each
+        # to the current config, encoded once for every proxy that polls with that version
+        self._history: dict[str, ConfigParts] = {}
+        self._deltas: dict[str, bytes | None] = {}
+        self.delta_answers = {"delta": 0, "full": 0}
 
     # -- providers ------------------------------------------------------------------------
 
@@ -164,14 +177,18 @@ class Controller:
         if self.current is not None:
             previous.update(self.current.config.port_assignments())
         start = time.perf_counter()
-        topology, config, body = await asyncio.to_thread(
-            _build, state, self.settings, previous, self._caches
+        topology, config, body, parts = await asyncio.to_thread(
+            _build_parts, state, self.settings, previous, self._caches
         )
-        published = Published(config, topology, time.time(), time.perf_counter() - start, body)
+        published = Published(
+            config, topology, time.time(), time.perf_counter() - start, body, parts
+        )
         self._built_changes = changes
         self.rebuilds += 1
         changed = self.current is None or self.current.config.version != config.version
         self.current = published  # the previous config is freed here (no cycles)
+        if changed:
+            self._remember(parts)
         for listener in self.listeners:
             listener(published)
         if changed:
@@ -187,6 +204,34 @@ class Controller:
             self._run_hooks()
         _release_memory()
         return published
+
+    def _remember(self, parts: ConfigParts) -> None:
+        self._deltas = {}
+        self._history.pop(parts.config.version, None)
+        self._history[parts.config.version] = parts
+        while len(self._history) > max(1, self.history):
+            del self._history[next(iter(self._history))]
+
+    def delta(self, base: str) -> bytes | None:
+        """A delta answer (mesh.core.schema.ConfigDelta, JSON) from the config ``base`` to the
+        current one; None when ``base`` is not one of the last ``history`` configs, or when
+        the delta would be at least half the size of the full config (send that instead)."""
+        current = self.current
+        if current is None or current.parts is None or base == current.config.version:
+            return None
+        if base in self._deltas:
+            answer = self._deltas[base]
+        else:
+            old = self._history.get(base)
+            answer = None
+            if old is not None:
+                answer = schema.encode_value(config_delta(old, current.parts))
+                if len(answer) * 2 >= len(current.body):
+                    answer = None
+            if len(self._deltas) < 4 * max(1, self.history):
+                self._deltas[base] = answer
+        self.delta_answers["full" if answer is None else "delta"] += 1
+        return answer
 
     def _run_hooks(self) -> None:
         """Hooks (shadow Services, Events) run beside the rebuild loop, never in its way: a
@@ -349,6 +394,16 @@ def _build(
     previous: dict[str, int],
     caches: tuple[TopologyCache, ConfigCache] | None = None,
 ) -> tuple[Topology, MeshConfig, bytes]:
+    topology, config, body, _ = _build_parts(state, settings, previous, caches)
+    return topology, config, body
+
+
+def _build_parts(
+    state: Any,
+    settings: Settings,
+    previous: dict[str, int],
+    caches: tuple[TopologyCache, ConfigCache] | None = None,
+) -> tuple[Topology, MeshConfig, bytes, ConfigParts]:
     """The core's rebuild and its JSON, with the collector paused: a rebuild allocates millions
     of small objects that all stay alive, so generational collections during it are pure
     overhead. With ``caches``, each Service whose inputs did not change since the last
@@ -358,8 +413,8 @@ def _build(
     gc.disable()
     try:
         topology = build_topology(state, settings, topology_cache)
-        config, body = build_config_json(topology, settings, previous, config_cache)
-        return topology, config, body
+        config, body, parts = build_config_parts(topology, settings, previous, config_cache)
+        return topology, config, body, parts
     finally:
         if enabled:
             gc.enable()

@@ -215,6 +215,20 @@ def service_options(
 ) -> tuple[ServiceOptions, list[InvalidObject]]:
     """Options from a Service's annotations, and one error per bad annotation."""
     found = mesh_annotations(annotations)
+    if not found:  # most Services: no mesh annotation, the same options (one shared value)
+        plain = _PLAIN.get(default_traffic_type)
+        if plain is None:
+            plain = _PLAIN[default_traffic_type] = _options(found, default_traffic_type)[0]
+        return plain, []
+    return _options(found, default_traffic_type)
+
+
+_PLAIN: dict[TrafficType, ServiceOptions] = {}  # the options of a Service without annotations
+
+
+def _options(
+    found: dict[str, tuple[str, str]], default_traffic_type: TrafficType
+) -> tuple[ServiceOptions, list[InvalidObject]]:
     errors: list[InvalidObject] = []
 
     def read(short: str, convert: type | object) -> object:

@@ -17,6 +17,7 @@ the same version (a digest of the document without its version).
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 from collections.abc import Mapping
@@ -383,7 +384,7 @@ class _Outline(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     kind: Literal["MeshConfig"] = "MeshConfig"
     settings: ConfigSettings
     listeners: list[Listener]
-    hosts: dict[str, dict[str, str]]
+    hosts: msgspec.Raw
     routes: dict[str, msgspec.Raw]
     clusters: dict[str, msgspec.Raw]
     identities: dict[str, str]
@@ -392,8 +393,110 @@ class _Outline(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
 
 
 _OUTLINE = msgspec.json.Decoder(_Outline)
+_HOSTS = msgspec.json.Decoder(dict[str, dict[str, str]])
 _ROUTE = msgspec.json.Decoder(Route)
 _CLUSTER = msgspec.json.Decoder(Cluster)
+
+
+# -- deltas: what changed between two configs (docs/proxy.md, "Delta answers") -------------------
+
+DELTA_KIND = "MeshConfigDelta"
+DELTA_CONTENT_TYPE = "application/vnd.simmesh.meshconfig-delta+json"
+
+
+class RawDelta(_Doc, frozen=True, kw_only=True):
+    """Routes or clusters: the entries added or changed (their JSON as in the full document)
+    and the keys removed."""
+
+    put: dict[str, msgspec.Raw] = {}
+    remove: list[str] = []
+
+
+class TextDelta(_Doc, frozen=True, kw_only=True):
+    """A table of strings (identities, one HTTP listener's Hosts): entries set, keys removed."""
+
+    put: dict[str, str] = {}
+    remove: list[str] = []
+
+
+class ConfigDelta(_Doc, frozen=True, kw_only=True):
+    """The changes that make the config ``base`` into the config ``version``. ``settings``,
+    ``listeners`` and ``errors`` replace the base's when present (left out: unchanged);
+    ``hosts`` edits each listed HTTP listener's Host table (a new listener starts empty) and
+    ``hostsRemoved`` drops whole tables; ``routes``, ``clusters`` and ``identities`` put and
+    remove entries. Applied to ``base`` it gives the config whose version is ``version``,
+    which the reader checks (:meth:`ConfigReader.read_delta`)."""
+
+    api_version: Literal["simmesh.io/v1alpha1"]  # always written, as the kind
+    kind: Literal["MeshConfigDelta"]
+    base: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
+    version: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
+    settings: ConfigSettings | None = None
+    listeners: list[Listener] | None = None
+    errors: list[Problem] | None = None
+    hosts: dict[str, TextDelta] = {}
+    hosts_removed: list[str] = []
+    routes: RawDelta = RawDelta()
+    clusters: RawDelta = RawDelta()
+    identities: TextDelta = TextDelta()
+
+
+_DELTA = msgspec.json.Decoder(ConfigDelta)
+
+
+class DeltaError(ConfigError):
+    """A delta that cannot be applied to the config held (another base, or a result whose
+    digest is not the delta's version): the reader's config is unchanged; fetch a full one."""
+
+
+def encode_parts(
+    config: MeshConfig,
+    routes: Mapping[str, msgspec.Raw] | None = None,
+    clusters: Mapping[str, msgspec.Raw] | None = None,
+    hosts: msgspec.Raw | None = None,
+) -> bytes:
+    """``encode(config)``, byte for byte, with the routes' and clusters' JSON taken from
+    ``routes`` and ``clusters`` where they have it, and the Host tables' from ``hosts`` (the
+    same encoder and sorted keys: a MeshConfig's fields in the order of their JSON names, as
+    a dict of them has)."""
+    routes = routes or {}
+    clusters = clusters or {}
+    if len(routes) != len(config.routes) or routes.keys() != config.routes.keys():
+        routes = {k: _raw(routes, k, r) for k, r in config.routes.items()}
+    if len(clusters) != len(config.clusters) or clusters.keys() != config.clusters.keys():
+        clusters = {k: _raw(clusters, k, c) for k, c in config.clusters.items()}
+    return encode_value(
+        {
+            "apiVersion": config.api_version,
+            "clusters": clusters,
+            "errors": config.errors,
+            "hosts": config.hosts if hosts is None else hosts,
+            "identities": config.identities,
+            "kind": config.kind,
+            "listeners": config.listeners,
+            "routes": routes,
+            "settings": config.settings,
+            "version": config.version,
+        }
+    )
+
+
+def _raw(made: Mapping[str, msgspec.Raw], key: str, value: object) -> msgspec.Raw:
+    found = made.get(key)
+    return found if found is not None else msgspec.Raw(encode_value(value))
+
+
+def parts_version(
+    config: MeshConfig,
+    routes: Mapping[str, msgspec.Raw] | None = None,
+    clusters: Mapping[str, msgspec.Raw] | None = None,
+    hosts: msgspec.Raw | None = None,
+) -> str:
+    """The version a config should carry (:func:`mesh.core.config.config_version`): the
+    digest of its JSON with an empty version, assembled from the parts' JSON at hand."""
+    if config.version:
+        config = msgspec.structs.replace(config, version="")
+    return hashlib.sha256(encode_parts(config, routes, clusters, hosts)).hexdigest()[:16]
 
 
 class ConfigReader:
@@ -409,10 +512,16 @@ class ConfigReader:
         self.config: MeshConfig | None = None  # the last config read
         self._routes: dict[str, msgspec.Raw] = {}
         self._clusters: dict[str, msgspec.Raw] = {}
+        self._hosts: msgspec.Raw | None = None  # the Host tables' JSON
 
     def decode(self, text: str | bytes) -> MeshConfig:
         outline = _document(_OUTLINE, text)
         previous = self.config
+        try:
+            hosts = _HOSTS.decode(outline.hosts)
+        except msgspec.ValidationError as exc:
+            inner = _config_error(exc)
+            raise ConfigError(f"hosts{inner.path}", inner.message) from None
         routes = _values(
             outline.routes, self._routes, previous.routes if previous else {}, _ROUTE, "routes"
         )
@@ -428,7 +537,7 @@ class ConfigReader:
             kind=outline.kind,
             settings=outline.settings,
             listeners=outline.listeners,
-            hosts=outline.hosts,
+            hosts=hosts,
             routes=routes,
             clusters=clusters,
             identities=outline.identities,
@@ -439,7 +548,82 @@ class ConfigReader:
         self.config = config
         self._routes = outline.routes
         self._clusters = outline.clusters
+        self._hosts = outline.hosts
         return config
+
+    def read_delta(self, text: str | bytes) -> MeshConfig:
+        """The config a :class:`ConfigDelta` makes of the last config read: decoded and
+        checked as :meth:`decode` would the full document (only what changed is decoded),
+        and its version verified, the digest of the result's JSON. DeltaError when the
+        delta is not for the config held or the digest differs (fetch the full config);
+        ConfigError when a part is invalid. Either way the last config stays the base."""
+        delta = _document(_DELTA, text)
+        previous = self.config
+        if previous is None or delta.base != previous.version:
+            held = previous.version if previous is not None else "none"
+            raise DeltaError("base", f"a delta from {delta.base}, the config held is {held}")
+        route_raws = _edited(self._routes, delta.routes)
+        cluster_raws = _edited(self._clusters, delta.clusters)
+        routes = _put(previous.routes, delta.routes, _ROUTE, "routes")
+        clusters = _put(previous.clusters, delta.clusters, _CLUSTER, "clusters")
+        hosts = previous.hosts  # the same tables (and JSON) when no Host changed
+        hosts_raw = self._hosts
+        if delta.hosts or delta.hosts_removed:
+            hosts = dict(previous.hosts)
+            for port in delta.hosts_removed:
+                hosts.pop(port, None)
+            for port, edit in delta.hosts.items():
+                hosts[port] = _edited(hosts.get(port, {}), edit)
+            hosts_raw = msgspec.Raw(encode_value(hosts))
+        config = MeshConfig(
+            api_version=previous.api_version,
+            kind=previous.kind,
+            settings=previous.settings if delta.settings is None else delta.settings,
+            listeners=previous.listeners if delta.listeners is None else delta.listeners,
+            hosts=hosts,
+            routes=routes,
+            clusters=clusters,
+            identities=_edited(previous.identities, delta.identities),
+            errors=previous.errors if delta.errors is None else delta.errors,
+            version=delta.version,
+        )
+        check(config, previous)
+        got = parts_version(config, route_raws, cluster_raws, hosts_raw)
+        if got != delta.version:
+            raise DeltaError("version", f"the delta's result has digest {got}, not {delta.version}")
+        self.config = config
+        self._routes = route_raws
+        self._clusters = cluster_raws
+        self._hosts = hosts_raw
+        return config
+
+
+V = TypeVar("V")
+
+
+def _edited(table: Mapping[str, V], edit: RawDelta | TextDelta) -> dict[str, V]:
+    """A copy of ``table`` with the delta's keys removed and its entries put."""
+    out = dict(table)
+    for key in edit.remove:
+        out.pop(key, None)
+    out.update(edit.put)  # type: ignore[arg-type]  # V is the delta's own value type
+    return out
+
+
+def _put(
+    old: Mapping[str, T], edit: RawDelta, decoder: msgspec.json.Decoder[T], where: str
+) -> dict[str, T]:
+    out = dict(old)
+    for key in edit.remove:
+        out.pop(key, None)
+    for key, raw in edit.put.items():
+        try:
+            out[key] = decoder.decode(raw)
+        except msgspec.ValidationError as exc:
+            inner = _config_error(exc)
+            path = f"{where}[{key}]" + (f".{inner.path}" if inner.path else "")
+            raise ConfigError(path, inner.message) from None
+    return out
 
 
 def _values(
@@ -505,8 +689,11 @@ def check(config: MeshConfig, previous: MeshConfig | None = None) -> None:
     old_clusters = previous.clusters if previous is not None else {}
     old_routes = previous.routes if previous is not None else {}
     old_ids = previous.identities if previous is not None else {}
+    old_hosts = previous.hosts if previous is not None else {}
     if any(key not in config.clusters for key in old_clusters):
         old_routes = {}  # a cluster went away: every route's references are checked again
+    if any(key not in config.routes for key in old_routes):
+        old_hosts = {}  # a route went away: every Host's is checked again
     for i, listener in enumerate(config.listeners):
         where = f"listeners[{i}]"
         if listener.protocol == "http":
@@ -515,6 +702,8 @@ def check(config: MeshConfig, previous: MeshConfig | None = None) -> None:
         elif listener.route is None or listener.route not in config.routes:
             raise ConfigError(f"{where}.route", f"expected a route key, got {listener.route!r}")
     for port, table in config.hosts.items():
+        if old_hosts.get(port) is table:  # the previous config's table (a delta's): checked
+            continue
         if not port.isdigit() or not 1 <= int(port) <= 65535:
             raise ConfigError(f"hosts[{port}]", "expected an HTTP listener port 1..65535")
         for host, key in table.items():
@@ -700,13 +889,17 @@ def _host_port(text: str, where: str) -> None:
 
 __all__ = [
     "API_VERSION",
+    "DELTA_CONTENT_TYPE",
+    "DELTA_KIND",
     "Capture",
     "CaptureListener",
     "CircuitBreaker",
     "Cluster",
+    "ConfigDelta",
     "ConfigError",
     "ConfigReader",
     "ConfigSettings",
+    "DeltaError",
     "Endpoint",
     "Filters",
     "Gamma",
@@ -720,6 +913,7 @@ __all__ = [
     "Policy",
     "Problem",
     "RateLimit",
+    "RawDelta",
     "Redirect",
     "Retry",
     "Rewrite",
@@ -730,11 +924,14 @@ __all__ = [
     "RuleMatch",
     "Split",
     "SplitBackend",
+    "TextDelta",
     "ValueMatch",
     "check",
     "convert",
     "decode",
     "encode",
+    "encode_parts",
     "encode_value",
     "host_port",
+    "parts_version",
 ]

@@ -12,6 +12,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from typing import final
 
 from mesh.core.annotations import ServiceOptions, service_options
 from mesh.core.errors import ObjectError, ObjectRef
@@ -38,21 +39,80 @@ from mesh.core.model import (
 from mesh.core.parse import ClusterState
 
 
-@dataclass(frozen=True, slots=True)
+@final
 class TopoEndpoint:
-    ip: str
-    port: int
-    node: str | None
-    identity: str | None  # "namespace/serviceaccount" of the pod behind it, when known
+    """A ready endpoint of a Service port. A plain (native) class, read-only by convention: a
+    compiled frozen dataclass is made by its generated Python ``__init__``, which was a
+    seventh of a full build at 10,000 Services (100,000 endpoints)."""
+
+    __slots__ = ("identity", "ip", "node", "port")
+
+    def __init__(self, ip: str, port: int, node: str | None, identity: str | None) -> None:
+        self.ip = ip
+        self.port = port
+        self.node = node
+        self.identity = identity  # "namespace/serviceaccount" of the pod behind it, when known
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TopoEndpoint):
+            return NotImplemented
+        return (
+            self.ip == other.ip
+            and self.port == other.port
+            and self.node == other.node
+            and self.identity == other.identity
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.ip, self.port, self.node, self.identity))
+
+    def __repr__(self) -> str:
+        return (
+            f"TopoEndpoint(ip={self.ip!r}, port={self.port!r}, node={self.node!r}, "
+            f"identity={self.identity!r})"
+        )
 
 
-@dataclass(frozen=True, slots=True)
+@final
 class TopoPort:
-    name: str
-    port: int
-    target_port: int | str
-    endpoints: tuple[TopoEndpoint, ...]
-    scheme: str | None = None  # chosen for this port: the scheme annotation, else appProtocol
+    """A Service port and its ready endpoints (a plain native class, as TopoEndpoint)."""
+
+    __slots__ = ("endpoints", "name", "port", "scheme", "target_port")
+
+    def __init__(
+        self,
+        name: str,
+        port: int,
+        target_port: int | str,
+        endpoints: tuple[TopoEndpoint, ...],
+        scheme: str | None = None,  # chosen for this port: the scheme annotation, else appProtocol
+    ) -> None:
+        self.name = name
+        self.port = port
+        self.target_port = target_port
+        self.endpoints = endpoints
+        self.scheme = scheme
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TopoPort):
+            return NotImplemented
+        return (
+            self.name == other.name
+            and self.port == other.port
+            and self.target_port == other.target_port
+            and self.scheme == other.scheme
+            and self.endpoints == other.endpoints
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.port, self.target_port, self.endpoints, self.scheme))
+
+    def __repr__(self) -> str:
+        return (
+            f"TopoPort(name={self.name!r}, port={self.port!r}, "
+            f"target_port={self.target_port!r}, endpoints={self.endpoints!r}, "
+            f"scheme={self.scheme!r})"
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -406,6 +406,7 @@ async def serve(args: argparse.Namespace) -> int:
             status=proxy.source,
             on_error=errors,
             token_file=args.token_file,
+            on_delta=lambda result: proxy.metrics.count("config_deltas", result),
         )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

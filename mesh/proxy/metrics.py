@@ -178,6 +178,12 @@ COUNTERS = {
         "Configs that could not be read or applied",
         (),
     ),
+    "config_deltas": (
+        "simmesh_proxy_config_deltas",
+        "Delta answers from the controller: applied, or fallback (not applicable, or the "
+        "result's digest was not the delta's version: the full config was fetched instead)",
+        ("result",),
+    ),
     "listener_errors": (
         "simmesh_proxy_listener_errors",
         "Listeners that could not be opened",

@@ -13,6 +13,10 @@ last good one keeps serving.
   before the server's timeout. Failures back off exponentially with full jitter (capped), and
   the proxy keeps serving its last config while the controller is down. With ``--token-file``
   each poll carries ``Authorization: Bearer <token>``; the file is read again after a 401.
+  Once it holds a config it asks for deltas (``&delta=1``): a controller that still has that
+  version answers with what changed (:meth:`mesh.core.schema.ConfigReader.read_delta` applies
+  it and checks that the result's digest is the new version); when a delta cannot be applied
+  the same poll is made again for the full config, and ``on_delta("fallback")`` counts it.
 
 Both decode with :func:`parse_config`: the size limit of :mod:`mesh.documents`
 (``CONFIG_LIMITS``; a controller's answer is read up to that size only) and then the
@@ -160,6 +164,8 @@ class ControllerSource:
         backoff_cap: float = 10.0,
         token_file: str | None = None,
         max_bytes: int = CONFIG_LIMITS.max_bytes,
+        deltas: bool = True,
+        on_delta: Callable[[str], None] | None = None,
     ) -> None:
         self.url = url.rstrip("/") + "/api/v1/config"
         self.node = node
@@ -176,6 +182,8 @@ class ControllerSource:
         self._token = read_token(token_file) if token_file else None
         self._max_bytes = max_bytes
         self._reader = schema.ConfigReader()
+        self._deltas = deltas
+        self._on_delta = on_delta
 
     async def run(self) -> None:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=5.0, sock_read=self._poll_timeout)
@@ -197,13 +205,15 @@ class ControllerSource:
                 if changed is False:
                     await asyncio.sleep(0.5)  # a 200 without a new version: do not spin
 
-    async def poll(self, session: aiohttp.ClientSession) -> bool | None:
+    async def poll(self, session: aiohttp.ClientSession, *, delta: bool = True) -> bool | None:
         """One long-poll: True when a new config was applied, None on 304."""
         params = {"node": self.node}
         headers = {}
         if self.version:
             params["version"] = self.version
             headers["If-None-Match"] = f'"{self.version}"'
+            if delta and self._deltas:
+                params["delta"] = "1"
         if self._token is not None:
             headers["Authorization"] = f"Bearer {self._token}"
         async with session.get(self.url, params=params, headers=headers) as resp:
@@ -215,12 +225,28 @@ class ControllerSource:
                 raise RuntimeError(f"HTTP {resp.status}")
             data = await self._body(resp)
             etag = resp.headers.get("ETag", "").removeprefix("W/").strip('"')
-        config = parse_config(data, name=self.url, reader=self._reader)
+            is_delta = resp.content_type == schema.DELTA_CONTENT_TYPE
+        if is_delta:
+            try:
+                config = self._reader.read_delta(data)
+            except ConfigError as exc:  # DeltaError too: the full config instead, at once
+                log.warning(
+                    "config delta from %s not applied: %s; fetching it whole", self.url, exc
+                )
+                self._count_delta("fallback")
+                return await self.poll(session, delta=False)
+            self._count_delta("applied")
+        else:
+            config = parse_config(data, name=self.url, reader=self._reader)
         await self._apply(config)
         old = self.version
         self.version = etag or config.version
         self.status["version"] = self.version
         return self.version != old
+
+    def _count_delta(self, result: str) -> None:
+        if self._on_delta is not None:
+            self._on_delta(result)
 
     async def _body(self, resp: aiohttp.ClientResponse) -> bytes:
         if (resp.content_length or 0) > self._max_bytes:

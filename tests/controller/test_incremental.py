@@ -75,6 +75,7 @@ STEPS: list[tuple[str, Step]] = [
         ),
     ),
     ("annotate a", _put(service("a", ip="10.96.0.1", annotations=RETRY))),
+    ("a's ClusterIP: its Hosts", _put(service("a", ip="10.96.0.9", annotations=RETRY))),
     (
         "b's endpoints",
         _put(

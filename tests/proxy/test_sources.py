@@ -145,9 +145,10 @@ async def test_controller_long_poll_with_outage() -> None:
                 fake.publish(second)
                 await wait_for(lambda: proxy.snapshot.version == second.version)  # type: ignore[union-attr]
             assert fake.requests[0] == {"node": "node-a", "if-none-match": ""}
-            assert {
+            assert {  # asks for a delta: this controller does not know of them (full answers)
                 "node": "node-a",
                 "version": first.version,
+                "delta": "1",
                 "if-none-match": f'"{first.version}"',
             } in fake.requests
             await wait_for(lambda: proxy.source.get("error") is not None)
