@@ -59,6 +59,7 @@ PER_REQUEST: Final = b"=\r\n"
 MAX_OPEN: Final = 512  # bytes of the first line: a cluster key and an address
 QUIET: Final = 0.25  # a retiring pipe closes after this long with no bytes since the pod's
 _HIGH_WATER: Final = 1 << 20
+_WARNED: dict[str, float] = {}  # identity -> when a broken pipe of it was last logged
 
 
 class _Pod(asyncio.Protocol):
@@ -255,7 +256,12 @@ class Pipe(asyncio.Protocol):
             self._broken("no target line in time")
 
     def _broken(self, why: str) -> None:
-        log.warning("pipe from %s (%s): %s", self.peer_ip, self.identity, why)
+        now = asyncio.get_running_loop().time()
+        if now - _WARNED.get(self.identity, -1e9) >= 10.0:  # a line per 10 s per identity
+            _WARNED[self.identity] = now
+            if len(_WARNED) > 1024:
+                _WARNED.clear()
+            log.warning("pipe from %s (%s) aborted: %s", self.peer_ip, self.identity, why)
         self.abort()
 
     def pause_writing(self) -> None:

@@ -323,6 +323,35 @@ async def test_a_whole_grant_gets_a_spliced_pipe_and_a_narrowed_one_ends_it(
         assert status == 403
 
 
+async def test_a_pipe_that_breaks_its_protocol_is_aborted(tmp_path: Path) -> None:
+    """A pipe's source must name its target in one line and wait for the answer: a request
+    sent with the line (before the answer), or no line in the first 512 bytes, aborts the
+    connection, and nothing reaches the pod."""
+    async with two_nodes(tmp_path) as net:
+        cluster, target = _cluster(net, "far"), f"{FAR_IP}:{net.far}"
+        for first in (
+            f"{cluster} {target}\r\nGET / HTTP/1.1\r\nHost: far.demo.mesh\r\n\r\n".encode(),
+            b"x" * 600,
+            b"no-address-here\r\n",
+        ):
+            context = net.authority.client_context("demo/client")
+            context.set_alpn_protocols([mtls.ALPN_PIPE])
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.2", net.tunnel_b, ssl=context, server_hostname=mtls.sni_name("demo/server")
+            )
+            writer.write(first)
+            try:
+                answer = await asyncio.wait_for(reader.read(), 5)
+            except TimeoutError:  # (an OSError: first)
+                raise AssertionError(f"not aborted after {first[:40]!r}") from None
+            except (ConnectionError, OSError):
+                answer = b""
+            writer.close()
+            assert answer == b"", answer
+        assert metric(net.b, "simmesh_proxy_tunnel_pipes_total", mode="spliced") == 0
+        assert metric(net.b, "simmesh_proxy_tunnel_pipes_total", mode="per-request") == 0
+
+
 async def test_a_destination_of_an_earlier_release_gets_a_tunnel_connection(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
