@@ -96,8 +96,11 @@ def kube() -> k.Kube:
 
 @pytest.fixture(scope="session", autouse=True)
 def egress_before(kube: k.Kube) -> dict[str, int] | None:
-    """The egress guards' drop counters before anything of this session ran."""
-    return egress.snapshot(node_names(kube))
+    """The egress guards' drop counters before anything of this session ran (and the
+    count-only rules that say what a dropped packet was, egress.classify)."""
+    nodes = node_names(kube)
+    egress.classify(nodes)
+    return egress.snapshot(nodes)
 
 
 def node_names(kube: k.Kube) -> list[str]:
