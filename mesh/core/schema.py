@@ -641,7 +641,7 @@ def _values(
                 value = decoder.decode(raw)
             except msgspec.ValidationError as exc:
                 inner = _config_error(exc)
-                path = f"{where}[...]" + (f".{inner.path}" if inner.path else "")
+                path = f"{where}[{key}]" + (f".{inner.path}" if inner.path else "")
                 raise ConfigError(path, inner.message) from None
         out[key] = value
     return out

@@ -218,7 +218,7 @@ def test_config_reader_checks_what_changed() -> None:
     with pytest.raises(schema.ConfigError, match="IP address"):
         reader.decode(bad_ip)
     bad_type = schema.encode(good).replace(b'"port":8080', b'"port":"x"', 1)
-    with pytest.raises(schema.ConfigError, match=r"clusters\[\.\.\.\]\.endpoints"):
+    with pytest.raises(schema.ConfigError, match=r"clusters\[demo/a:80\]\.endpoints"):
         reader.decode(bad_type)
     with pytest.raises(schema.ConfigError, match="MeshConfig JSON"):
         reader.decode(b"{")
